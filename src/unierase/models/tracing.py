@@ -1,0 +1,51 @@
+"""Context managers that capture or modify a module's input/output (ROME/MEMIT-style tracing)."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+
+class Capture:
+    """Holds what a traced module saw; ``input``/``output`` are set after the forward pass."""
+
+    input: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def trace(module: nn.Module, *, keep_input: bool = False, keep_output: bool = False, detach: bool = True) -> Iterator[Capture]:
+    """Record ``module``'s first positional input and/or output (first element of a tuple)."""
+    record = Capture()
+
+    def hook(_module, args, output):
+        if keep_input:
+            record.input = args[0].detach() if detach else args[0]
+        if keep_output:
+            out = output[0] if isinstance(output, tuple) else output
+            record.output = out.detach() if detach else out
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield record
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace ``module``'s output hidden states by ``fn(hidden)`` during the block."""
+
+    def hook(_module, _args, output):
+        if isinstance(output, tuple):
+            return (fn(output[0]),) + tuple(output[1:])
+        return fn(output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -1,0 +1,105 @@
+"""Atomic output handling: write to a temporary sibling, then rename.
+
+An interrupted run therefore leaves the previous result (or nothing) in place,
+never a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+class UniEraseError(Exception):
+    """A user-facing error: the CLI prints its message on one line and exits non-zero."""
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` via a temporary file and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_output_dir(out: str | os.PathLike, overwrite: bool, *, allow_same_as: str | os.PathLike | None = None) -> Path:
+    """Refuse to replace an existing, non-empty ``out`` unless ``overwrite`` is set.
+
+    ``allow_same_as`` lets a sequential round write back into the checkpoint it was loaded from
+    (the replacement is still atomic).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UniEraseError(f"output path {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        same = allow_same_as is not None and Path(allow_same_as).resolve() == out.resolve()
+        if not same:
+            raise UniEraseError(f"output directory {out} already exists and is not empty; pass --overwrite to replace it")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory next to ``out``; on success it replaces ``out`` in one rename.
+
+    On failure the temporary directory is removed and ``out`` is untouched.
+    """
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except BaseException:
+        if old is not None:
+            os.replace(old, out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def default_cache_dir() -> Path:
+    """Where converted models, trained tokens and key statistics are cached.
+
+    ``$UNIERASE_CACHE`` wins; otherwise ``$XDG_CACHE_HOME/unierase`` or ``~/.cache/unierase``.
+    """
+    env = os.environ.get("UNIERASE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "unierase"
