@@ -95,7 +95,9 @@ def _run_demo(args) -> int:
     return 0
 
 
-COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser]
+from .evaluation.cli import add_eval_parser  # noqa: E402
+
+COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser]
 """Every sub-command, registered here in one place."""
 
 
