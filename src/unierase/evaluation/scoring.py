@@ -1,7 +1,7 @@
 """Model computations for the evaluation: teacher-forced answer NLLs and greedy generation.
 
-Both run in batches. Questions are sorted by prompt length so that a batch holds prompts of
-similar length; prompts are left-padded (explicit position ids), so every prompt ends in the last
+Both run in batches of similar-length items (scoring: by total answer length; generation: by
+prompt length); prompts are left-padded (explicit position ids), so every prompt ends in the last
 column. Scoring reuses the prompt's key/value cache for all answers of a question (the answer,
 the paraphrased answer and the perturbed answers share one prompt): the prompt is run once, each
 answer group is run on top of the cache, and the cache is cropped back. ``mode="full"`` scores
@@ -108,7 +108,9 @@ def score_answer_groups(
     if len(n_slots) > 1:
         raise ValueError("every item must have the same number of answers")
     n_slots = n_slots.pop() if n_slots else 0
-    order = sorted(todo, key=lambda i: -len(encoded[i][0]))
+    # Sort by the total answer length: the answers are run once per slot, the prompt once, so this
+    # keeps the padding small where most of the work is.
+    order = sorted(todo, key=lambda i: (-sum(len(a) for a in encoded[i][1]), -len(encoded[i][0])))
     keep = set(keep_tokens)
     t0, done = time.time(), 0
     for batch in _batches(order, batch_size):
