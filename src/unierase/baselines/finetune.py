@@ -1,0 +1,273 @@
+"""Fine-tune a model on question/answer pairs: the TOFU *target* and *retain* models.
+
+The loss is the answer-only cross-entropy of :func:`unierase.prompts.encode_qa` (the prompt in
+the model's chat template is not scored; the answer and its end-of-turn token are). Labels come
+from the attention mask, so a pad token equal to EOS (SmolLM2) is handled. The result is a
+Hugging Face checkpoint written atomically, with ``unierase_manifest.json`` recording the data,
+the settings, the wall time, the peak memory and the memorisation (ROUGE-L recall of greedy
+answers on the model's own training questions).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..prompts import encode_text, render_prompt
+from ..requests import ForgetRequest
+from ..storage import UniEraseError, atomic_directory, check_output_dir, write_json_atomic
+from .data import parse_data_spec, tofu_subset
+from .trainer import (TrainConfig, package_version, collate, encode_pairs, peak_memory_mb, seed_everything, shuffled_batches,
+                      train_loop, unwrap_lora, wrap_lora)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "unierase_manifest.json"
+
+
+@dataclass
+class FinetuneConfig(TrainConfig):
+    """Fine-tuning defaults, chosen so SmolLM2-135M memorises TOFU answers on a CPU.
+
+    A 135M model needs a far larger learning rate than the 1e-5 used for 8B models.
+    """
+
+    epochs: float = 8.0
+    lr: float = 1e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.01
+    eval_items: int = 100
+    """Training questions scored for memorisation after training (0: none; -1: all)."""
+    eval_max_new_tokens: int = 128
+    extra: dict = field(default_factory=dict)
+
+
+def answer_nll_loss(model, batch) -> tuple[torch.Tensor, dict]:
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logits = out.logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100)
+    return loss, {"nll": loss.item()}
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: int = 128, batch_size: int = 16) -> list[str]:
+    """Greedy answers (special tokens hidden), prompts rendered exactly as in training."""
+    from ..prompts import pad_batch
+
+    device = next(model.parameters()).device
+    answers = []
+    for i in range(0, len(questions), batch_size):
+        chunk = questions[i:i + batch_size]
+        ids = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in chunk]
+        batch = pad_batch(ids, tokenizer.pad_token_id, left=True)
+        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        width = batch["input_ids"].shape[1]
+        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    return answers
+
+
+def rouge_l_recall(predictions: list[str], references: list[str]) -> list[float]:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)]
+
+
+def memorisation(model, tokenizer, items: list[ForgetRequest], *, n: int, max_new_tokens: int, seed: int = 0) -> dict:
+    """Mean ROUGE-L recall of greedy answers against the training answers on ``n`` items (-1: all)."""
+    chosen = list(items) if n < 0 or n >= len(items) else random.Random(seed).sample(list(items), n)
+    start = time.perf_counter()
+    predictions = generate_answers(model, tokenizer, [r.question for r in chosen], max_new_tokens=max_new_tokens)
+    scores = rouge_l_recall(predictions, [r.answer for r in chosen])
+    return {
+        "rougeL_recall": round(sum(scores) / len(scores), 4),
+        "items": len(chosen),
+        "share_ge_0.7": round(sum(s >= 0.7 for s in scores) / len(scores), 4),
+        "seconds": round(time.perf_counter() - start, 1),
+        "examples": [{"question": r.question, "answer": r.answer, "generated": p}
+                     for r, p in list(zip(chosen, predictions))[:3]],
+    }
+
+
+@dataclass
+class FinetuneResult:
+    out: Path
+    manifest: dict
+
+    def summary(self) -> str:
+        m = self.manifest
+        mem = m.get("memorisation") or {}
+        extra = f", ROUGE-L recall on {mem['items']} training QA {mem['rougeL_recall']:.3f}" if mem else ""
+        return (f"fine-tuned on {m['data']['n_items']} QA in {m['timings_s']['train']:.0f} s "
+                f"({m['train']['steps']} steps){extra}; saved to {self.out}")
+
+
+def select_items(data: str, *, authors: int | None, forget_authors: int | None, split: str,
+                 data_dir: str | os.PathLike | None) -> tuple[list[ForgetRequest], dict]:
+    """The training QA and a description of them.
+
+    ``tofu:full`` with ``authors`` = N trains on a subset of N whole authors whose last
+    ``forget_authors`` are TOFU's final authors; ``split="retain"`` drops those forget authors
+    (the retain model). Any other spec (``tofu:CONFIG`` or a JSONL file) is used as is.
+    """
+    if split not in ("full", "retain"):
+        raise UniEraseError(f"split must be 'full' or 'retain', got {split!r}")
+    if authors is not None:
+        if data != "tofu:full":
+            raise UniEraseError("--authors selects whole authors from tofu:full; use --data tofu:full")
+        subset = tofu_subset(authors, forget_authors or 1, data_dir)
+        items = subset.full if split == "full" else subset.retain
+        return items, {"spec": data, "split": split, **subset.describe(), "n_items": len(items)}
+    if split == "retain":
+        raise UniEraseError("--split retain needs --authors (the subset that defines the forget authors)")
+    items = parse_data_spec(data, data_dir)
+    return items, {"spec": data, "split": split, "n_items": len(items)}
+
+
+def finetune(
+    model_spec,
+    data: str,
+    out,
+    *,
+    config: FinetuneConfig | None = None,
+    authors: int | None = None,
+    forget_authors: int | None = None,
+    split: str = "full",
+    data_dir=None,
+    overwrite: bool = False,
+    cache_dir=None,
+    threads: int | None = None,
+) -> FinetuneResult:
+    """Fine-tune ``model_spec`` on ``data`` with the answer-only loss and save it to ``out``."""
+    from ..models.loading import load_model
+
+    config = config or FinetuneConfig()
+    config.validate()
+    out = check_output_dir(out, overwrite)
+    if threads:
+        torch.set_num_threads(threads)
+    items, data_info = select_items(data, authors=authors, forget_authors=forget_authors, split=split, data_dir=data_dir)
+    t0 = time.perf_counter()
+    seed_everything(config.seed)
+    model, tokenizer = load_model(model_spec, cache_dir=cache_dir)
+    t_load = time.perf_counter() - t0
+    if config.lora:
+        model = wrap_lora(model, config)
+    encoded = encode_pairs(tokenizer, [(r.question, r.answer) for r in items], config.max_length)
+    device = next(model.parameters()).device
+    rng = random.Random(config.seed)
+
+    def epoch_batches(_epoch):
+        for idx in shuffled_batches(len(encoded), config.batch_size, rng):
+            yield collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
+
+    steps_per_epoch = -(-len(encoded) // config.batch_size)
+    result = train_loop(model, epoch_batches, lambda b: answer_nll_loss(model, b), config,
+                        steps_per_epoch=steps_per_epoch, desc="finetune")
+    model = unwrap_lora(model)
+    mem = None
+    t_eval = 0.0
+    if config.eval_items:
+        t1 = time.perf_counter()
+        mem = memorisation(model, tokenizer, items, n=config.eval_items, max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
+        t_eval = time.perf_counter() - t1
+    manifest = {
+        "method": "finetune",
+        "version": package_version(),
+        "base_model": str(model_spec or "default"),
+        "data": data_info,
+        "hyperparameters": config.to_dict(),
+        "train": {"steps": result.steps, "final_loss": result.history[-1] if result.history else None,
+                  "loss_per_epoch": _per_epoch(result.history, steps_per_epoch, config.grad_accum)},
+        "timings_s": {"load": round(t_load, 1), "train": round(result.seconds, 1), "memorisation_eval": round(t_eval, 1)},
+        "peak_memory_mb": peak_memory_mb(),
+        "threads": torch.get_num_threads(),
+        "memorisation": mem,
+    }
+    with atomic_directory(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(Path(tmp) / MANIFEST, manifest)
+    return FinetuneResult(Path(out), manifest)
+
+
+def _per_epoch(history: list[dict], steps_per_epoch: int, grad_accum: int) -> list[float]:
+    per = max(1, steps_per_epoch // grad_accum)
+    values = [h.get("nll") for h in history if h.get("nll") is not None]
+    return [round(sum(values[i:i + per]) / len(values[i:i + per]), 4) for i in range(0, len(values), per)]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def add_train_args(p, defaults: TrainConfig) -> None:
+    """Optimisation flags shared by ``finetune`` and the baselines of ``forget``."""
+    g = p.add_argument_group("training")
+    g.add_argument("--epochs", type=float, default=None, help=f"passes over the data (default: {defaults.epochs:g})")
+    g.add_argument("--lr", type=float, default=None, help=f"learning rate (default: {defaults.lr:g})")
+    g.add_argument("--batch-size", type=int, default=None, help=f"examples per forward pass (default: {defaults.batch_size})")
+    g.add_argument("--grad-accum", type=int, default=None, help="forward passes per optimiser step (default: 1)")
+    g.add_argument("--max-length", type=int, default=None, help=f"token limit per example (default: {defaults.max_length})")
+    g.add_argument("--bf16", action="store_true", default=None, help="bf16 autocast")
+    g.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (peft) and merge them into the saved model")
+    g.add_argument("--lora-r", type=int, default=None, help=f"LoRA rank (default: {defaults.lora_r})")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--data-dir", default=None, help="folder holding tofu/ (default: $UNIERASE_DATA or a shared/data folder above the working directory)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+TRAIN_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size", "grad_accum": "grad_accum",
+               "max_length": "max_length", "bf16": "bf16", "lora": "lora", "lora_r": "lora_r", "seed": "seed"}
+
+
+def overrides_from_args(args) -> dict:
+    """Config fields the user set on the command line (unset flags keep the method's defaults)."""
+    out = {field: getattr(args, flag) for flag, field in TRAIN_FLAGS.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "no_progress", False):
+        out["progress"] = False
+    return out
+
+
+def add_finetune_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on question/answer pairs (the TOFU target and retain models)",
+        description=(
+            "Fine-tune with the answer-only loss in the model's chat format and save a checkpoint with "
+            "unierase_manifest.json (settings, wall time, memorisation ROUGE-L). --data tofu:full --authors N "
+            "--forget-authors K trains on N whole TOFU authors whose last K are TOFU's final authors (the target "
+            "model); add --split retain to leave those K out (the retain model)."
+        ),
+    )
+    p.add_argument("--model", default=None, help="local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--cache-dir", default=None, help="cache for the converted default model")
+    p.add_argument("--data", required=True, help="tofu:CONFIG (e.g. tofu:full, tofu:retain90) or a JSONL file with question and answer")
+    p.add_argument("--authors", type=int, default=None, help="use N whole authors of tofu:full (default: all rows of --data)")
+    p.add_argument("--forget-authors", type=int, default=1, help="how many of the subset's authors are TOFU's last (forget) authors (default: 1)")
+    p.add_argument("--split", choices=["full", "retain"], default="full", help="full: retain + forget authors (target model); retain: without the forget authors")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--eval-items", type=int, default=None, help="training questions scored for memorisation afterwards (default: 100; 0 none; -1 all)")
+    add_train_args(p, FinetuneConfig())
+    p.set_defaults(handler=_run_finetune)
+
+
+def _run_finetune(args) -> int:
+    fields = overrides_from_args(args)
+    if args.eval_items is not None:
+        fields["eval_items"] = args.eval_items
+    result = finetune(args.model, args.data, args.out, config=FinetuneConfig(**fields), authors=args.authors,
+                      forget_authors=args.forget_authors, split=args.split, data_dir=args.data_dir,
+                      overwrite=args.overwrite, cache_dir=args.cache_dir, threads=args.threads)
+    print(result.summary())
+    return 0

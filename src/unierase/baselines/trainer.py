@@ -1,0 +1,238 @@
+"""The one training loop shared by the target/retain fine-tuning and every unlearning baseline.
+
+A caller supplies the batches of one epoch and a loss function; the loop owns the optimiser
+(AdamW), the warm-up + linear-decay schedule, gradient accumulation and clipping, optional bf16
+autocast, an optional LoRA wrapper (peft), seeding and the progress bar.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+import torch
+
+from ..prompts import encode_qa, pad_batch
+from ..storage import UniEraseError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (the CLI maps flags onto these fields).
+
+    The paper's reference for 8B models is AdamW, lr 1e-5, 5 epochs, effective batch 32, one
+    warm-up epoch and weight decay 0.01; a 135M model needs its own learning rate.
+    """
+
+    epochs: float = 5.0
+    """Passes over the primary data (the forget set for unlearning, the training QA for fine-tuning)."""
+    lr: float = 1e-5
+    batch_size: int = 8
+    """Examples per forward pass (per data stream: forget and retain batches each have this size)."""
+    grad_accum: int = 1
+    """Forward passes per optimiser step (effective batch = batch_size × grad_accum)."""
+    warmup_epochs: float = 1.0
+    """Linear warm-up length in epochs; the learning rate then decays linearly to zero."""
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    max_length: int = 256
+    """Token limit per example (prompt + answer); longer examples are truncated."""
+    seed: int = 0
+    bf16: bool = False
+    """bf16 autocast (faster on CPUs with AVX-512 BF16; weights and optimiser stay fp32)."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of all weights; they are merged into the saved checkpoint."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Module names LoRA wraps; for architectures without these names, pass their own."""
+    progress: bool = True
+
+    def validate(self) -> None:
+        if not self.epochs > 0:
+            raise UniEraseError(f"epochs must be positive, got {self.epochs}")
+        if not self.lr > 0:
+            raise UniEraseError(f"learning rate must be positive, got {self.lr}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise UniEraseError("batch size and gradient accumulation must be at least 1")
+        if self.warmup_epochs < 0 or self.weight_decay < 0:
+            raise UniEraseError("warm-up epochs and weight decay must be non-negative")
+        if self.max_length < 8:
+            raise UniEraseError(f"max length {self.max_length} is too short")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (and the GPU's peak allocation when one is used)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mb = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+    if torch.cuda.is_available():
+        rss_mb = max(rss_mb, torch.cuda.max_memory_allocated() / 2**20)
+    return round(rss_mb, 1)
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("unierase")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+# ----------------------------------------------------------------------------- encoding helpers
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Answer-only label masks (prompt tokens -100), in the model's chat format."""
+    out = []
+    for question, answer in pairs:
+        enc = encode_qa(tokenizer, question, answer, max_length=max_length)
+        out.append((enc.input_ids, enc.labels))
+    return out
+
+
+def collate(encoded: list[tuple[list[int], list[int]]], pad_id: int, device) -> dict:
+    """Right-padded batch; labels are -100 wherever the attention mask is 0 (pad = EOS safe)."""
+    batch = pad_batch([e[0] for e in encoded], pad_id, labels=[e[1] for e in encoded])
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def shuffled_batches(n: int, batch_size: int, generator: random.Random) -> list[list[int]]:
+    order = list(range(n))
+    generator.shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+# ----------------------------------------------------------------------------- LoRA
+
+def wrap_lora(model, config: TrainConfig):
+    from peft import LoraConfig, get_peft_model
+
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [t for t in config.lora_targets if t in present]
+    if not targets:
+        raise UniEraseError(f"none of the LoRA target modules {config.lora_targets} exist in this model")
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def unwrap_lora(model):
+    """Merge LoRA weights into the base model (a plain checkpoint is saved)."""
+    if hasattr(model, "merge_and_unload"):
+        return model.merge_and_unload()
+    return model
+
+
+# ----------------------------------------------------------------------------- the loop
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    history: list[dict]
+    """One entry per optimiser step: step, lr and the loss terms averaged over its micro-batches."""
+
+
+def train_loop(
+    model,
+    epoch_batches: Callable[[int], Iterable],
+    loss_fn: Callable[[object], tuple[torch.Tensor, dict]],
+    config: TrainConfig,
+    *,
+    steps_per_epoch: int,
+    desc: str = "training",
+) -> TrainResult:
+    """Run ``config.epochs`` epochs; ``epoch_batches(e)`` yields the micro-batches of epoch ``e``.
+
+    A fractional number of epochs stops after that share of micro-batches. ``loss_fn`` returns the
+    scalar loss and a dict of floats to log.
+    """
+    from tqdm.auto import tqdm
+
+    config.validate()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise UniEraseError("the model has no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimiser = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    micro_total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    total_steps = max(1, math.ceil(micro_total / config.grad_accum))
+    warmup = min(total_steps - 1, round(config.warmup_epochs * steps_per_epoch / config.grad_accum)) if total_steps > 1 else 0
+
+    def lr_at(step: int) -> float:  # step counts from 0
+        if step < warmup:
+            return config.lr * (step + 1) / (warmup + 1)
+        remaining = total_steps - warmup
+        return config.lr * max(0.0, (total_steps - step) / remaining)
+
+    device = model_device(model)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.bf16 else None
+    model.train()
+    history: list[dict] = []
+    pending: dict[str, float] = {}
+    micro = step = 0
+    start = time.perf_counter()
+    bar = tqdm(total=total_steps, desc=desc, disable=not config.progress, dynamic_ncols=True)
+    try:
+        epoch = 0
+        while micro < micro_total:
+            seen = 0
+            for batch in epoch_batches(epoch):
+                if micro >= micro_total:
+                    break
+                seen += 1
+                if autocast is not None:
+                    with autocast:
+                        loss, logs = loss_fn(batch)
+                else:
+                    loss, logs = loss_fn(batch)
+                if not torch.isfinite(loss):
+                    raise UniEraseError(f"{desc}: the loss became {loss.item()} at step {step}; lower the learning rate")
+                (loss / config.grad_accum).backward()
+                for key, value in logs.items():
+                    pending[key] = pending.get(key, 0.0) + float(value) / config.grad_accum
+                micro += 1
+                if micro % config.grad_accum == 0 or micro == micro_total:
+                    for group in optimiser.param_groups:
+                        group["lr"] = lr_at(step)
+                    if config.max_grad_norm:
+                        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    optimiser.step()
+                    optimiser.zero_grad(set_to_none=True)
+                    record = {"step": step + 1, "lr": lr_at(step), **{k: round(v, 5) for k, v in pending.items()}}
+                    history.append(record)
+                    bar.set_postfix({k: f"{v:.3f}" for k, v in pending.items()})
+                    bar.update(1)
+                    log.debug("%s %s", desc, record)
+                    pending = {}
+                    step += 1
+            if not seen:
+                raise UniEraseError(f"{desc}: no training batches")
+            epoch += 1
+    finally:
+        bar.close()
+        model.eval()
+    return TrainResult(steps=step, seconds=time.perf_counter() - start, history=history)
