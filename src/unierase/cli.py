@@ -97,7 +97,9 @@ def _run_demo(args) -> int:
 
 from .evaluation.cli import add_eval_parser  # noqa: E402
 
-COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser]
+from .baselines.finetune import add_finetune_parser  # noqa: E402
+
+COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser]
 """Every sub-command, registered here in one place."""
 
 
