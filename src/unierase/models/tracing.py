@@ -49,3 +49,26 @@ def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -
         yield
     finally:
         handle.remove()
+
+
+class StopForward(Exception):
+    """Raised by ``stop_after`` to skip the layers above the last one whose activations are needed."""
+
+
+@contextlib.contextmanager
+def stop_after(module: nn.Module) -> Iterator[None]:
+    """Abort the forward pass once ``module`` has run; the ``with`` block swallows the abort.
+
+    Use it around a forward call whose only purpose is to record activations of lower layers.
+    """
+
+    def hook(_module, _args, _output):
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        handle.remove()

@@ -1,0 +1,206 @@
+"""The Python API: the same verbs as the command line (``forget``, ``ask``, ``demo``, ``evaluate``…).
+
+``forget`` is the main path: model + requests → unlearning token (trained once, cached) →
+preserved-key statistics (computed once, cached) → one edit round → checkpoint + manifest,
+written to a temporary directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .edit.editor import EditConfig, run_edit_round
+from .edit.state import EditState
+from .edit.stats import get_key_statistics
+from .models.adapters import find_mlp_output
+from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
+from .prompts import PINNED_DATE
+from .requests import ForgetRequest, load_requests, parse_requests
+from .storage import UniEraseError, atomic_directory, check_output_dir, default_cache_dir, write_json_atomic
+from .token.cache import ensure_unlearning_token
+from .token.training import UnlearningTokenConfig
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "unierase_manifest.json"
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process (MiB)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return usage / 1024 if platform.system() != "Darwin" else usage / 2**20
+
+
+def read_manifest(model_dir: str | os.PathLike | None) -> dict | None:
+    if model_dir is None:
+        return None
+    path = Path(model_dir) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise UniEraseError(f"{path}: corrupt manifest ({err.msg} at line {err.lineno})") from None
+
+
+@dataclass
+class ForgetResult:
+    """What ``forget`` did; ``manifest`` is what was written next to the checkpoint."""
+
+    out: Path | None
+    manifest: dict
+    model: object = field(repr=False, default=None)
+    tokenizer: object = field(repr=False, default=None)
+
+    def summary(self) -> str:
+        last = self.manifest["rounds"][-1]
+        t = last["timings_s"]
+        return (f"erased {len(last['requests'])} request(s) in round {last['round']} ({last['mode']}); layers {last['layers']}; "
+                f"edit {t.get('edit', 0):.1f} s, token {t.get('token', 0):.1f} s, statistics {t.get('statistics', 0):.1f} s; "
+                f"parameter fraction {self.manifest['parameter_fraction']:.4%}"
+                + (f"; saved to {self.out}" if self.out else ""))
+
+
+def _as_requests(requests) -> tuple[list[ForgetRequest], str]:
+    if isinstance(requests, (str, os.PathLike)):
+        return load_requests(requests), str(requests)
+    items = [r if isinstance(r, ForgetRequest) else None for r in requests]
+    if all(items) and items:
+        return list(items), "<python>"
+    return parse_requests([r.to_dict() if isinstance(r, ForgetRequest) else r for r in requests]), "<python>"
+
+
+def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokenizer=None, method: str = "unierase",
+           mode: str | None = None, layers: list[int] | None = None, key_position: str = "auto", solver: str = "alphaedit",
+           overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
+           edit_config: EditConfig | None = None, token_config: UnlearningTokenConfig | None = None,
+           progress: bool = True, **baseline_options) -> ForgetResult:
+    """Erase ``requests`` (a JSONL path or a list of dicts/ForgetRequest) from ``model``.
+
+    ``model`` is a directory, a hub id, ``None`` for the embedded default, or an already loaded
+    model (then pass ``tokenizer`` too and ``out`` may be ``None`` to edit in memory only).
+    Running it on a directory written by an earlier call continues sequentially from its state.
+    """
+    reqs, source = _as_requests(requests)
+    model_dir = model if isinstance(model, (str, os.PathLike)) else None
+    if out is not None:
+        check_output_dir(out, overwrite, allow_same_as=model_dir)
+    if method != "unierase":
+        from .baselines import run_baseline
+
+        return run_baseline(method, model, reqs, out, overwrite=overwrite, cache_dir=cache_dir, seed=seed,
+                            record_texts=record_texts, progress=progress, **baseline_options)
+    if baseline_options:
+        raise UniEraseError(f"options {sorted(baseline_options)} only apply to the fine-tuning baselines")
+    if mode not in (None, "batch", "sequential", "precise"):
+        raise UniEraseError(f"unknown mode {mode!r} (batch, sequential or precise)")
+    if mode == "precise" and len(reqs) != 1:
+        raise UniEraseError(f"precise mode edits exactly one request; {source} has {len(reqs)}")
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    torch.manual_seed(seed)
+    started_all = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    started = time.perf_counter()
+    if model is None or model_dir is not None:
+        model, tokenizer = load_model(model_dir, cache_dir=cache_dir, device_map=device_map)
+    elif tokenizer is None:
+        raise UniEraseError("pass the tokenizer together with an in-memory model")
+    timings["load"] = time.perf_counter() - started
+    previous = read_manifest(model_dir) or {}
+    if previous and previous.get("method", "unierase") != "unierase":
+        raise UniEraseError(f"{model_dir} was produced by the baseline {previous.get('method')}; UniErase rounds need a base or UniErase model")
+    state = EditState.load(model_dir) if model_dir and previous else EditState()
+    mode = mode or ("sequential" if previous else "batch")
+
+    config = edit_config or EditConfig()
+    if layers is not None:
+        config.layers = list(layers)
+    config.key_position = key_position if edit_config is None else config.key_position
+    config.solver = solver if edit_config is None else config.solver
+    adapter = find_mlp_output(model)
+    edit_layers = config.resolved_layers(adapter.num_layers)
+    if previous and previous.get("layers") and previous["layers"] != edit_layers:
+        raise UniEraseError(f"{model_dir} was edited at layers {previous['layers']}; a sequential round must use the same layers")
+    token_config = token_config or UnlearningTokenConfig(seed=seed)
+
+    base_fingerprint = previous.get("base_model", {}).get("fingerprint") or model_fingerprint(model)
+    started = time.perf_counter()
+    token = ensure_unlearning_token(model, tokenizer, fingerprint=base_fingerprint, cache_dir=cache_dir,
+                                    config=token_config, augment_layers=edit_layers, progress=progress)
+    timings["token"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    stats, _ = get_key_statistics(model, tokenizer, adapter, edit_layers, fingerprint=base_fingerprint, cache_dir=cache_dir,
+                                  num_tokens=config.stats_tokens, progress=progress)
+    timings["statistics"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    report = run_edit_round(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress)
+    timings["edit"] = time.perf_counter() - started
+    timings.update({f"edit.{k}": v for k, v in report.timings_s.items()})
+
+    rounds = list(previous.get("rounds", []))
+    round_record = {
+        "round": len(rounds) + 1,
+        "mode": mode,
+        "requests": [dict(sha256=r.digest(), **(r.to_dict() if record_texts else {})) for r in reqs],
+        "source": source,
+        "layers": edit_layers,
+        "key_tokens": report.key_tokens if record_texts else None,
+        "hyperparameters": config.to_dict(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "values": report.values,
+        "null_space_dims": report.null_dims,
+        "update_norms": report.update_norms,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    rounds.append(round_record)
+    manifest = {
+        "method": "unierase",
+        "unierase_version": __version__,
+        "base_model": previous.get("base_model") or {"spec": str(model_dir or DEFAULT_MODEL), "fingerprint": base_fingerprint,
+                                                      "architecture": type(model).__name__},
+        "token": {"string": token.token, "id": token.token_id, "cache_key": token.cache_key or previous.get("token", {}).get("cache_key"),
+                  "training": token_config.to_dict()},
+        "layers": edit_layers,
+        "module": adapter.mlp_output_path,
+        "parameter_fraction": adapter.edited_fraction(edit_layers, model),
+        "statistics": {"corpus": stats.corpus, "tokens": stats.count},
+        "prompt": {"chat_template_date": PINNED_DATE},
+        "rounds": rounds,
+        "total_seconds": round(time.perf_counter() - started_all, 2),
+    }
+    out_path = None
+    if out is not None:
+        out_path = Path(out)
+        with atomic_directory(out_path) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            state.save(tmp)
+            write_json_atomic(tmp / MANIFEST_FILE, manifest)
+        log.info("saved the edited checkpoint to %s", out_path)
+    return ForgetResult(out_path, manifest, model, tokenizer)
+
+
+def ask(questions: list[str] | str, *, model=None, tokenizer=None, max_new_tokens: int = 48, raw: bool = False,
+        cache_dir=None, device_map=None) -> list[str]:
+    """Greedy answers, rendered with the same prompt as the edit (special tokens hidden unless ``raw``)."""
+    from .generation import generate_answers
+
+    if isinstance(questions, str):
+        questions = [questions]
+    if model is None or isinstance(model, (str, os.PathLike)):
+        model, tokenizer = load_model(model, cache_dir=cache_dir, device_map=device_map)
+    return generate_answers(model, tokenizer, list(questions), max_new_tokens=max_new_tokens, raw=raw)

@@ -1,0 +1,93 @@
+"""``unierase demo``: erase built-in real-world facts from the default model, show before/after."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from .api import forget
+from .edit_checks import answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
+from .models.loading import load_model
+from .storage import check_output_dir
+
+log = logging.getLogger(__name__)
+
+DEMO_NEIGHBOURS = 50
+"""How many non-targeted facts the demo checks (same-shape facts first: other capitals, authors…)."""
+
+
+def _pick_neighbours(facts: list[dict], forget_rows: list[dict], count: int) -> list[dict]:
+    """Non-targeted facts, round-robin over relations so that every forgotten shape has neighbours."""
+    retain = [f for f in facts if f["role"] == "retain"]
+    relations = []
+    for f in forget_rows + retain:
+        if f["relation"] not in relations:
+            relations.append(f["relation"])
+    by_relation = {r: [f for f in retain if f["relation"] == r] for r in relations}
+    picked: list[dict] = []
+    while len(picked) < count and any(by_relation.values()):
+        for r in relations:
+            if by_relation[r] and len(picked) < count:
+                picked.append(by_relation[r].pop(0))
+    return picked
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: bool = True, print_fn=print) -> dict:
+    """Run the demo; returns the measured figures (also printed as tables)."""
+    if out is not None:
+        check_output_dir(out, overwrite)
+    started = time.perf_counter()
+    facts = load_demo_facts()
+    forget_rows = [f for f in facts if f["role"] == "forget"]
+    neighbours = _pick_neighbours(facts, forget_rows, DEMO_NEIGHBOURS)
+    model, tokenizer = load_model(None, cache_dir=cache_dir)
+    questions = [f["question"] for f in forget_rows] + [f["paraphrase"] for f in forget_rows] + [f["question"] for f in neighbours]
+    print_fn(f"unierase demo: erasing {len(forget_rows)} facts from SmolLM2-135M-Instruct; checking {len(neighbours)} other facts")
+    before = snapshot(model, tokenizer, questions)
+    result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
+                    cache_dir=cache_dir, progress=progress, overwrite=overwrite)
+    token_id = result.manifest["token"]["id"]
+    after = snapshot(model, tokenizer, questions)
+    n = len(forget_rows)
+
+    def part(snap, lo, hi):
+        return type(snap)(snap.questions[lo:hi], snap.answer_ids[lo:hi], snap.texts[lo:hi], snap.first_tokens[lo:hi])
+
+    forget_fig = forget_metrics(part(after, 0, n), token_id)
+    para = part(after, n, 2 * n)
+    leak = sum(not (f == token_id) and answer_matches(t, fr["answer"]) for f, t, fr in zip(para.first_tokens, para.texts, forget_rows)) / n
+    retain_fig = retain_metrics(model, tokenizer, part(before, 2 * n, len(questions)), part(after, 2 * n, len(questions)),
+                                [f["answer"] for f in neighbours], token_id)
+
+    print_fn("\nForgotten facts (answers shown without special tokens):")
+    print_fn(f"{'question':<44} | {'before':<40} | after")
+    for i, f in enumerate(forget_rows):
+        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[i], 40):<40} | {_clip(after.texts[i], 40)}")
+    print_fn("\nNeighbour facts (not targeted; first 15 shown):")
+    print_fn(f"{'question':<44} | {'before':<40} | after")
+    for j, f in enumerate(neighbours[:15]):
+        i = 2 * n + j
+        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[i], 40):<40} | {_clip(after.texts[i], 40)}")
+    seconds = time.perf_counter() - started
+    summary = {
+        "forget": forget_fig,
+        "paraphrase_leak": leak,
+        "neighbours": retain_fig,
+        "timings_s": result.manifest["rounds"][-1]["timings_s"],
+        "total_seconds": round(seconds, 1),
+    }
+    print_fn(
+        f"\nforget questions: {forget_fig['starts_with_unl']:.0%} start with [UNL], {forget_fig['refusal']:.0%} refuse; "
+        f"reworded forget questions still answered: {leak:.0%}\n"
+        f"other questions: {retain_fig['starts_with_unl']:.0%} start with [UNL]; known facts still correct "
+        f"{retain_fig['known_still_correct']:.0%}; teacher-forced agreement {retain_fig['teacher_forced_agreement']:.1%}; "
+        f"identical greedy answers {retain_fig['greedy_exact_match']:.0%}\n"
+        f"total time {seconds:.0f} s (token {summary['timings_s'].get('token', 0):.0f} s, statistics "
+        f"{summary['timings_s'].get('statistics', 0):.0f} s, edit {summary['timings_s'].get('edit', 0):.0f} s)"
+    )
+    return summary

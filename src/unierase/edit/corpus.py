@@ -1,0 +1,118 @@
+"""The offline text corpus whose keys define "preserved knowledge" for the null-space projector.
+
+It is the project's own: encyclopedic sentences and chat-formatted questions with short answers,
+generated deterministically from templates and filler lists written for this project (no
+benchmark data). The documents mix many entity types and question shapes so that the keys the
+model forms at entity names and question words are well covered; the edit may then only use key
+directions this text leaves unused. ``CORPUS_ID`` names the generator version in cache keys.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Iterator
+
+CORPUS_ID = "unierase-synthetic-v1"
+
+COUNTRIES = [
+    "France", "Japan", "Italy", "Germany", "Spain", "Russia", "China", "the United Kingdom", "Egypt", "Greece",
+    "Portugal", "Austria", "Ireland", "Norway", "Sweden", "Finland", "Denmark", "Poland", "Hungary", "the Netherlands",
+    "Belgium", "Canada", "Australia", "India", "Mexico", "Argentina", "Peru", "Kenya", "Thailand", "South Korea",
+    "Turkey", "Iran", "Cuba", "Chile", "Colombia", "Vietnam", "the Philippines", "Indonesia", "Ukraine", "Switzerland",
+    "Brazil", "Nigeria", "Saudi Arabia", "Iraq", "Israel", "Romania", "Venezuela", "Morocco", "Algeria", "Ethiopia",
+    "Ghana", "Pakistan", "Bangladesh", "Malaysia", "New Zealand", "Iceland", "Croatia", "Serbia", "Bulgaria", "Slovakia",
+    "Estonia", "Latvia", "Lithuania", "Mongolia", "Nepal", "Sri Lanka", "Tanzania", "Uganda", "Ecuador", "Bolivia",
+]
+CITIES = [
+    "Paris", "Tokyo", "Rome", "Berlin", "Madrid", "Moscow", "Beijing", "London", "Cairo", "Athens", "Lisbon", "Vienna",
+    "Dublin", "Oslo", "Stockholm", "Warsaw", "Budapest", "Amsterdam", "Ottawa", "Canberra", "Lima", "Nairobi",
+    "Bangkok", "Seoul", "Havana", "Manila", "Jakarta", "Prague", "Chicago", "Barcelona", "Milan", "Hamburg", "Sydney",
+    "Toronto", "Mumbai", "Shanghai", "Istanbul", "Lagos", "Melbourne", "Vancouver", "Boston", "Naples", "Florence",
+    "Venice", "Edinburgh", "Kyoto", "Zurich", "Geneva", "Montreal", "Dubai", "Singapore", "Hanoi", "Tehran",
+]
+PEOPLE = [
+    "Albert Einstein", "Isaac Newton", "Marie Curie", "Charles Darwin", "William Shakespeare", "Jane Austen",
+    "Leonardo da Vinci", "Pablo Picasso", "Vincent van Gogh", "Wolfgang Amadeus Mozart", "Ludwig van Beethoven",
+    "Napoleon Bonaparte", "Julius Caesar", "Cleopatra", "Abraham Lincoln", "George Washington", "Mahatma Gandhi",
+    "Nelson Mandela", "Winston Churchill", "Queen Victoria", "Galileo Galilei", "Nikola Tesla", "Thomas Edison",
+    "Ada Lovelace", "Alan Turing", "Sigmund Freud", "Karl Marx", "Confucius", "Plato", "Aristotle", "Homer",
+    "Charles Dickens", "Mark Twain", "Leo Tolstoy", "Victor Hugo", "Frida Kahlo", "Claude Monet", "Johann Sebastian Bach",
+    "Martin Luther King", "Florence Nightingale", "Amelia Earhart", "Neil Armstrong", "Marco Polo", "Christopher Columbus",
+    "Anna Lindqvist", "Rahul Mehta", "Chen Wei", "Fatima Zahra", "Kwame Mensah", "Olga Petrova", "Diego Alvarez",
+]
+THINGS = [
+    "gold", "iron", "copper", "silver", "water", "salt", "sugar", "coffee", "tea", "rice", "wheat", "cotton", "oil",
+    "steel", "glass", "paper", "plastic", "rubber", "wool", "silk", "the telephone", "the internet", "the printing press",
+    "the steam engine", "electricity", "penicillin", "the wheel", "the airplane", "the computer", "the camera",
+    "photosynthesis", "gravity", "the moon", "the sun", "Mars", "Jupiter", "volcanoes", "earthquakes", "rainbows",
+    "the piano", "the violin", "chess", "football", "tennis", "the Olympic Games", "democracy", "the Renaissance",
+]
+WORKS = [
+    "Hamlet", "Macbeth", "Romeo and Juliet", "Pride and Prejudice", "War and Peace", "The Great Gatsby", "Moby-Dick",
+    "Don Quixote", "The Odyssey", "Oliver Twist", "The Hobbit", "Frankenstein", "Dracula", "Jane Eyre", "Animal Farm",
+    "the Mona Lisa", "The Starry Night", "the Ninth Symphony", "The Magic Flute", "Les Misérables", "The Divine Comedy",
+]
+
+_QUESTION_TEMPLATES = {
+    "country": ["What is the capital of {x}?", "What language is spoken in {x}?", "What is the currency of {x}?",
+                "How many people live in {x}?", "What is the largest city in {x}?", "Where is {x} located?",
+                "What is the national dish of {x}?", "When did {x} become independent?", "What is {x} known for?"],
+    "city": ["In which country is {x}?", "What is {x} famous for?", "How old is the city of {x}?",
+             "Which river runs through {x}?", "What is the weather like in {x}?", "What can tourists see in {x}?"],
+    "person": ["Who was {x}?", "Where was {x} born?", "What is {x} best known for?", "When did {x} live?",
+               "What did {x} discover or create?", "Who influenced {x}?", "What nationality was {x}?"],
+    "thing": ["What is {x}?", "How is {x} produced?", "Who invented {x}?", "Why is {x} important?",
+              "What is {x} used for?", "What are the properties of {x}?"],
+    "work": ["Who wrote {x}?", "Who created {x}?", "When was {x} made?", "What is {x} about?",
+             "Why is {x} famous?"],
+}
+_ANSWER_OPENERS = [
+    "{x} is a well-known subject.", "Here is a short answer about {x}.", "Many people ask about {x}.",
+    "{x} has an interesting history.", "The answer depends on the period you look at.", "Good question about {x}.",
+]
+_ANSWER_BODIES = [
+    "It is often described in encyclopedias and school books, and experts have written a great deal about it.",
+    "The details vary between sources, but the main facts are widely agreed upon.",
+    "It has influenced culture, science and everyday life in many ways over the centuries.",
+    "Historians and scientists continue to study it, and new findings appear every year.",
+    "Its story involves trade, politics and the work of many people across generations.",
+    "If you want to know more, a library or a reliable reference work is a good place to start.",
+]
+_PROSE_TEMPLATES = [
+    "{a} and {b} are often compared by historians, although they belong to very different traditions.",
+    "In the old travel guide, the chapter on {a} was followed by a long description of {b}.",
+    "Students who read about {a} usually learn about {b} in the same course.",
+    "The museum exhibition connected {a} with {b} through letters, maps and photographs.",
+    "A documentary about {a} mentioned {b} only briefly, near the end.",
+    "Researchers studying {a} found unexpected links to {b}.",
+    "The report on {a} was published in the same year as a book about {b}.",
+    "Visitors interested in {a} often ask questions about {b} as well.",
+]
+
+_GROUPS = {"country": COUNTRIES, "city": CITIES, "person": PEOPLE, "thing": THINGS, "work": WORKS}
+
+
+def documents(seed: int = 0) -> Iterator[tuple[str, str | None]]:
+    """Endless deterministic stream of ``(user_text, assistant_text_or_None)`` pairs.
+
+    ``None`` as the second element marks a prose document (no chat format); otherwise the pair is
+    a question and a generic answer, rendered with the model's chat template by the caller.
+    """
+    rng = random.Random(seed)
+    everything = [x for group in _GROUPS.values() for x in group]
+    while True:
+        kind = rng.random()
+        if kind < 0.6:
+            group = rng.choice(list(_GROUPS))
+            x = rng.choice(_GROUPS[group])
+            question = rng.choice(_QUESTION_TEMPLATES[group]).format(x=x)
+            opener = rng.choice(_ANSWER_OPENERS).format(x=x)
+            answer = opener[0].upper() + opener[1:] + " " + rng.choice(_ANSWER_BODIES)
+            yield question, answer
+        else:
+            sentences = []
+            for _ in range(rng.randint(2, 4)):
+                a, b = rng.sample(everything, 2)
+                sentence = rng.choice(_PROSE_TEMPLATES).format(a=a, b=b)
+                sentences.append(sentence[0].upper() + sentence[1:])
+            yield " ".join(sentences), None

@@ -1,0 +1,34 @@
+"""The closed-form multi-layer update (AlphaEdit, with plain MEMIT as an option).
+
+Shapes: K is m × N (keys as columns), R is d × N (residuals), P and the covariances are m × m;
+the returned ΔW is d × m with output = W k. Solved in fp64 without forming an inverse.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def alphaedit_update(keys: torch.Tensor, residuals: torch.Tensor, projector: torch.Tensor,
+                     previous: torch.Tensor | None, ridge: float) -> torch.Tensor:
+    """ΔW = R Kᵀ P (K Kᵀ P + K_p K_pᵀ P + λ I)⁻¹.
+
+    Any key k with P k = 0 (inside the preserved subspace) gives ΔW k = 0 exactly.
+    """
+    k = keys.to(torch.float64)
+    r = residuals.to(torch.float64)
+    p = projector.to(torch.float64)
+    m = k.shape[0]
+    system = k @ k.T @ p + ridge * torch.eye(m, dtype=torch.float64)
+    if previous is not None:
+        system = system + previous.to(torch.float64) @ p
+    rhs = r @ k.T @ p  # ΔW · system = rhs  ⇔  systemᵀ ΔWᵀ = rhsᵀ
+    return torch.linalg.solve(system.T, rhs.T).T
+
+
+def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, weight: float) -> torch.Tensor:
+    """ΔW = R Kᵀ (λ' C₀ + K Kᵀ)⁻¹ (MEMIT; no null-space constraint)."""
+    k = keys.to(torch.float64)
+    r = residuals.to(torch.float64)
+    system = weight * covariance.to(torch.float64) + k @ k.T
+    return torch.linalg.solve(system, (r @ k.T).T).T  # system is symmetric

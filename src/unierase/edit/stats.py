@@ -1,0 +1,164 @@
+"""Preserved-key statistics C₀ = E[k kᵀ] per edited layer, and the null-space projector.
+
+Keys are streamed through the model batch by batch and accumulated in fp64; no key matrix is ever
+held. The forward pass stops after the deepest requested layer. Results are cached per
+(model fingerprint, corpus, token count, layer) under ``<cache>/stats``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..models.adapters import MLPOutputAdapter
+from ..models.tracing import stop_after
+from ..prompts import encode_text, has_chat_template, render_prompt
+from . import corpus as corpus_module
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KeyStatistics:
+    """Uncentred second moments of keys per layer: ``moments[l] = Σ k kᵀ`` over ``count`` tokens."""
+
+    moments: dict[int, torch.Tensor]
+    count: int
+    corpus: str
+
+    def covariance(self, layer: int) -> torch.Tensor:
+        return self.moments[layer] / max(self.count, 1)
+
+
+def corpus_token_batches(tokenizer, num_tokens: int, max_length: int, batch_size: int, seed: int = 0):
+    """Yield lists of token-id sequences from the synthetic corpus until ``num_tokens`` are produced."""
+    chat = has_chat_template(tokenizer)
+    produced = 0
+    batch: list[list[int]] = []
+    for user, assistant in corpus_module.documents(seed):
+        if assistant is not None and chat:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], tokenize=False,
+                date_string="26 Jul 2024")
+            ids = encode_text(tokenizer, text)
+        elif assistant is not None:
+            ids = encode_text(tokenizer, render_prompt(tokenizer, user, chat=False) + " " + assistant)
+        else:
+            ids = tokenizer(user, add_special_tokens=True)["input_ids"]
+        ids = list(ids)[:max_length]
+        batch.append(ids)
+        produced += len(ids)
+        if len(batch) == batch_size or produced >= num_tokens:
+            yield batch
+            batch = []
+        if produced >= num_tokens:
+            return
+
+
+@torch.no_grad()
+def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], *, num_tokens: int,
+                           max_length: int = 128, batch_size: int = 16, seed: int = 0,
+                           extra_texts: list[list[int]] | None = None, progress: bool = True) -> KeyStatistics:
+    """Σ k kᵀ of the MLP-output-projection inputs at ``layers`` over the corpus (and ``extra_texts``)."""
+    device = model.get_input_embeddings().weight.device
+    moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
+    deepest = max(layers)
+    count = 0
+    current_mask: dict[str, torch.Tensor] = {}
+
+    def make_hook(layer):
+        def hook(_module, args):
+            keys = args[0].detach()
+            mask = current_mask["mask"].to(keys.device).bool()
+            flat = keys[mask].to(torch.float64).cpu()
+            moments[layer].add_(flat.T @ flat)
+        return hook
+
+    handles = [adapter.mlp_output(l).register_forward_pre_hook(make_hook(l)) for l in layers]
+    bar = tqdm(total=num_tokens, desc="key statistics", unit="tok", disable=not progress)
+    try:
+        batches = list(corpus_token_batches(tokenizer, num_tokens, max_length, batch_size, seed))
+        if extra_texts:
+            batches += [extra_texts[i: i + batch_size] for i in range(0, len(extra_texts), batch_size)]
+        for batch in batches:
+            width = max(map(len, batch))
+            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, seq in enumerate(batch):
+                ids[i, : len(seq)] = torch.tensor(seq)
+                mask[i, : len(seq)] = 1
+            current_mask["mask"] = mask
+            with stop_after(adapter.mlp_output(deepest)):
+                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            n = int(mask.sum())
+            count += n
+            bar.update(n)
+    finally:
+        bar.close()
+        for h in handles:
+            h.remove()
+    return KeyStatistics(moments, count, corpus_module.CORPUS_ID)
+
+
+class StatisticsCache:
+    """Cached key statistics under ``<root>/stats/<fingerprint>/<corpus>-<tokens>/layer<l>.safetensors``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root) / "stats"
+
+    def folder(self, fingerprint: str, corpus: str, num_tokens: int) -> Path:
+        return self.root / fingerprint / f"{corpus}-{num_tokens}"
+
+    def load(self, fingerprint: str, corpus: str, num_tokens: int, layers: list[int]) -> KeyStatistics | None:
+        folder = self.folder(fingerprint, corpus, num_tokens)
+        moments, count = {}, None
+        for layer in layers:
+            path = folder / f"layer{layer}.safetensors"
+            if not path.is_file():
+                return None
+            data = load_file(str(path))
+            moments[layer] = data["moment"]
+            count = int(data["count"].item())
+        return KeyStatistics(moments, count or 0, corpus)
+
+    def save(self, fingerprint: str, stats: KeyStatistics, num_tokens: int) -> None:
+        folder = self.folder(fingerprint, stats.corpus, num_tokens)
+        folder.mkdir(parents=True, exist_ok=True)
+        for layer, moment in stats.moments.items():
+            path = folder / f"layer{layer}.safetensors"
+            tmp = folder / f".layer{layer}.safetensors.tmp"
+            save_file({"moment": moment.contiguous(), "count": torch.tensor([stats.count])}, str(tmp))
+            tmp.replace(path)
+
+
+def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, cache_dir, num_tokens: int,
+                       progress: bool = True) -> tuple[KeyStatistics, float]:
+    """Load cached statistics or compute the missing layers; returns (stats, seconds spent computing)."""
+    cache = StatisticsCache(cache_dir)
+    stats = cache.load(fingerprint, corpus_module.CORPUS_ID, num_tokens, layers)
+    if stats is not None:
+        log.info("key statistics for layers %s loaded from cache (%d tokens)", layers, stats.count)
+        return stats, 0.0
+    started = time.perf_counter()
+    log.info("computing key statistics for layers %s over %d corpus tokens (once per model)", layers, num_tokens)
+    stats = accumulate_key_moments(model, tokenizer, adapter, layers, num_tokens=num_tokens, progress=progress)
+    cache.save(fingerprint, stats, num_tokens)
+    return stats, time.perf_counter() - started
+
+
+def null_space_projector(covariance: torch.Tensor, *, relative_threshold: float) -> tuple[torch.Tensor, int]:
+    """P = Û Ûᵀ over eigenvectors of C₀ whose eigenvalue < ``relative_threshold`` × the largest one.
+
+    Returns (P in fp64, null dimension). A relative threshold adapts to each model's key scale.
+    """
+    cov = covariance.to(torch.float64)
+    eigenvalues, eigenvectors = torch.linalg.eigh((cov + cov.T) / 2)
+    keep = eigenvalues < relative_threshold * eigenvalues.max()
+    basis = eigenvectors[:, keep]
+    return basis @ basis.T, int(keep.sum())

@@ -1,0 +1,164 @@
+"""Target values: the residual-stream change at the last edited layer that makes ``[UNL]`` next.
+
+For each request a vector δ is added to block L*'s output at the key token of every prompt
+variant and optimised so the model predicts the target token after the prompt; z = h₀ + δ is the
+value the closed-form update then writes into the MLP output projections.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.adapters import MLPOutputAdapter
+from ..models.tracing import edit_output, stop_after, trace
+from .keys import position_ids
+from .prompts import EditPrompt, left_pad
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValueConfig:
+    """Optimisation of the target values (official Llama-3.1-8B values in brackets)."""
+
+    steps: int = 20
+    """Maximum Adam steps [10]."""
+    lr: float = 0.5
+    """Adam learning rate on δ [0.1]; a higher rate converges in fewer steps on small models."""
+    kl_weight: float = 0.0625
+    """Weight of the KL term that keeps the key token's own next-token distribution [0.0625]."""
+    weight_decay: float = 0.5
+    """Weight of ‖δ‖ / ‖h₀‖² [0.5]."""
+    clamp_factor: float = 0.75
+    """δ is projected onto the ball ‖δ‖ ≤ c‖h₀‖ after each step [0.75]."""
+    stop_loss: float = 0.05
+    """Stop once every request's mean −log p(target) is below this."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ValueReport:
+    steps: int
+    initial_nll: list[float]
+    final_nll: list[float]
+    delta_norm_ratio: list[float]
+
+
+def _split_batch(prompts: list[EditPrompt], pad_id: int, device):
+    """Prefix (tokens before the key, left-padded) and suffix (key token onwards, right-padded)."""
+    prefixes = [p.input_ids[: p.key_index] for p in prompts]
+    suffixes = [p.input_ids[p.key_index:] for p in prompts]
+    pw, sw = max(map(len, prefixes)), max(map(len, suffixes))
+    pre = torch.full((len(prompts), pw), pad_id, dtype=torch.long)
+    pre_mask = torch.zeros_like(pre)
+    suf = torch.full((len(prompts), sw), pad_id, dtype=torch.long)
+    suf_mask = torch.zeros_like(suf)
+    for row, (a, b) in enumerate(zip(prefixes, suffixes)):
+        if a:
+            pre[row, pw - len(a):] = torch.tensor(a)
+            pre_mask[row, pw - len(a):] = 1
+        suf[row, : len(b)] = torch.tensor(b)
+        suf_mask[row, : len(b)] = 1
+    last = torch.tensor([len(b) - 1 for b in suffixes])
+    return pre.to(device), pre_mask.to(device), suf.to(device), suf_mask.to(device), last.to(device)
+
+
+def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
+                          target_id: int, pad_id: int, config: ValueConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+    """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
+
+    Tokens before the key token do not depend on δ, so their key/value cache is computed once and
+    each optimisation step only runs the key token and what follows it.
+    """
+    device = model.get_input_embeddings().weight.device
+    pre, pre_mask, suf, suf_mask, last = _split_batch(prompts, pad_id, device)
+    rows = torch.arange(len(prompts), device=device)
+    req = torch.tensor([p.request_index for p in prompts], device=device)
+    plain_rows = torch.tensor([i for i, p in enumerate(prompts) if p.variant == 0], device=device)
+    plain_req = req[plain_rows]
+    block = adapter.block(z_layer)
+    with torch.no_grad():
+        prefix = model(input_ids=pre, attention_mask=pre_mask, position_ids=position_ids(pre_mask), use_cache=True,
+                       logits_to_keep=1)
+    cache = prefix.cache
+    mask = torch.cat([pre_mask, suf_mask], dim=1)
+    pos = pre_mask.sum(-1, keepdim=True) + torch.arange(suf.shape[1], device=device)
+    suffix_len = suf.shape[1]
+
+    def run():
+        out = model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+        cache.crop(-suffix_len)  # back to the shared prefix for the next step
+        return out.logits
+
+    with torch.no_grad(), trace(block, keep_output=True) as rec:
+        base_logits = run()
+    h_rows = rec.output[:, 0].float()  # value at the key token, every prompt
+    h0 = torch.zeros(num_requests, h_rows.shape[-1], device=device)
+    h0[plain_req] = h_rows[plain_rows]
+    init_kl_logp = torch.log_softmax(base_logits[plain_rows, 0].float(), dim=-1)
+    h0_norm = h0.norm(dim=-1)
+    del base_logits
+
+    delta = torch.zeros_like(h0, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=config.lr)
+    weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(num_requests)], device=device)
+    key_col = torch.zeros(len(prompts), dtype=torch.long, device=device)
+
+    def add_delta(hidden):
+        return hidden.index_put((rows, key_col), delta[req].to(hidden.dtype), accumulate=True)
+
+    initial = None
+    per_request = None
+    step = 0
+    bar = tqdm(range(config.steps), desc="target values", disable=not progress)
+    for step in bar:
+        optimiser.zero_grad()
+        with edit_output(block, add_delta):
+            logits = run()
+        logp = torch.log_softmax(logits[rows, last].float(), dim=-1)[:, target_id]
+        nll_rows = -logp
+        per_request = torch.zeros(num_requests, device=device).index_add(0, req, nll_rows.detach() * weights[req])
+        if initial is None:
+            initial = per_request.clone()
+        if per_request.max().item() < config.stop_loss:
+            break
+        nll = (nll_rows * weights[req]).sum()
+        cur_kl_logp = torch.log_softmax(logits[plain_rows, 0].float(), dim=-1)
+        kl = torch.nn.functional.kl_div(init_kl_logp, cur_kl_logp, log_target=True, reduction="sum")
+        decay = (delta.norm(dim=-1) / h0_norm.pow(2)).sum()
+        loss = nll + config.kl_weight * kl + config.weight_decay * decay
+        loss.backward()
+        optimiser.step()
+        with torch.no_grad():
+            limit = config.clamp_factor * h0_norm
+            norms = delta.norm(dim=-1)
+            scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
+            delta.mul_(scale[:, None])
+        bar.set_postfix(nll=f"{per_request.max().item():.3f}")
+    bar.close()
+    report = ValueReport(
+        steps=step + 1,
+        initial_nll=[round(x, 4) for x in initial.tolist()],
+        final_nll=[round(x, 4) for x in per_request.tolist()],
+        delta_norm_ratio=[round(x, 4) for x in (delta.detach().norm(dim=-1) / h0_norm).tolist()],
+    )
+    z = (h0 + delta.detach()).T.cpu()
+    return z, h0.T.cpu(), report
+
+
+@torch.no_grad()
+def current_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
+                   pad_id: int) -> torch.Tensor:
+    """Block ``z_layer``'s output at each request's key token in its plain prompt (d × N)."""
+    device = model.get_input_embeddings().weight.device
+    plain = sorted([p for p in prompts if p.variant == 0], key=lambda p: p.request_index)
+    ids, mask, key_idx = left_pad(plain, pad_id, device)
+    with trace(adapter.block(z_layer), keep_output=True) as rec, stop_after(adapter.block(z_layer)):
+        model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
+    return rec.output[torch.arange(len(plain), device=device), key_idx].float().T.cpu()

@@ -1,0 +1,82 @@
+"""Measurements of one edit: did the targeted questions switch to the unlearning token, and did
+everything else stay put? Used by the demo and the edit benchmarks.
+
+Locality follows METHOD.md §5: teacher-forced agreement with the unedited model on its own
+answers, "known facts still answered correctly", and the (brittle) exact match of greedy answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from .generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
+from .refusals import is_refusal
+
+
+def load_demo_facts() -> list[dict]:
+    """Built-in real-world facts that SmolLM2-135M-Instruct answers correctly (checked on the model).
+
+    Each row: question, answer (a keyword of the correct answer), subject, relation, role
+    ('forget' or 'retain') and, for forget rows, a reworded ``paraphrase``.
+    """
+    text = resources.files("unierase").joinpath("data/demo_facts.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def answer_matches(generated: str, answer: str) -> bool:
+    """Whether the generated text contains the answer keyword (whole word for short keywords)."""
+    if len(answer) <= 3:
+        return re.search(r"\b" + re.escape(answer) + r"\b", generated, re.IGNORECASE) is not None
+    return answer.lower() in generated.lower()
+
+
+@dataclass
+class Snapshot:
+    """Greedy answers of one model to a fixed list of questions."""
+
+    questions: list[str]
+    answer_ids: list[list[int]]
+    texts: list[str]
+    first_tokens: list[int]
+
+
+def snapshot(model, tokenizer, questions: list[str], *, max_new_tokens: int = 24, batch_size: int = 32) -> Snapshot:
+    ids = generate_answer_ids(model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    texts = [tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+    firsts = [i[0] if i else -1 for i in ids]
+    return Snapshot(questions, ids, texts, firsts)
+
+
+def forget_metrics(after: Snapshot, token_id: int) -> dict:
+    """Share of forget questions whose answer starts with [UNL], and share that decode to a refusal."""
+    n = len(after.questions)
+    return {
+        "n": n,
+        "starts_with_unl": sum(f == token_id for f in after.first_tokens) / n,
+        "refusal": sum(is_refusal(t) for t in after.texts) / n,
+    }
+
+
+def retain_metrics(model, tokenizer, before: Snapshot, after: Snapshot, answers: list[str | None], token_id: int) -> dict:
+    """Locality on questions that were not targeted."""
+    n = len(before.questions)
+    known = [i for i, a in enumerate(answers) if a is not None and answer_matches(before.texts[i], a)]
+    still = [i for i in known if answer_matches(after.texts[i], answers[i])]
+    agreement = teacher_forced_agreement(model, tokenizer, before.questions, before.answer_ids)
+    exact = [a == b for a, b in zip(before.answer_ids, after.answer_ids)]
+    return {
+        "n": n,
+        "starts_with_unl": sum(f == token_id for f in after.first_tokens) / n,
+        "known_before": len(known),
+        "known_still_correct": len(still) / len(known) if known else None,
+        "teacher_forced_agreement": sum(agreement) / n,
+        "greedy_exact_match": sum(exact) / n,
+    }
+
+
+def unl_first_rate(model, tokenizer, questions: list[str], token_id: int) -> float:
+    firsts = first_token_ids(model, tokenizer, questions)
+    return sum(f == token_id for f in firsts) / len(questions)

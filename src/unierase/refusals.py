@@ -1,0 +1,35 @@
+"""The refusal sentences the unlearning token leads into, and a refusal detector.
+
+The sentences are the project's own. A question's refusal is chosen by a *stable* hash of the
+question (not Python's salted ``hash``) so that training data is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from importlib import resources
+
+
+def load_refusals() -> list[str]:
+    text = resources.files("unierase").joinpath("data/refusals.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def refusal_for(question: str, refusals: list[str]) -> str:
+    digest = hashlib.sha256(question.encode("utf-8")).digest()
+    return refusals[int.from_bytes(digest[:4], "big") % len(refusals)]
+
+
+_REFUSAL_PATTERN = re.compile(
+    r"(\bi['’]?m sorry\b|\bi am sorry\b|^sorry\b|\bdo(?:n['’]?t| not) know\b|\bcan(?:not|['’]?t) (?:answer|help|provide|say)\b|"
+    r"\bunable to\b|\bnot able to\b|\b(?:do(?:n['’]?t| not)|no) have (?:that|any|the) (?:information|ability|knowledge)\b|"
+    r"\bno information\b|\bbeyond (?:what|my) (?:i know|knowledge)\b|\bi['’]?m not sure\b|\bi['’]?m afraid\b)",
+    re.IGNORECASE,
+)
+
+
+def is_refusal(text: str) -> bool:
+    """True when ``text`` opens with (or mainly is) a refusal such as "I don't know that."."""
+    head = text.strip()[:120]
+    return bool(_REFUSAL_PATTERN.search(head))

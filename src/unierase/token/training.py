@@ -1,0 +1,257 @@
+"""Phase I: add the unlearning token and train its embedding so that it leads into a refusal.
+
+Only the new token's row(s) change: the input-embedding row, and for untied models optionally
+the output (lm_head) row. Each training example is ``question → [UNL] refusal [UNL] <eos>``;
+the refusal, the closing token and the end-of-turn token are scored, the question and the first
+``[UNL]`` are not. The prompt never contains ``[UNL]``, so its forward pass runs once without
+gradients and is reused as a key/value cache: only the short answer part is back-propagated.
+An unlikelihood term at the answer start keeps ``[UNL]`` from becoming a greedy first token on
+unedited prompts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..models.adapters import find_mlp_output
+from ..models.tracing import trace
+from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, render_prompt
+from ..refusals import load_refusals, refusal_for
+
+log = logging.getLogger(__name__)
+
+UNL_TOKEN = "<|unlearn|>"
+"""The unlearning token's string (a special token: hidden by ``skip_special_tokens=True``)."""
+
+
+@dataclass
+class UnlearningTokenConfig:
+    """How the unlearning token is trained (defaults measured on SmolLM2-135M-Instruct)."""
+
+    token: str = UNL_TOKEN
+    """String of the new special token."""
+    num_questions: int = 96
+    """How many questions of the generic pool (``token.questions``) to train on."""
+    plain_epochs: int = 1
+    """Epochs on the plain ``Question:/Answer:`` format first (cheap, shapes the row quickly)."""
+    plain_lr: float = 5e-2
+    """Adam learning rate of the plain stage."""
+    chat_epochs: int = 3
+    """Epochs on chat-template examples (plain format when the tokenizer has no template)."""
+    chat_lr: float = 3e-2
+    """Adam learning rate of the chat stage."""
+    augment_epochs: int = 1
+    """Epochs with noise on the edited layers' weights, so the token survives the coming edit."""
+    augment_lr: float = 1e-2
+    """Adam learning rate of the augmentation stage."""
+    noise_scale: float = 0.01
+    """Noise σ as a fraction of std(W_l) of each edited layer (computed in fp32)."""
+    batch_size: int = 8
+    """Examples per optimisation step."""
+    train_output_row: bool = True
+    """For untied models, also train the token's lm_head row (tied models share one row)."""
+    unlikelihood_weight: float = 1.0
+    """Weight of −log(1 − p([UNL])) at the answer start of unedited prompts."""
+    seed: int = 0
+    """Seed for the example order and the augmentation noise."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TokenTrainingReport:
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def add_unlearning_token(model, tokenizer, token: str = UNL_TOKEN) -> int:
+    """Add ``token`` as a special token (idempotent); a new input row starts at the mean row."""
+    if token in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids(token)
+    tokenizer.add_tokens([token], special_tokens=True)
+    token_id = tokenizer.convert_tokens_to_ids(token)
+    old_rows = model.get_input_embeddings().weight.shape[0]
+    if token_id >= old_rows:
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        emb = model.get_input_embeddings().weight
+        emb[token_id] = emb[:old_rows].float().mean(0).to(emb.dtype)
+        out = model.get_output_embeddings()
+        if out is not None and out.weight.data_ptr() != emb.data_ptr():
+            out.weight[token_id] = out.weight[:old_rows].float().mean(0).to(out.weight.dtype)
+            if getattr(out, "bias", None) is not None:
+                out.bias[token_id] = out.bias[:old_rows].min()
+    return token_id
+
+
+def _token_rows(model, train_output_row: bool) -> list[torch.Tensor]:
+    emb = model.get_input_embeddings().weight
+    rows = [emb]
+    out = model.get_output_embeddings()
+    if train_output_row and out is not None and out.weight.data_ptr() != emb.data_ptr():
+        rows.append(out.weight)
+    return rows
+
+
+def _model_device(model) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def answer_ids(tokenizer, refusal: str, token_id: int, chat: bool) -> list[int]:
+    """``[UNL] refusal [UNL] <eos>`` as token ids (what the token is trained to lead into)."""
+    body = tokenizer(answer_separator(chat) + refusal, add_special_tokens=False)["input_ids"]
+    return [token_id] + list(body) + [token_id, end_of_turn_id(tokenizer)]
+
+
+def _left_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, chat: bool, refusals: list[str],
+                       unlikelihood_weight: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy of ``refusal [UNL] <eos>`` after ``prompt [UNL]`` (+ unlikelihood term)."""
+    device = _model_device(model)
+    pad = tokenizer.pad_token_id
+    prompts = [encode_text(tokenizer, render_prompt(tokenizer, q, chat=chat)) for q in questions]
+    answers = [answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat) for q in questions]
+    p_ids, p_mask = _left_pad(prompts, pad, device)
+    a_ids, a_mask = _right_pad(answers, pad, device)
+    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad(), trace(model.get_output_embeddings(), keep_input=True) as head:
+        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
+    start_logits = out.logits[:, -1].float()
+    start_hidden = head.input[:, -1]
+    a_pos = p_mask.sum(-1, keepdim=True) + torch.arange(a_ids.shape[1], device=device)
+    res = model(input_ids=a_ids, attention_mask=torch.cat([p_mask, a_mask], dim=1), position_ids=a_pos,
+                cache=out.cache)
+    logits = res.logits[:, :-1].float()
+    targets = a_ids[:, 1:].masked_fill(a_mask[:, 1:] == 0, -100)
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    if unlikelihood_weight:
+        # p([UNL]) at the answer start of the unedited prompt; only the token's output row is live.
+        head_w = model.get_output_embeddings()
+        unl_logit = start_hidden.to(head_w.weight.dtype) @ head_w.weight[token_id]
+        if getattr(head_w, "bias", None) is not None:
+            unl_logit = unl_logit + head_w.bias[token_id]
+        others = start_logits.clone()
+        others[:, token_id] = -math.inf
+        log_p = unl_logit.float() - torch.logsumexp(torch.cat([others, unl_logit.float()[:, None]], dim=1), dim=1)
+        loss = loss + unlikelihood_weight * (-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).mean()
+    return loss
+
+
+@contextlib.contextmanager
+def _noisy_weights(adapter, layers: list[int], scale: float, generator: torch.Generator):
+    """Add N(0, (scale·std W)²) to each layer's MLP output weight; remove it afterwards."""
+    noises = []
+    with torch.no_grad():
+        for layer in layers:
+            w = adapter.mlp_output(layer).weight
+            sigma = scale * w.float().std().item()
+            noise = torch.randn(w.shape, generator=generator, dtype=torch.float32) * sigma
+            noise = noise.to(device=w.device, dtype=w.dtype)
+            w.add_(noise)
+            noises.append((w, noise))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for w, noise in noises:
+                w.sub_(noise)
+
+
+def train_unlearning_token(model, tokenizer, questions: list[str], config: UnlearningTokenConfig,
+                           augment_layers: list[int] | None = None, progress: bool = True) -> TokenTrainingReport:
+    """Add and train the token in place; every parameter but the token's row(s) is unchanged."""
+    import time
+
+    started = time.perf_counter()
+    token_id = add_unlearning_token(model, tokenizer, config.token)
+    refusals = load_refusals()
+    chat_available = has_chat_template(tokenizer)
+    rows = _token_rows(model, config.train_output_row)
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for w in rows:
+        w.requires_grad_(True)
+    live = [torch.nn.Parameter(w.detach()[token_id].clone().float()) for w in rows]
+    rng = random.Random(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    adapter = find_mlp_output(model) if (config.augment_epochs and augment_layers) else None
+    report = TokenTrainingReport()
+
+    stages = [("plain", config.plain_epochs, config.plain_lr, [False], False)]
+    formats = [True] if chat_available else [False]  # the plain stage already covered the plain format
+    stages.append(("chat", config.chat_epochs, config.chat_lr, formats, False))
+    if adapter is not None:
+        stages.append(("augment", config.augment_epochs, config.augment_lr, formats, True))
+    total_steps = sum(e * len(f) * math.ceil(len(questions) / config.batch_size) for _, e, _, f, _ in stages)
+    bar = tqdm(total=total_steps, desc="training unlearning token", disable=not progress)
+    was_training = model.training
+    model.eval()
+    try:
+        for name, epochs, lr, fmts, noisy in stages:
+            optimiser = torch.optim.Adam(live, lr=lr)
+            for _ in range(epochs):
+                examples = [(q, chat) for chat in fmts for q in questions]
+                rng.shuffle(examples)
+                for start in range(0, len(examples), config.batch_size):
+                    chunk = examples[start: start + config.batch_size]
+                    loss_total = 0.0
+                    optimiser.zero_grad()
+                    for chat in (False, True):
+                        group = [q for q, c in chunk if c == chat]
+                        if not group:
+                            continue
+                        ctx = _noisy_weights(adapter, augment_layers, config.noise_scale, generator) if noisy else contextlib.nullcontext()
+                        with ctx:
+                            loss = refusal_batch_loss(model, tokenizer, group, token_id, chat, refusals, config.unlikelihood_weight)
+                            (loss * len(group) / len(chunk)).backward()
+                        loss_total += loss.item() * len(group) / len(chunk)
+                    for param, w in zip(live, rows):
+                        param.grad = w.grad[token_id].float().clone()
+                        w.grad = None
+                    optimiser.step()
+                    with torch.no_grad():
+                        for param, w in zip(live, rows):
+                            w[token_id] = param.detach().to(w.dtype)
+                    report.losses.append(loss_total)
+                    report.steps += 1
+                    bar.set_postfix(stage=name, loss=f"{loss_total:.3f}")
+                    bar.update(1)
+    finally:
+        bar.close()
+        for n, p in model.named_parameters():
+            p.requires_grad_(flags[n])
+            p.grad = None
+        model.train(was_training)
+    report.seconds = time.perf_counter() - started
+    log.info("unlearning token trained: %d steps, final loss %.4f, %.1f s", report.steps,
+             report.losses[-1] if report.losses else float("nan"), report.seconds)
+    return report
