@@ -46,17 +46,22 @@ def add_forget_parser(subparsers) -> None:
     p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
     p.add_argument("--seed", type=int, default=0)
+    from .baselines.cli import add_baseline_args
+
+    add_baseline_args(p)
     p.set_defaults(handler=_run_forget)
 
 
 def _run_forget(args) -> int:
     from . import api
+    from .baselines.cli import baseline_options_from_args
 
     result = api.forget(
         args.requests, out=args.out, model=args.model, method=args.method, mode=args.mode,
         layers=[int(x) for x in args.layers.split(",")] if args.layers else None,
         key_position=args.key_position, solver=args.solver, overwrite=args.overwrite,
         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map, seed=args.seed,
+        **(baseline_options_from_args(args) if args.method != "unierase" else {}),
     )
     print(result.summary())
     return 0
@@ -97,7 +102,7 @@ def _run_demo(args) -> int:
 
 from .evaluation.cli import add_eval_parser  # noqa: E402
 
-from .baselines.finetune import add_finetune_parser  # noqa: E402
+from .baselines.cli import add_finetune_parser  # noqa: E402
 
 COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser]
 """Every sub-command, registered here in one place."""

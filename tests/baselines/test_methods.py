@@ -105,3 +105,23 @@ def test_bad_input(tiny_model_dir, tmp_path):
 
 def test_retain_spec_from_file(tiny_model_dir, tmp_path, retain_file):
     run_baseline("ga+gd", str(tiny_model_dir), REQUESTS, tmp_path / "o", retain=str(retain_file), **FAST)
+
+
+def test_cli_forget_with_a_baseline(tiny_model_dir, tmp_path, forget_file, retain_file, capsys):
+    from unierase.cli import main
+
+    out = tmp_path / "cli"
+    common = ["forget", "--model", str(tiny_model_dir), "--requests", str(forget_file), "--out", str(out),
+              "--epochs", "1", "--lr", "1e-3", "--batch-size", "2", "--no-progress"]
+    assert main(common + ["--method", "dpo+kl", "--retain", str(retain_file)]) == 0
+    assert "dpo+kl" in capsys.readouterr().out
+    manifest = json.loads((out / "unierase_manifest.json").read_text())
+    assert manifest["method"] == "dpo+kl" and manifest["hyperparameters"]["epochs"] == 1
+    # bad input: one-line errors, exit status 2, the earlier output untouched
+    assert main(common + ["--method", "npo+gd", "--retain", str(retain_file)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(common + ["--method", "npo+gd", "--overwrite"]) == 2
+    assert "needs retain data" in capsys.readouterr().err
+    assert main(common + ["--method", "magic", "--overwrite", "--retain", str(retain_file)]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert json.loads((out / "unierase_manifest.json").read_text())["method"] == "dpo+kl"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,10 +136,23 @@ def tofu_subset(n_authors: int, n_forget: int, data_dir: str | os.PathLike | Non
     return TofuSubset(retain_ids, forget_ids, take(retain_ids), take(forget_ids))
 
 
+_SLICE = re.compile(r"^(?P<config>[A-Za-z0-9_]+)(\[(?P<start>\d*):(?P<stop>\d*)\])?$")
+
+
 def parse_data_spec(spec: str, data_dir: str | os.PathLike | None = None) -> list[ForgetRequest]:
-    """``tofu:CONFIG`` (a TOFU config), or a JSONL file of question/answer objects."""
+    """``tofu:CONFIG`` or ``tofu:CONFIG[START:STOP]`` (rows of a TOFU config; ``tofu:full[0:20]`` is
+    author 0), or a JSONL file of question/answer objects."""
     if spec.startswith("tofu:"):
-        return load_tofu(spec.split(":", 1)[1], data_dir)
+        match = _SLICE.match(spec.split(":", 1)[1])
+        if not match:
+            raise UniEraseError(f"bad data spec {spec!r}; expected tofu:CONFIG or tofu:CONFIG[START:STOP]")
+        rows = load_tofu(match["config"], data_dir)
+        start = int(match["start"]) if match["start"] else 0
+        stop = int(match["stop"]) if match["stop"] else len(rows)
+        rows = rows[start:stop]
+        if not rows:
+            raise UniEraseError(f"data spec {spec!r} selects no rows")
+        return rows
     items = load_requests(spec)
     missing = [i + 1 for i, r in enumerate(items) if not r.answer]
     if missing:

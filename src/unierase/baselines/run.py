@@ -37,15 +37,17 @@ MANIFEST = "unierase_manifest.json"
 @dataclass
 class BaselineResult:
     method: str
-    out: Path
+    out: Path | None
     manifest: dict
+    model: object = None
+    """The unlearned model (in memory)."""
 
     def summary(self) -> str:
         m = self.manifest
         ev = m["forget_answer_nll"]
         return (f"{self.method}: {len(m['requests'])} requests, {m['train']['steps']} steps in "
                 f"{m['timings_s']['train']:.0f} s; forget-answer NLL {ev['before']:.3f} -> {ev['after']:.3f}; "
-                f"saved to {self.out}")
+                + (f"saved to {self.out}" if self.out else "not saved"))
 
 
 def make_config(method: str, config: BaselineConfig | None = None, **overrides) -> BaselineConfig:
@@ -110,13 +112,16 @@ def run_baseline(
     threads: int | None = None,
     record_texts: bool = True,
     device_map=None,
+    tokenizer=None,
     **overrides,
 ) -> BaselineResult:
     """Unlearn ``requests`` from ``model_spec`` with a fine-tuning baseline and save the result to ``out``.
 
     ``retain`` is a list of question/answer requests, or a spec string (``tofu:CONFIG`` or a JSONL
     file). ``overrides`` are :class:`BaselineConfig` fields (``lr=``, ``epochs=``, ``lora=``…).
-    Writes a Hugging Face checkpoint and ``unierase_manifest.json`` atomically.
+    ``model_spec`` is a directory, hub id or None (the default model), or an already loaded model
+    (pass ``tokenizer``; it is trained in place). Writes a Hugging Face checkpoint and
+    ``unierase_manifest.json`` atomically; with ``out=None`` nothing is written.
     """
     from ..models.loading import load_model
 
@@ -128,14 +133,23 @@ def run_baseline(
         retain = parse_data_spec(str(retain), data_dir)
     requests = list(requests)
     _check_inputs(cls, requests, retain)
-    out = check_output_dir(out, overwrite)
+    if out is not None:
+        out = check_output_dir(out, overwrite)
     if threads:
         torch.set_num_threads(threads)
 
     timings = {}
     t0 = time.perf_counter()
     seed_everything(config.seed)
-    model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map)
+    if isinstance(model_spec, torch.nn.Module):
+        if tokenizer is None:
+            raise UniEraseError("pass the tokenizer together with an already loaded model")
+        model = model_spec
+        model_spec = getattr(model.config, "_name_or_path", None) or "<in-memory model>"
+    else:
+        model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
     timings["load"] = time.perf_counter() - t0
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
@@ -233,13 +247,15 @@ def run_baseline(
         "peak_memory_mb": peak_memory_mb(),
         "threads": torch.get_num_threads(),
     }
+    if out is None:
+        return BaselineResult(cls.name, None, manifest, model)
     t2 = time.perf_counter()
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         manifest["timings_s"]["save"] = round(time.perf_counter() - t2, 2)
         write_json_atomic(Path(tmp) / MANIFEST, manifest)
-    return BaselineResult(cls.name, Path(out), manifest)
+    return BaselineResult(cls.name, Path(out), manifest, model)
 
 
 def _list_digest(items: list[ForgetRequest]) -> str:
