@@ -83,8 +83,8 @@ def _as_requests(requests) -> tuple[list[ForgetRequest], str]:
 def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokenizer=None, method: str = "unierase",
            mode: str | None = None, layers: list[int] | None = None, key_position: str = "auto", solver: str = "alphaedit",
            overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
-           edit_config: EditConfig | None = None, token_config: UnlearningTokenConfig | None = None,
-           progress: bool = True, **baseline_options) -> ForgetResult:
+           stats_tokens: int | None = None, edit_config: EditConfig | None = None,
+           token_config: UnlearningTokenConfig | None = None, progress: bool = True, **baseline_options) -> ForgetResult:
     """Erase ``requests`` (a JSONL path or a list of dicts/ForgetRequest) from ``model``.
 
     ``model`` is a directory, a hub id, ``None`` for the embedded default, or an already loaded
@@ -128,6 +128,8 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
         config.layers = list(layers)
     config.key_position = key_position if edit_config is None else config.key_position
     config.solver = solver if edit_config is None else config.solver
+    if stats_tokens is not None:
+        config.stats_tokens = stats_tokens
     adapter = find_mlp_output(model)
     edit_layers = config.resolved_layers(adapter.num_layers)
     if previous and previous.get("layers") and previous["layers"] != edit_layers:

@@ -44,6 +44,7 @@ def add_forget_parser(subparsers) -> None:
     p.add_argument("--key-position", choices=["auto", "subject", "distinct", "entity", "last"], default="auto",
                    help="where the edit key is read: 'subject' when given, else the most distinctive question token (default: auto)")
     p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
+    p.add_argument("--stats-tokens", type=int, default=None, help="corpus tokens for the preserved-key statistics (default: 200000; computed once per model and cached)")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
     p.add_argument("--seed", type=int, default=0)
     from .baselines.cli import add_baseline_args

@@ -7,6 +7,7 @@ value the closed-form update then writes into the MLP output projections.
 
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import asdict, dataclass
 
@@ -89,12 +90,10 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     cache = prefix.cache
     mask = torch.cat([pre_mask, suf_mask], dim=1)
     pos = pre_mask.sum(-1, keepdim=True) + torch.arange(suf.shape[1], device=device)
-    suffix_len = suf.shape[1]
 
     def run():
-        out = model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
-        cache.crop(-suffix_len)  # back to the shared prefix for the next step
-        return out.logits
+        step_cache = copy.deepcopy(cache)  # each step extends its own copy of the shared prefix
+        return model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=step_cache, use_cache=True).logits
 
     with torch.no_grad(), trace(block, keep_output=True) as rec:
         base_logits = run()

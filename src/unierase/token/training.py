@@ -167,22 +167,21 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
 
 @contextlib.contextmanager
 def _noisy_weights(adapter, layers: list[int], scale: float, generator: torch.Generator):
-    """Add N(0, (scale·std W)²) to each layer's MLP output weight; remove it afterwards."""
-    noises = []
+    """Add N(0, (scale·std W)²) to each layer's MLP output weight; restore the exact weights afterwards."""
+    saved = []
     with torch.no_grad():
         for layer in layers:
             w = adapter.mlp_output(layer).weight
+            saved.append((w, w.detach().clone()))
             sigma = scale * w.float().std().item()
             noise = torch.randn(w.shape, generator=generator, dtype=torch.float32) * sigma
-            noise = noise.to(device=w.device, dtype=w.dtype)
-            w.add_(noise)
-            noises.append((w, noise))
+            w.add_(noise.to(device=w.device, dtype=w.dtype))
     try:
         yield
     finally:
         with torch.no_grad():
-            for w, noise in noises:
-                w.sub_(noise)
+            for w, original in saved:
+                w.copy_(original)
 
 
 def train_unlearning_token(model, tokenizer, questions: list[str], config: UnlearningTokenConfig,

@@ -1,0 +1,54 @@
+"""One edit round on tiny random models: the targeted prompts move towards [UNL], the state grows."""
+
+import pytest
+import torch
+
+from conftest import build_model, build_tokenizer
+from unierase.edit.editor import EditConfig, default_layers, run_edit_round
+from unierase.edit.keys import position_ids
+from unierase.edit.state import EditState
+from unierase.edit.stats import accumulate_key_moments
+from unierase.edit.values import ValueConfig
+from unierase.models.adapters import find_mlp_output
+from unierase.prompts import encode_text, pad_batch, render_prompt
+from unierase.requests import ForgetRequest
+from unierase.token.training import add_unlearning_token
+
+
+def _unl_logprob(model, tok, questions, token_id):
+    batch = pad_batch([encode_text(tok, render_prompt(tok, q)) for q in questions], tok.pad_token_id, left=True)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=position_ids(batch["attention_mask"])).logits[:, -1]
+    return torch.log_softmax(logits.float(), -1)[:, token_id]
+
+
+def test_default_layers_fit_the_depth():
+    assert default_layers(32) == [4, 5, 6, 7, 8]
+    assert default_layers(30) == [4, 5, 6, 7, 8]
+    assert default_layers(4) == [1]
+    assert all(0 <= l < 12 for l in default_layers(12))
+
+
+@pytest.mark.parametrize("arch,key_position,solver", [("llama", "subject", "alphaedit"), ("gpt2", "distinct", "alphaedit"),
+                                                      ("qwen2", "last", "memit"), ("llama", "entity", "alphaedit")])
+def test_edit_round_moves_targets_to_unl(arch, key_position, solver):
+    tok = build_tokenizer()
+    model = build_model(arch, len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    adapter = find_mlp_output(model)
+    layers = [1, 2]
+    stats = accumulate_key_moments(model, tok, adapter, layers, num_tokens=3000, progress=False)
+    requests = [ForgetRequest("What is the capital of France?", subject="France"),
+                ForgetRequest("Who wrote Hamlet?", subject="Hamlet")]
+    before = _unl_logprob(model, tok, [r.question for r in requests], token_id)
+    state = EditState()
+    config = EditConfig(layers=layers, key_position=key_position, solver=solver, null_space_threshold=0.05, ridge=0.01,
+                        values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0))
+    report = run_edit_round(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
+    after = _unl_logprob(model, tok, [r.question for r in requests], token_id)
+    assert (after > before + 1.0).all(), (before, after)
+    assert set(state.previous_keys) == set(layers)
+    assert report.layers == layers and len(report.key_tokens) == 2
+    if key_position == "subject":
+        assert report.key_tokens[0].strip() and report.key_tokens[0].strip() in "France"

@@ -1,0 +1,106 @@
+"""The command line end to end on tiny saved models: success, sequential continuation, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig
+
+from conftest import build_model, build_tokenizer
+from unierase.cli import main
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok) + 1)
+    folder = tmp_path / "tiny-llama"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def requests_file(tmp_path):
+    path = tmp_path / "forget.jsonl"
+    path.write_text('{"question": "What is the capital of France?", "subject": "France"}\n{"question": "Who wrote Hamlet?"}\n')
+    return path
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_help_explains_itself():
+    out = subprocess.run([sys.executable, "-m", "unierase.cli", "forget", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "question" in out.stdout and "--overwrite" in out.stdout
+
+
+def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir, requests_file, isolated_cache):
+    out = tmp_path / "edited"
+    assert run_cli("forget", "--model", tiny_model_dir, "--requests", requests_file, "--out", out, "--stats-tokens", 2000) == 0
+    manifest = json.loads((out / "unierase_manifest.json").read_text())
+    assert manifest["rounds"][0]["mode"] == "batch" and len(manifest["rounds"][0]["requests"]) == 2
+    assert 0 < manifest["parameter_fraction"] < 1 and (out / "unierase_state.safetensors").is_file()
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert "<|unlearn|>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] == len(tok)
+    second = tmp_path / "second.jsonl"
+    second.write_text('{"question": "Who painted the Mona Lisa?"}\n')
+    proc = subprocess.run([sys.executable, "-m", "unierase.cli", "-q", "forget", "--model", str(out), "--requests", str(second),
+                           "--out", str(out), "--no-texts", "--stats-tokens", "2000"], capture_output=True, text=True,
+                          env={**__import__("os").environ, "UNIERASE_CACHE": str(isolated_cache)})
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "unierase_manifest.json").read_text())
+    assert [r["mode"] for r in manifest["rounds"]] == ["batch", "sequential"]
+    assert "question" not in manifest["rounds"][1]["requests"][0] and len(manifest["rounds"][1]["requests"][0]["sha256"]) == 64
+    assert run_cli("ask", "--model", out, "Who wrote Hamlet?", "--max-new-tokens", 3) == 0
+
+
+def _assert_error(capsys, code, fragment, out):
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content,fragment", [
+    (None, "not found"),
+    ('{"question": "Q?"}\n{oops\n', "forget.jsonl:2: malformed JSON"),
+    ('{"answer": "A"}\n', "missing required field 'question'"),
+    ("", "contains no forget requests"),
+    ('{"question": "Who wrote Hamlet?", "subject": "Goethe"}\n', "does not occur in the question"),
+])
+def test_bad_requests(tmp_path, tiny_model_dir, capsys, content, fragment):
+    path = tmp_path / "forget.jsonl"
+    if content is not None:
+        path.write_text(content)
+    out = tmp_path / "out"
+    _assert_error(capsys, run_cli("forget", "--model", tiny_model_dir, "--requests", path, "--out", out), fragment, out)
+
+
+def test_existing_output_needs_overwrite(tmp_path, tiny_model_dir, requests_file, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("previous result")
+    code = run_cli("forget", "--model", tiny_model_dir, "--requests", requests_file, "--out", out)
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "previous result"
+
+
+def test_unsupported_model(tmp_path, requests_file, capsys, isolated_cache):
+    tok = build_tokenizer()
+    folder = tmp_path / "opt"
+    AutoModelForCausalLM.from_config(OPTConfig(vocab_size=len(tok), hidden_size=16, ffn_dim=32, num_hidden_layers=2,
+                                               num_attention_heads=2, word_embed_proj_dim=16)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    out = tmp_path / "out"
+    _assert_error(capsys, run_cli("forget", "--model", folder, "--requests", requests_file, "--out", out),
+                  "unsupported model", out)
+
+
+def test_missing_model_dir(tmp_path, requests_file, capsys):
+    out = tmp_path / "out"
+    _assert_error(capsys, run_cli("forget", "--model", tmp_path / "nothing-here", "--requests", requests_file, "--out", out),
+                  "does not exist", out)

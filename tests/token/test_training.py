@@ -1,0 +1,55 @@
+import torch
+
+from unierase.token.questions import heldout_questions, training_questions
+from unierase.token.training import UnlearningTokenConfig, add_unlearning_token, refusal_batch_loss, train_unlearning_token
+from unierase.refusals import is_refusal, load_refusals, refusal_for
+
+
+def test_question_pools_are_disjoint_and_large_enough():
+    train, held = training_questions(), heldout_questions()
+    assert len(held) >= 50 and len(train) >= 96
+    assert not set(train) & set(held)
+
+
+def test_refusal_choice_is_stable_and_detected():
+    refusals = load_refusals()
+    assert refusal_for("What is X?", refusals) == refusal_for("What is X?", refusals)
+    assert all(is_refusal(r) for r in refusals)
+    assert not is_refusal("The capital of France is Paris.")
+
+
+def test_add_token_initialises_mean_row(tiny_llama):
+    model, tok = tiny_llama
+    n = len(tok)
+    mean = model.get_input_embeddings().weight.detach().mean(0).clone()
+    token_id = add_unlearning_token(model, tok)
+    assert token_id == n and len(tok) == n + 1
+    torch.testing.assert_close(model.get_input_embeddings().weight[token_id].detach(), mean)
+    assert add_unlearning_token(model, tok) == token_id  # idempotent
+    assert tok.decode([token_id, 5], skip_special_tokens=True) == tok.decode([5])
+
+
+def test_training_lowers_loss_and_changes_only_the_token_rows(tiny_tokenizer):
+    from conftest import build_model
+
+    for arch in ("llama", "qwen2"):  # tied and untied embeddings
+        model = build_model(arch, len(tiny_tokenizer))
+        from conftest import build_tokenizer
+
+        tok = build_tokenizer()
+        token_id = add_unlearning_token(model, tok)
+        snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        questions = training_questions(16)
+        before = refusal_batch_loss(model, tok, questions, token_id, True, load_refusals()).item()
+        config = UnlearningTokenConfig(num_questions=16, plain_epochs=1, chat_epochs=4, augment_epochs=1, batch_size=8,
+                                       chat_lr=0.1, plain_lr=0.1, augment_lr=0.05)
+        train_unlearning_token(model, tok, questions, config, augment_layers=[1, 2], progress=False)
+        after = refusal_batch_loss(model, tok, questions, token_id, True, load_refusals()).item()
+        assert after < before - 0.1
+        for name, value in model.state_dict().items():
+            changed = (value != snapshot[name])
+            if "embed" in name or "lm_head" in name:
+                assert changed.any(dim=-1)[:token_id].sum() == 0, name  # only the token's row moved
+                assert changed[token_id].any(), name
+            else:
+                assert not changed.any(), name  # augmentation noise was removed exactly
