@@ -53,6 +53,16 @@ def test_finetune_memorises_and_records(tiny_model_dir, tmp_path, qa_rows, forge
     assert 0 <= manifest["memorisation"]["rougeL_recall"] <= 1
     assert "fine-tuned" in result.summary()
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from unierase.baselines.finetune import memorisation
+    from unierase.requests import ForgetRequest
+
+    items = [ForgetRequest(**r) for r in qa_rows[0]]
+    mem = memorisation(AutoModelForCausalLM.from_pretrained(tmp_path / "ft"), AutoTokenizer.from_pretrained(tmp_path / "ft"),
+                       items, n=-1, max_new_tokens=4, groups={"first": items[:1], "rest": items[1:]})
+    assert mem["items"] == 4 and mem["groups"]["first"]["items"] == 1 and mem["groups"]["rest"]["items"] == 3
+
 
 def test_finetune_bad_input(tiny_model_dir, tmp_path):
     bad = tmp_path / "bad.jsonl"

@@ -14,7 +14,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -47,7 +47,6 @@ class FinetuneConfig(TrainConfig):
     eval_items: int = 100
     """Training questions scored for memorisation after training (0: none; -1: all)."""
     eval_max_new_tokens: int = 128
-    extra: dict = field(default_factory=dict)
 
 
 def answer_nll_loss(model, batch) -> tuple[torch.Tensor, dict]:
@@ -83,15 +82,26 @@ def rouge_l_recall(predictions: list[str], references: list[str]) -> list[float]
     return [scorer.score(ref, pred)["rougeL"].recall for pred, ref in zip(predictions, references)]
 
 
-def memorisation(model, tokenizer, items: list[ForgetRequest], *, n: int, max_new_tokens: int, seed: int = 0) -> dict:
-    """Mean ROUGE-L recall of greedy answers against the training answers on ``n`` items (-1: all)."""
+def memorisation(model, tokenizer, items: list[ForgetRequest], *, n: int, max_new_tokens: int, seed: int = 0,
+                 groups: dict[str, list[ForgetRequest]] | None = None) -> dict:
+    """Mean ROUGE-L recall of greedy answers against the training answers on ``n`` items (-1: all).
+
+    ``groups`` (e.g. forget authors / retain authors) adds the mean over the scored items of each group.
+    """
     chosen = list(items) if n < 0 or n >= len(items) else random.Random(seed).sample(list(items), n)
     start = time.perf_counter()
     predictions = generate_answers(model, tokenizer, [r.question for r in chosen], max_new_tokens=max_new_tokens)
     scores = rouge_l_recall(predictions, [r.answer for r in chosen])
+    by_group = {}
+    for name, members in (groups or {}).items():
+        wanted = set(members)
+        picked = [s for r, s in zip(chosen, scores) if r in wanted]
+        if picked:
+            by_group[name] = {"rougeL_recall": round(sum(picked) / len(picked), 4), "items": len(picked)}
     return {
         "rougeL_recall": round(sum(scores) / len(scores), 4),
         "items": len(chosen),
+        "groups": by_group,
         "share_ge_0.7": round(sum(s >= 0.7 for s in scores) / len(scores), 4),
         "seconds": round(time.perf_counter() - start, 1),
         "examples": [{"question": r.question, "answer": r.answer, "generated": p}
@@ -127,7 +137,8 @@ def select_items(data: str, *, authors: int | None, forget_authors: int | None, 
             raise UniEraseError("--authors selects whole authors from tofu:full; use --data tofu:full")
         subset = tofu_subset(authors, forget_authors or 1, data_dir)
         items = subset.full if split == "full" else subset.retain
-        return items, {"spec": data, "split": split, **subset.describe(), "n_items": len(items)}
+        groups = {"retain_authors": subset.retain, **({"forget_authors": subset.forget} if split == "full" else {})}
+        return items, {"spec": data, "split": split, **subset.describe(), "n_items": len(items), "_groups": groups}
     if split == "retain":
         raise UniEraseError("--split retain needs --authors (the subset that defines the forget authors)")
     items = parse_data_spec(data, data_dir)
@@ -157,6 +168,7 @@ def finetune(
     if threads:
         torch.set_num_threads(threads)
     items, data_info = select_items(data, authors=authors, forget_authors=forget_authors, split=split, data_dir=data_dir)
+    groups = data_info.pop("_groups", None)
     t0 = time.perf_counter()
     seed_everything(config.seed)
     model, tokenizer = load_model(model_spec, cache_dir=cache_dir)
@@ -179,7 +191,8 @@ def finetune(
     t_eval = 0.0
     if config.eval_items:
         t1 = time.perf_counter()
-        mem = memorisation(model, tokenizer, items, n=config.eval_items, max_new_tokens=config.eval_max_new_tokens, seed=config.seed)
+        mem = memorisation(model, tokenizer, items, n=config.eval_items, max_new_tokens=config.eval_max_new_tokens,
+                           seed=config.seed, groups=groups)
         t_eval = time.perf_counter() - t1
     manifest = {
         "method": "finetune",
