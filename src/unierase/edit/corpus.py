@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-CORPUS_ID = "unierase-synthetic-v1"
+CORPUS_ID = "unierase-synthetic-v2"
 
 COUNTRIES = [
     "France", "Japan", "Italy", "Germany", "Spain", "Russia", "China", "the United Kingdom", "Egypt", "Greece",
@@ -116,3 +116,16 @@ def documents(seed: int = 0) -> Iterator[tuple[str, str | None]]:
                 sentence = rng.choice(_PROSE_TEMPLATES).format(a=a, b=b)
                 sentences.append(sentence[0].upper() + sentence[1:])
             yield " ".join(sentences), None
+
+
+def entity_questions() -> list[tuple[str, int]]:
+    """Every question template filled with every entity of its group, with the character end of the
+    entity inside the question: the positions where edit keys are read. Their key statistics tell
+    the edit what an *ordinary* entity key looks like, so it keys on what is specific to a request."""
+    out = []
+    for group, templates in _QUESTION_TEMPLATES.items():
+        for template in templates:
+            for x in _GROUPS[group]:
+                question = template.format(x=x)
+                out.append((question, template.index("{x}") + len(x)))
+    return out

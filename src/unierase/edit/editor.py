@@ -44,13 +44,16 @@ class EditConfig:
     key_position: str = "auto"
     """'subject' (last subject token; needs ``subject``), 'distinct' (question token with the largest
     share of its key in the free subspace), 'entity' (last token of the last capitalised name),
-    'last' (last prompt token), 'auto' = subject when given, else distinct."""
+    'last' (last prompt token), 'auto' = subject when given, else entity."""
     num_prefixes: int = 2
     """Fixed context prefixes averaged with the plain prompt for keys and values."""
     solver: str = "alphaedit"
     """'alphaedit' (null-space constrained, sequential state) or 'memit'."""
-    null_space_threshold: float = 1e-2
+    null_space_threshold: float = 1e-3
     """Eigen-directions of C₀ below this fraction of the largest eigenvalue are free to edit."""
+    question_key_weight: float = 1.0
+    """Weight of the entity-token keys of synthetic questions in C₀ (so that what all entity keys
+    share is preserved, and the edit keys on what is specific to each request)."""
     ridge: float = 0.1
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys."""
     memit_weight: float = 1e4
@@ -82,11 +85,20 @@ class RoundReport:
 
 
 _NAME = re.compile(r"(?:[A-Z][\w'’.-]*)(?:\s+(?:of|the|and|de|da|van|von|la|le)?\s*[A-Z0-9][\w'’.-]*)*")
+_WORD = re.compile(r"[\w'’-]+")
 
 
-def _entity_char_end(question: str) -> int | None:
-    spans = [m for m in _NAME.finditer(question) if m.start() > 0 or " " in m.group(0)]
-    return spans[-1].end() if spans else None
+def _entity_char_end(question: str) -> int:
+    """End of the last capitalised name that is not the question's first word; else of the last word.
+
+    A cheap stand-in for a subject annotation: "capital of France" → "France", "Who wrote Romeo
+    and Juliet?" → "Juliet", "chemical symbol for gold" → "gold".
+    """
+    spans = [m for m in _NAME.finditer(question) if m.start() > 0]
+    if spans:
+        return spans[-1].end()
+    words = list(_WORD.finditer(question))
+    return words[-1].end() if words else len(question)
 
 
 def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
@@ -103,10 +115,8 @@ def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list
             raise UniEraseError(f"request {i + 1} has no 'subject' but --key-position subject was asked for")
         elif mode == "last":
             ends.append(None)
-        elif mode == "entity":
+        elif mode == "entity" or (mode == "auto" and not r.subject):
             ends.append(_entity_char_end(r.question))
-            if ends[-1] is None:
-                pending.append(i)
         else:
             ends.append(None)
             pending.append(i)
@@ -150,11 +160,11 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     started = time.perf_counter()
     projectors: dict[int, torch.Tensor] = {}
     null_dims: dict[int, int] = {}
-    if config.solver == "alphaedit" or config.key_position in ("auto", "distinct", "entity"):
+    if config.solver == "alphaedit" or config.key_position == "distinct":
         from .stats import null_space_projector
 
         for layer in layers:
-            projectors[layer], null_dims[layer] = null_space_projector(stats.covariance(layer), relative_threshold=config.null_space_threshold)
+            projectors[layer], null_dims[layer] = null_space_projector(stats.covariance(layer, config.question_key_weight), relative_threshold=config.null_space_threshold)
     timings["projector"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -177,7 +187,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         current = current_values(model, adapter, z_layer, prompts, len(requests), pad)
         residual = (targets - current) / (len(layers) - i)
         if config.solver == "memit":
-            delta = memit_update(keys, residual, stats.covariance(layer), config.memit_weight)
+            delta = memit_update(keys, residual, stats.covariance(layer, config.question_key_weight), config.memit_weight)
         elif config.solver == "alphaedit":
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
             delta = alphaedit_update(keys, residual, projectors[layer], state.get(layer), ridge)

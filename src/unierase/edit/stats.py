@@ -26,14 +26,21 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class KeyStatistics:
-    """Uncentred second moments of keys per layer: ``moments[l] = Σ k kᵀ`` over ``count`` tokens."""
+    """Uncentred second moments of keys per layer: ``moments[l] = Σ k kᵀ`` over ``count`` corpus
+    tokens, and ``question_moments[l]`` over ``question_count`` entity tokens of chat questions."""
 
     moments: dict[int, torch.Tensor]
     count: int
     corpus: str
+    question_moments: dict[int, torch.Tensor] | None = None
+    question_count: int = 0
 
-    def covariance(self, layer: int) -> torch.Tensor:
-        return self.moments[layer] / max(self.count, 1)
+    def covariance(self, layer: int, question_weight: float = 0.0) -> torch.Tensor:
+        """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys."""
+        cov = self.moments[layer] / max(self.count, 1)
+        if question_weight and self.question_moments:
+            cov = cov + question_weight * self.question_moments[layer] / max(self.question_count, 1)
+        return cov
 
 
 def corpus_token_batches(tokenizer, num_tokens: int, max_length: int, batch_size: int, seed: int = 0):
@@ -103,7 +110,27 @@ def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: 
         bar.close()
         for h in handles:
             h.remove()
-    return KeyStatistics(moments, count, corpus_module.CORPUS_ID)
+    q_moments, q_count = accumulate_question_key_moments(model, tokenizer, adapter, layers, batch_size=batch_size * 2)
+    return KeyStatistics(moments, count, corpus_module.CORPUS_ID, q_moments, q_count)
+
+
+@torch.no_grad()
+def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], batch_size: int = 32):
+    """Σ k kᵀ at the entity token of every synthetic chat question (see ``corpus.entity_questions``)."""
+    from .keys import request_keys
+    from .prompts import build_edit_prompts
+
+    moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
+    questions = corpus_module.entity_questions()
+    for start in tqdm(range(0, len(questions), 256), desc="question key statistics", disable=len(questions) < 512):
+        chunk = questions[start: start + 256]
+        prompts = []
+        for i, (question, end) in enumerate(chunk):
+            prompts += build_edit_prompts(tokenizer, question, i, end, 0)
+        for layer in layers:
+            keys = request_keys(model, adapter, layer, prompts, len(chunk), tokenizer.pad_token_id, batch_size).to(torch.float64)
+            moments[layer].add_(keys @ keys.T)
+    return moments, len(questions)
 
 
 class StatisticsCache:
@@ -117,7 +144,7 @@ class StatisticsCache:
 
     def load(self, fingerprint: str, corpus: str, num_tokens: int, layers: list[int]) -> KeyStatistics | None:
         folder = self.folder(fingerprint, corpus, num_tokens)
-        moments, count = {}, None
+        moments, count, q_moments, q_count = {}, None, {}, 0
         for layer in layers:
             path = folder / f"layer{layer}.safetensors"
             if not path.is_file():
@@ -125,7 +152,9 @@ class StatisticsCache:
             data = load_file(str(path))
             moments[layer] = data["moment"]
             count = int(data["count"].item())
-        return KeyStatistics(moments, count or 0, corpus)
+            q_moments[layer] = data["question_moment"]
+            q_count = int(data["question_count"].item())
+        return KeyStatistics(moments, count or 0, corpus, q_moments, q_count)
 
     def save(self, fingerprint: str, stats: KeyStatistics, num_tokens: int) -> None:
         folder = self.folder(fingerprint, stats.corpus, num_tokens)
@@ -133,7 +162,9 @@ class StatisticsCache:
         for layer, moment in stats.moments.items():
             path = folder / f"layer{layer}.safetensors"
             tmp = folder / f".layer{layer}.safetensors.tmp"
-            save_file({"moment": moment.contiguous(), "count": torch.tensor([stats.count])}, str(tmp))
+            save_file({"moment": moment.contiguous(), "count": torch.tensor([stats.count]),
+                       "question_moment": stats.question_moments[layer].contiguous(),
+                       "question_count": torch.tensor([stats.question_count])}, str(tmp))
             tmp.replace(path)
 
 

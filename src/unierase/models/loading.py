@@ -101,14 +101,22 @@ def load_model(
 
 
 def model_fingerprint(model) -> str:
-    """A short stable hash of the model's config and a sample of its weights (cache keys)."""
+    """A short stable hash of the model's config and a sample of its weights (cache keys).
+
+    Adding the unlearning token does not change it (the vocabulary size and the embedding rows
+    beyond the first 1024 are left out), so a model keeps its cached statistics after Phase I.
+    """
     digest = hashlib.sha256()
     config = model.config.to_dict()
-    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures"):
+    for key in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "vocab_size"):
         config.pop(key, None)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+    vocab = getattr(model.config, "vocab_size", None)
     for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        flat = param.detach().reshape(-1)
+        tensor = param.detach()
+        if tensor.dim() == 2 and vocab and tensor.shape[0] >= vocab - 64:  # embedding-like: fixed leading rows
+            tensor = tensor[:1024]
+        flat = tensor.reshape(-1)
         sample = flat[:: max(1, flat.numel() // 257)][:257].float().cpu().numpy().tobytes()
         digest.update(name.encode())
         digest.update(sample)

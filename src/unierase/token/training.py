@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import find_mlp_output
-from ..models.tracing import trace
+from ..models.tracing import edit_output, trace
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, render_prompt
 from ..refusals import load_refusals, refusal_for
 
@@ -47,12 +47,16 @@ class UnlearningTokenConfig:
     """Epochs on chat-template examples (plain format when the tokenizer has no template)."""
     chat_lr: float = 3e-2
     """Adam learning rate of the chat stage."""
-    augment_epochs: int = 1
+    augment_epochs: int = 2
     """Epochs with noise on the edited layers' weights, so the token survives the coming edit."""
     augment_lr: float = 1e-2
     """Adam learning rate of the augmentation stage."""
     noise_scale: float = 0.01
     """Noise σ as a fraction of std(W_l) of each edited layer (computed in fp32)."""
+    context_noise: float = 0.5
+    """In the augmentation stage, also shift the last edited layer's output at one random question
+    token by this fraction of its norm (random direction): the edit shifts exactly such a state,
+    so the token learns to lead into the refusal from an edited context too."""
     batch_size: int = 8
     """Examples per optimisation step."""
     train_output_row: bool = True
@@ -133,8 +137,12 @@ def _right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, t
 
 
 def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, chat: bool, refusals: list[str],
-                       unlikelihood_weight: float = 1.0) -> torch.Tensor:
-    """Mean cross-entropy of ``refusal [UNL] <eos>`` after ``prompt [UNL]`` (+ unlikelihood term)."""
+                       unlikelihood_weight: float = 1.0, context_shift: tuple | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``refusal [UNL] <eos>`` after ``prompt [UNL]`` (+ unlikelihood term).
+
+    ``context_shift = (block, scale, generator)`` shifts ``block``'s output at one random token of
+    the question's second half by ``scale``·‖h‖ in a random direction during the prompt pass.
+    """
     device = _model_device(model)
     pad = tokenizer.pad_token_id
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q, chat=chat)) for q in questions]
@@ -142,7 +150,24 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
     p_ids, p_mask = _left_pad(prompts, pad, device)
     a_ids, a_mask = _right_pad(answers, pad, device)
     p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad(), trace(model.get_output_embeddings(), keep_input=True) as head:
+    shift = contextlib.nullcontext()
+    if context_shift is not None:
+        block, scale, generator = context_shift
+        lengths = p_mask.sum(-1)
+        width = p_ids.shape[1]
+        # a token in the second half of each prompt, before the template's closing tokens
+        offsets = [int(torch.randint(max(1, int(n) // 2), max(2, int(n) - 4), (1,), generator=generator)) for n in lengths]
+        positions = torch.tensor([width - int(n) + o for n, o in zip(lengths, offsets)], device=device)
+        rows = torch.arange(len(questions), device=device)
+
+        def add_shift(hidden):
+            picked = hidden[rows, positions]
+            direction = torch.randn(picked.shape, generator=generator).to(hidden)
+            direction = direction / direction.norm(dim=-1, keepdim=True) * picked.norm(dim=-1, keepdim=True) * scale
+            return hidden.index_put((rows, positions), direction, accumulate=True)
+
+        shift = edit_output(block, add_shift)
+    with torch.no_grad(), shift, trace(model.get_output_embeddings(), keep_input=True) as head:
         out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
     start_logits = out.logits[:, -1].float()
     start_hidden = head.input[:, -1]
@@ -230,7 +255,9 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
                             continue
                         ctx = _noisy_weights(adapter, augment_layers, config.noise_scale, generator) if noisy else contextlib.nullcontext()
                         with ctx:
-                            loss = refusal_batch_loss(model, tokenizer, group, token_id, chat, refusals, config.unlikelihood_weight)
+                            context = (adapter.block(augment_layers[-1]), config.context_noise, generator) if noisy and config.context_noise else None
+                            loss = refusal_batch_loss(model, tokenizer, group, token_id, chat, refusals, config.unlikelihood_weight,
+                                                      context)
                             (loss * len(group) / len(chunk)).backward()
                         loss_total += loss.item() * len(group) / len(chunk)
                     for param, w in zip(live, rows):
