@@ -76,5 +76,5 @@ def teacher_forced_agreement(model, tokenizer, questions: list[str], answers: li
                 scores.append(1.0)
                 continue
             guess = pred[row, len(p) - 1: len(p) - 1 + len(a)]
-            scores.append(float((guess == torch.tensor(a, device=device)).float().mean()))
+            scores.append(float((guess == torch.tensor(a, device=guess.device)).float().mean()))
     return scores

@@ -42,7 +42,7 @@ def request_keys(model, adapter: MLPOutputAdapter, layer: int, prompts: list[Edi
         ids, mask, key_idx = left_pad(chunk, pad_id, device)
         with trace(adapter.mlp_output(layer), keep_input=True) as rec, stop_after(adapter.mlp_output(layer)):
             model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-        keys = rec.input[torch.arange(len(chunk), device=device), key_idx].float().cpu()
+        keys = rec.input[torch.arange(len(chunk), device=rec.input.device), key_idx.to(rec.input.device)].float().cpu()
         for row, p in enumerate(chunk):
             if p.variant == 0:
                 plain[p.request_index] = keys[row]

@@ -93,11 +93,11 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
 
     def run():
         step_cache = copy.deepcopy(cache)  # each step extends its own copy of the shared prefix
-        return model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=step_cache, use_cache=True).logits
+        return model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=step_cache, use_cache=True).logits.to(device)
 
     with torch.no_grad(), trace(block, keep_output=True) as rec:
         base_logits = run()
-    h_rows = rec.output[:, 0].float()  # value at the key token, every prompt
+    h_rows = rec.output[:, 0].float().to(device)  # value at the key token, every prompt
     h0 = torch.zeros(num_requests, h_rows.shape[-1], device=device)
     h0[plain_req] = h_rows[plain_rows]
     init_kl_logp = torch.log_softmax(base_logits[plain_rows, 0].float(), dim=-1)
@@ -110,7 +110,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     key_col = torch.zeros(len(prompts), dtype=torch.long, device=device)
 
     def add_delta(hidden):
-        return hidden.index_put((rows, key_col), delta[req].to(hidden.dtype), accumulate=True)
+        at = hidden.device  # blocks may sit on different devices under an accelerate device_map
+        return hidden.index_put((rows.to(at), key_col.to(at)), delta[req].to(device=at, dtype=hidden.dtype), accumulate=True)
 
     initial = None
     per_request = None
@@ -160,4 +161,4 @@ def current_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list
     ids, mask, key_idx = left_pad(plain, pad_id, device)
     with trace(adapter.block(z_layer), keep_output=True) as rec, stop_after(adapter.block(z_layer)):
         model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-    return rec.output[torch.arange(len(plain), device=device), key_idx].float().T.cpu()
+    return rec.output[torch.arange(len(plain), device=rec.output.device), key_idx.to(rec.output.device)].float().T.cpu()

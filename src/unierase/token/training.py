@@ -161,10 +161,11 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
         rows = torch.arange(len(questions), device=device)
 
         def add_shift(hidden):
-            picked = hidden[rows, positions]
+            at = hidden.device
+            picked = hidden[rows.to(at), positions.to(at)]
             direction = torch.randn(picked.shape, generator=generator).to(hidden)
             direction = direction / direction.norm(dim=-1, keepdim=True) * picked.norm(dim=-1, keepdim=True) * scale
-            return hidden.index_put((rows, positions), direction, accumulate=True)
+            return hidden.index_put((rows.to(at), positions.to(at)), direction, accumulate=True)
 
         shift = edit_output(block, add_shift)
     with torch.no_grad(), shift, trace(model.get_output_embeddings(), keep_input=True) as head:
@@ -175,7 +176,7 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
     res = model(input_ids=a_ids, attention_mask=torch.cat([p_mask, a_mask], dim=1), position_ids=a_pos,
                 cache=out.cache)
     logits = res.logits[:, :-1].float()
-    targets = a_ids[:, 1:].masked_fill(a_mask[:, 1:] == 0, -100)
+    targets = a_ids[:, 1:].masked_fill(a_mask[:, 1:] == 0, -100).to(logits.device)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     if unlikelihood_weight:
         # p([UNL]) at the answer start of the unedited prompt; only the token's output row is live.
@@ -183,10 +184,11 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
         unl_logit = start_hidden.to(head_w.weight.dtype) @ head_w.weight[token_id]
         if getattr(head_w, "bias", None) is not None:
             unl_logit = unl_logit + head_w.bias[token_id]
+        unl_logit = unl_logit.to(start_logits.device)
         others = start_logits.clone()
         others[:, token_id] = -math.inf
         log_p = unl_logit.float() - torch.logsumexp(torch.cat([others, unl_logit.float()[:, None]], dim=1), dim=1)
-        loss = loss + unlikelihood_weight * (-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).mean()
+        loss = loss + unlikelihood_weight * (-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).mean().to(loss.device)
     return loss
 
 
