@@ -3,7 +3,9 @@
 Runs the full evaluation pipeline (scoring of all four TOFU sets, greedy generation, paraphrase
 generation) on the first ``--ds-size`` items of every set, once with ``--batch-size`` and once
 with batch size 1, each in its own process so that peak memory is measured per mode. Prints wall
-time, peak memory and the speed-up, and writes them to ``benchmarks/results/eval_batching.json``.
+time, CPU time, peak memory and the speed-ups, and writes them to
+``benchmarks/results/eval_batching.json``. On a shared machine the wall time depends on what else
+runs; the process CPU time (one thread) is the steadier measure of the work done.
 
 ``--record-full OUT`` instead summarises a finished full evaluation (``unierase eval --out OUT``)
 into ``benchmarks/results/eval_forget10_full.json``.
@@ -35,13 +37,13 @@ def run_one(args) -> dict:
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         res = evaluate(args.model, Path(tmp) / "out", data=args.data_dir, forget_split=args.forget_split,
                        ds_size=args.ds_size, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        closer_look=False, plot=False, threads=args.threads)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     s = res.summary
-    return {"batch_size": args.batch_size, "wall_s": wall, "peak_rss_mib": peak_rss_mib(),
+    return {"batch_size": args.batch_size, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_rss_mib(),
             "stages_s": s["timing"]["stages_s"], "model_utility": s["tofu"]["model_utility"],
             "forget_probability": s["tofu"]["sets"]["forget"]["probability"],
             "generations": [r.get("generation") for r in res.per_item["forget"]]}
@@ -63,7 +65,7 @@ def compare(args) -> dict:
             sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"{label} run failed (exit status {proc.returncode})")
         results[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"  wall {results[label]['wall_s']:.1f} s, peak memory {results[label]['peak_rss_mib']:.0f} MiB", flush=True)
+        print(f"  wall {results[label]['wall_s']:.1f} s, CPU {results[label]['cpu_s']:.1f} s, peak memory {results[label]['peak_rss_mib']:.0f} MiB", flush=True)
     b, s = results["batched"], results["one_at_a_time"]
     same = sum(x == y for x, y in zip(b.pop("generations"), s.pop("generations")))
     out = {
@@ -71,13 +73,15 @@ def compare(args) -> dict:
         "model": args.model or "smollm2-135m-instruct (default)",
         "forget_split": args.forget_split, "ds_size": args.ds_size, "max_new_tokens": args.max_new_tokens,
         "threads": args.threads, "batched": b, "one_at_a_time": s,
-        "speedup": s["wall_s"] / b["wall_s"],
+        "speedup_wall": s["wall_s"] / b["wall_s"],
+        "speedup_cpu": s["cpu_s"] / b["cpu_s"],
         "forget_generations_identical": f"{same}/{args.ds_size}",
         "model_utility_abs_diff": abs((b["model_utility"] or 0) - (s["model_utility"] or 0)),
         "machine": {"cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg()},
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    print(f"speed-up of batch size {args.batch_size} over one item at a time: {out['speedup']:.2f}x "
+    print(f"speed-up of batch size {args.batch_size} over one item at a time: wall {out['speedup_wall']:.2f}x, "
+          f"CPU time {out['speedup_cpu']:.2f}x "
           f"(forget generations identical: {out['forget_generations_identical']})")
     return out
 
@@ -85,14 +89,22 @@ def compare(args) -> dict:
 def record_full(folder: str) -> dict:
     s = json.loads((Path(folder) / "summary.json").read_text())
     t = s["tofu"]
+    progress = {}
+    for stage in sorted((Path(folder) / "stages").glob("*.json")):
+        rec = json.loads(stage.read_text())
+        progress[rec["stage"]] = {"items_done": len(rec["items"]), "complete": rec["complete"],
+                                  "wall_s": rec.get("seconds"), "cpu_s": rec.get("cpu_seconds")}
     return {
         "what": "full TOFU evaluation (all items) of the untuned model, unierase eval",
         "model": s["model"], "forget_split": s["forget_split"], "items": s["items"], "complete": s["complete"],
         "wall_s_sum_of_stages": sum(s["timing"]["stages_s"].values()), "stages_s": s["timing"]["stages_s"],
+        "cpu_s_sum_of_stages": sum((s["timing"].get("stages_cpu_s") or {}).values()),
+        "stages_cpu_s": s["timing"].get("stages_cpu_s"),
         "peak_rss_mib_last_process": s["timing"]["peak_rss_mib"], "threads": s["timing"]["threads"],
         "batch_size": s["scoring"]["batch_size"], "max_new_tokens": s["generation"]["max_new_tokens"],
         "tofu": {"model_utility": t["model_utility"], "forget_quality": t["forget_quality"], "sets": t["sets"]},
         "closer_look": s.get("closer_look"), "extra": s.get("extra"), "notes": s.get("notes"),
+        "stage_progress": progress,
     }
 
 

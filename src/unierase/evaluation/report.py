@@ -89,6 +89,7 @@ def render_markdown(summary: dict) -> str:
     out += ["", "## Run", "",
             f"- Wall time of this run {_f(timing.get('this_run_s'), 1)} s; stage times (s, including earlier runs): "
             + ", ".join(f"{k} {v:.1f}" for k, v in (timing.get("stages_s") or {}).items()),
+            "- CPU time per stage (s): " + ", ".join(f"{k} {v:.1f}" for k, v in (timing.get("stages_cpu_s") or {}).items()),
             f"- Peak memory {_f(timing.get('peak_rss_mib'), 0)} MiB, {timing.get('threads')} threads; "
             f"scoring mode {summary.get('scoring', {}).get('mode')}, batch size {summary.get('scoring', {}).get('batch_size')}, "
             f"dtype {summary.get('scoring', {}).get('dtype')}",

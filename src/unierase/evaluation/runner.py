@@ -94,7 +94,8 @@ class _Stages:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # wall seconds per stage, summed over resumed runs
+        self.cpu_timings: dict[str, float] = {}  # process CPU seconds per stage
 
     def _path(self, name: str) -> Path:
         return self.folder / f"{name}.json"
@@ -116,11 +117,14 @@ class _Stages:
                 f"{path} was written by a different evaluation (differs in: {', '.join(diff)}); "
                 "pass --overwrite to start over or choose another --out")
         self.timings[name] = rec.get("seconds", 0.0)
+        self.cpu_timings[name] = rec.get("cpu_seconds", 0.0)
         return {int(k): v for k, v in rec.get("items", {}).items()}, bool(rec.get("complete"))
 
-    def save(self, name: str, fingerprint: dict, items: dict[int, Any], complete: bool, seconds: float) -> None:
+    def save(self, name: str, fingerprint: dict, items: dict[int, Any], complete: bool, seconds: float,
+             cpu_seconds: float = 0.0) -> None:
         write_json_atomic(self._path(name), {
             "stage": name, "fingerprint": _jsonable(fingerprint), "complete": complete, "seconds": seconds,
+            "cpu_seconds": cpu_seconds,
             "items": {str(k): items[k] for k in sorted(items)},
         })
 
@@ -131,15 +135,17 @@ class _Stages:
             log.info("stage %s: already done", name)
             return items
         todo = [i for i in range(n_items) if i not in items]
-        spent = self.timings.get(name, 0.0)
+        spent, cpu_spent = self.timings.get(name, 0.0), self.cpu_timings.get(name, 0.0)
         log.info("stage %s: %d of %d items to do%s", name, len(todo), n_items, " (resuming)" if items else "")
-        t0 = time.time()
+        t0, c0 = time.time(), time.process_time()
         for indices, values in compute(todo):
             items.update(zip(indices, values))
-            self.save(name, fingerprint, items, False, spent + time.time() - t0)
-        seconds = spent + time.time() - t0
-        self.save(name, fingerprint, items, True, seconds)
+            self.save(name, fingerprint, items, False, spent + time.time() - t0, cpu_spent + time.process_time() - c0)
+            log.info("stage %s: %d/%d items", name, len(items), n_items)
+        seconds, cpu = spent + time.time() - t0, cpu_spent + time.process_time() - c0
+        self.save(name, fingerprint, items, True, seconds, cpu)
         self.timings[name] = seconds
+        self.cpu_timings[name] = cpu
         log.info("stage %s: done in %.1f s (peak memory %.0f MiB)", name, seconds, peak_rss_mib())
         return items
 
@@ -591,7 +597,8 @@ class _Evaluation:
                         "mode": self.cfg.scoring_mode, "batch_size": self.cfg.batch_size, "dtype": self.cfg.dtype},
             **parts,
             "notes": list(dict.fromkeys(self.notes)),
-            "timing": {"stages_s": dict(self.stages.timings), "this_run_s": time.time() - self.t_start,
+            "timing": {"stages_s": dict(self.stages.timings), "stages_cpu_s": dict(self.stages.cpu_timings),
+                       "this_run_s": time.time() - self.t_start,
                        "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads()},
             "config": self.cfg.to_dict(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
