@@ -21,6 +21,7 @@ import torch
 from . import __version__
 from .edit.editor import EditConfig, run_edit_round
 from .edit.state import EditState
+from .generation import first_token_ids
 from .edit.stats import get_key_statistics
 from .models.adapters import find_mlp_output
 from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
@@ -148,9 +149,20 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     timings["statistics"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    report = run_edit_round(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress)
+    pending, passes = list(reqs), []
+    for _ in range(max(1, config.max_passes)):
+        report = run_edit_round(model, tokenizer, adapter, pending, token.token_id, config, state, stats, progress=progress)
+        if not passes:
+            key_tokens = report.key_tokens
+        firsts = first_token_ids(model, tokenizer, [r.question for r in pending])
+        passes.append({"requests": len(pending), "reached": sum(f == token.token_id for f in firsts),
+                       "timings_s": report.timings_s, "values": report.values})
+        pending = [r for r, f in zip(pending, firsts) if f != token.token_id]
+        if not pending:
+            break
     timings["edit"] = time.perf_counter() - started
-    timings.update({f"edit.{k}": v for k, v in report.timings_s.items()})
+    for name in passes[0]["timings_s"]:
+        timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
 
     rounds = list(previous.get("rounds", []))
     round_record = {
@@ -159,11 +171,12 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
         "requests": [dict(sha256=r.digest(), **(r.to_dict() if record_texts else {})) for r in reqs],
         "source": source,
         "layers": edit_layers,
-        "key_tokens": report.key_tokens if record_texts else None,
+        "key_tokens": key_tokens if record_texts else None,
         "hyperparameters": config.to_dict(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_memory_mb": round(peak_memory_mb(), 1),
-        "values": report.values,
+        "passes": passes,
+        "not_reached": [r.digest() for r in pending],
         "null_space_dims": report.null_dims,
         "update_norms": report.update_norms,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

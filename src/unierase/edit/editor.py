@@ -60,6 +60,9 @@ class EditConfig:
     """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
     stats_tokens: int = 200_000
     """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
+    max_passes: int = 3
+    """After a pass, requests whose greedy first token is not yet the target get another pass (the
+    earlier passes' keys are then preserved like earlier rounds); at most this many passes."""
     values: ValueConfig = field(default_factory=ValueConfig)
 
     def resolved_layers(self, num_layers: int) -> list[int]:
