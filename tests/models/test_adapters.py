@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import ARCHITECTURES, build_model
+from tiny_models import ARCHITECTURES, build_model
 from unierase.models.adapters import find_mlp_output
 from unierase.models.tracing import edit_output, stop_after, trace
 from unierase.storage import UniEraseError

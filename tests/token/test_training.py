@@ -30,11 +30,11 @@ def test_add_token_initialises_mean_row(tiny_llama):
 
 
 def test_training_lowers_loss_and_changes_only_the_token_rows(tiny_tokenizer):
-    from conftest import build_model
+    from tiny_models import build_model
 
     for arch in ("llama", "qwen2"):  # tied and untied embeddings
         model = build_model(arch, len(tiny_tokenizer))
-        from conftest import build_tokenizer
+        from tiny_models import build_tokenizer
 
         tok = build_tokenizer()
         token_id = add_unlearning_token(model, tok)

@@ -85,6 +85,9 @@ class RoundReport:
     null_dims: dict[int, int]
     residual_norms: dict[int, float]
     update_norms: dict[int, float]
+    residual_left: float
+    """‖Z − H_after‖ / ‖Z − H_before‖ at the last edited layer, averaged over requests: how much of the
+    target change the closed-form update did not write (0 = all of it)."""
 
 
 _NAME = re.compile(r"(?:[A-Z][\w'’.-]*)(?:\s+(?:of|the|and|de|da|van|von|la|le)?\s*[A-Z0-9][\w'’.-]*)*")
@@ -184,6 +187,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    initial = current_values(model, adapter, z_layer, prompts, len(requests), pad)
     residual_norms, update_norms = {}, {}
     for i, layer in enumerate(layers):
         keys = request_keys(model, adapter, layer, prompts, len(requests), pad)
@@ -201,5 +205,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started
+    final = current_values(model, adapter, z_layer, prompts, len(requests), pad)
+    left = float(((targets - final).norm(dim=0) / (targets - initial).norm(dim=0).clamp(min=1e-12)).mean())
     return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, asdict(value_report),
-                       null_dims, residual_norms, update_norms)
+                       null_dims, residual_norms, update_norms, round(left, 4))
