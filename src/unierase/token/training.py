@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import find_mlp_output
 from ..models.tracing import edit_output, trace
-from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, render_prompt
+from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
 from ..refusals import load_refusals, refusal_for
 
 log = logging.getLogger(__name__)
@@ -116,26 +116,6 @@ def answer_ids(tokenizer, refusal: str, token_id: int, chat: bool) -> list[int]:
     return [token_id] + list(body) + [token_id, end_of_turn_id(tokenizer)]
 
 
-def _left_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _right_pad(seqs: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
 def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, chat: bool, refusals: list[str],
                        unlikelihood_weight: float = 1.0, context_shift: tuple | None = None) -> torch.Tensor:
     """Mean cross-entropy of ``refusal [UNL] <eos>`` after ``prompt [UNL]`` (+ unlikelihood term).
@@ -147,8 +127,9 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
     pad = tokenizer.pad_token_id
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q, chat=chat)) for q in questions]
     answers = [answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat) for q in questions]
-    p_ids, p_mask = _left_pad(prompts, pad, device)
-    a_ids, a_mask = _right_pad(answers, pad, device)
+    left, right = pad_batch(prompts, pad, left=True), pad_batch(answers, pad)
+    p_ids, p_mask = left["input_ids"].to(device), left["attention_mask"].to(device)
+    a_ids, a_mask = right["input_ids"].to(device), right["attention_mask"].to(device)
     p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
     shift = contextlib.nullcontext()
     if context_shift is not None:
