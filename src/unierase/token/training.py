@@ -63,6 +63,11 @@ class UnlearningTokenConfig:
     """For untied models, also train the token's lm_head row (tied models share one row)."""
     unlikelihood_weight: float = 1.0
     """Weight of −log(1 − p([UNL])) at the answer start of unedited prompts."""
+    ordinary_unlikelihood_weight: float = 1.0
+    """Weight of −log(1 − p([UNL])) at every position of the model's own ordinary answers (generated
+    once before training): without it the closing [UNL] leaks to the end of normal answers."""
+    ordinary_answer_tokens: int = 32
+    """Length of those greedy ordinary answers."""
     seed: int = 0
     """Seed for the example order and the augmentation noise."""
 
@@ -173,6 +178,31 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
     return loss
 
 
+def ordinary_unlikelihood(model, tokenizer, sequences: list[tuple[list[int], list[int]]], token_id: int) -> torch.Tensor:
+    """Mean −log(1 − p([UNL])) over the answer positions of ordinary (prompt, answer) id pairs.
+
+    Only the token's output row is live: one forward pass without gradients gives the hidden states
+    and the other logits; the [UNL] logit is recomputed from the row.
+    """
+    device = _model_device(model)
+    batch = pad_batch([p + a for p, a in sequences], tokenizer.pad_token_id)
+    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+    with torch.no_grad(), trace(model.get_output_embeddings(), keep_input=True) as head:
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+    scored = torch.zeros(ids.shape, dtype=torch.bool, device=logits.device)
+    for row, (p, a) in enumerate(sequences):
+        scored[row, len(p) - 1: len(p) + len(a) - 1] = True  # positions that predict an answer token
+    head_w = model.get_output_embeddings()
+    hidden = head.input[scored.to(head.input.device)]
+    unl = (hidden.to(head_w.weight.dtype) @ head_w.weight[token_id]).float().to(logits.device)
+    if getattr(head_w, "bias", None) is not None:
+        unl = unl + head_w.bias[token_id].float().to(logits.device)
+    others = logits[scored]
+    others[:, token_id] = -math.inf
+    log_p = unl - torch.logsumexp(torch.cat([others, unl[:, None]], dim=1), dim=1)
+    return (-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).mean()
+
+
 @contextlib.contextmanager
 def _noisy_weights(adapter, layers: list[int], scale: float, generator: torch.Generator):
     """Add N(0, (scale·std W)²) to each layer's MLP output weight; restore the exact weights afterwards."""
@@ -198,6 +228,12 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
     import time
 
     started = time.perf_counter()
+    ordinary: list[tuple[list[int], list[int]]] = []
+    if config.ordinary_unlikelihood_weight and config.token not in tokenizer.get_vocab():
+        from ..generation import generate_answer_ids
+
+        answers = generate_answer_ids(model, tokenizer, questions, max_new_tokens=config.ordinary_answer_tokens)
+        ordinary = [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(questions, answers) if a]
     token_id = add_unlearning_token(model, tokenizer, config.token)
     refusals = load_refusals()
     chat_available = has_chat_template(tokenizer)
@@ -243,6 +279,11 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
                                                       context)
                             (loss * len(group) / len(chunk)).backward()
                         loss_total += loss.item() * len(group) / len(chunk)
+                    if ordinary and model.get_output_embeddings().weight.requires_grad:
+                        picked = [ordinary[(report.steps * config.batch_size + i) % len(ordinary)] for i in range(config.batch_size)]
+                        extra = config.ordinary_unlikelihood_weight * ordinary_unlikelihood(model, tokenizer, picked, token_id)
+                        extra.backward()
+                        loss_total += extra.item()
                     for param, w in zip(live, rows):
                         param.grad = w.grad[token_id].float().clone()
                         w.grad = None
