@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .edit.editor import EditConfig, run_edit_round
+from .edit.editor import EditConfig, build_projectors, run_edit_round
 from .edit.state import EditState
 from .generation import first_token_ids
 from .edit.stats import get_key_statistics
@@ -149,9 +149,11 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     timings["statistics"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    projectors = build_projectors(stats, edit_layers, config)  # once for all passes
     pending, passes = list(reqs), []
     for _ in range(max(1, config.max_passes)):
-        report = run_edit_round(model, tokenizer, adapter, pending, token.token_id, config, state, stats, progress=progress)
+        report = run_edit_round(model, tokenizer, adapter, pending, token.token_id, config, state, stats, progress=progress,
+                                projectors=projectors)
         if not passes:
             key_tokens = report.key_tokens
         firsts = first_token_ids(model, tokenizer, [r.question for r in pending])

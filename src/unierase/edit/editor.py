@@ -17,7 +17,7 @@ from ..models.adapters import MLPOutputAdapter
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from .keys import request_keys, token_keys
-from .prompts import build_edit_prompts, render_variants, subject_char_end
+from .prompts import EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update, memit_update
 from .state import EditState
 from .values import ValueConfig, compute_target_values, current_values
@@ -140,8 +140,6 @@ def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, p
     The first word is skipped (its token depends on what precedes the question).
     """
     ids, offsets, q_start = render_variants(tokenizer, question, num_prefixes=0)[0]
-    from .prompts import EditPrompt
-
     keys = token_keys(model, adapter, layer, [EditPrompt(0, 0, ids, len(ids) - 1, (0, len(ids)))], tokenizer.pad_token_id)[0]
     p = projector.to(torch.float32)
     best, best_score = None, -1.0
@@ -156,21 +154,36 @@ def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, p
     return best if best is not None else len(question)
 
 
+def build_projectors(stats, layers: list[int], config: EditConfig) -> dict[int, tuple[torch.Tensor, int]]:
+    """Layer → (null-space projector, null dimension); empty when neither the solver nor the key choice needs it.
+
+    Depends only on the statistics and the config, so a caller running several rounds or passes
+    computes it once and passes it to ``run_edit_round``.
+    """
+    if config.solver != "alphaedit" and config.key_position != "distinct":
+        return {}
+    from .stats import null_space_projector
+
+    return {layer: null_space_projector(stats.covariance(layer, config.question_key_weight),
+                                        relative_threshold=config.null_space_threshold) for layer in layers}
+
+
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
-                   config: EditConfig, state: EditState, stats, *, progress: bool = True) -> RoundReport:
-    """Edit ``model`` in place so each request's answer starts with ``target_id``; updates ``state``."""
+                   config: EditConfig, state: EditState, stats, *, progress: bool = True,
+                   projectors: dict[int, tuple[torch.Tensor, int]] | None = None) -> RoundReport:
+    """Edit ``model`` in place so each request's answer starts with ``target_id``; updates ``state``.
+
+    ``projectors`` (from ``build_projectors``) avoids recomputing the eigen-decompositions.
+    """
     timings: dict[str, float] = {}
     layers = config.resolved_layers(adapter.num_layers)
     pad = tokenizer.pad_token_id
 
     started = time.perf_counter()
-    projectors: dict[int, torch.Tensor] = {}
-    null_dims: dict[int, int] = {}
-    if config.solver == "alphaedit" or config.key_position == "distinct":
-        from .stats import null_space_projector
-
-        for layer in layers:
-            projectors[layer], null_dims[layer] = null_space_projector(stats.covariance(layer, config.question_key_weight), relative_threshold=config.null_space_threshold)
+    if projectors is None:
+        projectors = build_projectors(stats, layers, config)
+    null_dims = {layer: dim for layer, (_, dim) in projectors.items()}
+    projectors = {layer: p for layer, (p, _) in projectors.items()}
     timings["projector"] = time.perf_counter() - started
 
     started = time.perf_counter()

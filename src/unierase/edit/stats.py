@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import stop_after, trace
-from ..prompts import encode_text, has_chat_template, render_prompt
+from ..prompts import PINNED_DATE, encode_text, has_chat_template, render_prompt
 from . import corpus as corpus_module
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def corpus_token_batches(tokenizer, num_tokens: int, max_length: int, batch_size
         if assistant is not None and chat:
             text = tokenizer.apply_chat_template(
                 [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], tokenize=False,
-                date_string="26 Jul 2024")
+                date_string=PINNED_DATE)
             ids = encode_text(tokenizer, text)
         elif assistant is not None:
             ids = encode_text(tokenizer, render_prompt(tokenizer, user, chat=False) + " " + assistant)
