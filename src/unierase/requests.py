@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .storage import UniEraseError
+from .storage import UniEraseError, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -61,20 +61,7 @@ def parse_requests(items: list[dict], source: str = "<requests>") -> list[Forget
 
 def load_requests(path: str | Path) -> list[ForgetRequest]:
     """Read a JSONL file of forget requests (blank lines are skipped)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UniEraseError(f"requests file {path} not found")
-    requests: list[ForgetRequest] = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UniEraseError(f"{where}: malformed JSON ({err.msg} at column {err.colno})") from None
-            requests.append(_validate(item, where))
+    requests = [_validate(item, f"{path}:{number}") for number, item in read_jsonl(path, what="requests file")]
     if not requests:
         raise UniEraseError(f"{path}: the file contains no forget requests")
     return requests

@@ -103,3 +103,26 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "unierase"
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str = "file") -> list[tuple[int, dict]]:
+    """(line number, object) for every non-blank line of a JSON-lines file.
+
+    Errors name the file and line: a missing file, a malformed line, a line that is not an object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UniEraseError(f"{what} {path} not found")
+    rows: list[tuple[int, dict]] = []
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise UniEraseError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(item, dict):
+                raise UniEraseError(f"{path}:{number}: expected a JSON object, got {type(item).__name__}")
+            rows.append((number, item))
+    return rows

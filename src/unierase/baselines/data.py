@@ -14,14 +14,13 @@ forget part of the subset is the start of TOFU's own forget01/05/10 ordering (th
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..requests import ForgetRequest, load_requests
-from ..storage import UniEraseError
+from ..storage import UniEraseError, read_jsonl
 
 TOFU_AUTHORS = 200
 QA_PER_AUTHOR = 20
@@ -61,17 +60,6 @@ def require_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return found
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise UniEraseError(f"{path}:{number}: malformed JSON ({err.msg})") from None
-    return rows
 
 
 def load_tofu(config: str, data_dir: str | os.PathLike | None = None) -> list[ForgetRequest]:
@@ -81,11 +69,10 @@ def load_tofu(config: str, data_dir: str | os.PathLike | None = None) -> list[Fo
     if not path.is_file():
         available = sorted(p.stem for p in (root / "tofu").glob("*.jsonl"))
         raise UniEraseError(f"TOFU config {config!r} not found in {root / 'tofu'} (available: {', '.join(available)})")
-    rows = _read_jsonl(path)
     out = []
-    for i, row in enumerate(rows):
+    for number, row in read_jsonl(path, what="TOFU file"):
         if not isinstance(row.get("question"), str) or not isinstance(row.get("answer"), str):
-            raise UniEraseError(f"{path}:{i + 1}: expected string fields 'question' and 'answer'")
+            raise UniEraseError(f"{path}:{number}: expected string fields 'question' and 'answer'")
         out.append(ForgetRequest(question=row["question"], answer=row["answer"]))
     return out
 

@@ -14,8 +14,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..models.adapters import MLPOutputAdapter
+from ..prompts import has_chat_template
+from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
+from ..token.training import answer_ids
 from .keys import request_keys, token_keys
 from .prompts import EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update, memit_update
@@ -196,7 +199,10 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
 
     started = time.perf_counter()
     z_layer = layers[-1]
-    targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad, config.values, progress)
+    refusals, chat = load_refusals(), has_chat_template(tokenizer)
+    continuations = [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
+    targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad,
+                                                     config.values, progress, continuations=continuations)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()

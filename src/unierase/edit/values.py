@@ -3,6 +3,11 @@
 For each request a vector δ is added to block L*'s output at the key token of every prompt
 variant and optimised so the model predicts the target token after the prompt; z = h₀ + δ is the
 value the closed-form update then writes into the MLP output projections.
+
+Optionally the whole answer the token leads into (``[UNL] refusal [UNL] <eos>``) is the target:
+the first token with full weight, the continuation with ``continuation_weight``. A δ that only
+maximises p([UNL]) also pushes the tokens after it towards ``[UNL]``/end-of-turn (the refusal
+then degenerates); scoring the continuation keeps δ compatible with the refusal.
 """
 
 from __future__ import annotations
@@ -37,7 +42,13 @@ class ValueConfig:
     clamp_factor: float = 0.75
     """δ is projected onto the ball ‖δ‖ ≤ c‖h₀‖ after each step [0.75]."""
     stop_loss: float = 0.05
-    """Stop once every request's mean −log p(target) is below this."""
+    """Stop once every request's mean −log p(target) is below this (and the continuation's, when
+    scored, below ``continuation_stop``)."""
+    continuation_weight: float = 0.5
+    """Weight of the mean −log p of the refusal continuation after the target token (0 = score only
+    the first token, as the official method)."""
+    continuation_stop: float = 0.3
+    """Per-token mean −log p of the continuation under which a request counts as converged."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,13 +59,16 @@ class ValueReport:
     steps: int
     initial_nll: list[float]
     final_nll: list[float]
+    final_continuation_nll: list[float]
     delta_norm_ratio: list[float]
 
 
-def _split_batch(prompts: list[EditPrompt], pad_id: int, device):
-    """Prefix (tokens before the key, left-padded) and suffix (key token onwards, right-padded)."""
+def _split_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[list[int]] | None = None):
+    """Prefix (tokens before the key, left-padded) and suffix (key token onwards + the prompt's
+    teacher-forced tail, right-padded); ``last`` = each suffix's last prompt token."""
     prefixes = [p.input_ids[: p.key_index] for p in prompts]
-    suffixes = [p.input_ids[p.key_index:] for p in prompts]
+    suffixes = [p.input_ids[p.key_index:] + (tails[i] if tails else []) for i, p in enumerate(prompts)]
+    last = torch.tensor([len(p.input_ids) - p.key_index - 1 for p in prompts])
     pw, sw = max(map(len, prefixes)), max(map(len, suffixes))
     pre = torch.full((len(prompts), pw), pad_id, dtype=torch.long)
     pre_mask = torch.zeros_like(pre)
@@ -66,19 +80,22 @@ def _split_batch(prompts: list[EditPrompt], pad_id: int, device):
             pre_mask[row, pw - len(a):] = 1
         suf[row, : len(b)] = torch.tensor(b)
         suf_mask[row, : len(b)] = 1
-    last = torch.tensor([len(b) - 1 for b in suffixes])
     return pre.to(device), pre_mask.to(device), suf.to(device), suf_mask.to(device), last.to(device)
 
 
 def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
-                          target_id: int, pad_id: int, config: ValueConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          target_id: int, pad_id: int, config: ValueConfig, progress: bool = True,
+                          continuations: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
-    Tokens before the key token do not depend on δ, so their key/value cache is computed once and
-    each optimisation step only runs the key token and what follows it.
+    ``continuations[r]`` = token ids that should follow the target token for request r (scored
+    when ``config.continuation_weight`` > 0). Tokens before the key token do not depend on δ, so
+    their key/value cache is computed once and each step only runs the key token onwards.
     """
     device = model.get_input_embeddings().weight.device
-    pre, pre_mask, suf, suf_mask, last = _split_batch(prompts, pad_id, device)
+    scored = bool(continuations) and config.continuation_weight > 0
+    tails = [[target_id] + list(continuations[p.request_index]) for p in prompts] if scored else None
+    pre, pre_mask, suf, suf_mask, last = _split_batch(prompts, pad_id, device, tails)
     rows = torch.arange(len(prompts), device=device)
     req = torch.tensor([p.request_index for p in prompts], device=device)
     plain_rows = torch.tensor([i for i, p in enumerate(prompts) if p.variant == 0], device=device)
@@ -113,8 +130,21 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         at = hidden.device  # blocks may sit on different devices under an accelerate device_map
         return hidden.index_put((rows.to(at), key_col.to(at)), delta[req].to(device=at, dtype=hidden.dtype), accumulate=True)
 
+    if scored:  # position last+j predicts tails[row][j]; j = 0 is the target token itself
+        width = max(len(t) for t in tails)
+        cont_pos = torch.full((len(prompts), width - 1), 0, dtype=torch.long)
+        cont_ids = torch.zeros_like(cont_pos)
+        cont_mask = torch.zeros(len(prompts), width - 1)
+        for row, t in enumerate(tails):
+            n = len(t) - 1
+            cont_pos[row, :n] = last[row].item() + 1 + torch.arange(n)
+            cont_ids[row, :n] = torch.tensor(t[1:])
+            cont_mask[row, :n] = 1.0 / n
+        cont_pos, cont_ids, cont_mask = cont_pos.to(device), cont_ids.to(device), cont_mask.to(device)
+
     initial = None
     per_request = None
+    cont_request = torch.zeros(num_requests, device=device)
     step = 0
     bar = tqdm(range(config.steps), desc="target values", disable=not progress)
     for step in bar:
@@ -124,9 +154,14 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         logp = torch.log_softmax(logits[rows, last].float(), dim=-1)[:, target_id]
         nll_rows = -logp
         per_request = torch.zeros(num_requests, device=device).index_add(0, req, nll_rows.detach() * weights[req])
+        if scored:
+            cont_logp = torch.log_softmax(logits[rows[:, None], cont_pos].float(), dim=-1)
+            cont_rows = -(cont_logp.gather(-1, cont_ids[..., None])[..., 0] * cont_mask).sum(-1)
+            cont_request = torch.zeros(num_requests, device=device).index_add(0, req, cont_rows.detach() * weights[req])
+            nll_rows = nll_rows + config.continuation_weight * cont_rows
         if initial is None:
             initial = per_request.clone()
-        if per_request.max().item() < config.stop_loss:
+        if per_request.max().item() < config.stop_loss and (not scored or cont_request.max().item() < config.continuation_stop):
             break
         nll = (nll_rows * weights[req]).sum()
         cur_kl_logp = torch.log_softmax(logits[plain_rows, 0].float(), dim=-1)
@@ -140,12 +175,13 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
-        bar.set_postfix(nll=f"{per_request.max().item():.3f}")
+        bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}")
     bar.close()
     report = ValueReport(
         steps=step + 1,
         initial_nll=[round(x, 4) for x in initial.tolist()],
         final_nll=[round(x, 4) for x in per_request.tolist()],
+        final_continuation_nll=[round(x, 4) for x in cont_request.tolist()],
         delta_norm_ratio=[round(x, 4) for x in (delta.detach().norm(dim=-1) / h0_norm).tolist()],
     )
     z = (h0 + delta.detach()).T.cpu()

@@ -8,12 +8,11 @@ one, or a hub dataset id. It comes from the ``data`` argument (``--data-dir``), 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..storage import UniEraseError
+from ..storage import UniEraseError, read_jsonl
 
 DATA_ENV = "UNIERASE_DATA"
 DEFAULT_HUB_ID = "locuslab/TOFU"
@@ -92,21 +91,7 @@ def resolve_data(data: str | os.PathLike | None = None) -> DataSource:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        raise UniEraseError(f"TOFU split file {path} not found")
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UniEraseError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise UniEraseError(f"{path}, line {lineno}: expected a JSON object")
-            rows.append(row)
-    return rows
+    return [row for _, row in read_jsonl(path, what="TOFU split file")]
 
 
 def _read_hub(hub_id: str, config: str) -> list[dict]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..prompts import PINNED_DATE, has_chat_template, render_prompt
-from ..storage import UniEraseError, write_json_atomic, write_text_atomic
+from ..storage import UniEraseError, read_jsonl, write_json_atomic, write_text_atomic
 from . import metrics as M
 from . import suites
 from .config import EvalConfig
@@ -664,18 +664,11 @@ def _clean(obj):
 
 def _read_per_item(path: Path, columns: tuple[str, ...]) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise UniEraseError(f"{path}, line {lineno}: not valid JSON ({err.msg})") from err
-            for col in columns:
-                if col not in row or row[col] is None:
-                    raise UniEraseError(f"{path}, line {lineno}: no column '{col}'")
-            rows.append(row)
+    for number, row in read_jsonl(path, what="per-item file"):
+        for col in columns:
+            if row.get(col) is None:
+                raise UniEraseError(f"{path}:{number}: no column '{col}'")
+        rows.append(row)
     if not rows:
         raise UniEraseError(f"{path} is empty (0 rows)")
     return rows
