@@ -11,13 +11,8 @@ import argparse
 import logging
 import sys
 
+from .cli_args import add_model_args
 from .storage import UniEraseError
-
-
-def _common_model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--cache-dir", default=None, help="cache for the converted default model, trained tokens and key statistics (default: $UNIERASE_CACHE or ~/.cache/unierase)")
-    parser.add_argument("--device-map", default=None, help="accelerate device map, e.g. 'auto' to spread a large model over GPUs (default: CPU)")
 
 
 def add_forget_parser(subparsers) -> None:
@@ -32,7 +27,7 @@ def add_forget_parser(subparsers) -> None:
             "sequentially from the saved edit state."
         ),
     )
-    _common_model_args(p)
+    add_model_args(p)
     p.add_argument("--requests", required=True, help="JSONL file of forget requests")
     p.add_argument("--out", required=True, help="output directory (a Hugging Face checkpoint + unierase_manifest.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
@@ -70,7 +65,7 @@ def _run_forget(args) -> int:
 
 def add_ask_parser(subparsers) -> None:
     p = subparsers.add_parser("ask", help="show the model's answer to questions (special tokens hidden unless --raw)")
-    _common_model_args(p)
+    add_model_args(p)
     p.add_argument("questions", nargs="+", help="one or more questions")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--raw", action="store_true", help="show special tokens such as the unlearning token")

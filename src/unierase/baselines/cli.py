@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from ..cli_args import add_model_args
 from .finetune import FinetuneConfig, finetune
 from .methods import BaselineConfig
 from .trainer import TrainConfig
@@ -46,8 +47,7 @@ def add_finetune_parser(subparsers) -> None:
             "model); add --split retain to leave those K out (the retain model)."
         ),
     )
-    p.add_argument("--model", default=None, help="local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--cache-dir", default=None, help="cache for the converted default model")
+    add_model_args(p, device_map=False)
     p.add_argument("--data", required=True, help="tofu:CONFIG (e.g. tofu:full, tofu:retain90) or a JSONL file with question and answer")
     p.add_argument("--authors", type=int, default=None, help="use N whole authors of tofu:full (default: all rows of --data)")
     p.add_argument("--forget-authors", type=int, default=1, help="how many of the subset's authors are TOFU's last (forget) authors (default: 1)")
