@@ -53,3 +53,24 @@ def test_training_lowers_loss_and_changes_only_the_token_rows(tiny_tokenizer):
                 assert changed[token_id].any(), name
             else:
                 assert not changed.any(), name  # augmentation noise was removed exactly
+
+
+def test_precomputed_ordinary_unlikelihood_matches_a_full_forward(tiny_llama):
+    """The cached hidden states + other-logit normalisers give the same p([UNL]) as re-running the model."""
+    import math
+
+    from unierase.token.training import ordinary_positions, ordinary_unlikelihood
+
+    model, tok = tiny_llama
+    token_id = add_unlearning_token(model, tok)
+    sequences = [([1, 5, 7, 9], [11, 12, 13]), ([2, 6], [14, 15, 16, 17])]
+    positions = ordinary_positions(model, tok, sequences, token_id)
+    assert positions is not None and positions.hidden.shape[0] == 7
+    with torch.no_grad():
+        model.get_output_embeddings().weight[token_id] += 0.3  # training moves the row afterwards
+    expected = []
+    for p, a in sequences:
+        logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+        expected += [-math.log1p(-logp[t, token_id].exp().item()) for t in range(len(p) - 1, len(p) + len(a) - 1)]
+    got = ordinary_unlikelihood(model, positions, token_id)
+    assert abs(got.item() - sum(expected) / len(expected)) < 1e-5

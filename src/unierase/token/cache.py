@@ -27,8 +27,12 @@ class TokenInfo:
     cache_key: str | None = None
 
 
+TRAINING_RECIPE = 2
+"""Bumped whenever the training code changes what a given config produces (invalidates the cache)."""
+
+
 def token_cache_key(fingerprint: str, config: UnlearningTokenConfig, augment_layers: list[int] | None) -> str:
-    payload = json.dumps({"config": config.to_dict(), "layers": augment_layers}, sort_keys=True)
+    payload = json.dumps({"config": config.to_dict(), "layers": augment_layers, "recipe": TRAINING_RECIPE}, sort_keys=True)
     return f"{fingerprint}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 

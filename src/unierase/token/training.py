@@ -178,28 +178,63 @@ def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, ch
     return loss
 
 
-def ordinary_unlikelihood(model, tokenizer, sequences: list[tuple[list[int], list[int]]], token_id: int) -> torch.Tensor:
-    """Mean −log(1 − p([UNL])) over the answer positions of ordinary (prompt, answer) id pairs.
+@dataclass
+class OrdinaryPositions:
+    """What the unlikelihood over ordinary answers needs, computed once before training.
 
-    Only the token's output row is live: one forward pass without gradients gives the hidden states
-    and the other logits; the [UNL] logit is recomputed from the row.
+    The token never occurs in these sequences, so only its *output* row influences p([UNL]) there:
+    the hidden states entering the output layer and the log-sum-exp of all other logits do not
+    change during training and are kept instead of re-running the model at every step.
+    """
+
+    hidden: torch.Tensor  # P × d, inputs of the output layer at the scored positions
+    others_lse: torch.Tensor  # P, log-sum-exp of every logit but [UNL]
+
+
+@torch.no_grad()
+def ordinary_positions(model, tokenizer, sequences: list[tuple[list[int], list[int]]], token_id: int,
+                       batch_size: int = 16) -> OrdinaryPositions | None:
+    """Hidden states and other-logit normalisers at the answer positions of ordinary (prompt, answer) pairs.
+
+    Returns ``None`` when the output layer is not a plain linear map of those hidden states (e.g. a
+    logit soft-cap), so the caller can leave the term out rather than compute it wrongly.
     """
     device = _model_device(model)
-    batch = pad_batch([p + a for p, a in sequences], tokenizer.pad_token_id)
-    ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-    with torch.no_grad(), trace(model.get_output_embeddings(), keep_input=True) as head:
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-    scored = torch.zeros(ids.shape, dtype=torch.bool, device=logits.device)
-    for row, (p, a) in enumerate(sequences):
-        scored[row, len(p) - 1: len(p) + len(a) - 1] = True  # positions that predict an answer token
     head_w = model.get_output_embeddings()
-    hidden = head.input[scored.to(head.input.device)]
-    unl = (hidden.to(head_w.weight.dtype) @ head_w.weight[token_id]).float().to(logits.device)
+    hidden_parts, lse_parts = [], []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start: start + batch_size]
+        batch = pad_batch([p + a for p, a in chunk], tokenizer.pad_token_id)
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with trace(head_w, keep_input=True) as head:
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
+        scored = torch.zeros(ids.shape, dtype=torch.bool)
+        for row, (p, a) in enumerate(chunk):
+            scored[row, len(p) - 1: len(p) + len(a) - 1] = True  # positions that predict an answer token
+        hidden = head.input[scored.to(head.input.device)].float()
+        picked = logits[scored.to(logits.device)]
+        recomputed = _unl_logit(head_w, hidden, token_id).to(picked.device)
+        if not torch.allclose(recomputed, picked[:, token_id], rtol=1e-3, atol=1e-3):
+            log.warning("the output layer is not linear in its input; the ordinary-answer unlikelihood term is left out")
+            return None
+        picked[:, token_id] = -math.inf
+        hidden_parts.append(hidden.cpu())
+        lse_parts.append(torch.logsumexp(picked, dim=1).cpu())
+    return OrdinaryPositions(torch.cat(hidden_parts), torch.cat(lse_parts))
+
+
+def _unl_logit(head_w, hidden: torch.Tensor, token_id: int) -> torch.Tensor:
+    w = head_w.weight[token_id]
+    logit = (hidden.to(device=w.device, dtype=w.dtype) @ w).float()
     if getattr(head_w, "bias", None) is not None:
-        unl = unl + head_w.bias[token_id].float().to(logits.device)
-    others = logits[scored]
-    others[:, token_id] = -math.inf
-    log_p = unl - torch.logsumexp(torch.cat([others, unl[:, None]], dim=1), dim=1)
+        logit = logit + head_w.bias[token_id].float()
+    return logit
+
+
+def ordinary_unlikelihood(model, positions: OrdinaryPositions, token_id: int) -> torch.Tensor:
+    """Mean −log(1 − p([UNL])) over the precomputed ordinary answer positions (live: the output row)."""
+    unl = _unl_logit(model.get_output_embeddings(), positions.hidden, token_id)
+    log_p = unl - torch.logaddexp(positions.others_lse.to(unl.device), unl)
     return (-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).mean()
 
 
@@ -228,13 +263,14 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
     import time
 
     started = time.perf_counter()
-    ordinary: list[tuple[list[int], list[int]]] = []
+    sequences: list[tuple[list[int], list[int]]] = []
     if config.ordinary_unlikelihood_weight and config.token not in tokenizer.get_vocab():
         from ..generation import generate_answer_ids
 
         answers = generate_answer_ids(model, tokenizer, questions, max_new_tokens=config.ordinary_answer_tokens)
-        ordinary = [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(questions, answers) if a]
+        sequences = [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(questions, answers) if a]
     token_id = add_unlearning_token(model, tokenizer, config.token)
+    ordinary = ordinary_positions(model, tokenizer, sequences, token_id) if sequences else None
     refusals = load_refusals()
     chat_available = has_chat_template(tokenizer)
     rows = _token_rows(model, config.train_output_row)
@@ -279,9 +315,8 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
                                                       context)
                             (loss * len(group) / len(chunk)).backward()
                         loss_total += loss.item() * len(group) / len(chunk)
-                    if ordinary and model.get_output_embeddings().weight.requires_grad:
-                        picked = [ordinary[(report.steps * config.batch_size + i) % len(ordinary)] for i in range(config.batch_size)]
-                        extra = config.ordinary_unlikelihood_weight * ordinary_unlikelihood(model, tokenizer, picked, token_id)
+                    if ordinary is not None and model.get_output_embeddings().weight.requires_grad:
+                        extra = config.ordinary_unlikelihood_weight * ordinary_unlikelihood(model, ordinary, token_id)
                         extra.backward()
                         loss_total += extra.item()
                     for param, w in zip(live, rows):
