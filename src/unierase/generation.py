@@ -19,25 +19,76 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
                                 forced_prefix=forced_prefix)]
 
 
+def stop_token_ids(model, tokenizer) -> set[int]:
+    """End-of-turn / EOS ids of the tokenizer and the model's generation config."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(gen_eos, int):
+        ids.add(gen_eos)
+    elif gen_eos:
+        ids.update(int(x) for x in gen_eos)
+    return ids
+
+
+@torch.no_grad()
+def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops: set[int], pad_id: int,
+                 keep_stop: bool = False) -> list[list[int]]:
+    """Greedy continuation of one batch of prompt ids with a key/value cache.
+
+    A row that produces a stop token leaves the batch (its cache rows are dropped), so long answers
+    do not pay for short ones. ``keep_stop`` keeps that stop token at the end of the row's ids.
+    """
+    device = model.get_input_embeddings().weight.device
+    enc = pad_batch(prompts, pad_id, left=True)
+    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    generated: list[list[int]] = [[] for _ in prompts]
+    if max_new_tokens <= 0:
+        return generated
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
+                logits_to_keep=1)
+    cache = out.cache
+    nxt = out.logits[:, -1, :].argmax(-1).to(device)
+    cur = mask.sum(-1)
+    active = list(range(len(prompts)))
+    for step in range(max_new_tokens):
+        keep = []
+        for r, tok in enumerate(nxt.tolist()):
+            if tok in stops:
+                if keep_stop:
+                    generated[active[r]].append(tok)
+                continue
+            generated[active[r]].append(tok)
+            keep.append(r)
+        if not keep or step == max_new_tokens - 1:
+            break
+        if len(keep) < len(active):
+            idx = torch.tensor(keep, device=device)
+            cache.batch_select_indices(idx)
+            mask, nxt, cur = mask[idx], nxt[idx], cur[idx]
+            active = [active[r] for r in keep]
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=cur[:, None], cache=cache, use_cache=True)
+        cache = out.cache
+        cur = cur + 1
+        nxt = out.logits[:, -1, :].argmax(-1).to(device)
+    return generated
+
+
 @torch.no_grad()
 def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_tokens: int = 32, batch_size: int = 32,
                         forced_prefix: list[int] | None = None) -> list[list[int]]:
     """Greedy answer token ids (including the end-of-turn token when it is produced)."""
-    device = model.get_input_embeddings().weight.device
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) + list(forced_prefix or []) for q in questions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
-    eos = tokenizer.eos_token_id
+    stops = stop_token_ids(model, tokenizer)
     for start in range(0, len(order), batch_size):
         chunk = order[start: start + batch_size]
-        batch = pad_batch([prompts[i] for i in chunk], tokenizer.pad_token_id, left=True)
-        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=eos)
-        for row, i in enumerate(chunk):
-            ids = out[row, batch["input_ids"].shape[1]:].tolist()
-            if eos in ids:
-                ids = ids[: ids.index(eos) + 1]
+        answers = greedy_batch(model, [prompts[i] for i in chunk], max_new_tokens=max_new_tokens, stops=stops,
+                               pad_id=tokenizer.pad_token_id, keep_stop=True)
+        for i, ids in zip(chunk, answers):
             results[i] = ids
     return results
 

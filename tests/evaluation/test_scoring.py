@@ -73,6 +73,9 @@ class _StopFirstRow(torch.nn.Module):
     def device(self):
         return self.inner.device
 
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
     def forward(self, **kwargs):
         out = self.inner(**kwargs)
         if self.calls == 0:

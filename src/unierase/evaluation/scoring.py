@@ -23,6 +23,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..generation import greedy_batch, stop_token_ids
 from ..prompts import encode_qa, encode_text, pad_batch, render_prompt
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ def score_answer_groups(
     """
     if mode not in ("shared", "full"):
         raise ValueError(f"unknown scoring mode {mode!r}")
-    device = model.device
+    device = model.get_input_embeddings().weight.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     todo = list(range(len(questions))) if todo is None else list(todo)
     encoded: dict[int, tuple[list[int], list[list[int]]]] = {}
@@ -168,18 +169,6 @@ def _score_full(model, items, n_slots, keep, pad_id, device) -> list[list[Answer
     return result
 
 
-def stop_token_ids(model, tokenizer) -> set[int]:
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(gen_eos, int):
-        ids.add(gen_eos)
-    elif gen_eos:
-        ids.update(int(x) for x in gen_eos)
-    return ids
-
-
 @torch.no_grad()
 def generate_greedy(
     model,
@@ -196,7 +185,6 @@ def generate_greedy(
     The generated ids stop before the first stop token (end of turn / EOS) and hold at most
     ``max_new_tokens`` tokens.
     """
-    device = model.device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = stop_token_ids(model, tokenizer)
     todo = list(range(len(questions))) if todo is None else list(todo)
@@ -204,41 +192,7 @@ def generate_greedy(
     order = sorted(todo, key=lambda i: -len(prompts[i]))
     t0, done = time.time(), 0
     for batch in _batches(order, batch_size):
-        generated = _greedy_batch(model, [prompts[i] for i in batch], max_new_tokens, stops, pad_id, device)
+        generated = greedy_batch(model, [prompts[i] for i in batch], max_new_tokens=max_new_tokens, stops=stops, pad_id=pad_id)
         done += len(batch)
         log.debug("generated %d/%d items (%.1f s)", done, len(order), time.time() - t0)
         yield batch, generated
-
-
-def _greedy_batch(model, prompts, max_new_tokens, stops, pad_id, device) -> list[list[int]]:
-    enc = pad_batch(prompts, pad_id, left=True)
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-    generated: list[list[int]] = [[] for _ in prompts]
-    if max_new_tokens <= 0:
-        return generated
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
-    cache = out.cache
-    nxt = out.logits[:, -1, :].argmax(-1)
-    cur = mask.sum(-1)
-    active = list(range(len(prompts)))
-    for step in range(max_new_tokens):
-        tokens = nxt.tolist()
-        keep = []
-        for r, tok in enumerate(tokens):
-            if tok in stops:
-                continue
-            generated[active[r]].append(tok)
-            keep.append(r)
-        if not keep or step == max_new_tokens - 1:
-            break
-        if len(keep) < len(active):
-            idx = torch.tensor(keep, device=device)
-            cache.batch_select_indices(idx)
-            mask, nxt, cur = mask[idx], nxt[idx], cur[idx]
-            active = [active[r] for r in keep]
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=cur[:, None], cache=cache, use_cache=True)
-        cache = out.cache
-        cur = cur + 1
-        nxt = out.logits[:, -1, :].argmax(-1)
-    return generated
