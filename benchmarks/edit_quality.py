@@ -26,6 +26,10 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=80, help="how many non-targeted facts to check")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--key-position", default="auto")
+    parser.add_argument("--solver", default=None, help="alphaedit or memit (default: EditConfig's)")
+    parser.add_argument("--memit-weight", type=float, default=None)
+    parser.add_argument("--threshold", type=float, default=None, help="null-space threshold (alphaedit)")
+    parser.add_argument("--result", default=str(RESULTS), help="where to write the JSON")
     args = parser.parse_args()
 
     import torch
@@ -59,9 +63,16 @@ def main() -> None:
     universality = token_universality(model, tok, info.token_id, heldout_questions())
     universality["unl_first_token_rate_on_fact_questions"] = sum(
         f == info.token_id for f in snapshot(model, tok, questions, max_new_tokens=1).first_tokens) / len(questions)
+    config = EditConfig(key_position=args.key_position)
+    if args.solver:
+        config.solver = args.solver
+    if args.memit_weight is not None:
+        config.memit_weight = args.memit_weight
+    if args.threshold is not None:
+        config.null_space_threshold = args.threshold
     started = time.perf_counter()
     result = forget([{"question": f["question"]} for f in forget_rows], None, model=model, tokenizer=tok,
-                    edit_config=EditConfig(key_position=args.key_position), progress=False)
+                    edit_config=config, progress=False)
     edit_seconds = time.perf_counter() - started
     token_id = result.manifest["token"]["id"]
     after = snapshot(model, tok, questions, max_new_tokens=40)
@@ -92,8 +103,9 @@ def main() -> None:
     # and after the edit the token must still lead into a refusal on the held-out questions
     figures["token_universality_after_edit"] = token_universality(model, tok, token_id, heldout_questions())
     print(json.dumps({k: v for k, v in figures.items() if k not in ("examples",)}, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    target = Path(args.result)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -61,3 +61,13 @@ def test_memit_solves_the_regularised_least_squares():
     delta = memit_update(keys, residuals, cov, weight=lam)
     grad = (delta @ keys - residuals) @ keys.T + lam * delta @ cov
     assert grad.abs().max() < 1e-8
+
+
+def test_memit_with_earlier_edits_keeps_their_outputs():
+    """With the sequential state K_p K_pᵀ in the system, an earlier edit's keys barely move."""
+    _, _, cov, keys, residuals = _setup()
+    earlier = keys[:, :3]
+    free = memit_update(keys[:, 3:], residuals[:, 3:], cov, weight=1e-3)
+    kept = memit_update(keys[:, 3:], residuals[:, 3:], cov, weight=1e-3, previous=earlier @ earlier.T)
+    assert (kept @ earlier).norm() < 0.05 * (free @ earlier).norm()
+    assert ((kept @ keys[:, 3:]) - residuals[:, 3:]).norm() < 0.2 * residuals[:, 3:].norm()

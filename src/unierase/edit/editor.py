@@ -213,7 +213,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         current = current_values(model, adapter, z_layer, prompts, len(requests), pad)
         residual = (targets - current) / (len(layers) - i)
         if config.solver == "memit":
-            delta = memit_update(keys, residual, stats.covariance(layer, config.question_key_weight), config.memit_weight)
+            delta = memit_update(keys, residual, stats.covariance(layer, config.question_key_weight), config.memit_weight,
+                                 state.get(layer))
         elif config.solver == "alphaedit":
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
             delta = alphaedit_update(keys, residual, projectors[layer], state.get(layer), ridge)

@@ -26,9 +26,17 @@ def alphaedit_update(keys: torch.Tensor, residuals: torch.Tensor, projector: tor
     return torch.linalg.solve(system.T, rhs.T).T
 
 
-def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, weight: float) -> torch.Tensor:
-    """ΔW = R Kᵀ (λ' C₀ + K Kᵀ)⁻¹ (MEMIT; no null-space constraint)."""
+def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, weight: float,
+                 previous: torch.Tensor | None = None) -> torch.Tensor:
+    """ΔW = R Kᵀ (λ' C₀ + K_p K_pᵀ + K Kᵀ)⁻¹ (MEMIT; no hard null-space constraint).
+
+    The least-squares update that changes the outputs of preserved keys (distributed as C₀) and of
+    earlier edits' keys (K_p K_pᵀ, the sequential state) as little as possible while writing R:
+    a soft, variance-weighted version of the null-space constraint.
+    """
     k = keys.to(torch.float64)
     r = residuals.to(torch.float64)
     system = weight * covariance.to(torch.float64) + k @ k.T
+    if previous is not None:
+        system = system + previous.to(torch.float64)
     return torch.linalg.solve(system, (r @ k.T).T).T  # system is symmetric
