@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
-from ..models.tracing import stop_after, trace
+from ..models.tracing import stop_after
 from ..prompts import PINNED_DATE, encode_text, has_chat_template, render_prompt
 from . import corpus as corpus_module
 
@@ -114,31 +114,21 @@ def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: 
     return KeyStatistics(moments, count, corpus_module.CORPUS_ID, q_moments, q_count)
 
 
-@torch.no_grad()
 def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], batch_size: int = 32):
     """Σ k kᵀ at the entity token of every synthetic chat question (see ``corpus.entity_questions``).
 
     One forward pass per batch records every layer's keys and stops after the deepest layer.
     """
-    import contextlib
+    from .keys import at_key, capture_prompts
+    from .prompts import build_edit_prompts
 
-    from .keys import position_ids
-    from .prompts import build_edit_prompts, left_pad
-
-    device = model.get_input_embeddings().weight.device
     moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
     questions = corpus_module.entity_questions()
     prompts = [build_edit_prompts(tokenizer, q, i, end, 0)[0] for i, (q, end) in enumerate(questions)]
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start: start + batch_size]
-        ids, mask, key_idx = left_pad(chunk, tokenizer.pad_token_id, device)
-        with contextlib.ExitStack() as stack:
-            records = {l: stack.enter_context(trace(adapter.mlp_output(l), keep_input=True)) for l in layers}
-            stack.enter_context(stop_after(adapter.mlp_output(max(layers))))
-            model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-        for layer, rec in records.items():
-            keys = rec.input[torch.arange(len(chunk), device=rec.input.device), key_idx.to(rec.input.device)]
-            keys = keys.to(torch.float64).cpu()
+    modules = {l: adapter.mlp_output(l) for l in layers}
+    for _, captured, _, key_idx in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
+        for layer in layers:
+            keys = at_key(captured[layer], key_idx).to(torch.float64).cpu()
             moments[layer].add_(keys.T @ keys)
     return moments, len(questions)
 

@@ -20,9 +20,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
-from ..models.tracing import edit_output, stop_after, trace
-from .keys import position_ids
-from .prompts import EditPrompt, left_pad
+from ..models.tracing import edit_output, trace
+from .keys import at_key, capture_prompts, position_ids
+from .prompts import EditPrompt
 
 log = logging.getLogger(__name__)
 
@@ -188,13 +188,10 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     return z, h0.T.cpu(), report
 
 
-@torch.no_grad()
 def current_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
                    pad_id: int) -> torch.Tensor:
     """Block ``z_layer``'s output at each request's key token in its plain prompt (d × N)."""
-    device = model.get_input_embeddings().weight.device
     plain = sorted([p for p in prompts if p.variant == 0], key=lambda p: p.request_index)
-    ids, mask, key_idx = left_pad(plain, pad_id, device)
-    with trace(adapter.block(z_layer), keep_output=True) as rec, stop_after(adapter.block(z_layer)):
-        model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-    return rec.output[torch.arange(len(plain), device=rec.output.device), key_idx.to(rec.output.device)].float().T.cpu()
+    columns = [at_key(captured["z"], key_idx).float().cpu()
+               for _, captured, _, key_idx in capture_prompts(model, {"z": adapter.block(z_layer)}, plain, pad_id, output=True)]
+    return torch.cat(columns).T
