@@ -47,7 +47,7 @@ def test_edit_round_writes_the_target_values(arch, key_position, solver):
     before = _unl_logprob(model, tok, [r.question for r in requests], token_id)
     state = EditState()
     config = EditConfig(layers=layers, key_position=key_position, solver=solver, null_space_threshold=0.05, ridge=0.01, memit_weight=0.01,
-                        values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0))
+                        values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
     report = run_edit_round(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
     after = _unl_logprob(model, tok, [r.question for r in requests], token_id)
     assert report.residual_left < 0.5, report

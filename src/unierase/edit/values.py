@@ -83,64 +83,98 @@ def _split_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[lis
     return pre.to(device), pre_mask.to(device), suf.to(device), suf_mask.to(device), last.to(device)
 
 
+class _Group:
+    """Prompt variants run together: the key token onwards on top of their cached prefix.
+
+    Only the positions whose logits are needed (the key token for the KL term, the last prompt
+    token, and the teacher-forced tail when there is one) go through the output layer.
+    """
+
+    def __init__(self, model, members: list[int], prompts: list[EditPrompt], pad_id: int, device, tails=None):
+        self.model, self.device = model, device
+        self.members = torch.tensor(members, device=device)
+        chosen = [prompts[i] for i in members]
+        self.pre, pre_mask, self.suf, suf_mask, self.last = _split_batch(chosen, pad_id, device, tails)
+        with torch.no_grad():
+            self.cache = model(input_ids=self.pre, attention_mask=pre_mask, position_ids=position_ids(pre_mask),
+                               use_cache=True, logits_to_keep=1).cache
+        self.mask = torch.cat([pre_mask, suf_mask], dim=1)
+        self.pos = pre_mask.sum(-1, keepdim=True) + torch.arange(self.suf.shape[1], device=device)
+        needed = {0, *self.last.tolist()}
+        self.tail = None
+        if tails:  # position last+j predicts tails[row][j]; j = 0 is the target token itself
+            width = max(len(t) for t in tails) - 1
+            self.tail = (torch.zeros(len(chosen), width, dtype=torch.long), torch.zeros(len(chosen), width, dtype=torch.long),
+                         torch.zeros(len(chosen), width))
+            for row, t in enumerate(tails):
+                n = len(t) - 1
+                self.tail[0][row, :n] = self.last[row].item() + 1 + torch.arange(n)
+                self.tail[1][row, :n] = torch.tensor(t[1:])
+                self.tail[2][row, :n] = 1.0 / n
+                needed.update(self.tail[0][row, :n].tolist())
+        self.keep = torch.tensor(sorted(needed), device=device)
+        column = torch.full((self.suf.shape[1],), -1, dtype=torch.long)
+        column[self.keep.cpu()] = torch.arange(len(self.keep))
+        self.column = column.to(device)  # suffix position → column of the kept logits
+        if self.tail is not None:
+            self.tail = tuple(t.to(device) for t in self.tail)
+
+    def logits(self) -> torch.Tensor:
+        cache = copy.deepcopy(self.cache)  # each step extends its own copy of the shared prefix
+        return self.model(input_ids=self.suf, attention_mask=self.mask, position_ids=self.pos, cache=cache,
+                          use_cache=True, logits_to_keep=self.keep).logits.to(self.device)
+
+    def target_nll(self, logits: torch.Tensor, target_id: int) -> torch.Tensor:
+        rows = torch.arange(len(self.members), device=self.device)
+        return -torch.log_softmax(logits[rows, self.column[self.last]].float(), dim=-1)[:, target_id]
+
+    def tail_nll(self, logits: torch.Tensor) -> torch.Tensor:
+        positions, ids, weight = self.tail
+        rows = torch.arange(len(self.members), device=self.device)[:, None]
+        logp = torch.log_softmax(logits[rows, self.column[positions]].float(), dim=-1)
+        return -(logp.gather(-1, ids[..., None])[..., 0] * weight).sum(-1)
+
+
 def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
                           target_id: int, pad_id: int, config: ValueConfig, progress: bool = True,
                           continuations: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
-    ``continuations[r]`` = token ids that should follow the target token for request r (scored
-    when ``config.continuation_weight`` > 0). Tokens before the key token do not depend on δ, so
-    their key/value cache is computed once and each step only runs the key token onwards.
+    ``continuations[r]`` = token ids that should follow the target token for request r, scored on
+    the plain prompt when ``config.continuation_weight`` > 0. Tokens before the key token do not
+    depend on δ, so their key/value cache is computed once and each step only runs the key token
+    onwards.
     """
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0
-    tails = [[target_id] + list(continuations[p.request_index]) for p in prompts] if scored else None
-    pre, pre_mask, suf, suf_mask, last = _split_batch(prompts, pad_id, device, tails)
-    rows = torch.arange(len(prompts), device=device)
+    plain = [i for i, p in enumerate(prompts) if p.variant == 0]
+    prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
+    tails = [[target_id] + list(continuations[prompts[i].request_index]) for i in plain] if scored else None
+    groups = [_Group(model, plain, prompts, pad_id, device, tails)]
+    if prefixed:
+        groups.append(_Group(model, prefixed, prompts, pad_id, device))
     req = torch.tensor([p.request_index for p in prompts], device=device)
-    plain_rows = torch.tensor([i for i, p in enumerate(prompts) if p.variant == 0], device=device)
-    plain_req = req[plain_rows]
+    plain_req = req[groups[0].members]
     block = adapter.block(z_layer)
-    with torch.no_grad():
-        prefix = model(input_ids=pre, attention_mask=pre_mask, position_ids=position_ids(pre_mask), use_cache=True,
-                       logits_to_keep=1)
-    cache = prefix.cache
-    mask = torch.cat([pre_mask, suf_mask], dim=1)
-    pos = pre_mask.sum(-1, keepdim=True) + torch.arange(suf.shape[1], device=device)
-
-    def run():
-        step_cache = copy.deepcopy(cache)  # each step extends its own copy of the shared prefix
-        return model(input_ids=suf, attention_mask=mask, position_ids=pos, cache=step_cache, use_cache=True).logits.to(device)
 
     with torch.no_grad(), trace(block, keep_output=True) as rec:
-        base_logits = run()
-    h_rows = rec.output[:, 0].float().to(device)  # value at the key token, every prompt
-    h0 = torch.zeros(num_requests, h_rows.shape[-1], device=device)
-    h0[plain_req] = h_rows[plain_rows]
-    init_kl_logp = torch.log_softmax(base_logits[plain_rows, 0].float(), dim=-1)
+        base_logits = groups[0].logits()
+    h0 = torch.zeros(num_requests, rec.output.shape[-1], device=device)
+    h0[plain_req] = rec.output[:, 0].float().to(device)  # value at the key token of the plain prompt
+    init_kl_logp = torch.log_softmax(base_logits[:, groups[0].column[0]].float(), dim=-1)
     h0_norm = h0.norm(dim=-1)
     del base_logits
 
     delta = torch.zeros_like(h0, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
     weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(num_requests)], device=device)
-    key_col = torch.zeros(len(prompts), dtype=torch.long, device=device)
+    active: dict[str, torch.Tensor] = {}
 
     def add_delta(hidden):
         at = hidden.device  # blocks may sit on different devices under an accelerate device_map
-        return hidden.index_put((rows.to(at), key_col.to(at)), delta[req].to(device=at, dtype=hidden.dtype), accumulate=True)
-
-    if scored:  # position last+j predicts tails[row][j]; j = 0 is the target token itself
-        width = max(len(t) for t in tails)
-        cont_pos = torch.full((len(prompts), width - 1), 0, dtype=torch.long)
-        cont_ids = torch.zeros_like(cont_pos)
-        cont_mask = torch.zeros(len(prompts), width - 1)
-        for row, t in enumerate(tails):
-            n = len(t) - 1
-            cont_pos[row, :n] = last[row].item() + 1 + torch.arange(n)
-            cont_ids[row, :n] = torch.tensor(t[1:])
-            cont_mask[row, :n] = 1.0 / n
-        cont_pos, cont_ids, cont_mask = cont_pos.to(device), cont_ids.to(device), cont_mask.to(device)
+        rows = torch.arange(hidden.shape[0], device=at)
+        key_col = torch.zeros(hidden.shape[0], dtype=torch.long, device=at)
+        return hidden.index_put((rows, key_col), delta[active["req"]].to(device=at, dtype=hidden.dtype), accumulate=True)
 
     initial = None
     per_request = None
@@ -149,23 +183,28 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     bar = tqdm(range(config.steps), desc="target values", disable=not progress)
     for step in bar:
         optimiser.zero_grad()
-        with edit_output(block, add_delta):
-            logits = run()
-        logp = torch.log_softmax(logits[rows, last].float(), dim=-1)[:, target_id]
-        nll_rows = -logp
-        per_request = torch.zeros(num_requests, device=device).index_add(0, req, nll_rows.detach() * weights[req])
-        if scored:
-            cont_logp = torch.log_softmax(logits[rows[:, None], cont_pos].float(), dim=-1)
-            cont_rows = -(cont_logp.gather(-1, cont_ids[..., None])[..., 0] * cont_mask).sum(-1)
-            cont_request = torch.zeros(num_requests, device=device).index_add(0, req, cont_rows.detach() * weights[req])
-            nll_rows = nll_rows + config.continuation_weight * cont_rows
+        nll = torch.zeros((), device=device)
+        per_request = torch.zeros(num_requests, device=device)
+        kl = None
+        for g in groups:
+            active["req"] = req[g.members]
+            with edit_output(block, add_delta):
+                logits = g.logits()
+            rows_nll = g.target_nll(logits, target_id)
+            w = weights[active["req"]]
+            per_request = per_request.index_add(0, active["req"], rows_nll.detach() * w)
+            nll = nll + (rows_nll * w).sum()
+            if g is groups[0]:
+                cur_kl_logp = torch.log_softmax(logits[:, g.column[0]].float(), dim=-1)
+                kl = torch.nn.functional.kl_div(init_kl_logp, cur_kl_logp, log_target=True, reduction="sum")
+                if g.tail is not None:
+                    tail = g.tail_nll(logits)
+                    cont_request = torch.zeros(num_requests, device=device).index_add(0, active["req"], tail.detach())
+                    nll = nll + config.continuation_weight * tail.sum()
         if initial is None:
             initial = per_request.clone()
         if per_request.max().item() < config.stop_loss and (not scored or cont_request.max().item() < config.continuation_stop):
             break
-        nll = (nll_rows * weights[req]).sum()
-        cur_kl_logp = torch.log_softmax(logits[plain_rows, 0].float(), dim=-1)
-        kl = torch.nn.functional.kl_div(init_kl_logp, cur_kl_logp, log_target=True, reduction="sum")
         decay = (delta.norm(dim=-1) / h0_norm.pow(2)).sum()
         loss = nll + config.kl_weight * kl + config.weight_decay * decay
         loss.backward()
