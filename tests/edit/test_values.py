@@ -22,3 +22,18 @@ def test_group_scores_the_target_and_its_continuation_like_a_full_forward():
             assert abs(first[row].item() + full[n - 1, target].item()) < 1e-4
             expected = -sum(full[n - 1 + j, t[j]].item() for j in range(1, len(t))) / (len(t) - 1)
             assert abs(tail[row].item() - expected) < 1e-4
+
+
+def test_refusal_key_moments_cover_every_answer_position():
+    from unierase.edit.stats import accumulate_refusal_key_moments
+    from unierase.models.adapters import find_mlp_output
+    from unierase.token.training import add_unlearning_token
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    adapter = find_mlp_output(model)
+    moments, count = accumulate_refusal_key_moments(model, tok, adapter, [1, 2], token_id, num_questions=5)
+    assert count > 5 * 4  # [UNL] + refusal + [UNL] + end of turn per question
+    for m in moments.values():
+        assert torch.allclose(m, m.T) and torch.linalg.eigvalsh(m).min() > -1e-6 * m.diagonal().max()

@@ -57,6 +57,9 @@ class EditConfig:
     question_key_weight: float = 1.0
     """Weight of the entity-token keys of synthetic questions in C₀ (so that what all entity keys
     share is preserved, and the edit keys on what is specific to each request)."""
+    refusal_key_weight: float = 1.0
+    """Weight of the keys at the answer positions of ``question → [UNL] refusal [UNL]`` in C₀, so the
+    edit leaves the way the model continues after ``[UNL]`` alone (0 = corpus and questions only)."""
     ridge: float = 0.1
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys."""
     memit_weight: float = 1e4
@@ -167,7 +170,7 @@ def build_projectors(stats, layers: list[int], config: EditConfig) -> dict[int, 
         return {}
     from .stats import null_space_projector
 
-    return {layer: null_space_projector(stats.covariance(layer, config.question_key_weight),
+    return {layer: null_space_projector(stats.covariance(layer, config.question_key_weight, config.refusal_key_weight),
                                         relative_threshold=config.null_space_threshold) for layer in layers}
 
 
@@ -213,8 +216,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         current = current_values(model, adapter, z_layer, prompts, len(requests), pad)
         residual = (targets - current) / (len(layers) - i)
         if config.solver == "memit":
-            delta = memit_update(keys, residual, stats.covariance(layer, config.question_key_weight), config.memit_weight,
-                                 state.get(layer))
+            covariance = stats.covariance(layer, config.question_key_weight, config.refusal_key_weight)
+            delta = memit_update(keys, residual, covariance, config.memit_weight, state.get(layer))
         elif config.solver == "alphaedit":
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
             delta = alphaedit_update(keys, residual, projectors[layer], state.get(layer), ridge)

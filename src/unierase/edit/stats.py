@@ -34,12 +34,19 @@ class KeyStatistics:
     corpus: str
     question_moments: dict[int, torch.Tensor] | None = None
     question_count: int = 0
+    refusal_moments: dict[int, torch.Tensor] | None = None
+    """Σ k kᵀ over the answer positions of ``question → [UNL] refusal [UNL] <eos>`` (needs the token;
+    not cached with the rest, see ``accumulate_refusal_key_moments``)."""
+    refusal_count: int = 0
 
-    def covariance(self, layer: int, question_weight: float = 0.0) -> torch.Tensor:
-        """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys."""
+    def covariance(self, layer: int, question_weight: float = 0.0, refusal_weight: float = 0.0) -> torch.Tensor:
+        """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys
+        + ``refusal_weight`` · E[k kᵀ] over the token's refusal answers."""
         cov = self.moments[layer] / max(self.count, 1)
         if question_weight and self.question_moments:
             cov = cov + question_weight * self.question_moments[layer] / max(self.question_count, 1)
+        if refusal_weight and self.refusal_moments:
+            cov = cov + refusal_weight * self.refusal_moments[layer] / max(self.refusal_count, 1)
         return cov
 
 
@@ -131,6 +138,40 @@ def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter,
             keys = at_key(captured[layer], key_idx).to(torch.float64).cpu()
             moments[layer].add_(keys.T @ keys)
     return moments, len(questions)
+
+
+def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], token_id: int,
+                                   num_questions: int = 96, batch_size: int = 16) -> tuple[dict[int, torch.Tensor], int]:
+    """Σ k kᵀ over every answer position of ``question → [UNL] refusal [UNL] <eos>`` (generic questions).
+
+    Preserving these keys keeps the edit from firing where the model reads the unlearning token and
+    writes the refusal; without them the edit's push towards ``[UNL]`` also acts there, and the
+    refusal after ``[UNL]`` degenerates into an immediate end of turn or repeated tokens.
+    """
+    from ..prompts import has_chat_template
+    from ..refusals import load_refusals, refusal_for
+    from ..token.questions import training_questions
+    from ..token.training import answer_ids
+    from .keys import capture_prompts
+    from .prompts import EditPrompt
+
+    chat, refusals = has_chat_template(tokenizer), load_refusals()
+    prompts = []
+    for i, q in enumerate(training_questions(num_questions)):
+        prompt = encode_text(tokenizer, render_prompt(tokenizer, q))
+        answer = answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat)
+        prompts.append(EditPrompt(i, 0, prompt + answer, len(prompt), (0, len(prompt))))
+    moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
+    count = 0
+    modules = {l: adapter.mlp_output(l) for l in layers}
+    for chunk, captured, width, _ in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
+        for row, p in enumerate(chunk):
+            start = width - len(p.input_ids) + p.key_index
+            for layer in layers:
+                keys = captured[layer][row, start:].to(torch.float64).cpu()
+                moments[layer].add_(keys.T @ keys)
+            count += len(p.input_ids) - p.key_index
+    return moments, count
 
 
 class StatisticsCache:
