@@ -40,10 +40,6 @@ class FinetuneConfig(TrainConfig):
 
     epochs: float = 8.0
     lr: float = 1e-4
-    batch_size: int = 8
-    grad_accum: int = 1
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.01
     eval_items: int = 100
     """Training questions scored for memorisation after training (0: none; -1: all)."""
     eval_max_new_tokens: int = 128
