@@ -94,7 +94,7 @@ def stage_targets(args) -> dict:
     return record
 
 
-def stage_baselines(args) -> dict:
+def stage_baselines(args, save=lambda record: None) -> dict:
     from unierase.baselines import METHODS
 
     target = Path(args.target)
@@ -130,6 +130,7 @@ def stage_baselines(args) -> dict:
                           "forget": score(out, subset.forget, generate=args.generate, threads=args.threads),
                           "retain": score(out, subset.retain, generate=args.generate, threads=args.threads)})
         record["methods"][method] = entry
+        save(record)  # after every method, so an interrupted run keeps what it measured
         print(method, json.dumps(entry)[:300], flush=True)
     return record
 
@@ -175,11 +176,15 @@ def main() -> int:
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--name", default=None, help="result file stem (default: tofu_targets / baselines_target)")
     args = parser.parse_args()
-    record = stage_targets(args) if args.stage == "targets" else stage_baselines(args)
     stem = args.name or ("tofu_targets" if args.stage == "targets" else "baselines_target")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    (RESULTS / f"{stem}.md").write_text(to_markdown(record))
+
+    def save(record: dict) -> None:
+        (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+        (RESULTS / f"{stem}.md").write_text(to_markdown(record))
+
+    record = stage_targets(args) if args.stage == "targets" else stage_baselines(args, save)
+    save(record)
     print(to_markdown(record))
     return 0
 
