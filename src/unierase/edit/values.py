@@ -47,6 +47,9 @@ class ValueConfig:
     continuation_weight: float = 0.5
     """Weight of the mean −log p of the refusal continuation after the target token (0 = score only
     the first token, as the official method)."""
+    continuation_tokens: int | None = None
+    """Score only the first this many continuation tokens (``None`` = the whole refusal); fewer
+    tokens make each step cheaper."""
     continuation_stop: float = 0.3
     """Per-token mean −log p of the continuation under which a request counts as converged."""
 
@@ -146,10 +149,11 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     onwards.
     """
     device = model.get_input_embeddings().weight.device
-    scored = bool(continuations) and config.continuation_weight > 0
+    scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
     prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
-    tails = [[target_id] + list(continuations[prompts[i].request_index]) for i in plain] if scored else None
+    tails = ([[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
+             if scored else None)
     groups = [_Group(model, plain, prompts, pad_id, device, tails)]
     if prefixed:
         groups.append(_Group(model, prefixed, prompts, pad_id, device))
