@@ -114,13 +114,18 @@ def main() -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--forget-split", default="forget10")
     p.add_argument("--ds-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="greedy answer length (default: the evaluation's own default, 200)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--record-full", default=None, help="summarise a finished full evaluation output directory")
     p.add_argument("--result", default=None, help="where to write the JSON (default: benchmarks/results/eval_*.json)")
     args = p.parse_args()
+    if args.max_new_tokens is None:
+        from unierase.evaluation.config import EvalConfig
+
+        args.max_new_tokens = EvalConfig().max_new_tokens
     if args.child:
         print(json.dumps(run_one(args)))
         return
