@@ -60,6 +60,9 @@ class EditConfig:
     refusal_key_weight: float = 1.0
     """Weight of the keys at the answer positions of ``question → [UNL] refusal [UNL]`` in C₀, so the
     edit leaves the way the model continues after ``[UNL]`` alone (0 = corpus and questions only)."""
+    answer_key_weight: float = 0.0
+    """Weight of the keys at every position of the model's own greedy answers to generic questions
+    (``stats.accumulate_answer_key_moments``), so the edit leaves ordinary answering alone."""
     ridge: float = 0.1
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys."""
     memit_weight: float = 1e4
@@ -77,6 +80,10 @@ class EditConfig:
         if bad:
             raise UniEraseError(f"layers {bad} out of range: the model has {num_layers} layers (0–{num_layers - 1})")
         return layers
+
+    def covariance(self, stats, layer: int) -> torch.Tensor:
+        """C₀ of ``layer`` with this config's weights of the question, refusal and answer keys."""
+        return stats.covariance(layer, self.question_key_weight, self.refusal_key_weight, self.answer_key_weight)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -170,7 +177,7 @@ def build_projectors(stats, layers: list[int], config: EditConfig) -> dict[int, 
         return {}
     from .stats import null_space_projector
 
-    return {layer: null_space_projector(stats.covariance(layer, config.question_key_weight, config.refusal_key_weight),
+    return {layer: null_space_projector(config.covariance(stats, layer),
                                         relative_threshold=config.null_space_threshold) for layer in layers}
 
 
@@ -216,7 +223,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         current = current_values(model, adapter, z_layer, prompts, len(requests), pad)
         residual = (targets - current) / (len(layers) - i)
         if config.solver == "memit":
-            covariance = stats.covariance(layer, config.question_key_weight, config.refusal_key_weight)
+            covariance = config.covariance(stats, layer)
             delta = memit_update(keys, residual, covariance, config.memit_weight, state.get(layer))
         elif config.solver == "alphaedit":
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())

@@ -38,15 +38,22 @@ class KeyStatistics:
     """Σ k kᵀ over the answer positions of ``question → [UNL] refusal [UNL] <eos>`` (needs the token;
     not cached with the rest, see ``accumulate_refusal_key_moments``)."""
     refusal_count: int = 0
+    answer_moments: dict[int, torch.Tensor] | None = None
+    """Σ k kᵀ over the answer positions of the model's own greedy answers to generic questions."""
+    answer_count: int = 0
 
-    def covariance(self, layer: int, question_weight: float = 0.0, refusal_weight: float = 0.0) -> torch.Tensor:
+    def covariance(self, layer: int, question_weight: float = 0.0, refusal_weight: float = 0.0,
+                   answer_weight: float = 0.0) -> torch.Tensor:
         """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys
-        + ``refusal_weight`` · E[k kᵀ] over the token's refusal answers."""
+        + ``refusal_weight`` · E[k kᵀ] over the token's refusal answers + ``answer_weight`` · E[k kᵀ]
+        over the model's own answers."""
         cov = self.moments[layer] / max(self.count, 1)
         if question_weight and self.question_moments:
             cov = cov + question_weight * self.question_moments[layer] / max(self.question_count, 1)
         if refusal_weight and self.refusal_moments:
             cov = cov + refusal_weight * self.refusal_moments[layer] / max(self.refusal_count, 1)
+        if answer_weight and self.answer_moments:
+            cov = cov + answer_weight * self.answer_moments[layer] / max(self.answer_count, 1)
         return cov
 
 
@@ -152,15 +159,48 @@ def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, 
     from ..refusals import load_refusals, refusal_for
     from ..token.questions import training_questions
     from ..token.training import answer_ids
+
+    chat, refusals = has_chat_template(tokenizer), load_refusals()
+    texts = []
+    for q in training_questions(num_questions):
+        prompt = encode_text(tokenizer, render_prompt(tokenizer, q))
+        texts.append((prompt, answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat)))
+    return answer_position_moments(model, tokenizer, adapter, layers, texts, batch_size=batch_size)
+
+
+@torch.no_grad()
+def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int],
+                                  num_questions: int | None = None, max_new_tokens: int = 64,
+                                  batch_size: int = 16) -> tuple[dict[int, torch.Tensor], int]:
+    """Σ k kᵀ over every position of the model's own greedy answers to the generic question pool.
+
+    Teacher-forced locality is measured on exactly such text (an unrelated question followed by
+    the model's own answer); template sentences cover it only partly, so the keys the model forms
+    while writing fluent answers are preserved directly. The pool (``token.questions``: fictional
+    people, places and materials) shares no question or entity with the demo facts.
+    """
+    from ..generation import greedy_batch, stop_token_ids
+    from ..token.questions import training_questions
+
+    stops = stop_token_ids(model, tokenizer)
+    prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in training_questions(num_questions)]
+    texts = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start: start + batch_size]
+        answers = greedy_batch(model, chunk, max_new_tokens=max_new_tokens, stops=stops,
+                               pad_id=tokenizer.pad_token_id, keep_stop=True)
+        texts += [(p, a) for p, a in zip(chunk, answers) if a]
+    return answer_position_moments(model, tokenizer, adapter, layers, texts, batch_size=batch_size)
+
+
+@torch.no_grad()
+def answer_position_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int],
+                            texts: list[tuple[list[int], list[int]]], batch_size: int = 16):
+    """Σ k kᵀ over the answer positions of (prompt ids, answer ids) pairs (teacher forced)."""
     from .keys import capture_prompts
     from .prompts import EditPrompt
 
-    chat, refusals = has_chat_template(tokenizer), load_refusals()
-    prompts = []
-    for i, q in enumerate(training_questions(num_questions)):
-        prompt = encode_text(tokenizer, render_prompt(tokenizer, q))
-        answer = answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat)
-        prompts.append(EditPrompt(i, 0, prompt + answer, len(prompt), (0, len(prompt))))
+    prompts = [EditPrompt(i, 0, list(p) + list(a), len(p), (0, len(p))) for i, (p, a) in enumerate(texts)]
     moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
     count = 0
     modules = {l: adapter.mlp_output(l) for l in layers}
@@ -185,7 +225,7 @@ class StatisticsCache:
 
     def load(self, fingerprint: str, corpus: str, num_tokens: int, layers: list[int]) -> KeyStatistics | None:
         folder = self.folder(fingerprint, corpus, num_tokens)
-        moments, count, q_moments, q_count = {}, None, {}, 0
+        moments, count, q_moments, q_count, a_moments, a_count = {}, None, {}, 0, {}, 0
         for layer in layers:
             path = folder / f"layer{layer}.safetensors"
             if not path.is_file():
@@ -195,7 +235,13 @@ class StatisticsCache:
             count = int(data["count"].item())
             q_moments[layer] = data["question_moment"]
             q_count = int(data["question_count"].item())
-        return KeyStatistics(moments, count or 0, corpus, q_moments, q_count)
+            if "answer_moment" in data:
+                a_moments[layer] = data["answer_moment"]
+                a_count = int(data["answer_count"].item())
+        stats = KeyStatistics(moments, count or 0, corpus, q_moments, q_count)
+        if len(a_moments) == len(layers):
+            stats.answer_moments, stats.answer_count = a_moments, a_count
+        return stats
 
     def save(self, fingerprint: str, stats: KeyStatistics, num_tokens: int) -> None:
         folder = self.folder(fingerprint, stats.corpus, num_tokens)
@@ -203,9 +249,13 @@ class StatisticsCache:
         for layer, moment in stats.moments.items():
             path = folder / f"layer{layer}.safetensors"
             tmp = folder / f".layer{layer}.safetensors.tmp"
-            save_file({"moment": moment.contiguous(), "count": torch.tensor([stats.count]),
+            tensors = {"moment": moment.contiguous(), "count": torch.tensor([stats.count]),
                        "question_moment": stats.question_moments[layer].contiguous(),
-                       "question_count": torch.tensor([stats.question_count])}, str(tmp))
+                       "question_count": torch.tensor([stats.question_count])}
+            if stats.answer_moments:
+                tensors["answer_moment"] = stats.answer_moments[layer].contiguous()
+                tensors["answer_count"] = torch.tensor([stats.answer_count])
+            save_file(tensors, str(tmp))
             tmp.replace(path)
 
 
@@ -214,12 +264,15 @@ def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, c
     """Load cached statistics or compute the missing layers; returns (stats, seconds spent computing)."""
     cache = StatisticsCache(cache_dir)
     stats = cache.load(fingerprint, corpus_module.CORPUS_ID, num_tokens, layers)
-    if stats is not None:
+    started = time.perf_counter()
+    if stats is not None and stats.answer_moments:
         log.info("key statistics for layers %s loaded from cache (%d tokens)", layers, stats.count)
         return stats, 0.0
-    started = time.perf_counter()
-    log.info("computing key statistics for layers %s over %d corpus tokens (once per model)", layers, num_tokens)
-    stats = accumulate_key_moments(model, tokenizer, adapter, layers, num_tokens=num_tokens, progress=progress)
+    if stats is None:
+        log.info("computing key statistics for layers %s over %d corpus tokens (once per model)", layers, num_tokens)
+        stats = accumulate_key_moments(model, tokenizer, adapter, layers, num_tokens=num_tokens, progress=progress)
+    log.info("computing key statistics of the model's own answers to generic questions (once per model)")
+    stats.answer_moments, stats.answer_count = accumulate_answer_key_moments(model, tokenizer, adapter, layers)
     cache.save(fingerprint, stats, num_tokens)
     return stats, time.perf_counter() - started
 

@@ -1,0 +1,46 @@
+"""Preserved-key statistics: answer-position moments and the cache round trip."""
+
+import torch
+
+from tiny_models import build_model, build_tokenizer
+from unierase.edit.stats import (StatisticsCache, accumulate_answer_key_moments, answer_position_moments,
+                                 get_key_statistics)
+from unierase.edit.keys import position_ids
+from unierase.models.adapters import find_mlp_output
+from unierase.models.tracing import trace
+
+
+def test_answer_position_moments_sum_the_answer_keys_only():
+    """Σ k kᵀ over exactly the answer positions, equal to a plain unpadded forward's keys."""
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    texts = [([5, 6, 7, 8], [9, 10, 11]), ([12, 13], [14, 15, 16, 17, 18])]
+    moments, count = answer_position_moments(model, tok, adapter, [1], texts, batch_size=2)
+    assert count == 3 + 5
+    expected = torch.zeros_like(moments[1])
+    for prompt, answer in texts:
+        ids = torch.tensor([prompt + answer])
+        with trace(adapter.mlp_output(1), keep_input=True) as rec, torch.no_grad():
+            model(input_ids=ids, position_ids=position_ids(torch.ones_like(ids)))
+        keys = rec.input[0, len(prompt):].to(torch.float64)
+        expected += keys.T @ keys
+    torch.testing.assert_close(moments[1], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_own_answer_moments_are_computed_once_and_cached(tmp_path):
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    moments, count = accumulate_answer_key_moments(model, tok, adapter, [1], num_questions=4, max_new_tokens=5)
+    assert 0 < count <= 4 * 6 and moments[1].shape == (adapter.key_dim(1),) * 2
+    stats, seconds = get_key_statistics(model, tok, adapter, [1], fingerprint="f", cache_dir=tmp_path, num_tokens=500,
+                                        progress=False)
+    assert seconds > 0 and stats.answer_count > 0
+    again, seconds = get_key_statistics(model, tok, adapter, [1], fingerprint="f", cache_dir=tmp_path, num_tokens=500,
+                                        progress=False)
+    assert seconds == 0.0 and again.answer_count == stats.answer_count
+    torch.testing.assert_close(again.answer_moments[1], stats.answer_moments[1])
+    # a C₀ with the answer keys differs from one without them
+    assert not torch.allclose(stats.covariance(1), stats.covariance(1, answer_weight=1.0))
+    assert StatisticsCache(tmp_path).load("f", stats.corpus, 500, [1]) is not None
