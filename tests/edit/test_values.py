@@ -37,3 +37,29 @@ def test_refusal_key_moments_cover_every_answer_position():
     assert count > 5 * 4  # [UNL] + refusal + [UNL] + end of turn per question
     for m in moments.values():
         assert torch.allclose(m, m.T) and torch.linalg.eigvalsh(m).min() > -1e-6 * m.diagonal().max()
+
+
+def test_a_request_that_reached_its_target_leaves_the_batch_with_its_delta_kept():
+    """Per-request stopping: a request already below ``stop_loss`` keeps δ = 0 and stops after one
+    step while the other goes on optimising."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    with torch.no_grad():
+        logp = [torch.log_softmax(model(input_ids=torch.tensor([p.input_ids])).logits[0, -1].float(), -1) for p in prompts]
+    target = int(logp[0].argmax())  # likely for request 0, much less so for request 1
+    gap = float(logp[0][target] - logp[1][target])
+    assert gap > 0.05
+    stop = float(-logp[0][target]) + gap / 2  # between the two requests' starting losses
+    config = ValueConfig(steps=4, lr=0.5, stop_loss=stop, continuation_weight=0.0)
+    z, h0, report = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config, progress=False)
+    assert report.initial_nll[0] < stop < report.initial_nll[1], report
+    assert report.steps_per_request[0] == 1 and report.delta_norm_ratio[0] == 0.0
+    torch.testing.assert_close(z[:, 0], h0[:, 0])
+    assert report.steps_per_request[1] > 1 and report.delta_norm_ratio[1] > 0

@@ -42,8 +42,8 @@ class ValueConfig:
     clamp_factor: float = 0.75
     """δ is projected onto the ball ‖δ‖ ≤ c‖h₀‖ after each step [0.75]."""
     stop_loss: float = 0.05
-    """Stop once every request's mean −log p(target) is below this (and the continuation's, when
-    scored, below ``continuation_stop``)."""
+    """A request's δ stops (and leaves the batch) once its mean −log p(target) is below this (and
+    the continuation's, when scored, below ``continuation_stop``)."""
     continuation_weight: float = 0.5
     """Weight of the mean −log p of the refusal continuation after the target token (0 = score only
     the first token, as the official method)."""
@@ -64,6 +64,8 @@ class ValueReport:
     final_nll: list[float]
     final_continuation_nll: list[float]
     delta_norm_ratio: list[float]
+    steps_per_request: list[int]
+    """Steps each request's δ was optimised (it leaves the batch once its target is reached)."""
 
 
 def _split_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[list[int]] | None = None):
@@ -150,13 +152,20 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     """
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
-    plain = [i for i, p in enumerate(prompts) if p.variant == 0]
-    prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
-    tails = ([[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
-             if scored else None)
-    groups = [_Group(model, plain, prompts, pad_id, device, tails)]
-    if prefixed:
-        groups.append(_Group(model, prefixed, prompts, pad_id, device))
+
+    def build_groups(active: set[int]) -> list[_Group]:
+        """The plain and the prefixed variants of the still-active requests, as two groups."""
+        plain = [i for i, p in enumerate(prompts) if p.variant == 0 and p.request_index in active]
+        prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index in active]
+        tails = ([[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
+                 if scored else None)
+        groups = [_Group(model, plain, prompts, pad_id, device, tails)]
+        if prefixed:
+            groups.append(_Group(model, prefixed, prompts, pad_id, device))
+        return groups
+
+    active = set(range(num_requests))
+    groups = build_groups(active)
     req = torch.tensor([p.request_index for p in prompts], device=device)
     plain_req = req[groups[0].members]
     block = adapter.block(z_layer)
@@ -165,50 +174,62 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         base_logits = groups[0].logits()
     h0 = torch.zeros(num_requests, rec.output.shape[-1], device=device)
     h0[plain_req] = rec.output[:, 0].float().to(device)  # value at the key token of the plain prompt
-    init_kl_logp = torch.log_softmax(base_logits[:, groups[0].column[0]].float(), dim=-1)
+    init_kl_logp = torch.zeros(num_requests, base_logits.shape[-1], device=device)
+    init_kl_logp[plain_req] = torch.log_softmax(base_logits[:, groups[0].column[0]].float(), dim=-1)
     h0_norm = h0.norm(dim=-1)
     del base_logits
 
     delta = torch.zeros_like(h0, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
     weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(num_requests)], device=device)
-    active: dict[str, torch.Tensor] = {}
+    current: dict[str, torch.Tensor] = {}
 
     def add_delta(hidden):
         at = hidden.device  # blocks may sit on different devices under an accelerate device_map
         rows = torch.arange(hidden.shape[0], device=at)
         key_col = torch.zeros(hidden.shape[0], dtype=torch.long, device=at)
-        return hidden.index_put((rows, key_col), delta[active["req"]].to(device=at, dtype=hidden.dtype), accumulate=True)
+        return hidden.index_put((rows, key_col), delta[current["req"]].to(device=at, dtype=hidden.dtype), accumulate=True)
 
     initial = None
-    per_request = None
+    per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
     cont_request = torch.zeros(num_requests, device=device)
+    steps_taken = [0] * num_requests
     step = 0
     bar = tqdm(range(config.steps), desc="target values", disable=not progress)
     for step in bar:
         optimiser.zero_grad()
         nll = torch.zeros((), device=device)
-        per_request = torch.zeros(num_requests, device=device)
-        kl = None
+        measured = torch.zeros(num_requests, device=device)
+        kl = torch.zeros((), device=device)
         for g in groups:
-            active["req"] = req[g.members]
+            current["req"] = req[g.members]
             with edit_output(block, add_delta):
                 logits = g.logits()
             rows_nll = g.target_nll(logits, target_id)
-            w = weights[active["req"]]
-            per_request = per_request.index_add(0, active["req"], rows_nll.detach() * w)
+            w = weights[current["req"]]
+            measured = measured.index_add(0, current["req"], rows_nll.detach() * w)
             nll = nll + (rows_nll * w).sum()
             if g is groups[0]:
                 cur_kl_logp = torch.log_softmax(logits[:, g.column[0]].float(), dim=-1)
-                kl = torch.nn.functional.kl_div(init_kl_logp, cur_kl_logp, log_target=True, reduction="sum")
+                kl = torch.nn.functional.kl_div(init_kl_logp[current["req"]], cur_kl_logp, log_target=True, reduction="sum")
                 if g.tail is not None:
                     tail = g.tail_nll(logits)
-                    cont_request = torch.zeros(num_requests, device=device).index_add(0, active["req"], tail.detach())
+                    cont_request = cont_request.index_copy(0, current["req"], tail.detach())
                     nll = nll + config.continuation_weight * tail.sum()
+        rows = sorted(active)
+        per_request[rows] = measured[rows]
+        for r in rows:
+            steps_taken[r] = step + 1
         if initial is None:
             initial = per_request.clone()
-        if per_request.max().item() < config.stop_loss and (not scored or cont_request.max().item() < config.continuation_stop):
+        # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
+        # the remaining steps only pay for the requests still moving.
+        done = {r for r in rows if per_request[r] < config.stop_loss
+                and (not scored or cont_request[r] < config.continuation_stop)}
+        if done == active:
             break
+        frozen = sorted(set(range(num_requests)) - active | done)
+        keep = delta.detach()[frozen].clone()
         decay = (delta.norm(dim=-1) / h0_norm.pow(2)).sum()
         loss = nll + config.kl_weight * kl + config.weight_decay * decay
         loss.backward()
@@ -218,7 +239,12 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
             delta.mul_(scale[:, None])
-        bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}")
+            delta[frozen] = keep
+        if done:
+            active -= done
+            groups = build_groups(active)
+        bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
+                        active=len(active))
     bar.close()
     report = ValueReport(
         steps=step + 1,
@@ -226,6 +252,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         final_nll=[round(x, 4) for x in per_request.tolist()],
         final_continuation_nll=[round(x, 4) for x in cont_request.tolist()],
         delta_norm_ratio=[round(x, 4) for x in (delta.detach().norm(dim=-1) / h0_norm).tolist()],
+        steps_per_request=steps_taken,
     )
     z = (h0 + delta.detach()).T.cpu()
     return z, h0.T.cpu(), report
