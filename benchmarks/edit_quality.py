@@ -21,6 +21,21 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results" / "edit_quality.json"
 
 
+def apply_override(config, item: str) -> None:
+    """``FIELD=VALUE`` (VALUE parsed as JSON when it can be, else kept as a string) onto ``config``."""
+    field, _, raw = item.partition("=")
+    target = config
+    if field.startswith("values."):
+        target, field = config.values, field[len("values."):]
+    if not raw or not hasattr(target, field):
+        raise SystemExit(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(vars(target))}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    setattr(target, field, value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--neighbours", type=int, default=80, help="how many non-targeted facts to check")
@@ -29,6 +44,9 @@ def main() -> None:
     parser.add_argument("--solver", default=None, help="alphaedit or memit (default: EditConfig's)")
     parser.add_argument("--memit-weight", type=float, default=None)
     parser.add_argument("--threshold", type=float, default=None, help="null-space threshold (alphaedit)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override an EditConfig field (values.FIELD for ValueConfig), e.g. "
+                             "--set answer_key_weight=2 --set values.continuation_tokens=8; repeatable")
     parser.add_argument("--result", default=str(RESULTS), help="where to write the JSON")
     args = parser.parse_args()
 
@@ -70,6 +88,8 @@ def main() -> None:
         config.memit_weight = args.memit_weight
     if args.threshold is not None:
         config.null_space_threshold = args.threshold
+    for item in args.set:
+        apply_override(config, item)
     started = time.perf_counter()
     result = forget([{"question": f["question"]} for f in forget_rows], None, model=model, tokenizer=tok,
                     edit_config=config, progress=False)
