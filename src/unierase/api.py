@@ -22,7 +22,7 @@ from . import __version__
 from .edit.editor import EditConfig, build_projectors, run_edit_round
 from .edit.state import EditState
 from .generation import first_token_ids
-from .edit.stats import accumulate_refusal_key_moments, get_key_statistics
+from .edit.stats import cached_refusal_key_moments, get_key_statistics
 from .models.adapters import find_mlp_output
 from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
 from .prompts import PINNED_DATE
@@ -147,8 +147,11 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     stats, _ = get_key_statistics(model, tokenizer, adapter, edit_layers, fingerprint=base_fingerprint, cache_dir=cache_dir,
                                   num_tokens=config.stats_tokens, progress=progress)
     if config.refusal_key_weight:
-        stats.refusal_moments, stats.refusal_count = accumulate_refusal_key_moments(model, tokenizer, adapter, edit_layers,
-                                                                                    token.token_id)
+        token_key = token.cache_key or previous.get("token", {}).get("cache_key")
+        cached = (Path(cache_dir) / "tokens" / token_key / f"refusal_keys-{'-'.join(map(str, edit_layers))}.safetensors"
+                  if token_key else None)
+        stats.refusal_moments, stats.refusal_count = cached_refusal_key_moments(model, tokenizer, adapter, edit_layers,
+                                                                                token.token_id, cached)
     timings["statistics"] = time.perf_counter() - started
 
     started = time.perf_counter()

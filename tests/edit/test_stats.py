@@ -44,3 +44,21 @@ def test_own_answer_moments_are_computed_once_and_cached(tmp_path):
     # a C₀ with the answer keys differs from one without them
     assert not torch.allclose(stats.covariance(1), stats.covariance(1, answer_weight=1.0))
     assert StatisticsCache(tmp_path).load("f", stats.corpus, 500, [1]) is not None
+
+
+def test_refusal_key_moments_are_cached_next_to_the_token(tmp_path):
+    from unierase.edit.stats import cached_refusal_key_moments
+    from unierase.token.training import add_unlearning_token
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    adapter = find_mlp_output(model)
+    path = tmp_path / "tokens" / "key" / "refusal_keys-1.safetensors"
+    first, count = cached_refusal_key_moments(model, tok, adapter, [1], token_id, path)
+    assert path.is_file() and count > 0
+    with torch.no_grad():  # a changed model would give other moments: the cached ones must come back
+        adapter.mlp_output(0).weight.mul_(2.0)
+    again, count_again = cached_refusal_key_moments(model, tok, adapter, [1], token_id, path)
+    assert count_again == count
+    torch.testing.assert_close(again[1], first[1])

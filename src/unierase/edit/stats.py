@@ -168,6 +168,24 @@ def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, 
     return answer_position_moments(model, tokenizer, adapter, layers, texts, batch_size=batch_size)
 
 
+def cached_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], token_id: int,
+                               path: str | Path | None) -> tuple[dict[int, torch.Tensor], int]:
+    """``accumulate_refusal_key_moments``, stored at ``path`` (next to the cached token: they depend
+    on the token and the layers only) so a later ``forget`` does not recompute them."""
+    if path is not None and Path(path).is_file():
+        data = load_file(str(path))
+        if all(f"layer{l}" in data for l in layers):
+            return {l: data[f"layer{l}"] for l in layers}, int(data["count"].item())
+    moments, count = accumulate_refusal_key_moments(model, tokenizer, adapter, layers, token_id)
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file({**{f"layer{l}": m.contiguous() for l, m in moments.items()}, "count": torch.tensor([count])}, str(tmp))
+        tmp.replace(path)
+    return moments, count
+
+
 @torch.no_grad()
 def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int],
                                   num_questions: int | None = None, max_new_tokens: int = 64,
