@@ -105,3 +105,10 @@ def test_missing_model_dir(tmp_path, requests_file, capsys):
     out = tmp_path / "out"
     _assert_error(capsys, run_cli("forget", "--model", tmp_path / "nothing-here", "--requests", requests_file, "--out", out),
                   "does not exist", out)
+
+
+def test_cli_key_positions_match_the_editor():
+    from unierase.cli import KEY_POSITION_CHOICES
+    from unierase.edit.editor import KEY_POSITIONS
+
+    assert tuple(KEY_POSITION_CHOICES) == tuple(KEY_POSITIONS)

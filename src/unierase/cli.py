@@ -12,6 +12,9 @@ import logging
 import sys
 
 from .cli_args import add_model_args
+
+KEY_POSITION_CHOICES = ("auto", "subject", "distinct", "entity", "question_end", "last")
+"""Mirrors ``edit.editor.KEY_POSITIONS`` (kept literal so ``--help`` does not import torch; a test checks)."""
 from .storage import UniEraseError
 
 
@@ -36,8 +39,10 @@ def add_forget_parser(subparsers) -> None:
                    help="batch: all requests in one round; sequential: one round per call, continuing the state saved in --model; "
                         "precise: exactly one request (default: sequential when --model already holds an edit state, else batch)")
     p.add_argument("--layers", default=None, help="comma-separated layers to edit (default: chosen from the model depth)")
-    p.add_argument("--key-position", choices=["auto", "subject", "distinct", "entity", "last"], default="auto",
-                   help="where the edit key is read: 'subject' when given, else the most distinctive question token (default: auto)")
+    p.add_argument("--key-position", choices=KEY_POSITION_CHOICES, default="auto",
+                   help="where the edit key is read: auto = the request's subject when given, else the last capitalised "
+                        "name of the question (entity); question_end = the question's last token; distinct = the question "
+                        "token most specific under the preserved statistics; last = the last prompt token (default: auto)")
     p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
     p.add_argument("--stats-tokens", type=int, default=None, help="corpus tokens for the preserved-key statistics (default: 200000; computed once per model and cached)")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")

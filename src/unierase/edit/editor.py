@@ -27,7 +27,7 @@ from .values import ValueConfig, compute_target_values, current_values
 
 log = logging.getLogger(__name__)
 
-KEY_POSITIONS = ("auto", "subject", "distinct", "entity", "last")
+KEY_POSITIONS = ("auto", "subject", "distinct", "entity", "question_end", "last")
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -47,7 +47,8 @@ class EditConfig:
     key_position: str = "auto"
     """'subject' (last subject token; needs ``subject``), 'distinct' (question token with the largest
     share of its key in the free subspace), 'entity' (last token of the last capitalised name),
-    'last' (last prompt token), 'auto' = subject when given, else entity."""
+    'question_end' (the question's own last token, which has read the whole question), 'last' (last
+    prompt token, a chat-template token), 'auto' = subject when given, else entity."""
     num_prefixes: int = 2
     """Fixed context prefixes averaged with the plain prompt for keys and values."""
     solver: str = "alphaedit"
@@ -134,6 +135,8 @@ def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list
             raise UniEraseError(f"request {i + 1} has no 'subject' but --key-position subject was asked for")
         elif mode == "last":
             ends.append(None)
+        elif mode == "question_end":
+            ends.append(len(r.question.rstrip()))
         elif mode == "entity" or (mode == "auto" and not r.subject):
             ends.append(_entity_char_end(r.question))
         else:
