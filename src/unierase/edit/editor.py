@@ -53,7 +53,7 @@ class EditConfig:
     """Fixed context prefixes averaged with the plain prompt for keys and values."""
     solver: str = "alphaedit"
     """'alphaedit' (null-space constrained, sequential state) or 'memit'."""
-    null_space_threshold: float = 1e-3
+    null_space_threshold: float = 3e-3
     """Eigen-directions of C₀ below this fraction of the largest eigenvalue are free to edit."""
     question_key_weight: float = 1.0
     """Weight of the entity-token keys of synthetic questions in C₀ (so that what all entity keys
@@ -61,7 +61,7 @@ class EditConfig:
     refusal_key_weight: float = 1.0
     """Weight of the keys at the answer positions of ``question → [UNL] refusal [UNL]`` in C₀, so the
     edit leaves the way the model continues after ``[UNL]`` alone (0 = corpus and questions only)."""
-    answer_key_weight: float = 0.0
+    answer_key_weight: float = 2.0
     """Weight of the keys at every position of the model's own greedy answers to generic questions
     (``stats.accumulate_answer_key_moments``), so the edit leaves ordinary answering alone."""
     ridge: float = 0.1
@@ -70,7 +70,7 @@ class EditConfig:
     """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
     stats_tokens: int = 200_000
     """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
-    max_passes: int = 3
+    max_passes: int = 5
     """After a pass, requests whose greedy first token is not yet the target get another pass (the
     earlier passes' keys are then preserved like earlier rounds); at most this many passes."""
     values: ValueConfig = field(default_factory=ValueConfig)

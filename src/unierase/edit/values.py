@@ -39,18 +39,19 @@ class ValueConfig:
     """Weight of the KL term that keeps the key token's own next-token distribution [0.0625]."""
     weight_decay: float = 0.5
     """Weight of ‖δ‖ / ‖h₀‖² [0.5]."""
-    clamp_factor: float = 0.75
-    """δ is projected onto the ball ‖δ‖ ≤ c‖h₀‖ after each step [0.75]."""
+    clamp_factor: float = 0.35
+    """δ is projected onto the ball ‖δ‖ ≤ c‖h₀‖ after each step [0.75]. On SmolLM2 every δ ran into
+    the official bound, and a smaller δ (written in more passes) changed unrelated answers less."""
     stop_loss: float = 0.05
     """A request's δ stops (and leaves the batch) once its mean −log p(target) is below this (and
     the continuation's, when scored, below ``continuation_stop``)."""
     continuation_weight: float = 0.5
     """Weight of the mean −log p of the refusal continuation after the target token (0 = score only
     the first token, as the official method)."""
-    continuation_tokens: int | None = None
+    continuation_tokens: int | None = 8
     """Score only the first this many continuation tokens (``None`` = the whole refusal); fewer
-    tokens make each step cheaper."""
-    continuation_stop: float = 0.3
+    tokens make each step cheaper (8: about half the time of the whole refusal, same forget rates)."""
+    continuation_stop: float = 0.6
     """Per-token mean −log p of the continuation under which a request counts as converged."""
 
     def to_dict(self) -> dict:
