@@ -64,6 +64,18 @@ def main() -> None:
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     results = {"model": "SmolLM2-135M-Instruct (fp32, CPU)", "machine": f"{os.cpu_count()} cores", "runs": []}
+
+    def record(r: dict) -> None:
+        """Print the run and rewrite the JSON, so an interrupted benchmark keeps what it measured."""
+        results["runs"].append(r)
+        t = r["timings_s"]
+        print(f"{r['cache']:<6} {r['requests']:>8} {t.get('token', 0):>8.1f} {t.get('statistics', 0):>8.1f} {t.get('edit', 0):>8.1f} "
+              f"{t.get('edit.target_values', 0):>9.1f} {t.get('edit.solve', 0):>8.1f} {r['peak_memory_mb']:>8.0f}", flush=True)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+
+    print(f"{'cache':<6} {'requests':>8} {'token s':>8} {'stats s':>8} {'edit s':>8} {'values s':>9} {'solve s':>8} {'peak MB':>8}",
+          flush=True)
     if not args.skip_cold:
         with tempfile.TemporaryDirectory() as cold:
             from unierase.models.loading import default_model_dir
@@ -73,18 +85,11 @@ def main() -> None:
             os.symlink(default_model_dir(), models / "smollm2-135m-instruct")  # reuse the converted weights
             cold_run = run(min(args.sizes), cold)
             cold_run["cache"] = "cold"
-            results["runs"].append(cold_run)
+            record(cold_run)
     for size in args.sizes:
         warm = run(size, None)
         warm["cache"] = "warm"
-        results["runs"].append(warm)
-    print(f"{'cache':<6} {'requests':>8} {'token s':>8} {'stats s':>8} {'edit s':>8} {'values s':>9} {'solve s':>8} {'peak MB':>8}")
-    for r in results["runs"]:
-        t = r["timings_s"]
-        print(f"{r['cache']:<6} {r['requests']:>8} {t.get('token', 0):>8.1f} {t.get('statistics', 0):>8.1f} {t.get('edit', 0):>8.1f} "
-              f"{t.get('edit.target_values', 0):>9.1f} {t.get('edit.solve', 0):>8.1f} {r['peak_memory_mb']:>8.0f}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        record(warm)
     print(f"written to {RESULTS}")
 
 
