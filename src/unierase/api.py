@@ -28,7 +28,7 @@ from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
 from .prompts import PINNED_DATE
 from .requests import ForgetRequest, load_requests, parse_requests
 from .storage import UniEraseError, atomic_directory, check_output_dir, default_cache_dir, write_json_atomic
-from .token.cache import ensure_unlearning_token
+from .token.cache import ensure_unlearning_token, token_folder
 from .token.training import UnlearningTokenConfig
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
                                   num_tokens=config.stats_tokens, progress=progress)
     if config.refusal_key_weight:
         token_key = token.cache_key or previous.get("token", {}).get("cache_key")
-        cached = (Path(cache_dir) / "tokens" / token_key / f"refusal_keys-{'-'.join(map(str, edit_layers))}.safetensors"
+        cached = (token_folder(cache_dir, token_key) / f"refusal_keys-{'-'.join(map(str, edit_layers))}.safetensors"
                   if token_key else None)
         stats.refusal_moments, stats.refusal_count = cached_refusal_key_moments(model, tokenizer, adapter, edit_layers,
                                                                                 token.token_id, cached)

@@ -36,13 +36,18 @@ def token_cache_key(fingerprint: str, config: UnlearningTokenConfig, augment_lay
     return f"{fingerprint}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
 
 
+def token_folder(cache_dir: str | Path, cache_key: str) -> Path:
+    """Where a trained token (and what depends on it alone, e.g. its refusal-key statistics) is cached."""
+    return Path(cache_dir) / "tokens" / cache_key
+
+
 def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: str | Path, config: UnlearningTokenConfig,
                             augment_layers: list[int] | None = None, progress: bool = True) -> TokenInfo:
     """Make sure ``model``/``tokenizer`` carry a trained unlearning token (from the checkpoint, the cache, or training)."""
     if config.token in tokenizer.get_vocab():
         return TokenInfo(config.token, tokenizer.convert_tokens_to_ids(config.token), "checkpoint")
     key = token_cache_key(fingerprint, config, augment_layers)
-    folder = Path(cache_dir) / "tokens" / key
+    folder = token_folder(cache_dir, key)
     path = folder / "token.safetensors"
     if path.is_file():
         token_id = add_unlearning_token(model, tokenizer, config.token)
