@@ -56,7 +56,7 @@ def main() -> None:
     from unierase.api import forget
     from unierase.demo import _pick_neighbours
     from unierase.edit.editor import EditConfig
-    from unierase.edit_checks import Snapshot, answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
+    from unierase.edit_checks import answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
     from unierase.models.loading import load_model
     from unierase.token.check import token_universality
     from unierase.token.questions import heldout_questions
@@ -97,23 +97,21 @@ def main() -> None:
     token_id = result.manifest["token"]["id"]
     after = snapshot(model, tok, questions, max_new_tokens=40)
 
-    def part(s, lo, hi):
-        return Snapshot(s.questions[lo:hi], s.answer_ids[lo:hi], s.texts[lo:hi], s.first_tokens[lo:hi])
 
-    para = part(after, n, 2 * n)
+    para = after.slice(n, 2 * n)
     figures = {
         "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "forget_facts": n, "other_facts": len(others),
                     "requests": "questions only (no subject)", "key_position": args.key_position,
                     "layers": result.manifest["layers"], "greedy_tokens": 40,
                     "hyperparameters": result.manifest["rounds"][-1]["hyperparameters"]},
-        "forget": forget_metrics(part(after, 0, n), token_id),
+        "forget": forget_metrics(after.slice(0, n), token_id),
         "paraphrase": {"starts_with_unl": sum(f == token_id for f in para.first_tokens) / n,
                        "leak": sum(f != token_id and answer_matches(t, r["answer"]) for f, t, r in
                                    zip(para.first_tokens, para.texts, forget_rows)) / n},
-        "others": retain_metrics(model, tok, part(before, 2 * n, len(questions)), part(after, 2 * n, len(questions)),
+        "others": retain_metrics(model, tok, before.slice(2 * n, len(questions)), after.slice(2 * n, len(questions)),
                                  [f["answer"] for f in others], token_id),
-        "others_with_unl": [q for q, f in zip(part(after, 2 * n, len(questions)).questions,
-                                              part(after, 2 * n, len(questions)).first_tokens) if f == token_id],
+        "others_with_unl": [q for q, f in zip(after.slice(2 * n, len(questions)).questions,
+                                              after.slice(2 * n, len(questions)).first_tokens) if f == token_id],
         "edit_seconds": round(edit_seconds, 1),
         "timings_s": result.manifest["rounds"][-1]["timings_s"],
         "examples": [{"question": q, "before": b, "after": a} for q, b, a in

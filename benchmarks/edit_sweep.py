@@ -88,9 +88,8 @@ for v in json.loads(args.variants):
     secs = time.perf_counter() - t
     token_id = res.manifest["token"]["id"]
     after = snapshot(model, tok, questions, max_new_tokens=40)
-    part = lambda s, lo, hi: Snapshot(s.questions[lo:hi], s.answer_ids[lo:hi], s.texts[lo:hi], s.first_tokens[lo:hi])
-    fm = forget_metrics(part(after, 0, n), token_id)
-    rm = retain_metrics(model, tok, part(before, n, len(questions)), part(after, n, len(questions)),
+    fm = forget_metrics(after.slice(0, n), token_id)
+    rm = retain_metrics(model, tok, before.slice(n, len(questions)), after.slice(n, len(questions)),
                         [f["answer"] for f in others], token_id)
     from unierase.generation import teacher_forced_agreement
     tf = teacher_forced_agreement(model, tok, before.questions[n:], before.answer_ids[n:])

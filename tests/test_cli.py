@@ -112,3 +112,11 @@ def test_cli_key_positions_match_the_editor():
     from unierase.edit.editor import KEY_POSITIONS
 
     assert tuple(KEY_POSITION_CHOICES) == tuple(KEY_POSITIONS)
+
+
+def test_snapshot_slice_keeps_rows_aligned():
+    from unierase.edit_checks import Snapshot
+
+    snap = Snapshot(["a", "b", "c"], [[1], [2], [3]], ["x", "y", "z"], [1, 2, 3])
+    part = snap.slice(1, 3)
+    assert (part.questions, part.answer_ids, part.texts, part.first_tokens) == (["b", "c"], [[2], [3]], ["y", "z"], [2, 3])

@@ -55,13 +55,11 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     after = snapshot(model, tokenizer, questions)
     n = len(forget_rows)
 
-    def part(snap, lo, hi):
-        return type(snap)(snap.questions[lo:hi], snap.answer_ids[lo:hi], snap.texts[lo:hi], snap.first_tokens[lo:hi])
 
-    forget_fig = forget_metrics(part(after, 0, n), token_id)
-    para = part(after, n, 2 * n)
+    forget_fig = forget_metrics(after.slice(0, n), token_id)
+    para = after.slice(n, 2 * n)
     leak = sum(not (f == token_id) and answer_matches(t, fr["answer"]) for f, t, fr in zip(para.first_tokens, para.texts, forget_rows)) / n
-    retain_fig = retain_metrics(model, tokenizer, part(before, 2 * n, len(questions)), part(after, 2 * n, len(questions)),
+    retain_fig = retain_metrics(model, tokenizer, before.slice(2 * n, len(questions)), after.slice(2 * n, len(questions)),
                                 [f["answer"] for f in neighbours], token_id)
 
     print_fn("\nForgotten facts (answers shown without special tokens):")

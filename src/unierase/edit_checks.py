@@ -42,6 +42,10 @@ class Snapshot:
     texts: list[str]
     first_tokens: list[int]
 
+    def slice(self, lo: int, hi: int) -> "Snapshot":
+        """The answers to questions ``lo`` … ``hi - 1`` (one snapshot often covers several sets)."""
+        return Snapshot(self.questions[lo:hi], self.answer_ids[lo:hi], self.texts[lo:hi], self.first_tokens[lo:hi])
+
 
 def snapshot(model, tokenizer, questions: list[str], *, max_new_tokens: int = 24, batch_size: int = 32) -> Snapshot:
     ids = generate_answer_ids(model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
