@@ -63,3 +63,34 @@ def test_a_request_that_reached_its_target_leaves_the_batch_with_its_delta_kept(
     assert report.steps_per_request[0] == 1 and report.delta_norm_ratio[0] == 0.0
     torch.testing.assert_close(z[:, 0], h0[:, 0])
     assert report.steps_per_request[1] > 1 and report.delta_norm_ratio[1] > 0
+
+
+def test_a_group_subset_scores_like_a_group_built_from_those_rows():
+    """Requests leaving the optimisation: row-selecting the cached prefix equals rebuilding it."""
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where is the Eiffel Tower?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    tails = [[7, 11, 12, 13], [7, 14], [7, 15, 16]]
+    group = _Group(model, [0, 1, 2], prompts, tok.pad_token_id, torch.device("cpu"), tails)
+    sub = group.subset([0, 2])
+    fresh = _Group(model, [0, 2], prompts, tok.pad_token_id, torch.device("cpu"), [tails[0], tails[2]])
+    with torch.no_grad():
+        a, b = sub.logits(), fresh.logits()
+        torch.testing.assert_close(sub.target_nll(a, 7), fresh.target_nll(b, 7), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(sub.tail_nll(a), fresh.tail_nll(b), atol=1e-4, rtol=1e-4)
+    assert sub.members.tolist() == [0, 2] and group.members.tolist() == [0, 1, 2]
+
+
+def test_the_value_optimisation_leaves_weights_without_gradients_and_restores_their_flags():
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 1)]
+    compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, ValueConfig(steps=2), progress=False,
+                          continuations=[[11, 12], [13]])
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())

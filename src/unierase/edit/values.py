@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
-from ..models.tracing import edit_output, trace
+from ..models.tracing import edit_output, frozen_parameters, trace
 from .keys import at_key, capture_prompts, position_ids
 from .prompts import EditPrompt
 
@@ -125,6 +125,18 @@ class _Group:
         if self.tail is not None:
             self.tail = tuple(t.to(device) for t in self.tail)
 
+    def subset(self, rows: list[int]) -> "_Group":
+        """The same group restricted to ``rows`` (indices into ``members``): the cached prefix is
+        row-selected, not recomputed, when requests leave the optimisation."""
+        idx = torch.tensor(rows, device=self.device)
+        sub = copy.copy(self)
+        sub.members, sub.suf, sub.last, sub.mask, sub.pos = (t[idx] for t in (self.members, self.suf, self.last, self.mask, self.pos))
+        sub.cache = copy.deepcopy(self.cache)
+        sub.cache.batch_select_indices(idx)
+        if self.tail is not None:
+            sub.tail = tuple(t[idx] for t in self.tail)
+        return sub
+
     def logits(self) -> torch.Tensor:
         cache = copy.deepcopy(self.cache)  # each step extends its own copy of the shared prefix
         return self.model(input_ids=self.suf, attention_mask=self.mask, position_ids=self.pos, cache=cache,
@@ -154,19 +166,16 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
 
-    def build_groups(active: set[int]) -> list[_Group]:
-        """The plain and the prefixed variants of the still-active requests, as two groups."""
-        plain = [i for i, p in enumerate(prompts) if p.variant == 0 and p.request_index in active]
-        prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index in active]
-        tails = ([[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
-                 if scored else None)
-        groups = [_Group(model, plain, prompts, pad_id, device, tails)]
-        if prefixed:
-            groups.append(_Group(model, prefixed, prompts, pad_id, device))
-        return groups
-
+    # The plain and the prefixed variants, as two groups; requests that reach their target leave
+    # them (rows selected, prefix cache kept).
+    plain = [i for i, p in enumerate(prompts) if p.variant == 0]
+    prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
+    tails = ([[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
+             if scored else None)
+    groups = [_Group(model, plain, prompts, pad_id, device, tails)]
+    if prefixed:
+        groups.append(_Group(model, prefixed, prompts, pad_id, device))
     active = set(range(num_requests))
-    groups = build_groups(active)
     req = torch.tensor([p.request_index for p in prompts], device=device)
     plain_req = req[groups[0].members]
     block = adapter.block(z_layer)
@@ -197,55 +206,57 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     steps_taken = [0] * num_requests
     step = 0
     bar = tqdm(range(config.steps), desc="target values", disable=not progress)
-    for step in bar:
-        optimiser.zero_grad()
-        nll = torch.zeros((), device=device)
-        measured = torch.zeros(num_requests, device=device)
-        kl = torch.zeros((), device=device)
-        for g in groups:
-            current["req"] = req[g.members]
-            with edit_output(block, add_delta):
-                logits = g.logits()
-            rows_nll = g.target_nll(logits, target_id)
-            w = weights[current["req"]]
-            measured = measured.index_add(0, current["req"], rows_nll.detach() * w)
-            nll = nll + (rows_nll * w).sum()
-            if g is groups[0]:
-                cur_kl_logp = torch.log_softmax(logits[:, g.column[0]].float(), dim=-1)
-                kl = torch.nn.functional.kl_div(init_kl_logp[current["req"]], cur_kl_logp, log_target=True, reduction="sum")
-                if g.tail is not None:
-                    tail = g.tail_nll(logits)
-                    cont_request = cont_request.index_copy(0, current["req"], tail.detach())
-                    nll = nll + config.continuation_weight * tail.sum()
-        rows = sorted(active)
-        per_request[rows] = measured[rows]
-        for r in rows:
-            steps_taken[r] = step + 1
-        if initial is None:
-            initial = per_request.clone()
-        # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
-        # the remaining steps only pay for the requests still moving.
-        done = {r for r in rows if per_request[r] < config.stop_loss
-                and (not scored or cont_request[r] < config.continuation_stop)}
-        if done == active:
-            break
-        frozen = sorted(set(range(num_requests)) - active | done)
-        keep = delta.detach()[frozen].clone()
-        decay = (delta.norm(dim=-1) / h0_norm.pow(2)).sum()
-        loss = nll + config.kl_weight * kl + config.weight_decay * decay
-        loss.backward()
-        optimiser.step()
-        with torch.no_grad():
-            limit = config.clamp_factor * h0_norm
-            norms = delta.norm(dim=-1)
-            scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
-            delta.mul_(scale[:, None])
-            delta[frozen] = keep
-        if done:
-            active -= done
-            groups = build_groups(active)
-        bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
-                        active=len(active))
+    with frozen_parameters(model):  # only δ is optimised: no weight gradient is needed
+        for step in bar:
+            optimiser.zero_grad()
+            nll = torch.zeros((), device=device)
+            measured = torch.zeros(num_requests, device=device)
+            kl = torch.zeros((), device=device)
+            for g in groups:
+                current["req"] = req[g.members]
+                with edit_output(block, add_delta):
+                    logits = g.logits()
+                rows_nll = g.target_nll(logits, target_id)
+                w = weights[current["req"]]
+                measured = measured.index_add(0, current["req"], rows_nll.detach() * w)
+                nll = nll + (rows_nll * w).sum()
+                if g is groups[0]:
+                    cur_kl_logp = torch.log_softmax(logits[:, g.column[0]].float(), dim=-1)
+                    kl = torch.nn.functional.kl_div(init_kl_logp[current["req"]], cur_kl_logp, log_target=True, reduction="sum")
+                    if g.tail is not None:
+                        tail = g.tail_nll(logits)
+                        cont_request = cont_request.index_copy(0, current["req"], tail.detach())
+                        nll = nll + config.continuation_weight * tail.sum()
+            rows = sorted(active)
+            per_request[rows] = measured[rows]
+            for r in rows:
+                steps_taken[r] = step + 1
+            if initial is None:
+                initial = per_request.clone()
+            # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
+            # the remaining steps only pay for the requests still moving.
+            done = {r for r in rows if per_request[r] < config.stop_loss
+                    and (not scored or cont_request[r] < config.continuation_stop)}
+            if done == active:
+                break
+            frozen = sorted(set(range(num_requests)) - active | done)
+            keep = delta.detach()[frozen].clone()
+            decay = (delta.norm(dim=-1) / h0_norm.pow(2)).sum()
+            loss = nll + config.kl_weight * kl + config.weight_decay * decay
+            loss.backward()
+            optimiser.step()
+            with torch.no_grad():
+                limit = config.clamp_factor * h0_norm
+                norms = delta.norm(dim=-1)
+                scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
+                delta.mul_(scale[:, None])
+                delta[frozen] = keep
+            if done:
+                active -= done
+                groups = [g.subset(kept) for g in groups
+                          if (kept := [i for i, m in enumerate(g.members.tolist()) if prompts[m].request_index in active])]
+            bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
+                            active=len(active))
     bar.close()
     report = ValueReport(
         steps=step + 1,

@@ -72,3 +72,20 @@ def stop_after(module: nn.Module) -> Iterator[None]:
         pass
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Turn off ``requires_grad`` on every parameter for the block, then restore the flags.
+
+    When only an activation (a δ added to a hidden state) is optimised, autograd would otherwise
+    also compute every weight's gradient on the way back — about half of the backward pass.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
