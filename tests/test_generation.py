@@ -33,3 +33,42 @@ def test_model_agrees_with_its_own_answers(tiny_llama):
     answers = generate_answer_ids(model, tok, questions, max_new_tokens=5)
     assert tok.eos_token_id in stop_token_ids(model, tok)
     assert teacher_forced_agreement(model, tok, questions, answers) == [1.0, 1.0]
+
+
+import pytest
+
+from tiny_models import ARCHITECTURES, build_model, build_tokenizer
+from unierase.generation import prefill, shared_prefix_length
+
+
+def test_shared_prefix_leaves_every_row_a_token_and_respects_the_limit():
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]]) == 5
+    assert shared_prefix_length([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5, 6]]) == 4  # the shorter row keeps its last token
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 7]], limit=4) == 4
+    assert shared_prefix_length([[1, 2, 3, 9], [1, 2, 3, 8]]) == 0  # too short to be worth a prefill
+    assert shared_prefix_length([[1, 2, 3, 4, 5, 6]]) == 0
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_prefill_with_a_shared_prefix_gives_each_row_its_own_states(arch):
+    """[shared][padding][own tokens] with masked padding and skipped positions = each sequence alone."""
+    tok = build_tokenizer()
+    model = build_model(arch, len(tok))
+    shared = [5, 6, 7, 8, 9, 10]
+    sequences = [shared + [11, 12, 13], shared + [14], shared + [15, 16]]
+    with torch.no_grad():
+        out, mask, common = prefill(model, sequences, tok.pad_token_id, logits_to_keep=0)
+        assert common == len(shared) and mask.shape[1] == len(shared) + 3
+        for row, seq in enumerate(sequences):
+            alone = model(input_ids=torch.tensor([seq])).logits[0, common:]
+            got = out.logits[row, out.logits.shape[1] - len(alone):]
+            torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_teacher_forced_agreement_counts_each_answer_position(tiny_llama):
+    model, tok = tiny_llama
+    questions = ["What is the capital of France?", "Who wrote it?", "Name a colour."]
+    answers = generate_answer_ids(model, tok, questions, max_new_tokens=4)
+    wrong_last = [a[:-1] + [(a[-1] + 1) % 50] for a in answers]
+    scores = teacher_forced_agreement(model, tok, questions, wrong_last)
+    assert scores == [1 - 1 / len(a) for a in answers]

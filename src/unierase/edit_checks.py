@@ -47,7 +47,7 @@ class Snapshot:
         return Snapshot(self.questions[lo:hi], self.answer_ids[lo:hi], self.texts[lo:hi], self.first_tokens[lo:hi])
 
 
-def snapshot(model, tokenizer, questions: list[str], *, max_new_tokens: int = 24, batch_size: int = 32) -> Snapshot:
+def snapshot(model, tokenizer, questions: list[str], *, max_new_tokens: int = 24, batch_size: int = 128) -> Snapshot:
     ids = generate_answer_ids(model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
     texts = [tokenizer.decode(i, skip_special_tokens=True) for i in ids]
     firsts = [i[0] if i else -1 for i in ids]

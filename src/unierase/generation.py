@@ -32,6 +32,49 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+MIN_SHARED_PREFIX = 4
+"""Shortest common prompt prefix worth a prefill of its own (a chat template's system turn is ~20)."""
+
+
+def shared_prefix_length(sequences: list[list[int]], limit: int | None = None) -> int:
+    """Length of the token prefix every sequence shares (at most ``limit``), leaving each at least
+    one token of its own."""
+    if len(sequences) < 2:
+        return 0
+    limit = min([len(s) - 1 for s in sequences] + ([limit] if limit is not None else []))
+    first = sequences[0]
+    n = 0
+    while n < limit and all(s[n] == first[n] for s in sequences):
+        n += 1
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def prefill(model, sequences: list[list[int]], pad_id: int, *, logits_to_keep: int | torch.Tensor = 1,
+            max_shared: int | None = None):
+    """Forward a batch of token sequences with a key/value cache; the prefix all of them share (a
+    chat template's system turn, typically half of a short question's prompt) runs once, not per row.
+
+    Layout: ``[shared prefix][left padding][rest of the row]``; the attention mask hides the padding
+    and positions skip it, so every row gets the states of its own unpadded sequence. Returns
+    ``(output, attention mask over the cache, width of the shared part)``; logits cover the rows'
+    own part only, so ``max_shared`` keeps positions whose logits are needed out of the shared part.
+    """
+    device = model.get_input_embeddings().weight.device
+    common = shared_prefix_length(sequences, max_shared)
+    cache = None
+    if common:
+        cache = model(input_ids=torch.tensor([sequences[0][:common]], device=device), use_cache=True,
+                      logits_to_keep=1).cache
+        cache.batch_repeat_interleave(len(sequences))
+    enc = pad_batch([s[common:] for s in sequences], pad_id, left=True)
+    rest_ids, rest_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+    mask = torch.cat([torch.ones(len(sequences), common, dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
+    positions = (common + rest_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=rest_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                logits_to_keep=logits_to_keep)
+    return out, mask, common
+
+
 @torch.no_grad()
 def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops: set[int], pad_id: int,
                  keep_stop: bool = False) -> list[list[int]]:
@@ -41,13 +84,10 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
     do not pay for short ones. ``keep_stop`` keeps that stop token at the end of the row's ids.
     """
     device = model.get_input_embeddings().weight.device
-    enc = pad_batch(prompts, pad_id, left=True)
-    ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     generated: list[list[int]] = [[] for _ in prompts]
     if max_new_tokens <= 0:
         return generated
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True,
-                logits_to_keep=1)
+    out, mask, _ = prefill(model, prompts, pad_id)
     cache = out.cache
     nxt = out.logits[:, -1, :].argmax(-1).to(device)
     cur = mask.sum(-1)
@@ -114,18 +154,20 @@ def teacher_forced_agreement(model, tokenizer, questions: list[str], answers: li
 
     Feed the unedited model's own greedy answer ids as ``answers`` to measure an edit's locality.
     """
-    device = model.get_input_embeddings().weight.device
     scores: list[float] = []
     for start in range(0, len(questions), batch_size):
         qs, ans = questions[start: start + batch_size], answers[start: start + batch_size]
         prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in qs]
-        batch = pad_batch([p + a for p, a in zip(prompts, ans)], tokenizer.pad_token_id)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        pred = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.argmax(-1)
+        sequences = [p + list(a) for p, a in zip(prompts, ans)]
+        out, _, common = prefill(model, sequences, tokenizer.pad_token_id, logits_to_keep=0,
+                                 max_shared=min(map(len, prompts)) - 1)
+        pred = out.logits.argmax(-1)
+        width = pred.shape[1]
         for row, (p, a) in enumerate(zip(prompts, ans)):
             if not a:
                 scores.append(1.0)
                 continue
-            guess = pred[row, len(p) - 1: len(p) - 1 + len(a)]
+            first = width - (len(sequences[row]) - common) + len(p) - 1 - common  # predicts a[0]
+            guess = pred[row, first: first + len(a)]
             scores.append(float((guess == torch.tensor(a, device=guess.device)).float().mean()))
     return scores

@@ -63,7 +63,10 @@ def test_batched_greedy_equals_hf_generate(tiny_model, tokenizer):
 
 
 class _StopFirstRow(torch.nn.Module):
-    """Makes the first row of the first forward call emit the end-of-turn token, so it leaves the batch."""
+    """Makes the first row of the prompt pass emit the end-of-turn token, so it leaves the batch.
+
+    The prompt pass is the first call with an attention mask (a shared-prefix prefill runs before
+    it without one)."""
 
     def __init__(self, inner, eos):
         super().__init__()
@@ -78,9 +81,9 @@ class _StopFirstRow(torch.nn.Module):
 
     def forward(self, **kwargs):
         out = self.inner(**kwargs)
-        if self.calls == 0:
+        if self.calls == 0 and kwargs.get("attention_mask") is not None:
             out.logits[0, -1, self.eos] = 1e9
-        self.calls += 1
+            self.calls += 1
         return out
 
 

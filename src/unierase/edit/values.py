@@ -21,7 +21,9 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import edit_output, frozen_parameters, trace
-from .keys import at_key, capture_prompts, position_ids
+from ..generation import prefill
+from ..prompts import pad_batch
+from .keys import at_key, capture_prompts
 from .prompts import EditPrompt
 
 log = logging.getLogger(__name__)
@@ -69,24 +71,13 @@ class ValueReport:
     """Steps each request's δ was optimised (it leaves the batch once its target is reached)."""
 
 
-def _split_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[list[int]] | None = None):
-    """Prefix (tokens before the key, left-padded) and suffix (key token onwards + the prompt's
-    teacher-forced tail, right-padded); ``last`` = each suffix's last prompt token."""
-    prefixes = [p.input_ids[: p.key_index] for p in prompts]
+def _suffix_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[list[int]] | None = None):
+    """Suffixes (key token onwards + the prompt's teacher-forced tail), right-padded, with their mask;
+    ``last`` = each suffix's last prompt token."""
     suffixes = [p.input_ids[p.key_index:] + (tails[i] if tails else []) for i, p in enumerate(prompts)]
     last = torch.tensor([len(p.input_ids) - p.key_index - 1 for p in prompts])
-    pw, sw = max(map(len, prefixes)), max(map(len, suffixes))
-    pre = torch.full((len(prompts), pw), pad_id, dtype=torch.long)
-    pre_mask = torch.zeros_like(pre)
-    suf = torch.full((len(prompts), sw), pad_id, dtype=torch.long)
-    suf_mask = torch.zeros_like(suf)
-    for row, (a, b) in enumerate(zip(prefixes, suffixes)):
-        if a:
-            pre[row, pw - len(a):] = torch.tensor(a)
-            pre_mask[row, pw - len(a):] = 1
-        suf[row, : len(b)] = torch.tensor(b)
-        suf_mask[row, : len(b)] = 1
-    return pre.to(device), pre_mask.to(device), suf.to(device), suf_mask.to(device), last.to(device)
+    enc = pad_batch(suffixes, pad_id)
+    return enc["input_ids"].to(device), enc["attention_mask"].to(device), last.to(device)
 
 
 class _Group:
@@ -100,10 +91,10 @@ class _Group:
         self.model, self.device = model, device
         self.members = torch.tensor(members, device=device)
         chosen = [prompts[i] for i in members]
-        self.pre, pre_mask, self.suf, suf_mask, self.last = _split_batch(chosen, pad_id, device, tails)
-        with torch.no_grad():
-            self.cache = model(input_ids=self.pre, attention_mask=pre_mask, position_ids=position_ids(pre_mask),
-                               use_cache=True, logits_to_keep=1).cache
+        self.suf, suf_mask, self.last = _suffix_batch(chosen, pad_id, device, tails)
+        with torch.no_grad():  # the tokens before the key (their shared template part once)
+            out, pre_mask, _ = prefill(model, [p.input_ids[: p.key_index] for p in chosen], pad_id)
+        self.cache = out.cache
         self.mask = torch.cat([pre_mask, suf_mask], dim=1)
         self.pos = pre_mask.sum(-1, keepdim=True) + torch.arange(self.suf.shape[1], device=device)
         needed = {0, *self.last.tolist()}
