@@ -136,14 +136,10 @@ def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_token
 @torch.no_grad()
 def first_token_ids(model, tokenizer, questions: list[str], batch_size: int = 32) -> list[int]:
     """The greedy first answer token of each question (one forward pass, no generation)."""
-    device = model.get_input_embeddings().weight.device
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in questions]
     out: list[int] = []
     for start in range(0, len(prompts), batch_size):
-        batch = pad_batch(prompts[start: start + batch_size], tokenizer.pad_token_id, left=True)
-        mask = batch["attention_mask"].to(device)
-        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask,
-                       position_ids=(mask.cumsum(-1) - 1).clamp(min=0), logits_to_keep=1, use_cache=False).logits
+        logits = prefill(model, prompts[start: start + batch_size], tokenizer.pad_token_id)[0].logits
         out += logits[:, -1].argmax(-1).tolist()
     return out
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import torch
-
 import contextlib
 from typing import Iterator
 
+import torch
 
+from ..generation import shared_prefix_length
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import stop_after, trace
-from .prompts import EditPrompt, left_pad
+from ..prompts import pad_batch
+from .prompts import EditPrompt
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -20,26 +21,42 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int, *, output: bool = False,
-                    batch_size: int = 32) -> Iterator[tuple[list[EditPrompt], dict, int, torch.Tensor]]:
-    """Run left-padded batches of prompts, recording each module's input (or ``output``).
+                    batch_size: int = 32, shared_prefix: bool = True
+                    ) -> Iterator[tuple[list[EditPrompt], dict, torch.Tensor, torch.Tensor]]:
+    """Run batches of prompts, recording each module's input (or ``output``).
 
-    Yields ``(chunk, captured, width, key_index)``: ``captured[name]`` is batch × width × dim and
-    ``key_index`` each prompt's key token in the padded row. The forward pass stops after the
-    deepest module, so layers above it are never computed.
+    Yields ``(chunk, captured, starts, key_index)``: ``captured[name]`` is batch × width × dim,
+    token t of row r sits at column ``starts[r] + t`` and ``key_index`` is each prompt's key column.
+    With ``shared_prefix`` the tokens all prompts of a chunk share before their key tokens (a chat
+    template's system turn) run once, uncaptured, as a cache: only tokens from the earliest key
+    onwards are captured. The forward pass stops after the deepest module, so layers above it are
+    never computed.
     """
     device = model.get_input_embeddings().weight.device
     order = {id(m): i for i, m in enumerate(model.modules())}
     deepest = max(modules.values(), key=lambda m: order[id(m)])
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start: start + batch_size]
-        ids, mask, key_idx = left_pad(chunk, pad_id, device)
+        common = (shared_prefix_length([p.input_ids for p in chunk], limit=min(p.key_index for p in chunk))
+                  if shared_prefix else 0)
+        cache = None
+        if common:
+            cache = model(input_ids=torch.tensor([chunk[0].input_ids[:common]], device=device), use_cache=True,
+                          logits_to_keep=1).cache
+            cache.batch_repeat_interleave(len(chunk))
+        enc = pad_batch([p.input_ids[common:] for p in chunk], pad_id, left=True)
+        ids, rest_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        mask = torch.cat([torch.ones(len(chunk), common, dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
+        starts = torch.tensor([ids.shape[1] - len(p.input_ids) for p in chunk])
+        key_idx = (starts + torch.tensor([p.key_index for p in chunk])).to(device)
         with contextlib.ExitStack() as stack:
             records = {name: stack.enter_context(trace(m, keep_input=not output, keep_output=output))
                        for name, m in modules.items()}
             stack.enter_context(stop_after(deepest))
-            model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
+            model(input_ids=ids, attention_mask=mask, position_ids=(common + rest_mask.cumsum(-1) - 1).clamp(min=0),
+                  cache=cache, use_cache=cache is not None)
         captured = {name: (rec.output if output else rec.input) for name, rec in records.items()}
-        yield chunk, captured, ids.shape[1], key_idx
+        yield chunk, captured, starts, key_idx
 
 
 def at_key(states: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
@@ -51,10 +68,10 @@ def token_keys(model, adapter: MLPOutputAdapter, layer: int, prompts: list[EditP
                batch_size: int = 32) -> list[torch.Tensor]:
     """All keys of each prompt (its unpadded length × m), in fp32 on the CPU."""
     out: list[torch.Tensor] = []
-    for chunk, captured, width, _ in capture_prompts(model, {layer: adapter.mlp_output(layer)}, prompts, pad_id,
-                                                      batch_size=batch_size):
+    for chunk, captured, starts, _ in capture_prompts(model, {layer: adapter.mlp_output(layer)}, prompts, pad_id,
+                                                       batch_size=batch_size, shared_prefix=False):
         for row, p in enumerate(chunk):
-            out.append(captured[layer][row, width - len(p.input_ids):].float().cpu())
+            out.append(captured[layer][row, int(starts[row]):].float().cpu())
     return out
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..prompts import render_prompt
 from ..storage import UniEraseError
 
@@ -77,17 +75,3 @@ def subject_char_end(question: str, subject: str) -> int:
     if index < 0:
         raise UniEraseError(f"subject {subject!r} does not occur in {question!r}")
     return index + len(subject)
-
-
-def left_pad(prompts: list[EditPrompt], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-padded batch; returns ids, attention mask and each prompt's key index in the padded row."""
-    width = max(len(p.input_ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    keys = torch.zeros(len(prompts), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        shift = width - len(p.input_ids)
-        ids[row, shift:] = torch.tensor(p.input_ids)
-        mask[row, shift:] = 1
-        keys[row] = shift + p.key_index
-    return ids.to(device), mask.to(device), keys.to(device)

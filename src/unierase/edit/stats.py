@@ -222,9 +222,9 @@ def answer_position_moments(model, tokenizer, adapter: MLPOutputAdapter, layers:
     moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
     count = 0
     modules = {l: adapter.mlp_output(l) for l in layers}
-    for chunk, captured, width, _ in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
+    for chunk, captured, starts, _ in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
         for row, p in enumerate(chunk):
-            start = width - len(p.input_ids) + p.key_index
+            start = int(starts[row]) + p.key_index
             for layer in layers:
                 keys = captured[layer][row, start:].to(torch.float64).cpu()
                 moments[layer].add_(keys.T @ keys)

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from tiny_models import ARCHITECTURES, build_model, build_tokenizer
+from unierase.edit.keys import at_key, capture_prompts
+from unierase.edit.prompts import EditPrompt
+from unierase.models.adapters import find_mlp_output
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_keys_with_a_shared_prefix_equal_keys_of_whole_prompts(arch):
+    """Running the prompts' common prefix once as a cache leaves every captured key unchanged."""
+    tok = build_tokenizer()
+    model = build_model(arch, len(tok))
+    adapter = find_mlp_output(model)
+    shared = [5, 6, 7, 8, 9, 10]
+    prompts = [EditPrompt(0, 0, shared + [11, 12, 13, 14], 8, (6, 10)),
+               EditPrompt(1, 0, shared + [15, 16], 7, (6, 8)),
+               EditPrompt(2, 0, shared + [17, 18, 19], 6, (6, 9))]
+    modules = {"k": adapter.mlp_output(1)}
+    got = {flag: [(at_key(c["k"], k), c, s) for _, c, s, k in capture_prompts(model, modules, prompts, tok.pad_token_id,
+                                                                                shared_prefix=flag)]
+           for flag in (True, False)}
+    (keys_shared, captured, starts), (keys_whole, whole, whole_starts) = got[True][0], got[False][0]
+    assert captured["k"].shape[1] < whole["k"].shape[1]  # the shared part was not captured
+    torch.testing.assert_close(keys_shared, keys_whole, atol=1e-5, rtol=1e-5)
+    for row, p in enumerate(prompts):  # every token from the key onwards is at starts + t
+        for t in range(p.key_index, len(p.input_ids)):
+            torch.testing.assert_close(captured["k"][row, starts[row] + t], whole["k"][row, whole_starts[row] + t],
+                                       atol=1e-5, rtol=1e-5)
