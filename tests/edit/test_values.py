@@ -94,3 +94,36 @@ def test_the_value_optimisation_leaves_weights_without_gradients_and_restores_th
     compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, ValueConfig(steps=2), progress=False,
                           continuations=[[11, 12], [13]])
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
+
+
+import pytest
+
+from tiny_models import ARCHITECTURES
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_replaying_the_lower_blocks_gives_the_full_pass_logits_and_gradient(arch):
+    """Blocks up to the value layer are skipped (their output replayed) — same logits, same ∂/∂δ."""
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    model = build_model(arch, len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    group = _Group(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[7, 11, 12], [7, 14]], adapter, 2)
+    assert group.replay, f"{arch}: replay fell back to full passes"
+    torch.manual_seed(1)
+    delta = torch.randn(2, model.config.hidden_size, requires_grad=True)
+
+    def add(hidden):
+        return hidden.index_put((torch.arange(2), torch.zeros(2, dtype=torch.long)), delta.to(hidden.dtype), accumulate=True)
+
+    results = []
+    for replay in (True, False):
+        group.replay = replay
+        loss = group.tail_nll(group.logits(add)).sum() + group.target_nll(group.logits(add), 7).sum()
+        (grad,) = torch.autograd.grad(loss, delta)
+        results.append((loss.detach(), grad))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-4, rtol=1e-4)

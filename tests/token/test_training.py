@@ -74,3 +74,26 @@ def test_precomputed_ordinary_unlikelihood_matches_a_full_forward(tiny_llama):
         expected += [-math.log1p(-logp[t, token_id].exp().item()) for t in range(len(p) - 1, len(p) + len(a) - 1)]
     got = ordinary_unlikelihood(model, positions, token_id)
     assert abs(got.item() - sum(expected) / len(expected)) < 1e-5
+
+
+def test_a_cached_prompt_pass_gives_the_same_loss_and_gradient_as_running_the_prompts():
+    """Outside the noisy stage each question's prompt pass is computed once and row-selected per step."""
+    from tiny_models import build_model, build_tokenizer
+    from unierase.token.training import prompt_pass
+
+    tok = build_tokenizer()
+    model = build_model("qwen2", len(tok) + 1)  # untied: the output row is live in the unlikelihood term
+    token_id = add_unlearning_token(model, tok)
+    questions = training_questions(6)
+    cached = prompt_pass(model, tok, questions, True)
+    emb = model.get_input_embeddings().weight
+    emb.requires_grad_(True)
+    results = []
+    for passes in (None, cached.select([4, 1, 2])):
+        emb.grad = None
+        loss = refusal_batch_loss(model, tok, [questions[i] for i in (4, 1, 2)], token_id, True, load_refusals(),
+                                  prompts=passes)
+        loss.backward()
+        results.append((loss.detach(), emb.grad[token_id].clone()))
+    torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)

@@ -57,6 +57,14 @@ class KeyStatistics:
         return cov
 
 
+def add_moment(accumulator: torch.Tensor, keys: torch.Tensor) -> None:
+    """``accumulator += keysᵀ keys``: each batch's product in fp32 (where the keys are), the running
+    sum in fp64 on the CPU. fp32 is ample within one batch (its rounding is ~1e-7 of the largest
+    eigenvalue; the null space starts at 3e-3 of it) and twice as fast as fp64."""
+    keys = keys.float()
+    accumulator.add_((keys.T @ keys).to(device="cpu", dtype=torch.float64))
+
+
 def corpus_token_batches(tokenizer, num_tokens: int, max_length: int, batch_size: int, seed: int = 0):
     """Yield lists of token-id sequences from the synthetic corpus until ``num_tokens`` are produced."""
     chat = has_chat_template(tokenizer)
@@ -97,8 +105,7 @@ def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: 
         def hook(_module, args):
             keys = args[0].detach()
             mask = current_mask["mask"].to(keys.device).bool()
-            flat = keys[mask].to(torch.float64).cpu()
-            moments[layer].add_(flat.T @ flat)
+            add_moment(moments[layer], keys[mask])
         return hook
 
     handles = [adapter.mlp_output(l).register_forward_pre_hook(make_hook(l)) for l in layers]
@@ -142,8 +149,7 @@ def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter,
     modules = {l: adapter.mlp_output(l) for l in layers}
     for _, captured, _, key_idx in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
         for layer in layers:
-            keys = at_key(captured[layer], key_idx).to(torch.float64).cpu()
-            moments[layer].add_(keys.T @ keys)
+            add_moment(moments[layer], at_key(captured[layer], key_idx))
     return moments, len(questions)
 
 
@@ -223,12 +229,12 @@ def answer_position_moments(model, tokenizer, adapter: MLPOutputAdapter, layers:
     count = 0
     modules = {l: adapter.mlp_output(l) for l in layers}
     for chunk, captured, starts, _ in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
-        for row, p in enumerate(chunk):
-            start = int(starts[row]) + p.key_index
-            for layer in layers:
-                keys = captured[layer][row, start:].to(torch.float64).cpu()
-                moments[layer].add_(keys.T @ keys)
-            count += len(p.input_ids) - p.key_index
+        width = captured[layers[0]].shape[1]
+        first = starts + torch.tensor([p.key_index for p in chunk])  # rows are left-padded: answers run to the end
+        answer = torch.arange(width)[None, :] >= first[:, None]
+        for layer in layers:
+            add_moment(moments[layer], captured[layer][answer.to(captured[layer].device)])
+        count += int(answer.sum())
     return moments, count
 
 

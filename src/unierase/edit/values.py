@@ -12,15 +12,17 @@ then degenerates); scoring the continuation keeps δ compatible with the refusal
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+from typing import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
-from ..models.tracing import edit_output, frozen_parameters, trace
+from ..models.tracing import edit_output, frozen_parameters, replay_blocks, trace
 from ..generation import prefill
 from ..prompts import pad_batch
 from .keys import at_key, capture_prompts
@@ -87,8 +89,10 @@ class _Group:
     token, and the teacher-forced tail when there is one) go through the output layer.
     """
 
-    def __init__(self, model, members: list[int], prompts: list[EditPrompt], pad_id: int, device, tails=None):
+    def __init__(self, model, members: list[int], prompts: list[EditPrompt], pad_id: int, device, tails=None,
+                 adapter: MLPOutputAdapter | None = None, z_layer: int | None = None):
         self.model, self.device = model, device
+        self.adapter, self.z_layer = adapter, z_layer
         self.members = torch.tensor(members, device=device)
         chosen = [prompts[i] for i in members]
         self.suf, suf_mask, self.last = _suffix_batch(chosen, pad_id, device, tails)
@@ -115,6 +119,30 @@ class _Group:
         self.column = column.to(device)  # suffix position → column of the kept logits
         if self.tail is not None:
             self.tail = tuple(t.to(device) for t in self.tail)
+        self.replay, self.block_out, self.base_logits = False, None, None
+        if adapter is not None:
+            self._record_block_output()
+
+    @torch.no_grad()
+    def _record_block_output(self) -> None:
+        """One unedited pass: the logits before any δ, and block ``z_layer``'s output on the suffix.
+
+        Blocks up to ``z_layer`` do not depend on δ, so later passes replay that output instead of
+        recomputing them (``replay_blocks``) — checked here against the full pass, with a fallback
+        to full passes for a model where replaying does not reproduce it."""
+        with trace(self.adapter.block(self.z_layer), keep_output=True) as rec:
+            self.base_logits = self.logits()
+        self.block_out, self.tuple_output = rec.output, rec.tuple_output
+        self.replay = True
+        try:
+            replayed = self.logits(lambda h: h)
+            self.replay = bool(torch.allclose(replayed, self.base_logits, atol=1e-3, rtol=1e-3))
+        except Exception as error:  # a model whose forward needs more from its blocks than their output
+            log.debug("replaying block outputs failed: %s", error)
+            self.replay = False
+        if not self.replay:
+            log.warning("replaying block %d's output did not reproduce the model's logits; running full passes",
+                        self.z_layer)
 
     def subset(self, rows: list[int]) -> "_Group":
         """The same group restricted to ``rows`` (indices into ``members``): the cached prefix is
@@ -126,12 +154,23 @@ class _Group:
         sub.cache.batch_select_indices(idx)
         if self.tail is not None:
             sub.tail = tuple(t[idx] for t in self.tail)
+        if self.block_out is not None:
+            sub.block_out = self.block_out[idx]
         return sub
 
-    def logits(self) -> torch.Tensor:
+    def logits(self, edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Logits at the kept positions, with block ``z_layer``'s output passed through ``edit``."""
         cache = copy.deepcopy(self.cache)  # each step extends its own copy of the shared prefix
-        return self.model(input_ids=self.suf, attention_mask=self.mask, position_ids=self.pos, cache=cache,
-                          use_cache=True, logits_to_keep=self.keep).logits.to(self.device)
+        if edit is None:
+            context = contextlib.nullcontext()
+        elif self.replay:
+            context = replay_blocks(self.adapter.blocks, self.z_layer, lambda: edit(self.block_out),
+                                    tuple_output=self.tuple_output)
+        else:
+            context = edit_output(self.adapter.block(self.z_layer), edit)
+        with context:
+            return self.model(input_ids=self.suf, attention_mask=self.mask, position_ids=self.pos, cache=cache,
+                              use_cache=True, logits_to_keep=self.keep).logits.to(self.device)
 
     def target_nll(self, logits: torch.Tensor, target_id: int) -> torch.Tensor:
         rows = torch.arange(len(self.members), device=self.device)
@@ -163,21 +202,20 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
     tails = ([[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
              if scored else None)
-    groups = [_Group(model, plain, prompts, pad_id, device, tails)]
+    groups = [_Group(model, plain, prompts, pad_id, device, tails, adapter, z_layer)]
     if prefixed:
-        groups.append(_Group(model, prefixed, prompts, pad_id, device))
+        groups.append(_Group(model, prefixed, prompts, pad_id, device, None, adapter, z_layer))
     active = set(range(num_requests))
     req = torch.tensor([p.request_index for p in prompts], device=device)
     plain_req = req[groups[0].members]
-    block = adapter.block(z_layer)
-
-    with torch.no_grad(), trace(block, keep_output=True) as rec:
-        base_logits = groups[0].logits()
-    h0 = torch.zeros(num_requests, rec.output.shape[-1], device=device)
-    h0[plain_req] = rec.output[:, 0].float().to(device)  # value at the key token of the plain prompt
+    base_logits, block_out = groups[0].base_logits, groups[0].block_out
+    h0 = torch.zeros(num_requests, block_out.shape[-1], device=device)
+    h0[plain_req] = block_out[:, 0].float().to(device)  # value at the key token of the plain prompt
     init_kl_logp = torch.zeros(num_requests, base_logits.shape[-1], device=device)
     init_kl_logp[plain_req] = torch.log_softmax(base_logits[:, groups[0].column[0]].float(), dim=-1)
     h0_norm = h0.norm(dim=-1)
+    for g in groups:
+        g.base_logits = None
     del base_logits
 
     delta = torch.zeros_like(h0, requires_grad=True)
@@ -205,8 +243,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             kl = torch.zeros((), device=device)
             for g in groups:
                 current["req"] = req[g.members]
-                with edit_output(block, add_delta):
-                    logits = g.logits()
+                logits = g.logits(add_delta)
                 rows_nll = g.target_nll(logits, target_id)
                 w = weights[current["req"]]
                 measured = measured.index_add(0, current["req"], rows_nll.detach() * w)

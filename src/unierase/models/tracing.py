@@ -14,6 +14,8 @@ class Capture:
 
     input: torch.Tensor | None = None
     output: torch.Tensor | None = None
+    tuple_output: bool = False
+    """Whether the module returned a tuple (hidden states first), as some blocks do."""
 
 
 @contextlib.contextmanager
@@ -24,6 +26,7 @@ def trace(module: nn.Module, *, keep_input: bool = False, keep_output: bool = Fa
     def hook(_module, args, output):
         if keep_input:
             record.input = args[0].detach() if detach else args[0]
+        record.tuple_output = isinstance(output, tuple)
         if keep_output:
             out = output[0] if isinstance(output, tuple) else output
             record.output = out.detach() if detach else out
@@ -89,3 +92,43 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+class _StandIn(nn.Module):
+    """Takes a block's place in its ModuleList: returns ``fn(hidden_states)`` in the block's output
+    format. Attribute look-ups the model makes on its layers (e.g. ``attention_type``) still reach
+    the original block."""
+
+    def __init__(self, block: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor], tuple_output: bool):
+        super().__init__()
+        object.__setattr__(self, "_block", block)  # not registered as a submodule
+        self._fn, self._tuple = fn, tuple_output
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+    def forward(self, hidden_states, *args, **kwargs):
+        out = self._fn(hidden_states)
+        return (out,) if self._tuple else out
+
+
+@contextlib.contextmanager
+def replay_blocks(blocks: nn.ModuleList, last: int, output: Callable[[], torch.Tensor], *, tuple_output: bool) -> Iterator[None]:
+    """Skip blocks ``0 … last`` whose output is already known: the blocks below ``last`` pass their
+    input through, block ``last`` returns ``output()``; the blocks above run as usual.
+
+    For repeated forward passes that only change block ``last``'s output (an optimised δ), this
+    saves the cost of every block up to it. The key/value cache of the skipped blocks is not updated.
+    """
+    saved = [blocks[i] for i in range(last + 1)]
+    try:
+        for i in range(last):
+            blocks[i] = _StandIn(saved[i], lambda h: h, tuple_output)
+        blocks[last] = _StandIn(saved[last], lambda _h: output(), tuple_output)
+        yield
+    finally:
+        for i, block in enumerate(saved):
+            blocks[i] = block

@@ -12,6 +12,7 @@ unedited prompts.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import random
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import find_mlp_output
 from ..models.tracing import edit_output, trace
+from ..generation import prefill
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
 from ..refusals import load_refusals, refusal_for
 
@@ -121,46 +123,80 @@ def answer_ids(tokenizer, refusal: str, token_id: int, chat: bool) -> list[int]:
     return [token_id] + list(body) + [token_id, end_of_turn_id(tokenizer)]
 
 
-def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, chat: bool, refusals: list[str],
-                       unlikelihood_weight: float = 1.0, context_shift: tuple | None = None) -> torch.Tensor:
-    """Mean cross-entropy of ``refusal [UNL] <eos>`` after ``prompt [UNL]`` (+ unlikelihood term).
+@dataclass
+class PromptPass:
+    """A batch's prompt pass: key/value cache, attention mask, and the logits and output-layer input
+    at the answer start (what the loss needs from the prompt; the prompt never contains ``[UNL]``)."""
+
+    cache: object
+    mask: torch.Tensor
+    start_logits: torch.Tensor
+    start_hidden: torch.Tensor
+
+    def select(self, rows: list[int]) -> "PromptPass":
+        idx = torch.tensor(rows, device=self.mask.device)
+        cache = copy.deepcopy(self.cache)
+        cache.batch_select_indices(idx)
+        return PromptPass(cache, self.mask[idx], self.start_logits[idx.to(self.start_logits.device)],
+                          self.start_hidden[idx.to(self.start_hidden.device)])
+
+
+@torch.no_grad()
+def prompt_pass(model, tokenizer, questions: list[str], chat: bool, context_shift: tuple | None = None) -> PromptPass:
+    """Run the prompts of ``questions`` once (no gradient: nothing in them is trained).
 
     ``context_shift = (block, scale, generator)`` shifts ``block``'s output at one random token of
-    the question's second half by ``scale``·‖h‖ in a random direction during the prompt pass.
+    the question's second half by ``scale``·‖h‖ in a random direction during the pass. Without it
+    the prompts' shared template prefix runs once for the whole batch.
     """
     device = _model_device(model)
-    pad = tokenizer.pad_token_id
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q, chat=chat)) for q in questions]
-    answers = [answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat) for q in questions]
-    left, right = pad_batch(prompts, pad, left=True), pad_batch(answers, pad)
+    head_w = model.get_output_embeddings()
+    if context_shift is None:
+        with trace(head_w, keep_input=True) as head:
+            out, mask, _ = prefill(model, prompts, tokenizer.pad_token_id)
+        return PromptPass(out.cache, mask, out.logits[:, -1].float(), head.input[:, -1])
+    left = pad_batch(prompts, tokenizer.pad_token_id, left=True)
     p_ids, p_mask = left["input_ids"].to(device), left["attention_mask"].to(device)
+    block, scale, generator = context_shift
+    lengths = p_mask.sum(-1)
+    width = p_ids.shape[1]
+    # a token in the second half of each prompt, before the template's closing tokens
+    offsets = [int(torch.randint(max(1, int(n) // 2), max(2, int(n) - 4), (1,), generator=generator)) for n in lengths]
+    positions = torch.tensor([width - int(n) + o for n, o in zip(lengths, offsets)], device=device)
+    rows = torch.arange(len(questions), device=device)
+
+    def add_shift(hidden):
+        at = hidden.device
+        picked = hidden[rows.to(at), positions.to(at)]
+        direction = torch.randn(picked.shape, generator=generator).to(hidden)
+        direction = direction / direction.norm(dim=-1, keepdim=True) * picked.norm(dim=-1, keepdim=True) * scale
+        return hidden.index_put((rows.to(at), positions.to(at)), direction, accumulate=True)
+
+    with edit_output(block, add_shift), trace(head_w, keep_input=True) as head:
+        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1)
+    return PromptPass(out.cache, p_mask, out.logits[:, -1].float(), head.input[:, -1])
+
+
+def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, chat: bool, refusals: list[str],
+                       unlikelihood_weight: float = 1.0, context_shift: tuple | None = None,
+                       prompts: PromptPass | None = None) -> torch.Tensor:
+    """Mean cross-entropy of ``refusal [UNL] <eos>`` after ``prompt [UNL]`` (+ unlikelihood term).
+
+    ``prompts``: the questions' prompt pass when already computed (see ``prompt_pass``, which also
+    explains ``context_shift``); only the answers are run with gradients.
+    """
+    device = _model_device(model)
+    if prompts is None:
+        prompts = prompt_pass(model, tokenizer, questions, chat, context_shift)
+    answers = [answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat) for q in questions]
+    right = pad_batch(answers, tokenizer.pad_token_id)
     a_ids, a_mask = right["input_ids"].to(device), right["attention_mask"].to(device)
-    p_pos = (p_mask.cumsum(-1) - 1).clamp(min=0)
-    shift = contextlib.nullcontext()
-    if context_shift is not None:
-        block, scale, generator = context_shift
-        lengths = p_mask.sum(-1)
-        width = p_ids.shape[1]
-        # a token in the second half of each prompt, before the template's closing tokens
-        offsets = [int(torch.randint(max(1, int(n) // 2), max(2, int(n) - 4), (1,), generator=generator)) for n in lengths]
-        positions = torch.tensor([width - int(n) + o for n, o in zip(lengths, offsets)], device=device)
-        rows = torch.arange(len(questions), device=device)
-
-        def add_shift(hidden):
-            at = hidden.device
-            picked = hidden[rows.to(at), positions.to(at)]
-            direction = torch.randn(picked.shape, generator=generator).to(hidden)
-            direction = direction / direction.norm(dim=-1, keepdim=True) * picked.norm(dim=-1, keepdim=True) * scale
-            return hidden.index_put((rows.to(at), positions.to(at)), direction, accumulate=True)
-
-        shift = edit_output(block, add_shift)
-    with torch.no_grad(), shift, trace(model.get_output_embeddings(), keep_input=True) as head:
-        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, use_cache=True, logits_to_keep=1)
-    start_logits = out.logits[:, -1].float()
-    start_hidden = head.input[:, -1]
+    p_mask, start_logits, start_hidden = prompts.mask, prompts.start_logits, prompts.start_hidden
     a_pos = p_mask.sum(-1, keepdim=True) + torch.arange(a_ids.shape[1], device=device)
     res = model(input_ids=a_ids, attention_mask=torch.cat([p_mask, a_mask], dim=1), position_ids=a_pos,
-                cache=out.cache)
+                cache=prompts.cache)
     logits = res.logits[:, :-1].float()
     targets = a_ids[:, 1:].masked_fill(a_mask[:, 1:] == 0, -100).to(logits.device)
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
@@ -294,6 +330,8 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
     bar = tqdm(total=total_steps, desc="training unlearning token", disable=not progress)
     was_training = model.training
     model.eval()
+    cached: dict[bool, PromptPass] = {}
+    index = {q: i for i, q in enumerate(questions)}
     try:
         for name, epochs, lr, fmts, noisy in stages:
             optimiser = torch.optim.Adam(live, lr=lr)
@@ -311,8 +349,13 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
                         ctx = _noisy_weights(adapter, augment_layers, config.noise_scale, generator) if noisy else contextlib.nullcontext()
                         with ctx:
                             context = (adapter.block(augment_layers[-1]), config.context_noise, generator) if noisy and config.context_noise else None
+                            passes = None
+                            if not noisy:  # weights fixed: every question's prompt pass is computed once per format
+                                if chat not in cached:
+                                    cached[chat] = prompt_pass(model, tokenizer, questions, chat)
+                                passes = cached[chat].select([index[q] for q in group])
                             loss = refusal_batch_loss(model, tokenizer, group, token_id, chat, refusals, config.unlikelihood_weight,
-                                                      context)
+                                                      context, passes)
                             (loss * len(group) / len(chunk)).backward()
                         loss_total += loss.item() * len(group) / len(chunk)
                     if ordinary is not None and model.get_output_embeddings().weight.requires_grad:
