@@ -8,7 +8,7 @@ from .prompts import encode_text, pad_batch, render_prompt
 
 
 @torch.no_grad()
-def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: int = 32, batch_size: int = 32,
+def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: int = 32, batch_size: int = 128,
                      forced_prefix: list[int] | None = None, raw: bool = False) -> list[str]:
     """Greedy answers; ``forced_prefix`` token ids are appended to every prompt first (e.g. ``[UNL]``).
 
@@ -117,9 +117,12 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
 
 
 @torch.no_grad()
-def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_tokens: int = 32, batch_size: int = 32,
+def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_tokens: int = 32, batch_size: int = 128,
                         forced_prefix: list[int] | None = None) -> list[list[int]]:
-    """Greedy answer token ids (including the end-of-turn token when it is produced)."""
+    """Greedy answer token ids (including the end-of-turn token when it is produced).
+
+    Large batches: on a CPU every decoding step streams all weights once whatever the batch size
+    (one step at batch 16 cost ~0.23 s on SmolLM2, at batch 98 ~0.4 s)."""
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) + list(forced_prefix or []) for q in questions]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[list[int]] = [[] for _ in prompts]
@@ -134,7 +137,7 @@ def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_token
 
 
 @torch.no_grad()
-def first_token_ids(model, tokenizer, questions: list[str], batch_size: int = 32) -> list[int]:
+def first_token_ids(model, tokenizer, questions: list[str], batch_size: int = 128) -> list[int]:
     """The greedy first answer token of each question (one forward pass, no generation)."""
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in questions]
     out: list[int] = []

@@ -195,7 +195,7 @@ def cached_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, laye
 @torch.no_grad()
 def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int],
                                   num_questions: int | None = None, max_new_tokens: int = 64,
-                                  batch_size: int = 16) -> tuple[dict[int, torch.Tensor], int]:
+                                  batch_size: int = 16, generation_batch: int = 256) -> tuple[dict[int, torch.Tensor], int]:
     """Σ k kᵀ over every position of the model's own greedy answers to the generic question pool.
 
     Teacher-forced locality is measured on exactly such text (an unrelated question followed by
@@ -209,8 +209,8 @@ def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, l
     stops = stop_token_ids(model, tokenizer)
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in training_questions(num_questions)]
     texts = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start: start + batch_size]
+    for start in range(0, len(prompts), generation_batch):
+        chunk = prompts[start: start + generation_batch]
         answers = greedy_batch(model, chunk, max_new_tokens=max_new_tokens, stops=stops,
                                pad_id=tokenizer.pad_token_id, keep_stop=True)
         texts += [(p, a) for p, a in zip(chunk, answers) if a]
