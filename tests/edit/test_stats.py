@@ -62,3 +62,25 @@ def test_refusal_key_moments_are_cached_next_to_the_token(tmp_path):
     again, count_again = cached_refusal_key_moments(model, tok, adapter, [1], token_id, path)
     assert count_again == count
     torch.testing.assert_close(again[1], first[1])
+
+
+def test_sequence_moments_equal_a_forward_pass_per_sequence():
+    """Batching by length and running a batch's shared prefix once (weighted by its rows) is exact."""
+    from unierase.edit.stats import sequence_moments
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    shared = [5, 6, 7, 8, 9, 10, 11]
+    sequences = [shared + [12, 13, 14], shared + [15], [20, 21, 22, 23, 24, 25], shared + [16, 17],
+                 [30, 31], shared + [18, 19, 20, 21, 22]]
+    moments, count = sequence_moments(model, adapter, [1, 2], sequences, tok.pad_token_id, batch_size=3)
+    assert count == sum(map(len, sequences))
+    for layer in (1, 2):
+        expected = torch.zeros_like(moments[layer])
+        for seq in sequences:
+            with trace(adapter.mlp_output(layer), keep_input=True) as rec, torch.no_grad():
+                model(input_ids=torch.tensor([seq]))
+            keys = rec.input[0].to(torch.float64)
+            expected += keys.T @ keys
+        torch.testing.assert_close(moments[layer], expected, rtol=1e-4, atol=1e-5)

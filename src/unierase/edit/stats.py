@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import stop_after
-from ..prompts import PINNED_DATE, encode_text, has_chat_template, render_prompt
+from ..generation import MIN_SHARED_PREFIX, shared_prefix_length
+from ..prompts import PINNED_DATE, encode_text, has_chat_template, pad_batch, render_prompt
 from . import corpus as corpus_module
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,13 @@ class KeyStatistics:
         return cov
 
 
-def add_moment(accumulator: torch.Tensor, keys: torch.Tensor) -> None:
-    """``accumulator += keysᵀ keys``: each batch's product in fp32 (where the keys are), the running
-    sum in fp64 on the CPU. fp32 is ample within one batch (its rounding is ~1e-7 of the largest
-    eigenvalue; the null space starts at 3e-3 of it) and twice as fast as fp64."""
+def add_moment(accumulator: torch.Tensor, keys: torch.Tensor, weight: float = 1.0) -> None:
+    """``accumulator += weight · keysᵀ keys``: each batch's product in fp32 (where the keys are), the
+    running sum in fp64 on the CPU. fp32 is ample within one batch (its rounding is ~1e-7 of the
+    largest eigenvalue; the null space starts at 3e-3 of it) and twice as fast as fp64."""
     keys = keys.float()
-    accumulator.add_((keys.T @ keys).to(device="cpu", dtype=torch.float64))
+    product = (keys.T @ keys).to(device="cpu", dtype=torch.float64)
+    accumulator.add_(product if weight == 1.0 else weight * product)
 
 
 def corpus_token_batches(tokenizer, num_tokens: int, max_length: int, batch_size: int, seed: int = 0):
@@ -91,46 +93,65 @@ def corpus_token_batches(tokenizer, num_tokens: int, max_length: int, batch_size
 
 
 @torch.no_grad()
-def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], *, num_tokens: int,
-                           max_length: int = 128, batch_size: int = 16, seed: int = 0,
-                           extra_texts: list[list[int]] | None = None, progress: bool = True) -> KeyStatistics:
-    """Σ k kᵀ of the MLP-output-projection inputs at ``layers`` over the corpus (and ``extra_texts``)."""
+def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequences: list[list[int]], pad_id: int, *,
+                     batch_size: int = 16, bar=None) -> tuple[dict[int, torch.Tensor], int]:
+    """Σ k kᵀ of the MLP-output-projection inputs at ``layers`` over every token of ``sequences``.
+
+    Exact, but cheaper than a forward pass per padded batch: sequences are batched by their first
+    tokens and length (little padding), and the prefix a batch shares (the chat template's system
+    turn, ~20 tokens of every chat document) runs once and counts once per row. The pass stops
+    after the deepest layer.
+    """
     device = model.get_input_embeddings().weight.device
     moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
-    deepest = max(layers)
-    count = 0
-    current_mask: dict[str, torch.Tensor] = {}
+    current: dict = {}
 
     def make_hook(layer):
         def hook(_module, args):
             keys = args[0].detach()
-            mask = current_mask["mask"].to(keys.device).bool()
-            add_moment(moments[layer], keys[mask])
+            add_moment(moments[layer], keys[current["mask"].to(keys.device).bool()], current["weight"])
         return hook
 
+    order = sorted(range(len(sequences)), key=lambda i: (sequences[i][:MIN_SHARED_PREFIX], len(sequences[i])))
+    count = 0
     handles = [adapter.mlp_output(l).register_forward_pre_hook(make_hook(l)) for l in layers]
-    bar = tqdm(total=num_tokens, desc="key statistics", unit="tok", disable=not progress)
     try:
-        batches = list(corpus_token_batches(tokenizer, num_tokens, max_length, batch_size, seed))
-        if extra_texts:
-            batches += [extra_texts[i: i + batch_size] for i in range(0, len(extra_texts), batch_size)]
-        for batch in batches:
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, seq in enumerate(batch):
-                ids[i, : len(seq)] = torch.tensor(seq)
-                mask[i, : len(seq)] = 1
-            current_mask["mask"] = mask
-            with stop_after(adapter.mlp_output(deepest)):
-                model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            n = int(mask.sum())
+        for start in range(0, len(order), batch_size):
+            batch = [sequences[i] for i in order[start: start + batch_size]]
+            common = shared_prefix_length(batch)
+            cache = None
+            if common:  # the shared prefix once, its keys weighted by the number of rows
+                current.update(mask=torch.ones(1, common), weight=float(len(batch)))
+                cache = model(input_ids=torch.tensor([batch[0][:common]], device=device), use_cache=True,
+                              logits_to_keep=1).cache
+                cache.batch_repeat_interleave(len(batch))
+            enc = pad_batch([seq[common:] for seq in batch], pad_id, left=True)
+            rest_mask = enc["attention_mask"]
+            current.update(mask=rest_mask, weight=1.0)
+            mask = torch.cat([torch.ones(len(batch), common, dtype=rest_mask.dtype), rest_mask], dim=1)
+            with stop_after(adapter.mlp_output(max(layers))):
+                model(input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device),
+                      position_ids=(common + rest_mask.cumsum(-1) - 1).clamp(min=0).to(device), cache=cache,
+                      use_cache=cache is not None)
+            n = sum(map(len, batch))
             count += n
-            bar.update(n)
+            if bar is not None:
+                bar.update(n)
     finally:
-        bar.close()
         for h in handles:
             h.remove()
+    return moments, count
+
+
+def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], *, num_tokens: int,
+                           max_length: int = 128, batch_size: int = 16, seed: int = 0,
+                           extra_texts: list[list[int]] | None = None, progress: bool = True) -> KeyStatistics:
+    """Σ k kᵀ of the MLP-output-projection inputs at ``layers`` over the corpus (and ``extra_texts``)."""
+    sequences = [seq for batch in corpus_token_batches(tokenizer, num_tokens, max_length, batch_size, seed) for seq in batch]
+    sequences += list(extra_texts or [])
+    with tqdm(total=sum(map(len, sequences)), desc="key statistics", unit="tok", disable=not progress) as bar:
+        moments, count = sequence_moments(model, adapter, layers, sequences, tokenizer.pad_token_id,
+                                          batch_size=batch_size, bar=bar)
     q_moments, q_count = accumulate_question_key_moments(model, tokenizer, adapter, layers, batch_size=batch_size * 2)
     return KeyStatistics(moments, count, corpus_module.CORPUS_ID, q_moments, q_count)
 
