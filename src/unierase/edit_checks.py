@@ -78,6 +78,9 @@ def retain_metrics(model, tokenizer, before: Snapshot, after: Snapshot, answers:
         "known_still_correct": len(still) / len(known) if known else None,
         "teacher_forced_agreement": sum(agreement) / n,
         "greedy_exact_match": sum(exact) / n,
+        "lowest_agreement": sorted(({"question": q, "agreement": round(a, 3)} for q, a in zip(before.questions, agreement)),
+                                   key=lambda row: row["agreement"])[:8],
+        "no_longer_correct": [before.questions[i] for i in known if i not in set(still)],
     }
 
 

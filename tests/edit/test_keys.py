@@ -28,3 +28,21 @@ def test_keys_with_a_shared_prefix_equal_keys_of_whole_prompts(arch):
         for t in range(p.key_index, len(p.input_ids)):
             torch.testing.assert_close(captured["k"][row, starts[row] + t], whole["k"][row, whole_starts[row] + t],
                                        atol=1e-5, rtol=1e-5)
+
+
+def test_keys_and_values_in_one_pass_match_separate_passes():
+    """Also when the key layer is the value layer: the block must finish before the pass stops."""
+    from unierase.edit.keys import request_keys_and_values
+    from unierase.edit.prompts import build_edit_prompts
+    from unierase.edit.values import current_values
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 1)]
+    for layer in (1, 2):
+        keys, values = request_keys_and_values(model, adapter, layer, 2, prompts, 2, tok.pad_token_id)
+        alone, _ = request_keys_and_values(model, adapter, layer, None, prompts, 2, tok.pad_token_id)
+        torch.testing.assert_close(keys, alone)
+        torch.testing.assert_close(values, current_values(model, adapter, 2, prompts, 2, tok.pad_token_id))

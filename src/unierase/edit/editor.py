@@ -19,7 +19,7 @@ from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
-from .keys import request_keys, token_keys
+from .keys import request_keys_and_values, token_keys
 from .prompts import EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update, memit_update
 from .state import EditState
@@ -219,11 +219,12 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    initial = current_values(model, adapter, z_layer, prompts, len(requests), pad)
+    initial = None
     residual_norms, update_norms = {}, {}
     for i, layer in enumerate(layers):
-        keys = request_keys(model, adapter, layer, prompts, len(requests), pad)
-        current = current_values(model, adapter, z_layer, prompts, len(requests), pad)
+        # one pass: this layer's keys and the values at z_layer after the layers edited so far
+        keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad)
+        initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
         if config.solver == "memit":
             covariance = config.covariance(stats, layer)

@@ -20,10 +20,11 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int, *, output: bool = False,
+def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int, *, output: bool | set = False,
                     batch_size: int = 32, shared_prefix: bool = True
                     ) -> Iterator[tuple[list[EditPrompt], dict, torch.Tensor, torch.Tensor]]:
-    """Run batches of prompts, recording each module's input (or ``output``).
+    """Run batches of prompts, recording each module's input (its output when ``output`` is True or
+    a set containing the module's name).
 
     Yields ``(chunk, captured, starts, key_index)``: ``captured[name]`` is batch × width × dim,
     token t of row r sits at column ``starts[r] + t`` and ``key_index`` is each prompt's key column.
@@ -34,7 +35,8 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
     """
     device = model.get_input_embeddings().weight.device
     order = {id(m): i for i, m in enumerate(model.modules())}
-    deepest = max(modules.values(), key=lambda m: order[id(m)])
+    # the module whose forward finishes last: a block finishes after everything inside it
+    deepest = max(modules.values(), key=lambda m: (max(order[id(x)] for x in m.modules()), -order[id(m)]))
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start: start + batch_size]
         common = (shared_prefix_length([p.input_ids for p in chunk], limit=min(p.key_index for p in chunk))
@@ -50,12 +52,13 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
         starts = torch.tensor([ids.shape[1] - len(p.input_ids) for p in chunk])
         key_idx = (starts + torch.tensor([p.key_index for p in chunk])).to(device)
         with contextlib.ExitStack() as stack:
-            records = {name: stack.enter_context(trace(m, keep_input=not output, keep_output=output))
+            outputs = {name: output is True or (isinstance(output, set) and name in output) for name in modules}
+            records = {name: stack.enter_context(trace(m, keep_input=not outputs[name], keep_output=outputs[name]))
                        for name, m in modules.items()}
             stack.enter_context(stop_after(deepest))
             model(input_ids=ids, attention_mask=mask, position_ids=(common + rest_mask.cumsum(-1) - 1).clamp(min=0),
                   cache=cache, use_cache=cache is not None)
-        captured = {name: (rec.output if output else rec.input) for name, rec in records.items()}
+        captured = {name: (rec.output if outputs[name] else rec.input) for name, rec in records.items()}
         yield chunk, captured, starts, key_idx
 
 
@@ -78,18 +81,31 @@ def token_keys(model, adapter: MLPOutputAdapter, layer: int, prompts: list[EditP
 def request_keys(model, adapter: MLPOutputAdapter, layer: int, prompts: list[EditPrompt], num_requests: int,
                  pad_id: int, batch_size: int = 32) -> torch.Tensor:
     """Key of each request (m × N): ½ the plain prompt's key + ½ the mean over prefixed variants."""
+    return request_keys_and_values(model, adapter, layer, None, prompts, num_requests, pad_id, batch_size)[0]
+
+
+def request_keys_and_values(model, adapter: MLPOutputAdapter, layer: int, z_layer: int | None, prompts: list[EditPrompt],
+                            num_requests: int, pad_id: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Keys of ``layer`` (m × N, as ``request_keys``) and, in the same pass, block ``z_layer``'s output
+    at each request's key token in its plain prompt (d × N; ``None`` without ``z_layer``)."""
+    modules = {"k": adapter.mlp_output(layer)}
+    if z_layer is not None:
+        modules["z"] = adapter.block(z_layer)
     plain = [None] * num_requests
+    values = [None] * num_requests
     prefixed: list[list[torch.Tensor]] = [[] for _ in range(num_requests)]
-    for chunk, captured, _, key_idx in capture_prompts(model, {layer: adapter.mlp_output(layer)}, prompts, pad_id,
-                                                        batch_size=batch_size):
-        keys = at_key(captured[layer], key_idx).float().cpu()
+    for chunk, captured, _, key_idx in capture_prompts(model, modules, prompts, pad_id, output={"z"}, batch_size=batch_size):
+        keys = at_key(captured["k"], key_idx).float().cpu()
+        z = at_key(captured["z"], key_idx).float().cpu() if z_layer is not None else None
         for row, p in enumerate(chunk):
             if p.variant == 0:
                 plain[p.request_index] = keys[row]
+                if z is not None:
+                    values[p.request_index] = z[row]
             else:
                 prefixed[p.request_index].append(keys[row])
     columns = []
     for r in range(num_requests):
         k = plain[r] if not prefixed[r] else 0.5 * plain[r] + 0.5 * torch.stack(prefixed[r]).mean(0)
         columns.append(k)
-    return torch.stack(columns, dim=1)
+    return torch.stack(columns, dim=1), (torch.stack(values, dim=1) if z_layer is not None else None)
