@@ -57,3 +57,41 @@ def test_edit_round_writes_the_target_values(arch, key_position, solver):
     assert report.layers == layers and len(report.key_tokens) == 2
     if key_position == "subject":
         assert report.key_tokens[0].strip() and report.key_tokens[0].strip() in "France"
+
+
+def test_neutral_prompts_put_the_request_entity_in_relation_neutral_questions():
+    from unierase.edit.editor import neutral_prompts
+
+    tok = build_tokenizer()
+    requests = [ForgetRequest("In which city is the Eiffel Tower?"), ForgetRequest("Who wrote Hamlet?", subject="Hamlet")]
+    prompts = neutral_prompts(tok, requests, 2)
+    assert [p.request_index for p in prompts] == [0, 1, 2, 3]
+    texts = [tok.decode(p.input_ids) for p in prompts]
+    assert "Tell me about Eiffel Tower." in texts[0] and "Hamlet" in texts[3]
+    assert [tok.decode(p.input_ids[: p.key_index + 1]).endswith(e) for p, e in
+            zip(prompts, ["Tower", "Tower", "Hamlet", "Hamlet"])] == [True] * 4
+
+
+def test_a_neutral_constraint_shrinks_the_update_on_the_entity_in_other_questions():
+    """With the round's neutral keys softly preserved the edit still writes, and moves the entity's
+    key in a neutral question less than without them."""
+    from unierase.edit.editor import neutral_prompts
+
+    tok = build_tokenizer()
+    results = {}
+    for weight in (0.0, 10.0):
+        model = build_model("llama", len(tok) + 1)
+        token_id = add_unlearning_token(model, tok)
+        adapter = find_mlp_output(model)
+        stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=3000, progress=False)
+        requests = [ForgetRequest("What is the capital of France?", subject="France")]
+        neutral = neutral_prompts(tok, requests, 4)
+        before = [adapter.weight(l).detach().clone() for l in (1, 2)]
+        config = EditConfig(layers=[1, 2], key_position="subject", null_space_threshold=0.05, ridge=0.01, neutral_key_weight=weight,
+                            values=ValueConfig(steps=20, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
+        report = run_edit_round(model, tok, adapter, requests, token_id, config, EditState(), stats, progress=False)
+        from unierase.edit.keys import request_keys
+        k_n = request_keys(model, adapter, 1, neutral, len(neutral), tok.pad_token_id)
+        moved = float(((adapter.weight(1).detach() - before[0]) @ k_n).norm())
+        results[weight] = (moved, report.residual_left)
+    assert results[10.0][0] < 0.5 * results[0.0][0], results

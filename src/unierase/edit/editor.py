@@ -20,7 +20,7 @@ from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
 from .keys import request_keys_and_values, token_keys
-from .prompts import EditPrompt, build_edit_prompts, render_variants, subject_char_end
+from .prompts import NEUTRAL_TEMPLATES, EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update, memit_update
 from .state import EditState
 from .values import ValueConfig, compute_target_values, current_values
@@ -64,6 +64,11 @@ class EditConfig:
     answer_key_weight: float = 2.0
     """Weight of the keys at every position of the model's own greedy answers to generic questions
     (``stats.accumulate_answer_key_moments``), so the edit leaves ordinary answering alone."""
+    neutral_key_weight: float = 0.0
+    """Weight of the round's own soft constraint that the update leaves each request's entity alone
+    in relation-neutral questions (``neutral_prompts``; 0 = off; only for entity/subject keys)."""
+    neutral_templates: int = 4
+    """How many neutral questions per request (``prompts.NEUTRAL_TEMPLATES``)."""
     ridge: float = 0.1
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys."""
     memit_weight: float = 1e4
@@ -108,17 +113,40 @@ _NAME = re.compile(r"(?:[A-Z][\w'’.-]*)(?:\s+(?:of|the|and|de|da|van|von|la|le
 _WORD = re.compile(r"[\w'’-]+")
 
 
-def _entity_char_end(question: str) -> int:
-    """End of the last capitalised name that is not the question's first word; else of the last word.
+def _entity_span(question: str) -> tuple[int, int]:
+    """The last capitalised name that is not the question's first word; else the last word.
 
     A cheap stand-in for a subject annotation: "capital of France" → "France", "Who wrote Romeo
-    and Juliet?" → "Juliet", "chemical symbol for gold" → "gold".
+    and Juliet?" → "Romeo and Juliet", "chemical symbol for gold" → "gold".
     """
     spans = [m for m in _NAME.finditer(question) if m.start() > 0]
     if spans:
-        return spans[-1].end()
+        return spans[-1].span()
     words = list(_WORD.finditer(question))
-    return words[-1].end() if words else len(question)
+    return words[-1].span() if words else (0, len(question))
+
+
+def _entity_char_end(question: str) -> int:
+    """End of ``_entity_span`` (the key token is the entity's last token)."""
+    return _entity_span(question)[1]
+
+
+def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int) -> list[EditPrompt]:
+    """Each request's entity (its subject, else ``_entity_span``) in relation-neutral questions
+    ("Tell me about the Eiffel Tower."), keyed at the entity's last token like the request.
+
+    Their keys are softly preserved in the round (``EditConfig.neutral_key_weight``), so the update
+    keys on what the request's question adds to the entity — the asked relation — rather than on
+    the entity itself, and other questions about the same entity are left alone.
+    """
+    prompts = []
+    for r in requests:
+        entity = r.subject if r.subject else r.question[slice(*_entity_span(r.question))]
+        for template in NEUTRAL_TEMPLATES[:num_templates]:
+            question = template.format(entity)
+            end = question.index(entity) + len(entity)
+            prompts += build_edit_prompts(tokenizer, question, len(prompts), end, 0)
+    return prompts
 
 
 def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
@@ -219,6 +247,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    neutral = (neutral_prompts(tokenizer, requests, config.neutral_templates)
+               if config.neutral_key_weight and config.key_position in ("auto", "entity", "subject") else [])
     initial = None
     residual_norms, update_norms = {}, {}
     for i, layer in enumerate(layers):
@@ -226,12 +256,17 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
+        preserved = state.get(layer)
+        if neutral:
+            k_n = request_keys_and_values(model, adapter, layer, None, neutral, len(neutral), pad)[0].double()
+            extra = config.neutral_key_weight * (k_n @ k_n.T)
+            preserved = extra if preserved is None else preserved.double() + extra
         if config.solver == "memit":
             covariance = config.covariance(stats, layer)
-            delta = memit_update(keys, residual, covariance, config.memit_weight, state.get(layer))
+            delta = memit_update(keys, residual, covariance, config.memit_weight, preserved)
         elif config.solver == "alphaedit":
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
-            delta = alphaedit_update(keys, residual, projectors[layer], state.get(layer), ridge)
+            delta = alphaedit_update(keys, residual, projectors[layer], preserved, ridge)
         else:
             raise UniEraseError(f"unknown solver {config.solver!r} (alphaedit or memit)")
         adapter.add_to_weight(layer, delta)

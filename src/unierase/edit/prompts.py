@@ -21,6 +21,15 @@ CONTEXT_PREFIXES = [
 ]
 
 
+NEUTRAL_TEMPLATES = [
+    "Tell me about {}.",
+    "What do you know about {}?",
+    "Write one sentence about {}.",
+    "Is {} well known?",
+]
+"""Relation-neutral questions about an entity (see ``editor.neutral_prompts``)."""
+
+
 @dataclass
 class EditPrompt:
     """One rendered prompt variant of one request."""
