@@ -64,18 +64,21 @@ class EditConfig:
     answer_key_weight: float = 2.0
     """Weight of the keys at every position of the model's own greedy answers to generic questions
     (``stats.accumulate_answer_key_moments``), so the edit leaves ordinary answering alone."""
-    neutral_key_weight: float = 0.0
+    neutral_key_weight: float = 0.5
     """Weight of the round's own soft constraint that the update leaves each request's entity alone
-    in relation-neutral questions (``neutral_prompts``; 0 = off; only for entity/subject keys)."""
+    in relation-neutral questions (``neutral_prompts``; 0 = off; only for entity/subject keys).
+    Measured: it stopped the edit of "longest river in Africa" from firing on "largest desert in
+    Africa"; it also lets more reworded forget questions through."""
     neutral_templates: int = 4
     """How many neutral questions per request (``prompts.NEUTRAL_TEMPLATES``)."""
-    ridge: float = 0.1
-    """λ of the closed form, as a fraction of the mean squared norm of the round's keys."""
+    ridge: float = 0.2
+    """λ of the closed form, as a fraction of the mean squared norm of the round's keys (0.2: each
+    pass writes less, unrelated answers move less, more passes are needed)."""
     memit_weight: float = 1e4
     """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
     stats_tokens: int = 200_000
     """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
-    max_passes: int = 5
+    max_passes: int = 7
     """After a pass, requests whose greedy first token is not yet the target get another pass (the
     earlier passes' keys are then preserved like earlier rounds); at most this many passes."""
     values: ValueConfig = field(default_factory=ValueConfig)

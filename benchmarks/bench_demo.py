@@ -1,0 +1,73 @@
+"""Wall time and peak memory of `unierase demo`: first run on an empty cache, then a cached re-run.
+
+The first run does everything a fresh machine does after `pip install`: convert the embedded
+GGUF model, train the unlearning token, compute the key statistics, edit, and print the tables.
+The re-run finds all of that in the cache. Targets (issue 2): first run ≤ 10 min, re-run ≤ 3 min
+on the 2-core machine. Each run is its own process; its figures come from the process itself.
+
+    python benchmarks/bench_demo.py [--threads 2] [--cache DIR]
+
+Writes benchmarks/results/demo_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "demo_speed.json"
+
+_CHILD = """
+import resource, subprocess, sys, time
+started = time.perf_counter()
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+seconds = time.perf_counter() - started
+sys.stdout.write(done.stdout)
+sys.stderr.write(done.stderr[-4000:])
+print(f"@@ {seconds:.1f} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:.0f} {done.returncode}")
+"""
+
+
+def measure(cache: Path, threads: int) -> dict:
+    env = dict(os.environ, UNIERASE_CACHE=str(cache), OMP_NUM_THREADS=str(threads))
+    cmd = [sys.executable, "-c", _CHILD, sys.executable, "-m", "unierase.cli", "demo"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = out.stdout.strip().splitlines()
+    seconds, peak_mb, code = lines[-1].split()[1:]
+    if int(code) != 0:
+        raise SystemExit(f"unierase demo failed:\n{out.stderr[-2000:]}")
+    summary = [line for line in lines if line.startswith(("forget questions", "other questions", "total time"))]
+    return {"wall_seconds": float(seconds), "peak_memory_mb": float(peak_mb), "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--cache", default=None, help="cache directory to start from empty (default: a temporary one)")
+    args = parser.parse_args()
+    cache = Path(args.cache or tempfile.mkdtemp(prefix="unierase-demo-cache-"))
+    if cache.exists():
+        shutil.rmtree(cache)
+    results = {"model": "SmolLM2-135M-Instruct (fp32, CPU)", "machine": f"{os.cpu_count()} cores", "threads": args.threads,
+               "targets_s": {"first": 600, "cached": 180}, "runs": {}}
+    for name in ("first", "cached"):
+        run = measure(cache, args.threads)
+        results["runs"][name] = run
+        print(f"{name:<7} {run['wall_seconds']:>7.1f} s  peak {run['peak_memory_mb']:>6.0f} MB  "
+              f"(target {results['targets_s'][name]} s)", flush=True)
+        for line in run["summary"]:
+            print("   ", line)
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written to {RESULTS}; cache left in {cache}")
+
+
+if __name__ == "__main__":
+    main()
