@@ -49,18 +49,15 @@ def shared_prefix_length(sequences: list[list[int]], limit: int | None = None) -
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def prefill(model, sequences: list[list[int]], pad_id: int, *, logits_to_keep: int | torch.Tensor = 1,
-            max_shared: int | None = None):
-    """Forward a batch of token sequences with a key/value cache; the prefix all of them share (a
-    chat template's system turn, typically half of a short question's prompt) runs once, not per row.
+def shared_layout(model, sequences: list[list[int]], pad_id: int, common: int):
+    """Run the first ``common`` tokens (shared by every sequence) once as a key/value cache repeated
+    for each row, and lay out the rest as ``[shared prefix][left padding][rest of the row]``.
 
-    Layout: ``[shared prefix][left padding][rest of the row]``; the attention mask hides the padding
-    and positions skip it, so every row gets the states of its own unpadded sequence. Returns
-    ``(output, attention mask over the cache, width of the shared part)``; logits cover the rows'
-    own part only, so ``max_shared`` keeps positions whose logits are needed out of the shared part.
+    Returns ``(cache or None, rest ids, attention mask over shared + rest, rest positions)``; the
+    mask hides the padding and positions skip it, so every row gets the states of its own
+    unpadded sequence.
     """
     device = model.get_input_embeddings().weight.device
-    common = shared_prefix_length(sequences, max_shared)
     cache = None
     if common:
         cache = model(input_ids=torch.tensor([sequences[0][:common]], device=device), use_cache=True,
@@ -69,8 +66,21 @@ def prefill(model, sequences: list[list[int]], pad_id: int, *, logits_to_keep: i
     enc = pad_batch([s[common:] for s in sequences], pad_id, left=True)
     rest_ids, rest_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     mask = torch.cat([torch.ones(len(sequences), common, dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
-    positions = (common + rest_mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=rest_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+    return cache, rest_ids, mask, (common + rest_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def prefill(model, sequences: list[list[int]], pad_id: int, *, logits_to_keep: int | torch.Tensor = 1,
+            max_shared: int | None = None):
+    """Forward a batch of token sequences with a key/value cache; the prefix all of them share (a
+    chat template's system turn, typically half of a short question's prompt) runs once, not per row
+    (``shared_layout``).
+
+    Returns ``(output, attention mask over the cache, width of the shared part)``; logits cover the
+    rows' own part only, so ``max_shared`` keeps positions whose logits are needed out of the shared part.
+    """
+    common = shared_prefix_length(sequences, max_shared)
+    cache, ids, mask, positions = shared_layout(model, sequences, pad_id, common)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
                 logits_to_keep=logits_to_keep)
     return out, mask, common
 

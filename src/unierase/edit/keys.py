@@ -7,10 +7,9 @@ from typing import Iterator
 
 import torch
 
-from ..generation import shared_prefix_length
+from ..generation import shared_layout, shared_prefix_length
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import stop_after, trace
-from ..prompts import pad_batch
 from .prompts import EditPrompt
 
 
@@ -41,23 +40,15 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
         chunk = prompts[start: start + batch_size]
         common = (shared_prefix_length([p.input_ids for p in chunk], limit=min(p.key_index for p in chunk))
                   if shared_prefix else 0)
-        cache = None
-        if common:
-            cache = model(input_ids=torch.tensor([chunk[0].input_ids[:common]], device=device), use_cache=True,
-                          logits_to_keep=1).cache
-            cache.batch_repeat_interleave(len(chunk))
-        enc = pad_batch([p.input_ids[common:] for p in chunk], pad_id, left=True)
-        ids, rest_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
-        mask = torch.cat([torch.ones(len(chunk), common, dtype=rest_mask.dtype, device=device), rest_mask], dim=1)
+        cache, ids, mask, positions = shared_layout(model, [p.input_ids for p in chunk], pad_id, common)
         starts = torch.tensor([ids.shape[1] - len(p.input_ids) for p in chunk])
         key_idx = (starts + torch.tensor([p.key_index for p in chunk])).to(device)
+        outputs = {name: output is True or (isinstance(output, set) and name in output) for name in modules}
         with contextlib.ExitStack() as stack:
-            outputs = {name: output is True or (isinstance(output, set) and name in output) for name in modules}
             records = {name: stack.enter_context(trace(m, keep_input=not outputs[name], keep_output=outputs[name]))
                        for name, m in modules.items()}
             stack.enter_context(stop_after(deepest))
-            model(input_ids=ids, attention_mask=mask, position_ids=(common + rest_mask.cumsum(-1) - 1).clamp(min=0),
-                  cache=cache, use_cache=cache is not None)
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None)
         captured = {name: (rec.output if outputs[name] else rec.input) for name, rec in records.items()}
         yield chunk, captured, starts, key_idx
 

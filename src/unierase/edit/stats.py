@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import stop_after
-from ..generation import MIN_SHARED_PREFIX, shared_prefix_length
-from ..prompts import PINNED_DATE, encode_text, has_chat_template, pad_batch, render_prompt
+from ..generation import MIN_SHARED_PREFIX, shared_layout, shared_prefix_length
+from ..prompts import PINNED_DATE, encode_text, has_chat_template, render_prompt
 from . import corpus as corpus_module
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,6 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
     turn, ~20 tokens of every chat document) runs once and counts once per row. The pass stops
     after the deepest layer.
     """
-    device = model.get_input_embeddings().weight.device
     moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
     current: dict = {}
 
@@ -119,20 +118,12 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
         for start in range(0, len(order), batch_size):
             batch = [sequences[i] for i in order[start: start + batch_size]]
             common = shared_prefix_length(batch)
-            cache = None
-            if common:  # the shared prefix once, its keys weighted by the number of rows
-                current.update(mask=torch.ones(1, common), weight=float(len(batch)))
-                cache = model(input_ids=torch.tensor([batch[0][:common]], device=device), use_cache=True,
-                              logits_to_keep=1).cache
-                cache.batch_repeat_interleave(len(batch))
-            enc = pad_batch([seq[common:] for seq in batch], pad_id, left=True)
-            rest_mask = enc["attention_mask"]
-            current.update(mask=rest_mask, weight=1.0)
-            mask = torch.cat([torch.ones(len(batch), common, dtype=rest_mask.dtype), rest_mask], dim=1)
+            # the shared prefix runs once (inside shared_layout), its keys weighted by the number of rows
+            current.update(mask=torch.ones(1, common), weight=float(len(batch)))
+            cache, ids, mask, positions = shared_layout(model, batch, pad_id, common)
+            current.update(mask=mask[:, common:], weight=1.0)
             with stop_after(adapter.mlp_output(max(layers))):
-                model(input_ids=enc["input_ids"].to(device), attention_mask=mask.to(device),
-                      position_ids=(common + rest_mask.cumsum(-1) - 1).clamp(min=0).to(device), cache=cache,
-                      use_cache=cache is not None)
+                model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None)
             n = sum(map(len, batch))
             count += n
             if bar is not None:
