@@ -64,3 +64,19 @@ def build_model(arch: str, vocab: int, seed: int = 0):
     model = AutoModelForCausalLM.from_config(_configs(vocab)[arch])
     model.eval()
     return model
+
+
+EDIT_QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?"]
+
+
+def tiny_edit_setup(arch: str = "llama", num_prefixes: int = 1, questions: list[str] | None = None):
+    """(tokenizer, model, adapter, edit prompts) for value/key tests: each question keyed at its
+    last character, with ``num_prefixes`` prefixed variants."""
+    from unierase.edit.prompts import build_edit_prompts
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    model = build_model(arch, len(tok))
+    questions = questions or EDIT_QUESTIONS
+    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, num_prefixes)]
+    return tok, model, find_mlp_output(model), prompts

@@ -32,15 +32,11 @@ def test_keys_with_a_shared_prefix_equal_keys_of_whole_prompts(arch):
 
 def test_keys_and_values_in_one_pass_match_separate_passes():
     """Also when the key layer is the value layer: the block must finish before the pass stops."""
+    from tiny_models import tiny_edit_setup
     from unierase.edit.keys import request_keys_and_values
-    from unierase.edit.prompts import build_edit_prompts
     from unierase.edit.values import current_values
 
-    tok = build_tokenizer()
-    model = build_model("llama", len(tok))
-    adapter = find_mlp_output(model)
-    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
-    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 1)]
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=1)
     for layer in (1, 2):
         keys, values = request_keys_and_values(model, adapter, layer, 2, prompts, 2, tok.pad_token_id)
         alone, _ = request_keys_and_values(model, adapter, layer, None, prompts, 2, tok.pad_token_id)

@@ -83,14 +83,10 @@ def test_a_group_subset_scores_like_a_group_built_from_those_rows():
 
 
 def test_the_value_optimisation_leaves_weights_without_gradients_and_restores_their_flags():
+    from tiny_models import tiny_edit_setup
     from unierase.edit.values import ValueConfig, compute_target_values
-    from unierase.models.adapters import find_mlp_output
 
-    tok = build_tokenizer()
-    model = build_model("llama", len(tok))
-    adapter = find_mlp_output(model)
-    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
-    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 1)]
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=1)
     compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, ValueConfig(steps=2), progress=False,
                           continuations=[[11, 12], [13]])
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
@@ -104,13 +100,9 @@ from tiny_models import ARCHITECTURES
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_replaying_the_lower_blocks_gives_the_full_pass_logits_and_gradient(arch):
     """Blocks up to the value layer are skipped (their output replayed) — same logits, same ∂/∂δ."""
-    from unierase.models.adapters import find_mlp_output
+    from tiny_models import tiny_edit_setup
 
-    tok = build_tokenizer()
-    model = build_model(arch, len(tok))
-    adapter = find_mlp_output(model)
-    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
-    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    tok, model, adapter, prompts = tiny_edit_setup(arch, num_prefixes=0)
     group = _Group(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[7, 11, 12], [7, 14]], adapter, 2)
     assert group.replay, f"{arch}: replay fell back to full passes"
     torch.manual_seed(1)
