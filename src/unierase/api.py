@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .edit.editor import EditConfig, build_projectors, run_edit_round
+from .edit.editor import EditConfig, run_edit_passes
 from .edit.state import EditState
-from .generation import first_token_ids
 from .edit.stats import cached_refusal_key_moments, get_key_statistics
 from .models.adapters import find_mlp_output
 from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
@@ -155,19 +154,8 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     timings["statistics"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    projectors = build_projectors(stats, edit_layers, config)  # once for all passes
-    pending, passes = list(reqs), []
-    for _ in range(max(1, config.max_passes)):
-        report = run_edit_round(model, tokenizer, adapter, pending, token.token_id, config, state, stats, progress=progress,
-                                projectors=projectors)
-        if not passes:
-            key_tokens = report.key_tokens
-        firsts = first_token_ids(model, tokenizer, [r.question for r in pending])
-        passes.append({"requests": len(pending), "reached": sum(f == token.token_id for f in firsts),
-                       "timings_s": report.timings_s, "values": report.values})
-        pending = [r for r, f in zip(pending, firsts) if f != token.token_id]
-        if not pending:
-            break
+    result = run_edit_passes(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress)
+    passes, report = result.passes, result.last
     timings["edit"] = time.perf_counter() - started
     for name in passes[0]["timings_s"]:
         timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
@@ -179,12 +167,12 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
         "requests": [dict(sha256=r.digest(), **(r.to_dict() if record_texts else {})) for r in reqs],
         "source": source,
         "layers": edit_layers,
-        "key_tokens": key_tokens if record_texts else None,
+        "key_tokens": result.key_tokens if record_texts else None,
         "hyperparameters": config.to_dict(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "passes": passes,
-        "not_reached": [r.digest() for r in pending],
+        "not_reached": [r.digest() for r in result.not_reached],
         "null_space_dims": report.null_dims,
         "update_norms": report.update_norms,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

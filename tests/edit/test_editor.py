@@ -95,3 +95,31 @@ def test_a_neutral_constraint_shrinks_the_update_on_the_entity_in_other_question
         moved = float(((adapter.weight(1).detach() - before[0]) @ k_n).norm())
         results[weight] = (moved, report.residual_left)
     assert results[10.0][0] < 0.5 * results[0.0][0], results
+
+
+@pytest.mark.parametrize("preserve_each_pass", [True, False])
+def test_edit_passes_preserve_each_requests_keys(preserve_each_pass):
+    """Several passes: the state ends up holding the requests' keys — every pass's keys, or each
+    request's last keys once (``preserve_each_pass=False``); the manifest's pass records add up."""
+    from unierase.edit.editor import run_edit_passes
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    adapter = find_mlp_output(model)
+    stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=3000, progress=False)
+    requests = [ForgetRequest("What is the capital of France?", subject="France"),
+                ForgetRequest("Who wrote Hamlet?", subject="Hamlet")]
+    config = EditConfig(layers=[1, 2], key_position="subject", null_space_threshold=0.05, ridge=0.01, max_passes=3,
+                        neutral_key_weight=0.0, preserve_each_pass=preserve_each_pass,
+                        values=ValueConfig(steps=3, lr=0.5, clamp_factor=0.5, continuation_weight=0.0))
+    state = EditState()
+    result = run_edit_passes(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
+    # a tiny random model does not reach [UNL] in 3 short passes: both requests run every pass
+    assert [(p["requests"], p["reached"]) for p in result.passes] == [(2, 0)] * 3, result.passes
+    assert [r.question for r in result.not_reached] == [r.question for r in requests]
+    # layer 1's keys do not depend on the edits (its own projection's input, nothing edited below)
+    keys = result.last.keys[1].double()
+    copies = 3 if preserve_each_pass else 1
+    torch.testing.assert_close(state.get(1), copies * keys @ keys.T)
+    assert set(state.previous_keys) == {1, 2}

@@ -42,3 +42,14 @@ def test_keys_and_values_in_one_pass_match_separate_passes():
         alone, _ = request_keys_and_values(model, adapter, layer, None, prompts, 2, tok.pad_token_id)
         torch.testing.assert_close(keys, alone)
         torch.testing.assert_close(values, current_values(model, adapter, 2, prompts, 2, tok.pad_token_id))
+
+
+def test_keys_of_several_layers_in_one_pass_match_one_layer_at_a_time():
+    from tiny_models import tiny_edit_setup
+    from unierase.edit.keys import request_keys_and_values, request_keys_at
+
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=1)
+    together = request_keys_at(model, adapter, [0, 1, 2], prompts, 2, tok.pad_token_id)
+    assert sorted(together) == [0, 1, 2]
+    for layer, keys in together.items():
+        torch.testing.assert_close(keys, request_keys_and_values(model, adapter, layer, None, prompts, 2, tok.pad_token_id)[0])

@@ -3,8 +3,8 @@ layer's output unchanged."""
 
 import torch
 
-from unierase.edit.solve import alphaedit_update, memit_update
-from unierase.edit.stats import null_space_projector
+from unierase.edit.solve import alphaedit_update, alphaedit_update_in_basis, memit_update
+from unierase.edit.stats import null_space_basis, null_space_projector
 
 
 def _setup(seed=0, m=48, d=16, rank=30, n_edit=5):
@@ -50,6 +50,22 @@ def test_alphaedit_respects_previous_edits():
     # ... while still (mostly) writing the new residuals (measured on the already-updated layer)
     assert ((second @ keys[:, 3:]) - residuals[:, 3:]).norm() < 0.2 * residuals[:, 3:].norm()
     assert first.abs().max() > 0
+
+
+def test_the_update_solved_in_the_free_subspace_equals_the_full_closed_form():
+    """ΔW = Y Ûᵀ from the r × r system is the m × m closed form with P = Û Ûᵀ, with and without
+    earlier edits; it is exactly zero on the preserved subspace."""
+    preserved_basis, preserved_keys, cov, keys, residuals = _setup()
+    basis = null_space_basis(cov, relative_threshold=1e-8)
+    p, dim = null_space_projector(cov, relative_threshold=1e-8)
+    assert basis.shape == (48, dim)
+    previous = keys[:, :3] @ keys[:, :3].T
+    for earlier in (None, previous):
+        for ridge in (1.0, 1e-3):
+            full = alphaedit_update(keys[:, 3:], residuals[:, 3:], p, earlier, ridge=ridge)
+            fast = alphaedit_update_in_basis(keys[:, 3:], residuals[:, 3:], basis, earlier, ridge=ridge)
+            torch.testing.assert_close(fast, full, atol=1e-9, rtol=1e-7)
+            assert (fast @ preserved_basis).abs().max() < 1e-12
 
 
 def test_memit_solves_the_regularised_least_squares():

@@ -65,6 +65,28 @@ def test_a_request_that_reached_its_target_leaves_the_batch_with_its_delta_kept(
     assert report.steps_per_request[1] > 1 and report.delta_norm_ratio[1] > 0
 
 
+def test_a_warm_start_at_a_reached_target_keeps_it_and_stops_after_one_step():
+    """A further edit pass starts δ at the previous pass's target: a request that target still serves
+    leaves after one step with exactly that target; one with no start target optimises from δ = 0."""
+    from tiny_models import tiny_edit_setup
+    from unierase.edit.values import ValueConfig, compute_target_values
+
+    torch.manual_seed(0)
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=0)
+    config = ValueConfig(steps=10, lr=0.5, stop_loss=0.0, continuation_weight=0.0, clamp_factor=10.0, weight_decay=0.0,
+                         kl_weight=0.0)
+    z, h0, first = compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, config, progress=False)
+    start = min(first.initial_nll)
+    assert first.final_nll[0] + 0.2 < start, first
+    config.stop_loss = (first.final_nll[0] + start) / 2  # reached at z, by neither request at δ = 0
+    again, h0_again, warm = compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, config,
+                                                  progress=False, start_targets=[z[:, 0], None])
+    torch.testing.assert_close(h0_again, h0)
+    assert warm.steps_per_request[0] == 1 and warm.initial_nll[0] < config.stop_loss, warm
+    torch.testing.assert_close(again[:, 0], z[:, 0])
+    assert warm.initial_nll[1] == first.initial_nll[1] and warm.steps_per_request[1] > 1
+
+
 def test_a_group_subset_scores_like_a_group_built_from_those_rows():
     """Requests leaving the optimisation: row-selecting the cached prefix equals rebuilding it."""
     tok = build_tokenizer()

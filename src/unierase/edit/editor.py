@@ -19,9 +19,9 @@ from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
-from .keys import request_keys_and_values, token_keys
+from .keys import request_keys_and_values, request_keys_at, token_keys
 from .prompts import NEUTRAL_TEMPLATES, EditPrompt, build_edit_prompts, render_variants, subject_char_end
-from .solve import alphaedit_update, memit_update
+from .solve import alphaedit_update_in_basis, memit_update
 from .state import EditState
 from .values import ValueConfig, compute_target_values, current_values
 
@@ -79,8 +79,15 @@ class EditConfig:
     stats_tokens: int = 200_000
     """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
     max_passes: int = 7
-    """After a pass, requests whose greedy first token is not yet the target get another pass (the
-    earlier passes' keys are then preserved like earlier rounds); at most this many passes."""
+    """After a pass, requests whose greedy first token is not yet the target get another pass; at
+    most this many passes."""
+    warm_start: bool = True
+    """A further pass starts each request's δ at the target its previous pass computed (a request
+    the previous target still serves leaves the value optimisation after one step)."""
+    preserve_each_pass: bool = True
+    """True: every pass's keys join the preserved term K_p K_pᵀ from the next pass on, also those of
+    requests still pending (their own further updates then shrink pass by pass). False: a request's
+    keys (of its last pass) are preserved once it reached the target or the round ended."""
     values: ValueConfig = field(default_factory=ValueConfig)
 
     def resolved_layers(self, num_layers: int) -> list[int]:
@@ -110,6 +117,10 @@ class RoundReport:
     residual_left: float
     """‖Z − H_after‖ / ‖Z − H_before‖ at the last edited layer, averaged over requests: how much of the
     target change the closed-form update did not write (0 = all of it)."""
+    targets: torch.Tensor | None = field(default=None, repr=False)
+    """Z (d × N): the target values this round wrote towards (a warm start for a further pass)."""
+    keys: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    """Layer → the keys (m × N) the update was solved for."""
 
 
 _NAME = re.compile(r"(?:[A-Z][\w'’.-]*)(?:\s+(?:of|the|and|de|da|van|von|la|le)?\s*[A-Z0-9][\w'’.-]*)*")
@@ -153,7 +164,7 @@ def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int
 
 
 def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
-                     first_layer: int, projector: torch.Tensor | None) -> list[int | None]:
+                     first_layer: int, basis: torch.Tensor | None) -> list[int | None]:
     """Character end (inside the question) of each request's key token; ``None`` = last prompt token."""
     if mode not in KEY_POSITIONS:
         raise UniEraseError(f"unknown key position {mode!r} (choose from {', '.join(KEY_POSITIONS)})")
@@ -174,67 +185,123 @@ def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list
             ends.append(None)
             pending.append(i)
     if pending:
-        if projector is None:
-            raise UniEraseError("key position 'distinct' needs the preserved-key projector")
+        if basis is None:
+            raise UniEraseError("key position 'distinct' needs the null-space basis of the preserved keys")
         for i in pending:
-            ends[i] = _most_distinct_token(model, tokenizer, adapter, requests[i].question, first_layer, projector)
+            ends[i] = _most_distinct_token(model, tokenizer, adapter, requests[i].question, first_layer, basis)
     return ends
 
 
-def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, projector: torch.Tensor) -> int:
-    """The question token whose key has the largest share ‖P k‖² / ‖k‖² in the free subspace.
+def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, basis: torch.Tensor) -> int:
+    """The question token whose key has the largest share ‖Ûᵀ k‖² / ‖k‖² in the free subspace.
 
     The first word is skipped (its token depends on what precedes the question).
     """
     ids, offsets, q_start = render_variants(tokenizer, question, num_prefixes=0)[0]
     keys = token_keys(model, adapter, layer, [EditPrompt(0, 0, ids, len(ids) - 1, (0, len(ids)))], tokenizer.pad_token_id)[0]
-    p = projector.to(torch.float32)
+    u = basis.to(torch.float32)
     best, best_score = None, -1.0
     first_word_end = q_start + (question.find(" ") if " " in question else len(question))
     for t, (s, e) in enumerate(offsets):
         if s < first_word_end or e > q_start + len(question) or e <= s:
             continue
         k = keys[t]
-        score = float((p @ k).norm() ** 2 / k.norm().clamp(min=1e-12) ** 2)
+        score = float((u.T @ k).norm() ** 2 / k.norm().clamp(min=1e-12) ** 2)
         if score > best_score:
             best, best_score = e - q_start, score
     return best if best is not None else len(question)
 
 
-def build_projectors(stats, layers: list[int], config: EditConfig) -> dict[int, tuple[torch.Tensor, int]]:
-    """Layer → (null-space projector, null dimension); empty when neither the solver nor the key choice needs it.
+def null_space_bases(stats, layers: list[int], config: EditConfig) -> dict[int, torch.Tensor]:
+    """Layer → basis Û (m × r) of the null space of C₀; empty when neither the solver nor the key
+    choice needs it.
 
     Depends only on the statistics and the config, so a caller running several rounds or passes
     computes it once and passes it to ``run_edit_round``.
     """
     if config.solver != "alphaedit" and config.key_position != "distinct":
         return {}
-    from .stats import null_space_projector
+    from .stats import null_space_basis
 
-    return {layer: null_space_projector(config.covariance(stats, layer),
-                                        relative_threshold=config.null_space_threshold) for layer in layers}
+    return {layer: null_space_basis(config.covariance(stats, layer), relative_threshold=config.null_space_threshold)
+            for layer in layers}
+
+
+@dataclass
+class PassesResult:
+    """What ``run_edit_passes`` did: one record per pass, the requests never reached, the last pass."""
+
+    passes: list[dict]
+    not_reached: list[ForgetRequest]
+    key_tokens: list[str]
+    last: RoundReport
+
+
+def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
+                    config: EditConfig, state: EditState, stats, *, progress: bool = True) -> PassesResult:
+    """Edit rounds until every request's greedy first answer token is ``target_id`` (at most
+    ``config.max_passes``); each further pass covers only the requests not reached yet.
+
+    ``state`` ends up holding every request's keys (see ``EditConfig.preserve_each_pass``).
+    """
+    from ..generation import first_token_ids
+
+    bases = null_space_bases(stats, config.resolved_layers(adapter.num_layers), config)  # once for all passes
+    pending = list(range(len(requests)))
+    targets: list[torch.Tensor | None] = [None] * len(requests)
+    last_keys: dict[int, dict[int, torch.Tensor]] = {}
+    passes, key_tokens, report = [], [], None
+
+    def preserve(indices: list[int]) -> None:
+        for layer in (last_keys[indices[0]] if indices else {}):
+            state.add(layer, torch.stack([last_keys[i][layer] for i in indices], dim=1))
+
+    for _ in range(max(1, config.max_passes)):
+        chosen = [requests[i] for i in pending]
+        report = run_edit_round(model, tokenizer, adapter, chosen, target_id, config, state, stats, progress=progress,
+                                bases=bases, record_keys=config.preserve_each_pass,
+                                start_targets=[targets[i] for i in pending] if config.warm_start else None)
+        key_tokens = key_tokens or report.key_tokens
+        for j, i in enumerate(pending):
+            targets[i] = report.targets[:, j]
+            last_keys[i] = {layer: keys[:, j] for layer, keys in report.keys.items()}
+        firsts = first_token_ids(model, tokenizer, [r.question for r in chosen])
+        reached = [i for i, f in zip(pending, firsts) if f == target_id]
+        passes.append({"requests": len(pending), "reached": len(reached), "residual_left": report.residual_left,
+                       "timings_s": report.timings_s, "values": report.values})
+        pending = [i for i in pending if i not in reached]
+        if not config.preserve_each_pass:
+            preserve(reached)
+        if not pending:
+            break
+    if not config.preserve_each_pass:
+        preserve(pending)
+    return PassesResult(passes, [requests[i] for i in pending], key_tokens, report)
 
 
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
                    config: EditConfig, state: EditState, stats, *, progress: bool = True,
-                   projectors: dict[int, tuple[torch.Tensor, int]] | None = None) -> RoundReport:
-    """Edit ``model`` in place so each request's answer starts with ``target_id``; updates ``state``.
+                   bases: dict[int, torch.Tensor] | None = None,
+                   start_targets: list[torch.Tensor | None] | None = None, record_keys: bool = True) -> RoundReport:
+    """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
-    ``projectors`` (from ``build_projectors``) avoids recomputing the eigen-decompositions.
+    ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); with ``record_keys`` this round's
+    keys are added to it (a caller running several passes over the same requests adds them itself,
+    from ``RoundReport.keys``). ``bases`` (from ``null_space_bases``) avoids recomputing the
+    eigen-decompositions; ``start_targets`` warm-starts the target values (``compute_target_values``).
     """
     timings: dict[str, float] = {}
     layers = config.resolved_layers(adapter.num_layers)
     pad = tokenizer.pad_token_id
 
     started = time.perf_counter()
-    if projectors is None:
-        projectors = build_projectors(stats, layers, config)
-    null_dims = {layer: dim for layer, (_, dim) in projectors.items()}
-    projectors = {layer: p for layer, (p, _) in projectors.items()}
-    timings["projector"] = time.perf_counter() - started
+    if bases is None:
+        bases = null_space_bases(stats, layers, config)
+    null_dims = {layer: basis.shape[1] for layer, basis in bases.items()}
+    timings["null_space"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], projectors.get(layers[0]))
+    ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], bases.get(layers[0]))
     prompts = []
     for i, (r, end) in enumerate(zip(requests, ends)):
         prompts += build_edit_prompts(tokenizer, r.question, i, end, config.num_prefixes)
@@ -246,22 +313,27 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     refusals, chat = load_refusals(), has_chat_template(tokenizer)
     continuations = [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
     targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad,
-                                                     config.values, progress, continuations=continuations)
+                                                     config.values, progress, continuations=continuations,
+                                                     start_targets=start_targets)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    neutral = (neutral_prompts(tokenizer, requests, config.neutral_templates)
-               if config.neutral_key_weight and config.key_position in ("auto", "entity", "subject") else [])
+    neutral_keys = {}
+    if config.neutral_key_weight and config.key_position in ("auto", "entity", "subject"):
+        # measured once before the sweep for all layers (a soft constraint: the few-percent change the
+        # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
+        neutral = neutral_prompts(tokenizer, requests, config.neutral_templates)
+        neutral_keys = request_keys_at(model, adapter, layers, neutral, len(neutral), pad)
     initial = None
-    residual_norms, update_norms = {}, {}
+    residual_norms, update_norms, round_keys = {}, {}, {}
     for i, layer in enumerate(layers):
         # one pass: this layer's keys and the values at z_layer after the layers edited so far
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
         preserved = state.get(layer)
-        if neutral:
-            k_n = request_keys_and_values(model, adapter, layer, None, neutral, len(neutral), pad)[0].double()
+        if neutral_keys:
+            k_n = neutral_keys[layer].double()
             extra = config.neutral_key_weight * (k_n @ k_n.T)
             preserved = extra if preserved is None else preserved.double() + extra
         if config.solver == "memit":
@@ -269,15 +341,17 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
             delta = memit_update(keys, residual, covariance, config.memit_weight, preserved)
         elif config.solver == "alphaedit":
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
-            delta = alphaedit_update(keys, residual, projectors[layer], preserved, ridge)
+            delta = alphaedit_update_in_basis(keys, residual, bases[layer], preserved, ridge)
         else:
             raise UniEraseError(f"unknown solver {config.solver!r} (alphaedit or memit)")
         adapter.add_to_weight(layer, delta)
-        state.add(layer, keys)
+        round_keys[layer] = keys
+        if record_keys:
+            state.add(layer, keys)
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started
     final = current_values(model, adapter, z_layer, prompts, len(requests), pad)
     left = float(((targets - final).norm(dim=0) / (targets - initial).norm(dim=0).clamp(min=1e-12)).mean())
     return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, asdict(value_report),
-                       null_dims, residual_norms, update_norms, round(left, 4))
+                       null_dims, residual_norms, update_norms, round(left, 4), targets, round_keys)

@@ -79,24 +79,41 @@ def request_keys_and_values(model, adapter: MLPOutputAdapter, layer: int, z_laye
                             num_requests: int, pad_id: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Keys of ``layer`` (m × N, as ``request_keys``) and, in the same pass, block ``z_layer``'s output
     at each request's key token in its plain prompt (d × N; ``None`` without ``z_layer``)."""
-    modules = {"k": adapter.mlp_output(layer)}
+    keys, values = _collect(model, adapter, [layer], z_layer, prompts, num_requests, pad_id, batch_size)
+    return keys[layer], values
+
+
+def request_keys_at(model, adapter: MLPOutputAdapter, layers: list[int], prompts: list[EditPrompt], num_requests: int,
+                    pad_id: int, batch_size: int = 32) -> dict[int, torch.Tensor]:
+    """Keys of several layers from one pass (layer → m × N, combined as ``request_keys``)."""
+    return _collect(model, adapter, layers, None, prompts, num_requests, pad_id, batch_size)[0]
+
+
+def _collect(model, adapter: MLPOutputAdapter, layers: list[int], z_layer: int | None, prompts: list[EditPrompt],
+             num_requests: int, pad_id: int, batch_size: int) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+    """One pass over ``prompts``: per layer ½ the plain prompt's key + ½ the mean over prefixed
+    variants of each request, and the plain prompt's block-``z_layer`` output."""
+    modules: dict = {layer: adapter.mlp_output(layer) for layer in layers}
     if z_layer is not None:
         modules["z"] = adapter.block(z_layer)
-    plain = [None] * num_requests
+    plain = {layer: [None] * num_requests for layer in layers}
+    prefixed = {layer: [[] for _ in range(num_requests)] for layer in layers}
     values = [None] * num_requests
-    prefixed: list[list[torch.Tensor]] = [[] for _ in range(num_requests)]
     for chunk, captured, _, key_idx in capture_prompts(model, modules, prompts, pad_id, output={"z"}, batch_size=batch_size):
-        keys = at_key(captured["k"], key_idx).float().cpu()
         z = at_key(captured["z"], key_idx).float().cpu() if z_layer is not None else None
+        for layer in layers:
+            keys = at_key(captured[layer], key_idx).float().cpu()
+            for row, p in enumerate(chunk):
+                if p.variant == 0:
+                    plain[layer][p.request_index] = keys[row]
+                else:
+                    prefixed[layer][p.request_index].append(keys[row])
         for row, p in enumerate(chunk):
-            if p.variant == 0:
-                plain[p.request_index] = keys[row]
-                if z is not None:
-                    values[p.request_index] = z[row]
-            else:
-                prefixed[p.request_index].append(keys[row])
-    columns = []
-    for r in range(num_requests):
-        k = plain[r] if not prefixed[r] else 0.5 * plain[r] + 0.5 * torch.stack(prefixed[r]).mean(0)
-        columns.append(k)
-    return torch.stack(columns, dim=1), (torch.stack(values, dim=1) if z_layer is not None else None)
+            if p.variant == 0 and z is not None:
+                values[p.request_index] = z[row]
+    combined = {}
+    for layer in layers:
+        columns = [k if not extra else 0.5 * k + 0.5 * torch.stack(extra).mean(0)
+                   for k, extra in zip(plain[layer], prefixed[layer])]
+        combined[layer] = torch.stack(columns, dim=1)
+    return combined, (torch.stack(values, dim=1) if z_layer is not None else None)

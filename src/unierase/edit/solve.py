@@ -26,6 +26,23 @@ def alphaedit_update(keys: torch.Tensor, residuals: torch.Tensor, projector: tor
     return torch.linalg.solve(system.T, rhs.T).T
 
 
+def alphaedit_update_in_basis(keys: torch.Tensor, residuals: torch.Tensor, basis: torch.Tensor,
+                              previous: torch.Tensor | None, ridge: float) -> torch.Tensor:
+    """``alphaedit_update`` with P = Û Ûᵀ given by its basis Û (m × r), solved in the r-dimensional
+    free subspace: ΔW = Y Ûᵀ with Y = R Kᵀ Û (Ûᵀ (K Kᵀ + K_p K_pᵀ) Û + λ I)⁻¹.
+
+    The same update (substitute ΔW = Y Ûᵀ into ΔW (A P + λ I) = R Kᵀ P), at O(m² r) instead of
+    O(m³): the m × m products with P dominated a pass at a handful of requests.
+    """
+    u = basis.to(torch.float64)
+    k = u.T @ keys.to(torch.float64)  # r × N
+    system = k @ k.T + ridge * torch.eye(u.shape[1], dtype=torch.float64)
+    if previous is not None:
+        system = system + u.T @ previous.to(torch.float64) @ u
+    y = torch.linalg.solve(system, (residuals.to(torch.float64) @ k.T).T).T  # system is symmetric
+    return y @ u.T
+
+
 def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, weight: float,
                  previous: torch.Tensor | None = None) -> torch.Tensor:
     """ΔW = R Kᵀ (λ' C₀ + K_p K_pᵀ + K Kᵀ)⁻¹ (MEMIT; no hard null-space constraint).

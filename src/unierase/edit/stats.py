@@ -313,13 +313,15 @@ def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, c
     return stats, time.perf_counter() - started
 
 
-def null_space_projector(covariance: torch.Tensor, *, relative_threshold: float) -> tuple[torch.Tensor, int]:
-    """P = Û Ûᵀ over eigenvectors of C₀ whose eigenvalue < ``relative_threshold`` × the largest one.
-
-    Returns (P in fp64, null dimension). A relative threshold adapts to each model's key scale.
-    """
+def null_space_basis(covariance: torch.Tensor, *, relative_threshold: float) -> torch.Tensor:
+    """Û (m × r, fp64, orthonormal columns): the eigenvectors of C₀ whose eigenvalue is below
+    ``relative_threshold`` × the largest one. A relative threshold adapts to each model's key scale."""
     cov = covariance.to(torch.float64)
     eigenvalues, eigenvectors = torch.linalg.eigh((cov + cov.T) / 2)
-    keep = eigenvalues < relative_threshold * eigenvalues.max()
-    basis = eigenvectors[:, keep]
-    return basis @ basis.T, int(keep.sum())
+    return eigenvectors[:, eigenvalues < relative_threshold * eigenvalues.max()]
+
+
+def null_space_projector(covariance: torch.Tensor, *, relative_threshold: float) -> tuple[torch.Tensor, int]:
+    """P = Û Ûᵀ (``null_space_basis``) in fp64, and the null dimension r."""
+    basis = null_space_basis(covariance, relative_threshold=relative_threshold)
+    return basis @ basis.T, basis.shape[1]

@@ -185,13 +185,16 @@ class _Group:
 
 def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
                           target_id: int, pad_id: int, config: ValueConfig, progress: bool = True,
-                          continuations: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          continuations: list[list[int]] | None = None,
+                          start_targets: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
     ``continuations[r]`` = token ids that should follow the target token for request r, scored on
-    the plain prompt when ``config.continuation_weight`` > 0. Tokens before the key token do not
-    depend on δ, so their key/value cache is computed once and each step only runs the key token
-    onwards.
+    the plain prompt when ``config.continuation_weight`` > 0. ``start_targets[r]`` (d, or ``None``)
+    warm-starts request r's δ at that target (within the bound): a later edit pass starts from the
+    target its previous pass reached, and a request that still reaches it leaves after one step.
+    Tokens before the key token do not depend on δ, so their key/value cache is computed once and
+    each step only runs the key token onwards.
     """
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
@@ -218,7 +221,12 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         g.base_logits = None
     del base_logits
 
-    delta = torch.zeros_like(h0, requires_grad=True)
+    delta = torch.zeros_like(h0)
+    for r, z in enumerate(start_targets or []):
+        if z is not None:
+            move = z.to(delta) - h0[r]
+            delta[r] = move * min(1.0, float(config.clamp_factor * h0_norm[r] / move.norm().clamp(min=1e-12)))
+    delta.requires_grad_(True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
     weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(num_requests)], device=device)
     current: dict[str, torch.Tensor] = {}
