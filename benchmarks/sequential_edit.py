@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ def main() -> None:
     parser.add_argument("--per-round", type=int, default=10)
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--result", default=str(RESULTS), help="where to write the JSON")
     args = parser.parse_args()
 
     import torch
@@ -55,7 +57,7 @@ def main() -> None:
         if r:
             cmd += ["--model", str(out)]
         started = time.perf_counter()
-        subprocess.run(cmd, check=True)
+        subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
         rounds.append({"round": r + 1, "facts": len(batch), "seconds": round(time.perf_counter() - started, 1)})
         print(f"round {r + 1}: {len(batch)} facts in {rounds[-1]['seconds']} s", flush=True)
 
@@ -70,13 +72,15 @@ def main() -> None:
     figures = {
         "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "rounds": args.rounds, "facts_per_round": args.per_round,
                     "requests": "questions only", "other_facts": len(others), "process_per_round": True},
+        "hyperparameters": json.loads((out / "unierase_manifest.json").read_text())["rounds"][-1]["hyperparameters"],
         "rounds": rounds,
         "starts_with_unl_by_round_after_last": per_round,
         "others": retain_metrics(model, tok, before, after, [f["answer"] for f in others], token_id),
     }
     print(json.dumps(figures, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(figures, indent=2) + "\n")
+    result = Path(args.result)
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
