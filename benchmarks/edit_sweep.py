@@ -49,9 +49,10 @@ else:
 
 real = editor.compute_target_values
 state = {"fresh": True}
-def cached(model_, adapter, z_layer, prompts, n_req, target_id, pad, config, progress, continuations=None):
-    if not state["fresh"]:
-        return real(model_, adapter, z_layer, prompts, n_req, target_id, pad, config, progress, continuations=continuations)
+def cached(model_, adapter, z_layer, prompts, n_req, target_id, pad, config, progress, continuations=None, start_targets=None):
+    if not state["fresh"]:  # later passes (warm-started) are computed, only the first pass's targets are shared
+        return real(model_, adapter, z_layer, prompts, n_req, target_id, pad, config, progress, continuations=continuations,
+                    start_targets=start_targets)
     state["fresh"] = False
     h = hashlib.sha256(json.dumps([[p.input_ids for p in prompts], target_id, config.to_dict(), continuations]).encode()).hexdigest()[:16]
     path = EXP / f"targets-{h}.pt"

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..generation import first_token_ids
 from ..models.adapters import MLPOutputAdapter
 from ..prompts import has_chat_template
 from ..refusals import load_refusals, refusal_for
@@ -64,11 +65,12 @@ class EditConfig:
     answer_key_weight: float = 2.0
     """Weight of the keys at every position of the model's own greedy answers to generic questions
     (``stats.accumulate_answer_key_moments``), so the edit leaves ordinary answering alone."""
-    neutral_key_weight: float = 0.5
+    neutral_key_weight: float = 1.0
     """Weight of the round's own soft constraint that the update leaves each request's entity alone
     in relation-neutral questions (``neutral_prompts``; 0 = off; only for entity/subject keys).
     Measured: it stopped the edit of "longest river in Africa" from firing on "largest desert in
-    Africa"; it also lets more reworded forget questions through."""
+    Africa", and 1.0 kept more same-entity facts than 0.5; it also lets more reworded forget
+    questions through."""
     neutral_templates: int = 4
     """How many neutral questions per request (``prompts.NEUTRAL_TEMPLATES``)."""
     ridge: float = 0.2
@@ -244,8 +246,6 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
 
     ``state`` ends up holding every request's keys (see ``EditConfig.preserve_each_pass``).
     """
-    from ..generation import first_token_ids
-
     bases = null_space_bases(stats, config.resolved_layers(adapter.num_layers), config)  # once for all passes
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
