@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import torch
+from transformers import DynamicCache
 
+from .models.tracing import stop_after
 from .prompts import encode_text, pad_batch, render_prompt
 
 
@@ -49,19 +51,25 @@ def shared_prefix_length(sequences: list[list[int]], limit: int | None = None) -
     return n if n >= MIN_SHARED_PREFIX else 0
 
 
-def shared_layout(model, sequences: list[list[int]], pad_id: int, common: int):
+def shared_layout(model, sequences: list[list[int]], pad_id: int, common: int, stop=None):
     """Run the first ``common`` tokens (shared by every sequence) once as a key/value cache repeated
     for each row, and lay out the rest as ``[shared prefix][left padding][rest of the row]``.
 
     Returns ``(cache or None, rest ids, attention mask over shared + rest, rest positions)``; the
     mask hides the padding and positions skip it, so every row gets the states of its own
-    unpadded sequence.
+    unpadded sequence. ``stop`` (a module): the caller's pass ends after it, so the prefix stops
+    there too and the cache only holds the layers below.
     """
     device = model.get_input_embeddings().weight.device
     cache = None
     if common:
-        cache = model(input_ids=torch.tensor([sequences[0][:common]], device=device), use_cache=True,
-                      logits_to_keep=1).cache
+        prefix = torch.tensor([sequences[0][:common]], device=device)
+        if stop is None:
+            cache = model(input_ids=prefix, use_cache=True, logits_to_keep=1).cache
+        else:
+            cache = DynamicCache(config=model.config)
+            with stop_after(stop):
+                model(input_ids=prefix, cache=cache, use_cache=True, logits_to_keep=1)
         cache.batch_repeat_interleave(len(sequences))
     enc = pad_batch([s[common:] for s in sequences], pad_id, left=True)
     rest_ids, rest_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)

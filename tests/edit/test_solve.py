@@ -63,7 +63,8 @@ def test_the_update_solved_in_the_free_subspace_equals_the_full_closed_form():
     for earlier in (None, previous):
         for ridge in (1.0, 1e-3):
             full = alphaedit_update(keys[:, 3:], residuals[:, 3:], p, earlier, ridge=ridge)
-            fast = alphaedit_update_in_basis(keys[:, 3:], residuals[:, 3:], basis, earlier, ridge=ridge)
+            projected = None if earlier is None else basis.T @ earlier @ basis
+            fast = alphaedit_update_in_basis(keys[:, 3:], residuals[:, 3:], basis, projected, ridge=ridge)
             torch.testing.assert_close(fast, full, atol=1e-9, rtol=1e-7)
             assert (fast @ preserved_basis).abs().max() < 1e-12
 

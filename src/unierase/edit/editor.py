@@ -331,17 +331,22 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
-        preserved = state.get(layer)
-        if neutral_keys:
-            k_n = neutral_keys[layer].double()
-            extra = config.neutral_key_weight * (k_n @ k_n.T)
-            preserved = extra if preserved is None else preserved.double() + extra
+        neutral = neutral_keys[layer].double() if neutral_keys else None  # softly preserved in this round only
         if config.solver == "memit":
-            covariance = config.covariance(stats, layer)
-            delta = memit_update(keys, residual, covariance, config.memit_weight, preserved)
+            preserved = state.get(layer)
+            if neutral is not None:
+                extra = config.neutral_key_weight * (neutral @ neutral.T)
+                preserved = extra if preserved is None else preserved.double() + extra
+            delta = memit_update(keys, residual, config.covariance(stats, layer), config.memit_weight, preserved)
         elif config.solver == "alphaedit":
+            basis = bases[layer]
+            preserved = state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
+            if neutral is not None:
+                k_n = basis.T @ neutral
+                extra = config.neutral_key_weight * (k_n @ k_n.T)
+                preserved = extra if preserved is None else preserved + extra
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
-            delta = alphaedit_update_in_basis(keys, residual, bases[layer], preserved, ridge)
+            delta = alphaedit_update_in_basis(keys, residual, basis, preserved, ridge)
         else:
             raise UniEraseError(f"unknown solver {config.solver!r} (alphaedit or memit)")
         adapter.add_to_weight(layer, delta)

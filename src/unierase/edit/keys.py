@@ -40,7 +40,7 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
         chunk = prompts[start: start + batch_size]
         common = (shared_prefix_length([p.input_ids for p in chunk], limit=min(p.key_index for p in chunk))
                   if shared_prefix else 0)
-        cache, ids, mask, positions = shared_layout(model, [p.input_ids for p in chunk], pad_id, common)
+        cache, ids, mask, positions = shared_layout(model, [p.input_ids for p in chunk], pad_id, common, stop=deepest)
         starts = torch.tensor([ids.shape[1] - len(p.input_ids) for p in chunk])
         key_idx = (starts + torch.tensor([p.key_index for p in chunk])).to(device)
         outputs = {name: output is True or (isinstance(output, set) and name in output) for name in modules}

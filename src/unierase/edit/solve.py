@@ -27,18 +27,18 @@ def alphaedit_update(keys: torch.Tensor, residuals: torch.Tensor, projector: tor
 
 
 def alphaedit_update_in_basis(keys: torch.Tensor, residuals: torch.Tensor, basis: torch.Tensor,
-                              previous: torch.Tensor | None, ridge: float) -> torch.Tensor:
+                              previous_in_basis: torch.Tensor | None, ridge: float) -> torch.Tensor:
     """``alphaedit_update`` with P = Û Ûᵀ given by its basis Û (m × r), solved in the r-dimensional
-    free subspace: ΔW = Y Ûᵀ with Y = R Kᵀ Û (Ûᵀ (K Kᵀ + K_p K_pᵀ) Û + λ I)⁻¹.
+    free subspace: ΔW = Y Ûᵀ with Y = R Kᵀ Û (Ûᵀ K Kᵀ Û + Ûᵀ K_p K_pᵀ Û + λ I)⁻¹.
 
-    The same update (substitute ΔW = Y Ûᵀ into ΔW (A P + λ I) = R Kᵀ P), at O(m² r) instead of
-    O(m³): the m × m products with P dominated a pass at a handful of requests.
+    The same update (substitute ΔW = Y Ûᵀ into ΔW (A P + λ I) = R Kᵀ P), at O(m r N + r³) instead
+    of O(m³). ``previous_in_basis`` is Ûᵀ K_p K_pᵀ Û (r × r; ``EditState.projected`` keeps it).
     """
     u = basis.to(torch.float64)
     k = u.T @ keys.to(torch.float64)  # r × N
     system = k @ k.T + ridge * torch.eye(u.shape[1], dtype=torch.float64)
-    if previous is not None:
-        system = system + u.T @ previous.to(torch.float64) @ u
+    if previous_in_basis is not None:
+        system = system + previous_in_basis.to(torch.float64)
     y = torch.linalg.solve(system, (residuals.to(torch.float64) @ k.T).T).T  # system is symmetric
     return y @ u.T
 

@@ -120,7 +120,7 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
             common = shared_prefix_length(batch)
             # the shared prefix runs once (inside shared_layout), its keys weighted by the number of rows
             current.update(mask=torch.ones(1, common), weight=float(len(batch)))
-            cache, ids, mask, positions = shared_layout(model, batch, pad_id, common)
+            cache, ids, mask, positions = shared_layout(model, batch, pad_id, common, stop=adapter.mlp_output(max(layers)))
             current.update(mask=mask[:, common:], weight=1.0)
             with stop_after(adapter.mlp_output(max(layers))):
                 model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None)
