@@ -123,3 +123,21 @@ def test_edit_passes_preserve_each_requests_keys(preserve_each_pass):
     copies = 3 if preserve_each_pass else 1
     torch.testing.assert_close(state.get(1), copies * keys @ keys.T)
     assert set(state.previous_keys) == {1, 2}
+
+
+def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
+    from unierase.edit.editor import neutral_prompts, substitute_entities
+    from unierase.edit.corpus import ENTITY_GROUPS
+
+    others = substitute_entities("gold", {"silver"}, 4, "What is the chemical symbol for gold?")
+    assert len(others) == 4 and set(others) <= set(ENTITY_GROUPS["thing"]) and not {"gold", "silver"} & set(others)
+    assert others == substitute_entities("gold", {"silver"}, 4, "What is the chemical symbol for gold?")  # stable
+    tok = build_tokenizer()
+    requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("What is the capital of Japan?")]
+    prompts = neutral_prompts(tok, requests, 1, num_substitutes=3)
+    assert len(prompts) == 2 * (1 + 3)
+    for p in prompts[1:4] + prompts[5:]:
+        text = tok.decode(p.input_ids)
+        country = next(c for c in ENTITY_GROUPS["country"] if f"What is the capital of {c}?" in text)
+        assert country not in ("France", "Japan")
+        assert tok.decode(p.input_ids[: p.key_index + 1]).endswith(country.split()[-1])

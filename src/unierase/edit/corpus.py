@@ -89,7 +89,8 @@ _PROSE_TEMPLATES = [
     "Visitors interested in {a} often ask questions about {b} as well.",
 ]
 
-_GROUPS = {"country": COUNTRIES, "city": CITIES, "person": PEOPLE, "thing": THINGS, "work": WORKS}
+ENTITY_GROUPS = {"country": COUNTRIES, "city": CITIES, "person": PEOPLE, "thing": THINGS, "work": WORKS}
+"""The entity lists by kind (also the pool of ``editor.substitute_entities``)."""
 
 
 def documents(seed: int = 0) -> Iterator[tuple[str, str | None]]:
@@ -99,12 +100,12 @@ def documents(seed: int = 0) -> Iterator[tuple[str, str | None]]:
     a question and a generic answer, rendered with the model's chat template by the caller.
     """
     rng = random.Random(seed)
-    everything = [x for group in _GROUPS.values() for x in group]
+    everything = [x for group in ENTITY_GROUPS.values() for x in group]
     while True:
         kind = rng.random()
         if kind < 0.6:
-            group = rng.choice(list(_GROUPS))
-            x = rng.choice(_GROUPS[group])
+            group = rng.choice(list(ENTITY_GROUPS))
+            x = rng.choice(ENTITY_GROUPS[group])
             question = rng.choice(_QUESTION_TEMPLATES[group]).format(x=x)
             opener = rng.choice(_ANSWER_OPENERS).format(x=x)
             answer = opener[0].upper() + opener[1:] + " " + rng.choice(_ANSWER_BODIES)
@@ -125,7 +126,7 @@ def entity_questions() -> list[tuple[str, int]]:
     out = []
     for group, templates in _QUESTION_TEMPLATES.items():
         for template in templates:
-            for x in _GROUPS[group]:
+            for x in ENTITY_GROUPS[group]:
                 question = template.format(x=x)
                 out.append((question, template.index("{x}") + len(x)))
     return out

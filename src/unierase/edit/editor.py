@@ -6,7 +6,9 @@ keys on the current model, residual spread over the remaining layers, closed-for
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,6 +75,11 @@ class EditConfig:
     questions through."""
     neutral_templates: int = 4
     """How many neutral questions per request (``prompts.NEUTRAL_TEMPLATES``)."""
+    substitute_entities: int = 4
+    """How many copies of each request's question with its entity replaced by another entity of the
+    same kind ("What is the chemical symbol for copper?" next to an erased "… for gold?") are softly
+    preserved with ``neutral_key_weight`` as well, so the update keys on the entity in the question
+    rather than on the question's shape (0 = off)."""
     ridge: float = 0.2
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys (0.2: each
     pass writes less, unrelated answers move less, more passes are needed)."""
@@ -147,21 +154,51 @@ def _entity_char_end(question: str) -> int:
     return _entity_span(question)[1]
 
 
-def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int) -> list[EditPrompt]:
+def _entity_of(request: ForgetRequest) -> tuple[int, int]:
+    """Character span of the request's entity: its subject when given, else ``_entity_span``."""
+    if request.subject:
+        end = subject_char_end(request.question, request.subject)
+        return end - len(request.subject), end
+    return _entity_span(request.question)
+
+
+def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: str) -> list[str]:
+    """``count`` other entities of the same kind as ``entity`` (the corpus list that holds it; all
+    lists when none does), none of them in ``exclude`` (lower case); a stable choice per ``seed_text``."""
+    from .corpus import ENTITY_GROUPS
+
+    lower = entity.lower()
+    kinds = [names for names in ENTITY_GROUPS.values() if lower in {n.lower() for n in names}]
+    pool = kinds[0] if kinds else [n for names in ENTITY_GROUPS.values() for n in names]
+    candidates = [n for n in pool if n.lower() != lower and n.lower() not in exclude]
+    rng = random.Random(hashlib.sha256(seed_text.encode("utf-8")).hexdigest())
+    return rng.sample(candidates, min(count, len(candidates)))
+
+
+def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int,
+                    num_substitutes: int = 0) -> list[EditPrompt]:
     """Each request's entity (its subject, else ``_entity_span``) in relation-neutral questions
-    ("Tell me about the Eiffel Tower."), keyed at the entity's last token like the request.
+    ("Tell me about the Eiffel Tower."), and its question with the entity replaced by other
+    entities of the same kind ("What is the capital of Peru?"), keyed at the entity's last token
+    like the request.
 
     Their keys are softly preserved in the round (``EditConfig.neutral_key_weight``), so the update
-    keys on what the request's question adds to the entity — the asked relation — rather than on
-    the entity itself, and other questions about the same entity are left alone.
+    keys on what is specific to the request — this entity with this relation — rather than on the
+    entity alone or on the question's shape; other questions about the entity and the same
+    question about other entities are left alone. Entities of the round's own requests are never
+    used as substitutes.
     """
+    spans = [_entity_of(r) for r in requests]
+    entities = [r.question[s:e] for r, (s, e) in zip(requests, spans)]
+    own = {e.lower() for e in entities}
     prompts = []
-    for r in requests:
-        entity = r.subject if r.subject else r.question[slice(*_entity_span(r.question))]
+    for r, (start, end), entity in zip(requests, spans, entities):
         for template in NEUTRAL_TEMPLATES[:num_templates]:
             question = template.format(entity)
-            end = question.index(entity) + len(entity)
-            prompts += build_edit_prompts(tokenizer, question, len(prompts), end, 0)
+            prompts += build_edit_prompts(tokenizer, question, len(prompts), question.index(entity) + len(entity), 0)
+        for other in substitute_entities(entity, own, num_substitutes, r.question):
+            question = r.question[:start] + other + r.question[end:]
+            prompts += build_edit_prompts(tokenizer, question, len(prompts), start + len(other), 0)
     return prompts
 
 
@@ -322,7 +359,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     if config.neutral_key_weight and config.key_position in ("auto", "entity", "subject"):
         # measured once before the sweep for all layers (a soft constraint: the few-percent change the
         # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
-        neutral = neutral_prompts(tokenizer, requests, config.neutral_templates)
+        neutral = neutral_prompts(tokenizer, requests, config.neutral_templates, config.substitute_entities)
         neutral_keys = request_keys_at(model, adapter, layers, neutral, len(neutral), pad)
     initial = None
     residual_norms, update_norms, round_keys = {}, {}, {}
