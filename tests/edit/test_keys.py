@@ -53,3 +53,26 @@ def test_keys_of_several_layers_in_one_pass_match_one_layer_at_a_time():
     assert sorted(together) == [0, 1, 2]
     for layer, keys in together.items():
         torch.testing.assert_close(keys, request_keys_and_values(model, adapter, layer, None, prompts, 2, tok.pad_token_id)[0])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_replayed_lower_blocks_give_the_keys_of_full_passes(arch):
+    """The first call records block 0's output, later calls replay it: keys and values equal full
+    passes, also after a weight above it changed (as between an edit round's key passes)."""
+    from unierase.edit.keys import LowerBlocks, request_keys_and_values
+    from unierase.edit.prompts import build_edit_prompts
+
+    tok = build_tokenizer()
+    model = build_model(arch, len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where is the Eiffel Tower?"]
+    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 1)]
+    lower = LowerBlocks(adapter.blocks, 0)
+    for step in range(3):
+        got = request_keys_and_values(model, adapter, 1, 2, prompts, 3, tok.pad_token_id, batch_size=4, lower=lower)
+        full = request_keys_and_values(model, adapter, 1, 2, prompts, 3, tok.pad_token_id, batch_size=4)
+        for a, b in zip(got, full):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        with torch.no_grad():  # an edit above the replayed block
+            adapter.add_to_weight(1, 0.05 * torch.randn_like(adapter.weight(1)))
+    assert sorted(lower.outputs) == [0, 4]  # one recording per batch, reused afterwards

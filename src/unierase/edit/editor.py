@@ -22,7 +22,7 @@ from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
-from .keys import request_keys_and_values, request_keys_at, token_keys
+from .keys import LowerBlocks, request_keys_and_values, request_keys_at, token_keys
 from .prompts import NEUTRAL_TEMPLATES, EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update_in_basis, memit_update
 from .state import EditState
@@ -361,11 +361,13 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
         neutral = neutral_prompts(tokenizer, requests, config.neutral_templates, config.substitute_entities)
         neutral_keys = request_keys_at(model, adapter, layers, neutral, len(neutral), pad)
+    # no edit of this round reaches below its first layer: those blocks run on the first key pass only
+    lower = LowerBlocks(adapter.blocks, layers[0] - 1) if layers[0] > 0 else None
     initial = None
     residual_norms, update_norms, round_keys = {}, {}, {}
     for i, layer in enumerate(layers):
         # one pass: this layer's keys and the values at z_layer after the layers edited so far
-        keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad)
+        keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad, lower=lower)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
         neutral = neutral_keys[layer].double() if neutral_keys else None  # softly preserved in this round only

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
 from ..generation import shared_layout, shared_prefix_length
 from ..models.adapters import MLPOutputAdapter
-from ..models.tracing import stop_after, trace
+from ..models.tracing import replay_blocks, stop_after, trace
 from .prompts import EditPrompt
+
+
+@dataclass
+class LowerBlocks:
+    """Block ``last``'s output for each batch of one prompt list: recorded by the first
+    ``capture_prompts`` call that gets it, replayed by the later ones (blocks 0 … ``last`` are then
+    skipped). For passes over the same prompts while only layers above ``last`` change — an edit
+    round's key passes, where no layer below the first edited one changes."""
+
+    blocks: torch.nn.ModuleList
+    last: int
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    tuple_output: bool = False
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -20,7 +34,7 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int, *, output: bool | set = False,
-                    batch_size: int = 32, shared_prefix: bool = True
+                    batch_size: int = 32, shared_prefix: bool = True, lower: LowerBlocks | None = None
                     ) -> Iterator[tuple[list[EditPrompt], dict, torch.Tensor, torch.Tensor]]:
     """Run batches of prompts, recording each module's input (its output when ``output`` is True or
     a set containing the module's name).
@@ -30,7 +44,8 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
     With ``shared_prefix`` the tokens all prompts of a chunk share before their key tokens (a chat
     template's system turn) run once, uncaptured, as a cache: only tokens from the earliest key
     onwards are captured. The forward pass stops after the deepest module, so layers above it are
-    never computed.
+    never computed. With ``lower`` the blocks up to ``lower.last`` run only on the first call for
+    these prompts (the captured modules must sit above it).
     """
     device = model.get_input_embeddings().weight.device
     order = {id(m): i for i, m in enumerate(model.modules())}
@@ -48,7 +63,14 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
             records = {name: stack.enter_context(trace(m, keep_input=not outputs[name], keep_output=outputs[name]))
                        for name, m in modules.items()}
             stack.enter_context(stop_after(deepest))
+            if lower is not None and start in lower.outputs:
+                recorded = lower.outputs[start]
+                stack.enter_context(replay_blocks(lower.blocks, lower.last, lambda: recorded, tuple_output=lower.tuple_output))
+            elif lower is not None:
+                below = stack.enter_context(trace(lower.blocks[lower.last], keep_output=True))
             model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None)
+        if lower is not None and start not in lower.outputs:
+            lower.outputs[start], lower.tuple_output = below.output, below.tuple_output
         captured = {name: (rec.output if outputs[name] else rec.input) for name, rec in records.items()}
         yield chunk, captured, starts, key_idx
 
@@ -76,21 +98,24 @@ def request_keys(model, adapter: MLPOutputAdapter, layer: int, prompts: list[Edi
 
 
 def request_keys_and_values(model, adapter: MLPOutputAdapter, layer: int, z_layer: int | None, prompts: list[EditPrompt],
-                            num_requests: int, pad_id: int, batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            num_requests: int, pad_id: int, batch_size: int = 32,
+                            lower: LowerBlocks | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Keys of ``layer`` (m × N, as ``request_keys``) and, in the same pass, block ``z_layer``'s output
-    at each request's key token in its plain prompt (d × N; ``None`` without ``z_layer``)."""
-    keys, values = _collect(model, adapter, [layer], z_layer, prompts, num_requests, pad_id, batch_size)
+    at each request's key token in its plain prompt (d × N; ``None`` without ``z_layer``);
+    ``lower``: see ``capture_prompts``."""
+    keys, values = _collect(model, adapter, [layer], z_layer, prompts, num_requests, pad_id, batch_size, lower)
     return keys[layer], values
 
 
 def request_keys_at(model, adapter: MLPOutputAdapter, layers: list[int], prompts: list[EditPrompt], num_requests: int,
                     pad_id: int, batch_size: int = 32) -> dict[int, torch.Tensor]:
     """Keys of several layers from one pass (layer → m × N, combined as ``request_keys``)."""
-    return _collect(model, adapter, layers, None, prompts, num_requests, pad_id, batch_size)[0]
+    return _collect(model, adapter, layers, None, prompts, num_requests, pad_id, batch_size, None)[0]
 
 
 def _collect(model, adapter: MLPOutputAdapter, layers: list[int], z_layer: int | None, prompts: list[EditPrompt],
-             num_requests: int, pad_id: int, batch_size: int) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
+             num_requests: int, pad_id: int, batch_size: int,
+             lower: LowerBlocks | None) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """One pass over ``prompts``: per layer ½ the plain prompt's key + ½ the mean over prefixed
     variants of each request, and the plain prompt's block-``z_layer`` output."""
     modules: dict = {layer: adapter.mlp_output(layer) for layer in layers}
@@ -99,7 +124,8 @@ def _collect(model, adapter: MLPOutputAdapter, layers: list[int], z_layer: int |
     plain = {layer: [None] * num_requests for layer in layers}
     prefixed = {layer: [[] for _ in range(num_requests)] for layer in layers}
     values = [None] * num_requests
-    for chunk, captured, _, key_idx in capture_prompts(model, modules, prompts, pad_id, output={"z"}, batch_size=batch_size):
+    for chunk, captured, _, key_idx in capture_prompts(model, modules, prompts, pad_id, output={"z"}, batch_size=batch_size,
+                                                       lower=lower):
         z = at_key(captured["z"], key_idx).float().cpu() if z_layer is not None else None
         for layer in layers:
             keys = at_key(captured[layer], key_idx).float().cpu()
