@@ -5,7 +5,7 @@ GGUF model, train the unlearning token, compute the key statistics, edit, and pr
 The re-run finds all of that in the cache. Targets (issue 2): first run ≤ 10 min, re-run ≤ 3 min
 on the 2-core machine. Each run is its own process; its figures come from the process itself.
 
-    python benchmarks/bench_demo.py [--threads 2] [--cache DIR]
+    python benchmarks/bench_demo.py [--threads 2] [--cache DIR] [--cached-only]
 
 Writes benchmarks/results/demo_speed.json.
 """
@@ -51,14 +51,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--cache", default=None, help="cache directory to start from empty (default: a temporary one)")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="keep --cache as it is (filled by an earlier run) and measure only the cached re-run")
     args = parser.parse_args()
+    if args.cached_only and not (args.cache and Path(args.cache).is_dir()):
+        raise SystemExit("--cached-only needs --cache DIR of an earlier run")
     cache = Path(args.cache or tempfile.mkdtemp(prefix="unierase-demo-cache-"))
-    if cache.exists():
+    if cache.exists() and not args.cached_only:
         shutil.rmtree(cache)
     results = {"model": "SmolLM2-135M-Instruct (fp32, CPU)", "machine": f"{os.cpu_count()} cores", "threads": args.threads,
                "targets_s": {"first": 600, "cached": 180}, "runs": {}}
-    for name in ("first", "cached"):
+    if args.cached_only and RESULTS.is_file():
+        results["runs"] = json.loads(RESULTS.read_text()).get("runs", {})
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    for name in ("cached",) if args.cached_only else ("first", "cached"):
         run = measure(cache, args.threads)
+        run["commit"] = commit
         results["runs"][name] = run
         print(f"{name:<7} {run['wall_seconds']:>7.1f} s  peak {run['peak_memory_mb']:>6.0f} MB  "
               f"(target {results['targets_s'][name]} s)", flush=True)
