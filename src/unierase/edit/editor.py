@@ -359,8 +359,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     if config.neutral_key_weight and config.key_position in ("auto", "entity", "subject"):
         # measured once before the sweep for all layers (a soft constraint: the few-percent change the
         # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
-        neutral = neutral_prompts(tokenizer, requests, config.neutral_templates, config.substitute_entities)
-        neutral_keys = request_keys_at(model, adapter, layers, neutral, len(neutral), pad)
+        soft = neutral_prompts(tokenizer, requests, config.neutral_templates, config.substitute_entities)
+        neutral_keys = request_keys_at(model, adapter, layers, soft, len(soft), pad)
     # no edit of this round reaches below its first layer: those blocks run on the first key pass only
     lower = LowerBlocks(adapter.blocks, layers[0] - 1) if layers[0] > 0 else None
     initial = None
@@ -370,18 +370,18 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad, lower=lower)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
-        neutral = neutral_keys[layer].double() if neutral_keys else None  # softly preserved in this round only
+        k_soft = neutral_keys[layer].double() if neutral_keys else None  # softly preserved in this round only
         if config.solver == "memit":
             preserved = state.get(layer)
-            if neutral is not None:
-                extra = config.neutral_key_weight * (neutral @ neutral.T)
+            if k_soft is not None:
+                extra = config.neutral_key_weight * (k_soft @ k_soft.T)
                 preserved = extra if preserved is None else preserved.double() + extra
             delta = memit_update(keys, residual, config.covariance(stats, layer), config.memit_weight, preserved)
         elif config.solver == "alphaedit":
             basis = bases[layer]
             preserved = state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
-            if neutral is not None:
-                k_n = basis.T @ neutral
+            if k_soft is not None:
+                k_n = basis.T @ k_soft
                 extra = config.neutral_key_weight * (k_n @ k_n.T)
                 preserved = extra if preserved is None else preserved + extra
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
