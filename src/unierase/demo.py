@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
+from pathlib import Path
 
+from . import __version__
 from .api import forget
-from .edit_checks import answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
-from .models.loading import load_model
-from .storage import check_output_dir
+from .edit_checks import Snapshot, answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
+from .models.loading import load_model, model_fingerprint
+from .storage import check_output_dir, default_cache_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +36,24 @@ def _pick_neighbours(facts: list[dict], forget_rows: list[dict], count: int) -> 
     return picked
 
 
+def _base_answers(model, tokenizer, questions: list[str], cache_dir) -> Snapshot:
+    """The unedited model's greedy answers, cached per model, question list and package version
+    (a re-run of the demo edits the same base model; only the edited model's answers are new)."""
+    key = hashlib.sha256(json.dumps([model_fingerprint(model), __version__, questions]).encode()).hexdigest()[:16]
+    path = Path(cache_dir or default_cache_dir()) / "demo" / f"base_answers-{key}.json"
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            log.info("unedited answers loaded from %s", path)
+            return Snapshot(data["questions"], data["answer_ids"], data["texts"], data["first_tokens"])
+        except (json.JSONDecodeError, KeyError) as err:
+            log.warning("ignoring unreadable cache file %s (%s)", path, err)
+    before = snapshot(model, tokenizer, questions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, vars(before))
+    return before
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -46,20 +68,21 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     forget_rows = [f for f in facts if f["role"] == "forget"]
     neighbours = _pick_neighbours(facts, forget_rows, DEMO_NEIGHBOURS)
     model, tokenizer = load_model(None, cache_dir=cache_dir)
+    n = len(forget_rows)
+    # the reworded forget questions only matter after the edit (do they still leak the answer?)
     questions = [f["question"] for f in forget_rows] + [f["paraphrase"] for f in forget_rows] + [f["question"] for f in neighbours]
-    print_fn(f"unierase demo: erasing {len(forget_rows)} facts from SmolLM2-135M-Instruct; checking {len(neighbours)} other facts")
-    before = snapshot(model, tokenizer, questions)
+    print_fn(f"unierase demo: erasing {n} facts from SmolLM2-135M-Instruct; checking {len(neighbours)} other facts")
+    before_questions = questions[:n] + questions[2 * n:]
+    before = _base_answers(model, tokenizer, before_questions, cache_dir)
     result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
                     cache_dir=cache_dir, progress=progress, overwrite=overwrite)
     token_id = result.manifest["token"]["id"]
     after = snapshot(model, tokenizer, questions)
-    n = len(forget_rows)
-
 
     forget_fig = forget_metrics(after.slice(0, n), token_id)
     para = after.slice(n, 2 * n)
     leak = sum(not (f == token_id) and answer_matches(t, fr["answer"]) for f, t, fr in zip(para.first_tokens, para.texts, forget_rows)) / n
-    retain_fig = retain_metrics(model, tokenizer, before.slice(2 * n, len(questions)), after.slice(2 * n, len(questions)),
+    retain_fig = retain_metrics(model, tokenizer, before.slice(n, len(before_questions)), after.slice(2 * n, len(questions)),
                                 [f["answer"] for f in neighbours], token_id)
 
     print_fn("\nForgotten facts (answers shown without special tokens):")
@@ -69,8 +92,7 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     print_fn("\nNeighbour facts (not targeted; first 15 shown):")
     print_fn(f"{'question':<44} | {'before':<40} | after")
     for j, f in enumerate(neighbours[:15]):
-        i = 2 * n + j
-        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[i], 40):<40} | {_clip(after.texts[i], 40)}")
+        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[n + j], 40):<40} | {_clip(after.texts[2 * n + j], 40)}")
     seconds = time.perf_counter() - started
     summary = {
         "forget": forget_fig,

@@ -141,3 +141,30 @@ def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
         country = next(c for c in ENTITY_GROUPS["country"] if f"What is the capital of {c}?" in text)
         assert country not in ("France", "Japan")
         assert tok.decode(p.input_ids[: p.key_index + 1]).endswith(country.split()[-1])
+
+
+@pytest.mark.parametrize("keep_soft_keys", [False, True])
+def test_soft_constraint_keys_join_the_sequential_state_only_when_asked(keep_soft_keys):
+    """``keep_soft_keys``: the round's neutral/substitute keys, weighted, are preserved by later
+    rounds too; otherwise the state holds only the edited keys."""
+    from unierase.edit.editor import run_edit_passes, soft_constraint_keys
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    adapter = find_mlp_output(model)
+    stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=3000, progress=False)
+    requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("Who wrote Hamlet?")]
+    config = EditConfig(layers=[1, 2], key_position="entity", null_space_threshold=0.05, ridge=0.01, max_passes=1,
+                        neutral_key_weight=2.0, neutral_templates=2, substitute_entities=1, keep_soft_keys=keep_soft_keys,
+                        values=ValueConfig(steps=2, lr=0.5, clamp_factor=0.5, continuation_weight=0.0))
+    soft = soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
+    assert [keys[1].shape[1] for keys in soft] == [3, 3]  # 2 neutral questions + 1 substitute each
+    state = EditState()
+    result = run_edit_passes(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
+    keys = result.last.keys[1].double()
+    expected = keys @ keys.T
+    if keep_soft_keys:
+        s = torch.cat([k[1] for k in soft], dim=1).double()
+        expected = expected + 2.0 * s @ s.T
+    torch.testing.assert_close(state.get(1), expected, rtol=1e-5, atol=1e-5)  # keys scaled by √2 in fp32

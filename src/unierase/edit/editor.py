@@ -93,6 +93,9 @@ class EditConfig:
     warm_start: bool = True
     """A further pass starts each request's δ at the target its previous pass computed (a request
     the previous target still serves leaves the value optimisation after one step)."""
+    keep_soft_keys: bool = False
+    """Also add the soft constraint's keys (weighted by ``neutral_key_weight``) to the sequential
+    state, so later rounds keep preserving them (False: only in their own round)."""
     preserve_each_pass: bool = True
     """True: every pass's keys join the preserved term K_p K_pᵀ from the next pass on, also those of
     requests still pending (their own further updates then shrink pass by pass). False: a request's
@@ -175,31 +178,65 @@ def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: s
     return rng.sample(candidates, min(count, len(candidates)))
 
 
-def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int,
-                    num_substitutes: int = 0) -> list[EditPrompt]:
-    """Each request's entity (its subject, else ``_entity_span``) in relation-neutral questions
-    ("Tell me about the Eiffel Tower."), and its question with the entity replaced by other
-    entities of the same kind ("What is the capital of Peru?"), keyed at the entity's last token
-    like the request.
+def neutral_questions(requests: list[ForgetRequest], num_templates: int, num_substitutes: int = 0) -> list[list[tuple[str, int]]]:
+    """Per request: (question, character end of its entity) for each relation-neutral question about
+    the request's entity ("Tell me about the Eiffel Tower.") and each copy of its question with the
+    entity replaced by another entity of the same kind ("What is the capital of Peru?").
 
-    Their keys are softly preserved in the round (``EditConfig.neutral_key_weight``), so the update
-    keys on what is specific to the request — this entity with this relation — rather than on the
-    entity alone or on the question's shape; other questions about the entity and the same
-    question about other entities are left alone. Entities of the round's own requests are never
-    used as substitutes.
+    Entities of the requests themselves are never used as substitutes.
     """
     spans = [_entity_of(r) for r in requests]
     entities = [r.question[s:e] for r, (s, e) in zip(requests, spans)]
     own = {e.lower() for e in entities}
-    prompts = []
+    out = []
     for r, (start, end), entity in zip(requests, spans, entities):
+        questions = []
         for template in NEUTRAL_TEMPLATES[:num_templates]:
             question = template.format(entity)
-            prompts += build_edit_prompts(tokenizer, question, len(prompts), question.index(entity) + len(entity), 0)
+            questions.append((question, question.index(entity) + len(entity)))
         for other in substitute_entities(entity, own, num_substitutes, r.question):
-            question = r.question[:start] + other + r.question[end:]
-            prompts += build_edit_prompts(tokenizer, question, len(prompts), start + len(other), 0)
+            questions.append((r.question[:start] + other + r.question[end:], start + len(other)))
+        out.append(questions)
+    return out
+
+
+def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int,
+                    num_substitutes: int = 0) -> list[EditPrompt]:
+    """The ``neutral_questions`` of all requests as plain edit prompts keyed at the entity's last
+    token like the request (each prompt its own index).
+
+    Their keys are softly preserved (``EditConfig.neutral_key_weight``), so the update keys on what
+    is specific to the request — this entity with this relation — rather than on the entity alone
+    or on the question's shape; other questions about the entity and the same question about
+    other entities are left alone.
+    """
+    prompts: list[EditPrompt] = []
+    for questions in neutral_questions(requests, num_templates, num_substitutes):
+        for question, end in questions:
+            prompts += build_edit_prompts(tokenizer, question, len(prompts), end, 0)
     return prompts
+
+
+def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
+                         config: EditConfig) -> list[dict[int, torch.Tensor]] | None:
+    """Per request: layer → keys (m × n) of its ``neutral_prompts``, from one pass on the current
+    model; ``None`` when the config has no soft constraint (weight 0, or keys not on an entity)."""
+    if not config.neutral_key_weight or config.key_position not in ("auto", "entity", "subject"):
+        return None
+    counts = [len(q) for q in neutral_questions(requests, config.neutral_templates, config.substitute_entities)]
+    soft = neutral_prompts(tokenizer, requests, config.neutral_templates, config.substitute_entities)
+    keys = request_keys_at(model, adapter, layers, soft, len(soft), tokenizer.pad_token_id)
+    per_request, start = [], 0
+    for n in counts:
+        per_request.append({layer: k[:, start:start + n] for layer, k in keys.items()})
+        start += n
+    return per_request
+
+
+def _stack_soft_keys(per_request: list[dict[int, torch.Tensor]] | None) -> dict[int, torch.Tensor] | None:
+    if not per_request:
+        return None
+    return {layer: torch.cat([keys[layer] for keys in per_request], dim=1) for layer in per_request[0]}
 
 
 def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
@@ -283,7 +320,11 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
 
     ``state`` ends up holding every request's keys (see ``EditConfig.preserve_each_pass``).
     """
-    bases = null_space_bases(stats, config.resolved_layers(adapter.num_layers), config)  # once for all passes
+    layers = config.resolved_layers(adapter.num_layers)
+    bases = null_space_bases(stats, layers, config)  # once for all passes
+    # the soft constraint's keys, measured once on the model before this round's first pass (a soft
+    # constraint: the small change the passes make to them does not matter)
+    soft = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     last_keys: dict[int, dict[int, torch.Tensor]] = {}
@@ -297,6 +338,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         chosen = [requests[i] for i in pending]
         report = run_edit_round(model, tokenizer, adapter, chosen, target_id, config, state, stats, progress=progress,
                                 bases=bases, record_keys=config.preserve_each_pass,
+                                soft_keys=_stack_soft_keys([soft[i] for i in pending]) if soft else None,
                                 start_targets=[targets[i] for i in pending] if config.warm_start else None)
         key_tokens = key_tokens or report.key_tokens
         for j, i in enumerate(pending):
@@ -313,19 +355,24 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
             break
     if not config.preserve_each_pass:
         preserve(pending)
+    if soft and config.keep_soft_keys:
+        for layer, keys in _stack_soft_keys(soft).items():
+            state.add(layer, keys * config.neutral_key_weight ** 0.5)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report)
 
 
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
                    config: EditConfig, state: EditState, stats, *, progress: bool = True,
                    bases: dict[int, torch.Tensor] | None = None,
-                   start_targets: list[torch.Tensor | None] | None = None, record_keys: bool = True) -> RoundReport:
+                   start_targets: list[torch.Tensor | None] | None = None, record_keys: bool = True,
+                   soft_keys: dict[int, torch.Tensor] | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
     ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); with ``record_keys`` this round's
     keys are added to it (a caller running several passes over the same requests adds them itself,
     from ``RoundReport.keys``). ``bases`` (from ``null_space_bases``) avoids recomputing the
-    eigen-decompositions; ``start_targets`` warm-starts the target values (``compute_target_values``).
+    eigen-decompositions; ``start_targets`` warm-starts the target values (``compute_target_values``);
+    ``soft_keys`` (layer → keys, from ``soft_constraint_keys``) are measured here when not given.
     """
     timings: dict[str, float] = {}
     layers = config.resolved_layers(adapter.num_layers)
@@ -355,12 +402,10 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    neutral_keys = {}
-    if config.neutral_key_weight and config.key_position in ("auto", "entity", "subject"):
+    if soft_keys is None:
         # measured once before the sweep for all layers (a soft constraint: the few-percent change the
         # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
-        soft = neutral_prompts(tokenizer, requests, config.neutral_templates, config.substitute_entities)
-        neutral_keys = request_keys_at(model, adapter, layers, soft, len(soft), pad)
+        soft_keys = _stack_soft_keys(soft_constraint_keys(model, tokenizer, adapter, requests, layers, config))
     # no edit of this round reaches below its first layer: those blocks run on the first key pass only
     lower = LowerBlocks(adapter.blocks, layers[0] - 1) if layers[0] > 0 else None
     initial = None
@@ -370,7 +415,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad, lower=lower)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
-        k_soft = neutral_keys[layer].double() if neutral_keys else None  # softly preserved in this round only
+        k_soft = soft_keys[layer].double() if soft_keys else None  # softly preserved in this round
         if config.solver == "memit":
             preserved = state.get(layer)
             if k_soft is not None:

@@ -7,6 +7,7 @@ save or train it), so it is converted once into a plain fp32 safetensors checkpo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -39,6 +40,33 @@ def _gguf_location() -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def _one_gguf_parse():
+    """Within the block, every ``gguf.GGUFReader(path)`` of the same file returns one reader.
+
+    transformers parses the GGUF file separately for the config, the tokenizer and the weights
+    (each a slow pure-Python pass over the 49k-entry vocabulary); the file is read-only here, so
+    one parse serves all three. transformers imports ``GGUFReader`` from ``gguf`` at each call,
+    so replacing the module attribute for the duration of the conversion is enough.
+    """
+    import gguf
+
+    original = gguf.GGUFReader
+    readers: dict = {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in readers:
+            readers[key] = original(path, *args, **kwargs)
+        return readers[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the converted default checkpoint, converting it on first use."""
     target = Path(cache_dir or default_cache_dir()) / "models" / DEFAULT_MODEL
@@ -48,8 +76,9 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
     folder = _gguf_location()
     log.info("converting %s to a plain safetensors checkpoint in %s (once)", _GGUF_FILE, target)
-    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+    with _one_gguf_parse():
+        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
     config = quantised.config.to_dict()
     config.pop("quantization_config", None)
     config = AutoConfig.for_model(**config)
