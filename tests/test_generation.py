@@ -72,3 +72,24 @@ def test_teacher_forced_agreement_counts_each_answer_position(tiny_llama):
     wrong_last = [a[:-1] + [(a[-1] + 1) % 50] for a in answers]
     scores = teacher_forced_agreement(model, tok, questions, wrong_last)
     assert scores == [1 - 1 / len(a) for a in answers]
+
+
+def test_own_answers_are_generated_once_and_cut_to_each_callers_length(monkeypatch):
+    from unierase import generation
+    from tiny_models import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where was Elena Marsh born?"]
+    shared = generation.OwnAnswers(model, tok, questions, max_new_tokens=6)
+    calls = []
+    real = generation.generate_answer_ids
+    monkeypatch.setattr(generation, "generate_answer_ids", lambda *a, **k: calls.append(k) or real(*a, **k))
+    short = shared.get(questions[:2], 3)
+    full = shared.get(questions, 6)
+    assert len(calls) == 1 and calls[0]["max_new_tokens"] == 6
+    assert short == [a[:3] for a in full[:2]]
+    assert full == real(model, tok, questions, max_new_tokens=6)
+    # a question list that is not a prefix of the shared one is generated on its own
+    assert shared.get(questions[1:], 3) == real(model, tok, questions[1:], max_new_tokens=3)
+    assert len(calls) == 2

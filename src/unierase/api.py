@@ -21,13 +21,15 @@ import torch
 from . import __version__
 from .edit.editor import EditConfig, run_edit_passes
 from .edit.state import EditState
-from .edit.stats import cached_refusal_key_moments, get_key_statistics
+from .edit.stats import ANSWER_KEY_TOKENS, cached_refusal_key_moments, get_key_statistics
+from .generation import OwnAnswers
 from .models.adapters import find_mlp_output
 from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
 from .prompts import PINNED_DATE
 from .requests import ForgetRequest, load_requests, parse_requests
 from .storage import UniEraseError, atomic_directory, check_output_dir, default_cache_dir, write_json_atomic
 from .token.cache import ensure_unlearning_token, token_folder
+from .token.questions import training_questions
 from .token.training import UnlearningTokenConfig
 
 log = logging.getLogger(__name__)
@@ -137,14 +139,17 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     token_config = token_config or UnlearningTokenConfig(seed=seed)
 
     base_fingerprint = previous.get("base_model", {}).get("fingerprint") or model_fingerprint(model)
+    # the model's own answers to the generic questions, generated at most once for the token and the statistics
+    own_answers = OwnAnswers(model, tokenizer, training_questions(), ANSWER_KEY_TOKENS)
     started = time.perf_counter()
     token = ensure_unlearning_token(model, tokenizer, fingerprint=base_fingerprint, cache_dir=cache_dir,
-                                    config=token_config, augment_layers=edit_layers, progress=progress)
+                                    config=token_config, augment_layers=edit_layers, progress=progress,
+                                    own_answers=own_answers)
     timings["token"] = time.perf_counter() - started
 
     started = time.perf_counter()
     stats, _ = get_key_statistics(model, tokenizer, adapter, edit_layers, fingerprint=base_fingerprint, cache_dir=cache_dir,
-                                  num_tokens=config.stats_tokens, progress=progress)
+                                  num_tokens=config.stats_tokens, progress=progress, own_answers=own_answers)
     if config.refusal_key_weight:
         token_key = token.cache_key or previous.get("token", {}).get("cache_key")
         cached = (token_folder(cache_dir, token_key) / f"refusal_keys-{'-'.join(map(str, edit_layers))}.safetensors"

@@ -154,6 +154,31 @@ def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_token
     return results
 
 
+class OwnAnswers:
+    """The model's greedy answers to one list of questions, generated on first use and shared.
+
+    Phase I (the token's ordinary-answer unlikelihood: the first questions, short answers) and
+    Phase II (the answer-key statistics: all questions, longer answers) both need the model's own
+    answers to the generic question pool; when neither is cached, one generation serves both.
+    A greedy answer cut after n tokens is the answer generated with ``max_new_tokens=n``.
+    """
+
+    def __init__(self, model, tokenizer, questions: list[str], max_new_tokens: int):
+        self.model, self.tokenizer = model, tokenizer
+        self.questions, self.max_new_tokens = list(questions), max_new_tokens
+        self._answers: list[list[int]] | None = None
+
+    def get(self, questions: list[str], max_new_tokens: int) -> list[list[int]]:
+        """Answer ids (end-of-turn token kept when produced within the length) to ``questions``,
+        which must be a prefix of the shared list, cut after ``max_new_tokens``."""
+        if questions != self.questions[: len(questions)] or max_new_tokens > self.max_new_tokens:
+            return generate_answer_ids(self.model, self.tokenizer, questions, max_new_tokens=max_new_tokens)
+        if self._answers is None:
+            self._answers = generate_answer_ids(self.model, self.tokenizer, self.questions,
+                                                max_new_tokens=self.max_new_tokens, batch_size=256)
+        return [a[:max_new_tokens] for a in self._answers[: len(questions)]]
+
+
 @torch.no_grad()
 def first_token_ids(model, tokenizer, questions: list[str], batch_size: int = 128) -> list[int]:
     """The greedy first answer token of each question (one forward pass, no generation)."""

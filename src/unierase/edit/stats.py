@@ -204,22 +204,33 @@ def cached_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, laye
     return moments, count
 
 
+ANSWER_KEY_TOKENS = 64
+"""Length of the model's own answers whose keys join C₀ (``accumulate_answer_key_moments``)."""
+
+
 @torch.no_grad()
 def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int],
-                                  num_questions: int | None = None, max_new_tokens: int = 64,
-                                  batch_size: int = 16, generation_batch: int = 256) -> tuple[dict[int, torch.Tensor], int]:
+                                  num_questions: int | None = None, max_new_tokens: int = ANSWER_KEY_TOKENS,
+                                  batch_size: int = 16, generation_batch: int = 256,
+                                  own_answers=None) -> tuple[dict[int, torch.Tensor], int]:
     """Σ k kᵀ over every position of the model's own greedy answers to the generic question pool.
 
     Teacher-forced locality is measured on exactly such text (an unrelated question followed by
     the model's own answer); template sentences cover it only partly, so the keys the model forms
     while writing fluent answers are preserved directly. The pool (``token.questions``: fictional
     people, places and materials) shares no question or entity with the demo facts.
+    ``own_answers`` (``generation.OwnAnswers``) shares the answers with the token's training.
     """
     from ..generation import greedy_batch, stop_token_ids
     from ..token.questions import training_questions
 
+    questions = training_questions(num_questions)
+    prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in questions]
+    if own_answers is not None:
+        answers = own_answers.get(questions, max_new_tokens)
+        return answer_position_moments(model, tokenizer, adapter, layers, [(p, a) for p, a in zip(prompts, answers) if a],
+                                       batch_size=batch_size)
     stops = stop_token_ids(model, tokenizer)
-    prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in training_questions(num_questions)]
     texts = []
     for start in range(0, len(prompts), generation_batch):
         chunk = prompts[start: start + generation_batch]
@@ -296,7 +307,7 @@ class StatisticsCache:
 
 
 def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, cache_dir, num_tokens: int,
-                       progress: bool = True) -> tuple[KeyStatistics, float]:
+                       progress: bool = True, own_answers=None) -> tuple[KeyStatistics, float]:
     """Load cached statistics or compute the missing layers; returns (stats, seconds spent computing)."""
     cache = StatisticsCache(cache_dir)
     stats = cache.load(fingerprint, corpus_module.CORPUS_ID, num_tokens, layers)
@@ -308,7 +319,8 @@ def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, c
         log.info("computing key statistics for layers %s over %d corpus tokens (once per model)", layers, num_tokens)
         stats = accumulate_key_moments(model, tokenizer, adapter, layers, num_tokens=num_tokens, progress=progress)
     log.info("computing key statistics of the model's own answers to generic questions (once per model)")
-    stats.answer_moments, stats.answer_count = accumulate_answer_key_moments(model, tokenizer, adapter, layers)
+    stats.answer_moments, stats.answer_count = accumulate_answer_key_moments(model, tokenizer, adapter, layers,
+                                                                             own_answers=own_answers)
     cache.save(fingerprint, stats, num_tokens)
     return stats, time.perf_counter() - started
 

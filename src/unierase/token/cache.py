@@ -42,7 +42,7 @@ def token_folder(cache_dir: str | Path, cache_key: str) -> Path:
 
 
 def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: str | Path, config: UnlearningTokenConfig,
-                            augment_layers: list[int] | None = None, progress: bool = True) -> TokenInfo:
+                            augment_layers: list[int] | None = None, progress: bool = True, own_answers=None) -> TokenInfo:
     """Make sure ``model``/``tokenizer`` carry a trained unlearning token (from the checkpoint, the cache, or training)."""
     if config.token in tokenizer.get_vocab():
         return TokenInfo(config.token, tokenizer.convert_tokens_to_ids(config.token), "checkpoint")
@@ -58,7 +58,8 @@ def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: st
         log.info("unlearning token loaded from cache %s", folder)
         return TokenInfo(config.token, token_id, "cache", 0.0, key)
     log.info("training the unlearning token (once per base model; cached in %s)", folder)
-    report = train_unlearning_token(model, tokenizer, training_questions(config.num_questions), config, augment_layers, progress)
+    report = train_unlearning_token(model, tokenizer, training_questions(config.num_questions), config, augment_layers, progress,
+                                    own_answers)
     token_id = tokenizer.convert_tokens_to_ids(config.token)
     folder.mkdir(parents=True, exist_ok=True)
     rows = {f"row{i}": w[token_id].detach().float().cpu().contiguous() for i, w in enumerate(_token_rows(model, config.train_output_row))}

@@ -294,8 +294,12 @@ def _noisy_weights(adapter, layers: list[int], scale: float, generator: torch.Ge
 
 
 def train_unlearning_token(model, tokenizer, questions: list[str], config: UnlearningTokenConfig,
-                           augment_layers: list[int] | None = None, progress: bool = True) -> TokenTrainingReport:
-    """Add and train the token in place; every parameter but the token's row(s) is unchanged."""
+                           augment_layers: list[int] | None = None, progress: bool = True,
+                           own_answers=None) -> TokenTrainingReport:
+    """Add and train the token in place; every parameter but the token's row(s) is unchanged.
+
+    ``own_answers`` (``generation.OwnAnswers``) shares the model's ordinary answers with the
+    statistics; without it they are generated here."""
     import time
 
     started = time.perf_counter()
@@ -303,7 +307,8 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
     if config.ordinary_unlikelihood_weight and config.token not in tokenizer.get_vocab():
         from ..generation import generate_answer_ids
 
-        answers = generate_answer_ids(model, tokenizer, questions, max_new_tokens=config.ordinary_answer_tokens)
+        answers = (own_answers.get(questions, config.ordinary_answer_tokens) if own_answers is not None else
+                   generate_answer_ids(model, tokenizer, questions, max_new_tokens=config.ordinary_answer_tokens))
         sequences = [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(questions, answers) if a]
     token_id = add_unlearning_token(model, tokenizer, config.token)
     ordinary = ordinary_positions(model, tokenizer, sequences, token_id) if sequences else None
