@@ -168,3 +168,16 @@ def test_soft_constraint_keys_join_the_sequential_state_only_when_asked(keep_sof
         s = torch.cat([k[1] for k in soft], dim=1).double()
         expected = expected + 2.0 * s @ s.T
     torch.testing.assert_close(state.get(1), expected, rtol=1e-5, atol=1e-5)  # keys scaled by √2 in fp32
+
+
+def test_substitute_answers_replace_the_entity_in_the_question_and_the_answer():
+    from unierase.edit.editor import substitute_answers
+
+    tok = build_tokenizer()
+    requests = [ForgetRequest("What is the chemical symbol for gold?")]
+    pairs = substitute_answers(tok, requests, ["The chemical symbol for Gold is Au."], 2)
+    assert len(pairs[0]) == 2
+    for prompt, answer in pairs[0]:
+        question, text = tok.decode(prompt), tok.decode(answer)
+        other = question.split("chemical symbol for ")[1].split("?")[0]
+        assert other.lower() != "gold" and text == f"The chemical symbol for {other} is Au."

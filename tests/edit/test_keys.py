@@ -76,3 +76,20 @@ def test_replayed_lower_blocks_give_the_keys_of_full_passes(arch):
         with torch.no_grad():  # an edit above the replayed block
             adapter.add_to_weight(1, 0.05 * torch.randn_like(adapter.weight(1)))
     assert sorted(lower.outputs) == [0, 4]  # one recording per batch, reused afterwards
+
+
+def test_answer_position_keys_are_the_keys_of_the_positions_that_predict_the_answer():
+    from unierase.edit.keys import answer_position_keys, token_keys
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    shared = [5, 6, 7, 8, 9, 10]
+    pairs = [(shared + [11, 12], [13, 14, 15]), (shared + [16], [17, 18]), (shared + [19, 20, 21], [])]
+    got = answer_position_keys(model, adapter, [1, 2], pairs, tok.pad_token_id)
+    for layer in (1, 2):
+        whole = token_keys(model, adapter, layer, [EditPrompt(i, 0, p + a, len(p) - 1, (0, len(p)))
+                                                   for i, (p, a) in enumerate(pairs)], tok.pad_token_id)
+        for (p, a), keys, full in zip(pairs, got, whole):
+            expected = full[len(p) - 1: len(p) + len(a) - 1] if a else full[len(p) - 1: len(p)]
+            torch.testing.assert_close(keys[layer], expected, atol=1e-5, rtol=1e-5)

@@ -89,7 +89,17 @@ _PROSE_TEMPLATES = [
     "Visitors interested in {a} often ask questions about {b} as well.",
 ]
 
+ELEMENTS = [
+    "hydrogen", "helium", "lithium", "carbon", "nitrogen", "oxygen", "fluorine", "neon", "sodium", "magnesium",
+    "aluminium", "silicon", "phosphorus", "sulfur", "chlorine", "argon", "potassium", "calcium", "titanium", "chromium",
+    "manganese", "iron", "cobalt", "nickel", "copper", "zinc", "arsenic", "bromine", "silver", "tin", "iodine",
+    "platinum", "gold", "mercury", "lead", "uranium", "plutonium", "radium", "tungsten", "krypton",
+]
+"""Chemical elements: substitutes only (``SUBSTITUTE_GROUPS``), not part of the statistics corpus."""
+
 ENTITY_GROUPS = {"country": COUNTRIES, "city": CITIES, "person": PEOPLE, "thing": THINGS, "work": WORKS}
+SUBSTITUTE_GROUPS = {**ENTITY_GROUPS, "element": ELEMENTS}
+"""Entity kinds the edit draws "same question, other entity" substitutes from (``editor.substitute_entities``)."""
 """The entity lists by kind (also the pool of ``editor.substitute_entities``)."""
 
 

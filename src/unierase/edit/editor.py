@@ -15,14 +15,14 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..generation import first_token_ids
+from ..generation import first_token_ids, generate_answer_ids
 from ..models.adapters import MLPOutputAdapter
-from ..prompts import has_chat_template
+from ..prompts import encode_text, has_chat_template, render_prompt
 from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
-from .keys import LowerBlocks, request_keys_and_values, request_keys_at, token_keys
+from .keys import LowerBlocks, answer_position_keys, request_keys_and_values, request_keys_at, token_keys
 from .prompts import NEUTRAL_TEMPLATES, EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update_in_basis, memit_update
 from .state import EditState
@@ -80,6 +80,10 @@ class EditConfig:
     same kind ("What is the chemical symbol for copper?" next to an erased "… for gold?") are softly
     preserved with ``neutral_key_weight`` as well, so the update keys on the entity in the question
     rather than on the question's shape (0 = off)."""
+    substitute_answer_tokens: int = 0
+    """Also softly preserve every answer position of each substitute question followed by the
+    request's own greedy answer (this many tokens) with the entity replaced (``substitute_answers``);
+    0 = only the substitute question's entity key."""
     ridge: float = 0.2
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys (0.2: each
     pass writes less, unrelated answers move less, more passes are needed)."""
@@ -166,13 +170,14 @@ def _entity_of(request: ForgetRequest) -> tuple[int, int]:
 
 
 def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: str) -> list[str]:
-    """``count`` other entities of the same kind as ``entity`` (the corpus list that holds it; all
-    lists when none does), none of them in ``exclude`` (lower case); a stable choice per ``seed_text``."""
-    from .corpus import ENTITY_GROUPS
+    """``count`` other entities of the same kind as ``entity`` (the lists of ``corpus.SUBSTITUTE_GROUPS``
+    that hold it; all lists when none does), none of them in ``exclude`` (lower case); a stable choice
+    per ``seed_text``."""
+    from .corpus import SUBSTITUTE_GROUPS
 
     lower = entity.lower()
-    kinds = [names for names in ENTITY_GROUPS.values() if lower in {n.lower() for n in names}]
-    pool = kinds[0] if kinds else [n for names in ENTITY_GROUPS.values() for n in names]
+    kinds = [names for names in SUBSTITUTE_GROUPS.values() if lower in {n.lower() for n in names}]
+    pool = list(dict.fromkeys(n for names in (kinds or SUBSTITUTE_GROUPS.values()) for n in names))
     candidates = [n for n in pool if n.lower() != lower and n.lower() not in exclude]
     rng = random.Random(hashlib.sha256(seed_text.encode("utf-8")).hexdigest())
     return rng.sample(candidates, min(count, len(candidates)))
@@ -217,10 +222,41 @@ def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int
     return prompts
 
 
+def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[str], num_substitutes: int
+                       ) -> list[list[tuple[list[int], list[int]]]]:
+    """Per request: (prompt ids, answer ids) of each substitute question ("… for copper?") followed by
+    the request's own answer with its entity replaced the same way ("The chemical symbol for copper
+    is Au.").
+
+    The model restates the question in its answer, so the entity and the relation meet again at
+    the answer's positions; an update that keys on "this relation with an entity of this kind"
+    fires there (measured: after erasing 7 of 13 chemical symbols in 5 rounds, the other symbols'
+    answers turned into "The chemical symbol for copper is[UNL]"). Preserving those positions too
+    keeps the neighbours' answers, not only their first token.
+    """
+    spans = [_entity_of(r) for r in requests]
+    own = {r.question[s:e].lower() for r, (s, e) in zip(requests, spans)}
+    out = []
+    for r, (start, end), answer in zip(requests, spans, answers):
+        entity = r.question[start:end]
+        pattern = re.compile(re.escape(entity), re.IGNORECASE)
+        pairs = []
+        for other in substitute_entities(entity, own, num_substitutes, r.question):
+            question = r.question[:start] + other + r.question[end:]
+            prompt = encode_text(tokenizer, render_prompt(tokenizer, question))
+            text = pattern.sub(other, answer)
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text.strip() else []
+            pairs.append((prompt, list(ids)))
+        out.append(pairs)
+    return out
+
+
 def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
                          config: EditConfig) -> list[dict[int, torch.Tensor]] | None:
-    """Per request: layer → keys (m × n) of its ``neutral_prompts``, from one pass on the current
-    model; ``None`` when the config has no soft constraint (weight 0, or keys not on an entity)."""
+    """Per request: layer → keys (m × n) of its ``neutral_prompts`` (and, with
+    ``config.substitute_answer_tokens``, of every answer position of its ``substitute_answers``),
+    from one pass on the current model; ``None`` when the config has no soft constraint (weight 0,
+    or keys not on an entity)."""
     if not config.neutral_key_weight or config.key_position not in ("auto", "entity", "subject"):
         return None
     counts = [len(q) for q in neutral_questions(requests, config.neutral_templates, config.substitute_entities)]
@@ -230,6 +266,19 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
     for n in counts:
         per_request.append({layer: k[:, start:start + n] for layer, k in keys.items()})
         start += n
+    if config.substitute_answer_tokens and config.substitute_entities:
+        ids = generate_answer_ids(model, tokenizer, [r.question for r in requests],
+                                  max_new_tokens=config.substitute_answer_tokens)
+        answers = [tokenizer.decode(a, skip_special_tokens=True) for a in ids]
+        pairs = substitute_answers(tokenizer, requests, answers, config.substitute_entities)
+        flat = [pair for request_pairs in pairs for pair in request_pairs]
+        positions = answer_position_keys(model, adapter, layers, flat, tokenizer.pad_token_id)
+        i = 0
+        for r, request_pairs in enumerate(pairs):
+            extra = positions[i:i + len(request_pairs)]
+            i += len(request_pairs)
+            for layer in layers:
+                per_request[r][layer] = torch.cat([per_request[r][layer]] + [e[layer].T for e in extra], dim=1)
     return per_request
 
 

@@ -75,6 +75,20 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
         yield chunk, captured, starts, key_idx
 
 
+def answer_position_keys(model, adapter: MLPOutputAdapter, layers: list[int], pairs: list[tuple[list[int], list[int]]],
+                         pad_id: int, batch_size: int = 32) -> list[dict[int, torch.Tensor]]:
+    """Per (prompt ids, answer ids) pair: layer → keys (positions × m, fp32, CPU) at every position
+    that predicts an answer token (the prompt's last token onwards, the answer's last token excluded)."""
+    prompts = [EditPrompt(i, 0, list(p) + list(a), len(p) - 1, (0, len(p))) for i, (p, a) in enumerate(pairs)]
+    modules = {layer: adapter.mlp_output(layer) for layer in layers}
+    out: list[dict[int, torch.Tensor]] = []
+    for chunk, captured, starts, key_idx in capture_prompts(model, modules, prompts, pad_id, batch_size=batch_size):
+        for row, p in enumerate(chunk):
+            first, last = int(key_idx[row]), int(starts[row]) + len(p.input_ids) - 1
+            out.append({layer: captured[layer][row, first:max(first + 1, last)].float().cpu() for layer in layers})
+    return out
+
+
 def at_key(states: torch.Tensor, key_idx: torch.Tensor) -> torch.Tensor:
     """Each row's state at its key token (batch × dim)."""
     return states[torch.arange(states.shape[0], device=states.device), key_idx.to(states.device)]
