@@ -127,11 +127,13 @@ def test_edit_passes_preserve_each_requests_keys(preserve_each_pass):
 
 def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
     from unierase.edit.editor import neutral_prompts, substitute_entities
-    from unierase.edit.corpus import ENTITY_GROUPS
+    from unierase.edit.corpus import ENTITY_GROUPS, SUBSTITUTE_GROUPS
 
     others = substitute_entities("gold", {"silver"}, 4, "What is the chemical symbol for gold?")
-    assert len(others) == 4 and set(others) <= set(ENTITY_GROUPS["thing"]) and not {"gold", "silver"} & set(others)
+    kinds = set(SUBSTITUTE_GROUPS["thing"]) | set(SUBSTITUTE_GROUPS["element"])  # gold is a thing and an element
+    assert len(others) == 4 and set(others) <= kinds and not {"gold", "silver"} & set(others)
     assert others == substitute_entities("gold", {"silver"}, 4, "What is the chemical symbol for gold?")  # stable
+    assert set(substitute_entities("nitrogen", set(), 6, "x")) <= set(SUBSTITUTE_GROUPS["element"])
     tok = build_tokenizer()
     requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("What is the capital of Japan?")]
     prompts = neutral_prompts(tok, requests, 1, num_substitutes=3)
