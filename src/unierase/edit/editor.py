@@ -83,23 +83,27 @@ class EditConfig:
     substitute_answer_tokens: int = 0
     """Also softly preserve every answer position of each substitute question followed by the
     request's own greedy answer (this many tokens) with the entity replaced (``substitute_answers``);
-    0 = only the substitute question's entity key."""
+    0 = only the substitute question's entity key. Measured at 24 (24 facts batch): known facts
+    91.25 → 93.75 %, but only 87.5 % of the erased questions reached ``[UNL]`` in 7 passes."""
     ridge: float = 0.2
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys (0.2: each
     pass writes less, unrelated answers move less, more passes are needed)."""
     memit_weight: float = 1e4
     """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
-    stats_tokens: int = 200_000
-    """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
+    stats_tokens: int = 100_000
+    """Corpus tokens for the preserved-key statistics (computed once per model, cached). 100k and
+    200k gave the same batch and sequential figures; 100k takes a third less time."""
     max_passes: int = 7
     """After a pass, requests whose greedy first token is not yet the target get another pass; at
     most this many passes."""
     warm_start: bool = True
     """A further pass starts each request's δ at the target its previous pass computed (a request
     the previous target still serves leaves the value optimisation after one step)."""
-    keep_soft_keys: bool = False
+    keep_soft_keys: bool = True
     """Also add the soft constraint's keys (weighted by ``neutral_key_weight``) to the sequential
-    state, so later rounds keep preserving them (False: only in their own round)."""
+    state, so later rounds keep preserving them (False: only in their own round). Measured over 5
+    sequential rounds: other questions starting with ``[UNL]`` 4.7 % → 1.2 %; with the element
+    substitutes, known facts 83.7 % → 84.9 %."""
     preserve_each_pass: bool = True
     """True: every pass's keys join the preserved term K_p K_pᵀ from the next pass on, also those of
     requests still pending (their own further updates then shrink pass by pass). False: a request's
