@@ -183,3 +183,22 @@ def test_substitute_answers_replace_the_entity_in_the_question_and_the_answer():
         question, text = tok.decode(prompt), tok.decode(answer)
         other = question.split("chemical symbol for ")[1].split("?")[0]
         assert other.lower() != "gold" and text == f"The chemical symbol for {other} is Au."
+
+
+def test_substitute_answer_keys_join_the_soft_keys_with_their_weight():
+    from unierase.edit.editor import soft_constraint_keys
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    requests = [ForgetRequest("What is the chemical symbol for gold?"), ForgetRequest("Who wrote Hamlet?")]
+    common = dict(layers=[1, 2], neutral_templates=2, substitute_entities=2)
+    plain = soft_constraint_keys(model, tok, adapter, requests, [1, 2], EditConfig(**common))
+    full = soft_constraint_keys(model, tok, adapter, requests, [1, 2], EditConfig(substitute_answer_tokens=4, **common))
+    quarter = soft_constraint_keys(model, tok, adapter, requests, [1, 2],
+                                   EditConfig(substitute_answer_tokens=4, substitute_answer_weight=0.25, **common))
+    for p, f, q in zip(plain, full, quarter):
+        n = p[1].shape[1]
+        assert f[1].shape[1] > n  # answer positions added after the entity keys
+        torch.testing.assert_close(f[1][:, :n], p[1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(q[1][:, n:], 0.5 * f[1][:, n:], atol=1e-5, rtol=1e-5)

@@ -80,6 +80,8 @@ class EditConfig:
     same kind ("What is the chemical symbol for copper?" next to an erased "… for gold?") are softly
     preserved with ``neutral_key_weight`` as well, so the update keys on the entity in the question
     rather than on the question's shape (0 = off)."""
+    substitute_answer_weight: float = 1.0
+    """Weight of those answer-position keys relative to ``neutral_key_weight``."""
     substitute_answer_tokens: int = 0
     """Also softly preserve every answer position of each substitute question followed by the
     request's own greedy answer (this many tokens) with the entity replaced (``substitute_answers``);
@@ -281,8 +283,9 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
         for r, request_pairs in enumerate(pairs):
             extra = positions[i:i + len(request_pairs)]
             i += len(request_pairs)
+            scale = config.substitute_answer_weight ** 0.5  # the soft keys are weighted by neutral_key_weight as a whole
             for layer in layers:
-                per_request[r][layer] = torch.cat([per_request[r][layer]] + [e[layer].T for e in extra], dim=1)
+                per_request[r][layer] = torch.cat([per_request[r][layer]] + [scale * e[layer].T for e in extra], dim=1)
     return per_request
 
 
