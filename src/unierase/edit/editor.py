@@ -80,9 +80,9 @@ class EditConfig:
     same kind ("What is the chemical symbol for copper?" next to an erased "… for gold?") are softly
     preserved with ``neutral_key_weight`` as well, so the update keys on the entity in the question
     rather than on the question's shape (0 = off)."""
-    substitute_answer_weight: float = 1.0
+    substitute_answer_weight: float = 0.3
     """Weight of those answer-position keys relative to ``neutral_key_weight``."""
-    substitute_answer_tokens: int = 0
+    substitute_answer_tokens: int = 24
     """Also softly preserve every answer position of each substitute question followed by the
     request's own greedy answer (this many tokens) with the entity replaced (``substitute_answers``);
     0 = only the substitute question's entity key. Measured at 24 (24 facts batch): known facts
