@@ -47,6 +47,7 @@ def test_edit_round_writes_the_target_values(arch, key_position, solver):
     before = _unl_logprob(model, tok, [r.question for r in requests], token_id)
     state = EditState()
     config = EditConfig(layers=layers, key_position=key_position, solver=solver, null_space_threshold=0.05, ridge=0.01, memit_weight=0.01,
+                        substitute_answer_tokens=0,
                         values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
     report = run_edit_round(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
     after = _unl_logprob(model, tok, [r.question for r in requests], token_id)
@@ -88,6 +89,7 @@ def test_a_neutral_constraint_shrinks_the_update_on_the_entity_in_other_question
         neutral = neutral_prompts(tok, requests, 4)
         before = [adapter.weight(l).detach().clone() for l in (1, 2)]
         config = EditConfig(layers=[1, 2], key_position="subject", null_space_threshold=0.05, ridge=0.01, neutral_key_weight=weight,
+                            substitute_answer_tokens=0,
                             values=ValueConfig(steps=20, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
         report = run_edit_round(model, tok, adapter, requests, token_id, config, EditState(), stats, progress=False)
         from unierase.edit.keys import request_keys
@@ -159,6 +161,7 @@ def test_soft_constraint_keys_join_the_sequential_state_only_when_asked(keep_sof
     requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("Who wrote Hamlet?")]
     config = EditConfig(layers=[1, 2], key_position="entity", null_space_threshold=0.05, ridge=0.01, max_passes=1,
                         neutral_key_weight=2.0, neutral_templates=2, substitute_entities=1, keep_soft_keys=keep_soft_keys,
+                        substitute_answer_tokens=0,
                         values=ValueConfig(steps=2, lr=0.5, clamp_factor=0.5, continuation_weight=0.0))
     soft = soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
     assert [keys[1].shape[1] for keys in soft] == [3, 3]  # 2 neutral questions + 1 substitute each
@@ -193,8 +196,9 @@ def test_substitute_answer_keys_join_the_soft_keys_with_their_weight():
     adapter = find_mlp_output(model)
     requests = [ForgetRequest("What is the chemical symbol for gold?"), ForgetRequest("Who wrote Hamlet?")]
     common = dict(layers=[1, 2], neutral_templates=2, substitute_entities=2)
-    plain = soft_constraint_keys(model, tok, adapter, requests, [1, 2], EditConfig(**common))
-    full = soft_constraint_keys(model, tok, adapter, requests, [1, 2], EditConfig(substitute_answer_tokens=4, **common))
+    plain = soft_constraint_keys(model, tok, adapter, requests, [1, 2], EditConfig(substitute_answer_tokens=0, **common))
+    full = soft_constraint_keys(model, tok, adapter, requests, [1, 2],
+                                EditConfig(substitute_answer_tokens=4, substitute_answer_weight=1.0, **common))
     quarter = soft_constraint_keys(model, tok, adapter, requests, [1, 2],
                                    EditConfig(substitute_answer_tokens=4, substitute_answer_weight=0.25, **common))
     for p, f, q in zip(plain, full, quarter):

@@ -85,8 +85,9 @@ class EditConfig:
     substitute_answer_tokens: int = 24
     """Also softly preserve every answer position of each substitute question followed by the
     request's own greedy answer (this many tokens) with the entity replaced (``substitute_answers``);
-    0 = only the substitute question's entity key. Measured at 24 (24 facts batch): known facts
-    91.25 → 93.75 %, but only 87.5 % of the erased questions reached ``[UNL]`` in 7 passes."""
+    0 = only the substitute question's entity key. Measured (weight 0.3): sequential known facts
+    84.9 → 86.0 % with the batch targets kept; at weight 1.0 89.5 %, but then only 87.5 % of a
+    24-fact batch reached ``[UNL]`` in 7 passes."""
     ridge: float = 0.2
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys (0.2: each
     pass writes less, unrelated answers move less, more passes are needed)."""
@@ -189,23 +190,27 @@ def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: s
     return rng.sample(candidates, min(count, len(candidates)))
 
 
+def _substitutions(requests: list[ForgetRequest], count: int) -> list[tuple[int, int, list[str]]]:
+    """Per request: its entity's character span and ``count`` substitutes (never an entity of the
+    requests themselves)."""
+    spans = [_entity_of(r) for r in requests]
+    own = {r.question[s:e].lower() for r, (s, e) in zip(requests, spans)}
+    return [(s, e, substitute_entities(r.question[s:e], own, count, r.question)) for r, (s, e) in zip(requests, spans)]
+
+
 def neutral_questions(requests: list[ForgetRequest], num_templates: int, num_substitutes: int = 0) -> list[list[tuple[str, int]]]:
     """Per request: (question, character end of its entity) for each relation-neutral question about
     the request's entity ("Tell me about the Eiffel Tower.") and each copy of its question with the
     entity replaced by another entity of the same kind ("What is the capital of Peru?").
-
-    Entities of the requests themselves are never used as substitutes.
     """
-    spans = [_entity_of(r) for r in requests]
-    entities = [r.question[s:e] for r, (s, e) in zip(requests, spans)]
-    own = {e.lower() for e in entities}
     out = []
-    for r, (start, end), entity in zip(requests, spans, entities):
+    for r, (start, end, others) in zip(requests, _substitutions(requests, num_substitutes)):
+        entity = r.question[start:end]
         questions = []
         for template in NEUTRAL_TEMPLATES[:num_templates]:
             question = template.format(entity)
             questions.append((question, question.index(entity) + len(entity)))
-        for other in substitute_entities(entity, own, num_substitutes, r.question):
+        for other in others:
             questions.append((r.question[:start] + other + r.question[end:], start + len(other)))
         out.append(questions)
     return out
@@ -240,14 +245,11 @@ def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[s
     answers turned into "The chemical symbol for copper is[UNL]"). Preserving those positions too
     keeps the neighbours' answers, not only their first token.
     """
-    spans = [_entity_of(r) for r in requests]
-    own = {r.question[s:e].lower() for r, (s, e) in zip(requests, spans)}
     out = []
-    for r, (start, end), answer in zip(requests, spans, answers):
-        entity = r.question[start:end]
-        pattern = re.compile(re.escape(entity), re.IGNORECASE)
+    for r, (start, end, others), answer in zip(requests, _substitutions(requests, num_substitutes), answers):
+        pattern = re.compile(re.escape(r.question[start:end]), re.IGNORECASE)
         pairs = []
-        for other in substitute_entities(entity, own, num_substitutes, r.question):
+        for other in others:
             question = r.question[:start] + other + r.question[end:]
             prompt = encode_text(tokenizer, render_prompt(tokenizer, question))
             text = pattern.sub(other, answer)
@@ -279,11 +281,11 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
         pairs = substitute_answers(tokenizer, requests, answers, config.substitute_entities)
         flat = [pair for request_pairs in pairs for pair in request_pairs]
         positions = answer_position_keys(model, adapter, layers, flat, tokenizer.pad_token_id)
+        scale = config.substitute_answer_weight ** 0.5  # relative: all soft keys carry neutral_key_weight too
         i = 0
         for r, request_pairs in enumerate(pairs):
             extra = positions[i:i + len(request_pairs)]
             i += len(request_pairs)
-            scale = config.substitute_answer_weight ** 0.5  # the soft keys are weighted by neutral_key_weight as a whole
             for layer in layers:
                 per_request[r][layer] = torch.cat([per_request[r][layer]] + [scale * e[layer].T for e in extra], dim=1)
     return per_request

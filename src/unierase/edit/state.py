@@ -1,7 +1,8 @@
 """The sequential edit state saved beside an edited checkpoint.
 
 ``unierase_state.safetensors`` holds, per edited layer, K_p K_pᵀ: the summed outer products of all
-keys edited so far. A later round adds it to its system so it does not undo earlier edits.
+keys edited so far (and, with ``EditConfig.keep_soft_keys``, of the rounds' softly preserved keys,
+weighted). A later round adds it to its system so it does not undo earlier edits.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ STATE_FILE = "unierase_state.safetensors"
 @dataclass
 class EditState:
     previous_keys: dict[int, torch.Tensor] = field(default_factory=dict)
-    """Layer → Σ k kᵀ (m × m, fp64) over every key edited in earlier rounds."""
+    """Layer → Σ k kᵀ (m × m, fp64) over every key edited (or softly preserved) in earlier rounds."""
     _projected: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     """Layer → (Û, Ûᵀ Σ k kᵀ Û) for the null-space basis last asked for (not saved)."""
 
