@@ -4,6 +4,8 @@ The first run does everything a fresh machine does after `pip install`: convert 
 GGUF model, train the unlearning token, compute the key statistics, edit, and print the tables.
 The re-run finds all of that in the cache. Targets (issue 2): first run ≤ 10 min, re-run ≤ 3 min
 on the 2-core machine. Each run is its own process; its figures come from the process itself.
+Samples accumulate in the results file (with the commit and the tree of src/); the medians cover
+the samples measured with the newest code, since one run varies by about ±10 % on this machine.
 
     python benchmarks/bench_demo.py [--threads 2] [--cache DIR] [--cached-only]
 
@@ -16,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,19 +63,27 @@ def main() -> None:
     if cache.exists() and not args.cached_only:
         shutil.rmtree(cache)
     results = {"model": "SmolLM2-135M-Instruct (fp32, CPU)", "machine": f"{os.cpu_count()} cores", "threads": args.threads,
-               "targets_s": {"first": 600, "cached": 180}, "runs": {}}
-    if args.cached_only and RESULTS.is_file():
-        results["runs"] = json.loads(RESULTS.read_text()).get("runs", {})
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+               "targets_s": {"first": 600, "cached": 180}, "runs": {"first": [], "cached": []}}
+    if RESULTS.is_file():  # samples accumulate; the medians cover the samples of the newest code
+        old = json.loads(RESULTS.read_text()).get("runs", {})
+        for name in results["runs"]:
+            previous = old.get(name, [])
+            results["runs"][name] = previous if isinstance(previous, list) else [previous]
+
+    def git(*cmd: str) -> str:
+        return subprocess.run(["git", *cmd], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+
+    code = {"commit": git("rev-parse", "--short", "HEAD"), "src_tree": git("rev-parse", "--short", "HEAD:src")}
     for name in ("cached",) if args.cached_only else ("first", "cached"):
-        run = measure(cache, args.threads)
-        run["commit"] = commit
-        results["runs"][name] = run
+        run = dict(measure(cache, args.threads), **code)
+        results["runs"][name].append(run)
         print(f"{name:<7} {run['wall_seconds']:>7.1f} s  peak {run['peak_memory_mb']:>6.0f} MB  "
               f"(target {results['targets_s'][name]} s)", flush=True)
         for line in run["summary"]:
             print("   ", line)
+        results["median_s"] = {
+            kind: statistics.median(s["wall_seconds"] for s in samples if s.get("src_tree") == code["src_tree"])
+            for kind, samples in results["runs"].items() if any(s.get("src_tree") == code["src_tree"] for s in samples)}
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"written to {RESULTS}; cache left in {cache}")
