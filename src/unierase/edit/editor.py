@@ -226,9 +226,13 @@ def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int
     or on the question's shape; other questions about the entity and the same question about
     other entities are left alone.
     """
+    return _plain_prompts(tokenizer, neutral_questions(requests, num_templates, num_substitutes))
+
+
+def _plain_prompts(tokenizer, questions: list[list[tuple[str, int]]]) -> list[EditPrompt]:
     prompts: list[EditPrompt] = []
-    for questions in neutral_questions(requests, num_templates, num_substitutes):
-        for question, end in questions:
+    for per_request in questions:
+        for question, end in per_request:
             prompts += build_edit_prompts(tokenizer, question, len(prompts), end, 0)
     return prompts
 
@@ -267,11 +271,11 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
     or keys not on an entity)."""
     if not config.neutral_key_weight or config.key_position not in ("auto", "entity", "subject"):
         return None
-    counts = [len(q) for q in neutral_questions(requests, config.neutral_templates, config.substitute_entities)]
-    soft = neutral_prompts(tokenizer, requests, config.neutral_templates, config.substitute_entities)
+    questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities)
+    soft = _plain_prompts(tokenizer, questions)
     keys = request_keys_at(model, adapter, layers, soft, len(soft), tokenizer.pad_token_id)
     per_request, start = [], 0
-    for n in counts:
+    for n in map(len, questions):
         per_request.append({layer: k[:, start:start + n] for layer, k in keys.items()})
         start += n
     if config.substitute_answer_tokens and config.substitute_entities:

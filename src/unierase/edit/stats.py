@@ -211,7 +211,7 @@ ANSWER_KEY_TOKENS = 64
 @torch.no_grad()
 def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int],
                                   num_questions: int | None = None, max_new_tokens: int = ANSWER_KEY_TOKENS,
-                                  batch_size: int = 16, generation_batch: int = 256,
+                                  batch_size: int = 16,
                                   own_answers=None) -> tuple[dict[int, torch.Tensor], int]:
     """Σ k kᵀ over every position of the model's own greedy answers to the generic question pool.
 
@@ -219,25 +219,18 @@ def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, l
     the model's own answer); template sentences cover it only partly, so the keys the model forms
     while writing fluent answers are preserved directly. The pool (``token.questions``: fictional
     people, places and materials) shares no question or entity with the demo facts.
-    ``own_answers`` (``generation.OwnAnswers``) shares the answers with the token's training.
+    ``own_answers`` (``generation.OwnAnswers``) shares the answers with the token's training; without
+    it they are generated here.
     """
-    from ..generation import greedy_batch, stop_token_ids
+    from ..generation import OwnAnswers
     from ..token.questions import training_questions
 
     questions = training_questions(num_questions)
+    own_answers = own_answers or OwnAnswers(model, tokenizer, questions, max_new_tokens)
+    answers = own_answers.get(questions, max_new_tokens)
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in questions]
-    if own_answers is not None:
-        answers = own_answers.get(questions, max_new_tokens)
-        return answer_position_moments(model, tokenizer, adapter, layers, [(p, a) for p, a in zip(prompts, answers) if a],
-                                       batch_size=batch_size)
-    stops = stop_token_ids(model, tokenizer)
-    texts = []
-    for start in range(0, len(prompts), generation_batch):
-        chunk = prompts[start: start + generation_batch]
-        answers = greedy_batch(model, chunk, max_new_tokens=max_new_tokens, stops=stops,
-                               pad_id=tokenizer.pad_token_id, keep_stop=True)
-        texts += [(p, a) for p, a in zip(chunk, answers) if a]
-    return answer_position_moments(model, tokenizer, adapter, layers, texts, batch_size=batch_size)
+    return answer_position_moments(model, tokenizer, adapter, layers, [(p, a) for p, a in zip(prompts, answers) if a],
+                                   batch_size=batch_size)
 
 
 @torch.no_grad()
