@@ -206,3 +206,24 @@ def test_substitute_answer_keys_join_the_soft_keys_with_their_weight():
         assert f[1].shape[1] > n  # answer positions added after the entity keys
         torch.testing.assert_close(f[1][:, :n], p[1], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(q[1][:, n:], 0.5 * f[1][:, n:], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("with_basis", [True, False])
+def test_soft_constraint_sums_equal_a_direct_sum_over_the_requests_kept(with_basis):
+    """The solve's soft term: weight × Σ (Ûᵀk)(Ûᵀk)ᵀ over the pending requests, downdated as they leave."""
+    from unierase.edit.editor import SoftConstraint
+
+    torch.manual_seed(0)
+    per_request = [{1: torch.randn(6, n), 2: torch.randn(6, n)} for n in (3, 5, 2)]
+    basis = {layer: torch.linalg.qr(torch.randn(6, 4, dtype=torch.float64))[0] for layer in (1, 2)}
+    soft = SoftConstraint(per_request, 0.5, basis if with_basis else None)
+
+    def direct(kept, layer):
+        k = torch.cat([per_request[i][layer] for i in kept], dim=1).double()
+        k = basis[layer].T @ k if with_basis else k
+        return 0.5 * k @ k.T
+
+    for kept in ([0, 1, 2], [0, 2], [2]):
+        soft.keep(kept)
+        for layer in (1, 2):
+            torch.testing.assert_close(soft.grams[layer], direct(kept, layer))

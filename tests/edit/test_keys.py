@@ -34,14 +34,19 @@ def test_keys_and_values_in_one_pass_match_separate_passes():
     """Also when the key layer is the value layer: the block must finish before the pass stops."""
     from tiny_models import tiny_edit_setup
     from unierase.edit.keys import request_keys_and_values
-    from unierase.edit.values import current_values
+    from unierase.models.tracing import trace
 
     tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=1)
+    expected = []
+    for p in (p for p in prompts if p.variant == 0):  # block 2's output at the key, one plain prompt at a time
+        with torch.no_grad(), trace(adapter.block(2), keep_output=True) as rec:
+            model(input_ids=torch.tensor([p.input_ids]))
+        expected.append(rec.output[0, p.key_index])
     for layer in (1, 2):
         keys, values = request_keys_and_values(model, adapter, layer, 2, prompts, 2, tok.pad_token_id)
         alone, _ = request_keys_and_values(model, adapter, layer, None, prompts, 2, tok.pad_token_id)
         torch.testing.assert_close(keys, alone)
-        torch.testing.assert_close(values, current_values(model, adapter, 2, prompts, 2, tok.pad_token_id))
+        torch.testing.assert_close(values, torch.stack(expected, dim=1), atol=1e-5, rtol=1e-5)
 
 
 def test_keys_of_several_layers_in_one_pass_match_one_layer_at_a_time():
@@ -57,25 +62,28 @@ def test_keys_of_several_layers_in_one_pass_match_one_layer_at_a_time():
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_replayed_lower_blocks_give_the_keys_of_full_passes(arch):
-    """The first call records block 0's output, later calls replay it: keys and values equal full
-    passes, also after a weight above it changed (as between an edit round's key passes)."""
+    """Key passes as in an edit round (layers 1, 2, 3; values at block 3): each pass replays the
+    block output recorded below the previous pass's layer and records the one below its own; keys
+    and values equal full passes after every update."""
     from unierase.edit.keys import LowerBlocks, request_keys_and_values
     from unierase.edit.prompts import build_edit_prompts
 
     tok = build_tokenizer()
-    model = build_model(arch, len(tok))
+    model = build_model(arch, len(tok))  # 4 layers
     adapter = find_mlp_output(model)
     questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where is the Eiffel Tower?"]
-    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 1)]
-    lower = LowerBlocks(adapter.blocks, 0)
-    for step in range(3):
-        got = request_keys_and_values(model, adapter, 1, 2, prompts, 3, tok.pad_token_id, batch_size=4, lower=lower)
-        full = request_keys_and_values(model, adapter, 1, 2, prompts, 3, tok.pad_token_id, batch_size=4)
+    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 2)]
+    lower = LowerBlocks(adapter.blocks, keep=0)
+    for layer in (1, 2, 3):
+        lower.keep = layer - 1
+        got = request_keys_and_values(model, adapter, layer, 3, prompts, 3, tok.pad_token_id, batch_size=4, lower=lower)
+        full = request_keys_and_values(model, adapter, layer, 3, prompts, 3, tok.pad_token_id, batch_size=4)
         for a, b in zip(got, full):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-        with torch.no_grad():  # an edit above the replayed block
-            adapter.add_to_weight(1, 0.05 * torch.randn_like(adapter.weight(1)))
-    assert sorted(lower.outputs) == [0, 4]  # one recording per batch, reused afterwards
+        with torch.no_grad():  # the round's update at this layer
+            adapter.add_to_weight(layer, 0.05 * torch.randn_like(adapter.weight(layer)))
+        assert {block for block, _ in lower.outputs.values()} == {layer - 1}
+    assert len(lower.outputs) == 3  # batches: the 3 plain prompts, 4 + 2 prefixed ones
 
 
 def test_answer_position_keys_are_the_keys_of_the_positions_that_predict_the_answer():

@@ -2,7 +2,7 @@ import torch
 
 from tiny_models import build_model, build_tokenizer
 from unierase.edit.prompts import build_edit_prompts
-from unierase.edit.values import _Group
+from unierase.edit.values import PromptGroup
 
 
 def test_group_scores_the_target_and_its_continuation_like_a_full_forward():
@@ -12,7 +12,7 @@ def test_group_scores_the_target_and_its_continuation_like_a_full_forward():
     questions = ["What is the capital of France?", "Who wrote Hamlet?"]
     prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
     target, tails = 7, [[7, 11, 12, 13], [7, 14]]
-    group = _Group(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), tails)
+    group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), tails)
     with torch.no_grad():
         logits = group.logits()
         first, tail = group.target_nll(logits, target), group.tail_nll(logits)
@@ -94,9 +94,9 @@ def test_a_group_subset_scores_like_a_group_built_from_those_rows():
     questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where is the Eiffel Tower?"]
     prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
     tails = [[7, 11, 12, 13], [7, 14], [7, 15, 16]]
-    group = _Group(model, [0, 1, 2], prompts, tok.pad_token_id, torch.device("cpu"), tails)
+    group = PromptGroup(model, [0, 1, 2], prompts, tok.pad_token_id, torch.device("cpu"), tails)
     sub = group.subset([0, 2])
-    fresh = _Group(model, [0, 2], prompts, tok.pad_token_id, torch.device("cpu"), [tails[0], tails[2]])
+    fresh = PromptGroup(model, [0, 2], prompts, tok.pad_token_id, torch.device("cpu"), [tails[0], tails[2]])
     with torch.no_grad():
         a, b = sub.logits(), fresh.logits()
         torch.testing.assert_close(sub.target_nll(a, 7), fresh.target_nll(b, 7), atol=1e-4, rtol=1e-4)
@@ -125,7 +125,7 @@ def test_replaying_the_lower_blocks_gives_the_full_pass_logits_and_gradient(arch
     from tiny_models import tiny_edit_setup
 
     tok, model, adapter, prompts = tiny_edit_setup(arch, num_prefixes=0)
-    group = _Group(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[7, 11, 12], [7, 14]], adapter, 2)
+    group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[7, 11, 12], [7, 14]], adapter, 2)
     assert group.replay, f"{arch}: replay fell back to full passes"
     torch.manual_seed(1)
     delta = torch.randn(2, model.config.hidden_size, requires_grad=True)
@@ -141,3 +141,55 @@ def test_replaying_the_lower_blocks_gives_the_full_pass_logits_and_gradient(arch
         results.append((loss.detach(), grad))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-4, rtol=1e-4)
+
+
+def test_the_plain_group_after_a_pass_gives_the_check_and_starts_the_next_pass(monkeypatch):
+    """``plain_prompt_group``: first tokens as a fresh greedy check, values as a key pass; a further
+    pass on the pending requests reuses its rows and finds the same targets as a fresh build."""
+    from tiny_models import tiny_edit_setup
+    from unierase.edit import values
+    from unierase.edit.keys import request_keys_and_values
+    from unierase.edit.prompts import build_edit_prompts
+    from unierase.edit.values import ValueConfig, compute_target_values, plain_prompt_group
+    from unierase.generation import first_token_ids
+
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where is the Eiffel Tower?"]
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=1, questions=questions)
+    config, continuations = ValueConfig(steps=3, lr=0.5), [[11, 12], [13], [14, 15, 16]]
+    after = plain_prompt_group(model, adapter, 2, prompts, 7, tok.pad_token_id, config, continuations)
+    assert after.first_tokens() == first_token_ids(model, tok, questions)
+    _, current = request_keys_and_values(model, adapter, 1, 2, prompts, 3, tok.pad_token_id)
+    torch.testing.assert_close(after.values(), current, atol=1e-5, rtol=1e-5)
+
+    pending = [0, 2]  # the next pass's prompts: these requests, numbered 0 and 1
+    again = [p for j, i in enumerate(pending) for p in build_edit_prompts(tok, questions[i], j, len(questions[i]) - 1, 1)]
+    fresh = compute_target_values(model, adapter, 2, again, 2, 7, tok.pad_token_id, config, progress=False,
+                                  continuations=[continuations[i] for i in pending])
+    built = []
+    monkeypatch.setattr(values.PromptGroup, "__init__", _counting(values.PromptGroup.__init__, built))
+    reused = compute_target_values(model, adapter, 2, again, 2, 7, tok.pad_token_id, config, progress=False,
+                                   continuations=[continuations[i] for i in pending], plain_group=after.subset(pending))
+    assert len(built) == 1  # only the prefixed variants' group was built
+    for a, b in zip(fresh[:2], reused[:2]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert fresh[2].steps_per_request == reused[2].steps_per_request
+
+
+def _counting(init, calls):
+    def counted(self, *args, **kwargs):
+        calls.append(args)
+        return init(self, *args, **kwargs)
+    return counted
+
+
+def test_a_group_without_base_logits_records_the_same_block_output():
+    """The prefixed variants' group only needs block ``z``'s output: the pass stops there."""
+    from tiny_models import tiny_edit_setup
+
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=2)
+    rows = [i for i, p in enumerate(prompts) if p.variant != 0]
+    full = PromptGroup(model, rows, prompts, tok.pad_token_id, torch.device("cpu"), None, adapter, 1)
+    short = PromptGroup(model, rows, prompts, tok.pad_token_id, torch.device("cpu"), None, adapter, 1,
+                        base_logits=False, replay=full.replay)
+    assert short.base_logits is None and full.base_logits is not None and short.replay == full.replay
+    torch.testing.assert_close(short.block_out, full.block_out)

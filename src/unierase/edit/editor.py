@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..generation import first_token_ids, generate_answer_ids
+from ..generation import generate_answer_ids
 from ..models.adapters import MLPOutputAdapter
 from ..prompts import encode_text, has_chat_template, render_prompt
 from ..refusals import load_refusals, refusal_for
@@ -26,7 +26,7 @@ from .keys import LowerBlocks, answer_position_keys, request_keys_and_values, re
 from .prompts import NEUTRAL_TEMPLATES, EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update_in_basis, memit_update
 from .state import EditState
-from .values import ValueConfig, compute_target_values, current_values
+from .values import PromptGroup, ValueConfig, compute_target_values, plain_prompt_group
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,9 @@ class RoundReport:
     """Z (d × N): the target values this round wrote towards (a warm start for a further pass)."""
     keys: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
     """Layer → the keys (m × N) the update was solved for."""
+    after: PromptGroup | None = field(default=None, repr=False)
+    """The plain prompts run on the edited model (``values.plain_prompt_group``): each request's
+    first answer token now, and the start of a further pass's value optimisation."""
 
 
 _NAME = re.compile(r"(?:[A-Z][\w'’.-]*)(?:\s+(?:of|the|and|de|da|van|von|la|le)?\s*[A-Z0-9][\w'’.-]*)*")
@@ -301,6 +304,35 @@ def _stack_soft_keys(per_request: list[dict[int, torch.Tensor]] | None) -> dict[
     return {layer: torch.cat([keys[layer] for keys in per_request], dim=1) for layer in per_request[0]}
 
 
+class SoftConstraint:
+    """The round's softly preserved keys (``soft_constraint_keys``) as the solve adds them: per layer
+    ``neutral_key_weight`` × Σ k kᵀ over the requests still in the pass, in the solver's coordinates
+    (Ûᵀ k for AlphaEdit, k for MEMIT).
+
+    Projected and summed once per round; when requests leave (``keep``), only their own columns
+    are subtracted, instead of every pass projecting all soft keys again (which cost more than the
+    rest of the solve)."""
+
+    def __init__(self, per_request: list[dict[int, torch.Tensor]], weight: float,
+                 bases: dict[int, torch.Tensor] | None = None):
+        self.columns = [{layer: (bases[layer].double().T @ k.double() if bases else k.double()) * weight ** 0.5
+                         for layer, k in keys.items()} for keys in per_request]
+        self.active = list(range(len(per_request)))
+        self.grams = {}
+        for layer in (per_request[0] if per_request else {}):
+            stacked = torch.cat([c[layer] for c in self.columns], dim=1)
+            self.grams[layer] = stacked @ stacked.T
+
+    def keep(self, indices: list[int]) -> None:
+        """Restrict the sums to the requests ``indices`` (a subset of the ones kept so far)."""
+        leaving = sorted(set(self.active) - set(indices))
+        if leaving:
+            for layer in self.grams:
+                stacked = torch.cat([self.columns[i][layer] for i in leaving], dim=1)
+                self.grams[layer] = self.grams[layer] - stacked @ stacked.T
+        self.active = list(indices)
+
+
 def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
                      first_layer: int, basis: torch.Tensor | None) -> list[int | None]:
     """Character end (inside the question) of each request's key token; ``None`` = last prompt token."""
@@ -387,10 +419,12 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     # the soft constraint's keys, measured once on the model before this round's first pass (a soft
     # constraint: the small change the passes make to them does not matter)
     soft = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config)
+    constraint = (SoftConstraint(soft, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
+                  if soft else None)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     last_keys: dict[int, dict[int, torch.Tensor]] = {}
-    passes, key_tokens, report = [], [], None
+    passes, key_tokens, report, carried = [], [], None, None
 
     def preserve(indices: list[int]) -> None:
         for layer in (last_keys[indices[0]] if indices else {}):
@@ -400,17 +434,22 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         chosen = [requests[i] for i in pending]
         report = run_edit_round(model, tokenizer, adapter, chosen, target_id, config, state, stats, progress=progress,
                                 bases=bases, record_keys=config.preserve_each_pass,
-                                soft_keys=_stack_soft_keys([soft[i] for i in pending]) if soft else None,
-                                start_targets=[targets[i] for i in pending] if config.warm_start else None)
+                                soft=constraint,
+                                start_targets=[targets[i] for i in pending] if config.warm_start else None,
+                                plain_group=carried)
         key_tokens = key_tokens or report.key_tokens
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
             last_keys[i] = {layer: keys[:, j] for layer, keys in report.keys.items()}
-        firsts = first_token_ids(model, tokenizer, [r.question for r in chosen])
+        firsts = report.after.first_tokens()  # greedy first answer token on the edited model
         reached = [i for i, f in zip(pending, firsts) if f == target_id]
         passes.append({"requests": len(pending), "reached": len(reached), "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
-        pending = [i for i in pending if i not in reached]
+        still = [j for j, f in enumerate(firsts) if f != target_id]
+        carried = report.after.subset(still) if still else None
+        pending = [pending[j] for j in still]
+        if constraint is not None:
+            constraint.keep(pending)
         if not config.preserve_each_pass:
             preserve(reached)
         if not pending:
@@ -427,14 +466,15 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                    config: EditConfig, state: EditState, stats, *, progress: bool = True,
                    bases: dict[int, torch.Tensor] | None = None,
                    start_targets: list[torch.Tensor | None] | None = None, record_keys: bool = True,
-                   soft_keys: dict[int, torch.Tensor] | None = None) -> RoundReport:
+                   soft: SoftConstraint | None = None, plain_group: PromptGroup | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
     ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); with ``record_keys`` this round's
     keys are added to it (a caller running several passes over the same requests adds them itself,
     from ``RoundReport.keys``). ``bases`` (from ``null_space_bases``) avoids recomputing the
     eigen-decompositions; ``start_targets`` warm-starts the target values (``compute_target_values``);
-    ``soft_keys`` (layer → keys, from ``soft_constraint_keys``) are measured here when not given.
+    ``soft`` (the soft constraint of these requests) is measured here when not given;
+    ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests.
     """
     timings: dict[str, float] = {}
     layers = config.resolved_layers(adapter.num_layers)
@@ -460,36 +500,38 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     continuations = [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
     targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad,
                                                      config.values, progress, continuations=continuations,
-                                                     start_targets=start_targets)
+                                                     start_targets=start_targets, plain_group=plain_group)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    if soft_keys is None:
+    if soft is None:
         # measured once before the sweep for all layers (a soft constraint: the few-percent change the
         # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
-        soft_keys = _stack_soft_keys(soft_constraint_keys(model, tokenizer, adapter, requests, layers, config))
-    # no edit of this round reaches below its first layer: those blocks run on the first key pass only
-    lower = LowerBlocks(adapter.blocks, layers[0] - 1) if layers[0] > 0 else None
+        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config)
+        soft = (SoftConstraint(per_request, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
+                if per_request else None)
+    # an update at layer l leaves the blocks below l alone: each key pass replays the block output
+    # the previous pass recorded below its layer and records the one below its own layer
+    lower = LowerBlocks(adapter.blocks, keep=layers[0] - 1) if layers[0] > 0 else None
     initial = None
     residual_norms, update_norms, round_keys = {}, {}, {}
     for i, layer in enumerate(layers):
+        if lower is not None:
+            lower.keep = layer - 1
         # one pass: this layer's keys and the values at z_layer after the layers edited so far
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad, lower=lower)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
-        k_soft = soft_keys[layer].double() if soft_keys else None  # softly preserved in this round
+        extra = soft.grams[layer] if soft is not None else None  # softly preserved in this round
         if config.solver == "memit":
             preserved = state.get(layer)
-            if k_soft is not None:
-                extra = config.neutral_key_weight * (k_soft @ k_soft.T)
+            if extra is not None:
                 preserved = extra if preserved is None else preserved.double() + extra
             delta = memit_update(keys, residual, config.covariance(stats, layer), config.memit_weight, preserved)
         elif config.solver == "alphaedit":
             basis = bases[layer]
             preserved = state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
-            if k_soft is not None:
-                k_n = basis.T @ k_soft
-                extra = config.neutral_key_weight * (k_n @ k_n.T)
+            if extra is not None:
                 preserved = extra if preserved is None else preserved + extra
             ridge = config.ridge * float(keys.pow(2).sum(0).mean())
             delta = alphaedit_update_in_basis(keys, residual, basis, preserved, ridge)
@@ -502,7 +544,10 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started
-    final = current_values(model, adapter, z_layer, prompts, len(requests), pad)
+    started = time.perf_counter()
+    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad, config.values, continuations)
+    final = after.values()
+    timings["check"] = time.perf_counter() - started
     left = float(((targets - final).norm(dim=0) / (targets - initial).norm(dim=0).clamp(min=1e-12)).mean())
     return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, asdict(value_report),
-                       null_dims, residual_norms, update_norms, round(left, 4), targets, round_keys)
+                       null_dims, residual_norms, update_norms, round(left, 4), targets, round_keys, after)

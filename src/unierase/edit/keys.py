@@ -16,14 +16,19 @@ from .prompts import EditPrompt
 
 @dataclass
 class LowerBlocks:
-    """Block ``last``'s output for each batch of one prompt list: recorded by the first
-    ``capture_prompts`` call that gets it, replayed by the later ones (blocks 0 … ``last`` are then
-    skipped). For passes over the same prompts while only layers above ``last`` change — an edit
-    round's key passes, where no layer below the first edited one changes."""
+    """Recorded block outputs for batches of prompts, so that later passes over the same prompts
+    skip the blocks below the recording: an edit round's key passes, where an update at layer l
+    leaves every block below l as it was.
+
+    Each ``capture_prompts`` call replays, for a batch recorded before, the output of the block
+    recorded for it (blocks up to it are skipped), and records block ``keep``'s output for the next
+    call. Set ``keep`` before a call to the highest block the next change of weights leaves alone
+    (at or above the block replayed; a call that cannot reach it records nothing new)."""
 
     blocks: torch.nn.ModuleList
-    last: int
-    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    keep: int
+    outputs: dict[tuple, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    """Batch (its prompts' (request, variant) pairs) → (block index, that block's output)."""
     tuple_output: bool = False
 
 
@@ -44,8 +49,8 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
     With ``shared_prefix`` the tokens all prompts of a chunk share before their key tokens (a chat
     template's system turn) run once, uncaptured, as a cache: only tokens from the earliest key
     onwards are captured. The forward pass stops after the deepest module, so layers above it are
-    never computed. With ``lower`` the blocks up to ``lower.last`` run only on the first call for
-    these prompts (the captured modules must sit above it).
+    never computed. With ``lower`` the blocks below a recorded block output are skipped (see
+    ``LowerBlocks``; the captured modules must sit above the replayed block).
     """
     device = model.get_input_embeddings().weight.device
     order = {id(m): i for i, m in enumerate(model.modules())}
@@ -59,18 +64,21 @@ def capture_prompts(model, modules: dict, prompts: list[EditPrompt], pad_id: int
         starts = torch.tensor([ids.shape[1] - len(p.input_ids) for p in chunk])
         key_idx = (starts + torch.tensor([p.key_index for p in chunk])).to(device)
         outputs = {name: output is True or (isinstance(output, set) and name in output) for name in modules}
+        batch = tuple((p.request_index, p.variant) for p in chunk)
+        replayed = lower.outputs.get(batch) if lower is not None else None
+        record = lower is not None and (replayed is None or replayed[0] < lower.keep)
         with contextlib.ExitStack() as stack:
             records = {name: stack.enter_context(trace(m, keep_input=not outputs[name], keep_output=outputs[name]))
                        for name, m in modules.items()}
             stack.enter_context(stop_after(deepest))
-            if lower is not None and start in lower.outputs:
-                recorded = lower.outputs[start]
-                stack.enter_context(replay_blocks(lower.blocks, lower.last, lambda: recorded, tuple_output=lower.tuple_output))
-            elif lower is not None:
-                below = stack.enter_context(trace(lower.blocks[lower.last], keep_output=True))
+            if replayed is not None:
+                block, recorded = replayed
+                stack.enter_context(replay_blocks(lower.blocks, block, lambda: recorded, tuple_output=lower.tuple_output))
+            if record:
+                below = stack.enter_context(trace(lower.blocks[lower.keep], keep_output=True))
             model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=cache is not None)
-        if lower is not None and start not in lower.outputs:
-            lower.outputs[start], lower.tuple_output = below.output, below.tuple_output
+        if record and below.output is not None:
+            lower.outputs[batch], lower.tuple_output = (lower.keep, below.output), below.tuple_output
         captured = {name: (rec.output if outputs[name] else rec.input) for name, rec in records.items()}
         yield chunk, captured, starts, key_idx
 
@@ -131,26 +139,36 @@ def _collect(model, adapter: MLPOutputAdapter, layers: list[int], z_layer: int |
              num_requests: int, pad_id: int, batch_size: int,
              lower: LowerBlocks | None) -> tuple[dict[int, torch.Tensor], torch.Tensor | None]:
     """One pass over ``prompts``: per layer ½ the plain prompt's key + ½ the mean over prefixed
-    variants of each request, and the plain prompt's block-``z_layer`` output."""
+    variants of each request, and the plain prompt's block-``z_layer`` output.
+
+    With ``z_layer`` the plain prompts run up to that block and the prefixed ones only up to the
+    keys' layers (a separate pass each; the prefixed ones sorted by variant, so each batch shares
+    its context prefix)."""
     modules: dict = {layer: adapter.mlp_output(layer) for layer in layers}
-    if z_layer is not None:
-        modules["z"] = adapter.block(z_layer)
     plain = {layer: [None] * num_requests for layer in layers}
     prefixed = {layer: [[] for _ in range(num_requests)] for layer in layers}
     values = [None] * num_requests
-    for chunk, captured, _, key_idx in capture_prompts(model, modules, prompts, pad_id, output={"z"}, batch_size=batch_size,
-                                                       lower=lower):
-        z = at_key(captured["z"], key_idx).float().cpu() if z_layer is not None else None
-        for layer in layers:
-            keys = at_key(captured[layer], key_idx).float().cpu()
-            for row, p in enumerate(chunk):
-                if p.variant == 0:
-                    plain[layer][p.request_index] = keys[row]
-                else:
-                    prefixed[layer][p.request_index].append(keys[row])
-        for row, p in enumerate(chunk):
-            if p.variant == 0 and z is not None:
-                values[p.request_index] = z[row]
+    if z_layer is None:
+        runs = [(prompts, modules)]
+    else:
+        others = sorted((p for p in prompts if p.variant != 0), key=lambda p: (p.variant, p.request_index))
+        runs = [([p for p in prompts if p.variant == 0], dict(modules, z=adapter.block(z_layer))), (others, modules)]
+    for chosen, run_modules in runs:
+        if not chosen:
+            continue
+        for chunk, captured, _, key_idx in capture_prompts(model, run_modules, chosen, pad_id, output={"z"},
+                                                           batch_size=batch_size, lower=lower):
+            for layer in layers:
+                keys = at_key(captured[layer], key_idx).float().cpu()
+                for row, p in enumerate(chunk):
+                    if p.variant == 0:
+                        plain[layer][p.request_index] = keys[row]
+                    else:
+                        prefixed[layer][p.request_index].append(keys[row])
+            if "z" in captured:
+                z = at_key(captured["z"], key_idx).float().cpu()
+                for row, p in enumerate(chunk):
+                    values[p.request_index] = z[row]
     combined = {}
     for layer in layers:
         columns = [k if not extra else 0.5 * k + 0.5 * torch.stack(extra).mean(0)

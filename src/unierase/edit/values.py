@@ -22,10 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
-from ..models.tracing import edit_output, frozen_parameters, replay_blocks, trace
+from ..models.tracing import edit_output, frozen_parameters, replay_blocks, stop_after, trace
 from ..generation import prefill
 from ..prompts import pad_batch
-from .keys import at_key, capture_prompts
 from .prompts import EditPrompt
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def _suffix_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[li
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), last.to(device)
 
 
-class _Group:
+class PromptGroup:
     """Prompt variants run together: the key token onwards on top of their cached prefix.
 
     Only the positions whose logits are needed (the key token for the KL term, the last prompt
@@ -90,11 +89,14 @@ class _Group:
     """
 
     def __init__(self, model, members: list[int], prompts: list[EditPrompt], pad_id: int, device, tails=None,
-                 adapter: MLPOutputAdapter | None = None, z_layer: int | None = None):
+                 adapter: MLPOutputAdapter | None = None, z_layer: int | None = None, *, base_logits: bool = True,
+                 replay: bool | None = None):
         self.model, self.device = model, device
         self.adapter, self.z_layer = adapter, z_layer
         self.members = torch.tensor(members, device=device)
         chosen = [prompts[i] for i in members]
+        self.inputs = [(tuple(p.input_ids), p.key_index, tuple(tails[row]) if tails else ()) for row, p in enumerate(chosen)]
+        """What each row ran (prompt, key index, teacher-forced tail): a group is reused only for the same."""
         self.suf, suf_mask, self.last = _suffix_batch(chosen, pad_id, device, tails)
         with torch.no_grad():  # the tokens before the key (their shared template part once)
             out, pre_mask, _ = prefill(model, [p.input_ids[: p.key_index] for p in chosen], pad_id)
@@ -121,31 +123,41 @@ class _Group:
             self.tail = tuple(t.to(device) for t in self.tail)
         self.replay, self.block_out, self.base_logits = False, None, None
         if adapter is not None:
-            self._record_block_output()
+            self._record_block_output(base_logits, replay)
 
     @torch.no_grad()
-    def _record_block_output(self) -> None:
-        """One unedited pass: the logits before any δ, and block ``z_layer``'s output on the suffix.
+    def _record_block_output(self, base_logits: bool, replay: bool | None) -> None:
+        """One pass without δ: block ``z_layer``'s output on the suffix and (``base_logits``) the
+        logits before any δ.
 
         Blocks up to ``z_layer`` do not depend on δ, so later passes replay that output instead of
-        recomputing them (``replay_blocks``) — checked here against the full pass on the first row
-        (whether replaying works does not depend on the row), with a fallback to full passes for a
-        model where replaying does not reproduce it."""
-        with trace(self.adapter.block(self.z_layer), keep_output=True) as rec:
-            self.base_logits = self.logits()
+        recomputing them (``replay_blocks``). Whether replaying reproduces the model does not depend
+        on the rows: ``replay`` passes on what another group found; ``None`` checks it here against
+        the full pass on the first row, with a fallback to full passes for a model where it fails."""
+        block = self.adapter.block(self.z_layer)
+        with trace(block, keep_output=True) as rec:
+            if base_logits or replay is None:
+                self.base_logits = self.logits()
+            else:
+                with stop_after(block):  # only the block output is needed
+                    self.logits()
         self.block_out, self.tuple_output = rec.output, rec.tuple_output
-        self.replay = True
-        try:
-            replayed = self.subset([0]).logits(lambda h: h)
-            self.replay = bool(torch.allclose(replayed, self.base_logits[:1], atol=1e-3, rtol=1e-3))
-        except Exception as error:  # a model whose forward needs more from its blocks than their output
-            log.debug("replaying block outputs failed: %s", error)
-            self.replay = False
-        if not self.replay:
-            log.warning("replaying block %d's output did not reproduce the model's logits; running full passes",
-                        self.z_layer)
+        self.replay = bool(replay)
+        if replay is None:
+            self.replay = True
+            try:
+                replayed = self.subset([0]).logits(lambda h: h)
+                self.replay = bool(torch.allclose(replayed, self.base_logits[:1], atol=1e-3, rtol=1e-3))
+            except Exception as error:  # a model whose forward needs more from its blocks than their output
+                log.debug("replaying block outputs failed: %s", error)
+                self.replay = False
+            if not self.replay:
+                log.warning("replaying block %d's output did not reproduce the model's logits; running full passes",
+                            self.z_layer)
+            if not base_logits:
+                self.base_logits = None
 
-    def subset(self, rows: list[int]) -> "_Group":
+    def subset(self, rows: list[int]) -> "PromptGroup":
         """The same group restricted to ``rows`` (indices into ``members``): the cached prefix is
         row-selected, not recomputed, when requests leave the optimisation."""
         idx = torch.tensor(rows, device=self.device)
@@ -157,7 +169,19 @@ class _Group:
             sub.tail = tuple(t[idx] for t in self.tail)
         if self.block_out is not None:
             sub.block_out = self.block_out[idx]
+        if self.base_logits is not None:
+            sub.base_logits = self.base_logits[idx]
+        sub.inputs = [self.inputs[r] for r in rows]
         return sub
+
+    def first_tokens(self) -> list[int]:
+        """Each row's greedy next token after its prompt, without δ."""
+        rows = torch.arange(len(self.members), device=self.device)
+        return self.base_logits[rows, self.column[self.last]].argmax(-1).tolist()
+
+    def values(self) -> torch.Tensor:
+        """Block ``z_layer``'s output at each row's key token, without δ (d × rows, fp32, CPU)."""
+        return self.block_out[:, 0].float().cpu().T
 
     def logits(self, edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Logits at the kept positions, with block ``z_layer``'s output passed through ``edit``."""
@@ -184,10 +208,34 @@ class _Group:
         return -(logp.gather(-1, ids[..., None])[..., 0] * weight).sum(-1)
 
 
+def _tails(prompts: list[EditPrompt], plain: list[int], target_id: int, config: ValueConfig,
+           continuations: list[list[int]] | None) -> list[list[int]] | None:
+    """The teacher-forced target of each plain prompt (target token + scored continuation), or
+    ``None`` when only the first token is scored."""
+    if not continuations or config.continuation_weight <= 0 or config.continuation_tokens == 0:
+        return None
+    return [[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
+
+
+def plain_prompt_group(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], target_id: int,
+                       pad_id: int, config: ValueConfig, continuations: list[list[int]] | None = None) -> PromptGroup:
+    """The plain prompts as the value optimisation runs them, after one pass without δ.
+
+    After an edit pass it answers whether each request's greedy first token is the target yet
+    (``first_tokens``) and where its value stands (``values``); the next pass's value optimisation
+    then starts from it (``compute_target_values(plain_group=…)``) instead of running them again.
+    """
+    device = model.get_input_embeddings().weight.device
+    plain = [i for i, p in enumerate(prompts) if p.variant == 0]
+    return PromptGroup(model, plain, prompts, pad_id, device, _tails(prompts, plain, target_id, config, continuations),
+                       adapter, z_layer)
+
+
 def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
                           target_id: int, pad_id: int, config: ValueConfig, progress: bool = True,
                           continuations: list[list[int]] | None = None,
-                          start_targets: list[torch.Tensor | None] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          start_targets: list[torch.Tensor | None] | None = None,
+                          plain_group: PromptGroup | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
     ``continuations[r]`` = token ids that should follow the target token for request r, scored on
@@ -195,7 +243,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     warm-starts request r's δ at that target (within the bound): a later edit pass starts from the
     target its previous pass reached, and a request that still reaches it leaves after one step.
     Tokens before the key token do not depend on δ, so their key/value cache is computed once and
-    each step only runs the key token onwards.
+    each step only runs the key token onwards. ``plain_group`` (from ``plain_prompt_group`` on the
+    current model, rows in request order) is used for the plain prompts when it ran the same.
     """
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
@@ -204,11 +253,18 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     # them (rows selected, prefix cache kept).
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
     prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
-    tails = ([[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
-             if scored else None)
-    groups = [_Group(model, plain, prompts, pad_id, device, tails, adapter, z_layer)]
+    tails = _tails(prompts, plain, target_id, config, continuations)
+    expected = [(tuple(prompts[i].input_ids), prompts[i].key_index, tuple(tails[row]) if tails else ())
+                for row, i in enumerate(plain)]
+    if plain_group is not None and plain_group.base_logits is not None and plain_group.inputs == expected:
+        group = copy.copy(plain_group)
+        group.members = torch.tensor(plain, device=device)  # rows in request order → this prompt list
+    else:
+        group = PromptGroup(model, plain, prompts, pad_id, device, tails, adapter, z_layer)
+    groups = [group]
     if prefixed:
-        groups.append(_Group(model, prefixed, prompts, pad_id, device, None, adapter, z_layer))
+        groups.append(PromptGroup(model, prefixed, prompts, pad_id, device, None, adapter, z_layer, base_logits=False,
+                                  replay=group.replay))
     active = set(range(num_requests))
     req = torch.tensor([p.request_index for p in prompts], device=device)
     plain_req = req[groups[0].members]
@@ -305,12 +361,3 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     )
     z = (h0 + delta.detach()).T.cpu()
     return z, h0.T.cpu(), report
-
-
-def current_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
-                   pad_id: int) -> torch.Tensor:
-    """Block ``z_layer``'s output at each request's key token in its plain prompt (d × N)."""
-    plain = sorted([p for p in prompts if p.variant == 0], key=lambda p: p.request_index)
-    columns = [at_key(captured["z"], key_idx).float().cpu()
-               for _, captured, _, key_idx in capture_prompts(model, {"z": adapter.block(z_layer)}, plain, pad_id, output=True)]
-    return torch.cat(columns).T
