@@ -315,6 +315,7 @@ class SoftConstraint:
 
     def __init__(self, per_request: list[dict[int, torch.Tensor]], weight: float,
                  bases: dict[int, torch.Tensor] | None = None):
+        self.keys = per_request  # as measured (m × n per layer), for the sequential state
         self.columns = [{layer: (bases[layer].double().T @ k.double() if bases else k.double()) * weight ** 0.5
                          for layer, k in keys.items()} for keys in per_request]
         self.active = list(range(len(per_request)))
@@ -322,6 +323,16 @@ class SoftConstraint:
         for layer in (per_request[0] if per_request else {}):
             stacked = torch.cat([c[layer] for c in self.columns], dim=1)
             self.grams[layer] = stacked @ stacked.T
+
+    @classmethod
+    def measure(cls, model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
+                config: "EditConfig", bases: dict[int, torch.Tensor]) -> "SoftConstraint | None":
+        """The soft constraint of ``requests`` on the current model (``soft_constraint_keys``); ``None``
+        when the config has none."""
+        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config)
+        if not per_request:
+            return None
+        return cls(per_request, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
 
     def keep(self, indices: list[int]) -> None:
         """Restrict the sums to the requests ``indices`` (a subset of the ones kept so far)."""
@@ -418,9 +429,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     bases = null_space_bases(stats, layers, config)  # once for all passes
     # the soft constraint's keys, measured once on the model before this round's first pass (a soft
     # constraint: the small change the passes make to them does not matter)
-    soft = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config)
-    constraint = (SoftConstraint(soft, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
-                  if soft else None)
+    constraint = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     last_keys: dict[int, dict[int, torch.Tensor]] = {}
@@ -456,8 +465,8 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
             break
     if not config.preserve_each_pass:
         preserve(pending)
-    if soft and config.keep_soft_keys:
-        for layer, keys in _stack_soft_keys(soft).items():
+    if constraint is not None and config.keep_soft_keys:
+        for layer, keys in _stack_soft_keys(constraint.keys).items():
             state.add(layer, keys * config.neutral_key_weight ** 0.5)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report)
 
@@ -507,9 +516,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     if soft is None:
         # measured once before the sweep for all layers (a soft constraint: the few-percent change the
         # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
-        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config)
-        soft = (SoftConstraint(per_request, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
-                if per_request else None)
+        soft = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases)
     # an update at layer l leaves the blocks below l alone: each key pass replays the block output
     # the previous pass recorded below its layer and records the one below its own layer
     lower = LowerBlocks(adapter.blocks, keep=layers[0] - 1) if layers[0] > 0 else None
