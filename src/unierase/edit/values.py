@@ -299,9 +299,9 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     cont_request = torch.zeros(num_requests, device=device)
     steps_taken = [0] * num_requests
     step = 0
-    bar = tqdm(range(config.steps), desc="target values", disable=not progress)
+    bar = tqdm(total=config.steps, desc="target values", disable=not progress)
     with frozen_parameters(model):  # only δ is optimised: no weight gradient is needed
-        for step in bar:
+        for step in range(config.steps):
             optimiser.zero_grad()
             nll = torch.zeros((), device=device)
             measured = torch.zeros(num_requests, device=device)
@@ -331,6 +331,10 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             done = {r for r in rows if per_request[r] < config.stop_loss
                     and (not scored or cont_request[r] < config.continuation_stop)}
             if done == active:
+                bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
+                bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
+                                active=0, refresh=False)
+                bar.update()
                 break
             frozen = sorted(set(range(num_requests)) - active | done)
             keep = delta.detach()[frozen].clone()
@@ -349,7 +353,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                 groups = [g.subset(kept) for g in groups
                           if (kept := [i for i, m in enumerate(g.members.tolist()) if prompts[m].request_index in active])]
             bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
-                            active=len(active))
+                            active=len(active), refresh=False)
+            bar.update()
     bar.close()
     report = ValueReport(
         steps=step + 1,
