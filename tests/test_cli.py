@@ -37,11 +37,17 @@ def test_help_explains_itself():
     assert out.returncode == 0 and "question" in out.stdout and "--overwrite" in out.stdout
 
 
-def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir, requests_file, isolated_cache):
+def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir, requests_file, isolated_cache, capsys):
     out = tmp_path / "edited"
-    assert run_cli("forget", "--model", tiny_model_dir, "--requests", requests_file, "--out", out, "--stats-tokens", 2000) == 0
+    assert run_cli("forget", "--model", tiny_model_dir, "--requests", requests_file, "--out", out, "--stats-tokens", 2000,
+                   "--max-passes", 2) == 0
     manifest = json.loads((out / "unierase_manifest.json").read_text())
-    assert manifest["rounds"][0]["mode"] == "batch" and len(manifest["rounds"][0]["requests"]) == 2
+    first = manifest["rounds"][0]
+    assert first["mode"] == "batch" and len(first["requests"]) == 2
+    assert first["hyperparameters"]["stats_tokens"] == 2000 and manifest["statistics"]["tokens"] < 3000
+    assert first["hyperparameters"]["max_passes"] == 2 and len(first["passes"]) <= 2
+    summary = capsys.readouterr().out
+    assert ("not reached yet" in summary) == bool(first["not_reached"]), summary
     assert 0 < manifest["parameter_fraction"] < 1 and (out / "unierase_state.safetensors").is_file()
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)

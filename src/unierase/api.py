@@ -70,6 +70,7 @@ class ForgetResult:
         return (f"erased {len(last['requests'])} request(s) in round {last['round']} ({last['mode']}); layers {last['layers']}; "
                 f"edit {t.get('edit', 0):.1f} s, token {t.get('token', 0):.1f} s, statistics {t.get('statistics', 0):.1f} s; "
                 f"parameter fraction {self.manifest['parameter_fraction']:.4%}"
+                + (f"; {len(last['not_reached'])} request(s) not reached yet (manifest: not_reached)" if last.get("not_reached") else "")
                 + (f"; saved to {self.out}" if self.out else ""))
 
 
@@ -85,7 +86,7 @@ def _as_requests(requests) -> tuple[list[ForgetRequest], str]:
 def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokenizer=None, method: str = "unierase",
            mode: str | None = None, layers: list[int] | None = None, key_position: str = "auto", solver: str = "alphaedit",
            overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
-           stats_tokens: int | None = None, edit_config: EditConfig | None = None,
+           stats_tokens: int | None = None, max_passes: int | None = None, edit_config: EditConfig | None = None,
            token_config: UnlearningTokenConfig | None = None, progress: bool = True, **baseline_options) -> ForgetResult:
     """Erase ``requests`` (a JSONL path or a list of dicts/ForgetRequest) from ``model``.
 
@@ -132,6 +133,10 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     config.solver = solver if edit_config is None else config.solver
     if stats_tokens is not None:
         config.stats_tokens = stats_tokens
+    if max_passes is not None:
+        if max_passes < 1:
+            raise UniEraseError(f"max_passes must be at least 1 (got {max_passes})")
+        config.max_passes = max_passes
     adapter = find_mlp_output(model)
     edit_layers = config.resolved_layers(adapter.num_layers)
     if previous and previous.get("layers") and previous["layers"] != edit_layers:
@@ -162,6 +167,10 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     result = run_edit_passes(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress)
     passes, report = result.passes, result.last
     timings["edit"] = time.perf_counter() - started
+    if result.not_reached:
+        log.warning("%d of %d request(s) do not start their answer with %s after %d pass(es): %s. Run forget again on the "
+                    "output to continue, or raise max_passes", len(result.not_reached), len(reqs), token.token, len(passes),
+                    "; ".join(r.question if record_texts else r.digest()[:12] for r in result.not_reached))
     for name in passes[0]["timings_s"]:
         timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
 

@@ -44,7 +44,11 @@ def add_forget_parser(subparsers) -> None:
                         "name of the question (entity); question_end = the question's last token; distinct = the question "
                         "token most specific under the preserved statistics; last = the last prompt token (default: auto)")
     p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
-    p.add_argument("--stats-tokens", type=int, default=None, help="corpus tokens for the preserved-key statistics (default: 200000; computed once per model and cached)")
+    p.add_argument("--stats-tokens", type=int, default=None,
+                   help="corpus tokens for the preserved-key statistics (default: 100000; computed once per model and cached)")
+    p.add_argument("--max-passes", type=int, default=None,
+                   help="edit passes at most; requests whose answer does not start with the unlearning token yet get "
+                        "another pass (default: 7). Requests still not reached are named in the summary and the manifest")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
     p.add_argument("--seed", type=int, default=0)
     from .baselines.cli import add_baseline_args
@@ -62,7 +66,8 @@ def _run_forget(args) -> int:
         layers=[int(x) for x in args.layers.split(",")] if args.layers else None,
         key_position=args.key_position, solver=args.solver, overwrite=args.overwrite,
         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map, seed=args.seed,
-        **(baseline_options_from_args(args) if args.method != "unierase" else {}),
+        **({"stats_tokens": args.stats_tokens, "max_passes": args.max_passes} if args.method == "unierase"
+           else baseline_options_from_args(args)),
     )
     print(result.summary())
     return 0
