@@ -48,7 +48,7 @@ def add_forget_parser(subparsers) -> None:
                    help="corpus tokens for the preserved-key statistics (default: 100000; computed once per model and cached)")
     p.add_argument("--max-passes", type=int, default=None,
                    help="edit passes at most; requests whose answer does not start with the unlearning token yet get "
-                        "another pass (default: 7). Requests still not reached are named in the summary and the manifest")
+                        "another pass (default: 12). Requests still not reached are named in the summary and the manifest")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
     p.add_argument("--seed", type=int, default=0)
     from .baselines.cli import add_baseline_args

@@ -80,14 +80,15 @@ class EditConfig:
     same kind ("What is the chemical symbol for copper?" next to an erased "… for gold?") are softly
     preserved with ``neutral_key_weight`` as well, so the update keys on the entity in the question
     rather than on the question's shape (0 = off)."""
-    substitute_answer_weight: float = 0.3
-    """Weight of those answer-position keys relative to ``neutral_key_weight``."""
+    substitute_answer_weight: float = 1.0
+    """Weight of those answer-position keys relative to ``neutral_key_weight``. Measured with 12
+    passes (24-fact batch; 5 sequential rounds of 10): 1.0 kept 87.2 % of the known facts over the
+    rounds and every round's requests reached ``[UNL]`` (0.3 with 7 passes: 84.9–86.0 %, and 3 of
+    round 5's 10 requests were not reached); batch 100 % forget, 91.25 % known for both 1.0 and 0.6."""
     substitute_answer_tokens: int = 24
     """Also softly preserve every answer position of each substitute question followed by the
     request's own greedy answer (this many tokens) with the entity replaced (``substitute_answers``);
-    0 = only the substitute question's entity key. Measured (weight 0.3): sequential known facts
-    84.9 → 86.0 % with the batch targets kept; at weight 1.0 89.5 %, but then only 87.5 % of a
-    24-fact batch reached ``[UNL]`` in 7 passes."""
+    0 = only the substitute question's entity key (measured: sequential known facts 84.9 % without)."""
     ridge: float = 0.2
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys (0.2: each
     pass writes less, unrelated answers move less, more passes are needed)."""
@@ -96,9 +97,11 @@ class EditConfig:
     stats_tokens: int = 100_000
     """Corpus tokens for the preserved-key statistics (computed once per model, cached). 100k and
     200k gave the same batch and sequential figures; 100k takes a third less time."""
-    max_passes: int = 7
+    max_passes: int = 12
     """After a pass, requests whose greedy first token is not yet the target get another pass; at
-    most this many passes."""
+    most this many passes. Each pass writes less of a pending request's target than the one before
+    (its own earlier keys join the preserved term, see ``preserve_each_pass``), so a request near
+    other preserved keys can need ten or more; later passes only run the few requests left."""
     warm_start: bool = True
     """A further pass starts each request's δ at the target its previous pass computed (a request
     the previous target still serves leaves the value optimisation after one step)."""
