@@ -87,12 +87,17 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
            mode: str | None = None, layers: list[int] | None = None, key_position: str = "auto", solver: str = "alphaedit",
            overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
            stats_tokens: int | None = None, max_passes: int | None = None, edit_config: EditConfig | None = None,
-           token_config: UnlearningTokenConfig | None = None, progress: bool = True, **baseline_options) -> ForgetResult:
+           token_config: UnlearningTokenConfig | None = None, progress: bool = True,
+           answer_ids: list[list[int]] | None = None, **baseline_options) -> ForgetResult:
     """Erase ``requests`` (a JSONL path or a list of dicts/ForgetRequest) from ``model``.
 
     ``model`` is a directory, a hub id, ``None`` for the embedded default, or an already loaded
     model (then pass ``tokenizer`` too and ``out`` may be ``None`` to edit in memory only).
     Running it on a directory written by an earlier call continues sequentially from its state.
+    ``answer_ids``: the given model's own greedy answers to the requests (token ids, as
+    ``generation.generate_answer_ids`` returns them, at least ``EditConfig.substitute_answer_tokens``
+    long unless they end earlier), when the caller already has them — the edit otherwise generates
+    them for its substitute answers.
     """
     reqs, source = _as_requests(requests)
     model_dir = model if isinstance(model, (str, os.PathLike)) else None
@@ -164,7 +169,8 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     timings["statistics"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    result = run_edit_passes(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress)
+    result = run_edit_passes(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress,
+                             answer_ids=answer_ids)
     passes, report = result.passes, result.last
     timings["edit"] = time.perf_counter() - started
     if result.not_reached:

@@ -74,8 +74,9 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     print_fn(f"unierase demo: erasing {n} facts from SmolLM2-135M-Instruct; checking {len(neighbours)} other facts")
     before_questions = questions[:n] + questions[2 * n:]
     before = _base_answers(model, tokenizer, before_questions, cache_dir)
+    # the unedited answers to the forget questions serve the edit's substitute answers too
     result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
-                    cache_dir=cache_dir, progress=progress, overwrite=overwrite)
+                    cache_dir=cache_dir, progress=progress, overwrite=overwrite, answer_ids=before.answer_ids[:n])
     token_id = result.manifest["token"]["id"]
     after = snapshot(model, tokenizer, questions)
 

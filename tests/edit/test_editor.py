@@ -208,6 +208,30 @@ def test_substitute_answer_keys_join_the_soft_keys_with_their_weight():
         torch.testing.assert_close(q[1][:, n:], 0.5 * f[1][:, n:], atol=1e-5, rtol=1e-5)
 
 
+def test_soft_constraint_keys_use_the_callers_answers_instead_of_generating(monkeypatch):
+    """The demo already has the model's answers to the requests: passing them skips the generation
+    and gives the same keys (longer answers are cut to ``substitute_answer_tokens``)."""
+    from unierase.edit import editor
+    from unierase.generation import generate_answer_ids
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    requests = [ForgetRequest("What is the chemical symbol for gold?"), ForgetRequest("Who wrote Hamlet?")]
+    config = EditConfig(layers=[1, 2], neutral_templates=1, substitute_entities=2, substitute_answer_tokens=4)
+    generated = editor.soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
+    longer = generate_answer_ids(model, tok, [r.question for r in requests], max_new_tokens=7)
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("answers were generated although the caller gave them")
+
+    monkeypatch.setattr(editor, "generate_answer_ids", no_generation)
+    given = editor.soft_constraint_keys(model, tok, adapter, requests, [1, 2], config, answer_ids=longer)
+    for a, b in zip(generated, given):
+        for layer in (1, 2):
+            torch.testing.assert_close(a[layer], b[layer], atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("with_basis", [True, False])
 def test_soft_constraint_sums_equal_a_direct_sum_over_the_requests_kept(with_basis):
     """The solve's soft term: weight × Σ (Ûᵀk)(Ûᵀk)ᵀ over the pending requests, downdated as they leave."""

@@ -10,10 +10,31 @@ def test_the_gguf_conversion_parses_the_file_once_and_restores_the_reader(monkey
             made.append(path)
 
     monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
-    with loading._one_gguf_parse():
+    with loading._gguf_conversion_caches():
         from gguf import GGUFReader  # what transformers does at each call
 
         first, second, other = GGUFReader("a.gguf"), GGUFReader("a.gguf"), GGUFReader("b.gguf")
     assert first is second and first is not other
     assert made == ["a.gguf", "b.gguf"]
     assert gguf.GGUFReader is CountingReader
+
+
+def test_the_gguf_conversion_builds_each_tensor_name_map_once_and_restores_it(monkeypatch):
+    import gguf
+
+    from unierase.models import loading
+
+    made = []
+
+    def counting_map(arch, n_blocks):
+        made.append((arch, n_blocks))
+        return object()
+
+    monkeypatch.setattr(gguf, "get_tensor_name_map", counting_map)
+    with loading._gguf_conversion_caches():
+        from gguf import get_tensor_name_map  # what transformers does for each module
+
+        first, second, other = get_tensor_name_map("llama", 30), get_tensor_name_map("llama", 30), get_tensor_name_map("llama", 4)
+    assert first is second and first is not other
+    assert made == [("llama", 30), ("llama", 4)]
+    assert gguf.get_tensor_name_map is counting_map

@@ -270,11 +270,12 @@ def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[s
 
 
 def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
-                         config: EditConfig) -> list[dict[int, torch.Tensor]] | None:
+                         config: EditConfig, answer_ids: list[list[int]] | None = None) -> list[dict[int, torch.Tensor]] | None:
     """Per request: layer → keys (m × n) of its ``neutral_prompts`` (and, with
     ``config.substitute_answer_tokens``, of every answer position of its ``substitute_answers``),
     from one pass on the current model; ``None`` when the config has no soft constraint (weight 0,
-    or keys not on an entity)."""
+    or keys not on an entity). ``answer_ids``: the current model's greedy answers to the requests
+    (``generation.generate_answer_ids``) when the caller has them; generated here otherwise."""
     if not config.neutral_key_weight or config.key_position not in ("auto", "entity", "subject"):
         return None
     questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities)
@@ -285,9 +286,10 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
         per_request.append({layer: k[:, start:start + n] for layer, k in keys.items()})
         start += n
     if config.substitute_answer_tokens and config.substitute_entities:
-        ids = generate_answer_ids(model, tokenizer, [r.question for r in requests],
-                                  max_new_tokens=config.substitute_answer_tokens)
-        answers = [tokenizer.decode(a, skip_special_tokens=True) for a in ids]
+        if answer_ids is None or len(answer_ids) != len(requests):
+            answer_ids = generate_answer_ids(model, tokenizer, [r.question for r in requests],
+                                             max_new_tokens=config.substitute_answer_tokens)
+        answers = [tokenizer.decode(a[:config.substitute_answer_tokens], skip_special_tokens=True) for a in answer_ids]
         pairs = substitute_answers(tokenizer, requests, answers, config.substitute_entities)
         flat = [pair for request_pairs in pairs for pair in request_pairs]
         positions = answer_position_keys(model, adapter, layers, flat, tokenizer.pad_token_id)
@@ -329,10 +331,11 @@ class SoftConstraint:
 
     @classmethod
     def measure(cls, model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
-                config: "EditConfig", bases: dict[int, torch.Tensor]) -> "SoftConstraint | None":
+                config: "EditConfig", bases: dict[int, torch.Tensor],
+                answer_ids: list[list[int]] | None = None) -> "SoftConstraint | None":
         """The soft constraint of ``requests`` on the current model (``soft_constraint_keys``); ``None``
         when the config has none."""
-        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config)
+        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config, answer_ids)
         if not per_request:
             return None
         return cls(per_request, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
@@ -422,9 +425,12 @@ class PassesResult:
 
 
 def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
-                    config: EditConfig, state: EditState, stats, *, progress: bool = True) -> PassesResult:
+                    config: EditConfig, state: EditState, stats, *, progress: bool = True,
+                    answer_ids: list[list[int]] | None = None) -> PassesResult:
     """Edit rounds until every request's greedy first answer token is ``target_id`` (at most
     ``config.max_passes``); each further pass covers only the requests not reached yet.
+    ``answer_ids``: the model's greedy answers to the requests, if the caller has them (see
+    ``soft_constraint_keys``).
 
     ``state`` ends up holding every request's keys (see ``EditConfig.preserve_each_pass``).
     """
@@ -432,7 +438,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     bases = null_space_bases(stats, layers, config)  # once for all passes
     # the soft constraint's keys, measured once on the model before this round's first pass (a soft
     # constraint: the small change the passes make to them does not matter)
-    constraint = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases)
+    constraint = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases, answer_ids)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     last_keys: dict[int, dict[int, torch.Tensor]] = {}

@@ -41,30 +41,39 @@ def _gguf_location() -> Path:
 
 
 @contextlib.contextmanager
-def _one_gguf_parse():
-    """Within the block, every ``gguf.GGUFReader(path)`` of the same file returns one reader.
+def _gguf_conversion_caches():
+    """Within the block, every ``gguf.GGUFReader(path)`` of the same file returns one reader, and
+    every ``gguf.get_tensor_name_map(arch, n_blocks)`` of the same arguments one name map.
 
     transformers parses the GGUF file separately for the config, the tokenizer and the weights
-    (each a slow pure-Python pass over the 49k-entry vocabulary); the file is read-only here, so
-    one parse serves all three. transformers imports ``GGUFReader`` from ``gguf`` at each call,
-    so replacing the module attribute for the duration of the conversion is enough.
+    (each a slow pure-Python pass over the 49k-entry vocabulary), and builds the tensor name map
+    again for each of the model's ~400 modules (~10 s in all); the file is read-only here and the
+    map is a fixed table, so one of each serves the whole conversion. transformers imports both
+    names from ``gguf`` at each call, so replacing the module attributes for the duration of the
+    conversion is enough.
     """
     import gguf
 
-    original = gguf.GGUFReader
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
     readers: dict = {}
+    maps: dict = {}
 
     def reader(path, *args, **kwargs):
         key = (str(path), args, tuple(sorted(kwargs.items())))
         if key not in readers:
-            readers[key] = original(path, *args, **kwargs)
+            readers[key] = original_reader(path, *args, **kwargs)
         return readers[key]
 
-    gguf.GGUFReader = reader
+    def name_map(arch, n_blocks):
+        if (arch, n_blocks) not in maps:
+            maps[arch, n_blocks] = original_map(arch, n_blocks)
+        return maps[arch, n_blocks]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
 
 
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -76,7 +85,7 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
     folder = _gguf_location()
     log.info("converting %s to a plain safetensors checkpoint in %s (once)", _GGUF_FILE, target)
-    with _one_gguf_parse():
+    with _gguf_conversion_caches():
         quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
     config = quantised.config.to_dict()
