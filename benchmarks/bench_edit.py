@@ -76,8 +76,9 @@ def main() -> None:
 
     print(f"{'cache':<6} {'requests':>8} {'token s':>8} {'stats s':>8} {'edit s':>8} {'values s':>9} {'solve s':>8} {'peak MB':>8}",
           flush=True)
-    if not args.skip_cold:
-        with tempfile.TemporaryDirectory() as cold:
+    with tempfile.TemporaryDirectory() as cold:
+        cache = None  # --skip-cold: the default cache, filled by an earlier run
+        if not args.skip_cold:
             from unierase.models.loading import default_model_dir
 
             models = Path(cold) / "models"
@@ -86,10 +87,11 @@ def main() -> None:
             cold_run = run(min(args.sizes), cold)
             cold_run["cache"] = "cold"
             record(cold_run)
-    for size in args.sizes:
-        warm = run(size, None)
-        warm["cache"] = "warm"
-        record(warm)
+            cache = cold  # the warm runs find what the cold run computed
+        for size in args.sizes:
+            warm = run(size, cache)
+            warm["cache"] = "warm"
+            record(warm)
     print(f"written to {RESULTS}")
 
 
