@@ -81,6 +81,11 @@ def _suffix_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[li
     return enc["input_ids"].to(device), enc["attention_mask"].to(device), last.to(device)
 
 
+def _row_inputs(chosen: list[EditPrompt], tails: list[list[int]] | None) -> list[tuple]:
+    """What each row of a group runs (prompt, key index, teacher-forced tail)."""
+    return [(tuple(p.input_ids), p.key_index, tuple(tails[row]) if tails else ()) for row, p in enumerate(chosen)]
+
+
 class PromptGroup:
     """Prompt variants run together: the key token onwards on top of their cached prefix.
 
@@ -95,7 +100,7 @@ class PromptGroup:
         self.adapter, self.z_layer = adapter, z_layer
         self.members = torch.tensor(members, device=device)
         chosen = [prompts[i] for i in members]
-        self.inputs = [(tuple(p.input_ids), p.key_index, tuple(tails[row]) if tails else ()) for row, p in enumerate(chosen)]
+        self.inputs = _row_inputs(chosen, tails)
         """What each row ran (prompt, key index, teacher-forced tail): a group is reused only for the same."""
         self.suf, suf_mask, self.last = _suffix_batch(chosen, pad_id, device, tails)
         with torch.no_grad():  # the tokens before the key (their shared template part once)
@@ -254,9 +259,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
     prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
     tails = _tails(prompts, plain, target_id, config, continuations)
-    expected = [(tuple(prompts[i].input_ids), prompts[i].key_index, tuple(tails[row]) if tails else ())
-                for row, i in enumerate(plain)]
-    if plain_group is not None and plain_group.base_logits is not None and plain_group.inputs == expected:
+    if (plain_group is not None and plain_group.base_logits is not None
+            and plain_group.inputs == _row_inputs([prompts[i] for i in plain], tails)):
         group = copy.copy(plain_group)
         group.members = torch.tensor(plain, device=device)  # rows in request order → this prompt list
     else:

@@ -54,26 +54,25 @@ def _gguf_conversion_caches():
     """
     import gguf
 
-    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
-    readers: dict = {}
-    maps: dict = {}
+    originals = {name: getattr(gguf, name) for name in ("GGUFReader", "get_tensor_name_map")}
 
-    def reader(path, *args, **kwargs):
-        key = (str(path), args, tuple(sorted(kwargs.items())))
-        if key not in readers:
-            readers[key] = original_reader(path, *args, **kwargs)
-        return readers[key]
+    def memoised(fn):
+        made: dict = {}
 
-    def name_map(arch, n_blocks):
-        if (arch, n_blocks) not in maps:
-            maps[arch, n_blocks] = original_map(arch, n_blocks)
-        return maps[arch, n_blocks]
+        def call(*args, **kwargs):
+            key = (tuple(str(a) if isinstance(a, os.PathLike) else a for a in args), tuple(sorted(kwargs.items())))
+            if key not in made:
+                made[key] = fn(*args, **kwargs)
+            return made[key]
+        return call
 
-    gguf.GGUFReader, gguf.get_tensor_name_map = reader, name_map
+    for name, fn in originals.items():
+        setattr(gguf, name, memoised(fn))
     try:
         yield
     finally:
-        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_map
+        for name, fn in originals.items():
+            setattr(gguf, name, fn)
 
 
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
