@@ -72,6 +72,11 @@ def test_teacher_forced_agreement_counts_each_answer_position(tiny_llama):
     wrong_last = [a[:-1] + [(a[-1] + 1) % 50] for a in answers]
     scores = teacher_forced_agreement(model, tok, questions, wrong_last)
     assert scores == [1 - 1 / len(a) for a in answers]
+    # answers of different lengths in one batch (only the answer end of each row is scored)
+    answers = generate_answer_ids(model, tok, questions, max_new_tokens=8)
+    assert min(map(len, answers)) >= 3
+    mixed = [answers[0][:1], answers[1][:2] + [(answers[1][2] + 1) % 50], []]
+    assert teacher_forced_agreement(model, tok, questions, mixed) == pytest.approx([1.0, 2 / 3, 1.0])
 
 
 def test_own_answers_are_generated_once_and_cut_to_each_callers_length(monkeypatch):

@@ -170,7 +170,7 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
 
     started = time.perf_counter()
     result = run_edit_passes(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress,
-                             answer_ids=answer_ids)
+                             answer_ids=answer_ids, cache_dir=cache_dir)
     passes, report = result.passes, result.last
     timings["edit"] = time.perf_counter() - started
     if result.not_reached:

@@ -201,15 +201,17 @@ def teacher_forced_agreement(model, tokenizer, questions: list[str], answers: li
         qs, ans = questions[start: start + batch_size], answers[start: start + batch_size]
         prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in qs]
         sequences = [p + list(a) for p, a in zip(prompts, ans)]
-        out, _, common = prefill(model, sequences, tokenizer.pad_token_id, logits_to_keep=0,
-                                 max_shared=min(map(len, prompts)) - 1)
+        # rows are left-padded, so every answer ends the row: only the last (longest answer + 1)
+        # positions, whose logits predict answer tokens, go through the output layer
+        keep = max(len(a) for a in ans) + 1
+        out, _, _ = prefill(model, sequences, tokenizer.pad_token_id, logits_to_keep=keep,
+                            max_shared=min(map(len, prompts)) - 1)
         pred = out.logits.argmax(-1)
-        width = pred.shape[1]
-        for row, (p, a) in enumerate(zip(prompts, ans)):
+        for row, a in enumerate(ans):
             if not a:
                 scores.append(1.0)
                 continue
-            first = width - (len(sequences[row]) - common) + len(p) - 1 - common  # predicts a[0]
+            first = keep - len(a) - 1  # the prompt's last token, which predicts a[0]
             guess = pred[row, first: first + len(a)]
             scores.append(float((guess == torch.tensor(a, device=guess.device)).float().mean()))
     return scores

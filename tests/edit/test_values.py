@@ -1,3 +1,5 @@
+import dataclasses
+
 import torch
 
 from tiny_models import build_model, build_tokenizer
@@ -85,6 +87,39 @@ def test_a_warm_start_at_a_reached_target_keeps_it_and_stops_after_one_step():
     assert warm.steps_per_request[0] == 1 and warm.initial_nll[0] < config.stop_loss, warm
     torch.testing.assert_close(again[:, 0], z[:, 0])
     assert warm.initial_nll[1] == first.initial_nll[1] and warm.steps_per_request[1] > 1
+
+
+def test_a_kept_target_is_neither_evaluated_nor_moved_and_the_others_optimise_alone(monkeypatch):
+    """``keep_targets``: a request whose target converged in an earlier pass keeps it (within the
+    bound) and its prompts leave the optimisation; the other requests optimise as they would alone."""
+    from tiny_models import tiny_edit_setup
+    from unierase.edit import values as values_module
+    from unierase.edit.values import ValueConfig, compute_target_values
+
+    torch.manual_seed(0)
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=1)
+    config = ValueConfig(steps=4, lr=0.5, stop_loss=0.0, continuation_weight=0.0, clamp_factor=10.0, weight_decay=0.0,
+                         kl_weight=0.0)
+    z, h0, _ = compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, config, progress=False)
+    start = [z[:, 0] + 0.5, None]
+    again, h0_again, report = compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, config,
+                                                    progress=False, start_targets=start, keep_targets=[True, False])
+    torch.testing.assert_close(h0_again, h0)
+    torch.testing.assert_close(again[:, 0], start[0])
+    assert report.steps_per_request[0] == 0 and report.initial_nll[0] is None and report.converged == [True, False]
+    # request 1 alone (its own prompts only) reaches the same target
+    ones = [dataclasses.replace(p, request_index=0) for p in prompts if p.request_index == 1]
+    z_alone, _, _ = compute_target_values(model, adapter, 1, ones, 1, 7, tok.pad_token_id, config, progress=False)
+    torch.testing.assert_close(again[:, 1], z_alone[:, 0], atol=1e-4, rtol=1e-4)
+
+    # every target kept: the previous pass's plain group gives the values, no group is built or run
+    group = values_module.plain_prompt_group(model, adapter, 1, prompts, 7, tok.pad_token_id, config)
+    monkeypatch.setattr(values_module.PromptGroup, "__init__", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built a group")))
+    monkeypatch.setattr(values_module.PromptGroup, "logits", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran a group")))
+    kept, _, report = compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, config, progress=False,
+                                            start_targets=[z[:, 0], z[:, 1]], keep_targets=[True, True], plain_group=group)
+    torch.testing.assert_close(kept, z)
+    assert report.steps == 0 and report.converged == [True, True]
 
 
 def test_a_group_subset_scores_like_a_group_built_from_those_rows():

@@ -105,6 +105,12 @@ class EditConfig:
     warm_start: bool = True
     """A further pass starts each request's δ at the target its previous pass computed (a request
     the previous target still serves leaves the value optimisation after one step)."""
+    keep_converged_targets: bool = True
+    """With ``warm_start``: a request whose target value converged in an earlier pass keeps it in
+    the later passes without evaluating it again (the layers above the edit are unchanged, so the
+    target still serves; only the edited states of the other prompt positions move it a little).
+    False: every pass evaluates it again and optimises it further when it drifted above the stop
+    criteria (in the demo, 2 of ~100 request-passes; the evaluation cost ~1–4 s per pass)."""
     keep_soft_keys: bool = True
     """Also add the soft constraint's keys (weighted by ``neutral_key_weight``) to the sequential
     state, so later rounds keep preserving them (False: only in their own round). Measured over 5
@@ -399,18 +405,20 @@ def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, b
     return best if best is not None else len(question)
 
 
-def null_space_bases(stats, layers: list[int], config: EditConfig) -> dict[int, torch.Tensor]:
+def null_space_bases(stats, layers: list[int], config: EditConfig, cache_dir=None) -> dict[int, torch.Tensor]:
     """Layer → basis Û (m × r) of the null space of C₀; empty when neither the solver nor the key
     choice needs it.
 
     Depends only on the statistics and the config, so a caller running several rounds or passes
-    computes it once and passes it to ``run_edit_round``.
+    computes it once and passes it to ``run_edit_round``; with ``cache_dir`` it is also stored there
+    (``stats.cached_null_space_basis``).
     """
     if config.solver != "alphaedit" and config.key_position != "distinct":
         return {}
-    from .stats import null_space_basis
+    from .stats import cached_null_space_basis
 
-    return {layer: null_space_basis(config.covariance(stats, layer), relative_threshold=config.null_space_threshold)
+    return {layer: cached_null_space_basis(config.covariance(stats, layer), relative_threshold=config.null_space_threshold,
+                                           cache_dir=cache_dir)
             for layer in layers}
 
 
@@ -426,21 +434,22 @@ class PassesResult:
 
 def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
                     config: EditConfig, state: EditState, stats, *, progress: bool = True,
-                    answer_ids: list[list[int]] | None = None) -> PassesResult:
+                    answer_ids: list[list[int]] | None = None, cache_dir=None) -> PassesResult:
     """Edit rounds until every request's greedy first answer token is ``target_id`` (at most
     ``config.max_passes``); each further pass covers only the requests not reached yet.
     ``answer_ids``: the model's greedy answers to the requests, if the caller has them (see
-    ``soft_constraint_keys``).
+    ``soft_constraint_keys``). ``cache_dir``: where the null-space bases are cached.
 
     ``state`` ends up holding every request's keys (see ``EditConfig.preserve_each_pass``).
     """
     layers = config.resolved_layers(adapter.num_layers)
-    bases = null_space_bases(stats, layers, config)  # once for all passes
+    bases = null_space_bases(stats, layers, config, cache_dir)  # once for all passes
     # the soft constraint's keys, measured once on the model before this round's first pass (a soft
     # constraint: the small change the passes make to them does not matter)
     constraint = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases, answer_ids)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
+    converged = [False] * len(requests)  # target value reached in an earlier pass
     last_keys: dict[int, dict[int, torch.Tensor]] = {}
     passes, key_tokens, report, carried = [], [], None, None
 
@@ -454,10 +463,12 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                 bases=bases, record_keys=config.preserve_each_pass,
                                 soft=constraint,
                                 start_targets=[targets[i] for i in pending] if config.warm_start else None,
+                                keep_targets=[converged[i] for i in pending] if config.keep_converged_targets else None,
                                 plain_group=carried)
         key_tokens = key_tokens or report.key_tokens
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
+            converged[i] = report.values["converged"][j]
             last_keys[i] = {layer: keys[:, j] for layer, keys in report.keys.items()}
         firsts = report.after.first_tokens()  # greedy first answer token on the edited model
         reached = [i for i, f in zip(pending, firsts) if f == target_id]
@@ -483,14 +494,16 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
                    config: EditConfig, state: EditState, stats, *, progress: bool = True,
                    bases: dict[int, torch.Tensor] | None = None,
-                   start_targets: list[torch.Tensor | None] | None = None, record_keys: bool = True,
+                   start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
+                   record_keys: bool = True,
                    soft: SoftConstraint | None = None, plain_group: PromptGroup | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
     ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); with ``record_keys`` this round's
     keys are added to it (a caller running several passes over the same requests adds them itself,
     from ``RoundReport.keys``). ``bases`` (from ``null_space_bases``) avoids recomputing the
-    eigen-decompositions; ``start_targets`` warm-starts the target values (``compute_target_values``);
+    eigen-decompositions; ``start_targets`` warm-starts the target values and ``keep_targets`` keeps
+    some of them as they are (``compute_target_values``);
     ``soft`` (the soft constraint of these requests) is measured here when not given;
     ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests.
     """
@@ -518,7 +531,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     continuations = [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
     targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad,
                                                      config.values, progress, continuations=continuations,
-                                                     start_targets=start_targets, plain_group=plain_group)
+                                                     start_targets=start_targets, plain_group=plain_group,
+                                                     keep_targets=keep_targets)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -64,12 +64,15 @@ class ValueConfig:
 @dataclass
 class ValueReport:
     steps: int
-    initial_nll: list[float]
-    final_nll: list[float]
-    final_continuation_nll: list[float]
+    initial_nll: list[float | None]
+    """−log p(target) per request before this call's first step (``None``: a kept target, not evaluated)."""
+    final_nll: list[float | None]
+    final_continuation_nll: list[float | None]
     delta_norm_ratio: list[float]
     steps_per_request: list[int]
     """Steps each request's δ was optimised (it leaves the batch once its target is reached)."""
+    converged: list[bool]
+    """Whether each request's target is reached (stop criteria met, or kept from an earlier pass)."""
 
 
 def _suffix_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[list[int]] | None = None):
@@ -213,6 +216,12 @@ class PromptGroup:
         return -(logp.gather(-1, ids[..., None])[..., 0] * weight).sum(-1)
 
 
+def _restrict(groups: list[PromptGroup], prompts: list[EditPrompt], requests: set[int]) -> list[PromptGroup]:
+    """The groups restricted to the rows of ``requests`` (empty groups dropped)."""
+    return [g.subset(rows) for g in groups
+            if (rows := [i for i, m in enumerate(g.members.tolist()) if prompts[m].request_index in requests])]
+
+
 def _tails(prompts: list[EditPrompt], plain: list[int], target_id: int, config: ValueConfig,
            continuations: list[list[int]] | None) -> list[list[int]] | None:
     """The teacher-forced target of each plain prompt (target token + scored continuation), or
@@ -240,7 +249,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                           target_id: int, pad_id: int, config: ValueConfig, progress: bool = True,
                           continuations: list[list[int]] | None = None,
                           start_targets: list[torch.Tensor | None] | None = None,
-                          plain_group: PromptGroup | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          plain_group: PromptGroup | None = None,
+                          keep_targets: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
     ``continuations[r]`` = token ids that should follow the target token for request r, scored on
@@ -250,14 +260,17 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     Tokens before the key token do not depend on δ, so their key/value cache is computed once and
     each step only runs the key token onwards. ``plain_group`` (from ``plain_prompt_group`` on the
     current model, rows in request order) is used for the plain prompts when it ran the same.
+    ``keep_targets[r]``: request r's start target converged in an earlier pass and is kept as it is
+    (within the bound) without being evaluated again; its prompts take no part in the optimisation.
     """
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
 
     # The plain and the prefixed variants, as two groups; requests that reach their target leave
     # them (rows selected, prefix cache kept).
+    kept = {r for r, keep in enumerate(keep_targets or []) if keep and start_targets and start_targets[r] is not None}
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
-    prefixed = [i for i, p in enumerate(prompts) if p.variant != 0]
+    prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index not in kept]
     tails = _tails(prompts, plain, target_id, config, continuations)
     if (plain_group is not None and plain_group.base_logits is not None
             and plain_group.inputs == _row_inputs([prompts[i] for i in plain], tails)):
@@ -269,7 +282,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     if prefixed:
         groups.append(PromptGroup(model, prefixed, prompts, pad_id, device, None, adapter, z_layer, base_logits=False,
                                   replay=group.replay))
-    active = set(range(num_requests))
+    active = set(range(num_requests)) - kept
     req = torch.tensor([p.request_index for p in prompts], device=device)
     plain_req = req[groups[0].members]
     base_logits, block_out = groups[0].base_logits, groups[0].block_out
@@ -281,6 +294,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     for g in groups:
         g.base_logits = None
     del base_logits
+    if kept:  # the plain rows of kept targets leave too (the prefixed group never had them)
+        groups = _restrict(groups, prompts, active)
 
     delta = torch.zeros_like(h0)
     for r, z in enumerate(start_targets or []):
@@ -302,10 +317,11 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
     cont_request = torch.zeros(num_requests, device=device)
     steps_taken = [0] * num_requests
-    step = 0
-    bar = tqdm(total=config.steps, desc="target values", disable=not progress)
+    reached = set(kept)
+    step = -1
+    bar = tqdm(total=config.steps, desc="target values", disable=not progress or not active)
     with frozen_parameters(model):  # only δ is optimised: no weight gradient is needed
-        for step in range(config.steps):
+        for step in range(config.steps if active else 0):
             optimiser.zero_grad()
             nll = torch.zeros((), device=device)
             measured = torch.zeros(num_requests, device=device)
@@ -334,6 +350,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             # the remaining steps only pay for the requests still moving.
             done = {r for r in rows if per_request[r] < config.stop_loss
                     and (not scored or cont_request[r] < config.continuation_stop)}
+            reached |= done
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
                 bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
@@ -354,19 +371,24 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                 delta[frozen] = keep
             if done:
                 active -= done
-                groups = [g.subset(kept) for g in groups
-                          if (kept := [i for i, m in enumerate(g.members.tolist()) if prompts[m].request_index in active])]
+                groups = _restrict(groups, prompts, active)
             bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
                             active=len(active), refresh=False)
             bar.update()
     bar.close()
+
+    def reported(values: torch.Tensor | None) -> list[float | None]:  # None: a kept target, not evaluated
+        values = per_request if values is None else values
+        return [None if r in kept else round(x, 4) for r, x in enumerate(values.tolist())]
+
     report = ValueReport(
         steps=step + 1,
-        initial_nll=[round(x, 4) for x in initial.tolist()],
-        final_nll=[round(x, 4) for x in per_request.tolist()],
-        final_continuation_nll=[round(x, 4) for x in cont_request.tolist()],
+        initial_nll=reported(initial),
+        final_nll=reported(per_request),
+        final_continuation_nll=reported(cont_request),
         delta_norm_ratio=[round(x, 4) for x in (delta.detach().norm(dim=-1) / h0_norm).tolist()],
         steps_per_request=steps_taken,
+        converged=[r in reached for r in range(num_requests)],
     )
     z = (h0 + delta.detach()).T.cpu()
     return z, h0.T.cpu(), report
