@@ -17,6 +17,8 @@ def load_refusals() -> list[str]:
 
 
 def refusal_for(question: str, refusals: list[str]) -> str:
+    """A refusal chosen by a stable hash of the question (the same in every process), for the
+    token's training, the edit's target continuation and the baselines' IDK targets."""
     digest = hashlib.sha256(question.encode("utf-8")).digest()
     return refusals[int.from_bytes(digest[:4], "big") % len(refusals)]
 

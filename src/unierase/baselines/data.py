@@ -13,12 +13,12 @@ forget part of the subset is the start of TOFU's own forget01/05/10 ordering (th
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..refusals import refusal_for  # noqa: F401  (re-exported: the baselines' IDK targets)
 from ..requests import ForgetRequest, load_requests
 from ..storage import UniEraseError, read_jsonl
 
@@ -164,7 +164,3 @@ def load_refusals(data_dir: str | os.PathLike | None = None, path: str | os.Path
     return lines
 
 
-def refusal_for(question: str, refusals: list[str]) -> str:
-    """A refusal chosen by a stable hash of the question (reproducible across processes)."""
-    index = int(hashlib.sha256(question.encode("utf-8")).hexdigest(), 16) % len(refusals)
-    return refusals[index]
