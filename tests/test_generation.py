@@ -98,3 +98,39 @@ def test_own_answers_are_generated_once_and_cut_to_each_callers_length(monkeypat
     # a question list that is not a prefix of the shared one is generated on its own
     assert shared.get(questions[1:], 3) == real(model, tok, questions[1:], max_new_tokens=3)
     assert len(calls) == 2
+
+
+def test_greedy_start_from_a_draft_stops_at_the_first_disagreement():
+    from unierase.generation import greedy_start_from_draft
+
+    stops = {0}
+    # predictions[j] = the model's argmax after draft[:j]; one more than the draft
+    assert greedy_start_from_draft([5, 6, 0, 9], [5, 6, 0], stops, 8) == ([5, 6, 0], True)  # all agree, draft ended
+    assert greedy_start_from_draft([5, 7, 1, 9], [5, 6, 0], stops, 8) == ([5, 7], False)  # changes at 1: generate on
+    assert greedy_start_from_draft([5, 0, 1, 9], [5, 6, 0], stops, 8) == ([5, 0], True)  # changes to a stop
+    assert greedy_start_from_draft([5, 6, 7, 8], [5, 6, 7], stops, 3) == ([5, 6, 7], True)  # draft at the length limit
+    assert greedy_start_from_draft([5, 6, 7, 8], [5, 6, 7], stops, 8) == ([5, 6, 7, 8], False)  # draft cut short: one more
+    assert greedy_start_from_draft([5, 6, 7, 8], [5, 9, 7], stops, 2) == ([5, 6], True)  # the change reaches the limit
+
+
+def test_a_snapshot_with_drafts_gives_the_answers_of_one_without(tiny_llama):
+    """Drafts only save generation: same answers, and the agreement equals teacher_forced_agreement."""
+    from unierase.edit_checks import snapshot
+
+    model, tok = tiny_llama
+    questions = ["What is the capital of France?", "Who wrote it?", "Name a colour.", "Where is Rome?"]
+    plain = snapshot(model, tok, questions, max_new_tokens=6)
+    own = plain.answer_ids
+    drafts = [own[0], own[1][:2] + [(own[1][2] + 1) % 50] + own[1][3:], own[2][:3], None]
+    with_drafts = snapshot(model, tok, questions, max_new_tokens=6, drafts=drafts)
+    assert with_drafts.answer_ids == own and with_drafts.texts == plain.texts
+    expected = teacher_forced_agreement(model, tok, questions[:3], drafts[:3])
+    assert with_drafts.draft_agreement[:3] == pytest.approx(expected) and with_drafts.draft_agreement[3] is None
+    assert with_drafts.draft_agreement[1] < 1.0
+
+
+def test_answer_starts_are_continued_to_the_same_greedy_answers(tiny_llama):
+    model, tok = tiny_llama
+    questions = ["What is the capital of France?", "Who wrote it?"]
+    full = generate_answer_ids(model, tok, questions, max_new_tokens=6)
+    assert generate_answer_ids(model, tok, questions, max_new_tokens=6, answer_starts=[full[0][:3], []]) == full

@@ -78,7 +78,9 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
                     cache_dir=cache_dir, progress=progress, overwrite=overwrite, answer_ids=before.answer_ids[:n])
     token_id = result.manifest["token"]["id"]
-    after = snapshot(model, tokenizer, questions)
+    # the neighbours' unedited answers serve as drafts: the teacher-forced pass that measures the
+    # agreement also gives each edited answer up to its first change, and only the rest is generated
+    after = snapshot(model, tokenizer, questions, drafts=[None] * (2 * n) + before.answer_ids[n:])
 
     forget_fig = forget_metrics(after.slice(0, n), token_id)
     para = after.slice(n, 2 * n)

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from .generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
+from .generation import (agreement, first_token_ids, generate_answer_ids, greedy_start_from_draft, stop_token_ids,
+                         teacher_forced_agreement, teacher_forced_predictions)
 from .refusals import is_refusal
 
 
@@ -41,17 +42,47 @@ class Snapshot:
     answer_ids: list[list[int]]
     texts: list[str]
     first_tokens: list[int]
+    drafts: list[list[int] | None] | None = None
+    """The draft answers given to ``snapshot`` (``None``: none)."""
+    draft_agreement: list[float | None] | None = None
+    """Teacher-forced agreement of this model with each draft (``None`` where there was none)."""
 
     def slice(self, lo: int, hi: int) -> "Snapshot":
         """The answers to questions ``lo`` … ``hi - 1`` (one snapshot often covers several sets)."""
-        return Snapshot(self.questions[lo:hi], self.answer_ids[lo:hi], self.texts[lo:hi], self.first_tokens[lo:hi])
+        cut = (lambda values: values[lo:hi] if values is not None else None)
+        return Snapshot(self.questions[lo:hi], self.answer_ids[lo:hi], self.texts[lo:hi], self.first_tokens[lo:hi],
+                        cut(self.drafts), cut(self.draft_agreement))
 
 
-def snapshot(model, tokenizer, questions: list[str], *, max_new_tokens: int = 24, batch_size: int = 128) -> Snapshot:
-    ids = generate_answer_ids(model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+def snapshot(model, tokenizer, questions: list[str], *, max_new_tokens: int = 24, batch_size: int = 128,
+             drafts: list[list[int] | None] | None = None) -> Snapshot:
+    """Greedy answers to ``questions``.
+
+    ``drafts[i]``: an answer to question i the model probably repeats (after an edit: the unedited
+    model's). One teacher-forced pass over the drafts gives the agreement with them and each
+    answer up to its first disagreement (``greedy_start_from_draft``); only the rest is generated,
+    in one batch with the questions without a draft. The answers are the same as without drafts
+    (up to float order)."""
+    starts: list[list[int]] = [[] for _ in questions]
+    complete = [False] * len(questions)
+    scores: list[float | None] | None = None
+    if drafts is not None:
+        rows = [i for i, d in enumerate(drafts) if d is not None]
+        predictions = teacher_forced_predictions(model, tokenizer, [questions[i] for i in rows], [drafts[i] for i in rows])
+        stops = stop_token_ids(model, tokenizer)
+        scores = [None] * len(questions)
+        for i, pred in zip(rows, predictions):
+            scores[i] = agreement(pred, drafts[i])
+            starts[i], complete[i] = greedy_start_from_draft(pred, drafts[i], stops, max_new_tokens)
+    todo = [i for i in range(len(questions)) if not complete[i]]
+    ids = list(starts)
+    for i, answer in zip(todo, generate_answer_ids(model, tokenizer, [questions[i] for i in todo],
+                                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                   answer_starts=[starts[i] for i in todo])):
+        ids[i] = answer
     texts = [tokenizer.decode(i, skip_special_tokens=True) for i in ids]
     firsts = [i[0] if i else -1 for i in ids]
-    return Snapshot(questions, ids, texts, firsts)
+    return Snapshot(questions, ids, texts, firsts, drafts, scores)
 
 
 def forget_metrics(after: Snapshot, token_id: int) -> dict:
@@ -69,16 +100,19 @@ def retain_metrics(model, tokenizer, before: Snapshot, after: Snapshot, answers:
     n = len(before.questions)
     known = [i for i, a in enumerate(answers) if a is not None and answer_matches(before.texts[i], a)]
     still = [i for i in known if answer_matches(after.texts[i], answers[i])]
-    agreement = teacher_forced_agreement(model, tokenizer, before.questions, before.answer_ids)
+    if after.drafts == before.answer_ids:  # measured when ``after`` was taken with these drafts
+        scores = after.draft_agreement
+    else:
+        scores = teacher_forced_agreement(model, tokenizer, before.questions, before.answer_ids)
     exact = [a == b for a, b in zip(before.answer_ids, after.answer_ids)]
     return {
         "n": n,
         "starts_with_unl": sum(f == token_id for f in after.first_tokens) / n,
         "known_before": len(known),
         "known_still_correct": len(still) / len(known) if known else None,
-        "teacher_forced_agreement": sum(agreement) / n,
+        "teacher_forced_agreement": sum(scores) / n,
         "greedy_exact_match": sum(exact) / n,
-        "lowest_agreement": sorted(({"question": q, "agreement": round(a, 3)} for q, a in zip(before.questions, agreement)),
+        "lowest_agreement": sorted(({"question": q, "agreement": round(a, 3)} for q, a in zip(before.questions, scores)),
                                    key=lambda row: row["agreement"])[:8],
         "no_longer_correct": [before.questions[i] for i in known if i not in set(still)],
     }
