@@ -63,17 +63,19 @@ def test_precomputed_ordinary_unlikelihood_matches_a_full_forward(tiny_llama):
 
     model, tok = tiny_llama
     token_id = add_unlearning_token(model, tok)
-    sequences = [([1, 5, 7, 9], [11, 12, 13]), ([2, 6], [14, 15, 16, 17])]
-    positions = ordinary_positions(model, tok, sequences, token_id)
-    assert positions is not None and positions.hidden.shape[0] == 7
-    with torch.no_grad():
-        model.get_output_embeddings().weight[token_id] += 0.3  # training moves the row afterwards
-    expected = []
-    for p, a in sequences:
-        logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
-        expected += [-math.log1p(-logp[t, token_id].exp().item()) for t in range(len(p) - 1, len(p) + len(a) - 1)]
-    got = ordinary_unlikelihood(model, positions, token_id)
-    assert abs(got.item() - sum(expected) / len(expected)) < 1e-5
+    # rows without a common prefix, and rows whose prompts share one (run once for the batch)
+    for sequences in ([([1, 5, 7, 9], [11, 12, 13]), ([2, 6], [14, 15, 16, 17])],
+                      [([1, 5, 7, 9, 3, 4], [11, 12, 13]), ([1, 5, 7, 9, 6], [14, 15, 16, 17]), ([1, 5, 7, 9, 8], [18])]):
+        positions = ordinary_positions(model, tok, sequences, token_id)
+        assert positions is not None and positions.hidden.shape[0] == sum(len(a) for _, a in sequences)
+        with torch.no_grad():
+            model.get_output_embeddings().weight[token_id] += 0.3  # training moves the row afterwards
+        expected = []
+        for p, a in sequences:
+            logp = torch.log_softmax(model(input_ids=torch.tensor([p + a])).logits[0].float(), -1)
+            expected += [-math.log1p(-logp[t, token_id].exp().item()) for t in range(len(p) - 1, len(p) + len(a) - 1)]
+        got = ordinary_unlikelihood(model, positions, token_id)
+        assert abs(got.item() - sum(expected) / len(expected)) < 1e-5
 
 
 def test_a_cached_prompt_pass_gives_the_same_loss_and_gradient_as_running_the_prompts():
@@ -97,3 +99,41 @@ def test_a_cached_prompt_pass_gives_the_same_loss_and_gradient_as_running_the_pr
         results.append((loss.detach(), emb.grad[token_id].clone()))
     torch.testing.assert_close(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(results[0][1], results[1][1], atol=1e-5, rtol=1e-4)
+
+
+def test_the_shifted_prompt_pass_equals_shifting_each_padded_prompt():
+    """Noisy stage: the prompts' shared prefix runs once (up to the first shifted token); the states
+    equal a full left-padded pass with the same random token and direction per row."""
+    from tiny_models import build_model, build_tokenizer
+    from unierase.models.adapters import find_mlp_output
+    from unierase.models.tracing import edit_output
+    from unierase.prompts import encode_text, pad_batch, render_prompt
+    from unierase.token.training import prompt_pass
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    block = find_mlp_output(model).block(1)
+    questions = training_questions(5)
+    shared = prompt_pass(model, tok, questions, True, (block, 0.5, torch.Generator().manual_seed(3)))
+
+    # reference: every prompt in full, left-padded, the same draws from the same generator
+    generator = torch.Generator().manual_seed(3)
+    prompts = [encode_text(tok, render_prompt(tok, q, chat=True)) for q in questions]
+    left = pad_batch(prompts, tok.pad_token_id, left=True)
+    ids, mask = left["input_ids"], left["attention_mask"]
+    width = ids.shape[1]
+    offsets = [int(torch.randint(max(1, len(p) // 2), max(2, len(p) - 4), (1,), generator=generator)) for p in prompts]
+    positions = torch.tensor([width - len(p) + o for p, o in zip(prompts, offsets)])
+    rows = torch.arange(len(prompts))
+
+    def add_shift(hidden):
+        picked = hidden[rows, positions]
+        direction = torch.randn(picked.shape, generator=generator).to(hidden)
+        direction = direction / direction.norm(dim=-1, keepdim=True) * picked.norm(dim=-1, keepdim=True) * 0.5
+        return hidden.index_put((rows, positions), direction, accumulate=True)
+
+    with torch.no_grad(), edit_output(block, add_shift):
+        full = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0)).logits[:, -1]
+    torch.testing.assert_close(shared.start_logits, full.float(), atol=1e-4, rtol=1e-4)
+    unshifted = prompt_pass(model, tok, questions, True)
+    assert not torch.allclose(shared.start_logits, unshifted.start_logits, atol=1e-3)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import find_mlp_output
 from ..models.tracing import edit_output, trace
-from ..generation import prefill
+from ..generation import prefill, shared_layout, shared_prefix_length
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
 from ..refusals import load_refusals, refusal_for
 
@@ -146,8 +146,9 @@ def prompt_pass(model, tokenizer, questions: list[str], chat: bool, context_shif
     """Run the prompts of ``questions`` once (no gradient: nothing in them is trained).
 
     ``context_shift = (block, scale, generator)`` shifts ``block``'s output at one random token of
-    the question's second half by ``scale``·‖h‖ in a random direction during the pass. Without it
-    the prompts' shared template prefix runs once for the whole batch.
+    the prompt's second half by ``scale``·‖h‖ in a random direction during the pass. The prompts'
+    shared template prefix runs once for the whole batch (with a shift, only the part before the
+    first shifted token).
     """
     device = _model_device(model)
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q, chat=chat)) for q in questions]
@@ -156,14 +157,14 @@ def prompt_pass(model, tokenizer, questions: list[str], chat: bool, context_shif
         with trace(head_w, keep_input=True) as head:
             out, mask, _ = prefill(model, prompts, tokenizer.pad_token_id)
         return PromptPass(out.cache, mask, out.logits[:, -1].float(), head.input[:, -1])
-    left = pad_batch(prompts, tokenizer.pad_token_id, left=True)
-    p_ids, p_mask = left["input_ids"].to(device), left["attention_mask"].to(device)
     block, scale, generator = context_shift
-    lengths = p_mask.sum(-1)
-    width = p_ids.shape[1]
+    lengths = [len(p) for p in prompts]
     # a token in the second half of each prompt, before the template's closing tokens
-    offsets = [int(torch.randint(max(1, int(n) // 2), max(2, int(n) - 4), (1,), generator=generator)) for n in lengths]
-    positions = torch.tensor([width - int(n) + o for n, o in zip(lengths, offsets)], device=device)
+    offsets = [int(torch.randint(max(1, n // 2), max(2, n - 4), (1,), generator=generator)) for n in lengths]
+    common = shared_prefix_length(prompts, limit=min(offsets))  # the shared part ends before any shifted token
+    cache, p_ids, p_mask, p_pos = shared_layout(model, prompts, tokenizer.pad_token_id, common)
+    width = p_ids.shape[1]  # rows are [shared][left padding][rest]: prompt token o sits at width - n + o of the rest
+    positions = torch.tensor([width - n + o for n, o in zip(lengths, offsets)], device=device)
     rows = torch.arange(len(questions), device=device)
 
     def add_shift(hidden):
@@ -174,8 +175,8 @@ def prompt_pass(model, tokenizer, questions: list[str], chat: bool, context_shif
         return hidden.index_put((rows.to(at), positions.to(at)), direction, accumulate=True)
 
     with edit_output(block, add_shift), trace(head_w, keep_input=True) as head:
-        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=(p_mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1)
+        out = model(input_ids=p_ids, attention_mask=p_mask, position_ids=p_pos, cache=cache, use_cache=True,
+                    logits_to_keep=1)
     return PromptPass(out.cache, p_mask, out.logits[:, -1].float(), head.input[:, -1])
 
 
@@ -235,18 +236,20 @@ def ordinary_positions(model, tokenizer, sequences: list[tuple[list[int], list[i
     Returns ``None`` when the output layer is not a plain linear map of those hidden states (e.g. a
     logit soft-cap), so the caller can leave the term out rather than compute it wrongly.
     """
-    device = _model_device(model)
     head_w = model.get_output_embeddings()
     hidden_parts, lse_parts = [], []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start: start + batch_size]
-        batch = pad_batch([p + a for p, a in chunk], tokenizer.pad_token_id)
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        # left-padded rows end with their answers: only the last (longest answer + 1) positions go
+        # through the output layer, and the prompts' shared template prefix runs once
+        keep = max(len(a) for _, a in chunk) + 1
         with trace(head_w, keep_input=True) as head:
-            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float()
-        scored = torch.zeros(ids.shape, dtype=torch.bool)
-        for row, (p, a) in enumerate(chunk):
-            scored[row, len(p) - 1: len(p) + len(a) - 1] = True  # positions that predict an answer token
+            out, _, _ = prefill(model, [p + a for p, a in chunk], tokenizer.pad_token_id, logits_to_keep=keep,
+                                max_shared=min(len(p) for p, _ in chunk) - 1)
+        logits = out.logits.float()
+        scored = torch.zeros(logits.shape[:2], dtype=torch.bool)
+        for row, (_, a) in enumerate(chunk):
+            scored[row, keep - len(a) - 1: keep - 1] = True  # positions that predict an answer token
         hidden = head.input[scored.to(head.input.device)].float()
         picked = logits[scored.to(logits.device)]
         recomputed = _unl_logit(head_w, hidden, token_id).to(picked.device)
