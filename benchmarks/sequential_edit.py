@@ -28,6 +28,8 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="working directory (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--result", default=str(RESULTS), help="where to write the JSON")
+    parser.add_argument("--stats-tokens", type=int, default=None,
+                        help="corpus tokens of the preserved-key statistics (default: EditConfig's)")
     args = parser.parse_args()
 
     import torch
@@ -56,6 +58,8 @@ def main() -> None:
         cmd = [sys.executable, "-m", "unierase.cli", "-q", "forget", "--requests", str(path), "--out", str(out)]
         if r:
             cmd += ["--model", str(out)]
+        if args.stats_tokens:
+            cmd += ["--stats-tokens", str(args.stats_tokens)]
         started = time.perf_counter()
         subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
         rounds.append({"round": r + 1, "facts": len(batch), "seconds": round(time.perf_counter() - started, 1)})
