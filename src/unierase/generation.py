@@ -237,14 +237,21 @@ def teacher_forced_predictions(model, tokenizer, questions: list[str], answers: 
     for start in range(0, len(questions), batch_size):
         qs, ans = questions[start: start + batch_size], answers[start: start + batch_size]
         prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in qs]
-        sequences = [p + list(a) for p, a in zip(prompts, ans)]
-        # rows are left-padded, so every answer ends the row: only the last (longest answer + 1)
-        # positions, whose logits predict answer tokens, go through the output layer
-        keep = max(len(a) for a in ans) + 1
-        out, _, _ = prefill(model, sequences, tokenizer.pad_token_id, logits_to_keep=keep,
-                            max_shared=min(map(len, prompts)) - 1)
+        out, keep = prefill_answers(model, prompts, ans, tokenizer.pad_token_id)
         pred = out.logits.argmax(-1)
         for row, a in enumerate(ans):
-            first = keep - len(a) - 1  # the prompt's last token, which predicts a[0]
-            predictions.append(pred[row, first:].tolist())
+            predictions.append(pred[row, keep - len(a) - 1:].tolist())
     return predictions
+
+
+def prefill_answers(model, prompts: list[list[int]], answers: list[list[int]], pad_id: int):
+    """Forward (prompt + answer) rows with logits at the answer positions only.
+
+    Rows are left-padded (``prefill``: the prompts' shared prefix runs once), so every answer ends
+    its row and only the last (longest answer + 1) positions go through the output layer. Returns
+    ``(output, keep)``: row r's logit column ``keep - len(answers[r]) - 1 + j`` predicts
+    ``answers[r][j]`` (column ``keep - 1`` predicts the token after the answer)."""
+    keep = max(len(a) for a in answers) + 1
+    out, _, _ = prefill(model, [list(p) + list(a) for p, a in zip(prompts, answers)], pad_id, logits_to_keep=keep,
+                        max_shared=min(map(len, prompts)) - 1)
+    return out, keep

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import find_mlp_output
 from ..models.tracing import edit_output, trace
-from ..generation import prefill, shared_layout, shared_prefix_length
+from ..generation import prefill, prefill_answers, shared_layout, shared_prefix_length
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
 from ..refusals import load_refusals, refusal_for
 
@@ -240,12 +240,8 @@ def ordinary_positions(model, tokenizer, sequences: list[tuple[list[int], list[i
     hidden_parts, lse_parts = [], []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start: start + batch_size]
-        # left-padded rows end with their answers: only the last (longest answer + 1) positions go
-        # through the output layer, and the prompts' shared template prefix runs once
-        keep = max(len(a) for _, a in chunk) + 1
-        with trace(head_w, keep_input=True) as head:
-            out, _, _ = prefill(model, [p + a for p, a in chunk], tokenizer.pad_token_id, logits_to_keep=keep,
-                                max_shared=min(len(p) for p, _ in chunk) - 1)
+        with trace(head_w, keep_input=True) as head:  # the output layer's input at the answer positions
+            out, keep = prefill_answers(model, [p for p, _ in chunk], [a for _, a in chunk], tokenizer.pad_token_id)
         logits = out.logits.float()
         scored = torch.zeros(logits.shape[:2], dtype=torch.bool)
         for row, (_, a) in enumerate(chunk):
