@@ -45,7 +45,7 @@ def add_forget_parser(subparsers) -> None:
                         "token most specific under the preserved statistics; last = the last prompt token (default: auto)")
     p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
     p.add_argument("--stats-tokens", type=int, default=None,
-                   help="corpus tokens for the preserved-key statistics (default: 100000; computed once per model and cached)")
+                   help="corpus tokens for the preserved-key statistics (default: 50000; computed once per model and cached)")
     p.add_argument("--max-passes", type=int, default=None,
                    help="edit passes at most; requests whose answer does not start with the unlearning token yet get "
                         "another pass (default: 12). Requests still not reached are named in the summary and the manifest")
