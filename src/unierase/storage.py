@@ -12,41 +12,43 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 
 class UniEraseError(Exception):
     """A user-facing error: the CLI prints its message on one line and exits non-zero."""
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write ``data`` as indented JSON to ``path`` via a temporary file and rename."""
+def _write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp)`` for a temporary sibling of ``path``, then rename it to ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-            handle.write("\n")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` via a temporary file and rename."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n"
+    write_text_atomic(path, text)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _write_atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def save_tensors_atomic(path: str | os.PathLike, tensors: dict) -> None:
+    """Save ``tensors`` (name → tensor) as safetensors via a temporary file and rename."""
+    from safetensors.torch import save_file
+
+    _write_atomic(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
 
 
 def check_output_dir(out: str | os.PathLike, overwrite: bool, *, allow_same_as: str | os.PathLike | None = None) -> Path:

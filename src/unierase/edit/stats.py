@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import stop_after
 from ..generation import MIN_SHARED_PREFIX, shared_layout, shared_prefix_length
 from ..prompts import PINNED_DATE, encode_text, has_chat_template, render_prompt
+from ..storage import save_tensors_atomic
 from . import corpus as corpus_module
 
 log = logging.getLogger(__name__)
@@ -198,11 +199,7 @@ def cached_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, laye
             return {l: data[f"layer{l}"] for l in layers}, int(data["count"].item())
     moments, count = accumulate_refusal_key_moments(model, tokenizer, adapter, layers, token_id)
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file({**{f"layer{l}": m.contiguous() for l, m in moments.items()}, "count": torch.tensor([count])}, str(tmp))
-        tmp.replace(path)
+        save_tensors_atomic(path, {**{f"layer{l}": m for l, m in moments.items()}, "count": torch.tensor([count])})
     return moments, count
 
 
@@ -287,18 +284,14 @@ class StatisticsCache:
 
     def save(self, fingerprint: str, stats: KeyStatistics, num_tokens: int) -> None:
         folder = self.folder(fingerprint, stats.corpus, num_tokens)
-        folder.mkdir(parents=True, exist_ok=True)
         for layer, moment in stats.moments.items():
-            path = folder / f"layer{layer}.safetensors"
-            tmp = folder / f".layer{layer}.safetensors.tmp"
-            tensors = {"moment": moment.contiguous(), "count": torch.tensor([stats.count]),
-                       "question_moment": stats.question_moments[layer].contiguous(),
+            tensors = {"moment": moment, "count": torch.tensor([stats.count]),
+                       "question_moment": stats.question_moments[layer],
                        "question_count": torch.tensor([stats.question_count])}
             if stats.answer_moments:
-                tensors["answer_moment"] = stats.answer_moments[layer].contiguous()
+                tensors["answer_moment"] = stats.answer_moments[layer]
                 tensors["answer_count"] = torch.tensor([stats.answer_count])
-            save_file(tensors, str(tmp))
-            tmp.replace(path)
+            save_tensors_atomic(folder / f"layer{layer}.safetensors", tensors)
 
 
 def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, cache_dir, num_tokens: int,
@@ -345,10 +338,7 @@ def cached_null_space_basis(covariance: torch.Tensor, *, relative_threshold: flo
         except Exception as error:  # an unreadable entry is recomputed and replaced
             log.warning("ignoring unreadable cache file %s (%s)", path, error)
     basis = null_space_basis(cov, relative_threshold=relative_threshold)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"basis": basis.contiguous()}, str(tmp))
-    tmp.replace(path)
+    save_tensors_atomic(path, {"basis": basis})
     return basis
 
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..storage import write_json_atomic
+from ..storage import save_tensors_atomic, write_json_atomic
 from .questions import training_questions
 from .training import UnlearningTokenConfig, _token_rows, add_unlearning_token, train_unlearning_token
 
@@ -61,11 +61,8 @@ def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: st
     report = train_unlearning_token(model, tokenizer, training_questions(config.num_questions), config, augment_layers, progress,
                                     own_answers)
     token_id = tokenizer.convert_tokens_to_ids(config.token)
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = {f"row{i}": w[token_id].detach().float().cpu().contiguous() for i, w in enumerate(_token_rows(model, config.train_output_row))}
-    tmp = folder / ".token.safetensors.tmp"
-    save_file(rows, str(tmp))
-    tmp.replace(path)
+    rows = {f"row{i}": w[token_id].detach().float().cpu() for i, w in enumerate(_token_rows(model, config.train_output_row))}
+    save_tensors_atomic(path, rows)
     write_json_atomic(folder / "training.json", {"config": config.to_dict(), "augment_layers": augment_layers,
                                                  "steps": report.steps, "seconds": round(report.seconds, 2),
                                                  "final_loss": report.losses[-1] if report.losses else None})
