@@ -7,7 +7,7 @@ written to a temporary directory and renamed into place.
 
 from __future__ import annotations
 
-import json
+import copy
 import logging
 import os
 import platform
@@ -27,32 +27,18 @@ from .models.adapters import find_mlp_output
 from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
 from .prompts import PINNED_DATE
 from .requests import ForgetRequest, load_requests, parse_requests
-from .storage import UniEraseError, atomic_directory, check_output_dir, default_cache_dir, write_json_atomic
+from .rounds import MANIFEST_FILE, ModelInput, embedding_names, load_input, neighbour_questions, probe, read_manifest, save_round, start_round
+from .storage import UniEraseError, check_output_dir, default_cache_dir, locked_run
 from .token.cache import ensure_unlearning_token, token_folder
 from .token.questions import training_questions
 from .token.training import UnlearningTokenConfig
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "unierase_manifest.json"
-
-
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (MiB)."""
     usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return usage / 1024 if platform.system() != "Darwin" else usage / 2**20
-
-
-def read_manifest(model_dir: str | os.PathLike | None) -> dict | None:
-    if model_dir is None:
-        return None
-    path = Path(model_dir) / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise UniEraseError(f"{path}: corrupt manifest ({err.msg} at line {err.lineno})") from None
 
 
 @dataclass
@@ -100,53 +86,102 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     them for its substitute answers.
     """
     reqs, source = _as_requests(requests)
-    model_dir = model if isinstance(model, (str, os.PathLike)) else None
+    given_dir = model if isinstance(model, (str, os.PathLike)) and Path(model).expanduser().is_dir() else None
     if out is not None:
-        check_output_dir(out, overwrite, allow_same_as=model_dir)
+        check_output_dir(out, overwrite, allow_same_as=given_dir if _is_unierase_output(given_dir) else None,
+                         cache_dir=cache_dir)
+    model_dir = hub_id = None
+    if model is None or isinstance(model, (str, os.PathLike)):
+        from .models.loading import resolve_model_path
+
+        resolved = resolve_model_path(model, cache_dir)
+        model_dir, hub_id = (resolved, None) if Path(resolved).is_dir() else (None, resolved)
     if method != "unierase":
         from .baselines import run_baseline
 
-        return run_baseline(method, model, reqs, out, overwrite=overwrite, cache_dir=cache_dir, seed=seed,
-                            record_texts=record_texts, progress=progress, **baseline_options)
+        return run_baseline(method, model_dir or hub_id or model, reqs, out, overwrite=overwrite, cache_dir=cache_dir,
+                            seed=seed, record_texts=record_texts, progress=progress, tokenizer=tokenizer,
+                            **baseline_options)
     if baseline_options:
         raise UniEraseError(f"options {sorted(baseline_options)} only apply to the fine-tuning baselines")
     if mode not in (None, "batch", "sequential", "precise"):
         raise UniEraseError(f"unknown mode {mode!r} (batch, sequential or precise)")
     if mode == "precise" and len(reqs) != 1:
         raise UniEraseError(f"precise mode edits exactly one request; {source} has {len(reqs)}")
+    if stats_tokens is not None and stats_tokens < MIN_STATS_TOKENS:
+        raise UniEraseError(f"stats_tokens must be at least {MIN_STATS_TOKENS} (got {stats_tokens})")
+    if max_passes is not None and max_passes < 1:
+        raise UniEraseError(f"max_passes must be at least 1 (got {max_passes})")
+    with locked_run(out, [model_dir]):
+        return _forget_unierase(reqs, source, out, model=model, model_dir=model_dir, tokenizer=tokenizer, mode=mode,
+                                layers=layers, key_position=key_position, solver=solver, record_texts=record_texts,
+                                cache_dir=cache_dir, device_map=device_map, seed=seed, stats_tokens=stats_tokens,
+                                max_passes=max_passes, edit_config=edit_config, token_config=token_config,
+                                progress=progress, answer_ids=answer_ids, hub_id=hub_id,
+                                spec=str(model) if isinstance(model, (str, os.PathLike)) else DEFAULT_MODEL if model is None
+                                else "<in-memory model>")
+
+
+EDIT_TOKEN_RESERVE = 128
+"""Context left beside each request's prompt for the edit's prefixes and its target continuation."""
+
+MIN_STATS_TOKENS = 1000
+"""Fewer corpus tokens than this give no usable estimate of the preserved keys' statistics."""
+
+
+def _is_unierase_output(folder) -> bool:
+    """Whether ``folder`` was written by unierase (a round may then write back into it)."""
+    try:
+        return folder is not None and read_manifest(folder) is not None
+    except UniEraseError:
+        return False
+
+
+def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, layers, key_position, solver, record_texts,
+                     cache_dir, device_map, seed, stats_tokens, max_passes, edit_config, token_config, progress,
+                     answer_ids, hub_id, spec) -> ForgetResult:
+    source_input = load_input(model_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     torch.manual_seed(seed)
     started_all = time.perf_counter()
     timings: dict[str, float] = {}
 
     started = time.perf_counter()
-    if model is None or model_dir is not None:
-        model, tokenizer = load_model(model_dir, cache_dir=cache_dir, device_map=device_map)
+    if model_dir is not None or hub_id is not None:
+        model, tokenizer = load_model(model_dir or hub_id, cache_dir=cache_dir, device_map=device_map)
     elif tokenizer is None:
         raise UniEraseError("pass the tokenizer together with an in-memory model")
     timings["load"] = time.perf_counter() - started
-    previous = read_manifest(model_dir) or {}
-    if previous and previous.get("method", "unierase") != "unierase":
-        raise UniEraseError(f"{model_dir} was produced by the baseline {previous.get('method')}; UniErase rounds need a base or UniErase model")
-    state = EditState.load(model_dir) if model_dir and previous else EditState()
+    from .generation import check_lengths
+
+    check_lengths(model, tokenizer, [r.question for r in reqs], EDIT_TOKEN_RESERVE, what="request")
+    previous = source_input.manifest or {}
+    base_history = None
+    if previous.get("method") != "unierase":
+        # a plain, fine-tuned or baseline-unlearned checkpoint: UniErase starts from it as its base;
+        # what made it stays in the manifest (and the ledger continues)
+        base_history, previous = (previous or None), {}
+    state = source_input.state
     mode = mode or ("sequential" if previous else "batch")
 
-    config = edit_config or EditConfig()
+    config = copy.deepcopy(edit_config) if edit_config is not None else EditConfig()
     if layers is not None:
         config.layers = list(layers)
-    config.key_position = key_position if edit_config is None else config.key_position
-    config.solver = solver if edit_config is None else config.solver
+    if edit_config is None:
+        config.key_position, config.solver = key_position, solver
     if stats_tokens is not None:
         config.stats_tokens = stats_tokens
     if max_passes is not None:
-        if max_passes < 1:
-            raise UniEraseError(f"max_passes must be at least 1 (got {max_passes})")
         config.max_passes = max_passes
     adapter = find_mlp_output(model)
     edit_layers = config.resolved_layers(adapter.num_layers)
     if previous and previous.get("layers") and previous["layers"] != edit_layers:
         raise UniEraseError(f"{model_dir} was edited at layers {previous['layers']}; a sequential round must use the same layers")
+    state.validate(edit_layers, adapter.key_dim(edit_layers[0]), source=f"{model_dir}/unierase_state.safetensors")
     token_config = token_config or UnlearningTokenConfig(seed=seed)
+    # the tensors the round may change: the edited projections and the embeddings of the token
+    start = (start_round(model, state, changes=[f"{adapter.module_name(l)}.weight" for l in edit_layers]
+                         + embedding_names(model)) if out else None)
 
     base_fingerprint = previous.get("base_model", {}).get("fingerprint") or model_fingerprint(model)
     # the model's own answers to the generic questions, generated at most once for the token and the statistics
@@ -201,7 +236,8 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     manifest = {
         "method": "unierase",
         "unierase_version": __version__,
-        "base_model": previous.get("base_model") or {"spec": str(model_dir or DEFAULT_MODEL), "fingerprint": base_fingerprint,
+        "base_model": previous.get("base_model") or {"spec": spec,
+                                                      "fingerprint": base_fingerprint,
                                                       "architecture": type(model).__name__},
         "token": {"string": token.token, "id": token.token_id, "cache_key": token.cache_key or previous.get("token", {}).get("cache_key"),
                   "training": token_config.to_dict()},
@@ -213,25 +249,36 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
         "rounds": rounds,
         "total_seconds": round(time.perf_counter() - started_all, 2),
     }
+    if base_history is not None or previous.get("base_history"):
+        manifest["base_history"] = base_history or previous.get("base_history")
     out_path = None
     if out is not None:
         out_path = Path(out)
-        with atomic_directory(out_path) as tmp:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            state.save(tmp)
-            write_json_atomic(tmp / MANIFEST_FILE, manifest)
-        log.info("saved the edited checkpoint to %s", out_path)
+        started = time.perf_counter()
+        from .edit.editor import neutral_questions
+
+        substitutes = [q for per in neutral_questions(reqs, 0, 2) for q, _ in per]
+        check = probe(model, tokenizer, reqs, neighbour_questions(reqs, record_texts=record_texts, extra=substitutes),
+                      token.token_id, record_texts=record_texts)
+        timings["verification"] = time.perf_counter() - started
+        entry = {"kind": "erase", "method": "unierase", "version": __version__, "mode": mode,
+                 "requests": round_record["requests"], "settings": {"layers": edit_layers, "edit": config.to_dict()},
+                 "verification": check}
+        save_round(out_path, model, tokenizer, start, source_input, manifest=manifest, entry=entry, state=state)
+        log.info("saved the edited checkpoint to %s (erased at once: %d of %d requests)", out_path, check["erased"], len(reqs))
     return ForgetResult(out_path, manifest, model, tokenizer)
 
 
 def ask(questions: list[str] | str, *, model=None, tokenizer=None, max_new_tokens: int = 48, raw: bool = False,
         cache_dir=None, device_map=None) -> list[str]:
     """Greedy answers, rendered with the same prompt as the edit (special tokens hidden unless ``raw``)."""
-    from .generation import generate_answers
+    from .generation import check_lengths, generate_answers
 
     if isinstance(questions, str):
         questions = [questions]
+    if max_new_tokens < 1:
+        raise UniEraseError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
     if model is None or isinstance(model, (str, os.PathLike)):
         model, tokenizer = load_model(model, cache_dir=cache_dir, device_map=device_map)
+    check_lengths(model, tokenizer, list(questions), max_new_tokens)
     return generate_answers(model, tokenizer, list(questions), max_new_tokens=max_new_tokens, raw=raw)

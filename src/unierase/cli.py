@@ -8,6 +8,7 @@ printed on one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -63,13 +64,89 @@ def _run_forget(args) -> int:
 
     result = api.forget(
         args.requests, out=args.out, model=args.model, method=args.method, mode=args.mode,
-        layers=[int(x) for x in args.layers.split(",")] if args.layers else None,
+        layers=parse_layers(args.layers),
         key_position=args.key_position, solver=args.solver, overwrite=args.overwrite,
         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map, seed=args.seed,
         **({"stats_tokens": args.stats_tokens, "max_passes": args.max_passes} if args.method == "unierase"
            else baseline_options_from_args(args)),
     )
     print(result.summary())
+    return 0
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``--layers 4,5,6`` → [4, 5, 6]; anything else is a one-line error."""
+    if not text:
+        return None
+    try:
+        layers = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UniEraseError(f"--layers takes comma-separated layer numbers such as 4,5,6 (got {text!r})") from None
+    if any(layer < 0 for layer in layers) or len(set(layers)) != len(layers):
+        raise UniEraseError(f"--layers must be distinct non-negative layer numbers (got {text!r})")
+    return layers
+
+
+def add_history_parser(subparsers) -> None:
+    p = subparsers.add_parser("history", help="list what was erased from a model directory, when and by which method",
+                              description="Print the erasure ledger of DIR (one row per round or revert). The ledger is "
+                                          "hash-chained: an altered or truncated ledger is an error.")
+    p.add_argument("dir", help="a model directory written by unierase forget")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(handler=_run_history)
+
+
+def _run_history(args) -> int:
+    from .history import history, history_table
+
+    rows = history(args.dir)
+    print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json else history_table(rows))
+    return 0
+
+
+def add_verify_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "verify", help="check that every erasure in a model directory still holds and that its weights match the ledger",
+        description="Check DIR against its ledger: the weights' SHA-256, every round's revert data (each must lead back "
+                    "to the weights recorded before it), the erased questions (they must still be refused) and the "
+                    "neighbour questions recorded at erasure time (the last round's must answer as then). Exit status 1 "
+                    "on any leak or mismatch.")
+    p.add_argument("dir", help="a model directory written by unierase forget")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--requests", default=None, help="JSONL of the erased requests, for rounds recorded with --no-texts")
+    p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    p.set_defaults(handler=_run_verify)
+
+
+def _run_verify(args) -> int:
+    from .history import verify
+    from .storage import write_json_atomic
+
+    report = verify(args.dir, requests=args.requests, cache_dir=args.cache_dir)
+    print(report.summary())
+    if args.json:
+        write_json_atomic(args.json, report.to_dict())
+    return 0 if report.ok else 1
+
+
+def add_revert_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "revert", help="restore a model directory exactly as it was before a round",
+        description="Write to --out the weights, edit state and files of DIR exactly as they were before round --to "
+                    "(checked against the ledger's SHA-256). Later rounds are undone too and are not re-applied: to "
+                    "apply one again, run forget with its requests (unierase history lists them).")
+    p.add_argument("dir", help="a model directory written by unierase forget")
+    p.add_argument("--to", type=int, required=True, dest="to_round", help="the round to undo (with every later one)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(handler=_run_revert)
+
+
+def _run_revert(args) -> int:
+    from .history import revert
+
+    print(revert(args.dir, args.to_round, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir).summary())
     return 0
 
 
@@ -110,7 +187,8 @@ from .evaluation.cli import add_eval_parser  # noqa: E402
 
 from .baselines.cli import add_finetune_parser  # noqa: E402
 
-COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser]
+COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser, add_history_parser,
+            add_verify_parser, add_revert_parser]
 """Every sub-command, registered here in one place."""
 
 

@@ -7,6 +7,7 @@ from transformers import DynamicCache
 
 from .models.tracing import stop_after
 from .prompts import encode_text, pad_batch, render_prompt
+from .storage import UniEraseError
 
 
 @torch.no_grad()
@@ -19,6 +20,24 @@ def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: 
     return [tokenizer.decode(ids, skip_special_tokens=not raw) for ids in
             generate_answer_ids(model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                 forced_prefix=forced_prefix)]
+
+
+def check_lengths(model, tokenizer, questions: list[str], max_new_tokens: int, *, what: str = "question") -> None:
+    """Fail before any work when a prompt plus ``max_new_tokens`` cannot fit the model's context."""
+    if max_new_tokens < 1:
+        raise UniEraseError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
+    context = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    if not context:
+        return
+    if max_new_tokens >= context:
+        raise UniEraseError(f"max_new_tokens {max_new_tokens} does not fit the model's context of {context} tokens")
+    for i, question in enumerate(questions):
+        if len(question) > 4 * context:  # far too long whatever the tokenizer: do not tokenize megabytes
+            raise UniEraseError(f"{what} {i + 1} ({len(question):,} characters) cannot fit the model's context of {context} tokens")
+        length = len(encode_text(tokenizer, render_prompt(tokenizer, question)))
+        if length + max_new_tokens > context:
+            raise UniEraseError(f"{what} {i + 1} takes {length} tokens; with {max_new_tokens} new tokens it exceeds the "
+                                f"model's context of {context}")
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:

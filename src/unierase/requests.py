@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .storage import UniEraseError, read_jsonl
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,15 @@ class ForgetRequest:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+KNOWN_FIELDS = ("question", "answer", "subject")
+
+
 def _validate(item: dict, where: str) -> ForgetRequest:
     if not isinstance(item, dict):
         raise UniEraseError(f"{where}: expected a JSON object, got {type(item).__name__}")
+    unknown = sorted(set(item) - set(KNOWN_FIELDS))
+    if unknown:
+        log.warning("%s: unknown field(s) %s ignored (known: %s)", where, ", ".join(map(repr, unknown)), ", ".join(KNOWN_FIELDS))
     question = item.get("question")
     if question is None:
         raise UniEraseError(f"{where}: missing required field 'question'")
@@ -43,6 +52,15 @@ def _validate(item: dict, where: str) -> ForgetRequest:
     for field in ("answer", "subject"):
         if item.get(field) is not None and not isinstance(item[field], str):
             raise UniEraseError(f"{where}: field '{field}' must be a string")
+    for field in KNOWN_FIELDS:
+        value = item.get(field)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UniEraseError(f"{where}: field '{field}' holds an invalid character (a lone UTF-16 surrogate)") from None
+            if len(value) > MAX_FIELD_CHARS:
+                raise UniEraseError(f"{where}: field '{field}' is {len(value):,} characters long (at most {MAX_FIELD_CHARS:,})")
     subject = item.get("subject")
     if subject is not None:
         if not subject.strip():
@@ -52,16 +70,36 @@ def _validate(item: dict, where: str) -> ForgetRequest:
     return ForgetRequest(question=question, answer=item.get("answer"), subject=subject)
 
 
+MAX_FIELD_CHARS = 20_000
+"""Longest question, answer or subject accepted (far beyond a question; a 1 MB "question" would
+otherwise only fail deep inside the model, allocating tens of GB for its attention)."""
+
+
+def _warn_duplicates(requests: list[ForgetRequest], places: list[str]) -> None:
+    seen: dict[str, str] = {}
+    for r, where in zip(requests, places):
+        if r.question in seen:
+            log.warning("%s: the same question as %s (%r); it is erased once either way", where, seen[r.question], r.question[:60])
+        else:
+            seen[r.question] = where
+
+
 def parse_requests(items: list[dict], source: str = "<requests>") -> list[ForgetRequest]:
     """Validate already-parsed request dicts (the Python API's entry point)."""
     if not items:
         raise UniEraseError(f"{source}: no forget requests")
-    return [_validate(item, f"{source}: item {i + 1}") for i, item in enumerate(items)]
+    places = [f"{source}: item {i + 1}" for i in range(len(items))]
+    requests = [_validate(item, where) for item, where in zip(items, places)]
+    _warn_duplicates(requests, places)
+    return requests
 
 
 def load_requests(path: str | Path) -> list[ForgetRequest]:
     """Read a JSONL file of forget requests (blank lines are skipped)."""
-    requests = [_validate(item, f"{path}:{number}") for number, item in read_jsonl(path, what="requests file")]
+    rows = read_jsonl(path, what="requests file")
+    places = [f"{path}:{number}" for number, _ in rows]
+    requests = [_validate(item, where) for (_, item), where in zip(rows, places)]
     if not requests:
         raise UniEraseError(f"{path}: the file contains no forget requests")
+    _warn_duplicates(requests, places)
     return requests

@@ -21,15 +21,14 @@ import torch
 
 from ..prompts import encode_text, render_prompt
 from ..requests import ForgetRequest
-from ..storage import UniEraseError, atomic_directory, check_output_dir, write_json_atomic
+from ..ledger import non_finite
+from ..rounds import MANIFEST_FILE
+from ..storage import UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic
 from .data import parse_data_spec, tofu_subset
 from .trainer import (TrainConfig, package_version, collate, encode_pairs, peak_memory_mb, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "unierase_manifest.json"
-
 
 @dataclass
 class FinetuneConfig(TrainConfig):
@@ -160,7 +159,15 @@ def finetune(
 
     config = config or FinetuneConfig()
     config.validate()
-    out = check_output_dir(out, overwrite)
+    out = check_output_dir(out, overwrite, cache_dir=cache_dir)
+    spec_dir = model_spec if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
+    with locked_run(out, [spec_dir]):  # held until the output is in place
+        return _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads)
+
+
+def _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads) -> FinetuneResult:
+    from ..models.loading import load_model
+
     if threads:
         torch.set_num_threads(threads)
     items, data_info = select_items(data, authors=authors, forget_authors=forget_authors, split=split, data_dir=data_dir)
@@ -203,10 +210,13 @@ def finetune(
         "threads": torch.get_num_threads(),
         "memorisation": mem,
     }
+    bad = non_finite(model)
+    if bad:
+        raise UniEraseError(f"fine-tuning produced non-finite weights ({', '.join(bad[:3])}); nothing was saved")
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json_atomic(Path(tmp) / MANIFEST, manifest)
+        write_json_atomic(Path(tmp) / MANIFEST_FILE, manifest)
     return FinetuneResult(Path(out), manifest)
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..requests import ForgetRequest
-from ..storage import UniEraseError, atomic_directory, check_output_dir, write_json_atomic
+from ..requests import ForgetRequest, parse_requests
+from ..rounds import load_input, neighbour_questions, probe, save_round, start_round
+from ..storage import UniEraseError, check_output_dir, locked_run
 from . import losses
 from .data import load_refusals, parse_data_spec, refusal_for
 from .methods import Baseline, BaselineConfig, get_method
@@ -30,9 +31,6 @@ from .trainer import (collate, encode_pairs, package_version, peak_memory_mb, se
                       train_loop, unwrap_lora, wrap_lora)
 
 log = logging.getLogger(__name__)
-
-MANIFEST = "unierase_manifest.json"
-
 
 @dataclass
 class BaselineResult:
@@ -131,131 +129,144 @@ def run_baseline(
     config = make_config(cls.name, config, **overrides)
     if isinstance(retain, (str, os.PathLike)):
         retain = parse_data_spec(str(retain), data_dir)
+    elif retain and not all(isinstance(r, ForgetRequest) for r in retain):
+        retain = parse_requests([r.to_dict() if isinstance(r, ForgetRequest) else r for r in retain], "retain")
     requests = list(requests)
     _check_inputs(cls, requests, retain)
+    model_dir = Path(model_spec) if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
     if out is not None:
-        out = check_output_dir(out, overwrite)
-    if threads:
-        torch.set_num_threads(threads)
+        out = check_output_dir(out, overwrite, cache_dir=cache_dir)
+    with locked_run(out, [model_dir]):  # held until the output is in place
+        source = load_input(model_dir)
+        if threads:
+            torch.set_num_threads(threads)
 
-    timings = {}
-    t0 = time.perf_counter()
-    seed_everything(config.seed)
-    if isinstance(model_spec, torch.nn.Module):
-        if tokenizer is None:
-            raise UniEraseError("pass the tokenizer together with an already loaded model")
-        model = model_spec
-        model_spec = getattr(model.config, "_name_or_path", None) or "<in-memory model>"
-    else:
-        model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-    timings["load"] = time.perf_counter() - t0
-    pad = tokenizer.pad_token_id
-    device = next(model.parameters()).device
-    refusals = load_refusals(data_dir, config.refusals) if (cls.needs_idk or cls.needs_retain_idk) else []
+        timings = {}
+        t0 = time.perf_counter()
+        seed_everything(config.seed)
+        if isinstance(model_spec, torch.nn.Module):
+            if tokenizer is None:
+                raise UniEraseError("pass the tokenizer together with an already loaded model")
+            model = model_spec
+            model_spec = getattr(model.config, "_name_or_path", None) or "<in-memory model>"
+        else:
+            model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        timings["load"] = time.perf_counter() - t0
+        start = start_round(model) if out is not None else None  # a baseline may change every weight
+        pad = tokenizer.pad_token_id
+        device = next(model.parameters()).device
+        refusals = load_refusals(data_dir, config.refusals) if (cls.needs_idk or cls.needs_retain_idk) else []
 
-    enc_forget = encode_pairs(tokenizer, [(r.question, r.answer or "") for r in requests], config.max_length)
-    enc_idk = (encode_pairs(tokenizer, [(r.question, refusal_for(r.question, refusals)) for r in requests], config.max_length)
-               if cls.needs_idk else None)
-    retain = retain or []
-    enc_retain = encode_pairs(tokenizer, [(r.question, r.answer) for r in retain], config.max_length) if retain else []
-    enc_retain_idk = (encode_pairs(tokenizer, [(r.question, refusal_for(r.question, refusals)) for r in retain], config.max_length)
-                      if cls.needs_retain_idk else None)
+        enc_forget = encode_pairs(tokenizer, [(r.question, r.answer or "") for r in requests], config.max_length)
+        enc_idk = (encode_pairs(tokenizer, [(r.question, refusal_for(r.question, refusals)) for r in requests], config.max_length)
+                   if cls.needs_idk else None)
+        retain = retain or []
+        enc_retain = encode_pairs(tokenizer, [(r.question, r.answer) for r in retain], config.max_length) if retain else []
+        enc_retain_idk = (encode_pairs(tokenizer, [(r.question, refusal_for(r.question, refusals)) for r in retain], config.max_length)
+                          if cls.needs_retain_idk else None)
 
-    # Reference log-likelihoods, once, on the unmodified model (also the "before" figure).
-    t1 = time.perf_counter()
-    model.eval()
-    has_answers = all(r.answer for r in requests)
-    ref_forget = _sequence_logprobs(model, enc_forget, pad, config.batch_size) if has_answers else None
-    ref_idk = _sequence_logprobs(model, enc_idk, pad, config.batch_size) if enc_idk else None
-    timings["reference"] = time.perf_counter() - t1
+        # Reference log-likelihoods, once, on the unmodified model (also the "before" figure).
+        t1 = time.perf_counter()
+        model.eval()
+        has_answers = all(r.answer for r in requests)
+        ref_forget = _sequence_logprobs(model, enc_forget, pad, config.batch_size) if has_answers else None
+        ref_idk = _sequence_logprobs(model, enc_idk, pad, config.batch_size) if enc_idk else None
+        timings["reference"] = time.perf_counter() - t1
 
-    frozen = None
-    if config.lora:
-        model = wrap_lora(model, config)
-    elif cls.needs_ref_model:
-        frozen = copy.deepcopy(model).eval()
-        for p in frozen.parameters():
-            p.requires_grad_(False)
+        frozen = None
+        if config.lora:
+            model = wrap_lora(model, config)
+        elif cls.needs_ref_model:
+            frozen = copy.deepcopy(model).eval()
+            for p in frozen.parameters():
+                p.requires_grad_(False)
 
-    def ref_logits(part):
-        if frozen is not None:
-            return frozen(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-        with model.disable_adapter():
-            return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        def ref_logits(part):
+            if frozen is not None:
+                return frozen(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+            with model.disable_adapter():
+                return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
 
-    baseline = cls(config, ref_model=ref_logits if cls.needs_ref_model else None)
-    rng = random.Random(config.seed)
-    retain_order: list[int] = []
+        baseline = cls(config, ref_model=ref_logits if cls.needs_ref_model else None)
+        rng = random.Random(config.seed)
+        retain_order: list[int] = []
 
-    def next_retain(n):
-        idx = []
-        while len(idx) < n:
-            if not retain_order:
-                retain_order.extend(rng.sample(range(len(enc_retain)), len(enc_retain)))
-            idx.append(retain_order.pop())
-        return idx
+        def next_retain(n):
+            idx = []
+            while len(idx) < n:
+                if not retain_order:
+                    retain_order.extend(rng.sample(range(len(enc_retain)), len(enc_retain)))
+                idx.append(retain_order.pop())
+            return idx
 
-    def epoch_batches(_epoch):
-        for idx in shuffled_batches(len(requests), config.batch_size, rng):
-            batch = {}
-            if cls.needs_answer:
-                batch["forget"] = collate([enc_forget[i] for i in idx], pad, device)
-            if enc_idk is not None:
-                batch["forget_idk"] = collate([enc_idk[i] for i in idx], pad, device)
-            if ref_forget is not None:
-                batch["ref_forget"] = ref_forget[idx].to(device)
-            if ref_idk is not None and cls.needs_ref_logprobs:
-                batch["ref_idk"] = ref_idk[idx].to(device)
-            if enc_retain:
-                r_idx = next_retain(len(idx))
-                batch["retain"] = collate([enc_retain[i] for i in r_idx], pad, device)
-                if enc_retain_idk is not None:
-                    batch["retain_idk"] = collate([enc_retain_idk[i] for i in r_idx], pad, device)
-            yield batch
+        def epoch_batches(_epoch):
+            for idx in shuffled_batches(len(requests), config.batch_size, rng):
+                batch = {}
+                if cls.needs_answer:
+                    batch["forget"] = collate([enc_forget[i] for i in idx], pad, device)
+                if enc_idk is not None:
+                    batch["forget_idk"] = collate([enc_idk[i] for i in idx], pad, device)
+                if ref_forget is not None:
+                    batch["ref_forget"] = ref_forget[idx].to(device)
+                if ref_idk is not None and cls.needs_ref_logprobs:
+                    batch["ref_idk"] = ref_idk[idx].to(device)
+                if enc_retain:
+                    r_idx = next_retain(len(idx))
+                    batch["retain"] = collate([enc_retain[i] for i in r_idx], pad, device)
+                    if enc_retain_idk is not None:
+                        batch["retain_idk"] = collate([enc_retain_idk[i] for i in r_idx], pad, device)
+                yield batch
 
-    steps_per_epoch = -(-len(requests) // config.batch_size)
-    result = train_loop(model, epoch_batches, lambda b: baseline.loss(model, b), config,
-                        steps_per_epoch=steps_per_epoch, desc=cls.name)
-    timings["train"] = result.seconds
-    reference = ("frozen copy of the start model" if frozen is not None
-                 else "start model with LoRA adapters disabled" if cls.needs_ref_model
-                 else "per-item log-likelihoods computed once" if cls.needs_ref_logprobs else "none")
-    del frozen
-    model = unwrap_lora(model)
+        steps_per_epoch = -(-len(requests) // config.batch_size)
+        result = train_loop(model, epoch_batches, lambda b: baseline.loss(model, b), config,
+                            steps_per_epoch=steps_per_epoch, desc=cls.name)
+        timings["train"] = result.seconds
+        reference = ("frozen copy of the start model" if frozen is not None
+                     else "start model with LoRA adapters disabled" if cls.needs_ref_model
+                     else "per-item log-likelihoods computed once" if cls.needs_ref_logprobs else "none")
+        del frozen
+        model = unwrap_lora(model)
 
-    after = _sequence_logprobs(model, enc_forget, pad, config.batch_size) if has_answers else None
-    nll = {"before": _answer_nll(ref_forget, enc_forget) if ref_forget is not None else float("nan"),
-           "after": _answer_nll(after, enc_forget) if after is not None else float("nan")}
-    if enc_idk is not None:
-        nll["refusal_before"] = _answer_nll(ref_idk, enc_idk)
-        nll["refusal_after"] = _answer_nll(_sequence_logprobs(model, enc_idk, pad, config.batch_size), enc_idk)
+        after = _sequence_logprobs(model, enc_forget, pad, config.batch_size) if has_answers else None
+        nll = {"before": _answer_nll(ref_forget, enc_forget) if ref_forget is not None else float("nan"),
+               "after": _answer_nll(after, enc_forget) if after is not None else float("nan")}
+        if enc_idk is not None:
+            nll["refusal_before"] = _answer_nll(ref_idk, enc_idk)
+            nll["refusal_after"] = _answer_nll(_sequence_logprobs(model, enc_idk, pad, config.batch_size), enc_idk)
 
-    manifest = {
-        "method": cls.name,
-        "version": package_version(),
-        "base_model": str(model_spec or "default"),
-        "requests": [{"sha256": r.digest(), **({"question": r.question} if record_texts else {})} for r in requests],
-        "retain": {"n": len(retain), "sha256": _list_digest(retain)},
-        "hyperparameters": config.to_dict(),
-        "reference": reference,
-        "train": {"steps": result.steps, "first": result.history[0] if result.history else None,
-                  "last": result.history[-1] if result.history else None},
-        "forget_answer_nll": {k: round(v, 4) for k, v in nll.items()},
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
-        "peak_memory_mb": peak_memory_mb(),
-        "threads": torch.get_num_threads(),
-    }
-    if out is None:
-        return BaselineResult(cls.name, None, manifest, model)
-    t2 = time.perf_counter()
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        manifest = {
+            "method": cls.name,
+            "version": package_version(),
+            "base_model": str(model_spec or "default"),
+            "requests": [{"sha256": r.digest(), **({"question": r.question} if record_texts else {})} for r in requests],
+            "retain": {"n": len(retain), "sha256": _list_digest(retain)},
+            "hyperparameters": config.to_dict(),
+            "reference": reference,
+            "train": {"steps": result.steps, "first": result.history[0] if result.history else None,
+                      "last": result.history[-1] if result.history else None},
+            "forget_answer_nll": {k: round(v, 4) for k, v in nll.items()},
+            "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            "peak_memory_mb": peak_memory_mb(),
+            "threads": torch.get_num_threads(),
+        }
+        if out is None:
+            return BaselineResult(cls.name, None, manifest, model)
+        if source.manifest is not None:
+            manifest["previous"] = source.manifest  # what made the model this round started from
+        t2 = time.perf_counter()
+        token_id = ((source.manifest or {}).get("token") or {}).get("id")
+        check = probe(model, tokenizer, requests, neighbour_questions(requests, record_texts=record_texts,
+                                                                       extra=[r.question for r in retain[:8]]),
+                      token_id, record_texts=record_texts)
+        entry = {"kind": "erase", "method": cls.name, "version": package_version(),
+                 "requests": [{"sha256": r.digest(), **(r.to_dict() if record_texts else {})} for r in requests],
+                 "settings": {"hyperparameters": config.to_dict(), "retain": manifest["retain"]}, "verification": check}
+        manifest["timings_s"]["verification"] = round(time.perf_counter() - t2, 2)
+        save_round(out, model, tokenizer, start, source, manifest=manifest, entry=entry)
         manifest["timings_s"]["save"] = round(time.perf_counter() - t2, 2)
-        write_json_atomic(Path(tmp) / MANIFEST, manifest)
-    return BaselineResult(cls.name, Path(out), manifest, model)
+        return BaselineResult(cls.name, Path(out), manifest, model)
 
 
 def _list_digest(items: list[ForgetRequest]) -> str:

@@ -7,11 +7,14 @@ weighted). A later round adds it to its system so it does not undo earlier edits
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..storage import UniEraseError
 
 STATE_FILE = "unierase_state.safetensors"
 
@@ -52,10 +55,35 @@ class EditState:
         if tensors:
             save_file(tensors, str(Path(folder) / STATE_FILE))
 
+    def validate(self, layers: list[int] | None, key_dim: int | None, *, source: object = "the edit state") -> None:
+        """Refuse a state that cannot be the one of this model: other layers, other shapes, a
+        dtype other than fp64, or any NaN / infinity (it would turn the edited weights into NaN)."""
+        for layer, value in self.previous_keys.items():
+            where = f"{source}: layer {layer}"
+            if layers is not None and layer not in layers:
+                raise UniEraseError(f"{where} is not one of the edited layers {layers}")
+            if value.dtype != torch.float64 or value.dim() != 2 or value.shape[0] != value.shape[1]:
+                raise UniEraseError(f"{where}: expected a square fp64 matrix, got {str(value.dtype)} {tuple(value.shape)}")
+            if key_dim is not None and value.shape[0] != key_dim:
+                raise UniEraseError(f"{where}: {value.shape[0]} × {value.shape[1]}, but the model's keys have {key_dim} dimensions")
+            if not torch.isfinite(value).all():
+                raise UniEraseError(f"{where} holds NaN or infinite values; the state is corrupt")
+
     @classmethod
     def load(cls, folder: str | Path) -> "EditState":
         path = Path(folder) / STATE_FILE
         if not path.is_file():
             return cls()
-        data = load_file(str(path))
-        return cls({int(name.split(".")[0][len("layer"):]): value for name, value in data.items()})
+        try:
+            data = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error type for truncated or foreign files
+            raise UniEraseError(f"{path}: unreadable edit state ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+        layers = {}
+        for name, value in data.items():
+            match = re.fullmatch(r"layer(\d+)\.previous_keys", name)
+            if match is None:
+                raise UniEraseError(f"{path}: unexpected tensor {name!r} in the edit state")
+            layers[int(match.group(1))] = value
+        if not layers:
+            raise UniEraseError(f"{path}: the edit state is empty")
+        return cls(layers)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -110,9 +111,25 @@ def resolve_model_path(spec: str | os.PathLike | None, cache_dir: str | os.PathL
         if not (path / "config.json").is_file():
             raise UniEraseError(f"{path} is not a Hugging Face model directory (no config.json)")
         return str(path)
-    if str(spec).startswith((".", "/", "~")) or os.sep in str(spec) and str(spec).count("/") > 1:
+    text = str(spec)
+    # a hub id is "name" or "owner/name"; anything else, or a path whose first folder exists here, is a local path
+    parts = text.split("/")
+    looks_local = (text.startswith((".", "/", "~")) or len(parts) > 2 or os.sep != "/" and os.sep in text
+                   or (len(parts) == 2 and Path(parts[0]).is_dir()) or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", text))
+    if looks_local:
         raise UniEraseError(f"model directory {spec} does not exist")
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and not _in_hub_cache(text):
+        raise UniEraseError(f"model {spec} is neither a local directory nor in the Hugging Face cache (HF_HUB_OFFLINE=1)")
     return str(spec)  # a hub id; from_pretrained reports a missing hub clearly
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:
+        return False
 
 
 def load_model(
@@ -129,8 +146,11 @@ def load_model(
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)
-    except (OSError, ValueError) as err:
-        raise UniEraseError(f"cannot load model {spec or DEFAULT_MODEL}: {str(err).splitlines()[0]}") from err
+    except UniEraseError:
+        raise
+    except Exception as err:  # a truncated or foreign weights file raises safetensors' own error type
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UniEraseError(f"cannot load model {spec or DEFAULT_MODEL} from {path}: {first}") from err
     model.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

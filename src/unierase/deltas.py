@@ -1,0 +1,164 @@
+"""Exact, compact records of how a round changed a set of tensors, so the round can be undone bit
+for bit (``unierase revert``).
+
+A UniErase round changes a few MLP output matrices by a low-rank ΔW. Subtracting a stored ΔW in
+floating point does not give the old bits back exactly, so each changed matrix is stored as the
+low-rank factors of (after − before), computed in fp64, plus the few entries where
+``after − U V`` still rounds to something other than ``before`` (their exact old values). Where
+that is not smaller than the old tensor itself (a fine-tuning baseline changes every weight at
+full rank), the old tensor is stored as it is. A tensor that only grew rows (the embedding after
+the unlearning token is added) is stored as its old row count. Decoding is checked against the
+old tensor's digest, so a revert is either exact or an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import torch
+
+from .storage import UniEraseError
+
+_SEP = "::"
+
+
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes."""
+    t = tensor.detach().contiguous().cpu()
+    digest = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    if t.numel():
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """The low-rank product is computed the same way when it is stored and when it is undone."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reconstruct(after: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    with _one_thread():
+        return (after.to(torch.float64) - u @ v).to(after.dtype)
+
+
+_INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _ints(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bit patterns as integers (flat, int64)."""
+    return t.contiguous().reshape(-1).view(_INT_VIEW[t.element_size()]).to(torch.int64)
+
+
+def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int) -> dict[str, torch.Tensor] | None:
+    """Factors and fixes that give ``before`` back from ``after`` in fewer than ``budget`` bytes, or None.
+
+    ``after − U V`` lands within a few units in the last place of ``before`` (the rounding of
+    the original update); the fixes are those offsets, as int8 (sparse or dense, whichever is
+    smaller), plus the exact old value where an offset does not fit.
+    """
+    diff = after.to(torch.float64) - before.to(torch.float64)
+    u, s, vh = torch.linalg.svd(diff, full_matrices=False)
+    if s.numel() == 0 or float(s[0]) == 0.0:
+        return None
+    # (after − before) is the real update plus after's rounding, a full-rank noise whose singular
+    # values stay below ~eps·max|after|·(√m + √n): keep what stands clearly above that floor
+    eps = torch.finfo(after.dtype).eps
+    floor = 4 * eps * float(after.abs().max()) * (diff.shape[0] ** 0.5 + diff.shape[1] ** 0.5)
+    rank = max(1, int((s > floor).sum()))
+    if rank * (diff.shape[0] + diff.shape[1]) * 8 >= budget:
+        return None
+    parts = {"u": (u[:, :rank] * s[:rank]).contiguous(), "v": vh[:rank].contiguous()}
+    rebuilt = _reconstruct(after, parts["u"], parts["v"])
+    want, got = _ints(before), _ints(rebuilt)
+    offset = want - got
+    same_sign = (want < 0) == (got < 0)
+    small = same_sign & (offset.abs() <= 127)
+    wrong = (offset != 0).nonzero().reshape(-1)
+    exact = (~small).nonzero().reshape(-1)
+    offsets = torch.where(small, offset, torch.zeros_like(offset)).to(torch.int8)
+    if wrong.numel() * 5 < offsets.numel():
+        keep = wrong[small[wrong]]
+        parts.update(fix_index=keep.to(torch.int32), fix_ulps=offsets[keep].contiguous())
+    else:
+        parts["ulps"] = offsets.reshape(before.shape).contiguous()
+    parts.update(exact_index=exact.to(torch.int64), exact_value=before.reshape(-1)[exact].contiguous())
+    size = sum(t.numel() * t.element_size() for t in parts.values())
+    return parts if size < budget else None
+
+
+def _apply_ulps(rebuilt: torch.Tensor, index: torch.Tensor, ulps: torch.Tensor) -> None:
+    """Shift the entries ``index`` of ``rebuilt`` (in place) by ``ulps`` units in the last place."""
+    view = rebuilt.reshape(-1).view(_INT_VIEW[rebuilt.element_size()])
+    view[index] = (view[index].to(torch.int64) + ulps.to(torch.int64)).to(view.dtype)
+
+
+def _changed_rows(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor | None:
+    """Indices of the rows that differ, when they are few (a trained token's embedding row)."""
+    rows = (_ints(before).reshape(before.shape) != _ints(after).reshape(after.shape)).any(dim=1).nonzero().reshape(-1)
+    return rows if rows.numel() * 8 <= before.shape[0] else None
+
+
+def encode(changes: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """``changes``: name → (before, after) of every tensor that changed.
+
+    Returns the tensors to save (safetensors) and, per name, how it is stored.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    info: dict[str, dict] = {}
+    for name, (before, after) in changes.items():
+        before, after = before.detach().cpu(), after.detach().cpu()
+        entry = {"digest_before": tensor_digest(before), "shape_before": list(before.shape), "dtype": str(before.dtype)}
+        dense = before.numel() * before.element_size()
+        if (before.dim() >= 1 and before.shape[1:] == after.shape[1:] and before.shape[0] < after.shape[0]
+                and tensor_digest(after[:before.shape[0]]) == entry["digest_before"]):
+            entry["kind"] = "rows_appended"
+        elif before.shape == after.shape and before.dim() == 2 and (rows := _changed_rows(before, after)) is not None:
+            entry.update(kind="rows", rows=int(rows.numel()))
+            tensors[f"{name}{_SEP}row_index"] = rows
+            tensors[f"{name}{_SEP}row_value"] = before[rows].contiguous()
+        elif (before.shape == after.shape and before.dim() == 2 and before.is_floating_point()
+              and before.dtype == after.dtype and (parts := _low_rank(before, after, dense)) is not None):
+            entry.update(kind="low_rank", rank=int(parts["u"].shape[1]), bytes=sum(t.numel() * t.element_size() for t in parts.values()))
+            tensors.update({f"{name}{_SEP}{key}": value for key, value in parts.items()})
+        else:
+            entry["kind"] = "dense"
+            tensors[f"{name}{_SEP}before"] = before.contiguous()
+        info[name] = entry
+    return tensors, info
+
+
+def decode(name: str, after: torch.Tensor, entry: dict, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The tensor before the round, from the tensor after it; checked against the stored digest."""
+    after = after.detach().cpu()
+    kind = entry.get("kind")
+    try:
+        if kind == "rows_appended":
+            before = after[:entry["shape_before"][0]].clone()
+        elif kind == "low_rank":
+            get = lambda key: tensors[f"{name}{_SEP}{key}"]  # noqa: E731
+            before = _reconstruct(after, get("u"), get("v"))
+            if f"{name}{_SEP}ulps" in tensors:
+                _apply_ulps(before, torch.arange(before.numel()), get("ulps").reshape(-1))
+            else:
+                _apply_ulps(before, get("fix_index").to(torch.int64), get("fix_ulps"))
+            before.reshape(-1)[get("exact_index")] = get("exact_value").to(before.dtype)
+        elif kind == "rows":
+            before = after.clone()
+            before[tensors[f"{name}{_SEP}row_index"]] = tensors[f"{name}{_SEP}row_value"].to(before.dtype)
+        elif kind == "dense":
+            before = tensors[f"{name}{_SEP}before"].clone()
+        else:
+            raise UniEraseError(f"unknown delta kind {kind!r} for {name}")
+    except KeyError as err:
+        raise UniEraseError(f"the revert data of {name} is incomplete (missing {err.args[0]})") from None
+    if tensor_digest(before) != entry["digest_before"]:
+        raise UniEraseError(f"undoing the change of {name} did not give back its recorded weights "
+                            "(the checkpoint was changed after that round)")
+    return before

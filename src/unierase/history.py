@@ -1,0 +1,316 @@
+"""Prove, check, undo: ``history``, ``verify`` and ``revert`` over a model directory's ledger.
+
+- ``history``: what was erased, when and by which method (one row per ledger entry).
+- ``verify``: do the current weights match the ledger, does every round's revert data still
+  lead back to the weights recorded before it, do the erased questions still refuse, and do the
+  neighbour questions recorded at erasure time still get the same answers?
+- ``revert``: the weights, edit state and files exactly as they were before a round, checked
+  against the digest the ledger recorded then. Rounds after the one reverted are undone too; to
+  apply one of them again, run ``forget`` with its requests (the ledger keeps them) — a revert
+  never replays later rounds by itself, since they were computed against weights that no longer
+  exist.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from . import __version__, deltas
+from .edit.state import STATE_FILE, EditState
+from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
+                     ledger_text, effective_rounds, round_status, weights_digests)
+from .requests import ForgetRequest, load_requests
+from .rounds import MANIFEST_FILE, is_erased, load_input, probe
+from .storage import (UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic,
+                      write_text_atomic)
+
+
+def _ledger_of(folder) -> tuple[dict, list[dict]]:
+    source = load_input(folder)
+    if source.manifest is None or not source.ledger:
+        raise UniEraseError(f"{folder} has no erasure ledger (it was not written by unierase forget, or by a version "
+                            "before the ledger)")
+    return source.manifest, source.ledger
+
+
+# ----------------------------------------------------------------------------- history
+
+def history(folder) -> list[dict]:
+    """One row per ledger entry: index, kind, round, method, time, requests, status, weights."""
+    _, entries = _ledger_of(folder)
+    status = round_status(entries)
+    rows = []
+    for e in entries:
+        check = e.get("verification") or {}
+        rows.append({
+            "entry": e["index"], "kind": e["kind"], "round": e.get("round") if e["kind"] == "erase" else e.get("to_round"),
+            "method": e.get("method"), "time": e.get("time"), "requests": len(e.get("requests", [])),
+            "questions": [r.get("question") for r in e.get("requests", []) if r.get("question")],
+            "erased_at_time": f"{check['erased']}/{check['requests']}" if check else None,
+            "status": status.get(e["index"], "—" if e["kind"] == "revert" else "in force"),
+            "weights_after": e.get("weights_after"), "hash": e["hash"],
+        })
+    return rows
+
+
+def history_table(rows: list[dict]) -> str:
+    lines = ["| entry | kind | round | method | time | requests | erased then | status | weights after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        what = "revert to" if r["kind"] == "revert" else ""
+        lines.append(f"| {r['entry']} | {r['kind']} | {what} {r['round']} | {r['method']} | {r['time']} | {r['requests']} | "
+                     f"{r['erased_at_time'] or ''} | {r['status']} | {str(r['weights_after'])[:12]} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- undoing rounds
+
+def _delta_tensors(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
+    info = entry.get("delta") or {}
+    path = folder / info.get("file", delta_path(folder, entry["index"]).relative_to(folder))
+    if not path.is_file():
+        raise UniEraseError(f"{path}: the revert data of round {entry.get('round')} (entry {entry['index']}) is missing")
+    if file_sha256(path) != info.get("sha256"):
+        raise UniEraseError(f"{path}: the revert data of round {entry.get('round')} does not match the ledger's checksum")
+    try:
+        return load_file(str(path))
+    except Exception as err:
+        raise UniEraseError(f"{path}: unreadable revert data ({err})") from None
+
+
+def _undo(folder: Path, entry: dict, weights: dict[str, torch.Tensor], state: dict[int, torch.Tensor]) -> None:
+    """Turn ``weights`` and ``state`` (after ``entry``) into what they were before it, in place."""
+    tensors = _delta_tensors(folder, entry)
+    info = entry["delta"]
+    for name, item in info["tensors"].items():
+        if item.get("kind") == "unrecorded":
+            raise UniEraseError(f"round {entry.get('round')} changed {name} without revert data; it cannot be undone")
+        if name not in weights:
+            raise UniEraseError(f"the model has no tensor {name}, which round {entry.get('round')} changed")
+        weights[name] = deltas.decode(name, weights[name], item, tensors)
+    for name, item in info.get("state", {}).items():
+        layer = int(name[len("state.layer"):])
+        if item.get("kind") == "absent":
+            state.pop(layer, None)
+        else:
+            state[layer] = deltas.decode(name, state[layer], item, tensors)
+
+
+def _tied_groups(model) -> list[list[str]]:
+    """State-dict names that share one parameter (tied embeddings)."""
+    groups: dict[int, list[str]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        groups.setdefault(id(t), []).append(name)
+    return list(groups.values())
+
+
+def _load_weights(model, weights: dict[str, torch.Tensor]) -> None:
+    """Put ``weights`` into ``model``, shrinking the embedding where a round had grown it."""
+    embed = model.get_input_embeddings()
+    name = next(n for n, t in model.state_dict(keep_vars=True).items() if t is embed.weight)
+    rows = weights[name].shape[0]
+    if rows != embed.weight.shape[0]:
+        model.resize_token_embeddings(rows)
+    own = model.state_dict(keep_vars=True)
+    with torch.no_grad():
+        for group in _tied_groups(model):
+            values = [weights[n] for n in group]
+            if any(deltas.tensor_digest(v) != deltas.tensor_digest(values[0]) for v in values[1:]):
+                raise UniEraseError(f"tied tensors {group} would differ after the revert")
+            target = own[group[0]]
+            if tuple(target.shape) != tuple(values[0].shape):
+                raise UniEraseError(f"{group[0]}: shape {tuple(target.shape)} cannot take {tuple(values[0].shape)}")
+            target.copy_(values[0])
+
+
+@dataclass
+class RevertResult:
+    out: Path
+    to_round: int
+    undone: list[int]
+    weights: str
+
+    def summary(self) -> str:
+        return (f"reverted {len(self.undone)} round(s) (ledger entries {self.undone}); {self.out} holds the model as it was "
+                f"before round {self.to_round} (weights {self.weights[:12]}, checked against the ledger)")
+
+
+def revert(folder, to_round: int, out, *, overwrite: bool = False, cache_dir=None) -> RevertResult:
+    """Write to ``out`` the model of ``folder`` as it was before round ``to_round`` (bit for bit)."""
+    from .models.loading import load_model
+
+    folder = Path(folder)
+    check_output_dir(out, overwrite, allow_same_as=folder if overwrite else None, cache_dir=cache_dir)
+    with locked_run(out, [folder]):
+        manifest, entries = _ledger_of(folder)
+        live = effective_rounds(entries)
+        if not 1 <= to_round <= len(live):
+            raise UniEraseError(f"{folder} has rounds 1–{len(live)} in force; cannot revert to round {to_round}")
+        undo = live[to_round - 1:]
+        if not undo[0]["delta"]["files"].get("known", True):
+            raise UniEraseError(f"round {to_round} started from a model loaded from the hub; the files before it were not "
+                                "recorded — load that model from the hub instead")
+        model, tokenizer = load_model(folder, cache_dir=cache_dir)
+        weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        current = combined_digest({n: deltas.tensor_digest(t) for n, t in weights.items()})
+        if current != entries[-1]["weights_after"]:
+            raise UniEraseError(f"the weights in {folder} differ from those the ledger recorded after its last entry "
+                                "(changed outside unierase); run unierase verify to see which")
+        state = dict(EditState.load(folder).previous_keys) if (folder / STATE_FILE).exists() else {}
+        for entry in reversed(undo):
+            _undo(folder, entry, weights, state)
+        restored = combined_digest({n: deltas.tensor_digest(t) for n, t in weights.items()})
+        if restored != undo[0]["weights_before"]:
+            raise UniEraseError(f"undoing rounds {to_round}–{len(live)} did not give back the weights recorded before "
+                                f"round {to_round}")
+        _load_weights(model, weights)
+        revert_entry = append(entries, {"kind": "revert", "method": "revert", "version": __version__, "to_round": to_round,
+                                        "undone": [e["index"] for e in undo], "weights_before": current,
+                                        "weights_after": restored})
+        new_entries = entries + [revert_entry]
+        with atomic_directory(out) as tmp:
+            model.save_pretrained(tmp)
+            for path in folder.iterdir():  # the current small files, then each undone round's older versions
+                if path.is_file() and path.name not in (LEDGER_FILE, STATE_FILE) and not path.name.endswith(".safetensors") \
+                        and path.name != "model.safetensors.index.json":
+                    shutil.copy2(path, tmp / path.name)
+            for entry in reversed(undo):
+                files = entry["delta"]["files"]
+                for name in files.get("added", []):
+                    (tmp / name).unlink(missing_ok=True)
+                for name in files.get("replaced", []):
+                    shutil.copy2(files_dir(folder, entry["index"]) / name, tmp / name)
+            if state:
+                EditState(state).save(tmp)
+            keep = {e["index"] for e in live[:to_round - 1]}
+            for path in (folder / DELTA_DIR).glob("entry-*"):
+                if int(path.name[len("entry-"):len("entry-") + 4]) in keep:
+                    target = tmp / DELTA_DIR / path.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+            write_text_atomic(tmp / LEDGER_FILE, ledger_text(new_entries))
+            restored_manifest = (tmp / MANIFEST_FILE)
+            data = json.loads(restored_manifest.read_text(encoding="utf-8")) if restored_manifest.exists() else None
+            if data is None:  # before the first round there was no manifest: keep one for the ledger
+                data = {"method": "reverted", "note": f"the model as it was before round 1 of {folder}"}
+            data["ledger"] = head_of(new_entries)
+            data["reverted"] = {"from": str(folder), "to_round": to_round, "undone": revert_entry["undone"]}
+            write_json_atomic(restored_manifest, data)
+        return RevertResult(Path(out), to_round, revert_entry["undone"], restored)
+
+
+# ----------------------------------------------------------------------------- verify
+
+@dataclass
+class VerifyReport:
+    folder: str
+    weights: dict
+    rounds: list[dict] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        return {"folder": self.folder, "ok": self.ok, "weights": self.weights, "rounds": self.rounds, "problems": self.problems}
+
+    def summary(self) -> str:
+        lines = [f"weights: {'match the ledger' if self.weights['match'] else 'DO NOT match the ledger'} "
+                 f"({self.weights['actual'][:12]})"]
+        for r in self.rounds:
+            lines.append(f"round {r['round']} (entry {r['entry']}, {r['method']}): erased {r['erased']} — "
+                         f"revert data {r['revert_data']}; neighbours changed {r['neighbours_changed']}")
+        lines += [f"PROBLEM: {p}" for p in self.problems] or ["every check passed"]
+        return "\n".join(lines)
+
+
+def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True) -> VerifyReport:
+    """Check ``folder`` against its ledger (see the module docstring). ``requests``: a JSONL path or
+    list of requests to re-ask for rounds recorded with ``--no-texts`` (matched by their hashes)."""
+    from .generation import generate_answer_ids
+    from .models.loading import load_model
+
+    folder = Path(folder)
+    with locked_run(None, [folder]):
+        manifest, entries = _ledger_of(folder)
+        live = effective_rounds(entries)
+        model, tokenizer = load_model(folder, cache_dir=cache_dir)
+        digests = weights_digests(model)
+        actual = combined_digest(digests)
+        expected = entries[-1]["weights_after"]
+        report = VerifyReport(str(folder), {"expected": expected, "actual": actual, "match": actual == expected})
+        if actual != expected:
+            last_change: dict[str, dict] = {}
+            for entry in live:
+                for name, item in entry["delta"]["tensors"].items():
+                    last_change[name] = {"round": entry["round"], "digest": item.get("digest_after")}
+            altered = [n for n, c in last_change.items() if digests.get(n) != c["digest"]]
+            rounds = sorted({last_change[n]["round"] for n in altered})
+            report.weights["altered_tensors_of_rounds"] = {n: last_change[n]["round"] for n in altered}
+            report.problems.append("the weights were changed outside unierase" +
+                                   (f": tensors last edited by round(s) {rounds} ({', '.join(altered[:3])})" if altered
+                                    else " (in tensors no round edited)"))
+        given = {}
+        if requests is not None:
+            reqs = load_requests(requests) if isinstance(requests, (str, os.PathLike)) else \
+                [r if isinstance(r, ForgetRequest) else ForgetRequest(**r) for r in requests]
+            given = {r.digest(): r for r in reqs}
+        token_id = (manifest.get("token") or {}).get("id")
+        weights = {n: t.detach().clone() for n, t in model.state_dict().items()} if actual == expected else None
+        state = dict(EditState.load(folder).previous_keys) if (folder / STATE_FILE).exists() else {}
+        for entry in reversed(live):
+            row = {"round": entry["round"], "entry": entry["index"], "method": entry.get("method")}
+            try:
+                if weights is None:
+                    row["revert_data"] = "not checked (weights altered)"
+                else:
+                    _undo(folder, entry, weights, state)
+                    ok = combined_digest({n: deltas.tensor_digest(t) for n, t in weights.items()}) == entry["weights_before"]
+                    row["revert_data"] = "ok" if ok else "does not lead back"
+                    if not ok:
+                        report.problems.append(f"round {entry['round']}: its revert data does not lead back to the weights before it")
+                        weights = None
+            except UniEraseError as err:
+                row["revert_data"] = f"broken ({err})"
+                report.problems.append(f"round {entry['round']}: {err}")
+                weights = None
+            reqs = []
+            for item in entry.get("requests", []):
+                if item.get("question"):
+                    reqs.append(ForgetRequest(item["question"], item.get("answer"), item.get("subject")))
+                elif item["sha256"] in given:
+                    reqs.append(given[item["sha256"]])
+            row["requests"], row["checked"] = len(entry.get("requests", [])), len(reqs)
+            if check_answers:
+                check = probe(model, tokenizer, reqs, [], token_id)
+                leaking = [r.question for r, c in zip(reqs, check["items"]) if not c["erased"]]
+                row["erased"] = f"{len(reqs) - len(leaking)}/{len(reqs)}" + (
+                    f" (of {row['requests']}; pass --requests for the rest)" if len(reqs) < row["requests"] else "")
+                row["leaking"] = leaking
+                if leaking:
+                    report.problems.append(f"round {entry['round']}: {len(leaking)} erased question(s) answer again: "
+                                           + "; ".join(leaking[:3]))
+                recorded = (entry.get("verification") or {}).get("neighbours", [])
+                ids = generate_answer_ids(model, tokenizer, [n["question"] for n in recorded],
+                                          max_new_tokens=(entry.get("verification") or {}).get("max_new_tokens", 24)) \
+                    if recorded else []
+                from .rounds import _ids_digest
+
+                changed = [n["question"] for n, i in zip(recorded, ids) if _ids_digest(i) != n["answer_sha256"]]
+                row["neighbours_changed"] = f"{len(changed)}/{len(recorded)}"
+                row["changed_neighbours"] = changed
+                if changed and entry is live[-1]:
+                    report.problems.append(f"{len(changed)} neighbour question(s) recorded at round {entry['round']} now "
+                                           "answer differently: " + "; ".join(changed[:3]))
+            else:
+                row["erased"], row["neighbours_changed"] = "not checked", "not checked"
+            report.rounds.insert(0, row)
+        return report
