@@ -10,7 +10,7 @@ import unierase
 from tiny_models import build_model, build_tokenizer
 from unierase import history as hist
 from unierase.cli import main
-from unierase.ledger import LEDGER_FILE, read_ledger
+from unierase.ledger import read_ledger
 from unierase.rounds import MANIFEST_FILE, load_input
 from unierase.storage import UniEraseError
 

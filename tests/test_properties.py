@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 

@@ -20,14 +20,13 @@ import torch
 
 from . import __version__
 from .edit.editor import EditConfig, run_edit_passes
-from .edit.state import EditState
 from .edit.stats import ANSWER_KEY_TOKENS, cached_refusal_key_moments, get_key_statistics
 from .generation import OwnAnswers
 from .models.adapters import find_mlp_output
 from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
 from .prompts import PINNED_DATE
 from .requests import ForgetRequest, load_requests, parse_requests
-from .rounds import MANIFEST_FILE, ModelInput, embedding_names, load_input, neighbour_questions, probe, read_manifest, save_round, start_round
+from .rounds import embedding_names, load_input, neighbour_questions, probe, read_manifest, save_round, start_round
 from .storage import UniEraseError, check_output_dir, default_cache_dir, locked_run
 from .token.cache import ensure_unlearning_token, token_folder
 from .token.questions import training_questions

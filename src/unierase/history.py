@@ -27,7 +27,7 @@ from .edit.state import STATE_FILE, EditState
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
                      ledger_text, effective_rounds, round_status, weights_digests)
 from .requests import ForgetRequest, load_requests
-from .rounds import MANIFEST_FILE, is_erased, load_input, probe
+from .rounds import MANIFEST_FILE, _ids_digest, load_input, probe
 from .storage import (UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic,
                       write_text_atomic)
 
@@ -291,19 +291,23 @@ def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True)
             row["requests"], row["checked"] = len(entry.get("requests", [])), len(reqs)
             if check_answers:
                 check = probe(model, tokenizer, reqs, [], token_id)
+                then = {i["sha256"]: i["erased"] for i in (entry.get("verification") or {}).get("items", [])}
                 leaking = [r.question for r, c in zip(reqs, check["items"]) if not c["erased"]]
                 row["erased"] = f"{len(reqs) - len(leaking)}/{len(reqs)}" + (
                     f" (of {row['requests']}; pass --requests for the rest)" if len(reqs) < row["requests"] else "")
                 row["leaking"] = leaking
-                if leaking:
-                    report.problems.append(f"round {entry['round']}: {len(leaking)} erased question(s) answer again: "
-                                           + "; ".join(leaking[:3]))
+                again = [r.question for r, c in zip(reqs, check["items"]) if not c["erased"] and then.get(r.digest(), True)]
+                never = [q for q in leaking if q not in again]
+                if again:
+                    report.problems.append(f"round {entry['round']}: {len(again)} erased question(s) answer again: "
+                                           + "; ".join(again[:3]))
+                if never:
+                    report.problems.append(f"round {entry['round']}: {len(never)} question(s) were never erased (not "
+                                           "reached at erasure time; run forget again): " + "; ".join(never[:3]))
                 recorded = (entry.get("verification") or {}).get("neighbours", [])
                 ids = generate_answer_ids(model, tokenizer, [n["question"] for n in recorded],
                                           max_new_tokens=(entry.get("verification") or {}).get("max_new_tokens", 24)) \
                     if recorded else []
-                from .rounds import _ids_digest
-
                 changed = [n["question"] for n, i in zip(recorded, ids) if _ids_digest(i) != n["answer_sha256"]]
                 row["neighbours_changed"] = f"{len(changed)}/{len(recorded)}"
                 row["changed_neighbours"] = changed

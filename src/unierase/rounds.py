@@ -22,7 +22,7 @@ import torch
 from . import deltas
 from .edit.state import STATE_FILE, EditState
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
-                     ledger_text, non_finite, read_ledger, weights_digests, effective_rounds)
+                     ledger_text, non_finite, read_ledger, effective_rounds)
 from .requests import ForgetRequest
 from .storage import UniEraseError, atomic_directory, fault_point, save_tensors_atomic, write_json_atomic, write_text_atomic
 
@@ -69,6 +69,22 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     return data
 
 
+def _records(folder: Path) -> tuple[dict | None, list[dict]]:
+    manifest = read_manifest(folder)
+    if manifest is None:
+        orphan = next((name for name in (STATE_FILE, LEDGER_FILE) if (folder / name).exists()), None)
+        if orphan:
+            raise UniEraseError(f"{folder} holds {orphan} but no {MANIFEST_FILE}; the record of its earlier edits is missing")
+        return None, []
+    return manifest, read_ledger(folder, manifest.get("ledger"))
+
+
+def check_records(folder: str | os.PathLike) -> None:
+    """The cheap part of ``load_input``, run on every load of a local model: the manifest parses,
+    the ledger's chain is intact and matches it, and no record is missing beside another."""
+    _records(Path(folder))
+
+
 def load_input(folder: str | os.PathLike | None, *, layers: list[int] | None = None, key_dim: int | None = None) -> ModelInput:
     """Read ``folder``'s manifest, edit state and ledger and check that they agree.
 
@@ -79,14 +95,10 @@ def load_input(folder: str | os.PathLike | None, *, layers: list[int] | None = N
     if folder is None:
         return ModelInput(None)
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    state_path = folder / STATE_FILE
+    manifest, ledger = _records(folder)
     if manifest is None:
-        if state_path.exists() or (folder / LEDGER_FILE).exists():
-            raise UniEraseError(f"{folder} holds {STATE_FILE if state_path.exists() else LEDGER_FILE} but no {MANIFEST_FILE}; "
-                                "the record of its earlier edits is missing")
         return ModelInput(folder)
-    ledger = read_ledger(folder, manifest.get("ledger"))
+    state_path = folder / STATE_FILE
     state = EditState()
     if manifest["method"] == "unierase":
         if manifest["rounds"] and not state_path.exists():

@@ -155,8 +155,6 @@ def finetune(
     threads: int | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``model_spec`` on ``data`` with the answer-only loss and save it to ``out``."""
-    from ..models.loading import load_model
-
     config = config or FinetuneConfig()
     config.validate()
     out = check_output_dir(out, overwrite, cache_dir=cache_dir)
