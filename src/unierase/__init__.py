@@ -7,7 +7,7 @@ and ``evaluate``.
 __version__ = "0.1.0"
 
 from .api import ForgetResult, ask, forget  # noqa: E402
-from .history import history, revert, verify  # noqa: E402
+from .trail import history, revert, verify  # noqa: E402
 from .requests import ForgetRequest, load_requests  # noqa: E402
 from .storage import UniEraseError  # noqa: E402
 

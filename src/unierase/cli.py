@@ -97,7 +97,7 @@ def add_history_parser(subparsers) -> None:
 
 
 def _run_history(args) -> int:
-    from .history import history, history_table
+    from .trail import history, history_table
 
     rows = history(args.dir)
     print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json else history_table(rows))
@@ -119,7 +119,7 @@ def add_verify_parser(subparsers) -> None:
 
 
 def _run_verify(args) -> int:
-    from .history import verify
+    from .trail import verify
     from .storage import write_json_atomic
 
     report = verify(args.dir, requests=args.requests, cache_dir=args.cache_dir)
@@ -144,7 +144,7 @@ def add_revert_parser(subparsers) -> None:
 
 
 def _run_revert(args) -> int:
-    from .history import revert
+    from .trail import revert
 
     print(revert(args.dir, args.to_round, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir).summary())
     return 0

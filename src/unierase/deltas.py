@@ -64,7 +64,7 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int) -> dict[st
     smaller), plus the exact old value where an offset does not fit.
     """
     diff = after.to(torch.float64) - before.to(torch.float64)
-    u, s, vh = torch.linalg.svd(diff, full_matrices=False)
+    s = torch.linalg.svdvals(diff)  # a third of a full SVD: enough to see whether factors can pay off
     if s.numel() == 0 or float(s[0]) == 0.0:
         return None
     # (after − before) is the real update plus after's rounding, a full-rank noise whose singular
@@ -74,6 +74,7 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int) -> dict[st
     rank = max(1, int((s > floor).sum()))
     if rank * (diff.shape[0] + diff.shape[1]) * 8 >= budget:
         return None
+    u, s, vh = torch.linalg.svd(diff, full_matrices=False)
     parts = {"u": (u[:, :rank] * s[:rank]).contiguous(), "v": vh[:rank].contiguous()}
     rebuilt = _reconstruct(after, parts["u"], parts["v"])
     want, got = _ints(before), _ints(rebuilt)

@@ -1,4 +1,4 @@
-"""history, verify and revert end to end on a tiny model: three UniErase rounds and a baseline round."""
+"""trail.py: history, verify and revert end to end on a tiny model: three UniErase rounds and a baseline round."""
 
 import json
 import shutil
@@ -8,7 +8,7 @@ import torch
 
 import unierase
 from tiny_models import build_model, build_tokenizer
-from unierase import history as hist
+from unierase import trail as hist
 from unierase.cli import main
 from unierase.ledger import read_ledger
 from unierase.rounds import MANIFEST_FILE, load_input
