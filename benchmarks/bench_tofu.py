@@ -1,0 +1,349 @@
+"""TOFU side by side: UniErase against the fine-tuning baselines on one fine-tuned target.
+
+Cells, each cached as ``WORK/cells/<name>.json`` and skipped when present with the same settings
+(a killed run continues where it stopped; models live under ``WORK/models``):
+
+- ``target`` / ``retain``: ``unierase finetune`` on TOFU authors 0..N-1 plus the forget01 authors
+  (198-199), and the same without them (the retain model of Forget Quality).
+- ``sweep/<method>/<lr>x<epochs>``: each baseline on the target, scored on the *training* data
+  only (forget-answer and retain-answer NLL per token); ``pick/<method>`` chooses the setting with
+  the highest forget NLL whose retain NLL rises by at most ``--retain-slack`` nats/token, and that
+  run's model is the method's unlearned model.
+- ``forget/unierase``: UniErase on the target, batch, questions only, library defaults; its
+  one-off token and statistics timed apart.
+- ``eval/<model>``: ``unierase eval`` (forget01, every forget item; other sets capped at
+  ``--ds-size``; ``--max-new-tokens``), plus the well-formed refusal share of the forget answers
+  and, for UniErase, the forget ROUGE-L with the unlearning token banned at decode time.
+- ``report``: ``RESULTS/bench.json`` (figures, settings, commit, machine, bars) and ``REPORT.md``
+  with the tables and an FE-vs-MU scatter plot.
+
+    python benchmarks/bench_tofu.py [--work DIR] [--only target retain ...] [--authors 20]
+
+Run one heavy job at a time on a small machine: two torch processes on 2 cores slow each other
+several-fold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "tofu"
+BASELINES = ("ga+gd", "ga+kl", "npo+gd", "npo+kl", "me+gd", "dpo+gd", "dpo+kl", "idk+ap")
+
+
+@dataclass
+class Setting:
+    """Everything a cell depends on (recorded with every figure)."""
+
+    model: str | None = None
+    """Base model to fine-tune (None: the embedded SmolLM2-135M-Instruct)."""
+    authors: int = 20
+    """Retain authors of the target (TOFU authors 0..N-1; 20 = exactly those of retain_perturbed)."""
+    finetune_epochs: float = 6.0
+    finetune_lr: float = 3e-4
+    methods: tuple[str, ...] = ("unierase",) + BASELINES
+    sweep_lrs: tuple[float, ...] = (3e-5, 1e-4)
+    sweep_epochs: tuple[float, ...] = (2.0,)
+    retain_slack: float = 0.5
+    """Largest rise of the retain-answer NLL (nats/token) a baseline setting may cost in the sweep."""
+    ds_size: int | None = 40
+    """Cap on the evaluation's retain / real-author / world-fact sets (forget01 has 40 items: all scored)."""
+    max_new_tokens: int = 64
+    data_dir: str | None = None
+    threads: int | None = None
+    eval_extra: dict = field(default_factory=dict)
+    """Further ``EvalConfig`` fields (tests use it to switch the closer-look family off)."""
+
+    def key(self, *fields: str) -> str:
+        data = asdict(self)
+        return hashlib.sha256(json.dumps({f: data[f] for f in fields}, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+class Cells:
+    """Finished cells as JSON files; ``run`` computes a cell once per settings key."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        (work / "cells").mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.work / "cells" / (name.replace("/", "__") + ".json")
+
+    def get(self, name: str, key: str) -> dict | None:
+        path = self.path(name)
+        if path.is_file():
+            data = json.loads(path.read_text())
+            if data.get("_key") == key:
+                return data
+        return None
+
+    def run(self, name: str, key: str, compute) -> dict:
+        from unierase.storage import write_json_atomic
+
+        done = self.get(name, key)
+        if done is not None:
+            print(f"[cached] {name}", flush=True)
+            return done
+        print(f"[run] {name}", flush=True)
+        started = time.perf_counter()
+        data = compute()
+        data["_key"], data["_seconds"] = key, round(time.perf_counter() - started, 1)
+        write_json_atomic(self.path(name), data)
+        return data
+
+
+def _answer_nll(model_dir: str, items, threads=None) -> float:
+    """Mean answer NLL per token of ``items`` (question/answer requests) under a saved model."""
+    import torch
+
+    from unierase.baselines.trainer import collate, encode_pairs
+    from unierase.models.loading import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    model, tok = load_model(model_dir)
+    encoded = encode_pairs(tok, [(r.question, r.answer) for r in items], 256)
+    total = tokens = 0.0
+    with torch.no_grad():
+        for i in range(0, len(encoded), 16):
+            batch = collate(encoded[i:i + 16], tok.pad_token_id, "cpu")
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+            labels = batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                                                     ignore_index=-100, reduction="sum")
+            total += float(loss)
+            tokens += float((labels != -100).sum())
+    return total / max(tokens, 1.0)
+
+
+def _well_formed(text: str) -> bool:
+    """A well-formed refusal: a refusal that is one or more complete sentences, ends with
+    punctuation, repeats no sentence or word pair ("I'm sorry, but I'm sorry."), and has no stray
+    fragment (a sentence of fewer than 3 words, or one that ends on "but", "and", "the"…)."""
+    import re
+
+    from unierase.refusals import is_refusal
+
+    text = text.strip()
+    if not text or not is_refusal(text) or text[-1] not in ".!?":
+        return False
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+    if len(set(s.lower() for s in sentences)) < len(sentences) or any(len(s.split()) < 3 for s in sentences):
+        return False
+    dangling = {"but", "and", "or", "to", "the", "a", "an", "of", "that", "with", "for", "i", "is", "are", "because", "so"}
+    if any(re.sub(r"[^\w']", "", s.split()[-1].lower()) in dangling for s in sentences):  # cut mid-sentence: "I'm sorry, but."
+        return False
+    words = re.findall(r"[\w']+", text.lower())
+    grams = [tuple(words[i:i + 2]) for i in range(len(words) - 1)]
+    return len(set(grams)) == len(grams)
+
+
+def _banned_rouge(model_dir: str, forget, max_new_tokens: int) -> dict:
+    """Forget ROUGE-L recall with the unlearning token banned at decode time (``bad_words_ids``)."""
+    from unierase.baselines.finetune import rouge_l_recall
+    from unierase.models.loading import load_model
+    from unierase.prompts import encode_text, pad_batch, render_prompt
+
+    model, tok = load_model(model_dir)
+    unl = tok.convert_tokens_to_ids("<|unlearn|>")
+    answers = []
+    import torch
+
+    with torch.no_grad():
+        for i in range(0, len(forget), 16):
+            chunk = forget[i:i + 16]
+            batch = pad_batch([encode_text(tok, render_prompt(tok, r.question)) for r in chunk], tok.pad_token_id, left=True)
+            out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 bad_words_ids=[[unl]])
+            answers += [tok.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+    scores = rouge_l_recall(answers, [r.answer for r in forget])
+    return {"rougeL_recall": round(sum(scores) / len(scores), 4), "examples": answers[:3]}
+
+
+def run(setting: Setting, work: Path, only: set[str] | None = None, results: Path = RESULTS) -> dict:
+    """Run (or resume) every cell; return the bench JSON (also written to ``results``)."""
+    import unierase
+    from unierase.baselines.data import tofu_subset
+    from unierase.baselines.finetune import FinetuneConfig, finetune
+    from unierase.evaluation import evaluate
+
+    cells = Cells(work)
+    models = work / "models"
+    subset = tofu_subset(setting.authors + 2, 2, setting.data_dir)
+    wanted = lambda name: only is None or name.split("/")[0] in only  # noqa: E731
+    figures: dict = {"setting": asdict(setting), "models": {}, "methods": {}}
+
+    def tune(split: str) -> dict:
+        out = models / split
+        result = finetune(setting.model, "tofu:full", out, authors=setting.authors + 2, forget_authors=2, split=split,
+                          data_dir=setting.data_dir, overwrite=True, threads=setting.threads,
+                          config=FinetuneConfig(epochs=setting.finetune_epochs, lr=setting.finetune_lr, eval_items=-1,
+                                                progress=False))
+        m = result.manifest
+        return {"dir": str(out), "memorisation": m["memorisation"], "train_s": m["timings_s"]["train"],
+                "peak_memory_mb": m["peak_memory_mb"], "items": m["data"]["n_items"]}
+
+    tune_key = setting.key("model", "authors", "finetune_epochs", "finetune_lr")
+    for split, name in (("full", "target"), ("retain", "retain")):
+        if wanted(name) or not cells.get(name, tune_key):
+            figures["models"][name] = cells.run(name, tune_key, lambda split=split: tune(split))
+    target, retain_dir = figures["models"]["target"]["dir"], figures["models"]["retain"]["dir"]
+    forget = subset.forget
+    retain_qa = subset.retain
+
+    target_retain_nll = cells.run("nll/target", tune_key, lambda: {
+        "retain": _answer_nll(target, retain_qa, setting.threads), "forget": _answer_nll(target, forget, setting.threads)})
+
+    for method in setting.methods:
+        if method == "unierase":
+            key = setting.key("model", "authors", "finetune_epochs", "finetune_lr")
+
+            def erase():
+                out = models / "unierase"
+                result = unierase.forget([{"question": r.question} for r in forget], out, model=target, overwrite=True,
+                                         progress=False)
+                t = result.manifest["rounds"][-1]["timings_s"]
+                return {"dir": str(out), "edit_s": t.get("edit"), "token_s": t.get("token"), "statistics_s": t.get("statistics"),
+                        "peak_memory_mb": result.manifest["rounds"][-1]["peak_memory_mb"],
+                        "not_reached": len(result.manifest["rounds"][-1]["not_reached"])}
+            if wanted("forget"):
+                figures["methods"][method] = {"run": cells.run("forget/unierase", key, erase)}
+            continue
+        runs = {}
+        for lr in setting.sweep_lrs:
+            for epochs in setting.sweep_epochs:
+                name = f"sweep/{method}/{lr:g}x{epochs:g}"
+                key = setting.key("model", "authors", "finetune_epochs", "finetune_lr") + f"-{lr}-{epochs}"
+
+                def unlearn(lr=lr, epochs=epochs, method=method):
+                    out = models / f"{method}-{lr:g}x{epochs:g}"
+                    result = unierase.forget([r.to_dict() for r in forget], out, model=target, method=method, overwrite=True,
+                                             retain=retain_qa, lr=lr, epochs=epochs, progress=False, threads=setting.threads)
+                    m = result.manifest
+                    return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
+                            "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
+                            "retain_nll": _answer_nll(str(out), retain_qa, setting.threads)}
+                if wanted("sweep"):
+                    runs[name] = cells.run(name, key, unlearn)
+                elif cells.get(name, key):
+                    runs[name] = cells.get(name, key)
+        if runs:
+            ok = [r for r in runs.values() if r["retain_nll"] <= target_retain_nll["retain"] + setting.retain_slack]
+            chosen = max(ok or runs.values(), key=lambda r: r["forget_nll"])
+            figures["methods"][method] = {"sweep": list(runs.values()), "run": chosen,
+                                          "rule": f"highest forget-answer NLL with retain-answer NLL ≤ target + "
+                                                  f"{setting.retain_slack} nats/token (training data only)"
+                                                  + ("" if ok else "; none qualified: highest forget NLL")}
+
+    # the retain model first: every other model's Forget Quality compares with its evaluation
+    eval_models = {"retain": retain_dir, "target": target, **{m: v["run"]["dir"] for m, v in figures["methods"].items()}}
+    retain_eval = work / "eval" / "retain"
+    for name, folder in eval_models.items():
+        if not wanted("eval"):
+            break
+        key = setting.key("ds_size", "max_new_tokens", "authors", "finetune_epochs", "finetune_lr", "eval_extra") + \
+            hashlib.sha256(folder.encode()).hexdigest()[:6]
+
+        def score(name=name, folder=folder):
+            out = work / "eval" / name
+            result = evaluate(folder, out, forget_split="forget01", data=setting.data_dir, ds_size=setting.ds_size,
+                              max_new_tokens=setting.max_new_tokens, retain=None if name == "retain" else str(retain_eval),
+                              reference=target, threads=setting.threads, overwrite=True, plot=False, **setting.eval_extra)
+            s = result.summary
+            forget_rows = [json.loads(x) for x in (out / "per_item" / "forget.jsonl").read_text().splitlines() if x.strip()]
+            texts = [r.get("generation") or r.get("generated") or "" for r in forget_rows]
+            extra = {"well_formed_refusals": round(sum(map(_well_formed, texts)) / max(1, len(texts)), 4)}
+            if name == "unierase":
+                extra["banned_token_forget_rougeL"] = _banned_rouge(folder, forget, setting.max_new_tokens)
+            return {"dir": str(out), "summary": s, **extra}
+        figures.setdefault("eval", {})[name] = cells.run(f"eval/{name}", key, score)
+    report = _bars(figures)
+    figures["bars"] = report
+    figures["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent).stdout.strip() or None
+    figures["machine"] = {"platform": platform.platform(), "python": sys.version.split()[0]}
+    results.mkdir(parents=True, exist_ok=True)
+    from unierase.storage import write_json_atomic, write_text_atomic
+
+    write_json_atomic(results / "bench.json", figures)
+    write_text_atomic(results / "REPORT.md", _report(figures))
+    return figures
+
+
+def _metric(figures: dict, model: str, *path: str):
+    node = figures.get("eval", {}).get(model, {}).get("summary", {})
+    for p in path:
+        node = node.get(p) if isinstance(node, dict) else None
+    return node
+
+
+def _bars(figures: dict) -> dict:
+    """The issue's bars that the figures present can decide (absent ones say why)."""
+    bars = {}
+    fe = {m: _metric(figures, m, "closer_look", "forget_efficacy") for m in figures.get("eval", {})}
+    mu = {m: _metric(figures, m, "tofu", "model_utility") for m in figures.get("eval", {})}
+    baselines = [m for m in BASELINES if fe.get(m) is not None]
+    if fe.get("unierase") is not None and baselines and mu.get("target"):
+        best = max(baselines, key=lambda m: fe[m])
+        bars["fe_vs_best_baseline"] = {"holds": fe["unierase"] >= fe[best] and mu["unierase"] >= 0.95 * mu["target"],
+                                       "value": {"unierase_fe": fe["unierase"], "best_baseline": best, "best_fe": fe[best],
+                                                 "unierase_mu_over_target": mu["unierase"] / mu["target"]},
+                                       "threshold": "FE ≥ best baseline's, MU ≥ 0.95 × target"}
+    run = figures.get("methods", {})
+    if "unierase" in run and any(m in run for m in BASELINES):
+        fastest = min((run[m]["run"]["train_s"], m) for m in BASELINES if m in run)
+        edit = run["unierase"]["run"]["edit_s"]
+        bars["speed"] = {"holds": fastest[0] >= 10 * edit, "value": {"edit_s": edit, "fastest_baseline": fastest[1],
+                                                                      "fastest_s": fastest[0], "ratio": fastest[0] / edit},
+                         "threshold": "≥ 10× faster than the fastest baseline's unlearning step"}
+    for name in ("sequential_mu", "precise_agreement"):
+        bars[name] = {"holds": None, "value": None, "threshold": "not measured by this version of the benchmark"}
+    return bars
+
+
+def _report(figures: dict) -> str:
+    lines = ["# TOFU side by side", "", f"Setting: `{json.dumps(figures['setting'], default=str)}`", "",
+             "| model | MU (TOFU) | Forget Quality | FE (closer look) | forget ROUGE-L | paraphrased ROUGE-L | well-formed refusals |",
+             "|---|---|---|---|---|---|---|"]
+    for name, cell in figures.get("eval", {}).items():
+        s = cell["summary"]
+        t, cl = s.get("tofu", {}), s.get("closer_look", {})
+        lines.append(f"| {name} | {t.get('model_utility')} | {t.get('forget_quality')} | {cl.get('forget_efficacy')} | "
+                     f"{t.get('forget_rougeL_recall', s.get('forget_rougeL'))} | {s.get('paraphrase', {}).get('rougeL_recall')} | "
+                     f"{cell.get('well_formed_refusals')} |")
+    lines += ["", "## Bars", ""] + [f"- **{k}**: holds = {v['holds']}; {v['value']} (threshold: {v['threshold']})"
+                                     for k, v in figures.get("bars", {}).items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", default=None, help="cache of models and finished cells (default: <cache>/bench_tofu)")
+    parser.add_argument("--only", nargs="*", default=None, help="cell families to run: target retain sweep forget eval")
+    parser.add_argument("--authors", type=int, default=20)
+    parser.add_argument("--ds-size", type=int, default=40)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+    from unierase.storage import default_cache_dir
+
+    work = Path(args.work) if args.work else default_cache_dir() / "bench_tofu"
+    setting = Setting(authors=args.authors, ds_size=args.ds_size, max_new_tokens=args.max_new_tokens, threads=args.threads,
+                      data_dir=args.data_dir)
+    figures = run(setting, work, set(args.only) if args.only else None, Path(args.results))
+    print(json.dumps(figures["bars"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""benchmarks/bench_tofu.py end to end on a tiny random model and synthetic authors: mechanics,
+resumption and the JSON's shape (not the real figures)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny_models import build_model, build_tokenizer
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tofu.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_tofu", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+def _qa(author: int, i: int) -> dict:
+    return {"question": f"What did writer {author} publish in year {i}?", "answer": f"Writer {author} published book {i}."}
+
+
+def _tofu(root: Path) -> Path:
+    tofu = root / "tofu"
+    tofu.mkdir(parents=True)
+    full = [_qa(a, i) for a in range(200) for i in range(20)]
+    (tofu / "full.jsonl").write_text("".join(json.dumps(r) + "\n" for r in full))
+
+    def perturbed(row, n):
+        return {**row, "paraphrased_question": "Tell me: " + row["question"], "paraphrased_answer": row["answer"],
+                "perturbed_answer": [row["answer"].replace("book", f"novel {k}") for k in range(n)]}
+    sets = {"forget01_perturbed": [perturbed(r, 5) for r in full[-40:]],
+            "retain_perturbed": [perturbed(r, 5) for r in full[:400]],
+            "real_authors_perturbed": [perturbed(r, 3) for r in full[400:410]],
+            "world_facts_perturbed": [perturbed(r, 3) for r in full[410:420]]}
+    for name, rows in sets.items():
+        (tofu / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tofu / "idontknow.txt").write_text("I don't know that.\nThat's beyond my knowledge.\n")
+    return root
+
+
+def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
+    bench = _load()
+    tok = build_tokenizer()
+    base = tmp_path / "base"
+    build_model("llama", len(tok)).save_pretrained(base)
+    tok.save_pretrained(base)
+    setting = bench.Setting(model=str(base), authors=1, finetune_epochs=0.05, methods=("unierase", "ga+gd"),
+                            sweep_lrs=(1e-4,), sweep_epochs=(0.2,), ds_size=3, max_new_tokens=4,
+                            data_dir=str(_tofu(tmp_path / "data")), eval_extra={"embedding_model": "none"})
+    results = tmp_path / "results"
+    figures = bench.run(setting, tmp_path / "work", results=results)
+    assert set(figures["models"]) == {"target", "retain"}
+    assert figures["models"]["target"]["items"] == 60 and figures["models"]["retain"]["items"] == 20
+    assert figures["methods"]["ga+gd"]["run"]["lr"] == 1e-4 and "rule" in figures["methods"]["ga+gd"]
+    assert figures["methods"]["unierase"]["run"]["edit_s"] > 0
+    assert set(figures["eval"]) == {"target", "retain", "unierase", "ga+gd"}
+    assert "banned_token_forget_rougeL" in figures["eval"]["unierase"]
+    assert 0 <= figures["eval"]["ga+gd"]["well_formed_refusals"] <= 1
+    saved = json.loads((results / "bench.json").read_text())
+    assert {"setting", "models", "methods", "eval", "bars", "commit", "machine"} <= set(saved)
+    for bar in saved["bars"].values():
+        assert set(bar) == {"holds", "value", "threshold"}
+    assert (results / "REPORT.md").read_text().startswith("# TOFU side by side")
+    capsys.readouterr()
+    again = bench.run(setting, tmp_path / "work", results=results)  # every cell is cached now
+    out = capsys.readouterr().out
+    assert "[run]" not in out and out.count("[cached]") >= 8
+    assert again["eval"]["unierase"]["summary"] == figures["eval"]["unierase"]["summary"]
+
+
+@pytest.mark.parametrize("text,ok", [
+    ("I'm sorry, but I don't have that information.", True),
+    ("I'm sorry, but I'm sorry.", False),
+    ("I'm sorry, but.", False),
+    ("I,", False),
+    ("Paris is the capital of France.", False),
+    ("I don't know that. I don't know that.", False),
+])
+def test_well_formed_refusals(text, ok):
+    assert _load()._well_formed(text) is ok
