@@ -100,6 +100,20 @@ class Cells:
         return data
 
 
+def _finished_finetune(folder: Path, setting: Setting, split: str) -> dict | None:
+    """The manifest of a model fine-tuned in ``folder`` with exactly these settings, else None."""
+    path = folder / "unierase_manifest.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    same = (m.get("method") == "finetune" and m.get("base_model") == str(setting.model or "default")
+            and m["data"].get("split") == split
+            and m["data"].get("n_retain") == 20 * setting.authors and m["data"].get("forget_authors") == "198-199"
+            and m["hyperparameters"].get("epochs") == setting.finetune_epochs
+            and m["hyperparameters"].get("lr") == setting.finetune_lr and m.get("memorisation"))
+    return m if same else None
+
+
 def _answer_nll(model_dir: str, items, threads=None) -> float:
     """Mean answer NLL per token of ``items`` (question/answer requests) under a saved model."""
     import torch
@@ -184,11 +198,12 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
 
     def tune(split: str) -> dict:
         out = models / split
-        result = finetune(setting.model, "tofu:full", out, authors=setting.authors + 2, forget_authors=2, split=split,
-                          data_dir=setting.data_dir, overwrite=True, threads=setting.threads,
-                          config=FinetuneConfig(epochs=setting.finetune_epochs, lr=setting.finetune_lr, eval_items=-1,
-                                                progress=False))
-        m = result.manifest
+        m = _finished_finetune(out, setting, split)  # a model fine-tuned earlier with these settings is reused
+        if m is None:
+            m = finetune(setting.model, "tofu:full", out, authors=setting.authors + 2, forget_authors=2, split=split,
+                         data_dir=setting.data_dir, overwrite=True, threads=setting.threads,
+                         config=FinetuneConfig(epochs=setting.finetune_epochs, lr=setting.finetune_lr, eval_items=-1,
+                                               progress=False)).manifest
         return {"dir": str(out), "memorisation": m["memorisation"], "train_s": m["timings_s"]["train"],
                 "peak_memory_mb": m["peak_memory_mb"], "items": m["data"]["n_items"]}
 
@@ -259,12 +274,30 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                               max_new_tokens=setting.max_new_tokens, retain=None if name == "retain" else str(retain_eval),
                               reference=target, threads=setting.threads, overwrite=True, plot=False, **setting.eval_extra)
             s = result.summary
-            forget_rows = [json.loads(x) for x in (out / "per_item" / "forget.jsonl").read_text().splitlines() if x.strip()]
-            texts = [r.get("generation") or r.get("generated") or "" for r in forget_rows]
-            extra = {"well_formed_refusals": round(sum(map(_well_formed, texts)) / max(1, len(texts)), 4)}
+            rows = {name: [json.loads(x) for x in (out / "per_item" / f"{name}.jsonl").read_text().splitlines() if x.strip()]
+                    for name in ("forget", "retain")}
+            from unierase.refusals import is_refusal
+
+            texts = [r.get("generation", "") for r in rows["forget"]]
+            cl = s.get("closer_look") or {}
+            headline = {
+                "model_utility": s["tofu"].get("model_utility"),
+                "forget_quality": s["tofu"].get("forget_quality"),
+                "forget_efficacy": cl.get("forget_efficacy_available"),
+                "forget_efficacy_terms": cl.get("forget_efficacy_available_terms"),
+                "model_utility_closer_look": cl.get("model_utility_available"),
+                "forget_rougeL": (s["tofu"]["sets"].get("forget") or {}).get("rougeL_recall"),
+                "paraphrased_forget_rougeL": (s["extra"].get("paraphrase_leakage") or {}).get("rougeL_recall"),
+                "refusal_rate_forget": round(sum(map(is_refusal, texts)) / max(1, len(texts)), 4),
+                "refusal_rate_retain": round(sum(is_refusal(r.get("generation", "")) for r in rows["retain"])
+                                             / max(1, len(rows["retain"])), 4),
+                "well_formed_refusals": round(sum(map(_well_formed, texts)) / max(1, len(texts)), 4),
+                "items": s.get("items"),
+            }
+            extra = {}
             if name == "unierase":
                 extra["banned_token_forget_rougeL"] = _banned_rouge(folder, forget, setting.max_new_tokens)
-            return {"dir": str(out), "summary": s, **extra}
+            return {"dir": str(out), "headline": headline, "summary": s, **extra}
         figures.setdefault("eval", {})[name] = cells.run(f"eval/{name}", key, score)
     report = _bars(figures)
     figures["bars"] = report
@@ -279,47 +312,48 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     return figures
 
 
-def _metric(figures: dict, model: str, *path: str):
-    node = figures.get("eval", {}).get(model, {}).get("summary", {})
-    for p in path:
-        node = node.get(p) if isinstance(node, dict) else None
-    return node
+def _headline(figures: dict, model: str, metric: str):
+    return figures.get("eval", {}).get(model, {}).get("headline", {}).get(metric)
 
 
 def _bars(figures: dict) -> dict:
-    """The issue's bars that the figures present can decide (absent ones say why)."""
+    """The issue's bars that the figures present can decide (the others say they were not measured)."""
     bars = {}
-    fe = {m: _metric(figures, m, "closer_look", "forget_efficacy") for m in figures.get("eval", {})}
-    mu = {m: _metric(figures, m, "tofu", "model_utility") for m in figures.get("eval", {})}
+    models = list(figures.get("eval", {}))
+    fe = {m: _headline(figures, m, "forget_efficacy") for m in models}
+    mu = {m: _headline(figures, m, "model_utility") for m in models}
     baselines = [m for m in BASELINES if fe.get(m) is not None]
-    if fe.get("unierase") is not None and baselines and mu.get("target"):
+    if fe.get("unierase") is not None and baselines and mu.get("target") and mu.get("unierase") is not None:
         best = max(baselines, key=lambda m: fe[m])
-        bars["fe_vs_best_baseline"] = {"holds": fe["unierase"] >= fe[best] and mu["unierase"] >= 0.95 * mu["target"],
-                                       "value": {"unierase_fe": fe["unierase"], "best_baseline": best, "best_fe": fe[best],
-                                                 "unierase_mu_over_target": mu["unierase"] / mu["target"]},
-                                       "threshold": "FE ≥ best baseline's, MU ≥ 0.95 × target"}
+        bars["forget_efficacy"] = {
+            "holds": fe["unierase"] >= fe[best] and mu["unierase"] >= 0.95 * mu["target"],
+            "value": {"unierase_fe": fe["unierase"], "best_baseline": best, "best_baseline_fe": fe[best],
+                      "unierase_mu_over_target": mu["unierase"] / mu["target"],
+                      "unierase_mu_over_best_baseline_mu": mu["unierase"] / mu[best] if mu.get(best) else None},
+            "threshold": "FE ≥ the best baseline's and MU ≥ 0.95 × the target's"}
     run = figures.get("methods", {})
     if "unierase" in run and any(m in run for m in BASELINES):
-        fastest = min((run[m]["run"]["train_s"], m) for m in BASELINES if m in run)
-        edit = run["unierase"]["run"]["edit_s"]
-        bars["speed"] = {"holds": fastest[0] >= 10 * edit, "value": {"edit_s": edit, "fastest_baseline": fastest[1],
-                                                                      "fastest_s": fastest[0], "ratio": fastest[0] / edit},
-                         "threshold": "≥ 10× faster than the fastest baseline's unlearning step"}
-    for name in ("sequential_mu", "precise_agreement"):
+        fastest_s, fastest = min((run[m]["run"]["train_s"], m) for m in BASELINES if m in run)
+        u = run["unierase"]["run"]
+        bars["speed"] = {"holds": fastest_s >= 10 * u["edit_s"],
+                         "value": {"edit_s": u["edit_s"], "one_off_s": (u["token_s"] or 0) + (u["statistics_s"] or 0),
+                                   "fastest_baseline": fastest, "fastest_baseline_s": fastest_s,
+                                   "ratio": fastest_s / u["edit_s"],
+                                   "ratio_with_one_off": fastest_s / (u["edit_s"] + (u["token_s"] or 0) + (u["statistics_s"] or 0))},
+                         "threshold": "the edit ≥ 10× faster than the fastest baseline's unlearning step"}
+    for name in ("sequential_model_utility", "precise_agreement"):
         bars[name] = {"holds": None, "value": None, "threshold": "not measured by this version of the benchmark"}
     return bars
 
 
 def _report(figures: dict) -> str:
+    columns = ("model_utility", "forget_quality", "forget_efficacy", "forget_rougeL", "paraphrased_forget_rougeL",
+               "refusal_rate_forget", "refusal_rate_retain", "well_formed_refusals")
     lines = ["# TOFU side by side", "", f"Setting: `{json.dumps(figures['setting'], default=str)}`", "",
-             "| model | MU (TOFU) | Forget Quality | FE (closer look) | forget ROUGE-L | paraphrased ROUGE-L | well-formed refusals |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cell in figures.get("eval", {}).items():
-        s = cell["summary"]
-        t, cl = s.get("tofu", {}), s.get("closer_look", {})
-        lines.append(f"| {name} | {t.get('model_utility')} | {t.get('forget_quality')} | {cl.get('forget_efficacy')} | "
-                     f"{t.get('forget_rougeL_recall', s.get('forget_rougeL'))} | {s.get('paraphrase', {}).get('rougeL_recall')} | "
-                     f"{cell.get('well_formed_refusals')} |")
+        h = cell.get("headline", {})
+        lines.append(f"| {name} | " + " | ".join("—" if h.get(c) is None else f"{h[c]:.4g}" for c in columns) + " |")
     lines += ["", "## Bars", ""] + [f"- **{k}**: holds = {v['holds']}; {v['value']} (threshold: {v['threshold']})"
                                      for k, v in figures.get("bars", {}).items()]
     return "\n".join(lines) + "\n"

@@ -61,7 +61,7 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     assert figures["methods"]["unierase"]["run"]["edit_s"] > 0
     assert set(figures["eval"]) == {"target", "retain", "unierase", "ga+gd"}
     assert "banned_token_forget_rougeL" in figures["eval"]["unierase"]
-    assert 0 <= figures["eval"]["ga+gd"]["well_formed_refusals"] <= 1
+    assert 0 <= figures["eval"]["ga+gd"]["headline"]["well_formed_refusals"] <= 1
     saved = json.loads((results / "bench.json").read_text())
     assert {"setting", "models", "methods", "eval", "bars", "commit", "machine"} <= set(saved)
     for bar in saved["bars"].values():
