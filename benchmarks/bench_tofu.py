@@ -58,6 +58,11 @@ class Setting:
     ds_size: int | None = 40
     """Cap on the evaluation's retain / real-author / world-fact sets (forget01 has 40 items: all scored)."""
     max_new_tokens: int = 64
+    precise_questions: int = 5
+    """Single questions erased one at a time from the target (spread over the forget authors)."""
+    sequential_rounds: int = 5
+    sequential_baselines: int = 2
+    """Baselines in the sequential cell: those with the best FE at MU ≥ 0.9 × the target's."""
     data_dir: str | None = None
     threads: int | None = None
     eval_extra: dict = field(default_factory=dict)
@@ -300,6 +305,10 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                 extra["banned_token_forget_rougeL"] = _banned_rouge(folder, forget, setting.max_new_tokens)
             return {"dir": str(out), "headline": headline, "summary": s, **extra}
         figures.setdefault("eval", {})[name] = cells.run(f"eval/{name}", key, score)
+    if wanted("precise") and "eval" in figures:
+        figures["precise"] = _precise(setting, cells, models, target, forget, retain_qa)
+    if wanted("sequential") and "eval" in figures:
+        figures["sequential"] = _sequential(setting, cells, work, figures, target, retain_dir, forget, retain_qa)
     report = _bars(figures)
     figures["bars"] = report
     figures["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -311,6 +320,107 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     write_json_atomic(results / "bench.json", figures)
     write_text_atomic(results / "REPORT.md", _report(figures))
     return figures
+
+
+def _answers_and_agreement(model_dir: str, questions: list[str], reference: list[list[int]] | None, max_new_tokens: int):
+    """Greedy answer ids of ``model_dir`` and (given the target's answers) its teacher-forced agreement with them."""
+    from unierase.generation import generate_answer_ids, teacher_forced_agreement
+    from unierase.models.loading import load_model
+
+    model, tok = load_model(model_dir)
+    ids = generate_answer_ids(model, tok, questions, max_new_tokens=max_new_tokens)
+    agree = teacher_forced_agreement(model, tok, questions, reference) if reference is not None else None
+    return model, tok, ids, agree
+
+
+def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, retain_qa) -> dict:
+    """Erase single questions one at a time from the target; the same author's other questions and
+    the retain questions must keep the target's answers."""
+    import unierase
+    from unierase.baselines.finetune import rouge_l_recall
+    from unierase.refusals import is_refusal
+
+    retain_probe = retain_qa[: setting.ds_size or len(retain_qa)]
+    key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "max_new_tokens", "ds_size")
+    reference = cells.run("precise/target_answers", key, lambda: {
+        "forget": _answers_and_agreement(target, [r.question for r in forget], None, setting.max_new_tokens)[2],
+        "retain": _answers_and_agreement(target, [r.question for r in retain_probe], None, setting.max_new_tokens)[2]})
+    step = max(1, len(forget) // setting.precise_questions)
+    rows = []
+    for n, i in enumerate(range(0, len(forget), step)[: setting.precise_questions]):
+        request, author = forget[i], i // 20
+
+        def erase(i=i, request=request, author=author, n=n):
+            out = models / f"precise-{n}"
+            result = unierase.forget([{"question": request.question}], out, model=target, mode="precise", overwrite=True,
+                                     progress=False)
+            same = [j for j in range(author * 20, min(len(forget), author * 20 + 20)) if j != i]
+            model, tok, ids, agree = _answers_and_agreement(str(out), [forget[j].question for j in same] +
+                                                            [r.question for r in retain_probe],
+                                                            [reference["forget"][j] for j in same] + reference["retain"],
+                                                            setting.max_new_tokens)
+            texts = [tok.decode(x, skip_special_tokens=True) for x in ids]
+            own = _answers_and_agreement(str(out), [request.question], None, setting.max_new_tokens)[2][0]
+            unl = tok.convert_tokens_to_ids("<|unlearn|>")
+            k = len(same)
+            return {"question": request.question, "edit_s": result.manifest["rounds"][-1]["timings_s"].get("edit"),
+                    "refuses": bool(own and own[0] == unl) or is_refusal(tok.decode(own, skip_special_tokens=True)),
+                    "same_author_agreement": sum(agree[:k]) / k,
+                    "same_author_rougeL": sum(rouge_l_recall(texts[:k], [forget[j].answer for j in same])) / k,
+                    "retain_agreement": sum(agree[k:]) / max(1, len(agree) - k),
+                    "retain_rougeL": sum(rouge_l_recall(texts[k:], [r.answer for r in retain_probe])) / max(1, len(texts) - k)}
+        rows.append(cells.run(f"precise/{n}", key + f"-{i}", erase))
+    mean = lambda field: round(sum(r[field] for r in rows) / len(rows), 4)  # noqa: E731
+    return {"items": rows, "mean_same_author_agreement": mean("same_author_agreement"),
+            "mean_retain_agreement": mean("retain_agreement"), "refusing": sum(r["refuses"] for r in rows)}
+
+
+def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, target: str, retain_dir: str, forget,
+                retain_qa) -> dict:
+    """Forget01 in rounds for UniErase (each round its own process, from the saved state) and the
+    baselines with the best FE at MU ≥ 0.9 × the target's; after each round MU and the forget
+    ROUGE-L of all rounds so far."""
+    import unierase
+    from unierase.evaluation import evaluate
+
+    mu_target = _headline(figures, "target", "model_utility") or 0.0
+    eligible = [m for m in BASELINES if _headline(figures, m, "forget_efficacy") is not None
+                and (_headline(figures, m, "model_utility") or 0.0) >= 0.9 * mu_target]
+    chosen = sorted(eligible, key=lambda m: -_headline(figures, m, "forget_efficacy"))[: setting.sequential_baselines]
+    size = -(-len(forget) // setting.sequential_rounds)
+    curves = {}
+    for method in ["unierase"] + chosen:
+        previous, curve = target, []
+        for k in range(setting.sequential_rounds):
+            batch = forget[k * size:(k + 1) * size]
+            out = work / "models" / f"seq-{method}-{k + 1}"
+            key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "ds_size", "max_new_tokens",
+                              "sequential_rounds", "eval_extra") + f"-{method}-{k}"
+
+            def one_round(batch=batch, out=out, previous=previous, k=k, method=method):
+                started = time.perf_counter()
+                if method == "unierase":
+                    path = work / f"seq-round{k + 1}.jsonl"
+                    path.write_text("".join(json.dumps({"question": r.question}) + "\n" for r in batch))
+                    subprocess.run([sys.executable, "-m", "unierase.cli", "-q", "forget", "--model", str(previous),
+                                    "--requests", str(path), "--out", str(out), "--overwrite"], check=True)
+                else:
+                    pick = figures["methods"][method]["run"]
+                    unierase.forget([r.to_dict() for r in batch], out, model=previous, method=method, overwrite=True,
+                                    retain=retain_qa, lr=pick["lr"], epochs=pick["epochs"], progress=False)
+                seconds = time.perf_counter() - started
+                result = evaluate(str(out), work / "eval" / f"seq-{method}-{k + 1}", forget_split="forget01",
+                                  data=setting.data_dir, ds_size=setting.ds_size, max_new_tokens=setting.max_new_tokens,
+                                  closer_look=False, paraphrase_leakage=False, threads=setting.threads, overwrite=True,
+                                  plot=False)
+                rows = [json.loads(x) for x in (Path(result.out) / "per_item" / "forget.jsonl").read_text().splitlines() if x]
+                done = rows[: (k + 1) * size]
+                return {"round": k + 1, "seconds": round(seconds, 1), "model_utility": result.summary["tofu"]["model_utility"],
+                        "forget_rougeL_rounds_so_far": sum(r.get("rougeL_recall", 0.0) for r in done) / len(done)}
+            curve.append(cells.run(f"sequential/{method}/{k + 1}", key, one_round))
+            previous = str(out)
+        curves[method] = curve
+    return {"baselines": chosen, "rule": "best FE at MU ≥ 0.9 × target", "curves": curves}
 
 
 def _headline(figures: dict, model: str, metric: str):
@@ -342,8 +452,17 @@ def _bars(figures: dict) -> dict:
                                    "ratio": fastest_s / u["edit_s"],
                                    "ratio_with_one_off": fastest_s / (u["edit_s"] + (u["token_s"] or 0) + (u["statistics_s"] or 0))},
                          "threshold": "the edit ≥ 10× faster than the fastest baseline's unlearning step"}
-    for name in ("sequential_model_utility", "precise_agreement"):
-        bars[name] = {"holds": None, "value": None, "threshold": "not measured by this version of the benchmark"}
+    mu_target = mu.get("target")
+    seq = (figures.get("sequential") or {}).get("curves", {}).get("unierase")
+    bars["sequential_model_utility"] = (
+        {"holds": seq[-1]["model_utility"] >= 0.95 * mu_target, "value": seq[-1]["model_utility"] / mu_target,
+         "threshold": "UniErase's MU after the last round ≥ 0.95 × the target's"} if seq and mu_target else
+        {"holds": None, "value": None, "threshold": "not measured in this run (cell 'sequential')"})
+    precise = figures.get("precise")
+    bars["precise_agreement"] = (
+        {"holds": precise["mean_same_author_agreement"] >= 0.95, "value": precise["mean_same_author_agreement"],
+         "threshold": "mean teacher-forced agreement ≥ 95 % on the same author's other questions"} if precise else
+        {"holds": None, "value": None, "threshold": "not measured in this run (cell 'precise')"})
     return bars
 
 
@@ -363,7 +482,8 @@ def _report(figures: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="cache of models and finished cells (default: <cache>/bench_tofu)")
-    parser.add_argument("--only", nargs="*", default=None, help="cell families to run: target retain sweep forget eval")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="cell families to run: target retain sweep forget eval precise sequential (default: all)")
     parser.add_argument("--authors", type=int, default=20)
     parser.add_argument("--ds-size", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=64)

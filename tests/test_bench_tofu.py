@@ -51,7 +51,8 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     build_model("llama", len(tok)).save_pretrained(base)
     tok.save_pretrained(base)
     setting = bench.Setting(model=str(base), authors=1, finetune_epochs=0.05, methods=("unierase", "ga+gd"),
-                            sweep_lrs=(1e-4,), sweep_epochs=(0.2,), ds_size=3, max_new_tokens=4,
+                            sweep_lrs=(1e-4,), sweep_epochs=(0.2,), ds_size=3, max_new_tokens=4, precise_questions=2,
+                            sequential_rounds=2, sequential_baselines=1,
                             data_dir=str(_tofu(tmp_path / "data")), eval_extra={"embedding_model": "none"})
     results = tmp_path / "results"
     figures = bench.run(setting, tmp_path / "work", results=results)
@@ -62,6 +63,8 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     assert set(figures["eval"]) == {"target", "retain", "unierase", "ga+gd"}
     assert "banned_token_forget_rougeL" in figures["eval"]["unierase"]
     assert 0 <= figures["eval"]["ga+gd"]["headline"]["well_formed_refusals"] <= 1
+    assert len(figures["precise"]["items"]) == 2 and 0 <= figures["precise"]["mean_same_author_agreement"] <= 1
+    assert [r["round"] for r in figures["sequential"]["curves"]["unierase"]] == [1, 2]
     saved = json.loads((results / "bench.json").read_text())
     assert {"setting", "models", "methods", "eval", "bars", "commit", "machine"} <= set(saved)
     for bar in saved["bars"].values():
@@ -70,7 +73,7 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     capsys.readouterr()
     again = bench.run(setting, tmp_path / "work", results=results)  # every cell is cached now
     out = capsys.readouterr().out
-    assert "[run]" not in out and out.count("[cached]") >= 8
+    assert "[run]" not in out and out.count("[cached]") >= 12
     assert again["eval"]["unierase"]["summary"] == figures["eval"]["unierase"]["summary"]
 
 
