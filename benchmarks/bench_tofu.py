@@ -485,6 +485,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None,
                         help="cell families to run: target retain sweep forget eval precise sequential (default: all)")
     parser.add_argument("--authors", type=int, default=20)
+    parser.add_argument("--methods", nargs="*", default=None, help="methods to run (default: unierase and all eight baselines)")
     parser.add_argument("--ds-size", type=int, default=40)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
@@ -495,7 +496,7 @@ def main() -> None:
 
     work = Path(args.work) if args.work else default_cache_dir() / "bench_tofu"
     setting = Setting(authors=args.authors, ds_size=args.ds_size, max_new_tokens=args.max_new_tokens, threads=args.threads,
-                      data_dir=args.data_dir)
+                      data_dir=args.data_dir, **({"methods": tuple(args.methods)} if args.methods else {}))
     figures = run(setting, work, set(args.only) if args.only else None, Path(args.results))
     print(json.dumps(figures["bars"], indent=2))
 
