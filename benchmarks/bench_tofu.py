@@ -224,7 +224,8 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     target_retain_nll = cells.run("nll/target", tune_key, lambda: {
         "retain": _answer_nll(target, retain_qa, setting.threads), "forget": _answer_nll(target, forget, setting.threads)})
 
-    for method in setting.methods:
+    for method in ("unierase",) + BASELINES:  # methods not run now still report their cached cells
+        active = method in setting.methods
         if method == "unierase":
             key = setting.key("model", "authors", "finetune_epochs", "finetune_lr")
 
@@ -236,8 +237,10 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                 return {"dir": str(out), "edit_s": t.get("edit"), "token_s": t.get("token"), "statistics_s": t.get("statistics"),
                         "peak_memory_mb": result.manifest["rounds"][-1]["peak_memory_mb"],
                         "not_reached": len(result.manifest["rounds"][-1]["not_reached"])}
-            if wanted("forget"):
+            if active and wanted("forget"):
                 figures["methods"][method] = {"run": cells.run("forget/unierase", key, erase)}
+            elif cells.get("forget/unierase", key):
+                figures["methods"][method] = {"run": cells.get("forget/unierase", key)}
             continue
         runs = {}
         for lr in setting.sweep_lrs:
@@ -253,7 +256,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                     return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
                             "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
                             "retain_nll": _answer_nll(str(out), retain_qa, setting.threads)}
-                if wanted("sweep"):
+                if active and wanted("sweep"):
                     runs[name] = cells.run(name, key, unlearn)
                 elif cells.get(name, key):
                     runs[name] = cells.get(name, key)
@@ -269,8 +272,6 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     eval_models = {"retain": retain_dir, "target": target, **{m: v["run"]["dir"] for m, v in figures["methods"].items()}}
     retain_eval = work / "eval" / "retain"
     for name, folder in eval_models.items():
-        if not wanted("eval"):
-            break
         key = setting.key("ds_size", "max_new_tokens", "authors", "finetune_epochs", "finetune_lr", "eval_extra") + \
             hashlib.sha256(folder.encode()).hexdigest()[:6]
 
@@ -304,7 +305,10 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
             if name == "unierase":
                 extra["banned_token_forget_rougeL"] = _banned_rouge(folder, forget, setting.max_new_tokens)
             return {"dir": str(out), "headline": headline, "summary": s, **extra}
-        figures.setdefault("eval", {})[name] = cells.run(f"eval/{name}", key, score)
+        if wanted("eval") and (name in ("retain", "target") or name in setting.methods):
+            figures.setdefault("eval", {})[name] = cells.run(f"eval/{name}", key, score)
+        elif cells.get(f"eval/{name}", key):
+            figures.setdefault("eval", {})[name] = cells.get(f"eval/{name}", key)
     if wanted("precise") and "eval" in figures:
         figures["precise"] = _precise(setting, cells, models, target, forget, retain_qa)
     if wanted("sequential") and "eval" in figures:
