@@ -195,6 +195,11 @@ def test_outputs_that_would_destroy_a_model_are_refused(model_dir, tmp_path, cap
     # --out = --model on a plain model folder: the user's original model
     assert main(["forget", "--model", str(model_dir), "--requests", str(requests), "--out", str(model_dir)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+    # …also when a fine-tuning wrote it (a target model is someone's original too)
+    (model_dir / MANIFEST_FILE).write_text(json.dumps({"method": "finetune"}))
+    assert main(["forget", "--model", str(model_dir), "--requests", str(requests), "--out", str(model_dir)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    (model_dir / MANIFEST_FILE).unlink()
     # the cached default model, even with --overwrite
     cache = tmp_path / "cache"
     monkeypatch.setenv("UNIERASE_CACHE", str(cache))

@@ -129,11 +129,13 @@ MIN_STATS_TOKENS = 1000
 
 
 def _is_unierase_output(folder) -> bool:
-    """Whether ``folder`` was written by unierase (a round may then write back into it)."""
+    """Whether ``folder`` holds an erasure (a ledger): a round may then write back into it. A plain
+    or fine-tuned model (the user's original) is only replaced with ``overwrite``."""
     try:
-        return folder is not None and read_manifest(folder) is not None
+        manifest = read_manifest(folder) if folder is not None else None
     except UniEraseError:
         return False
+    return bool(manifest and manifest.get("ledger"))
 
 
 def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, layers, key_position, solver, record_texts,

@@ -147,7 +147,7 @@ def revert(folder, to_round: int, out, *, overwrite: bool = False, cache_dir=Non
     from .models.loading import load_model
 
     folder = Path(folder)
-    check_output_dir(out, overwrite, allow_same_as=folder if overwrite else None, cache_dir=cache_dir)
+    check_output_dir(out, overwrite, cache_dir=cache_dir)
     with locked_run(out, [folder]):
         manifest, entries = _ledger_of(folder)
         live = effective_rounds(entries)
