@@ -321,6 +321,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     results.mkdir(parents=True, exist_ok=True)
     from unierase.storage import write_json_atomic, write_text_atomic
 
+    figures["plots"] = _plots(figures, results)
     write_json_atomic(results / "bench.json", figures)
     write_text_atomic(results / "REPORT.md", _report(figures))
     return figures
@@ -470,6 +471,63 @@ def _bars(figures: dict) -> dict:
     return bars
 
 
+def _plots(figures: dict, results: Path) -> list[str]:
+    """FE vs MU of every model (target and retain marked), unlearning time per method, sequential curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    points = {m: (_headline(figures, m, "model_utility"), _headline(figures, m, "forget_efficacy")) for m in figures.get("eval", {})}
+    points = {m: p for m, p in points.items() if None not in p}
+    if points:
+        fig, ax = plt.subplots(figsize=(6, 4.5))
+        for name, (mu, fe) in points.items():
+            style = {"target": ("s", "black"), "retain": ("D", "grey"), "unierase": ("*", "tab:red")}.get(name, ("o", "tab:blue"))
+            ax.scatter(mu, fe, marker=style[0], color=style[1], s=120 if name == "unierase" else 50)
+            ax.annotate(name, (mu, fe), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        ax.set_xlabel("Model Utility (TOFU)")
+        ax.set_ylabel("Forget Efficacy (closer look, available terms)")
+        ax.set_title("TOFU forget01: forgetting vs utility")
+        fig.tight_layout()
+        fig.savefig(results / "fe_vs_mu.png", dpi=120)
+        plt.close(fig)
+        written.append("fe_vs_mu.png")
+    runs = figures.get("methods", {})
+    times = {m: (r["run"].get("edit_s") if m == "unierase" else r["run"].get("train_s")) for m, r in runs.items()}
+    times = {m: t for m, t in times.items() if t}
+    if times:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        names = list(times)
+        ax.barh(names, [times[n] for n in names], color=["tab:red" if n == "unierase" else "tab:blue" for n in names])
+        u = runs.get("unierase", {}).get("run", {})
+        if u.get("token_s") is not None:
+            ax.barh(["unierase + one-off"], [u["edit_s"] + u["token_s"] + (u.get("statistics_s") or 0)], color="salmon")
+        ax.set_xlabel("unlearning step, s (same machine, same run)")
+        fig.tight_layout()
+        fig.savefig(results / "time.png", dpi=120)
+        plt.close(fig)
+        written.append("time.png")
+    curves = (figures.get("sequential") or {}).get("curves", {})
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+        for name, curve in curves.items():
+            rounds = [c["round"] for c in curve]
+            axes[0].plot(rounds, [c["model_utility"] for c in curve], marker="o", label=name)
+            axes[1].plot(rounds, [c["forget_rougeL_rounds_so_far"] for c in curve], marker="o", label=name)
+        axes[0].set_title("Model Utility after each round")
+        axes[1].set_title("forget ROUGE-L, rounds so far")
+        for ax in axes:
+            ax.set_xlabel("round")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(results / "sequential.png", dpi=120)
+        plt.close(fig)
+        written.append("sequential.png")
+    return written
+
+
 def _report(figures: dict) -> str:
     columns = ("model_utility", "forget_quality", "forget_efficacy", "forget_rougeL", "paraphrased_forget_rougeL",
                "refusal_rate_forget", "refusal_rate_retain", "well_formed_refusals")
@@ -480,6 +538,7 @@ def _report(figures: dict) -> str:
         lines.append(f"| {name} | " + " | ".join("—" if h.get(c) is None else f"{h[c]:.4g}" for c in columns) + " |")
     lines += ["", "## Bars", ""] + [f"- **{k}**: holds = {v['holds']}; {v['value']} (threshold: {v['threshold']})"
                                      for k, v in figures.get("bars", {}).items()]
+    lines += [""] + [f"![{p}]({p})" for p in figures.get("plots", [])]
     return "\n".join(lines) + "\n"
 
 

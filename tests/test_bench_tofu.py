@@ -70,6 +70,7 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     for bar in saved["bars"].values():
         assert set(bar) == {"holds", "value", "threshold"}
     assert (results / "REPORT.md").read_text().startswith("# TOFU side by side")
+    assert {"time.png", "sequential.png"} <= set(saved["plots"]) and (results / "time.png").is_file()
     capsys.readouterr()
     again = bench.run(setting, tmp_path / "work", results=results)  # every cell is cached now
     out = capsys.readouterr().out
