@@ -53,6 +53,12 @@ def fsync_tree(root: str | os.PathLike) -> None:
         fsync_path(folder)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp)`` for a temporary sibling of ``path``, fsync it, then rename it to ``path``."""
     path = Path(path)
@@ -60,6 +66,7 @@ def _write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would make every output private
         write(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
@@ -187,6 +194,7 @@ def atomic_directory(out: str | os.PathLike) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     recover_interrupted(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would make the output private
     try:
         yield tmp
         fsync_tree(tmp)
