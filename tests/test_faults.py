@@ -250,3 +250,16 @@ def test_non_finite_weights_are_never_saved(model_dir, tmp_path):
     with pytest.raises(UniEraseError, match="non-finite"):
         save_round(tmp_path / "o", model, tok, start, load_input(model_dir), manifest={"method": "x"}, entry={"kind": "erase"})
     assert not (tmp_path / "o").exists()
+
+
+def test_outputs_are_not_private(tmp_path):
+    from unierase.storage import write_text_atomic
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "out") as tmp:
+            write_text_atomic(tmp / "a.json", "{}")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "out" / "a.json").stat().st_mode & 0o777 == 0o644
