@@ -214,9 +214,8 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                 "peak_memory_mb": m["peak_memory_mb"], "items": m["data"]["n_items"]}
 
     tune_key = setting.key("model", "authors", "finetune_epochs", "finetune_lr")
-    for split, name in (("full", "target"), ("retain", "retain")):
-        if wanted(name) or not cells.get(name, tune_key):
-            figures["models"][name] = cells.run(name, tune_key, lambda split=split: tune(split))
+    for split, name in (("full", "target"), ("retain", "retain")):  # every other cell needs both: always there
+        figures["models"][name] = cells.run(name, tune_key, lambda split=split: tune(split))
     target, retain_dir = figures["models"]["target"]["dir"], figures["models"]["retain"]["dir"]
     forget = subset.forget
     retain_qa = subset.retain

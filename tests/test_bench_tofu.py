@@ -76,6 +76,8 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     out = capsys.readouterr().out
     assert "[run]" not in out and out.count("[cached]") >= 12
     assert again["eval"]["unierase"]["summary"] == figures["eval"]["unierase"]["summary"]
+    partial = bench.run(setting, tmp_path / "work", only={"precise"}, results=results)  # one family: the rest from cache
+    assert set(partial["eval"]) == set(figures["eval"]) and partial["precise"] == figures["precise"]
 
 
 @pytest.mark.parametrize("text,ok", [
