@@ -68,7 +68,7 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     saved = json.loads((results / "bench.json").read_text())
     assert {"setting", "models", "methods", "eval", "bars", "commit", "machine"} <= set(saved)
     for bar in saved["bars"].values():
-        assert set(bar) == {"holds", "value", "threshold"}
+        assert {"holds", "value", "threshold"} <= set(bar)
     assert (results / "REPORT.md").read_text().startswith("# TOFU side by side")
     assert {"time.png", "sequential.png"} <= set(saved["plots"]) and (results / "time.png").is_file()
     capsys.readouterr()
