@@ -308,7 +308,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
             figures.setdefault("eval", {})[name] = cells.run(f"eval/{name}", key, score)
         elif cells.get(f"eval/{name}", key):
             figures.setdefault("eval", {})[name] = cells.get(f"eval/{name}", key)
-    if wanted("precise") and "eval" in figures:
+    if (wanted("precise") or cells.path("precise/target_answers").is_file()) and "eval" in figures:  # cached: reported
         figures["precise"] = _precise(setting, cells, models, target, forget, retain_qa)
     if wanted("sequential") and "eval" in figures:
         figures["sequential"] = _sequential(setting, cells, work, figures, target, retain_dir, forget, retain_qa)
@@ -442,7 +442,9 @@ def _bars(figures: dict) -> dict:
         best = max(baselines, key=lambda m: fe[m])
         complete = len(baselines) == len(BASELINES)  # against some baselines only, the bar is not decided
         bars["forget_efficacy"] = {
-            "holds": (fe["unierase"] >= fe[best] and mu["unierase"] >= 0.95 * mu["target"]) if complete else None,
+            # a measured baseline with a higher FE (or too low an MU) decides it already; otherwise all eight must be in
+            "holds": (False if fe[best] > fe["unierase"] or mu["unierase"] < 0.95 * mu["target"]
+                      else True if complete else None),
             "measured_baselines": baselines,
             "value": {"unierase_fe": fe["unierase"], "best_baseline": best, "best_baseline_fe": fe[best],
                       "unierase_mu_over_target": mu["unierase"] / mu["target"],
