@@ -69,7 +69,9 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     return data
 
 
-def _records(folder: Path) -> tuple[dict | None, list[dict]]:
+def read_records(folder: str | os.PathLike) -> tuple[dict | None, list[dict]]:
+    """The manifest and the checked ledger of ``folder`` (no edit state: it can be large)."""
+    folder = Path(folder)
     manifest = read_manifest(folder)
     if manifest is None:
         orphan = next((name for name in (STATE_FILE, LEDGER_FILE) if (folder / name).exists()), None)
@@ -82,7 +84,7 @@ def _records(folder: Path) -> tuple[dict | None, list[dict]]:
 def check_records(folder: str | os.PathLike) -> None:
     """The cheap part of ``load_input``, run on every load of a local model: the manifest parses,
     the ledger's chain is intact and matches it, and no record is missing beside another."""
-    _records(Path(folder))
+    read_records(folder)
 
 
 def load_input(folder: str | os.PathLike | None, *, layers: list[int] | None = None, key_dim: int | None = None) -> ModelInput:
@@ -95,7 +97,7 @@ def load_input(folder: str | os.PathLike | None, *, layers: list[int] | None = N
     if folder is None:
         return ModelInput(None)
     folder = Path(folder)
-    manifest, ledger = _records(folder)
+    manifest, ledger = read_records(folder)
     if manifest is None:
         return ModelInput(folder)
     state_path = folder / STATE_FILE

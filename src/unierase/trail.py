@@ -27,17 +27,17 @@ from .edit.state import STATE_FILE, EditState
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
                      ledger_text, effective_rounds, round_status, weights_digests)
 from .requests import ForgetRequest, load_requests
-from .rounds import MANIFEST_FILE, _ids_digest, load_input, probe
+from .rounds import MANIFEST_FILE, _ids_digest, probe, read_records
 from .storage import (UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic,
                       write_text_atomic)
 
 
 def _ledger_of(folder) -> tuple[dict, list[dict]]:
-    source = load_input(folder)
-    if source.manifest is None or not source.ledger:
+    manifest, ledger = read_records(folder)  # the edit state is read once, where it is used
+    if manifest is None or not ledger:
         raise UniEraseError(f"{folder} has no erasure ledger (it was not written by unierase forget, or by a version "
                             "before the ledger)")
-    return source.manifest, source.ledger
+    return manifest, ledger
 
 
 # ----------------------------------------------------------------------------- history
