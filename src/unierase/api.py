@@ -20,6 +20,7 @@ import torch
 
 from . import __version__
 from .edit.editor import EditConfig, run_edit_passes
+from .edit.scope import resolve_scope
 from .edit.stats import ANSWER_KEY_TOKENS, cached_refusal_key_moments, get_key_statistics
 from .generation import OwnAnswers
 from .models.adapters import find_mlp_output
@@ -69,7 +70,8 @@ def _as_requests(requests) -> tuple[list[ForgetRequest], str]:
 
 
 def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokenizer=None, method: str = "unierase",
-           mode: str | None = None, layers: list[int] | None = None, key_position: str = "auto", solver: str = "alphaedit",
+           mode: str | None = None, scope: str = "auto", layers: list[int] | None = None, key_position: str = "auto",
+           solver: str = "alphaedit",
            overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
            stats_tokens: int | None = None, max_passes: int | None = None, edit_config: EditConfig | None = None,
            token_config: UnlearningTokenConfig | None = None, progress: bool = True,
@@ -79,6 +81,7 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     ``model`` is a directory, a hub id, ``None`` for the embedded default, or an already loaded
     model (then pass ``tokenizer`` too and ``out`` may be ``None`` to edit in memory only).
     Running it on a directory written by an earlier call continues sequentially from its state.
+    ``scope``: 'fact', 'entity' or 'auto' for requests without their own ``scope`` (``edit.scope``).
     ``answer_ids``: the given model's own greedy answers to the requests (token ids, as
     ``generation.generate_answer_ids`` returns them, at least ``EditConfig.substitute_answer_tokens``
     long unless they end earlier), when the caller already has them — the edit otherwise generates
@@ -103,6 +106,10 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
                             **baseline_options)
     if baseline_options:
         raise UniEraseError(f"options {sorted(baseline_options)} only apply to the fine-tuning baselines")
+    from .requests import SCOPES
+
+    if scope not in SCOPES:
+        raise UniEraseError(f"unknown scope {scope!r} (choose from {', '.join(SCOPES)})")
     if mode not in (None, "batch", "sequential", "precise"):
         raise UniEraseError(f"unknown mode {mode!r} (batch, sequential or precise)")
     if mode == "precise" and len(reqs) != 1:
@@ -112,7 +119,7 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     if max_passes is not None and max_passes < 1:
         raise UniEraseError(f"max_passes must be at least 1 (got {max_passes})")
     with locked_run(out, [model_dir]):
-        return _forget_unierase(reqs, source, out, model=model, model_dir=model_dir, tokenizer=tokenizer, mode=mode,
+        return _forget_unierase(reqs, source, out, model=model, model_dir=model_dir, tokenizer=tokenizer, mode=mode, scope=scope,
                                 layers=layers, key_position=key_position, solver=solver, record_texts=record_texts,
                                 cache_dir=cache_dir, device_map=device_map, seed=seed, stats_tokens=stats_tokens,
                                 max_passes=max_passes, edit_config=edit_config, token_config=token_config,
@@ -138,7 +145,7 @@ def _is_unierase_output(folder) -> bool:
     return bool(manifest and manifest.get("ledger"))
 
 
-def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, layers, key_position, solver, record_texts,
+def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, scope, layers, key_position, solver, record_texts,
                      cache_dir, device_map, seed, stats_tokens, max_passes, edit_config, token_config, progress,
                      answer_ids, hub_id, spec) -> ForgetResult:
     source_input = load_input(model_dir)
@@ -205,14 +212,24 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, la
     timings["statistics"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    result = run_edit_passes(model, tokenizer, adapter, reqs, token.token_id, config, state, stats, progress=progress,
-                             answer_ids=answer_ids, cache_dir=cache_dir)
+    scoped = resolve_scope(reqs, scope, config.neutral_templates)
+    for info in scoped.entities:
+        log.info("entity scope: %d request(s) about %r share one target; %d neutral question(s) about it added",
+                 len(info["requests"]), info["entity"] if record_texts else "(not recorded)", len(info["added"]))
+    entity_scope = [scoped.is_entity(i) for i in range(len(scoped.requests))]
+    if answer_ids is not None and scoped.added:  # the added questions' answers are generated with the rest
+        answer_ids = None
+    result = run_edit_passes(model, tokenizer, adapter, scoped.requests, token.token_id, config, state, stats,
+                             progress=progress, answer_ids=answer_ids, cache_dir=cache_dir,
+                             groups=scoped.groups, entity_scope=entity_scope)
     passes, report = result.passes, result.last
     timings["edit"] = time.perf_counter() - started
-    if result.not_reached:
+    not_reached = [reqs[i] for i in result.not_reached_indices if i < len(reqs)]
+    added_left = sum(1 for i in result.not_reached_indices if i >= len(reqs))
+    if not_reached:
         log.warning("%d of %d request(s) do not start their answer with %s after %d pass(es): %s. Run forget again on the "
-                    "output to continue, or raise max_passes", len(result.not_reached), len(reqs), token.token, len(passes),
-                    "; ".join(r.question if record_texts else r.digest()[:12] for r in result.not_reached))
+                    "output to continue, or raise max_passes", len(not_reached), len(reqs), token.token, len(passes),
+                    "; ".join(r.question if record_texts else r.digest()[:12] for r in not_reached))
     for name in passes[0]["timings_s"]:
         timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
 
@@ -223,12 +240,18 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, la
         "requests": [dict(sha256=r.digest(), **(r.to_dict() if record_texts else {})) for r in reqs],
         "source": source,
         "layers": edit_layers,
-        "key_tokens": result.key_tokens if record_texts else None,
+        "key_tokens": result.key_tokens[:len(reqs)] if record_texts else None,
+        "scope": {"default": scope, "requests": scoped.scopes,
+                  "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"],
+                                "requests": e["requests"], "added": e["added"] if record_texts else len(e["added"]),
+                                "key_token": result.key_tokens[e["requests"][0]] if record_texts and result.key_tokens else None}
+                               for e in scoped.entities],
+                  "added_not_reached": added_left},
         "hyperparameters": config.to_dict(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_memory_mb": round(peak_memory_mb(), 1),
         "passes": passes,
-        "not_reached": [r.digest() for r in result.not_reached],
+        "not_reached": [r.digest() for r in not_reached],
         "null_space_dims": report.null_dims,
         "update_norms": report.update_norms,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

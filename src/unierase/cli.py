@@ -25,7 +25,7 @@ def add_forget_parser(subparsers) -> None:
         help="erase the facts in a JSONL file of requests and save an edited checkpoint",
         description=(
             "Erase knowledge. Each line of REQUESTS is a JSON object with 'question' (required), "
-            "'answer' and 'subject' (optional; 'subject' must occur in the question). With the default "
+            "'answer', 'subject' (must occur in the question) and 'scope' (fact or entity) optional. With the default "
             "method (unierase) the model learns to answer these questions with the unlearning token, "
             "which continues into a refusal. Running forget again with --model OUT continues "
             "sequentially from the saved edit state."
@@ -39,6 +39,11 @@ def add_forget_parser(subparsers) -> None:
     p.add_argument("--mode", choices=["batch", "sequential", "precise"], default=None,
                    help="batch: all requests in one round; sequential: one round per call, continuing the state saved in --model; "
                         "precise: exactly one request (default: sequential when --model already holds an edit state, else batch)")
+    p.add_argument("--scope", choices=["auto", "fact", "entity"], default="auto",
+                   help="fact: erase each question, keep the rest about its entity; entity: erase what the model says "
+                        "about the person or thing the questions name (one shared target per entity, neutral questions "
+                        "about it refuse too); auto: entity for requests naming an entity that another request names, "
+                        "fact otherwise. A request's own 'scope' field wins (default: auto)")
     p.add_argument("--layers", default=None, help="comma-separated layers to edit (default: chosen from the model depth)")
     p.add_argument("--key-position", choices=KEY_POSITION_CHOICES, default="auto",
                    help="where the edit key is read: auto = the request's subject when given, else the last capitalised "
@@ -67,7 +72,8 @@ def _run_forget(args) -> int:
         layers=parse_layers(args.layers),
         key_position=args.key_position, solver=args.solver, overwrite=args.overwrite,
         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map, seed=args.seed,
-        **({"stats_tokens": args.stats_tokens, "max_passes": args.max_passes} if args.method == "unierase"
+        **({"stats_tokens": args.stats_tokens, "max_passes": args.max_passes, "scope": args.scope}
+           if args.method == "unierase"
            else baseline_options_from_args(args)),
     )
     print(result.summary())

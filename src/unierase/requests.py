@@ -19,23 +19,32 @@ class ForgetRequest:
 
     ``question`` is asked to the model; ``answer`` (optional) is the answer being erased, used by
     the baselines and for reporting; ``subject`` (optional) is a substring of the question whose
-    last token carries the edit key (found automatically when absent).
+    last token carries the edit key (found automatically when absent); ``scope`` (optional) is
+    'fact' (erase this question, keep the entity's other facts) or 'entity' (erase what the model
+    says about the entity), see ``edit.scope``; ``None`` = the round's scope.
     """
 
     question: str
     answer: str | None = None
     subject: str | None = None
+    scope: str | None = None
 
     def digest(self) -> str:
         """A stable hash of the request (recorded in the manifest even when texts are not)."""
-        payload = json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        fields = asdict(self)
+        if fields["scope"] is None:  # requests without a scope hash as they did before scopes existed
+            del fields["scope"]
+        payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
-KNOWN_FIELDS = ("question", "answer", "subject")
+KNOWN_FIELDS = ("question", "answer", "subject", "scope")
+
+SCOPES = ("auto", "fact", "entity")
+"""Request scopes (``edit.scope``); 'auto' = entity when several requests name the same entity."""
 
 
 def _validate(item: dict, where: str) -> ForgetRequest:
@@ -49,9 +58,12 @@ def _validate(item: dict, where: str) -> ForgetRequest:
         raise UniEraseError(f"{where}: missing required field 'question'")
     if not isinstance(question, str) or not question.strip():
         raise UniEraseError(f"{where}: field 'question' must be a non-empty string")
-    for field in ("answer", "subject"):
+    for field in ("answer", "subject", "scope"):
         if item.get(field) is not None and not isinstance(item[field], str):
             raise UniEraseError(f"{where}: field '{field}' must be a string")
+    scope = item.get("scope")
+    if scope is not None and scope not in SCOPES:
+        raise UniEraseError(f"{where}: field 'scope' is {scope!r}; choose from {', '.join(SCOPES)}")
     for field in KNOWN_FIELDS:
         value = item.get(field)
         if isinstance(value, str):
@@ -67,7 +79,7 @@ def _validate(item: dict, where: str) -> ForgetRequest:
             raise UniEraseError(f"{where}: field 'subject' is empty")
         if subject not in question:
             raise UniEraseError(f"{where}: field 'subject' {subject!r} does not occur in the question {question!r}")
-    return ForgetRequest(question=question, answer=item.get("answer"), subject=subject)
+    return ForgetRequest(question=question, answer=item.get("answer"), subject=subject, scope=scope)
 
 
 MAX_FIELD_CHARS = 20_000

@@ -228,3 +228,29 @@ def test_a_group_without_base_logits_records_the_same_block_output():
                         base_logits=False, replay=full.replay)
     assert short.base_logits is None and full.base_logits is not None and short.replay == full.replay
     torch.testing.assert_close(short.block_out, full.block_out)
+
+
+def test_requests_of_one_group_share_one_delta_and_leave_together():
+    """Entity scope: z_r − h₀_r is the same δ for every request of a group, and a group whose
+    one request already met the stop criterion goes on optimising for the other."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where was Elena Marsh born?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    with torch.no_grad():
+        logp = [torch.log_softmax(model(input_ids=torch.tensor([p.input_ids])).logits[0, -1].float(), -1) for p in prompts]
+    target = int(logp[0].argmax())
+    stop = float(-logp[0][target]) + 0.01  # request 0 meets it at once, request 1 (same group) does not
+    config = ValueConfig(steps=4, lr=0.5, stop_loss=stop, continuation_weight=0.0)
+    z, h0, report = compute_target_values(model, adapter, 1, prompts, 3, target, tok.pad_token_id, config, progress=False,
+                                          groups=[0, 0, 1])
+    move = z - h0
+    torch.testing.assert_close(move[:, 0], move[:, 1])
+    assert float(move[:, 0].norm()) > 0  # it moved for request 1's sake
+    assert report.steps_per_request[0] == report.steps_per_request[1] > 1
+    assert not torch.allclose(move[:, 2], move[:, 0])

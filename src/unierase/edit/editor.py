@@ -277,15 +277,23 @@ def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[s
 
 
 def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
-                         config: EditConfig, answer_ids: list[list[int]] | None = None) -> list[dict[int, torch.Tensor]] | None:
+                         config: EditConfig, answer_ids: list[list[int]] | None = None,
+                         entity_scope: list[bool] | None = None) -> list[dict[int, torch.Tensor]] | None:
     """Per request: layer → keys (m × n) of its ``neutral_prompts`` (and, with
     ``config.substitute_answer_tokens``, of every answer position of its ``substitute_answers``),
     from one pass on the current model; ``None`` when the config has no soft constraint (weight 0,
     or keys not on an entity). ``answer_ids``: the current model's greedy answers to the requests
-    (``generation.generate_answer_ids``) when the caller has them; generated here otherwise."""
+    (``generation.generate_answer_ids``) when the caller has them; generated here otherwise.
+    ``entity_scope[r]``: request r belongs to an entity-scope group (``scope``): questions about
+    its entity are targets, so its relation-neutral questions are not kept (its substitutes, the
+    same question about other entities, are)."""
     if not config.neutral_key_weight or config.key_position not in ("auto", "entity", "subject"):
         return None
+    entity = entity_scope or [False] * len(requests)
     questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities)
+    questions = [q[config.neutral_templates:] if e else q for q, e in zip(questions, entity)]
+    if not any(questions):
+        return None
     soft = _plain_prompts(tokenizer, questions)
     keys = request_keys_at(model, adapter, layers, soft, len(soft), tokenizer.pad_token_id)
     per_request, start = [], 0
@@ -339,10 +347,11 @@ class SoftConstraint:
     @classmethod
     def measure(cls, model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
                 config: "EditConfig", bases: dict[int, torch.Tensor],
-                answer_ids: list[list[int]] | None = None) -> "SoftConstraint | None":
+                answer_ids: list[list[int]] | None = None,
+                entity_scope: list[bool] | None = None) -> "SoftConstraint | None":
         """The soft constraint of ``requests`` on the current model (``soft_constraint_keys``); ``None``
         when the config has none."""
-        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config, answer_ids)
+        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config, answer_ids, entity_scope)
         if not per_request:
             return None
         return cls(per_request, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
@@ -431,15 +440,19 @@ class PassesResult:
     not_reached: list[ForgetRequest]
     key_tokens: list[str]
     last: RoundReport
+    not_reached_indices: list[int] = field(default_factory=list)
+    """Indices (into the requests given) of ``not_reached``."""
 
 
 def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
                     config: EditConfig, state: EditState, stats, *, progress: bool = True,
-                    answer_ids: list[list[int]] | None = None, cache_dir=None) -> PassesResult:
+                    answer_ids: list[list[int]] | None = None, cache_dir=None,
+                    groups: list[int] | None = None, entity_scope: list[bool] | None = None) -> PassesResult:
     """Edit rounds until every request's greedy first answer token is ``target_id`` (at most
     ``config.max_passes``); each further pass covers only the requests not reached yet.
     ``answer_ids``: the model's greedy answers to the requests, if the caller has them (see
-    ``soft_constraint_keys``). ``cache_dir``: where the null-space bases are cached.
+    ``soft_constraint_keys``). ``cache_dir``: where the null-space bases are cached. ``groups`` and
+    ``entity_scope``: the shared targets and the entity-scope requests (``scope.resolve_scope``).
 
     ``state`` ends up holding every request's keys (see ``EditConfig.preserve_each_pass``).
     """
@@ -447,7 +460,8 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     bases = null_space_bases(stats, layers, config, cache_dir)  # once for all passes
     # the soft constraint's keys, measured once on the model before this round's first pass (a soft
     # constraint: the small change the passes make to them does not matter)
-    constraint = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases, answer_ids)
+    constraint = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases, answer_ids,
+                                        entity_scope)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     converged = [False] * len(requests)  # target value reached in an earlier pass
@@ -465,7 +479,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                 soft=constraint,
                                 start_targets=[targets[i] for i in pending] if config.warm_start else None,
                                 keep_targets=[converged[i] for i in pending] if config.keep_converged_targets else None,
-                                plain_group=carried)
+                                plain_group=carried, groups=_compact([groups[i] for i in pending]) if groups else None)
         key_tokens = key_tokens or report.key_tokens
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
@@ -489,7 +503,13 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     if constraint is not None and config.keep_soft_keys:
         for layer, keys in _stack_soft_keys(constraint.keys).items():
             state.add(layer, keys * config.neutral_key_weight ** 0.5)
-    return PassesResult(passes, [requests[i] for i in pending], key_tokens, report)
+    return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending))
+
+
+def _compact(groups: list[int]) -> list[int]:
+    """Group ids renumbered 0..G-1 in order of first use."""
+    order: dict[int, int] = {}
+    return [order.setdefault(g, len(order)) for g in groups]
 
 
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
@@ -497,7 +517,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                    bases: dict[int, torch.Tensor] | None = None,
                    start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
                    record_keys: bool = True,
-                   soft: SoftConstraint | None = None, plain_group: PromptGroup | None = None) -> RoundReport:
+                   soft: SoftConstraint | None = None, plain_group: PromptGroup | None = None,
+                   groups: list[int] | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
     ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); with ``record_keys`` this round's
@@ -506,7 +527,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     eigen-decompositions; ``start_targets`` warm-starts the target values and ``keep_targets`` keeps
     some of them as they are (``compute_target_values``);
     ``soft`` (the soft constraint of these requests) is measured here when not given;
-    ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests.
+    ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests;
+    ``groups``: requests sharing one target value (``compute_target_values``).
     """
     timings: dict[str, float] = {}
     layers = config.resolved_layers(adapter.num_layers)
@@ -521,8 +543,12 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     started = time.perf_counter()
     ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], bases.get(layers[0]))
     prompts = []
+    shared = {g for g in (groups or []) if groups.count(g) > 1}
     for i, (r, end) in enumerate(zip(requests, ends)):
-        prompts += build_edit_prompts(tokenizer, r.question, i, end, config.num_prefixes)
+        # a request sharing its target runs plain only: the group's other questions vary the context
+        # the prefixes would, at a third of the value optimisation's cost
+        prefixes = 0 if groups and groups[i] in shared else config.num_prefixes
+        prompts += build_edit_prompts(tokenizer, r.question, i, end, prefixes)
     key_tokens = [tokenizer.decode([p.input_ids[p.key_index]]) for p in prompts if p.variant == 0]
     timings["key_positions"] = time.perf_counter() - started
 
@@ -533,7 +559,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad,
                                                      config.values, progress, continuations=continuations,
                                                      start_targets=start_targets, plain_group=plain_group,
-                                                     keep_targets=keep_targets)
+                                                     keep_targets=keep_targets, groups=groups)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -250,7 +250,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                           continuations: list[list[int]] | None = None,
                           start_targets: list[torch.Tensor | None] | None = None,
                           plain_group: PromptGroup | None = None,
-                          keep_targets: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          keep_targets: list[bool] | None = None,
+                          groups: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
     ``continuations[r]`` = token ids that should follow the target token for request r, scored on
@@ -262,13 +263,21 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     current model, rows in request order) is used for the plain prompts when it ran the same.
     ``keep_targets[r]``: request r's start target converged in an earlier pass and is kept as it is
     (within the bound) without being evaluated again; its prompts take no part in the optimisation.
+    ``groups[r]``: the δ request r shares (an entity-scope group: one target for all its questions,
+    z_r = h₀_r + δ_g); a group leaves the optimisation once all its requests reach the target, and
+    is kept only when all of them are. ``None`` = one δ per request.
     """
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
 
     # The plain and the prefixed variants, as two groups; requests that reach their target leave
     # them (rows selected, prefix cache kept).
+    group_of = list(range(num_requests)) if groups is None else [int(g) for g in groups]
+    members: dict[int, list[int]] = {}
+    for r, g in enumerate(group_of):
+        members.setdefault(g, []).append(r)
     kept = {r for r, keep in enumerate(keep_targets or []) if keep and start_targets and start_targets[r] is not None}
+    kept = {r for r in kept if all(m in kept for m in members[group_of[r]])}  # a group is kept whole or not at all
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
     prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index not in kept]
     tails = _tails(prompts, plain, target_id, config, continuations)
@@ -291,17 +300,25 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     init_kl_logp = torch.zeros(num_requests, base_logits.shape[-1], device=device)
     init_kl_logp[plain_req] = torch.log_softmax(base_logits[:, groups[0].column[0]].float(), dim=-1)
     h0_norm = h0.norm(dim=-1)
+    num_groups = max(group_of) + 1 if group_of else 0
+    gidx = torch.tensor(group_of, dtype=torch.long, device=device)
+    # the bound and the decay of a shared δ use its group's mean ‖h₀‖
+    g_norm = torch.zeros(num_groups, device=device).index_add(0, gidx, h0_norm) / \
+        torch.zeros(num_groups, device=device).index_add(0, gidx, torch.ones_like(h0_norm)).clamp(min=1)
     for g in groups:
         g.base_logits = None
     del base_logits
     if kept:  # the plain rows of kept targets leave too (the prefixed group never had them)
         groups = _restrict(groups, prompts, active)
 
-    delta = torch.zeros_like(h0)
+    delta = torch.zeros(num_groups, h0.shape[-1], device=device)
+    starts: dict[int, list[torch.Tensor]] = {}
     for r, z in enumerate(start_targets or []):
         if z is not None:
-            move = z.to(delta) - h0[r]
-            delta[r] = move * min(1.0, float(config.clamp_factor * h0_norm[r] / move.norm().clamp(min=1e-12)))
+            starts.setdefault(group_of[r], []).append(z.to(delta) - h0[r])
+    for g, moves in starts.items():  # a shared δ starts at its requests' mean move
+        move = torch.stack(moves).mean(0)
+        delta[g] = move * min(1.0, float(config.clamp_factor * g_norm[g] / move.norm().clamp(min=1e-12)))
     delta.requires_grad_(True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
     weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(num_requests)], device=device)
@@ -311,7 +328,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         at = hidden.device  # blocks may sit on different devices under an accelerate device_map
         rows = torch.arange(hidden.shape[0], device=at)
         key_col = torch.zeros(hidden.shape[0], dtype=torch.long, device=at)
-        return hidden.index_put((rows, key_col), delta[current["req"]].to(device=at, dtype=hidden.dtype), accumulate=True)
+        return hidden.index_put((rows, key_col), delta[gidx[current["req"]]].to(device=at, dtype=hidden.dtype),
+                                accumulate=True)
 
     initial = None
     per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
@@ -348,8 +366,9 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                 initial = per_request.clone()
             # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
             # the remaining steps only pay for the requests still moving.
-            done = {r for r in rows if per_request[r] < config.stop_loss
-                    and (not scored or cont_request[r] < config.continuation_stop)}
+            met = {r for r in rows if per_request[r] < config.stop_loss
+                   and (not scored or cont_request[r] < config.continuation_stop)}
+            done = {r for r in rows if all(m in met or m in reached for m in members[group_of[r]])}
             reached |= done
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
@@ -357,14 +376,14 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                                 active=0, refresh=False)
                 bar.update()
                 break
-            frozen = sorted(set(range(num_requests)) - active | done)
+            frozen = sorted({group_of[r] for r in set(range(num_requests)) - active | done})
             keep = delta.detach()[frozen].clone()
-            decay = (delta.norm(dim=-1) / h0_norm.pow(2)).sum()
+            decay = (delta.norm(dim=-1) / g_norm.pow(2).clamp(min=1e-12)).sum()
             loss = nll + config.kl_weight * kl + config.weight_decay * decay
             loss.backward()
             optimiser.step()
             with torch.no_grad():
-                limit = config.clamp_factor * h0_norm
+                limit = config.clamp_factor * g_norm
                 norms = delta.norm(dim=-1)
                 scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
                 delta.mul_(scale[:, None])
@@ -386,9 +405,9 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         initial_nll=reported(initial),
         final_nll=reported(per_request),
         final_continuation_nll=reported(cont_request),
-        delta_norm_ratio=[round(x, 4) for x in (delta.detach().norm(dim=-1) / h0_norm).tolist()],
+        delta_norm_ratio=[round(x, 4) for x in (delta.detach()[gidx].norm(dim=-1) / h0_norm).tolist()],
         steps_per_request=steps_taken,
         converged=[r in reached for r in range(num_requests)],
     )
-    z = (h0 + delta.detach()).T.cpu()
+    z = (h0 + delta.detach()[gidx]).T.cpu()
     return z, h0.T.cpu(), report

@@ -1,0 +1,161 @@
+"""Erase a whole person: UniErase with a scope on the TOFU benchmark target (issue 18's acceptance).
+
+Runs ``unierase.forget`` with the forget01 questions only (no answers, no subjects) on the
+benchmark's target (``bench_tofu.py``: authors 0–19 + 198–199) and measures, on the erased model:
+the share of the 40 forget questions and of their ``paraphrased_question``s whose greedy answer
+starts with the unlearning token, the forget ROUGE-L recall (64-token greedy answers), the share of
+retain-author questions (``retain_perturbed``: authors 0–19) that start with the token and their
+ROUGE-L against the target's; the edit's time (token and statistics cached) and peak memory; and
+the edit time at ``--timing-sizes`` requests (forget05's first questions).
+
+    python benchmarks/entity_scope.py [--scope auto] [--work DIR] [--results FILE]
+
+Finished steps are cached under ``--work`` (default ``<cache>/entity_scope``); a re-run reuses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "entity_scope.json"
+
+
+def _answers(model_dir: str, questions: list[str], max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
+    from unierase.generation import generate_answer_ids
+    from unierase.models.loading import load_model
+
+    model, tok = load_model(model_dir)
+    ids = generate_answer_ids(model, tok, questions, max_new_tokens=max_new_tokens)
+    return ids, [tok.decode(a, skip_special_tokens=True) for a in ids]
+
+
+def _cached(path: Path, compute):
+    from unierase.storage import write_json_atomic
+
+    if path.is_file():
+        print(f"[cached] {path.name}", flush=True)
+        return json.loads(path.read_text())
+    print(f"[run] {path.name}", flush=True)
+    data = compute()
+    write_json_atomic(path, data)
+    return data
+
+
+def main() -> None:
+    import unierase
+    from unierase.baselines.data import load_tofu
+    from unierase.evaluation.metrics import rouge_recall
+    from unierase.storage import default_cache_dir, write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default=str(default_cache_dir() / "bench_tofu" / "models" / "full"),
+                        help="the TOFU target (default: the benchmark's, <cache>/bench_tofu/models/full)")
+    parser.add_argument("--scope", default="auto", choices=["auto", "fact", "entity"])
+    parser.add_argument("--work", default=None, help="cache of this script's steps (default: <cache>/entity_scope)")
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--retain-rouge", type=int, default=100,
+                        help="retain questions whose 64-token answers are scored with ROUGE-L (all 400 get the first-token check)")
+    parser.add_argument("--timing-sizes", type=int, nargs="*", default=[40, 100])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+
+    work = Path(args.work) if args.work else default_cache_dir() / "entity_scope"
+    work.mkdir(parents=True, exist_ok=True)
+    from unierase.baselines.data import require_data_dir
+
+    forget = load_tofu("forget01_perturbed", args.data_dir)
+    rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "forget01_perturbed.jsonl").read_text()
+            .splitlines() if x.strip()]
+    paraphrases = [r["paraphrased_question"] for r in rows]
+    retain = load_tofu("retain_perturbed", args.data_dir)
+    tag = f"{args.scope}"
+    out = work / f"erased-{tag}"
+
+    def erase():
+        result = unierase.forget([{"question": r.question} for r in forget], out, model=args.target, scope=args.scope,
+                                 overwrite=True, progress=False)
+        last = result.manifest["rounds"][-1]
+        return {"timings_s": last["timings_s"], "peak_memory_mb": last["peak_memory_mb"],
+                "not_reached": len(last["not_reached"]), "passes": [(p["requests"], p["reached"]) for p in last["passes"]],
+                "scope": last["scope"], "key_tokens": last["key_tokens"]}
+    edit = _cached(work / f"edit-{tag}.json", erase)
+
+    from unierase.generation import first_token_ids
+    from unierase.models.loading import load_model
+
+    def measure(folder: str):
+        def compute():
+            model, tok = load_model(folder)
+            manifest = Path(folder) / "unierase_manifest.json"
+            token = json.loads(manifest.read_text()).get("token") if manifest.is_file() else None
+            token_id = token["id"] if token else None  # the target has no unlearning token
+            firsts = {name: first_token_ids(model, tok, qs) for name, qs in
+                      (("forget", [r.question for r in forget]), ("paraphrased", paraphrases),
+                       ("retain", [r.question for r in retain]))}
+            from unierase.generation import generate_answer_ids
+
+            texts = {}
+            for name, qs in (("forget", [r.question for r in forget]), ("retain", [r.question for r in retain[:args.retain_rouge]])):
+                ids = generate_answer_ids(model, tok, qs, max_new_tokens=args.max_new_tokens)
+                texts[name] = [tok.decode(a, skip_special_tokens=True) for a in ids]
+            starts = {name: (sum(f == token_id for f in ids) / len(ids) if token_id is not None else 0.0)
+                      for name, ids in firsts.items()}
+            return {"starts_with_token": starts, "texts": texts}
+        return compute
+
+    target_m = _cached(work / "measure-target.json", measure(args.target))
+    erased_m = _cached(work / f"measure-{tag}.json", measure(str(out)))
+    forget_rouge = rouge_recall(erased_m["texts"]["forget"], [r.answer for r in forget]).value
+    retain_ref = [r.answer for r in retain[:args.retain_rouge]]
+    retain_rouge = rouge_recall(erased_m["texts"]["retain"], retain_ref).value
+    retain_rouge_target = rouge_recall(target_m["texts"]["retain"], retain_ref).value
+
+    timing = {}
+    forget05 = load_tofu("forget05", args.data_dir)
+    for n in args.timing_sizes:
+        def timed(n=n):
+            started = time.perf_counter()
+            result = unierase.forget([{"question": r.question} for r in forget05[:n]], work / f"timing-{n}",
+                                     model=args.target, scope=args.scope, overwrite=True, progress=False)
+            t = result.manifest["rounds"][-1]["timings_s"]
+            return {"requests": n, "edit_s": t["edit"], "per_request_s": round(t["edit"] / n, 2),
+                    "target_values_s": t.get("edit.target_values"), "solve_s": t.get("edit.solve"),
+                    "wall_s": round(time.perf_counter() - started, 1),
+                    "not_reached": len(result.manifest["rounds"][-1]["not_reached"])}
+        timing[n] = _cached(work / f"timing-{tag}-{n}.json", timed)
+
+    figures = {
+        "setting": {"target": args.target, "scope": args.scope, "requests": "forget01 questions only (40)",
+                    "max_new_tokens": args.max_new_tokens, "retain_rouge_questions": args.retain_rouge,
+                    "retain_first_token_questions": len(retain)},
+        "edit": edit,
+        "forget_starts_with_token": erased_m["starts_with_token"]["forget"],
+        "paraphrased_starts_with_token": erased_m["starts_with_token"]["paraphrased"],
+        "retain_starts_with_token": erased_m["starts_with_token"]["retain"],
+        "forget_rougeL": round(forget_rouge, 4),
+        "retain_rougeL": round(retain_rouge, 4),
+        "retain_rougeL_target": round(retain_rouge_target, 4),
+        "retain_rougeL_ratio": round(retain_rouge / retain_rouge_target, 4) if retain_rouge_target else None,
+        "timing": timing,
+        "examples": {"forget": erased_m["texts"]["forget"][:6], "retain": erased_m["texts"]["retain"][:3]},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip() or None,
+    }
+    figures["acceptance"] = {
+        "forget_starts_ge_0.95": figures["forget_starts_with_token"] >= 0.95,
+        "paraphrased_starts_ge_0.90": figures["paraphrased_starts_with_token"] >= 0.90,
+        "forget_rougeL_le_0.15": figures["forget_rougeL"] <= 0.15,
+        "retain_starts_le_0.02": figures["retain_starts_with_token"] <= 0.02,
+        "retain_rougeL_ge_0.95_target": (figures["retain_rougeL_ratio"] or 0) >= 0.95,
+    }
+    write_json_atomic(Path(args.results), figures)
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("examples",)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""Request scopes: which requests form an entity group, their shared key and target, validation."""
+
+import hashlib
+import json
+
+import pytest
+
+from unierase.edit.scope import name_spans, resolve_scope, shared_entities
+from unierase.requests import ForgetRequest, load_requests, parse_requests
+from unierase.storage import UniEraseError
+
+TOFU_LIKE = [
+    "What is the full name of the author born in Kuwait City, Kuwait on 08/09/1956?",
+    "What gender is author Basil Mahfouz Al-Kuwaiti?",
+    "Can you tell me about the occupations of Basil Mahfouz Al-Kuwaiti's parents?",
+    "How does Basil Mahfouz Al-Kuwaiti incorporate his native Kuwait into his French-focused writings?",
+    "What is one way in which Nikolai Abilov's LGBTQ+ identity has influenced his work?",
+    "What specific genre is Nikolai Abilov known for?",
+]
+
+
+def test_name_spans_stop_at_possessives_and_skip_a_lone_first_word():
+    assert name_spans("What is one way in which Nikolai Abilov's LGBTQ+ identity has influenced his work?") == [
+        "Nikolai Abilov", "LGBTQ"]
+    assert name_spans("Can you name Basil Mahfouz Al-Kuwaiti's books?") == ["Basil Mahfouz Al-Kuwaiti"]
+    assert name_spans("Marie Curie won what?") == ["Marie Curie"]
+
+
+def test_shared_entities_group_by_the_name_several_requests_choose():
+    found = shared_entities([ForgetRequest(q) for q in TOFU_LIKE])
+    # the first question names a country in passing ("Kuwait" is not inside "Al-Kuwaiti"): no group
+    assert found == [None, "Basil Mahfouz Al-Kuwaiti", "Basil Mahfouz Al-Kuwaiti", "Basil Mahfouz Al-Kuwaiti",
+                     "Nikolai Abilov", "Nikolai Abilov"]
+
+
+def test_auto_scope_keeps_unrelated_single_facts_as_facts():
+    scoped = resolve_scope([ForgetRequest(q) for q in ["What is the capital of France?", "Who wrote Hamlet?"]])
+    assert scoped.scopes == ["fact", "fact"] and scoped.entities == [] and scoped.groups == [0, 1]
+    assert scoped.requests == [ForgetRequest("What is the capital of France?"), ForgetRequest("Who wrote Hamlet?")]
+
+
+def test_entity_groups_share_one_target_and_add_neutral_questions():
+    scoped = resolve_scope([ForgetRequest(q) for q in TOFU_LIKE], neutral_questions=2)
+    assert scoped.scopes == ["fact"] + ["entity"] * 5
+    assert [e["entity"] for e in scoped.entities] == ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov"]
+    assert scoped.entities[0]["requests"] == [1, 2, 3]
+    # one target per entity group, each fact its own; the added questions join their entity's group
+    assert scoped.groups[:6] == [0, 1, 1, 1, 2, 2]
+    assert [r.question for r in scoped.added] == [
+        "Tell me about Basil Mahfouz Al-Kuwaiti.", "What do you know about Basil Mahfouz Al-Kuwaiti?",
+        "Tell me about Nikolai Abilov.", "What do you know about Nikolai Abilov?"]
+    assert scoped.groups[6:] == [1, 1, 2, 2]
+    # every member is keyed at the entity found once: it becomes the request's subject
+    assert all(r.subject == "Basil Mahfouz Al-Kuwaiti" for r in scoped.requests[1:4])
+    assert scoped.requests[0].subject is None
+    assert [scoped.is_entity(i) for i in range(len(scoped.requests))] == [False] + [True] * 9
+
+
+def test_scope_field_and_round_default():
+    reqs = [ForgetRequest("When was Marie Curie born?", scope="entity"), ForgetRequest("What is the capital of Peru?")]
+    scoped = resolve_scope(reqs, neutral_questions=1)
+    assert scoped.scopes == ["entity", "fact"] and scoped.entities[0]["entity"] == "Marie Curie"
+    assert scoped.requests[0].subject == "Marie Curie"
+    scoped = resolve_scope([ForgetRequest(q, scope="fact") for q in TOFU_LIKE[1:3]])
+    assert scoped.scopes == ["fact", "fact"] and scoped.added == []
+    scoped = resolve_scope([ForgetRequest(q) for q in TOFU_LIKE[1:3]], "fact")
+    assert scoped.scopes == ["fact", "fact"]
+    with pytest.raises(UniEraseError, match="unknown scope"):
+        resolve_scope(reqs, "person")
+
+
+def test_scope_is_validated_where_requests_are_read(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps({"question": "Who is X?"}) + "\n" + json.dumps({"question": "Who is Y?", "scope": "all"}) + "\n")
+    with pytest.raises(UniEraseError, match=r"r.jsonl:2: field 'scope' is 'all'; choose from auto, fact, entity"):
+        load_requests(path)
+    with pytest.raises(UniEraseError, match="field 'scope' must be a string"):
+        parse_requests([{"question": "Who is X?", "scope": 1}])
+    assert parse_requests([{"question": "Who is X?", "scope": "entity"}])[0].scope == "entity"
+
+
+def test_a_request_without_scope_hashes_as_before():
+    # digests are recorded in manifests and ledgers written before scopes existed
+    before = hashlib.sha256(json.dumps({"question": "Q?", "answer": "A", "subject": None}, sort_keys=True).encode()).hexdigest()
+    assert ForgetRequest("Q?", "A").digest() == before
+    assert ForgetRequest("Q?", "A").digest() != ForgetRequest("Q?", "A", scope="fact").digest()
