@@ -51,6 +51,10 @@ class Setting:
     finetune_epochs: float = 6.0
     finetune_lr: float = 3e-4
     methods: tuple[str, ...] = ("unierase",) + BASELINES
+    scope: str = "auto"
+    """UniErase's request scope (``edit.scope``): the library default, which erases the forget
+    authors as entities (their questions share one target) and the two questions that name no
+    author as facts."""
     sweep_lrs: tuple[float, ...] = (3e-5, 1e-4)
     sweep_epochs: tuple[float, ...] = (2.0,)
     retain_slack: float = 0.5
@@ -226,12 +230,12 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     for method in ("unierase",) + BASELINES:  # methods not run now still report their cached cells
         active = method in setting.methods
         if method == "unierase":
-            key = setting.key("model", "authors", "finetune_epochs", "finetune_lr")
+            key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "scope")
 
             def erase():
                 out = models / "unierase"
                 result = unierase.forget([{"question": r.question} for r in forget], out, model=target, overwrite=True,
-                                         progress=False)
+                                         scope=setting.scope, progress=False)
                 t = result.manifest["rounds"][-1]["timings_s"]
                 return {"dir": str(out), "edit_s": t.get("edit"), "token_s": t.get("token"), "statistics_s": t.get("statistics"),
                         "peak_memory_mb": result.manifest["rounds"][-1]["peak_memory_mb"],
@@ -273,6 +277,8 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     for name, folder in eval_models.items():
         key = setting.key("ds_size", "max_new_tokens", "authors", "finetune_epochs", "finetune_lr", "eval_extra") + \
             hashlib.sha256(folder.encode()).hexdigest()[:6]
+        if name == "unierase":  # one folder re-made by every change of its cell: its evaluation follows that cell
+            key += "-" + figures["methods"][name]["run"]["_key"]
 
         def score(name=name, folder=folder):
             out = work / "eval" / name
@@ -312,6 +318,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
         figures["precise"] = _precise(setting, cells, models, target, forget, retain_qa)
     if wanted("sequential") and "eval" in figures:
         figures["sequential"] = _sequential(setting, cells, work, figures, target, retain_dir, forget, retain_qa)
+    figures["setting"]["methods_reported"] = list(figures["methods"])  # this run's and the cached ones
     report = _bars(figures)
     figures["bars"] = report
     figures["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -399,7 +406,7 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
             batch = forget[k * size:(k + 1) * size]
             out = work / "models" / f"seq-{method}-{k + 1}"
             key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "ds_size", "max_new_tokens",
-                              "sequential_rounds", "eval_extra") + f"-{method}-{k}"
+                              "sequential_rounds", "eval_extra", "scope") + f"-{method}-{k}"
 
             def one_round(batch=batch, out=out, previous=previous, k=k, method=method):
                 started = time.perf_counter()
@@ -407,7 +414,8 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
                     path = work / f"seq-round{k + 1}.jsonl"
                     path.write_text("".join(json.dumps({"question": r.question}) + "\n" for r in batch))
                     subprocess.run([sys.executable, "-m", "unierase.cli", "-q", "forget", "--model", str(previous),
-                                    "--requests", str(path), "--out", str(out), "--overwrite"], check=True)
+                                    "--requests", str(path), "--out", str(out), "--overwrite", "--scope", setting.scope],
+                                   check=True)
                 else:
                     pick = figures["methods"][method]["run"]
                     unierase.forget([r.to_dict() for r in batch], out, model=previous, method=method, overwrite=True,

@@ -84,3 +84,14 @@ def test_a_request_without_scope_hashes_as_before():
     before = hashlib.sha256(json.dumps({"question": "Q?", "answer": "A", "subject": None}, sort_keys=True).encode()).hexdigest()
     assert ForgetRequest("Q?", "A").digest() == before
     assert ForgetRequest("Q?", "A").digest() != ForgetRequest("Q?", "A", scope="fact").digest()
+
+
+def test_auto_scope_erases_a_person_not_a_country_named_twice():
+    from unierase.edit.scope import looks_like_person
+
+    assert looks_like_person("Basil Mahfouz Al-Kuwaiti") and looks_like_person("Marie Curie")
+    assert not any(map(looks_like_person, ["Japan", "South Korea", "Romeo and Juliet", "gold"]))
+    japan = resolve_scope([ForgetRequest("What is the capital of Japan?"), ForgetRequest("What is the currency of Japan?")])
+    assert japan.scopes == ["fact", "fact"] and japan.entities == []
+    assert resolve_scope([ForgetRequest("What is the capital of Japan?"), ForgetRequest("What is the currency of Japan?")],
+                         "entity").entities[0]["entity"] == "Japan"

@@ -9,10 +9,12 @@ name found once across the group) and one target (a single δ at the last edited
 them), and a few relation-neutral questions about the entity ("Tell me about X.") join the group
 as targets rather than as preserved keys.
 
-``auto`` (the default): ``entity`` for a request whose entity several requests of the round name,
-``fact`` otherwise. A list of questions about one person reads as "forget this person"; a single
-question, also one naming a person ("When was X born?"), most often corrects or removes that one
-fact, and the user says ``"scope": "entity"`` to erase the whole person from one question.
+``auto`` (the default): ``entity`` for a request about a person that other requests of the round
+name too, ``fact`` otherwise. Several questions about one person read as "forget this person"
+(a right-to-be-forgotten request); two questions about Japan (its capital, its currency) read as
+two facts to correct, not "forget Japan"; and a single question, also one naming a person ("When
+was X born?"), most often corrects or removes that one fact. ``"scope": "entity"`` (or
+``--scope entity``) erases any entity, from one question or several.
 """
 
 from __future__ import annotations
@@ -102,6 +104,20 @@ class ScopedRound:
         return index >= self.num_given or self.scopes[index] == "entity"
 
 
+def looks_like_person(name: str) -> bool:
+    """Whether ``name`` reads as a person's name: one of the corpus's people, or, when it is none of
+    its places, things, works or elements, two or more capitalised words without a connector
+    ("Basil Mahfouz Al-Kuwaiti", "Elena Marsh"; not "Japan", "South Korea", "Romeo and Juliet")."""
+    from .corpus import SUBSTITUTE_GROUPS
+
+    lower = name.lower()
+    for kind, names in SUBSTITUTE_GROUPS.items():
+        if lower in {n.lower() for n in names}:
+            return kind == "person"
+    words = name.split()
+    return len(words) >= 2 and all(w[:1].isupper() for w in words)
+
+
 def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_questions: int = 4) -> ScopedRound:
     """Resolve each request's scope (its own ``scope`` field, else ``default``) and group the
     entity-scope requests by entity; ``neutral_questions`` relation-neutral questions
@@ -117,7 +133,7 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
     for i, (r, entity) in enumerate(zip(requests, found)):
         scope = r.scope or default
         if scope == "auto":
-            scope = "entity" if entity else "fact"
+            scope = "entity" if entity and looks_like_person(entity) else "fact"
         if scope == "entity" and entity is None:  # asked for, but no other request names it: its own entity
             entity = r.subject or _own_entity(r.question)
         scopes.append(scope)
