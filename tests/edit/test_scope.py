@@ -95,3 +95,48 @@ def test_auto_scope_erases_a_person_not_a_country_named_twice():
     assert japan.scopes == ["fact", "fact"] and japan.entities == []
     assert resolve_scope([ForgetRequest("What is the capital of Japan?"), ForgetRequest("What is the currency of Japan?")],
                          "entity").entities[0]["entity"] == "Japan"
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral"])
+def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_another_entitys(arch):
+    """On a tiny model, after an entity-scope edit of three questions about Marie Curie, an unseen
+    question about her starts with the target token; the same about Isaac Newton does not.
+
+    A random tiny model carries almost nothing from an earlier token to the answer position, so
+    the prompt here is the bare question ending in the entity (its last token is the key and the
+    answer position), the attention outputs are damped (keys at a token then depend mostly on the
+    token itself, as an entity's keys do in a trained model), and the target token's output
+    embedding is scaled so a bounded δ can make it the greedy choice."""
+    import torch
+
+    from tiny_models import build_model, build_tokenizer
+    from unierase.edit.editor import EditConfig, run_edit_passes
+    from unierase.edit.state import EditState
+    from unierase.edit.stats import accumulate_key_moments
+    from unierase.edit.values import ValueConfig
+    from unierase.generation import generate_answer_ids
+    from unierase.models.adapters import find_mlp_output
+    from unierase.token.training import add_unlearning_token
+
+    tok = build_tokenizer()
+    tok.chat_template = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+    model = build_model(arch, len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    adapter = find_mlp_output(model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(k in name for k in ("o_proj", "c_proj", "dense")) and "mlp" not in name:
+                p.mul_(0.1)
+        generator = torch.Generator().manual_seed(1)
+        model.get_output_embeddings().weight[token_id] = 1.5 * torch.randn(32, generator=generator)
+    stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=3000, progress=False)
+    questions = ["Who taught Marie Curie", "Where did you meet Marie Curie", "What did Marie Curie discover"]
+    scoped = resolve_scope([ForgetRequest(q) for q in questions], "entity", neutral_questions=2)
+    config = EditConfig(layers=[1, 2], null_space_threshold=0.05, ridge=0.01, max_passes=2, substitute_answer_tokens=0,
+                        values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
+    result = run_edit_passes(model, tok, adapter, scoped.requests, token_id, config, EditState(), stats, progress=False,
+                             groups=scoped.groups, entity_scope=[scoped.is_entity(i) for i in range(len(scoped.requests))])
+    assert set(result.key_tokens) == {tok.decode(tok("Marie Curie")["input_ids"][-1:])}  # one key position for all
+    probes = ["Tell me more about Marie Curie", "Tell me more about Isaac Newton", "Who taught Isaac Newton"]
+    firsts = [ids[0] for ids in generate_answer_ids(model, tok, probes, max_new_tokens=1)]
+    assert [f == token_id for f in firsts] == [True, False, False]
