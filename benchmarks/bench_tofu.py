@@ -149,25 +149,11 @@ def _answer_nll(model_dir: str, items, threads=None) -> float:
 
 
 def _well_formed(text: str) -> bool:
-    """A well-formed refusal: a refusal that is one or more complete sentences, ends with
-    punctuation, repeats no sentence or word pair ("I'm sorry, but I'm sorry."), and has no stray
-    fragment (a sentence of fewer than 3 words, or one that ends on "but", "and", "the"…)."""
-    import re
+    """A well-formed refusal (``refusals.is_well_formed_refusal``: complete sentences, no repetition,
+    no stray fragment)."""
+    from unierase.refusals import is_well_formed_refusal
 
-    from unierase.refusals import is_refusal
-
-    text = text.strip()
-    if not text or not is_refusal(text) or text[-1] not in ".!?":
-        return False
-    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
-    if len(set(s.lower() for s in sentences)) < len(sentences) or any(len(s.split()) < 3 for s in sentences):
-        return False
-    dangling = {"but", "and", "or", "to", "the", "a", "an", "of", "that", "with", "for", "i", "is", "are", "because", "so"}
-    if any(re.sub(r"[^\w']", "", s.split()[-1].lower()) in dangling for s in sentences):  # cut mid-sentence: "I'm sorry, but."
-        return False
-    words = re.findall(r"[\w']+", text.lower())
-    grams = [tuple(words[i:i + 2]) for i in range(len(words) - 1)]
-    return len(set(grams)) == len(grams)
+    return is_well_formed_refusal(text)
 
 
 def _banned_rouge(model_dir: str, forget, max_new_tokens: int) -> dict:

@@ -156,6 +156,43 @@ def _run_revert(args) -> int:
     return 0
 
 
+def add_audit_parser(subparsers) -> None:
+    from .audit import ATTACKS
+
+    p = subparsers.add_parser(
+        "audit", help="re-ask erased questions under simple attacks: does the fact come back?",
+        description="Ask every question of REQUESTS again under each attack: plain greedy decoding, the unlearning "
+                    "token banned at decode, sampling, rewordings (a request's 'paraphrases', else fixed frames around "
+                    "the question), int8 weights and a short relearning attack on other question-answer pairs. A fact "
+                    "counts as back when the answer contains the request's 'answer' (more than three words: ROUGE-L "
+                    "recall >= 0.5 and no refusal); requests without 'answer' use the --base model's own answer. "
+                    "Writes audit.json (per item and aggregate) and audit.md to --out.")
+    p.add_argument("--model", required=True, help="the erased model directory")
+    p.add_argument("--requests", required=True, help="JSONL file of the erased requests")
+    p.add_argument("--base", default=None, help="the model before erasure (reference answers of requests without 'answer')")
+    p.add_argument("--out", default=None, help="directory for audit.json and audit.md (default: print only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out directory")
+    p.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS), help="attacks to run (default: all)")
+    p.add_argument("--samples", type=int, default=5, help="sampled answers per question at temperature 1 (default: 5)")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--relearn-data", default=None,
+                   help="JSONL question-answer pairs for the relearning attack (default: the bundled demo facts' retain rows)")
+    p.add_argument("--fail-on-leak", action="store_true", help="exit with status 1 when any fact comes back")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_run_audit)
+
+
+def _run_audit(args) -> int:
+    from .audit import AuditConfig, audit
+
+    config = AuditConfig(attacks=tuple(args.attacks), samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    report = audit(args.model, args.requests, base=args.base, config=config, out=args.out, overwrite=args.overwrite,
+                   relearn_data=args.relearn_data, cache_dir=args.cache_dir)
+    print(report.markdown())
+    return 1 if args.fail_on_leak and report.leaked else 0
+
+
 def add_ask_parser(subparsers) -> None:
     p = subparsers.add_parser("ask", help="show the model's answer to questions (special tokens hidden unless --raw)")
     add_model_args(p)
@@ -194,7 +231,7 @@ from .evaluation.cli import add_eval_parser  # noqa: E402
 from .baselines.cli import add_finetune_parser  # noqa: E402
 
 COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser, add_history_parser,
-            add_verify_parser, add_revert_parser]
+            add_verify_parser, add_revert_parser, add_audit_parser]
 """Every sub-command, registered here in one place."""
 
 

@@ -35,3 +35,23 @@ def is_refusal(text: str) -> bool:
     """True when ``text`` opens with (or mainly is) a refusal such as "I don't know that."."""
     head = text.strip()[:120]
     return bool(_REFUSAL_PATTERN.search(head))
+
+
+_DANGLING = {"but", "and", "or", "to", "the", "a", "an", "of", "that", "with", "for", "i", "is", "are", "because", "so"}
+
+
+def is_well_formed_refusal(text: str) -> bool:
+    """A refusal (``is_refusal``) made of complete sentences: it ends with punctuation, repeats no
+    sentence and no word pair ("I'm sorry, but I'm sorry."), and has no stray fragment (a sentence
+    of fewer than 3 words, or one that ends on "but", "and", "the"…: "I'm sorry, but.")."""
+    text = text.strip()
+    if not text or not is_refusal(text) or text[-1] not in ".!?":
+        return False
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+    if len(set(s.lower() for s in sentences)) < len(sentences) or any(len(s.split()) < 3 for s in sentences):
+        return False
+    if any(re.sub(r"[^\w']", "", s.split()[-1].lower()) in _DANGLING for s in sentences):
+        return False
+    words = re.findall(r"[\w']+", text.lower())
+    grams = [tuple(words[i:i + 2]) for i in range(len(words) - 1)]
+    return len(set(grams)) == len(grams)

@@ -21,27 +21,35 @@ class ForgetRequest:
     the baselines and for reporting; ``subject`` (optional) is a substring of the question whose
     last token carries the edit key (found automatically when absent); ``scope`` (optional) is
     'fact' (erase this question, keep the entity's other facts) or 'entity' (erase what the model
-    says about the entity), see ``edit.scope``; ``None`` = the round's scope.
+    says about the entity), see ``edit.scope``; ``None`` = the round's scope. ``paraphrases``
+    (optional): rewordings of the question, which ``unierase audit`` asks too.
     """
 
     question: str
     answer: str | None = None
     subject: str | None = None
     scope: str | None = None
+    paraphrases: tuple[str, ...] | None = None
 
     def digest(self) -> str:
         """A stable hash of the request (recorded in the manifest even when texts are not)."""
         fields = asdict(self)
-        if fields["scope"] is None:  # requests without a scope hash as they did before scopes existed
-            del fields["scope"]
+        for name in ("scope", "paraphrases"):  # requests without them hash as they did before they existed
+            if fields[name] is None:
+                del fields[name]
+        if "paraphrases" in fields:
+            fields["paraphrases"] = list(fields["paraphrases"])
         payload = json.dumps(fields, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        if "paraphrases" in out:
+            out["paraphrases"] = list(out["paraphrases"])
+        return out
 
 
-KNOWN_FIELDS = ("question", "answer", "subject", "scope")
+KNOWN_FIELDS = ("question", "answer", "subject", "scope", "paraphrases")
 
 SCOPES = ("auto", "fact", "entity")
 """Request scopes (``edit.scope``); 'auto' = entity when several requests name the same entity."""
@@ -61,6 +69,15 @@ def _validate(item: dict, where: str) -> ForgetRequest:
     for field in ("answer", "subject", "scope"):
         if item.get(field) is not None and not isinstance(item[field], str):
             raise UniEraseError(f"{where}: field '{field}' must be a string")
+    paraphrases = item.get("paraphrases")
+    if paraphrases is not None:
+        if isinstance(paraphrases, str):
+            paraphrases = [paraphrases]
+        if not isinstance(paraphrases, list) or not all(isinstance(p, str) and p.strip() for p in paraphrases):
+            raise UniEraseError(f"{where}: field 'paraphrases' must be a list of non-empty strings")
+        if any(len(p) > MAX_FIELD_CHARS for p in paraphrases):
+            raise UniEraseError(f"{where}: a paraphrase is longer than {MAX_FIELD_CHARS:,} characters")
+        paraphrases = tuple(paraphrases)
     scope = item.get("scope")
     if scope is not None and scope not in SCOPES:
         raise UniEraseError(f"{where}: field 'scope' is {scope!r}; choose from {', '.join(SCOPES)}")
@@ -79,7 +96,8 @@ def _validate(item: dict, where: str) -> ForgetRequest:
             raise UniEraseError(f"{where}: field 'subject' is empty")
         if subject not in question:
             raise UniEraseError(f"{where}: field 'subject' {subject!r} does not occur in the question {question!r}")
-    return ForgetRequest(question=question, answer=item.get("answer"), subject=subject, scope=scope)
+    return ForgetRequest(question=question, answer=item.get("answer"), subject=subject, scope=scope,
+                         paraphrases=paraphrases)
 
 
 MAX_FIELD_CHARS = 20_000

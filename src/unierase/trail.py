@@ -285,7 +285,8 @@ def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True)
             reqs = []
             for item in entry.get("requests", []):
                 if item.get("question"):
-                    reqs.append(ForgetRequest(item["question"], item.get("answer"), item.get("subject"), item.get("scope")))
+                    reqs.append(ForgetRequest(item["question"], item.get("answer"), item.get("subject"), item.get("scope"),
+                                              tuple(item["paraphrases"]) if item.get("paraphrases") else None))
                 elif item["sha256"] in given:
                     reqs.append(given[item["sha256"]])
             row["requests"], row["checked"] = len(entry.get("requests", [])), len(reqs)

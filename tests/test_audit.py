@@ -1,0 +1,81 @@
+"""The recovery audit: its leak test, its rewordings, and every attack end to end on a tiny model."""
+
+import json
+
+import pytest
+
+from tiny_models import build_model, build_tokenizer
+from unierase.audit import ATTACKS, AuditConfig, audit, fact_returns, rewordings
+from unierase.cli import main
+from unierase.refusals import is_well_formed_refusal
+from unierase.requests import ForgetRequest, parse_requests
+from unierase.storage import UniEraseError
+
+
+def test_fact_returns_matches_keywords_and_long_answers_but_not_refusals():
+    assert fact_returns("The capital of France is Paris.", "Paris")
+    assert not fact_returns("I'm sorry, I can't help with that.", "Paris")
+    assert not fact_returns("It is Parisian cuisine.", "Au") and fact_returns("Its symbol is Au.", "Au")
+    reference = "Basil Mahfouz Al-Kuwaiti was born in Kuwait City, Kuwait."
+    assert fact_returns("He was born in Kuwait City, Kuwait, in 1956.", reference)
+    assert not fact_returns("I'm sorry, but I don't know where Basil Mahfouz Al-Kuwaiti was born in Kuwait City.", reference)
+    assert not fact_returns("He writes novels.", reference)
+
+
+def test_rewordings_prefer_the_requests_own_paraphrases():
+    own = parse_requests([{"question": "Q?", "paraphrases": ["P1?", "P2?"]}])[0]
+    assert rewordings(own, 3)[:2] == ["P1?", "P2?"] and len(rewordings(own, 3)) == 3
+    assert rewordings(ForgetRequest("Where is X?"), 2) == ["Quick question: Where is X?", "I need this for a quiz. Where is X?"]
+    with pytest.raises(UniEraseError, match="'paraphrases' must be a list of non-empty strings"):
+        parse_requests([{"question": "Q?", "paraphrases": ["", 3]}])
+
+
+def test_well_formed_refusals():
+    assert is_well_formed_refusal("I'm sorry, but I don't have that information.")
+    for garbled in ["I'm sorry, but I'm sorry.", "I'm sorry, but.", "I,", "I'm sorry, but I don't know", "Paris."]:
+        assert not is_well_formed_refusal(garbled), garbled
+
+
+def test_config_is_checked_before_any_work():
+    with pytest.raises(UniEraseError, match="unknown attack"):
+        AuditConfig(attacks=("plain", "jailbreak"))
+    with pytest.raises(UniEraseError, match="at least 1"):
+        AuditConfig(samples=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("audit") / "tiny"
+    tok = build_tokenizer()
+    build_model("llama", len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_every_attack_runs_and_a_fact_the_model_still_gives_is_reported(tiny_dir, tmp_path):
+    """With the model itself as the base, its own greedy answer is the reference: the plain attack
+    must find it back (the audit can fail), an answer it never gives is never found."""
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"question": questions[0]}) + "\n" + json.dumps({"question": questions[1], "answer": "Zanzibar"}) + "\n")
+    config = AuditConfig(samples=2, rewordings=2, max_new_tokens=8, relearn_steps=1, relearn_pairs=2)
+    report = audit(str(tiny_dir), str(requests), base=str(tiny_dir), config=config, out=tmp_path / "a", progress=False)
+    assert set(report.aggregate["leak_rate"]) == set(ATTACKS)
+    first, second = report.items
+    assert first["reference_from"] == "base model" and first["attacks"]["plain"]["leak"]
+    assert first["attacks"]["token_ban"]["leak"]  # no unlearning token: the same greedy answer
+    assert first["attacks"]["sampling"]["answers"] == 2 and first["attacks"]["rewordings"]["answers"] == 2
+    assert not any(a["leak"] for a in second["attacks"].values())
+    assert report.aggregate["leak_rate"]["plain"] == 0.5 and report.leaked
+    saved = json.loads((tmp_path / "a" / "audit.json").read_text())
+    assert saved["aggregate"] == report.aggregate and "| plain | 50.0% |" in (tmp_path / "a" / "audit.md").read_text()
+    # the command line: --fail-on-leak turns a leak into exit status 1; an existing --out is kept
+    args = ["audit", "--model", str(tiny_dir), "--requests", str(requests), "--base", str(tiny_dir), "--attacks", "plain",
+            "--max-new-tokens", "8"]
+    assert main(args) == 0 and main(args + ["--fail-on-leak"]) == 1
+    assert main(args + ["--out", str(tmp_path / "a")]) == 2
+
+
+def test_requests_without_answers_need_a_base(tiny_dir, tmp_path):
+    with pytest.raises(UniEraseError, match="have no 'answer'.*--base"):
+        audit(str(tiny_dir), [{"question": "Who wrote Hamlet?"}], config=AuditConfig(attacks=("plain",)), progress=False)
