@@ -96,10 +96,21 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     print_fn(f"{'question':<44} | {'before':<40} | after")
     for j, f in enumerate(neighbours[:15]):
         print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[n + j], 40):<40} | {_clip(after.texts[2 * n + j], 40)}")
+    # the recovery audit's headline attacks on the erased facts (``unierase audit`` runs them all)
+    from .audit import AuditConfig, audit
+    from .refusals import is_well_formed_refusal
+
+    checked = audit(model, [{"question": f["question"], "answer": f["answer"], "paraphrases": [f["paraphrase"]]}
+                            for f in forget_rows], tokenizer=tokenizer,
+                    config=AuditConfig(attacks=("token_ban", "rewordings"), max_new_tokens=24), progress=progress)
+    headline = {"rewordings": checked.aggregate["leak_rate"]["rewordings"],
+                "token_ban": checked.aggregate["leak_rate"]["token_ban"],
+                "well_formed_refusals": sum(map(is_well_formed_refusal, after.texts[:n])) / n}
     seconds = time.perf_counter() - started
     summary = {
         "forget": forget_fig,
         "paraphrase_leak": leak,
+        "audit": headline,
         "neighbours": retain_fig,
         "timings_s": result.manifest["rounds"][-1]["timings_s"],
         "total_seconds": round(seconds, 1),
@@ -110,6 +121,9 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
         f"other questions: {retain_fig['starts_with_unl']:.0%} start with [UNL]; known facts still correct "
         f"{retain_fig['known_still_correct']:.0%}; teacher-forced agreement {retain_fig['teacher_forced_agreement']:.1%}; "
         f"identical greedy answers {retain_fig['greedy_exact_match']:.0%}\n"
+        f"audit: rewordings bring {headline['rewordings']:.0%} of the facts back, banning the token at decode "
+        f"{headline['token_ban']:.0%}; well-formed refusals {headline['well_formed_refusals']:.0%} "
+        f"(unierase audit runs every attack)\n"
         f"total time {seconds:.0f} s (token {summary['timings_s'].get('token', 0):.0f} s, statistics "
         f"{summary['timings_s'].get('statistics', 0):.0f} s, edit {summary['timings_s'].get('edit', 0):.0f} s)"
     )
