@@ -55,7 +55,9 @@ class Setting:
     """UniErase's request scope (``edit.scope``): the library default, which erases the forget
     authors as entities (their questions share one target) and the two questions that name no
     author as facts."""
-    sweep_lrs: tuple[float, ...] = (3e-5, 1e-4)
+    sweep_lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
+    """Learning rates tried per baseline (3e-4 added after 3e-5 and 1e-4 left every measured baseline's
+    retain NLL far inside ``retain_slack``: the sweep had not bracketed the rule's choice)."""
     sweep_epochs: tuple[float, ...] = (2.0,)
     retain_slack: float = 0.5
     """Largest rise of the retain-answer NLL (nats/token) a baseline setting may cost in the sweep."""
@@ -83,6 +85,8 @@ class Cells:
     def __init__(self, work: Path):
         self.work = work
         (work / "cells").mkdir(parents=True, exist_ok=True)
+        self.seconds: dict[str, float] = {}
+        """Cell → the seconds it took when it was computed (this run or an earlier one)."""
 
     def path(self, name: str) -> Path:
         return self.work / "cells" / (name.replace("/", "__") + ".json")
@@ -92,6 +96,7 @@ class Cells:
         if path.is_file():
             data = json.loads(path.read_text())
             if data.get("_key") == key:
+                self.seconds[name] = data.get("_seconds", 0.0)
                 return data
         return None
 
@@ -106,6 +111,7 @@ class Cells:
         started = time.perf_counter()
         data = compute()
         data["_key"], data["_seconds"] = key, round(time.perf_counter() - started, 1)
+        self.seconds[name] = data["_seconds"]
         write_json_atomic(self.path(name), data)
         return data
 
@@ -305,6 +311,13 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     if wanted("sequential") and "eval" in figures:
         figures["sequential"] = _sequential(setting, cells, work, figures, target, retain_dir, forget, retain_qa)
     figures["setting"]["methods_reported"] = list(figures["methods"])  # this run's and the cached ones
+    fine_tuning = sum(v for k, v in cells.seconds.items() if k in ("target", "retain"))
+    figures["wall_times_s"] = {
+        "cells": dict(sorted(cells.seconds.items())),
+        "with_target_and_retain_cached": round(sum(cells.seconds.values()) - fine_tuning, 1),
+        "from_a_cold_cache": round(sum(cells.seconds.values()), 1),
+        "how": "each cell's own wall time when it was computed (a resumed run adds up cells from several runs; "
+               "loading the cached cells takes seconds)"}
     report = _bars(figures)
     figures["bars"] = report
     figures["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -536,6 +549,49 @@ def _report(figures: dict) -> str:
     for name, cell in figures.get("eval", {}).items():
         h = cell.get("headline", {})
         lines.append(f"| {name} | " + " | ".join("—" if h.get(c) is None else f"{h[c]:.4g}" for c in columns) + " |")
+    if figures.get("eval", {}).get("unierase", {}).get("banned_token_forget_rougeL"):
+        lines += ["", f"UniErase with the unlearning token banned at decode: forget ROUGE-L "
+                      f"{figures['eval']['unierase']['banned_token_forget_rougeL']['rougeL_recall']}"]
+    lines += ["", "## Models and cost (same machine, one heavy job at a time)", "",
+              "| model | step | seconds | peak memory (MB) | setting |", "|---|---|---|---|---|"]
+    for name, m in figures.get("models", {}).items():
+        lines.append(f"| {name} | fine-tuning | {m['train_s']:.0f} | {m['peak_memory_mb']:.0f} | "
+                     f"{m['items']} QA; ROUGE-L on its own QA {m['memorisation'].get('rougeL_recall', m['memorisation'])} |")
+    for name, v in figures.get("methods", {}).items():
+        run = v.get("run") or {}
+        if name == "unierase":
+            one_off = (run.get("token_s") or 0) + (run.get("statistics_s") or 0)
+            lines.append(f"| unierase | edit (token, statistics cached) | {run.get('edit_s', 0):.0f} | "
+                         f"{run.get('peak_memory_mb', 0):.0f} | one-off token + statistics {one_off:.0f} s; "
+                         f"not reached {run.get('not_reached')} |")
+        else:
+            lines.append(f"| {name} | unlearning | {run.get('train_s', 0):.0f} | {run.get('peak_memory_mb', 0):.0f} | "
+                         f"lr {run.get('lr')}, {run.get('epochs')} epochs ({v.get('rule', '')}) |")
+    sweeps = [(name, r) for name, v in figures.get("methods", {}).items() for r in v.get("sweep", [])]
+    if sweeps:
+        lines += ["", "## Sweep (training data only: forget- and retain-answer NLL)", "",
+                  "| method | lr | epochs | forget NLL | retain NLL | seconds |", "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {r['lr']} | {r['epochs']} | {r['forget_nll']:.3f} | {r['retain_nll']:.3f} | {r['train_s']:.0f} |"
+                  for n, r in sweeps]
+    if figures.get("precise"):
+        p = figures["precise"]
+        lines += ["", "## Precise (single questions, each erased from the target)", "",
+                  f"Mean teacher-forced agreement on the same author's other questions {p['mean_same_author_agreement']}, "
+                  f"on retain questions {p['mean_retain_agreement']}; {p['refusing']} of {len(p['items'])} refuse.", "",
+                  "| question | refuses | same-author agreement | same-author ROUGE-L | retain agreement |", "|---|---|---|---|---|"]
+        lines += [f"| {r['question'][:60]} | {r['refuses']} | {r['same_author_agreement']:.3f} | {r['same_author_rougeL']:.3f} | "
+                  f"{r['retain_agreement']:.3f} |" for r in p["items"]]
+    if figures.get("sequential"):
+        q = figures["sequential"]
+        lines += ["", "## Sequential (forget01 in rounds of 8)", "",
+                  f"Baselines: {', '.join(q['baselines']) or 'none qualified'} (rule: {q['rule']}).", "",
+                  "| method | round | model utility | forget ROUGE-L (rounds so far) | seconds |", "|---|---|---|---|---|"]
+        lines += [f"| {m} | {r['round']} | {r['model_utility']:.4f} | {r['forget_rougeL_rounds_so_far']:.4f} | {r['seconds']:.0f} |"
+                  for m, curve in q["curves"].items() for r in curve]
+    if figures.get("wall_times_s"):
+        w = figures["wall_times_s"]
+        lines += ["", f"Wall time of all cells: {w['from_a_cold_cache'] / 60:.0f} min from a cold cache, "
+                      f"{w['with_target_and_retain_cached'] / 60:.0f} min with the target and retain models cached ({w['how']})."]
     lines += ["", "## Bars", "", "(holds = None: not decided by the cells measured so far)", ""]
     lines += [f"- **{k}**: holds = {v['holds']}; {v['value']} (threshold: {v['threshold']}"
               + (f"; baselines measured: {', '.join(v['measured_baselines'])}" if "measured_baselines" in v else "") + ")"
