@@ -254,3 +254,24 @@ def test_requests_of_one_group_share_one_delta_and_leave_together():
     assert float(move[:, 0].norm()) > 0  # it moved for request 1's sake
     assert report.steps_per_request[0] == report.steps_per_request[1] > 1
     assert not torch.allclose(move[:, 2], move[:, 0])
+
+
+def test_a_request_not_optimised_receives_its_groups_delta():
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where was Elena Marsh born?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    config = ValueConfig(steps=3, lr=0.5, stop_loss=0.0, continuation_weight=0.0)
+    z, h0, report = compute_target_values(model, adapter, 1, prompts, 3, 7, tok.pad_token_id, config, progress=False,
+                                          groups=[0, 0, 0], optimise=[True, False, True])
+    move = z - h0
+    torch.testing.assert_close(move[:, 1], move[:, 0])
+    assert report.steps_per_request == [3, 0, 3] and report.initial_nll[1] is None and not report.converged[1]
+    with pytest.raises(ValueError, match="at least one optimised"):
+        compute_target_values(model, adapter, 1, prompts, 3, 7, tok.pad_token_id, config, progress=False,
+                              groups=[0, 1, 1], optimise=[False, True, True])

@@ -121,6 +121,10 @@ class EditConfig:
     """True: every pass's keys join the preserved term K_p K_pᵀ from the next pass on, also those of
     requests still pending (their own further updates then shrink pass by pass). False: a request's
     keys (of its last pass) are preserved once it reached the target or the round ended."""
+    group_value_questions: int | None = 8
+    """In the first pass, the δ an entity group shares is optimised on at most this many of its
+    questions (the shortest), the others only receive it; a question the check then finds not
+    reached takes part in the next pass (None = all questions, every pass)."""
     values: ValueConfig = field(default_factory=ValueConfig)
 
     def resolved_layers(self, num_layers: int) -> list[int]:
@@ -479,7 +483,9 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                 soft=constraint,
                                 start_targets=[targets[i] for i in pending] if config.warm_start else None,
                                 keep_targets=[converged[i] for i in pending] if config.keep_converged_targets else None,
-                                plain_group=carried, groups=_compact([groups[i] for i in pending]) if groups else None)
+                                plain_group=carried, groups=_compact([groups[i] for i in pending]) if groups else None,
+                                optimise=_steering(requests, groups, config.group_value_questions) if groups and not passes
+                                else None)
         key_tokens = key_tokens or report.key_tokens
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
@@ -506,6 +512,19 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending))
 
 
+def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | None) -> list[bool] | None:
+    """Per request: whether it takes part in optimising its group's δ (``EditConfig.group_value_questions``)."""
+    if limit is None:
+        return None
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    chosen = set()
+    for ms in members.values():
+        chosen.update(sorted(ms, key=lambda i: (len(requests[i].question), i))[:max(1, limit)])
+    return [i in chosen for i in range(len(requests))]
+
+
 def _compact(groups: list[int]) -> list[int]:
     """Group ids renumbered 0..G-1 in order of first use."""
     order: dict[int, int] = {}
@@ -518,7 +537,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                    start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
                    record_keys: bool = True,
                    soft: SoftConstraint | None = None, plain_group: PromptGroup | None = None,
-                   groups: list[int] | None = None) -> RoundReport:
+                   groups: list[int] | None = None, optimise: list[bool] | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
     ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); with ``record_keys`` this round's
@@ -559,7 +578,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad,
                                                      config.values, progress, continuations=continuations,
                                                      start_targets=start_targets, plain_group=plain_group,
-                                                     keep_targets=keep_targets, groups=groups)
+                                                     keep_targets=keep_targets, groups=groups, optimise=optimise)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -65,7 +65,8 @@ class ValueConfig:
 class ValueReport:
     steps: int
     initial_nll: list[float | None]
-    """−log p(target) per request before this call's first step (``None``: a kept target, not evaluated)."""
+    """−log p(target) per request before this call's first step (``None``: a kept target or a request
+    not optimised, not evaluated)."""
     final_nll: list[float | None]
     final_continuation_nll: list[float | None]
     delta_norm_ratio: list[float]
@@ -251,7 +252,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                           start_targets: list[torch.Tensor | None] | None = None,
                           plain_group: PromptGroup | None = None,
                           keep_targets: list[bool] | None = None,
-                          groups: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          groups: list[int] | None = None,
+                          optimise: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
     ``continuations[r]`` = token ids that should follow the target token for request r, scored on
@@ -265,7 +267,9 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     (within the bound) without being evaluated again; its prompts take no part in the optimisation.
     ``groups[r]``: the δ request r shares (an entity-scope group: one target for all its questions,
     z_r = h₀_r + δ_g); a group leaves the optimisation once all its requests reach the target, and
-    is kept only when all of them are. ``None`` = one δ per request.
+    is kept only when all of them are. ``None`` = one δ per request. ``optimise[r]`` False: request
+    r takes no part in the optimisation of its group's δ (it must share it with one that does) and
+    only receives z_r = h₀_r + δ_g: a large group's δ is optimised on a few of its questions.
     """
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
@@ -278,8 +282,12 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         members.setdefault(g, []).append(r)
     kept = {r for r, keep in enumerate(keep_targets or []) if keep and start_targets and start_targets[r] is not None}
     kept = {r for r in kept if all(m in kept for m in members[group_of[r]])}  # a group is kept whole or not at all
+    riders = {r for r, o in enumerate(optimise or []) if not o} - kept
+    if any(all(m in riders for m in ms) for ms in members.values()):
+        raise ValueError("every group needs at least one optimised request")
+    steering = {g: [m for m in ms if m not in riders] for g, ms in members.items()}
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
-    prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index not in kept]
+    prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index not in kept | riders]
     tails = _tails(prompts, plain, target_id, config, continuations)
     if (plain_group is not None and plain_group.base_logits is not None
             and plain_group.inputs == _row_inputs([prompts[i] for i in plain], tails)):
@@ -291,7 +299,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     if prefixed:
         groups.append(PromptGroup(model, prefixed, prompts, pad_id, device, None, adapter, z_layer, base_logits=False,
                                   replay=group.replay))
-    active = set(range(num_requests)) - kept
+    active = set(range(num_requests)) - kept - riders
     req = torch.tensor([p.request_index for p in prompts], device=device)
     plain_req = req[groups[0].members]
     base_logits, block_out = groups[0].base_logits, groups[0].block_out
@@ -308,7 +316,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     for g in groups:
         g.base_logits = None
     del base_logits
-    if kept:  # the plain rows of kept targets leave too (the prefixed group never had them)
+    if kept or riders:  # their plain rows leave too (the prefixed group never had them)
         groups = _restrict(groups, prompts, active)
 
     delta = torch.zeros(num_groups, h0.shape[-1], device=device)
@@ -368,7 +376,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             # the remaining steps only pay for the requests still moving.
             met = {r for r in rows if per_request[r] < config.stop_loss
                    and (not scored or cont_request[r] < config.continuation_stop)}
-            done = {r for r in rows if all(m in met or m in reached for m in members[group_of[r]])}
+            done = {r for r in rows if all(m in met or m in reached for m in steering[group_of[r]])}
             reached |= done
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
@@ -376,7 +384,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                                 active=0, refresh=False)
                 bar.update()
                 break
-            frozen = sorted({group_of[r] for r in set(range(num_requests)) - active | done})
+            moving = {group_of[r] for r in active - done}
+            frozen = sorted(set(range(num_groups)) - moving)
             keep = delta.detach()[frozen].clone()
             decay = (delta.norm(dim=-1) / g_norm.pow(2).clamp(min=1e-12)).sum()
             loss = nll + config.kl_weight * kl + config.weight_decay * decay
@@ -398,7 +407,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
 
     def reported(values: torch.Tensor | None) -> list[float | None]:  # None: a kept target, not evaluated
         values = per_request if values is None else values
-        return [None if r in kept else round(x, 4) for r, x in enumerate(values.tolist())]
+        return [None if r in kept or r in riders else round(x, 4) for r, x in enumerate(values.tolist())]
 
     report = ValueReport(
         steps=step + 1,
