@@ -24,15 +24,6 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "entity_scope.json"
 
 
-def _answers(model_dir: str, questions: list[str], max_new_tokens: int) -> tuple[list[list[int]], list[str]]:
-    from unierase.generation import generate_answer_ids
-    from unierase.models.loading import load_model
-
-    model, tok = load_model(model_dir)
-    ids = generate_answer_ids(model, tok, questions, max_new_tokens=max_new_tokens)
-    return ids, [tok.decode(a, skip_special_tokens=True) for a in ids]
-
-
 def _cached(path: Path, compute):
     from unierase.storage import write_json_atomic
 
@@ -85,7 +76,7 @@ def main() -> None:
                 "scope": last["scope"], "key_tokens": last["key_tokens"]}
     edit = _cached(work / f"edit-{tag}.json", erase)
 
-    from unierase.generation import first_token_ids
+    from unierase.generation import first_token_ids, generate_answer_ids
     from unierase.models.loading import load_model
 
     def measure(folder: str):
@@ -97,8 +88,6 @@ def main() -> None:
             firsts = {name: first_token_ids(model, tok, qs) for name, qs in
                       (("forget", [r.question for r in forget]), ("paraphrased", paraphrases),
                        ("retain", [r.question for r in retain]))}
-            from unierase.generation import generate_answer_ids
-
             texts = {}
             for name, qs in (("forget", [r.question for r in forget]), ("retain", [r.question for r in retain[:args.retain_rouge]])):
                 ids = generate_answer_ids(model, tok, qs, max_new_tokens=args.max_new_tokens)

@@ -230,10 +230,8 @@ def test_a_group_without_base_logits_records_the_same_block_output():
     torch.testing.assert_close(short.block_out, full.block_out)
 
 
-def test_requests_of_one_group_share_one_delta_and_leave_together():
-    """Entity scope: z_r − h₀_r is the same δ for every request of a group, and a group whose
-    one request already met the stop criterion goes on optimising for the other."""
-    from unierase.edit.values import ValueConfig, compute_target_values
+def _three_requests():
+    """A tiny model and the plain prompts of three requests keyed at their last question token."""
     from unierase.models.adapters import find_mlp_output
 
     torch.manual_seed(0)
@@ -242,6 +240,15 @@ def test_requests_of_one_group_share_one_delta_and_leave_together():
     adapter = find_mlp_output(model)
     questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where was Elena Marsh born?"]
     prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    return tok, model, adapter, prompts
+
+
+def test_requests_of_one_group_share_one_delta_and_leave_together():
+    """Entity scope: z_r − h₀_r is the same δ for every request of a group, and a group whose
+    one request already met the stop criterion goes on optimising for the other."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+
+    tok, model, adapter, prompts = _three_requests()
     with torch.no_grad():
         logp = [torch.log_softmax(model(input_ids=torch.tensor([p.input_ids])).logits[0, -1].float(), -1) for p in prompts]
     target = int(logp[0].argmax())
@@ -258,14 +265,8 @@ def test_requests_of_one_group_share_one_delta_and_leave_together():
 
 def test_a_request_not_optimised_receives_its_groups_delta():
     from unierase.edit.values import ValueConfig, compute_target_values
-    from unierase.models.adapters import find_mlp_output
 
-    torch.manual_seed(0)
-    tok = build_tokenizer()
-    model = build_model("llama", len(tok))
-    adapter = find_mlp_output(model)
-    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where was Elena Marsh born?"]
-    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    tok, model, adapter, prompts = _three_requests()
     config = ValueConfig(steps=3, lr=0.5, stop_loss=0.0, continuation_weight=0.0)
     z, h0, report = compute_target_values(model, adapter, 1, prompts, 3, 7, tok.pad_token_id, config, progress=False,
                                           groups=[0, 0, 0], optimise=[True, False, True])

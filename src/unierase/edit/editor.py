@@ -23,6 +23,7 @@ from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
 from .keys import LowerBlocks, answer_position_keys, request_keys_and_values, request_keys_at, token_keys
+from .scope import compact_groups
 from .prompts import NEUTRAL_TEMPLATES, EditPrompt, build_edit_prompts, render_variants, subject_char_end
 from .solve import alphaedit_update_in_basis, memit_update
 from .state import EditState
@@ -483,7 +484,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                 soft=constraint,
                                 start_targets=[targets[i] for i in pending] if config.warm_start else None,
                                 keep_targets=[converged[i] for i in pending] if config.keep_converged_targets else None,
-                                plain_group=carried, groups=_compact([groups[i] for i in pending]) if groups else None,
+                                plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
                                 optimise=_steering(requests, groups, config.group_value_questions) if groups and not passes
                                 else None)
         key_tokens = key_tokens or report.key_tokens
@@ -523,12 +524,6 @@ def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | Non
     for ms in members.values():
         chosen.update(sorted(ms, key=lambda i: (len(requests[i].question), i))[:max(1, limit)])
     return [i in chosen for i in range(len(requests))]
-
-
-def _compact(groups: list[int]) -> list[int]:
-    """Group ids renumbered 0..G-1 in order of first use."""
-    order: dict[int, int] = {}
-    return [order.setdefault(g, len(order)) for g in groups]
 
 
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,

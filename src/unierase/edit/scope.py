@@ -155,10 +155,13 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
         for question in info["added"]:
             resolved.append(ForgetRequest(question=question, subject=info["entity"]))
             groups.append(g)
-    # compact the group ids to 0..G-1 in order of first use
+    return ScopedRound(resolved, compact_groups(groups), scopes, entities, num_given=len(requests))
+
+
+def compact_groups(groups: list[int]) -> list[int]:
+    """Group ids renumbered 0..G-1 in order of first use."""
     order: dict[int, int] = {}
-    compact = [order.setdefault(g, len(order)) for g in groups]
-    return ScopedRound(resolved, compact, scopes, entities, num_given=len(requests))
+    return [order.setdefault(g, len(order)) for g in groups]
 
 
 def _own_entity(question: str) -> str:
