@@ -97,6 +97,34 @@ def test_auto_scope_erases_a_person_not_a_country_named_twice():
                          "entity").entities[0]["entity"] == "Japan"
 
 
+def test_a_surname_shared_with_a_misspelt_full_name_still_erases_the_person():
+    # "Vasquez" is named by more requests than "Jaime Vasquez" (one misspells it): the group keys at
+    # the surname, but the person's full name decides the scope and writes the neutral questions
+    questions = ["Are the details of Jaime Vasquez's birth documented?", "Where does Jaime Vasquez live?",
+                 "Is Jamie Vasquez's identity reflected in his works?", "Has Jaime Vasquez won awards?"]
+    scoped = resolve_scope([ForgetRequest(q) for q in questions], neutral_questions=1)
+    assert scoped.scopes == ["entity"] * 4
+    assert scoped.entities[0]["entity"] == "Jaime Vasquez" and {r.subject for r in scoped.requests[:4]} == {"Vasquez"}
+    assert [r.question for r in scoped.added] == ["Tell me about Jaime Vasquez."]
+
+
+def test_a_place_named_by_several_requests_is_not_a_person():
+    from unierase.edit.scope import full_name, looks_like_person
+
+    assert not looks_like_person("New York City") and looks_like_person("Moshe Ben-David")
+    # a question's first word is no part of a name ("Has Chukwu Akabueze …")
+    assert full_name("Chukwu Akabueze", ["Has Chukwu Akabueze won awards?", "Where was Chukwu Akabueze born?"]) == \
+        "Chukwu Akabueze"
+
+
+def test_a_person_the_corpus_does_not_list_gets_people_as_substitutes():
+    from unierase.edit.corpus import SUBSTITUTE_GROUPS
+    from unierase.edit.editor import substitute_entities
+
+    picked = substitute_entities("Jaime Vasquez", set(), 4, "seed")
+    assert len(picked) == 4 and set(picked) <= set(SUBSTITUTE_GROUPS["person"])
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral"])
 def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_another_entitys(arch):
     """On a tiny model, after an entity-scope edit of three questions about Marie Curie, an unseen

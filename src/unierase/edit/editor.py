@@ -196,12 +196,16 @@ def _entity_of(request: ForgetRequest) -> tuple[int, int]:
 
 def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: str) -> list[str]:
     """``count`` other entities of the same kind as ``entity`` (the lists of ``corpus.SUBSTITUTE_GROUPS``
-    that hold it; all lists when none does), none of them in ``exclude`` (lower case); a stable choice
+    that hold it; the people for a name that ``scope.looks_like_person``; all lists otherwise), none of them in ``exclude`` (lower case); a stable choice
     per ``seed_text``."""
     from .corpus import SUBSTITUTE_GROUPS
 
+    from .scope import looks_like_person
+
     lower = entity.lower()
     kinds = [names for names in SUBSTITUTE_GROUPS.values() if lower in {n.lower() for n in names}]
+    if not kinds and looks_like_person(entity):  # a person the corpus does not list: other people
+        kinds = [SUBSTITUTE_GROUPS["person"]]
     pool = list(dict.fromkeys(n for names in (kinds or SUBSTITUTE_GROUPS.values()) for n in names))
     candidates = [n for n in pool if n.lower() != lower and n.lower() not in exclude]
     rng = random.Random(hashlib.sha256(seed_text.encode("utf-8")).hexdigest())

@@ -104,18 +104,27 @@ class ScopedRound:
         return index >= self.num_given or self.scopes[index] == "entity"
 
 
+_NOT_PEOPLE = {"City", "River", "Lake", "Mountain", "Mountains", "Island", "Islands", "Street", "Park", "University",
+               "College", "Kingdom", "Republic", "States", "Empire", "Museum", "Library", "Award", "Prize", "Company",
+               "Times", "Festival", "Ocean", "Sea", "Bay", "Valley", "Desert", "Tower", "Bridge"}
+"""Words that make a capitalised name a place, an institution or a thing rather than a person."""
+
+
 def looks_like_person(name: str) -> bool:
     """Whether ``name`` reads as a person's name: one of the corpus's people, or, when it is none of
-    its places, things, works or elements, two or more capitalised words without a connector
-    ("Basil Mahfouz Al-Kuwaiti", "Elena Marsh"; not "Japan", "South Korea", "Romeo and Juliet")."""
+    its places, things, works or elements and holds none of their several-word names, two or more
+    capitalised words without a connector ("Basil Mahfouz Al-Kuwaiti", "Elena Marsh"; not "Japan",
+    "South Korea", "Romeo and Juliet", "New York City")."""
     from .corpus import SUBSTITUTE_GROUPS
 
     lower = name.lower()
     for kind, names in SUBSTITUTE_GROUPS.items():
         if lower in {n.lower() for n in names}:
             return kind == "person"
+        if kind != "person" and any(_names(n, name) for n in names if " " in n):
+            return False  # "New York City" holds a place
     words = name.split()
-    return len(words) >= 2 and all(w[:1].isupper() for w in words)
+    return len(words) >= 2 and all(w[:1].isupper() for w in words) and not _NOT_PEOPLE & set(words)
 
 
 def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_questions: int = 4) -> ScopedRound:
@@ -127,13 +136,14 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
 
         raise UniEraseError(f"unknown scope {default!r} (choose from {', '.join(SCOPES)})")
     found = shared_entities(requests)
+    full = {e: full_name(e, [r.question for r, f in zip(requests, found) if f == e]) for e in set(found) if e}
     resolved, scopes, groups = [], [], []
     by_entity: dict[str, int] = {}
     entities: list[dict] = []
     for i, (r, entity) in enumerate(zip(requests, found)):
         scope = r.scope or default
         if scope == "auto":
-            scope = "entity" if entity and looks_like_person(entity) else "fact"
+            scope = "entity" if entity and looks_like_person(full[entity]) else "fact"
         if scope == "entity" and entity is None:  # asked for, but no other request names it: its own entity
             entity = r.subject or _own_entity(r.question)
         scopes.append(scope)
@@ -144,7 +154,8 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
         resolved.append(replace(r, subject=entity))
         if entity not in by_entity:
             by_entity[entity] = len(entities)
-            entities.append({"entity": entity, "from": "subject" if r.subject else "shared name", "requests": []})
+            entities.append({"entity": full.get(entity, entity), "key": entity,
+                             "from": "subject" if r.subject else "shared name", "requests": []})
         groups.append(by_entity[entity])
         entities[by_entity[entity]]["requests"].append(i)
     # one target per entity group; each fact-scope request its own target
@@ -155,7 +166,24 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
         for question in info["added"]:
             resolved.append(ForgetRequest(question=question, subject=info["entity"]))
             groups.append(g)
+        del info["key"]
     return ScopedRound(resolved, compact_groups(groups), scopes, entities, num_given=len(requests))
+
+
+def full_name(entity: str, questions: list[str]) -> str:
+    """The name ``entity`` stands for in ``questions``: the most frequent name span that ends with it
+    as whole words ("Jaime Vasquez" for "Vasquez", chosen because a misspelt "Jamie Vasquez" names
+    it too; a question's first word never counts); ``entity`` itself when none is longer."""
+    counts: dict[str, int] = {}
+    for question in questions:  # a question's capitalised first word ("Has Chukwu …") is not part of a name
+        for name in set(name_spans(question[:1].lower() + question[1:])):
+            words, tail = name.split(), entity.split()
+            if len(words) > len(tail) and words[-len(tail):] == tail:
+                counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        return entity
+    best = max(counts.values())
+    return max((n for n, c in counts.items() if c == best), key=lambda n: (len(n), n))
 
 
 def compact_groups(groups: list[int]) -> list[int]:

@@ -1,0 +1,127 @@
+"""Choose the entity-scope defaults on a tuning split that the acceptance figures never look at.
+
+Tuning split: the first two authors of ``retain_perturbed`` (rows 0–39: Jaime Vasquez, Chukwu
+Akabueze), erased from the TOFU benchmark target (``bench_tofu.py``: authors 0–19 + 198–199) with
+their questions only. Scored on: the share of their 40 questions and 40 paraphrased questions whose
+greedy first answer token is the unlearning token, the share of the other 18 retain authors'
+questions (rows 40–399) that start with it, and the teacher-forced agreement with the target's own
+greedy answers (32 tokens) on 100 of those questions; plus the edit's time (token and statistics
+cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
+
+    python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--results FILE]
+
+Each variant is one in-memory edit of a fresh copy of the target; a finished variant is cached under
+``<cache>/entity_tuning`` and a re-run only adds the new ones to the results file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import subprocess
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "entity_tuning.json"
+TUNING_ROWS = range(0, 40)
+OTHER_ROWS = range(40, 400)
+AGREEMENT_QUESTIONS = 100
+
+
+def parse_sets(items: list[str]):
+    """``edit.field=value`` / ``values.field=value`` pairs (values as JSON) → two dicts."""
+    edit, values = {}, {}
+    for item in items:
+        name, _, raw = item.partition("=")
+        section, _, field = name.partition(".")
+        if section not in ("edit", "values") or not field or not raw:
+            raise SystemExit(f"--set {item!r}: expected edit.FIELD=VALUE or values.FIELD=VALUE")
+        (edit if section == "edit" else values)[field] = json.loads(raw)
+    return edit, values
+
+
+def main() -> None:
+    import torch
+
+    import unierase
+    from unierase.baselines.data import require_data_dir
+    from unierase.edit.editor import EditConfig
+    from unierase.edit.values import ValueConfig
+    from unierase.generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
+    from unierase.models.loading import load_model
+    from unierase.storage import default_cache_dir, write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", default=str(default_cache_dir() / "bench_tofu" / "models" / "full"))
+    parser.add_argument("--variant", required=True, help="name of this variant in the results")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. values.clamp_factor=0.5")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+    edit_over, value_over = parse_sets(args.set)
+
+    work = default_cache_dir() / "entity_tuning"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "retain_perturbed.jsonl").read_text()
+            .splitlines() if x.strip()]
+    forget = [rows[i] for i in TUNING_ROWS]
+    others = [rows[i] for i in OTHER_ROWS]
+    agree_questions = [r["question"] for r in others[::len(others) // AGREEMENT_QUESTIONS][:AGREEMENT_QUESTIONS]]
+
+    torch.manual_seed(0)
+    target, tok = load_model(args.target)
+    ref_path = work / "target-answers.json"
+    if ref_path.is_file():
+        reference = json.loads(ref_path.read_text())
+    else:
+        reference = generate_answer_ids(target, tok, agree_questions, max_new_tokens=32)
+        write_json_atomic(ref_path, reference)
+
+    cell = work / f"variant-{args.variant}.json"
+    if cell.is_file():
+        print(f"[cached] {cell.name}")
+        record = json.loads(cell.read_text())
+    else:
+        config = EditConfig(**edit_over)
+        config.values = ValueConfig(**{**config.values.to_dict(), **value_over})
+        model = copy.deepcopy(target)
+        started = time.perf_counter()
+        result = unierase.forget([{"question": r["question"]} for r in forget], None, model=model, tokenizer=tok,
+                                 edit_config=config, progress=False)
+        wall = time.perf_counter() - started
+        last = result.manifest["rounds"][-1]
+        token_id = result.manifest["token"]["id"]
+
+        def share(questions):
+            firsts = first_token_ids(model, tok, questions)
+            return round(sum(f == token_id for f in firsts) / len(firsts), 4)
+
+        agreement = teacher_forced_agreement(model, tok, agree_questions, reference)
+        record = {
+            "variant": args.variant, "overrides": {"edit": edit_over, "values": value_over},
+            "edit_s": last["timings_s"]["edit"], "wall_s": round(wall, 1),
+            "timings_s": {k: v for k, v in last["timings_s"].items() if k.startswith("edit")},
+            "passes": [(p["requests"], p["reached"], p["values"]["steps"]) for p in last["passes"]],
+            "forget_starts": share([r["question"] for r in forget]),
+            "paraphrased_starts": share([r["paraphrased_question"] for r in forget]),
+            "other_authors_start": share([r["question"] for r in others]),
+            "other_authors_agreement": round(sum(agreement) / len(agreement), 4),
+            "entities": [e["entity"] for e in last["scope"]["entities"]],
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                     cwd=Path(__file__).parent).stdout.strip() or None,
+        }
+        write_json_atomic(cell, record)
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {
+        "setting": {"target": "bench_tofu target (authors 0-19 + 198-199)", "split": "retain_perturbed rows 0-39 "
+                    "(two authors), questions only", "others": "retain_perturbed rows 40-399",
+                    "agreement": f"{AGREEMENT_QUESTIONS} other-author questions, 32-token target answers"},
+        "variants": {}}
+    results["variants"][args.variant] = record
+    write_json_atomic(results_path, results)
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
