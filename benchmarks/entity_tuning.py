@@ -5,7 +5,8 @@ Akabueze), erased from the TOFU benchmark target (``bench_tofu.py``: authors 0�
 their questions only. Scored on: the share of their 40 questions and 40 paraphrased questions whose
 greedy first answer token is the unlearning token, the share of the other 18 retain authors'
 questions (rows 40–399) that start with it, and the teacher-forced agreement with the target's own
-greedy answers (32 tokens) on 100 of those questions; plus the edit's time (token and statistics
+greedy answers (32 tokens) on 100 of those questions, the share of the 40 forget answers (40 tokens)
+that are a well-formed refusal; plus the edit's time (token and statistics
 cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
 
     python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--results FILE]
@@ -29,16 +30,19 @@ OTHER_ROWS = range(40, 400)
 AGREEMENT_QUESTIONS = 100
 
 
-def parse_sets(items: list[str]):
-    """``edit.field=value`` / ``values.field=value`` pairs (values as JSON) → two dicts."""
-    edit, values = {}, {}
+SECTIONS = ("edit", "values", "entity_values")
+
+
+def parse_sets(items: list[str]) -> dict[str, dict]:
+    """``SECTION.field=value`` pairs (values as JSON) → {section: {field: value}}."""
+    out: dict[str, dict] = {name: {} for name in SECTIONS}
     for item in items:
         name, _, raw = item.partition("=")
         section, _, field = name.partition(".")
-        if section not in ("edit", "values") or not field or not raw:
-            raise SystemExit(f"--set {item!r}: expected edit.FIELD=VALUE or values.FIELD=VALUE")
-        (edit if section == "edit" else values)[field] = json.loads(raw)
-    return edit, values
+        if section not in SECTIONS or not field or not raw:
+            raise SystemExit(f"--set {item!r}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(SECTIONS)}")
+        out[section][field] = json.loads(raw)
+    return out
 
 
 def main() -> None:
@@ -50,16 +54,17 @@ def main() -> None:
     from unierase.edit.values import ValueConfig
     from unierase.generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
     from unierase.models.loading import load_model
+    from unierase.refusals import is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default=str(default_cache_dir() / "bench_tofu" / "models" / "full"))
     parser.add_argument("--variant", required=True, help="name of this variant in the results")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. values.clamp_factor=0.5")
+    parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. entity_values.clamp_factor=0.5")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
-    edit_over, value_over = parse_sets(args.set)
+    overrides = parse_sets(args.set)
 
     work = default_cache_dir() / "entity_tuning"
     work.mkdir(parents=True, exist_ok=True)
@@ -83,8 +88,9 @@ def main() -> None:
         print(f"[cached] {cell.name}")
         record = json.loads(cell.read_text())
     else:
-        config = EditConfig(**edit_over)
-        config.values = ValueConfig(**{**config.values.to_dict(), **value_over})
+        config = EditConfig(**overrides["edit"])
+        for section in ("values", "entity_values"):
+            setattr(config, section, ValueConfig(**{**getattr(config, section).to_dict(), **overrides[section]}))
         model = copy.deepcopy(target)
         started = time.perf_counter()
         result = unierase.forget([{"question": r["question"]} for r in forget], None, model=model, tokenizer=tok,
@@ -98,8 +104,10 @@ def main() -> None:
             return round(sum(f == token_id for f in firsts) / len(firsts), 4)
 
         agreement = teacher_forced_agreement(model, tok, agree_questions, reference)
+        answers = generate_answer_ids(model, tok, [r["question"] for r in forget], max_new_tokens=40)
+        texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
         record = {
-            "variant": args.variant, "overrides": {"edit": edit_over, "values": value_over},
+            "variant": args.variant, "overrides": overrides,
             "edit_s": last["timings_s"]["edit"], "wall_s": round(wall, 1),
             "timings_s": {k: v for k, v in last["timings_s"].items() if k.startswith("edit")},
             "passes": [(p["requests"], p["reached"], p["values"]["steps"]) for p in last["passes"]],
@@ -107,6 +115,8 @@ def main() -> None:
             "paraphrased_starts": share([r["paraphrased_question"] for r in forget]),
             "other_authors_start": share([r["question"] for r in others]),
             "other_authors_agreement": round(sum(agreement) / len(agreement), 4),
+            "well_formed_refusals": round(sum(map(is_well_formed_refusal, texts)) / len(texts), 4),
+            "examples": texts[:4],
             "entities": [e["entity"] for e in last["scope"]["entities"]],
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                      cwd=Path(__file__).parent).stdout.strip() or None,

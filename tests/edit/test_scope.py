@@ -161,10 +161,51 @@ def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_anothe
     questions = ["Who taught Marie Curie", "Where did you meet Marie Curie", "What did Marie Curie discover"]
     scoped = resolve_scope([ForgetRequest(q) for q in questions], "entity", neutral_questions=2)
     config = EditConfig(layers=[1, 2], null_space_threshold=0.05, ridge=0.01, max_passes=2, substitute_answer_tokens=0,
-                        values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
+                        entity_values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
     result = run_edit_passes(model, tok, adapter, scoped.requests, token_id, config, EditState(), stats, progress=False,
                              groups=scoped.groups, entity_scope=[scoped.is_entity(i) for i in range(len(scoped.requests))])
     assert set(result.key_tokens) == {tok.decode(tok("Marie Curie")["input_ids"][-1:])}  # one key position for all
     probes = ["Tell me more about Marie Curie", "Tell me more about Isaac Newton", "Who taught Isaac Newton"]
     firsts = [ids[0] for ids in generate_answer_ids(model, tok, probes, max_new_tokens=1)]
     assert [f == token_id for f in firsts] == [True, False, False]
+
+
+def test_a_groups_delta_is_optimised_on_questions_spread_over_its_lengths():
+    from unierase.edit.editor import _steering
+
+    requests = [ForgetRequest("Q" + "x" * n + "?") for n in (5, 1, 9, 3, 7, 2)] + [ForgetRequest("Alone?")]
+    chosen = _steering(requests, [0, 0, 0, 0, 0, 0, 1], 3)
+    # lengths ordered 1, 2, 3, 5, 7, 9: the shortest (1), a middle one (3) and the longest (9); a lone
+    # request steers itself
+    assert chosen == [False, True, True, True, False, False, True]
+    assert _steering(requests, [0] * 6 + [1], None) is None
+
+
+def test_fact_targets_and_shared_entity_targets_are_optimised_with_their_own_settings(monkeypatch):
+    import torch
+
+    from unierase.edit import editor
+    from unierase.edit.editor import EditConfig, _target_values
+    from unierase.edit.prompts import EditPrompt
+    from unierase.edit.values import ValueConfig, ValueReport
+
+    calls = []
+
+    def fake(model, adapter, z_layer, prompts, num_requests, target_id, pad, config, progress, **kw):
+        calls.append((config, [p.request_index for p in prompts], kw["groups"], kw["optimise"]))
+        z = torch.full((2, num_requests), float(len(calls)))
+        report = ValueReport(
+            steps=len(calls), initial_nll=[1.0] * num_requests, final_nll=[float(len(calls))] * num_requests,
+            final_continuation_nll=[0.0] * num_requests, delta_norm_ratio=[0.1] * num_requests,
+            steps_per_request=[1] * num_requests, converged=[True] * num_requests)
+        return z, z, report
+
+    monkeypatch.setattr(editor, "compute_target_values", fake)
+    config = EditConfig(values=ValueConfig(lr=0.1), entity_values=ValueConfig(lr=2.0))
+    prompts = [EditPrompt(r, 0, [1, 2, 3], 1, (0, 3)) for r in range(4)]
+    # requests 0 and 2 about one entity (group 1), 1 and 3 single facts
+    z, report = _target_values(None, None, 0, prompts, 4, 9, 0, config, False, continuations=None, start_targets=None,
+                               plain_group=None, keep_targets=None, groups=[1, 0, 1, 2], optimise=[True, True, False, True])
+    assert [c[0].lr for c in calls] == [0.1, 2.0]
+    assert calls[0][1:] == ([0, 1], [0, 1], [True, True]) and calls[1][1:] == ([0, 1], [0, 0], [True, False])
+    assert z[0].tolist() == [2.0, 1.0, 2.0, 1.0] and report["final_nll"] == [2.0, 1.0, 2.0, 1.0] and report["steps"] == 2

@@ -11,7 +11,7 @@ import logging
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -123,10 +123,19 @@ class EditConfig:
     requests still pending (their own further updates then shrink pass by pass). False: a request's
     keys (of its last pass) are preserved once it reached the target or the round ended."""
     group_value_questions: int | None = 8
-    """In the first pass, the δ an entity group shares is optimised on at most this many of its
-    questions (the shortest), the others only receive it; a question the check then finds not
-    reached takes part in the next pass (None = all questions, every pass)."""
+    """In each pass, the δ an entity group shares is optimised on at most this many of the group's
+    questions still pending (spread evenly from the shortest to the longest: a δ optimised on the
+    shortest ones reached fewer of the others), the others only receive it (None = all of them)."""
     values: ValueConfig = field(default_factory=ValueConfig)
+    """The target values of requests with their own target (fact scope)."""
+    entity_values: ValueConfig = field(default_factory=lambda: ValueConfig(lr=1.0, clamp_factor=0.5))
+    """The target values an entity group shares: one δ serves all questions about the entity, also
+    ones it was not optimised on, so it may move further than a single fact's, at a higher rate
+    (chosen on the tuning split, ``benchmarks/results/entity_tuning.json``)."""
+    entity_substitute_answers: bool = False
+    """Also preserve the substitute answers (``substitute_answer_tokens``) of entity-scope requests:
+    their substitute questions are kept either way; the answers cost a generation of the round's
+    answers and another key pass (chosen on ``benchmarks/entity_tuning.py``)."""
 
     def resolved_layers(self, num_layers: int) -> list[int]:
         layers = sorted(self.layers) if self.layers else default_layers(num_layers)
@@ -309,17 +318,21 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
     for n in map(len, questions):
         per_request.append({layer: k[:, start:start + n] for layer, k in keys.items()})
         start += n
-    if config.substitute_answer_tokens and config.substitute_entities:
+    with_answers = [r for r, e in enumerate(entity) if not e or config.entity_substitute_answers]
+    if config.substitute_answer_tokens and config.substitute_entities and with_answers:
+        chosen = [requests[r] for r in with_answers]
         if answer_ids is None or len(answer_ids) != len(requests):
-            answer_ids = generate_answer_ids(model, tokenizer, [r.question for r in requests],
-                                             max_new_tokens=config.substitute_answer_tokens)
-        answers = [tokenizer.decode(a[:config.substitute_answer_tokens], skip_special_tokens=True) for a in answer_ids]
-        pairs = substitute_answers(tokenizer, requests, answers, config.substitute_entities)
+            ids = generate_answer_ids(model, tokenizer, [r.question for r in chosen],
+                                      max_new_tokens=config.substitute_answer_tokens)
+        else:
+            ids = [answer_ids[r] for r in with_answers]
+        answers = [tokenizer.decode(a[:config.substitute_answer_tokens], skip_special_tokens=True) for a in ids]
+        pairs = substitute_answers(tokenizer, chosen, answers, config.substitute_entities)
         flat = [pair for request_pairs in pairs for pair in request_pairs]
         positions = answer_position_keys(model, adapter, layers, flat, tokenizer.pad_token_id)
         scale = config.substitute_answer_weight ** 0.5  # relative: all soft keys carry neutral_key_weight too
         i = 0
-        for r, request_pairs in enumerate(pairs):
+        for r, request_pairs in zip(with_answers, pairs):
             extra = positions[i:i + len(request_pairs)]
             i += len(request_pairs)
             for layer in layers:
@@ -489,8 +502,8 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                 start_targets=[targets[i] for i in pending] if config.warm_start else None,
                                 keep_targets=[converged[i] for i in pending] if config.keep_converged_targets else None,
                                 plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
-                                optimise=_steering(requests, groups, config.group_value_questions) if groups and not passes
-                                else None)
+                                optimise=_steering([requests[i] for i in pending], [groups[i] for i in pending],
+                                                   config.group_value_questions) if groups else None)
         key_tokens = key_tokens or report.key_tokens
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
@@ -525,9 +538,50 @@ def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | Non
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
     chosen = set()
-    for ms in members.values():
-        chosen.update(sorted(ms, key=lambda i: (len(requests[i].question), i))[:max(1, limit)])
+    for ms in members.values():  # evenly spread over the group's questions ordered by length
+        ordered, n = sorted(ms, key=lambda i: (len(requests[i].question), i)), min(max(1, limit), len(ms))
+        chosen.update(ordered[round(k * (len(ordered) - 1) / max(1, n - 1))] for k in range(n))
     return [i in chosen for i in range(len(requests))]
+
+
+def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_requests: int, target_id: int, pad: int,
+                   config: EditConfig, progress: bool, *, continuations, start_targets, plain_group, keep_targets,
+                   groups, optimise) -> tuple[torch.Tensor, dict]:
+    """``compute_target_values`` with ``config.values`` for the requests with their own target and
+    with ``config.entity_values`` for the targets an entity group shares; (Z, report as a dict)."""
+    shared = {g for g in (groups or []) if groups.count(g) > 1}
+    parts = [(config.values, [r for r in range(num_requests) if not groups or groups[r] not in shared]),
+             (config.entity_values, [r for r in range(num_requests) if groups and groups[r] in shared])]
+    targets, reports = None, []
+    for value_config, part in parts:
+        if not part:
+            continue
+        index = {r: j for j, r in enumerate(part)}
+
+        def pick(values, part=part):
+            return [values[r] for r in part] if values is not None else None
+
+        sub_prompts = [replace(p, request_index=index[p.request_index]) for p in prompts if p.request_index in index]
+        z, _, report = compute_target_values(
+            model, adapter, z_layer, sub_prompts, len(part), target_id, pad, value_config, progress,
+            continuations=pick(continuations), start_targets=pick(start_targets),
+            plain_group=plain_group.subset(part) if plain_group is not None and len(part) < num_requests else plain_group,
+            keep_targets=pick(keep_targets), groups=compact_groups(pick(groups)) if groups else None,
+            optimise=pick(optimise))
+        if targets is None:
+            targets = torch.zeros(z.shape[0], num_requests, dtype=z.dtype)
+        targets[:, part] = z
+        reports.append((part, asdict(report)))
+    if len(reports) == 1:
+        return targets, reports[0][1]
+    merged = {"steps": max(r["steps"] for _, r in reports)}
+    for name, value in reports[0][1].items():
+        if isinstance(value, list):
+            merged[name] = [None] * num_requests
+            for part, report in reports:
+                for j, r in enumerate(part):
+                    merged[name][r] = report[name][j]
+    return targets, merged
 
 
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
@@ -574,10 +628,10 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     z_layer = layers[-1]
     refusals, chat = load_refusals(), has_chat_template(tokenizer)
     continuations = [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
-    targets, _, value_report = compute_target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad,
-                                                     config.values, progress, continuations=continuations,
-                                                     start_targets=start_targets, plain_group=plain_group,
-                                                     keep_targets=keep_targets, groups=groups, optimise=optimise)
+    targets, value_report = _target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad, config,
+                                           progress, continuations=continuations, start_targets=start_targets,
+                                           plain_group=plain_group, keep_targets=keep_targets, groups=groups,
+                                           optimise=optimise)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -620,9 +674,11 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started
     started = time.perf_counter()
-    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad, config.values, continuations)
+    shared = {g for g in (groups or []) if groups.count(g) > 1}  # their continuation is not scored
+    checked = [[] if groups and groups[r] in shared else c for r, c in enumerate(continuations)]
+    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad, config.values, checked)
     final = after.values()
     timings["check"] = time.perf_counter() - started
     left = float(((targets - final).norm(dim=0) / (targets - initial).norm(dim=0).clamp(min=1e-12)).mean())
-    return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, asdict(value_report),
+    return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, value_report,
                        null_dims, residual_norms, update_norms, round(left, 4), targets, round_keys, after)

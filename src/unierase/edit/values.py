@@ -87,7 +87,8 @@ def _suffix_batch(prompts: list[EditPrompt], pad_id: int, device, tails: list[li
 
 def _row_inputs(chosen: list[EditPrompt], tails: list[list[int]] | None) -> list[tuple]:
     """What each row of a group runs (prompt, key index, teacher-forced tail)."""
-    return [(tuple(p.input_ids), p.key_index, tuple(tails[row]) if tails else ()) for row, p in enumerate(chosen)]
+    return [(tuple(p.input_ids), p.key_index, tuple(tails[row]) if tails and len(tails[row]) > 1 else ())
+            for row, p in enumerate(chosen)]
 
 
 class PromptGroup:
@@ -120,6 +121,8 @@ class PromptGroup:
                          torch.zeros(len(chosen), width))
             for row, t in enumerate(tails):
                 n = len(t) - 1
+                if n == 0:  # the target token alone: no continuation scored on this row
+                    continue
                 self.tail[0][row, :n] = self.last[row].item() + 1 + torch.arange(n)
                 self.tail[1][row, :n] = torch.tensor(t[1:])
                 self.tail[2][row, :n] = 1.0 / n
