@@ -165,22 +165,13 @@ def _well_formed(text: str) -> bool:
 def _banned_rouge(model_dir: str, forget, max_new_tokens: int) -> dict:
     """Forget ROUGE-L recall with the unlearning token banned at decode time (``bad_words_ids``)."""
     from unierase.baselines.finetune import rouge_l_recall
+    from unierase.generation import generate_texts
     from unierase.models.loading import load_model
-    from unierase.prompts import encode_text, pad_batch, render_prompt
 
     model, tok = load_model(model_dir)
-    unl = tok.convert_tokens_to_ids("<|unlearn|>")
-    answers = []
-    import torch
-
-    with torch.no_grad():
-        for i in range(0, len(forget), 16):
-            chunk = forget[i:i + 16]
-            batch = pad_batch([encode_text(tok, render_prompt(tok, r.question)) for r in chunk], tok.pad_token_id, left=True)
-            out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 bad_words_ids=[[unl]])
-            answers += [tok.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True) for row in out]
+    unl = json.loads((Path(model_dir) / "unierase_manifest.json").read_text())["token"]["id"]
+    answers = [texts[0] for texts in generate_texts(model, tok, [r.question for r in forget], max_new_tokens=max_new_tokens,
+                                                    do_sample=False, bad_words_ids=[[unl]])]
     scores = rouge_l_recall(answers, [r.answer for r in forget])
     return {"rougeL_recall": round(sum(scores) / len(scores), 4), "examples": answers[:3]}
 

@@ -107,7 +107,7 @@ def main() -> None:
         answers = generate_answer_ids(model, tok, [r["question"] for r in forget], max_new_tokens=40)
         texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
         record = {
-            "variant": args.variant, "overrides": overrides,
+            "variant": args.variant, "overrides": overrides, "config": config.to_dict(),
             "edit_s": last["timings_s"]["edit"], "wall_s": round(wall, 1),
             "timings_s": {k: v for k, v in last["timings_s"].items() if k.startswith("edit")},
             "passes": [(p["requests"], p["reached"], p["values"]["steps"]) for p in last["passes"]],

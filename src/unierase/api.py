@@ -216,7 +216,7 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, sc
     for info in scoped.entities:
         log.info("entity scope: %d request(s) about %r share one target; %d neutral question(s) about it added",
                  len(info["requests"]), info["entity"] if record_texts else "(not recorded)", len(info["added"]))
-    entity_scope = [scoped.is_entity(i) for i in range(len(scoped.requests))]
+    entity_scope = [scoped.entity_kind(i) for i in range(len(scoped.requests))]
     if answer_ids is not None and scoped.added:  # the added questions' answers are generated with the rest
         answer_ids = None
     result = run_edit_passes(model, tokenizer, adapter, scoped.requests, token.token_id, config, state, stats,
@@ -242,7 +242,7 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, sc
         "layers": edit_layers,
         "key_tokens": result.key_tokens[:len(reqs)] if record_texts else None,
         "scope": {"default": scope, "requests": scoped.scopes,
-                  "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"],
+                  "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"], "person": e["person"],
                                 "requests": e["requests"], "added": e["added"] if record_texts else len(e["added"]),
                                 "key_token": result.key_tokens[e["requests"][0]] if record_texts and result.key_tokens else None}
                                for e in scoped.entities],

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .generation import generate_texts
 from .refusals import is_refusal, is_well_formed_refusal
 from .requests import ForgetRequest
 from .storage import UniEraseError
@@ -138,25 +139,6 @@ class AuditReport:
         return "\n".join(lines) + "\n"
 
 
-def _generate(model, tokenizer, questions: list[str], *, max_new_tokens: int, batch_size: int = 16, **options) -> list[list[str]]:
-    """Answers per question (``num_return_sequences`` of them), rendered with the edit's prompt."""
-    from .prompts import encode_text, pad_batch, render_prompt
-
-    per = options.get("num_return_sequences", 1)
-    out: list[list[str]] = []
-    with torch.no_grad():
-        for start in range(0, len(questions), batch_size):
-            chunk = questions[start:start + batch_size]
-            batch = pad_batch([encode_text(tokenizer, render_prompt(tokenizer, q)) for q in chunk], tokenizer.pad_token_id,
-                              left=True)
-            device = model.get_input_embeddings().weight.device if hasattr(model.get_input_embeddings(), "weight") else "cpu"
-            ids = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
-            texts = [tokenizer.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in ids]
-            out += [texts[i * per:(i + 1) * per] for i in range(len(chunk))]
-    return out
-
-
 def _relearn_pairs(config: AuditConfig, audited: set[str], relearn_data) -> list[tuple[str, str]]:
     if relearn_data is None:
         from .edit_checks import load_demo_facts
@@ -223,7 +205,7 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
             raise UniEraseError(f"{len(missing)} request(s) have no 'answer' (first: {reqs[missing[0]].question!r}): pass "
                                 "--base with the model before erasure, whose own answers are then the reference")
         base_model, base_tok = load_model(base, cache_dir=cache_dir)
-        answers = _generate(base_model, base_tok, [reqs[i].question for i in missing], max_new_tokens=config.max_new_tokens,
+        answers = generate_texts(base_model, base_tok, [reqs[i].question for i in missing], max_new_tokens=config.max_new_tokens,
                             do_sample=False)
         for i, a in zip(missing, answers):
             references[i] = a[0]
@@ -239,28 +221,28 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     for attack in bar:
         bar.set_postfix(attack=attack, refresh=True)
         if attack == "plain":
-            answers[attack] = _generate(model, tokenizer, questions, **greedy)
+            answers[attack] = generate_texts(model, tokenizer, questions, **greedy)
         elif attack == "token_ban":
             if token_id is None:
                 log.warning("the model has no unlearning token: token_ban is plain decoding")
-            answers[attack] = _generate(model, tokenizer, questions, **greedy,
+            answers[attack] = generate_texts(model, tokenizer, questions, **greedy,
                                         **({"bad_words_ids": [[token_id]]} if token_id is not None else {}))
         elif attack == "sampling":
-            answers[attack] = _generate(model, tokenizer, questions, max_new_tokens=config.max_new_tokens, do_sample=True,
+            answers[attack] = generate_texts(model, tokenizer, questions, max_new_tokens=config.max_new_tokens, do_sample=True,
                                         temperature=config.temperature, top_k=0, top_p=1.0,
                                         num_return_sequences=config.samples)
         elif attack == "rewordings":
             variants = [rewordings(r, config.rewordings) for r in reqs]
-            flat = _generate(model, tokenizer, [v for vs in variants for v in vs], **greedy)
+            flat = generate_texts(model, tokenizer, [v for vs in variants for v in vs], **greedy)
             answers[attack], k = [], 0
             for vs in variants:
                 answers[attack].append([a[0] for a in flat[k:k + len(vs)]])
                 k += len(vs)
         elif attack == "int8":
-            answers[attack] = _generate(_quantized(model), tokenizer, questions, **greedy)
+            answers[attack] = generate_texts(_quantized(model), tokenizer, questions, **greedy)
         elif attack == "relearn":
             pairs = _relearn_pairs(config, set(questions), relearn_data)
-            answers[attack] = _generate(_relearned(model, tokenizer, pairs, config), tokenizer, questions, **greedy)
+            answers[attack] = generate_texts(_relearned(model, tokenizer, pairs, config), tokenizer, questions, **greedy)
     items = []
     for i, r in enumerate(reqs):
         attacks = {}

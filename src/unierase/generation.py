@@ -179,6 +179,27 @@ def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_token
     return results
 
 
+def generate_texts(model, tokenizer, questions: list[str], *, max_new_tokens: int, batch_size: int = 16,
+                   **options) -> list[list[str]]:
+    """Answers per question with Hugging Face ``generate`` and any of its options (``bad_words_ids``,
+    ``do_sample``, ``num_return_sequences``…), rendered with the edit's prompt: a list of
+    ``num_return_sequences`` texts per question, special tokens hidden."""
+    per = options.get("num_return_sequences", 1)
+    embeddings = model.get_input_embeddings()
+    device = embeddings.weight.device if hasattr(embeddings, "weight") else "cpu"
+    out: list[list[str]] = []
+    with torch.no_grad():
+        for start in range(0, len(questions), batch_size):
+            chunk = questions[start:start + batch_size]
+            batch = pad_batch([encode_text(tokenizer, render_prompt(tokenizer, q)) for q in chunk], tokenizer.pad_token_id,
+                              left=True)
+            ids = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                                 max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options)
+            texts = [tokenizer.decode(row[batch["input_ids"].shape[1]:], skip_special_tokens=True).strip() for row in ids]
+            out += [texts[i * per:(i + 1) * per] for i in range(len(chunk))]
+    return out
+
+
 class OwnAnswers:
     """The model's greedy answers to one list of questions, generated on first use and shared.
 

@@ -121,8 +121,13 @@ def test_a_person_the_corpus_does_not_list_gets_people_as_substitutes():
     from unierase.edit.corpus import SUBSTITUTE_GROUPS
     from unierase.edit.editor import substitute_entities
 
-    picked = substitute_entities("Jaime Vasquez", set(), 4, "seed")
+    picked = substitute_entities("Jaime Vasquez", set(), 4, "seed", person=True)
     assert len(picked) == 4 and set(picked) <= set(SUBSTITUTE_GROUPS["person"])
+    # a fact's unlisted entity keeps drawing from all lists (the demo's "Harry Potter", "Taj Mahal")
+    assert not set(substitute_entities("Taj Mahal", set(), 8, "seed")) <= set(SUBSTITUTE_GROUPS["person"])
+    scoped = resolve_scope([ForgetRequest(q) for q in TOFU_LIKE] + [ForgetRequest("Where is Japan?", scope="entity"),
+                                                                    ForgetRequest("What is the capital of Japan?", scope="entity")])
+    assert [scoped.entity_kind(i) for i in (0, 1, 4, 6)] == [None, "person", "person", "entity"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "mistral"])
@@ -163,7 +168,7 @@ def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_anothe
     config = EditConfig(layers=[1, 2], null_space_threshold=0.05, ridge=0.01, max_passes=2, substitute_answer_tokens=0,
                         entity_values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
     result = run_edit_passes(model, tok, adapter, scoped.requests, token_id, config, EditState(), stats, progress=False,
-                             groups=scoped.groups, entity_scope=[scoped.is_entity(i) for i in range(len(scoped.requests))])
+                             groups=scoped.groups, entity_scope=[scoped.entity_kind(i) for i in range(len(scoped.requests))])
     assert set(result.key_tokens) == {tok.decode(tok("Marie Curie")["input_ids"][-1:])}  # one key position for all
     probes = ["Tell me more about Marie Curie", "Tell me more about Isaac Newton", "Who taught Isaac Newton"]
     firsts = [ids[0] for ids in generate_answer_ids(model, tok, probes, max_new_tokens=1)]

@@ -203,17 +203,15 @@ def _entity_of(request: ForgetRequest) -> tuple[int, int]:
     return _entity_span(request.question)
 
 
-def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: str) -> list[str]:
+def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: str, person: bool = False) -> list[str]:
     """``count`` other entities of the same kind as ``entity`` (the lists of ``corpus.SUBSTITUTE_GROUPS``
-    that hold it; the people for a name that ``scope.looks_like_person``; all lists otherwise), none of them in ``exclude`` (lower case); a stable choice
+    that hold it; the people for a ``person`` they do not list; all lists otherwise), none of them in ``exclude`` (lower case); a stable choice
     per ``seed_text``."""
     from .corpus import SUBSTITUTE_GROUPS
 
-    from .scope import looks_like_person
-
     lower = entity.lower()
     kinds = [names for names in SUBSTITUTE_GROUPS.values() if lower in {n.lower() for n in names}]
-    if not kinds and looks_like_person(entity):  # a person the corpus does not list: other people
+    if not kinds and person:  # a person the corpus does not list: other people
         kinds = [SUBSTITUTE_GROUPS["person"]]
     pool = list(dict.fromkeys(n for names in (kinds or SUBSTITUTE_GROUPS.values()) for n in names))
     candidates = [n for n in pool if n.lower() != lower and n.lower() not in exclude]
@@ -221,21 +219,25 @@ def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: s
     return rng.sample(candidates, min(count, len(candidates)))
 
 
-def _substitutions(requests: list[ForgetRequest], count: int) -> list[tuple[int, int, list[str]]]:
+def _substitutions(requests: list[ForgetRequest], count: int,
+                   people: list[bool] | None = None) -> list[tuple[int, int, list[str]]]:
     """Per request: its entity's character span and ``count`` substitutes (never an entity of the
     requests themselves)."""
     spans = [_entity_of(r) for r in requests]
     own = {r.question[s:e].lower() for r, (s, e) in zip(requests, spans)}
-    return [(s, e, substitute_entities(r.question[s:e], own, count, r.question)) for r, (s, e) in zip(requests, spans)]
+    people = people or [False] * len(requests)
+    return [(s, e, substitute_entities(r.question[s:e], own, count, r.question, person))
+            for r, (s, e), person in zip(requests, spans, people)]
 
 
-def neutral_questions(requests: list[ForgetRequest], num_templates: int, num_substitutes: int = 0) -> list[list[tuple[str, int]]]:
+def neutral_questions(requests: list[ForgetRequest], num_templates: int, num_substitutes: int = 0,
+                      people: list[bool] | None = None) -> list[list[tuple[str, int]]]:
     """Per request: (question, character end of its entity) for each relation-neutral question about
     the request's entity ("Tell me about the Eiffel Tower.") and each copy of its question with the
     entity replaced by another entity of the same kind ("What is the capital of Peru?").
     """
     out = []
-    for r, (start, end, others) in zip(requests, _substitutions(requests, num_substitutes)):
+    for r, (start, end, others) in zip(requests, _substitutions(requests, num_substitutes, people)):
         entity = r.question[start:end]
         questions = []
         for template in NEUTRAL_TEMPLATES[:num_templates]:
@@ -268,8 +270,8 @@ def _plain_prompts(tokenizer, questions: list[list[tuple[str, int]]]) -> list[Ed
     return prompts
 
 
-def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[str], num_substitutes: int
-                       ) -> list[list[tuple[list[int], list[int]]]]:
+def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[str], num_substitutes: int,
+                       people: list[bool] | None = None) -> list[list[tuple[list[int], list[int]]]]:
     """Per request: (prompt ids, answer ids) of each substitute question ("… for copper?") followed by
     the request's own answer with its entity replaced the same way ("The chemical symbol for copper
     is Au.").
@@ -281,7 +283,7 @@ def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[s
     keeps the neighbours' answers, not only their first token.
     """
     out = []
-    for r, (start, end, others), answer in zip(requests, _substitutions(requests, num_substitutes), answers):
+    for r, (start, end, others), answer in zip(requests, _substitutions(requests, num_substitutes, people), answers):
         pattern = re.compile(re.escape(r.question[start:end]), re.IGNORECASE)
         pairs = []
         for other in others:
@@ -296,19 +298,21 @@ def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[s
 
 def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
                          config: EditConfig, answer_ids: list[list[int]] | None = None,
-                         entity_scope: list[bool] | None = None) -> list[dict[int, torch.Tensor]] | None:
+                         entity_scope: list[str | None] | None = None) -> list[dict[int, torch.Tensor]] | None:
     """Per request: layer → keys (m × n) of its ``neutral_prompts`` (and, with
     ``config.substitute_answer_tokens``, of every answer position of its ``substitute_answers``),
     from one pass on the current model; ``None`` when the config has no soft constraint (weight 0,
     or keys not on an entity). ``answer_ids``: the current model's greedy answers to the requests
     (``generation.generate_answer_ids``) when the caller has them; generated here otherwise.
-    ``entity_scope[r]``: request r belongs to an entity-scope group (``scope``): questions about
-    its entity are targets, so its relation-neutral questions are not kept (its substitutes, the
-    same question about other entities, are)."""
+    ``entity_scope[r]``: request r's ``ScopedRound.entity_kind`` ('person', 'entity' or ``None``
+    for a fact): questions about an entity-scope request's entity are targets, so its
+    relation-neutral questions are not kept (its substitutes, the same question about other
+    entities, are: other people for a person the corpus does not list)."""
     if not config.neutral_key_weight or config.key_position not in ("auto", "entity", "subject"):
         return None
-    entity = entity_scope or [False] * len(requests)
-    questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities)
+    entity = entity_scope or [None] * len(requests)
+    people = [e == "person" for e in entity]
+    questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities, people)
     questions = [q[config.neutral_templates:] if e else q for q, e in zip(questions, entity)]
     if not any(questions):
         return None
@@ -327,7 +331,7 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
         else:
             ids = [answer_ids[r] for r in with_answers]
         answers = [tokenizer.decode(a[:config.substitute_answer_tokens], skip_special_tokens=True) for a in ids]
-        pairs = substitute_answers(tokenizer, chosen, answers, config.substitute_entities)
+        pairs = substitute_answers(tokenizer, chosen, answers, config.substitute_entities, [people[r] for r in with_answers])
         flat = [pair for request_pairs in pairs for pair in request_pairs]
         positions = answer_position_keys(model, adapter, layers, flat, tokenizer.pad_token_id)
         scale = config.substitute_answer_weight ** 0.5  # relative: all soft keys carry neutral_key_weight too
@@ -370,7 +374,7 @@ class SoftConstraint:
     def measure(cls, model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
                 config: "EditConfig", bases: dict[int, torch.Tensor],
                 answer_ids: list[list[int]] | None = None,
-                entity_scope: list[bool] | None = None) -> "SoftConstraint | None":
+                entity_scope: list[str | None] | None = None) -> "SoftConstraint | None":
         """The soft constraint of ``requests`` on the current model (``soft_constraint_keys``); ``None``
         when the config has none."""
         per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config, answer_ids, entity_scope)
@@ -469,7 +473,7 @@ class PassesResult:
 def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
                     config: EditConfig, state: EditState, stats, *, progress: bool = True,
                     answer_ids: list[list[int]] | None = None, cache_dir=None,
-                    groups: list[int] | None = None, entity_scope: list[bool] | None = None) -> PassesResult:
+                    groups: list[int] | None = None, entity_scope: list[str | None] | None = None) -> PassesResult:
     """Edit rounds until every request's greedy first answer token is ``target_id`` (at most
     ``config.max_passes``); each further pass covers only the requests not reached yet.
     ``answer_ids``: the model's greedy answers to the requests, if the caller has them (see

@@ -94,6 +94,13 @@ class ScopedRound:
     entities: list[dict] = field(default_factory=list)
     """Per entity group: its entity, how it was found, its member requests, the added questions."""
     num_given: int = 0
+    members: list[int | None] = field(default_factory=list)
+    """Per request in ``requests``: the index (into ``entities``) of its entity group, ``None`` for a fact."""
+
+    def entity_kind(self, index: int) -> str | None:
+        """``None`` for a fact-scope request, else 'person' or 'entity' (its group's entity)."""
+        group = self.members[index] if index < len(self.members) else None
+        return None if group is None else ("person" if self.entities[group]["person"] else "entity")
 
     @property
     def added(self) -> list[ForgetRequest]:
@@ -137,7 +144,7 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
         raise UniEraseError(f"unknown scope {default!r} (choose from {', '.join(SCOPES)})")
     found = shared_entities(requests)
     full = {e: full_name(e, [r.question for r, f in zip(requests, found) if f == e]) for e in set(found) if e}
-    resolved, scopes, groups = [], [], []
+    resolved, scopes, groups, members = [], [], [], []
     by_entity: dict[str, int] = {}
     entities: list[dict] = []
     for i, (r, entity) in enumerate(zip(requests, found)):
@@ -150,13 +157,16 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
         if scope == "fact":
             resolved.append(r)
             groups.append(-1)
+            members.append(None)
             continue
         resolved.append(replace(r, subject=entity))
         if entity not in by_entity:
             by_entity[entity] = len(entities)
-            entities.append({"entity": full.get(entity, entity), "key": entity,
-                             "from": "subject" if r.subject else "shared name", "requests": []})
+            name = full.get(entity, entity)
+            entities.append({"entity": name, "key": entity, "from": "subject" if r.subject else "shared name",
+                             "person": looks_like_person(name), "requests": []})
         groups.append(by_entity[entity])
+        members.append(by_entity[entity])
         entities[by_entity[entity]]["requests"].append(i)
     # one target per entity group; each fact-scope request its own target
     offset = len(entities)
@@ -166,8 +176,9 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
         for question in info["added"]:
             resolved.append(ForgetRequest(question=question, subject=info["entity"]))
             groups.append(g)
+            members.append(g)
         del info["key"]
-    return ScopedRound(resolved, compact_groups(groups), scopes, entities, num_given=len(requests))
+    return ScopedRound(resolved, compact_groups(groups), scopes, entities, num_given=len(requests), members=members)
 
 
 def full_name(entity: str, questions: list[str]) -> str:
