@@ -1,0 +1,172 @@
+"""Write ``docs/results.md`` from the committed results files, so the figures in prose cannot drift.
+
+    python benchmarks/results_page.py [--out docs/results.md]
+
+Every section names the results file it reads, the commit recorded in it (when the file has one)
+and the command that makes it. A results file that is missing is listed as such, not skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f} %"
+
+
+def num(x, digits: int = 3) -> str:
+    return "—" if x is None else f"{x:.{digits}f}"
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
+        ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def source(path: str, command: str, data: dict | None) -> str:
+    commit = (data or {}).get("commit")
+    return f"From [`{path}`](../benchmarks/results/{path.removeprefix('benchmarks/results/')})" + \
+        (f" (commit `{commit}`)" if commit else "") + f"; made by `{command}`."
+
+
+def demo_section(load) -> list[str]:
+    out = ["## The demo's facts (SmolLM2-135M-Instruct, fp32, 2-core CPU)", ""]
+    batch = load("edit_quality.json")
+    if batch:
+        o = batch["others"]
+        out += [source("edit_quality.json", "python benchmarks/edit_quality.py", batch), "",
+                *table(["batch of 24 facts", "value"], [
+                    ["forget questions starting with the token", pct(batch["forget"]["starts_with_unl"])],
+                    ["reworded forget questions still answered", pct(batch["paraphrase"]["leak"])],
+                    [f"known other facts still correct (of {o['known_before']})", pct(o["known_still_correct"])],
+                    ["teacher-forced agreement on other answers", pct(o["teacher_forced_agreement"])],
+                    ["other questions starting with the token", pct(o["starts_with_unl"])],
+                    ["edit seconds (statistics included)", num(batch["edit_seconds"], 1)]]), ""]
+    seq = load("sequential.json")
+    if seq:
+        o = seq["others"]
+        out += [source("sequential.json", "python benchmarks/sequential_edit.py", seq), "",
+                *table([f"{seq['setting']['rounds']} rounds of {seq['setting']['facts_per_round']} facts", "value"], [
+                    [f"known other facts still correct (of {o['known_before']})", pct(o["known_still_correct"])],
+                    ["teacher-forced agreement on other answers", pct(o["teacher_forced_agreement"])],
+                    ["other questions starting with the token", pct(o["starts_with_unl"])]]), ""]
+    speed = load("demo_speed.json")
+    if speed:
+        out += [source("demo_speed.json", "python benchmarks/bench_demo.py", speed), "",
+                *table(["demo run", "median seconds", "target"], [
+                    [k, num(v, 1), speed["targets_s"].get(k)] for k, v in speed["median_s"].items()]), ""]
+    return out
+
+
+def entity_section(load) -> list[str]:
+    out = ["## Erasing a person (entity scope, TOFU benchmark target)", ""]
+    tuning = load("entity_tuning.json")
+    if tuning:
+        out += ["Tuning split (two retain authors; the defaults were chosen here): "
+                + source("entity_tuning.json", "python benchmarks/entity_tuning.py --variant NAME [--set ...]", None), "",
+                *table(["variant", "edit s", "forget", "paraphrased", "other authors", "agreement", "well-formed"],
+                       [[("**" + name + "** (chosen)") if name == tuning.get("chosen") else name, num(v["edit_s"], 1),
+                         pct(v["forget_starts"]), pct(v["paraphrased_starts"]), pct(v["other_authors_start"]),
+                         pct(v["other_authors_agreement"]), pct(v.get("well_formed_refusals"))]
+                        for name, v in tuning["variants"].items()]), "",
+                "What each variant ran: its `description` in the file.", ""]
+    held = load("entity_scope.json")
+    if held:
+        timing = held.get("timing", {})
+        out += ["Held out (the forget01 authors, questions only, library defaults): "
+                + source("entity_scope.json", "python benchmarks/entity_scope.py", held), "",
+                *table(["figure", "value"], [
+                    ["forget questions starting with the token", pct(held["forget_starts_with_token"])],
+                    ["their paraphrases starting with it", pct(held["paraphrased_starts_with_token"])],
+                    ["forget ROUGE-L (64-token greedy)", num(held["forget_rougeL"])],
+                    ["retain-author questions starting with it (400)", pct(held["retain_starts_with_token"])],
+                    ["retain ROUGE-L ÷ the target's (first 100)", num(held["retain_rougeL_ratio"])],
+                    ["edit seconds (token and statistics cached)", num(held["edit"]["timings_s"]["edit"], 1)],
+                    *[[f"edit seconds for {n} forget05 questions", f"{num(t['edit_s'], 1)} ({t['not_reached']} not reached)"]
+                      for n, t in timing.items()]]), ""]
+    return out
+
+
+def tofu_section(load) -> list[str]:
+    bench = load("tofu/bench.json")
+    out = ["## TOFU side by side (forget01, the benchmark target)", ""]
+    if not bench:
+        return out + ["`tofu/bench.json` is missing.", ""]
+    out += [source("tofu/bench.json", "python benchmarks/bench_tofu.py", bench)
+            + " Tables, sweep and plots: [`REPORT.md`](../benchmarks/results/tofu/REPORT.md).", ""]
+    rows = []
+    for name, cell in bench["eval"].items():
+        h = cell.get("headline") or {}
+        rows.append([name, num(h.get("model_utility")), num(h.get("forget_efficacy")), num(h.get("forget_rougeL")),
+                     num(h.get("paraphrased_forget_rougeL")), pct(h.get("well_formed_refusals"))])
+    out += table(["model", "MU", "FE", "forget ROUGE-L", "paraphrased ROUGE-L", "well-formed refusals"], rows) + [""]
+    out += table(["bar", "holds", "threshold"], [[k, v["holds"], v["threshold"]] for k, v in bench["bars"].items()]) + [""]
+    return out
+
+
+def audit_section(load) -> list[str]:
+    audit = load("audit/demo.json")
+    out = ["## Does the demo's erasure hold? (recovery audit)", ""]
+    if audit:
+        agg = audit["aggregate"]
+        out += [source("audit/demo.json", "python benchmarks/audit_demo.py", audit), "",
+                *table(["attack", "facts back"], [[k, pct(v)] for k, v in agg["leak_rate"].items()]
+                       + [["any attack", pct(agg["any_attack"])], ["(well-formed refusals)", pct(agg["well_formed_refusals"])]]),
+                ""]
+    return out
+
+
+def ledger_section(load) -> list[str]:
+    ledger = load("ledger_audit.json")
+    out = ["## Ledger, verify, revert", ""]
+    if ledger:
+        out += [source("ledger_audit.json", "python benchmarks/ledger_audit.py", ledger), "",
+                *table(["figure", "value"], [
+                    ["verify passes on the untouched model", ledger["verify"]["ok"]],
+                    ["verify seconds", ledger["verify"]["seconds"]],
+                    ["verify on a hand-altered copy fails", not ledger["verify_hand_altered"]["ok"]],
+                    [f"revert to round {ledger['revert']['to_round']}: seconds", ledger["revert"]["seconds"]],
+                    ["revert data, all rounds (MB)", round(ledger["sizes_bytes"]["revert_data_all_rounds"] / 1e6, 1)]]), ""]
+    return out
+
+
+def build() -> str:
+    missing: list[str] = []
+
+    def load(name: str) -> dict | None:
+        path = RESULTS / name
+        if not path.is_file():
+            missing.append(name)
+            return None
+        return json.loads(path.read_text())
+
+    lines = ["# Results", "",
+             "Generated by `python benchmarks/results_page.py` from the results files committed under "
+             "`benchmarks/results/`; do not edit by hand. How the figures were reached, and what was tried on "
+             "the way: [experiments.md](experiments.md).", ""]
+    for section in (demo_section, entity_section, tofu_section, audit_section, ledger_section):
+        lines += section(load)
+    if missing:
+        lines += ["Missing results files: " + ", ".join(f"`{m}`" for m in missing), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from unierase.storage import write_text_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    args = parser.parse_args()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(args.out), build())
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
