@@ -8,6 +8,7 @@ written to a temporary directory and renamed into place.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import platform
@@ -172,15 +173,13 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, sc
     state = source_input.state
     mode = mode or ("sequential" if previous else "batch")
 
-    config = copy.deepcopy(edit_config) if edit_config is not None else EditConfig()
-    if layers is not None:
-        config.layers = list(layers)
+    # the caller's config is not changed; replace() validates the result (EditConfig.__post_init__)
+    changes = {"layers": list(layers) if layers is not None else None, "stats_tokens": stats_tokens,
+               "max_passes": max_passes}
     if edit_config is None:
-        config.key_position, config.solver = key_position, solver
-    if stats_tokens is not None:
-        config.stats_tokens = stats_tokens
-    if max_passes is not None:
-        config.max_passes = max_passes
+        changes.update(key_position=key_position, solver=solver)
+    config = dataclasses.replace(copy.deepcopy(edit_config) if edit_config is not None else EditConfig(),
+                                 **{k: v for k, v in changes.items() if v is not None})
     adapter = find_mlp_output(model)
     edit_layers = config.resolved_layers(adapter.num_layers)
     if previous and previous.get("layers") and previous["layers"] != edit_layers:

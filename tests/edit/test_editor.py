@@ -251,3 +251,19 @@ def test_soft_constraint_sums_equal_a_direct_sum_over_the_requests_kept(with_bas
         soft.keep(kept)
         for layer in (1, 2):
             torch.testing.assert_close(soft.grams[layer], direct(kept, layer))
+
+
+def test_edit_and_value_configs_are_checked_before_any_work():
+    from unierase.edit.editor import EditConfig
+    from unierase.edit.values import ValueConfig
+    from unierase.storage import UniEraseError
+
+    with pytest.raises(UniEraseError, match="solver must be 'alphaedit' or 'memit'"):
+        EditConfig(solver="rome")
+    with pytest.raises(UniEraseError, match=r"null_space_threshold must be in \(0, 1\).*max_passes must be at least 1"):
+        EditConfig(null_space_threshold=2.0, max_passes=0)
+    with pytest.raises(UniEraseError, match="layers must be None or distinct"):
+        EditConfig(layers=[4, 4])
+    with pytest.raises(UniEraseError, match="ValueConfig: lr must be positive"):
+        ValueConfig(lr=0)
+    EditConfig(), ValueConfig()  # the defaults are valid

@@ -214,3 +214,4 @@ def test_fact_targets_and_shared_entity_targets_are_optimised_with_their_own_set
     assert [c[0].lr for c in calls] == [0.1, 2.0]
     assert calls[0][1:] == ([0, 1], [0, 1], [True, True]) and calls[1][1:] == ([0, 1], [0, 0], [True, False])
     assert z[0].tolist() == [2.0, 1.0, 2.0, 1.0] and report["final_nll"] == [2.0, 1.0, 2.0, 1.0] and report["steps"] == 2
+

@@ -137,6 +137,27 @@ class EditConfig:
     their substitute questions are kept either way; the answers cost a generation of the round's
     answers and another key pass (chosen on ``benchmarks/entity_tuning.py``)."""
 
+    def __post_init__(self):
+        # checked before any work: a bad value must not surface after the costly target values
+        problems = [f"{name} must be {rule} (got {getattr(self, name)!r})" for name, rule, ok in (
+            ("solver", "'alphaedit' or 'memit'", self.solver in ("alphaedit", "memit")),
+            ("key_position", "one of " + ", ".join(KEY_POSITIONS), self.key_position in KEY_POSITIONS),
+            ("null_space_threshold", "in (0, 1)", 0 < self.null_space_threshold < 1),
+            ("ridge", "≥ 0", self.ridge >= 0),
+            ("max_passes", "at least 1", self.max_passes >= 1),
+            ("num_prefixes", "≥ 0", self.num_prefixes >= 0),
+            ("neutral_templates", "≥ 0", self.neutral_templates >= 0),
+            ("substitute_entities", "≥ 0", self.substitute_entities >= 0),
+            ("group_value_questions", "None or at least 1", self.group_value_questions is None or self.group_value_questions >= 1),
+            ("layers", "None or distinct indices ≥ 0", self.layers is None or (
+                len(set(self.layers)) == len(self.layers) and all(isinstance(l, int) and l >= 0 for l in self.layers))),
+        ) if not ok]
+        problems += [f"{name} must be ≥ 0 (got {getattr(self, name)!r})" for name in (
+            "question_key_weight", "refusal_key_weight", "answer_key_weight", "neutral_key_weight", "substitute_answer_weight")
+            if getattr(self, name) < 0]
+        if problems:
+            raise UniEraseError("EditConfig: " + "; ".join(problems))
+
     def resolved_layers(self, num_layers: int) -> list[int]:
         layers = sorted(self.layers) if self.layers else default_layers(num_layers)
         bad = [l for l in layers if not 0 <= l < num_layers]

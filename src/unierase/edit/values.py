@@ -57,6 +57,22 @@ class ValueConfig:
     continuation_stop: float = 0.6
     """Per-token mean −log p of the continuation under which a request counts as converged."""
 
+    def __post_init__(self):
+        from ..storage import UniEraseError
+
+        problems = [f"{name} must be {rule} (got {getattr(self, name)!r})" for name, rule, ok in (
+            ("steps", "at least 1", self.steps >= 1),
+            ("lr", "positive", self.lr > 0),
+            ("clamp_factor", "positive", self.clamp_factor > 0),
+            ("kl_weight", "≥ 0", self.kl_weight >= 0),
+            ("weight_decay", "≥ 0", self.weight_decay >= 0),
+            ("stop_loss", "positive", self.stop_loss > 0),
+            ("continuation_weight", "≥ 0", self.continuation_weight >= 0),
+            ("continuation_tokens", "None or ≥ 0", self.continuation_tokens is None or self.continuation_tokens >= 0),
+        ) if not ok]
+        if problems:
+            raise UniEraseError("ValueConfig: " + "; ".join(problems))
+
     def to_dict(self) -> dict:
         return asdict(self)
 
