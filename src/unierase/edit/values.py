@@ -66,7 +66,7 @@ class ValueConfig:
             ("clamp_factor", "positive", self.clamp_factor > 0),
             ("kl_weight", "≥ 0", self.kl_weight >= 0),
             ("weight_decay", "≥ 0", self.weight_decay >= 0),
-            ("stop_loss", "positive", self.stop_loss > 0),
+            ("stop_loss", "≥ 0 (0: never stop early)", self.stop_loss >= 0),
             ("continuation_weight", "≥ 0", self.continuation_weight >= 0),
             ("continuation_tokens", "None or ≥ 0", self.continuation_tokens is None or self.continuation_tokens >= 0),
         ) if not ok]
