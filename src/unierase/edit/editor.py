@@ -11,6 +11,7 @@ import logging
 import random
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -569,14 +570,23 @@ def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | Non
     return [i in chosen for i in range(len(requests))]
 
 
+def _shared_rows(groups: list[int] | None, num_requests: int) -> list[bool]:
+    """Per request: whether its target is shared with another request (an entity group)."""
+    if not groups:
+        return [False] * num_requests
+    sizes = Counter(groups)
+    return [sizes[g] > 1 for g in groups]
+
+
 def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_requests: int, target_id: int, pad: int,
                    config: EditConfig, progress: bool, *, continuations, start_targets, plain_group, keep_targets,
-                   groups, optimise) -> tuple[torch.Tensor, dict]:
+                   groups, optimise, shared: list[bool] | None = None) -> tuple[torch.Tensor, dict]:
     """``compute_target_values`` with ``config.values`` for the requests with their own target and
-    with ``config.entity_values`` for the targets an entity group shares; (Z, report as a dict)."""
-    shared = {g for g in (groups or []) if groups.count(g) > 1}
-    parts = [(config.values, [r for r in range(num_requests) if not groups or groups[r] not in shared]),
-             (config.entity_values, [r for r in range(num_requests) if groups and groups[r] in shared])]
+    with ``config.entity_values`` for the targets an entity group shares (``shared``, from
+    ``_shared_rows``, computed here when not given); (Z, report as a dict)."""
+    shared = _shared_rows(groups, num_requests) if shared is None else shared
+    parts = [(config.values, [r for r in range(num_requests) if not shared[r]]),
+             (config.entity_values, [r for r in range(num_requests) if shared[r]])]
     targets, reports = None, []
     for value_config, part in parts:
         if not part:
@@ -640,11 +650,11 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     started = time.perf_counter()
     ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], bases.get(layers[0]))
     prompts = []
-    shared = {g for g in (groups or []) if groups.count(g) > 1}
+    shared = _shared_rows(groups, len(requests))
     for i, (r, end) in enumerate(zip(requests, ends)):
         # a request sharing its target runs plain only: the group's other questions vary the context
         # the prefixes would, at a third of the value optimisation's cost
-        prefixes = 0 if groups and groups[i] in shared else config.num_prefixes
+        prefixes = 0 if shared[i] else config.num_prefixes
         prompts += build_edit_prompts(tokenizer, r.question, i, end, prefixes)
     key_tokens = [tokenizer.decode([p.input_ids[p.key_index]]) for p in prompts if p.variant == 0]
     timings["key_positions"] = time.perf_counter() - started
@@ -656,7 +666,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     targets, value_report = _target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad, config,
                                            progress, continuations=continuations, start_targets=start_targets,
                                            plain_group=plain_group, keep_targets=keep_targets, groups=groups,
-                                           optimise=optimise)
+                                           optimise=optimise, shared=shared)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -699,9 +709,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started
     started = time.perf_counter()
-    shared = {g for g in (groups or []) if groups.count(g) > 1}  # their continuation is not scored
-    checked = [[] if groups and groups[r] in shared else c for r, c in enumerate(continuations)]
-    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad, config.values, checked)
+    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad, config.values, continuations)
     final = after.values()
     timings["check"] = time.perf_counter() - started
     left = float(((targets - final).norm(dim=0) / (targets - initial).norm(dim=0).clamp(min=1e-12)).mean())

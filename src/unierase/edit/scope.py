@@ -108,7 +108,7 @@ class ScopedRound:
 
     def is_entity(self, index: int) -> bool:
         """Whether request ``index`` (of ``requests``) belongs to an entity group."""
-        return index >= self.num_given or self.scopes[index] == "entity"
+        return self.entity_kind(index) is not None
 
 
 _NOT_PEOPLE = {"City", "River", "Lake", "Mountain", "Mountains", "Island", "Islands", "Street", "Park", "University",
@@ -163,7 +163,7 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
         if entity not in by_entity:
             by_entity[entity] = len(entities)
             name = full.get(entity, entity)
-            entities.append({"entity": name, "key": entity, "from": "subject" if r.subject else "shared name",
+            entities.append({"entity": name, "from": "subject" if r.subject else "shared name",
                              "person": looks_like_person(name), "requests": []})
         groups.append(by_entity[entity])
         members.append(by_entity[entity])
@@ -177,7 +177,6 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
             resolved.append(ForgetRequest(question=question, subject=info["entity"]))
             groups.append(g)
             members.append(g)
-        del info["key"]
     return ScopedRound(resolved, compact_groups(groups), scopes, entities, num_given=len(requests), members=members)
 
 
