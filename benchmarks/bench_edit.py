@@ -27,7 +27,8 @@ def child(size: int, cache_dir: str | None, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from unierase.api import forget, peak_memory_mb
+    from unierase.api import forget
+    from unierase.measure import peak_memory_mb
     from unierase.edit.corpus import entity_questions
     from unierase.edit_checks import load_demo_facts
     from unierase.models.loading import load_model

@@ -122,7 +122,9 @@ def _finished_finetune(folder: Path, setting: Setting, split: str) -> dict | Non
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
-    same = (m.get("method") == "finetune" and m.get("base_model") == str(setting.model or "default")
+    from unierase.models.loading import DEFAULT_MODEL
+
+    same = (m.get("method") == "finetune" and (m.get("base_model") or {}).get("spec") == str(setting.model or DEFAULT_MODEL)
             and m["data"].get("split") == split
             and m["data"].get("n_retain") == 20 * setting.authors and m["data"].get("forget_authors") == "198-199"
             and m["hyperparameters"].get("epochs") == setting.finetune_epochs

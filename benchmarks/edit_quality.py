@@ -41,7 +41,7 @@ def main() -> None:
     parser.add_argument("--neighbours", type=int, default=80, help="how many non-targeted facts to check")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--key-position", default="auto")
-    parser.add_argument("--solver", default=None, help="alphaedit or memit (default: EditConfig's)")
+    parser.add_argument("--solver", default=None, help="alphaedit or memit (default: the model's recipe)")
     parser.add_argument("--memit-weight", type=float, default=None)
     parser.add_argument("--threshold", type=float, default=None, help="null-space threshold (alphaedit)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
@@ -54,8 +54,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from unierase.api import forget
-    from unierase.demo import _pick_neighbours
-    from unierase.edit.editor import EditConfig
+    from unierase.demo import pick_neighbours
+    from unierase.recipes import edit_config_for
     from unierase.edit_checks import answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
     from unierase.models.loading import load_model
     from unierase.token.check import token_universality
@@ -63,7 +63,7 @@ def main() -> None:
 
     facts = load_demo_facts()
     forget_rows = [f for f in facts if f["role"] == "forget"]
-    others = _pick_neighbours(facts, forget_rows, args.neighbours)
+    others = pick_neighbours(facts, forget_rows, args.neighbours)
     n = len(forget_rows)
     questions = [f["question"] for f in forget_rows] + [f["paraphrase"] for f in forget_rows] + [f["question"] for f in others]
     model, tok = load_model()
@@ -75,13 +75,13 @@ def main() -> None:
     from unierase.token.cache import ensure_unlearning_token
     from unierase.token.training import UnlearningTokenConfig
 
-    layers = EditConfig().resolved_layers(find_mlp_output(model).num_layers)
+    config, _ = edit_config_for(model.config, key_position=args.key_position)  # the library's settings for this model
+    layers = config.resolved_layers(find_mlp_output(model).num_layers)
     info = ensure_unlearning_token(model, tok, fingerprint=model_fingerprint(model), cache_dir=default_cache_dir(),
                                    config=UnlearningTokenConfig(), augment_layers=layers, progress=False)
     universality = token_universality(model, tok, info.token_id, heldout_questions())
     universality["unl_first_token_rate_on_fact_questions"] = sum(
         f == info.token_id for f in snapshot(model, tok, questions, max_new_tokens=1).first_tokens) / len(questions)
-    config = EditConfig(key_position=args.key_position)
     if args.solver:
         config.solver = args.solver
     if args.memit_weight is not None:

@@ -50,10 +50,10 @@ def main() -> None:
 
     import unierase
     from unierase.baselines.data import require_data_dir
-    from unierase.edit.editor import EditConfig
     from unierase.edit.values import ValueConfig
     from unierase.generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
     from unierase.models.loading import load_model
+    from unierase.recipes import edit_config_for
     from unierase.refusals import is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 
@@ -88,7 +88,7 @@ def main() -> None:
         print(f"[cached] {cell.name}")
         record = json.loads(cell.read_text())
     else:
-        config = EditConfig(**overrides["edit"])
+        config, _ = edit_config_for(target.config, **overrides["edit"])  # variants start from the model's recipe
         for section in ("values", "entity_values"):
             setattr(config, section, ValueConfig(**{**getattr(config, section).to_dict(), **overrides[section]}))
         model = copy.deepcopy(target)

@@ -13,9 +13,10 @@ import sys
 
 import torch
 
-from unierase.demo import _pick_neighbours
+from unierase.demo import pick_neighbours
 from unierase.edit_checks import load_demo_facts
-from unierase.edit.editor import EditConfig, _entity_char_end
+from unierase.edit.editor import EditConfig
+from unierase.edit.prompts import entity_char_end
 from unierase.edit.keys import token_keys, request_keys
 from unierase.edit.prompts import build_edit_prompts, EditPrompt, render_variants
 from unierase.edit.stats import get_key_statistics
@@ -30,7 +31,7 @@ def main() -> None:
     torch.set_num_threads(1)
     facts = load_demo_facts()
     fr = [f for f in facts if f["role"] == "forget"]
-    others = _pick_neighbours(facts, fr, 80)
+    others = pick_neighbours(facts, fr, 80)
     model, tok = load_model()
     adapter = find_mlp_output(model)
     layers = EditConfig().resolved_layers(adapter.num_layers)
@@ -38,9 +39,9 @@ def main() -> None:
     pad = tok.pad_token_id
     fprompts, oprompts = [], []
     for i, f in enumerate(fr):
-        fprompts += build_edit_prompts(tok, f["question"], i, _entity_char_end(f["question"]), 2)
+        fprompts += build_edit_prompts(tok, f["question"], i, entity_char_end(f["question"]), 2)
     for i, f in enumerate(others):
-        oprompts += build_edit_prompts(tok, f["question"], i, _entity_char_end(f["question"]), 0)
+        oprompts += build_edit_prompts(tok, f["question"], i, entity_char_end(f["question"]), 0)
     answers = generate_answer_ids(model, tok, [f["question"] for f in others], max_new_tokens=24)
     full = [EditPrompt(i, 0, encode_text(tok, render_prompt(tok, f["question"])) + a, 0, (0, 1)) for i, (f, a) in enumerate(zip(others, answers))]
     res = {}

@@ -35,14 +35,14 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from unierase.demo import _pick_neighbours
+    from unierase.demo import pick_neighbours
     from unierase.edit_checks import load_demo_facts, retain_metrics, snapshot
     from unierase.generation import first_token_ids
     from unierase.models.loading import load_model
 
     facts = load_demo_facts()
     # forget set: the demo's forget facts first, then others round-robin over relations
-    ordered = [f for f in facts if f["role"] == "forget"] + _pick_neighbours(facts, [], len(facts))
+    ordered = [f for f in facts if f["role"] == "forget"] + pick_neighbours(facts, [], len(facts))
     total = args.rounds * args.per_round
     targets, others = ordered[:total], ordered[total:]
     work = Path(args.work or tempfile.mkdtemp(prefix="unierase-seq-"))

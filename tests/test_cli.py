@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig
 
 from tiny_models import build_model, build_tokenizer
 from unierase.cli import main
+from unierase.manifest import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -44,6 +45,7 @@ def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir,
     manifest = json.loads((out / "unierase_manifest.json").read_text())
     first = manifest["rounds"][0]
     assert first["mode"] == "batch" and len(first["requests"]) == 2
+    assert manifest["schema"] == SCHEMA_VERSION and first["recipe"] is None  # a tiny model: neutral defaults
     assert first["hyperparameters"]["stats_tokens"] == 2000 and manifest["statistics"]["tokens"] < 3000
     assert first["hyperparameters"]["max_passes"] == 2 and len(first["passes"]) <= 2
     summary = capsys.readouterr().out

@@ -11,8 +11,6 @@ import copy
 import dataclasses
 import logging
 import os
-import platform
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +22,12 @@ from .edit.editor import EditConfig, run_edit_passes
 from .edit.scope import resolve_scope
 from .edit.stats import ANSWER_KEY_TOKENS, cached_refusal_key_moments, get_key_statistics
 from .generation import OwnAnswers
+from .manifest import Manifest
+from .measure import peak_memory_mb
 from .models.adapters import find_mlp_output
 from .models.loading import DEFAULT_MODEL, load_model, model_fingerprint
 from .prompts import PINNED_DATE
+from .recipes import edit_config_for
 from .requests import ForgetRequest, load_requests, parse_requests
 from .rounds import embedding_names, load_input, neighbour_questions, probe, read_manifest, save_round, start_round
 from .storage import UniEraseError, check_output_dir, default_cache_dir, locked_run
@@ -35,12 +36,6 @@ from .token.questions import training_questions
 from .token.training import UnlearningTokenConfig
 
 log = logging.getLogger(__name__)
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (MiB)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return usage / 1024 if platform.system() != "Darwin" else usage / 2**20
-
 
 @dataclass
 class ForgetResult:
@@ -173,13 +168,17 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, sc
     state = source_input.state
     mode = mode or ("sequential" if previous else "batch")
 
-    # the caller's config is not changed; replace() validates the result (EditConfig.__post_init__)
+    # a caller's own config is used as given (not changed: replace() copies and validates it);
+    # otherwise the neutral defaults with the recipe matching this model's config
     changes = {"layers": list(layers) if layers is not None else None, "stats_tokens": stats_tokens,
                "max_passes": max_passes}
     if edit_config is None:
-        changes.update(key_position=key_position, solver=solver)
-    config = dataclasses.replace(copy.deepcopy(edit_config) if edit_config is not None else EditConfig(),
-                                 **{k: v for k, v in changes.items() if v is not None})
+        config, recipe = edit_config_for(model.config, key_position=key_position, solver=solver, **changes)
+    else:
+        config, recipe = dataclasses.replace(copy.deepcopy(edit_config),
+                                             **{k: v for k, v in changes.items() if v is not None}), None
+    log.info("edit settings: %s", f"recipe {recipe.name} ({recipe.source})" if recipe else
+             "the caller's EditConfig" if edit_config is not None else "neutral defaults (no recipe matches this model)")
     adapter = find_mlp_output(model)
     edit_layers = config.resolved_layers(adapter.num_layers)
     if previous and previous.get("layers") and previous["layers"] != edit_layers:
@@ -246,9 +245,10 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, sc
                                 "key_token": result.key_tokens[e["requests"][0]] if record_texts and result.key_tokens else None}
                                for e in scoped.entities],
                   "added_not_reached": added_left},
+        "recipe": recipe.name if recipe else None,
         "hyperparameters": config.to_dict(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "peak_memory_mb": round(peak_memory_mb(), 1),
+        "peak_memory_mb": peak_memory_mb(),
         "passes": passes,
         "not_reached": [r.digest() for r in not_reached],
         "null_space_dims": report.null_dims,
@@ -256,12 +256,8 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, sc
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     rounds.append(round_record)
-    manifest = {
-        "method": "unierase",
-        "unierase_version": __version__,
-        "base_model": previous.get("base_model") or {"spec": spec,
-                                                      "fingerprint": base_fingerprint,
-                                                      "architecture": type(model).__name__},
+    manifest = Manifest("unierase", previous.get("base_model") or {"spec": spec, "fingerprint": base_fingerprint,
+                                                                   "architecture": type(model).__name__}, {
         "token": {"string": token.token, "id": token.token_id, "cache_key": token.cache_key or previous.get("token", {}).get("cache_key"),
                   "training": token_config.to_dict()},
         "layers": edit_layers,
@@ -271,14 +267,12 @@ def _forget_unierase(reqs, source, out, *, model, model_dir, tokenizer, mode, sc
         "prompt": {"chat_template_date": PINNED_DATE},
         "rounds": rounds,
         "total_seconds": round(time.perf_counter() - started_all, 2),
-    }
-    if base_history is not None or previous.get("base_history"):
-        manifest["base_history"] = base_history or previous.get("base_history")
+    }, base_history=base_history or previous.get("base_history")).to_dict()
     out_path = None
     if out is not None:
         out_path = Path(out)
         started = time.perf_counter()
-        from .edit.editor import neutral_questions
+        from .edit.prompts import neutral_questions
 
         substitutes = [q for per in neutral_questions(reqs, 0, 2) for q, _ in per]
         check = probe(model, tokenizer, reqs, neighbour_questions(reqs, record_texts=record_texts, extra=substitutes),

@@ -20,7 +20,7 @@ DEMO_NEIGHBOURS = 50
 """How many non-targeted facts the demo checks (same-shape facts first: other capitals, authors…)."""
 
 
-def _pick_neighbours(facts: list[dict], forget_rows: list[dict], count: int) -> list[dict]:
+def pick_neighbours(facts: list[dict], forget_rows: list[dict], count: int) -> list[dict]:
     """Non-targeted facts, round-robin over relations so that every forgotten shape has neighbours."""
     retain = [f for f in facts if f["role"] == "retain"]
     relations = []
@@ -66,7 +66,7 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     started = time.perf_counter()
     facts = load_demo_facts()
     forget_rows = [f for f in facts if f["role"] == "forget"]
-    neighbours = _pick_neighbours(facts, forget_rows, DEMO_NEIGHBOURS)
+    neighbours = pick_neighbours(facts, forget_rows, DEMO_NEIGHBOURS)
     model, tokenizer = load_model(None, cache_dir=cache_dir)
     n = len(forget_rows)
     # the reworded forget questions only matter after the edit (do they still leak the answer?)

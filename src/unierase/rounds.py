@@ -21,6 +21,7 @@ import torch
 
 from . import deltas
 from .edit.state import STATE_FILE, EditState
+from .manifest import Manifest
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
                      ledger_text, non_finite, read_ledger, effective_rounds)
 from .requests import ForgetRequest
@@ -61,11 +62,7 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise UniEraseError(f"{path}: corrupt manifest ({err.__class__.__name__}: {err}); restore it or remove the "
                             "directory's unierase files to treat it as a plain model") from None
-    if not isinstance(data, dict) or not isinstance(data.get("method"), str):
-        raise UniEraseError(f"{path}: corrupt manifest (expected a JSON object with a 'method', got "
-                            f"{json.dumps(data)[:40]})")
-    if data["method"] == "unierase" and not isinstance(data.get("rounds"), list):
-        raise UniEraseError(f"{path}: corrupt manifest (a unierase manifest without its list of rounds)")
+    Manifest.from_dict(data, str(path))  # the schema's checks: method, version, rounds
     return data
 
 

@@ -7,6 +7,7 @@ import pytest
 from unierase.baselines.data import find_data_dir, parse_data_spec, refusal_for, tofu_subset
 from unierase.baselines.finetune import FinetuneConfig, finetune
 from unierase.cli import build_parser, main
+from unierase.manifest import SCHEMA_VERSION
 from unierase.storage import UniEraseError
 
 
@@ -48,6 +49,7 @@ def test_finetune_memorises_and_records(tiny_model_dir, tmp_path, qa_rows, forge
     result = finetune(str(tiny_model_dir), str(forget_file), tmp_path / "ft", config=config)
     manifest = json.loads((tmp_path / "ft" / "unierase_manifest.json").read_text())
     assert manifest["method"] == "finetune" and manifest["data"]["n_items"] == len(qa_rows[0])
+    assert manifest["schema"] == SCHEMA_VERSION and manifest["base_model"]["fingerprint"]  # the one manifest schema
     losses = manifest["train"]["loss_per_epoch"]
     assert losses[-1] < losses[0]
     assert 0 <= manifest["memorisation"]["rougeL_recall"] <= 1

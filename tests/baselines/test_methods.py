@@ -57,7 +57,7 @@ def test_each_method_runs_and_lowers_forget_likelihood(method, tiny_model_dir, t
     manifest = json.loads((out / "unierase_manifest.json").read_text())
     assert (out / "config.json").is_file() and any(out.glob("*.safetensors"))
     assert manifest["method"] == method
-    for key in ("version", "requests", "hyperparameters", "timings_s", "peak_memory_mb"):
+    for key in ("unierase_version", "schema", "base_model", "requests", "hyperparameters", "timings_s", "peak_memory_mb"):
         assert key in manifest
     assert manifest["requests"][0]["sha256"] == REQUESTS[0].digest()
     assert manifest["hyperparameters"]["lr"] == FAST["lr"]

@@ -61,7 +61,7 @@ def test_edit_round_writes_the_target_values(arch, key_position, solver):
 
 
 def test_neutral_prompts_put_the_request_entity_in_relation_neutral_questions():
-    from unierase.edit.editor import neutral_prompts
+    from unierase.edit.prompts import neutral_prompts
 
     tok = build_tokenizer()
     requests = [ForgetRequest("In which city is the Eiffel Tower?"), ForgetRequest("Who wrote Hamlet?", subject="Hamlet")]
@@ -76,7 +76,7 @@ def test_neutral_prompts_put_the_request_entity_in_relation_neutral_questions():
 def test_a_neutral_constraint_shrinks_the_update_on_the_entity_in_other_questions():
     """With the round's neutral keys softly preserved the edit still writes, and moves the entity's
     key in a neutral question less than without them."""
-    from unierase.edit.editor import neutral_prompts
+    from unierase.edit.prompts import neutral_prompts
 
     tok = build_tokenizer()
     results = {}
@@ -99,10 +99,9 @@ def test_a_neutral_constraint_shrinks_the_update_on_the_entity_in_other_question
     assert results[10.0][0] < 0.5 * results[0.0][0], results
 
 
-@pytest.mark.parametrize("preserve_each_pass", [True, False])
-def test_edit_passes_preserve_each_requests_keys(preserve_each_pass):
-    """Several passes: the state ends up holding the requests' keys — every pass's keys, or each
-    request's last keys once (``preserve_each_pass=False``); the manifest's pass records add up."""
+def test_edit_passes_preserve_each_requests_keys():
+    """Several passes: the state ends up holding every pass's keys of the requests; the manifest's
+    pass records add up."""
     from unierase.edit.editor import run_edit_passes
 
     tok = build_tokenizer()
@@ -113,7 +112,7 @@ def test_edit_passes_preserve_each_requests_keys(preserve_each_pass):
     requests = [ForgetRequest("What is the capital of France?", subject="France"),
                 ForgetRequest("Who wrote Hamlet?", subject="Hamlet")]
     config = EditConfig(layers=[1, 2], key_position="subject", null_space_threshold=0.05, ridge=0.01, max_passes=3,
-                        neutral_key_weight=0.0, preserve_each_pass=preserve_each_pass,
+                        neutral_key_weight=0.0,
                         values=ValueConfig(steps=3, lr=0.5, clamp_factor=0.5, continuation_weight=0.0))
     state = EditState()
     result = run_edit_passes(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
@@ -122,13 +121,12 @@ def test_edit_passes_preserve_each_requests_keys(preserve_each_pass):
     assert [r.question for r in result.not_reached] == [r.question for r in requests]
     # layer 1's keys do not depend on the edits (its own projection's input, nothing edited below)
     keys = result.last.keys[1].double()
-    copies = 3 if preserve_each_pass else 1
-    torch.testing.assert_close(state.get(1), copies * keys @ keys.T)
+    torch.testing.assert_close(state.get(1), 3 * keys @ keys.T)  # one copy per pass
     assert set(state.previous_keys) == {1, 2}
 
 
 def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
-    from unierase.edit.editor import neutral_prompts, substitute_entities
+    from unierase.edit.prompts import neutral_prompts, substitute_entities
     from unierase.edit.corpus import ENTITY_GROUPS, SUBSTITUTE_GROUPS
 
     others = substitute_entities("gold", {"silver"}, 4, "What is the chemical symbol for gold?")
@@ -147,10 +145,8 @@ def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
         assert tok.decode(p.input_ids[: p.key_index + 1]).endswith(country.split()[-1])
 
 
-@pytest.mark.parametrize("keep_soft_keys", [False, True])
-def test_soft_constraint_keys_join_the_sequential_state_only_when_asked(keep_soft_keys):
-    """``keep_soft_keys``: the round's neutral/substitute keys, weighted, are preserved by later
-    rounds too; otherwise the state holds only the edited keys."""
+def test_soft_constraint_keys_join_the_sequential_state():
+    """The round's neutral/substitute keys, weighted, are preserved by later rounds too."""
     from unierase.edit.editor import run_edit_passes, soft_constraint_keys
 
     tok = build_tokenizer()
@@ -160,7 +156,7 @@ def test_soft_constraint_keys_join_the_sequential_state_only_when_asked(keep_sof
     stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=3000, progress=False)
     requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("Who wrote Hamlet?")]
     config = EditConfig(layers=[1, 2], key_position="entity", null_space_threshold=0.05, ridge=0.01, max_passes=1,
-                        neutral_key_weight=2.0, neutral_templates=2, substitute_entities=1, keep_soft_keys=keep_soft_keys,
+                        neutral_key_weight=2.0, neutral_templates=2, substitute_entities=1,
                         substitute_answer_tokens=0,
                         values=ValueConfig(steps=2, lr=0.5, clamp_factor=0.5, continuation_weight=0.0))
     soft = soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
@@ -168,15 +164,13 @@ def test_soft_constraint_keys_join_the_sequential_state_only_when_asked(keep_sof
     state = EditState()
     result = run_edit_passes(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
     keys = result.last.keys[1].double()
-    expected = keys @ keys.T
-    if keep_soft_keys:
-        s = torch.cat([k[1] for k in soft], dim=1).double()
-        expected = expected + 2.0 * s @ s.T
+    s = torch.cat([k[1] for k in soft], dim=1).double()
+    expected = keys @ keys.T + 2.0 * s @ s.T
     torch.testing.assert_close(state.get(1), expected, rtol=1e-5, atol=1e-5)  # keys scaled by √2 in fp32
 
 
 def test_substitute_answers_replace_the_entity_in_the_question_and_the_answer():
-    from unierase.edit.editor import substitute_answers
+    from unierase.edit.prompts import substitute_answers
 
     tok = build_tokenizer()
     requests = [ForgetRequest("What is the chemical symbol for gold?")]

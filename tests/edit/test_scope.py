@@ -119,7 +119,7 @@ def test_a_place_named_by_several_requests_is_not_a_person():
 
 def test_a_person_the_corpus_does_not_list_gets_people_as_substitutes():
     from unierase.edit.corpus import SUBSTITUTE_GROUPS
-    from unierase.edit.editor import substitute_entities
+    from unierase.edit.prompts import substitute_entities
 
     picked = substitute_entities("Jaime Vasquez", set(), 4, "seed", person=True)
     assert len(picked) == 4 and set(picked) <= set(SUBSTITUTE_GROUPS["person"])

@@ -25,7 +25,9 @@ from ..ledger import non_finite
 from ..rounds import MANIFEST_FILE
 from ..storage import UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic
 from .data import parse_data_spec, tofu_subset
-from .trainer import (TrainConfig, package_version, collate, encode_pairs, peak_memory_mb, seed_everything, shuffled_batches,
+from ..manifest import Manifest, base_model_info
+from ..measure import peak_memory_mb
+from .trainer import (TrainConfig, collate, encode_pairs, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,7 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
     seed_everything(config.seed)
     model, tokenizer = load_model(model_spec, cache_dir=cache_dir)
     t_load = time.perf_counter() - t0
+    base = base_model_info(model, model_spec)
     if config.lora:
         model = wrap_lora(model, config)
     encoded = encode_pairs(tokenizer, [(r.question, r.answer) for r in items], config.max_length)
@@ -195,10 +198,7 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
         mem = memorisation(model, tokenizer, items, n=config.eval_items, max_new_tokens=config.eval_max_new_tokens,
                            seed=config.seed, groups=groups)
         t_eval = time.perf_counter() - t1
-    manifest = {
-        "method": "finetune",
-        "version": package_version(),
-        "base_model": str(model_spec or "default"),
+    manifest = Manifest("finetune", base, {
         "data": data_info,
         "hyperparameters": config.to_dict(),
         "train": {"steps": result.steps, "final_loss": result.history[-1] if result.history else None,
@@ -207,7 +207,7 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
         "peak_memory_mb": peak_memory_mb(),
         "threads": torch.get_num_threads(),
         "memorisation": mem,
-    }
+    }).to_dict()
     bad = non_finite(model)
     if bad:
         raise UniEraseError(f"fine-tuning produced non-finite weights ({', '.join(bad[:3])}); nothing was saved")

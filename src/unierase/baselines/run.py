@@ -27,7 +27,10 @@ from ..storage import UniEraseError, check_output_dir, locked_run
 from . import losses
 from .data import load_refusals, parse_data_spec, refusal_for
 from .methods import Baseline, BaselineConfig, get_method
-from .trainer import (collate, encode_pairs, package_version, peak_memory_mb, seed_everything, shuffled_batches,
+from .. import __version__
+from ..manifest import Manifest, base_model_info
+from ..measure import peak_memory_mb
+from .trainer import (collate, encode_pairs, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
 
 log = logging.getLogger(__name__)
@@ -154,6 +157,7 @@ def run_baseline(
             if tokenizer.pad_token is None:
                 tokenizer.pad_token = tokenizer.eos_token
         timings["load"] = time.perf_counter() - t0
+        base = base_model_info(model, model_spec)  # before training changes the weights
         start = start_round(model) if out is not None else None  # a baseline may change every weight
         pad = tokenizer.pad_token_id
         device = next(model.parameters()).device
@@ -236,10 +240,7 @@ def run_baseline(
             nll["refusal_before"] = _answer_nll(ref_idk, enc_idk)
             nll["refusal_after"] = _answer_nll(_sequence_logprobs(model, enc_idk, pad, config.batch_size), enc_idk)
 
-        manifest = {
-            "method": cls.name,
-            "version": package_version(),
-            "base_model": str(model_spec or "default"),
+        manifest = Manifest(cls.name, base, {
             "requests": [{"sha256": r.digest(), **({"question": r.question} if record_texts else {})} for r in requests],
             "retain": {"n": len(retain), "sha256": _list_digest(retain)},
             "hyperparameters": config.to_dict(),
@@ -250,17 +251,15 @@ def run_baseline(
             "timings_s": {k: round(v, 2) for k, v in timings.items()},
             "peak_memory_mb": peak_memory_mb(),
             "threads": torch.get_num_threads(),
-        }
+        }, base_history=source.manifest).to_dict()  # base_history: what made the model this round started from
         if out is None:
             return BaselineResult(cls.name, None, manifest, model)
-        if source.manifest is not None:
-            manifest["previous"] = source.manifest  # what made the model this round started from
         t2 = time.perf_counter()
         token_id = ((source.manifest or {}).get("token") or {}).get("id")
         check = probe(model, tokenizer, requests, neighbour_questions(requests, record_texts=record_texts,
                                                                        extra=[r.question for r in retain[:8]]),
                       token_id, record_texts=record_texts)
-        entry = {"kind": "erase", "method": cls.name, "version": package_version(),
+        entry = {"kind": "erase", "method": cls.name, "version": __version__,
                  "requests": [{"sha256": r.digest(), **(r.to_dict() if record_texts else {})} for r in requests],
                  "settings": {"hyperparameters": config.to_dict(), "retain": manifest["retain"]}, "verification": check}
         manifest["timings_s"]["verification"] = round(time.perf_counter() - t2, 2)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import resource
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -76,24 +74,6 @@ class TrainConfig:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (and the GPU's peak allocation when one is used)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    rss_mb = rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
-    if torch.cuda.is_available():
-        rss_mb = max(rss_mb, torch.cuda.max_memory_allocated() / 2**20)
-    return round(rss_mb, 1)
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("unierase")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def model_device(model) -> torch.device:

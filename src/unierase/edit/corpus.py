@@ -99,8 +99,8 @@ ELEMENTS = [
 
 ENTITY_GROUPS = {"country": COUNTRIES, "city": CITIES, "person": PEOPLE, "thing": THINGS, "work": WORKS}
 SUBSTITUTE_GROUPS = {**ENTITY_GROUPS, "element": ELEMENTS}
-"""Entity kinds the edit draws "same question, other entity" substitutes from (``editor.substitute_entities``)."""
-"""The entity lists by kind (also the pool of ``editor.substitute_entities``)."""
+"""Entity kinds the edit draws "same question, other entity" substitutes from (``prompts.substitute_entities``)."""
+"""The entity lists by kind (also the pool of ``prompts.substitute_entities``)."""
 
 
 def documents(seed: int = 0) -> Iterator[tuple[str, str | None]]:

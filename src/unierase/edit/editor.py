@@ -6,10 +6,7 @@ keys on the current model, residual spread over the remaining layers, closed-for
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import random
-import re
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
@@ -18,15 +15,16 @@ import torch
 
 from ..generation import generate_answer_ids
 from ..models.adapters import MLPOutputAdapter
-from ..prompts import encode_text, has_chat_template, render_prompt
+from ..prompts import has_chat_template
 from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
 from .keys import LowerBlocks, answer_position_keys, request_keys_and_values, request_keys_at, token_keys
 from .scope import compact_groups
-from .prompts import NEUTRAL_TEMPLATES, EditPrompt, build_edit_prompts, render_variants, subject_char_end
-from .solve import alphaedit_update_in_basis, memit_update
+from .prompts import (EditPrompt, build_edit_prompts, entity_char_end, neutral_questions, plain_prompts,
+                      render_variants, subject_char_end, substitute_answers)
+from .solve import SOLVERS
 from .state import EditState
 from .values import PromptGroup, ValueConfig, compute_target_values, plain_prompt_group
 
@@ -45,103 +43,61 @@ def default_layers(num_layers: int) -> list[int]:
 
 @dataclass
 class EditConfig:
-    """Hyper-parameters of the Unlearning Edit (defaults measured on SmolLM2-135M-Instruct)."""
+    """Hyper-parameters of the Unlearning Edit: neutral defaults; what was measured on a model is
+    in its recipe (``unierase.recipes``; ``edit_config_for`` applies it)."""
 
     layers: list[int] | None = None
     """MLP output projections to edit; ``None`` = ``default_layers(depth)``."""
     key_position: str = "auto"
-    """'subject' (last subject token; needs ``subject``), 'distinct' (question token with the largest
-    share of its key in the free subspace), 'entity' (last token of the last capitalised name),
-    'question_end' (the question's own last token, which has read the whole question), 'last' (last
-    prompt token, a chat-template token), 'auto' = subject when given, else entity."""
+    """Token whose MLP input is the key: 'subject', 'entity' (last capitalised name), 'distinct'
+    (most of its key in the free subspace), 'question_end', 'last'; 'auto' = subject if given, else entity."""
     num_prefixes: int = 2
-    """Fixed context prefixes averaged with the plain prompt for keys and values."""
+    """Fixed context prefixes averaged with the plain prompt for keys and values (as ROME/MEMIT)."""
     solver: str = "alphaedit"
-    """'alphaedit' (null-space constrained, sequential state) or 'memit'."""
-    null_space_threshold: float = 3e-3
-    """Eigen-directions of C₀ below this fraction of the largest eigenvalue are free to edit."""
+    """'alphaedit' (null-space constrained, keeps the sequential state) or 'memit'."""
+    null_space_threshold: float = 1e-2
+    """Eigen-directions of C₀ below this fraction of its largest eigenvalue are free to edit."""
     question_key_weight: float = 1.0
-    """Weight of the entity-token keys of synthetic questions in C₀ (so that what all entity keys
-    share is preserved, and the edit keys on what is specific to each request)."""
+    """Weight in C₀ of the entity keys of synthetic questions: the edit keys on what is specific to a request."""
     refusal_key_weight: float = 1.0
-    """Weight of the keys at the answer positions of ``question → [UNL] refusal [UNL]`` in C₀, so the
-    edit leaves the way the model continues after ``[UNL]`` alone (0 = corpus and questions only)."""
-    answer_key_weight: float = 2.0
-    """Weight of the keys at every position of the model's own greedy answers to generic questions
-    (``stats.accumulate_answer_key_moments``), so the edit leaves ordinary answering alone."""
+    """Weight in C₀ of the keys of ``question → [UNL] refusal``: the token's own continuation is left alone."""
+    answer_key_weight: float = 1.0
+    """Weight in C₀ of the keys of the model's own answers to generic questions: ordinary answering is left alone."""
     neutral_key_weight: float = 1.0
-    """Weight of the round's own soft constraint that the update leaves each request's entity alone
-    in relation-neutral questions (``neutral_prompts``; 0 = off; only for entity/subject keys).
-    Measured: it stopped the edit of "longest river in Africa" from firing on "largest desert in
-    Africa", and 1.0 kept more same-entity facts than 0.5; it also lets more reworded forget
-    questions through."""
+    """Weight of the round's soft constraint (neutral questions about each request's entity and its
+    substitutes), so the edit does not fire on the entity alone or on the question's shape (0 = off)."""
     neutral_templates: int = 4
-    """How many neutral questions per request (``prompts.NEUTRAL_TEMPLATES``)."""
+    """Relation-neutral questions per request in the soft constraint (``prompts.NEUTRAL_TEMPLATES``)."""
     substitute_entities: int = 4
-    """How many copies of each request's question with its entity replaced by another entity of the
-    same kind ("What is the chemical symbol for copper?" next to an erased "… for gold?") are softly
-    preserved with ``neutral_key_weight`` as well, so the update keys on the entity in the question
-    rather than on the question's shape (0 = off)."""
+    """Copies of each question with its entity replaced by another of the same kind, softly preserved (0 = off)."""
     substitute_answer_weight: float = 1.0
-    """Weight of those answer-position keys relative to ``neutral_key_weight``. Measured with 12
-    passes (24-fact batch; 5 sequential rounds of 10): 1.0 kept 87.2 % of the known facts over the
-    rounds and every round's requests reached ``[UNL]`` (0.3 with 7 passes: 84.9–86.0 %, and 3 of
-    round 5's 10 requests were not reached); batch 100 % forget, 91.25 % known for both 1.0 and 0.6."""
+    """Weight of the substitutes' answer-position keys relative to ``neutral_key_weight``."""
     substitute_answer_tokens: int = 24
-    """Also softly preserve every answer position of each substitute question followed by the
-    request's own greedy answer (this many tokens) with the entity replaced (``substitute_answers``);
-    0 = only the substitute question's entity key (measured: sequential known facts 84.9 % without)."""
-    ridge: float = 0.2
-    """λ of the closed form, as a fraction of the mean squared norm of the round's keys (0.2: each
-    pass writes less, unrelated answers move less, more passes are needed)."""
+    """Answer tokens of each substitute question that are softly preserved too (0 = only its entity key)."""
+    ridge: float = 0.1
+    """λ of the closed form, as a fraction of the mean squared norm of the round's keys (more: each
+    pass writes less and moves unrelated answers less)."""
     memit_weight: float = 1e4
     """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
-    stats_tokens: int = 50_000
-    """Corpus tokens for the preserved-key statistics (computed once per model, cached). 200k and
-    100k gave the same batch and sequential figures, 50k one more known fact in each (batch 73/80,
-    sequential 76/86) and saves ~45 s of the first run."""
+    stats_tokens: int = 100_000
+    """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
     max_passes: int = 12
-    """After a pass, requests whose greedy first token is not yet the target get another pass; at
-    most this many passes. Each pass writes less of a pending request's target than the one before
-    (its own earlier keys join the preserved term, see ``preserve_each_pass``), so a request near
-    other preserved keys can need ten or more; later passes only run the few requests left."""
-    warm_start: bool = True
-    """A further pass starts each request's δ at the target its previous pass computed (a request
-    the previous target still serves leaves the value optimisation after one step)."""
-    keep_converged_targets: bool = True
-    """With ``warm_start``: a request whose target value converged in an earlier pass keeps it in
-    the later passes without evaluating it again (the layers above the edit are unchanged, so the
-    target still serves; only the edited states of the other prompt positions move it a little).
-    False: every pass evaluates it again and optimises it further when it drifted above the stop
-    criteria (in the demo, 2 of ~100 request-passes; the evaluation cost ~1–4 s per pass)."""
-    keep_soft_keys: bool = True
-    """Also add the soft constraint's keys (weighted by ``neutral_key_weight``) to the sequential
-    state, so later rounds keep preserving them (False: only in their own round). Measured over 5
-    sequential rounds: other questions starting with ``[UNL]`` 4.7 % → 1.2 %; with the element
-    substitutes, known facts 83.7 % → 84.9 %."""
-    preserve_each_pass: bool = True
-    """True: every pass's keys join the preserved term K_p K_pᵀ from the next pass on, also those of
-    requests still pending (their own further updates then shrink pass by pass). False: a request's
-    keys (of its last pass) are preserved once it reached the target or the round ended."""
+    """Requests whose greedy first token is not yet the target get another pass, at most this many;
+    each pass starts from the previous targets and preserves the previous keys."""
     group_value_questions: int | None = 8
-    """In each pass, the δ an entity group shares is optimised on at most this many of the group's
-    questions still pending (spread evenly from the shortest to the longest: a δ optimised on the
-    shortest ones reached fewer of the others), the others only receive it (None = all of them)."""
+    """An entity group's shared δ is optimised on at most this many of its pending questions, spread
+    from the shortest to the longest; the others only receive it (None = all)."""
     values: ValueConfig = field(default_factory=ValueConfig)
-    """The target values of requests with their own target (fact scope)."""
-    entity_values: ValueConfig = field(default_factory=lambda: ValueConfig(lr=1.0, clamp_factor=0.5))
-    """The target values an entity group shares: one δ serves all questions about the entity, also
-    ones it was not optimised on, so it may move further than a single fact's, at a higher rate
-    (chosen on the tuning split, ``benchmarks/results/entity_tuning.json``)."""
+    """Target values of requests with their own target (fact scope)."""
+    entity_values: ValueConfig = field(default_factory=ValueConfig)
+    """Target values an entity group shares (one δ serves questions it was not optimised on)."""
     entity_substitute_answers: bool = False
-    """Also preserve the substitute answers (``substitute_answer_tokens``) of entity-scope requests:
-    their substitute questions are kept either way; the answers cost a generation of the round's
-    answers and another key pass (chosen on ``benchmarks/entity_tuning.py``)."""
+    """Also preserve the substitute answers of entity-scope requests (costs a generation and a key pass)."""
 
     def __post_init__(self):
         # checked before any work: a bad value must not surface after the costly target values
         problems = [f"{name} must be {rule} (got {getattr(self, name)!r})" for name, rule, ok in (
-            ("solver", "'alphaedit' or 'memit'", self.solver in ("alphaedit", "memit")),
+            ("solver", " or ".join(map(repr, SOLVERS)), self.solver in SOLVERS),
             ("key_position", "one of " + ", ".join(KEY_POSITIONS), self.key_position in KEY_POSITIONS),
             ("null_space_threshold", "in (0, 1)", 0 < self.null_space_threshold < 1),
             ("ridge", "≥ 0", self.ridge >= 0),
@@ -195,129 +151,6 @@ class RoundReport:
     first answer token now, and the start of a further pass's value optimisation."""
 
 
-_NAME = re.compile(r"(?:[A-Z][\w'’.-]*)(?:\s+(?:of|the|and|de|da|van|von|la|le)?\s*[A-Z0-9][\w'’.-]*)*")
-_WORD = re.compile(r"[\w'’-]+")
-
-
-def _entity_span(question: str) -> tuple[int, int]:
-    """The last capitalised name that is not the question's first word; else the last word.
-
-    A cheap stand-in for a subject annotation: "capital of France" → "France", "Who wrote Romeo
-    and Juliet?" → "Romeo and Juliet", "chemical symbol for gold" → "gold".
-    """
-    spans = [m for m in _NAME.finditer(question) if m.start() > 0]
-    if spans:
-        return spans[-1].span()
-    words = list(_WORD.finditer(question))
-    return words[-1].span() if words else (0, len(question))
-
-
-def _entity_char_end(question: str) -> int:
-    """End of ``_entity_span`` (the key token is the entity's last token)."""
-    return _entity_span(question)[1]
-
-
-def _entity_of(request: ForgetRequest) -> tuple[int, int]:
-    """Character span of the request's entity: its subject when given, else ``_entity_span``."""
-    if request.subject:
-        end = subject_char_end(request.question, request.subject)
-        return end - len(request.subject), end
-    return _entity_span(request.question)
-
-
-def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: str, person: bool = False) -> list[str]:
-    """``count`` other entities of the same kind as ``entity`` (the lists of ``corpus.SUBSTITUTE_GROUPS``
-    that hold it; the people for a ``person`` they do not list; all lists otherwise), none of them in ``exclude`` (lower case); a stable choice
-    per ``seed_text``."""
-    from .corpus import SUBSTITUTE_GROUPS
-
-    lower = entity.lower()
-    kinds = [names for names in SUBSTITUTE_GROUPS.values() if lower in {n.lower() for n in names}]
-    if not kinds and person:  # a person the corpus does not list: other people
-        kinds = [SUBSTITUTE_GROUPS["person"]]
-    pool = list(dict.fromkeys(n for names in (kinds or SUBSTITUTE_GROUPS.values()) for n in names))
-    candidates = [n for n in pool if n.lower() != lower and n.lower() not in exclude]
-    rng = random.Random(hashlib.sha256(seed_text.encode("utf-8")).hexdigest())
-    return rng.sample(candidates, min(count, len(candidates)))
-
-
-def _substitutions(requests: list[ForgetRequest], count: int,
-                   people: list[bool] | None = None) -> list[tuple[int, int, list[str]]]:
-    """Per request: its entity's character span and ``count`` substitutes (never an entity of the
-    requests themselves)."""
-    spans = [_entity_of(r) for r in requests]
-    own = {r.question[s:e].lower() for r, (s, e) in zip(requests, spans)}
-    people = people or [False] * len(requests)
-    return [(s, e, substitute_entities(r.question[s:e], own, count, r.question, person))
-            for r, (s, e), person in zip(requests, spans, people)]
-
-
-def neutral_questions(requests: list[ForgetRequest], num_templates: int, num_substitutes: int = 0,
-                      people: list[bool] | None = None) -> list[list[tuple[str, int]]]:
-    """Per request: (question, character end of its entity) for each relation-neutral question about
-    the request's entity ("Tell me about the Eiffel Tower.") and each copy of its question with the
-    entity replaced by another entity of the same kind ("What is the capital of Peru?").
-    """
-    out = []
-    for r, (start, end, others) in zip(requests, _substitutions(requests, num_substitutes, people)):
-        entity = r.question[start:end]
-        questions = []
-        for template in NEUTRAL_TEMPLATES[:num_templates]:
-            question = template.format(entity)
-            questions.append((question, question.index(entity) + len(entity)))
-        for other in others:
-            questions.append((r.question[:start] + other + r.question[end:], start + len(other)))
-        out.append(questions)
-    return out
-
-
-def neutral_prompts(tokenizer, requests: list[ForgetRequest], num_templates: int,
-                    num_substitutes: int = 0) -> list[EditPrompt]:
-    """The ``neutral_questions`` of all requests as plain edit prompts keyed at the entity's last
-    token like the request (each prompt its own index).
-
-    Their keys are softly preserved (``EditConfig.neutral_key_weight``), so the update keys on what
-    is specific to the request — this entity with this relation — rather than on the entity alone
-    or on the question's shape; other questions about the entity and the same question about
-    other entities are left alone.
-    """
-    return _plain_prompts(tokenizer, neutral_questions(requests, num_templates, num_substitutes))
-
-
-def _plain_prompts(tokenizer, questions: list[list[tuple[str, int]]]) -> list[EditPrompt]:
-    prompts: list[EditPrompt] = []
-    for per_request in questions:
-        for question, end in per_request:
-            prompts += build_edit_prompts(tokenizer, question, len(prompts), end, 0)
-    return prompts
-
-
-def substitute_answers(tokenizer, requests: list[ForgetRequest], answers: list[str], num_substitutes: int,
-                       people: list[bool] | None = None) -> list[list[tuple[list[int], list[int]]]]:
-    """Per request: (prompt ids, answer ids) of each substitute question ("… for copper?") followed by
-    the request's own answer with its entity replaced the same way ("The chemical symbol for copper
-    is Au.").
-
-    The model restates the question in its answer, so the entity and the relation meet again at
-    the answer's positions; an update that keys on "this relation with an entity of this kind"
-    fires there (measured: after erasing 7 of 13 chemical symbols in 5 rounds, the other symbols'
-    answers turned into "The chemical symbol for copper is[UNL]"). Preserving those positions too
-    keeps the neighbours' answers, not only their first token.
-    """
-    out = []
-    for r, (start, end, others), answer in zip(requests, _substitutions(requests, num_substitutes, people), answers):
-        pattern = re.compile(re.escape(r.question[start:end]), re.IGNORECASE)
-        pairs = []
-        for other in others:
-            question = r.question[:start] + other + r.question[end:]
-            prompt = encode_text(tokenizer, render_prompt(tokenizer, question))
-            text = pattern.sub(other, answer)
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"] if text.strip() else []
-            pairs.append((prompt, list(ids)))
-        out.append(pairs)
-    return out
-
-
 def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
                          config: EditConfig, answer_ids: list[list[int]] | None = None,
                          entity_scope: list[str | None] | None = None) -> list[dict[int, torch.Tensor]] | None:
@@ -338,7 +171,7 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
     questions = [q[config.neutral_templates:] if e else q for q, e in zip(questions, entity)]
     if not any(questions):
         return None
-    soft = _plain_prompts(tokenizer, questions)
+    soft = plain_prompts(tokenizer, questions)
     keys = request_keys_at(model, adapter, layers, soft, len(soft), tokenizer.pad_token_id)
     per_request, start = [], 0
     for n in map(len, questions):
@@ -402,7 +235,7 @@ class SoftConstraint:
         per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config, answer_ids, entity_scope)
         if not per_request:
             return None
-        return cls(per_request, config.neutral_key_weight, bases if config.solver == "alphaedit" else None)
+        return cls(per_request, config.neutral_key_weight, bases if SOLVERS[config.solver].needs_null_space else None)
 
     def keep(self, indices: list[int]) -> None:
         """Restrict the sums to the requests ``indices`` (a subset of the ones kept so far)."""
@@ -431,7 +264,7 @@ def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list
         elif mode == "question_end":
             ends.append(len(r.question.rstrip()))
         elif mode == "entity" or (mode == "auto" and not r.subject):
-            ends.append(_entity_char_end(r.question))
+            ends.append(entity_char_end(r.question))
         else:
             ends.append(None)
             pending.append(i)
@@ -471,7 +304,7 @@ def null_space_bases(stats, layers: list[int], config: EditConfig, cache_dir=Non
     computes it once and passes it to ``run_edit_round``; with ``cache_dir`` it is also stored there
     (``stats.cached_null_space_basis``).
     """
-    if config.solver != "alphaedit" and config.key_position != "distinct":
+    if not SOLVERS[config.solver].needs_null_space and config.key_position != "distinct":
         return {}
     from .stats import cached_null_space_basis
 
@@ -502,7 +335,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     ``soft_constraint_keys``). ``cache_dir``: where the null-space bases are cached. ``groups`` and
     ``entity_scope``: the shared targets and the entity-scope requests (``scope.resolve_scope``).
 
-    ``state`` ends up holding every request's keys (see ``EditConfig.preserve_each_pass``).
+    ``state`` ends up holding every pass's keys and the round's soft constraint.
     """
     layers = config.resolved_layers(adapter.num_layers)
     bases = null_space_bases(stats, layers, config, cache_dir)  # once for all passes
@@ -513,20 +346,15 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     converged = [False] * len(requests)  # target value reached in an earlier pass
-    last_keys: dict[int, dict[int, torch.Tensor]] = {}
     passes, key_tokens, report, carried = [], [], None, None
-
-    def preserve(indices: list[int]) -> None:
-        for layer in (last_keys[indices[0]] if indices else {}):
-            state.add(layer, torch.stack([last_keys[i][layer] for i in indices], dim=1))
-
-    for _ in range(max(1, config.max_passes)):
-        chosen = [requests[i] for i in pending]
-        report = run_edit_round(model, tokenizer, adapter, chosen, target_id, config, state, stats, progress=progress,
-                                bases=bases, record_keys=config.preserve_each_pass,
-                                soft=constraint,
-                                start_targets=[targets[i] for i in pending] if config.warm_start else None,
-                                keep_targets=[converged[i] for i in pending] if config.keep_converged_targets else None,
+    for _ in range(config.max_passes):
+        # a further pass starts each pending request's δ at its previous target and keeps the targets
+        # that converged (the layers above the edit are unchanged, so they still serve); every pass's
+        # keys join the preserved term, so a pending request's own further updates shrink pass by pass
+        report = run_edit_round(model, tokenizer, adapter, [requests[i] for i in pending], target_id, config, state,
+                                stats, progress=progress, bases=bases, soft=constraint,
+                                start_targets=[targets[i] for i in pending],
+                                keep_targets=[converged[i] for i in pending],
                                 plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
                                 optimise=_steering([requests[i] for i in pending], [groups[i] for i in pending],
                                                    config.group_value_questions) if groups else None)
@@ -534,23 +362,18 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
             converged[i] = report.values["converged"][j]
-            last_keys[i] = {layer: keys[:, j] for layer, keys in report.keys.items()}
         firsts = report.after.first_tokens()  # greedy first answer token on the edited model
-        reached = [i for i, f in zip(pending, firsts) if f == target_id]
-        passes.append({"requests": len(pending), "reached": len(reached), "residual_left": report.residual_left,
+        reached = sum(1 for f in firsts if f == target_id)
+        passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
         still = [j for j, f in enumerate(firsts) if f != target_id]
         carried = report.after.subset(still) if still else None
         pending = [pending[j] for j in still]
         if constraint is not None:
             constraint.keep(pending)
-        if not config.preserve_each_pass:
-            preserve(reached)
         if not pending:
             break
-    if not config.preserve_each_pass:
-        preserve(pending)
-    if constraint is not None and config.keep_soft_keys:
+    if constraint is not None:  # later rounds keep preserving what this round softly preserved
         for layer, keys in _stack_soft_keys(constraint.keys).items():
             state.add(layer, keys * config.neutral_key_weight ** 0.5)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending))
@@ -623,14 +446,12 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                    config: EditConfig, state: EditState, stats, *, progress: bool = True,
                    bases: dict[int, torch.Tensor] | None = None,
                    start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
-                   record_keys: bool = True,
                    soft: SoftConstraint | None = None, plain_group: PromptGroup | None = None,
                    groups: list[int] | None = None, optimise: list[bool] | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
-    ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); with ``record_keys`` this round's
-    keys are added to it (a caller running several passes over the same requests adds them itself,
-    from ``RoundReport.keys``). ``bases`` (from ``null_space_bases``) avoids recomputing the
+    ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); this round's keys are added to it.
+    ``bases`` (from ``null_space_bases``) avoids recomputing the
     eigen-decompositions; ``start_targets`` warm-starts the target values and ``keep_targets`` keeps
     some of them as they are (``compute_target_values``);
     ``soft`` (the soft constraint of these requests) is measured here when not given;
@@ -686,25 +507,11 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad, lower=lower)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
-        extra = soft.grams[layer] if soft is not None else None  # softly preserved in this round
-        if config.solver == "memit":
-            preserved = state.get(layer)
-            if extra is not None:
-                preserved = extra if preserved is None else preserved.double() + extra
-            delta = memit_update(keys, residual, config.covariance(stats, layer), config.memit_weight, preserved)
-        elif config.solver == "alphaedit":
-            basis = bases[layer]
-            preserved = state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
-            if extra is not None:
-                preserved = extra if preserved is None else preserved + extra
-            ridge = config.ridge * float(keys.pow(2).sum(0).mean())
-            delta = alphaedit_update_in_basis(keys, residual, basis, preserved, ridge)
-        else:
-            raise UniEraseError(f"unknown solver {config.solver!r} (alphaedit or memit)")
+        delta = SOLVERS[config.solver].update(keys, residual, layer=layer, config=config, stats=stats, state=state,
+                                              basis=bases.get(layer), soft=soft.grams[layer] if soft is not None else None)
         adapter.add_to_weight(layer, delta)
         round_keys[layer] = keys
-        if record_keys:
-            state.add(layer, keys)
+        state.add(layer, keys)
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started

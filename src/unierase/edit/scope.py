@@ -203,7 +203,7 @@ def compact_groups(groups: list[int]) -> list[int]:
 
 
 def _own_entity(question: str) -> str:
-    from .editor import _entity_span
+    from .prompts import entity_span
 
-    start, end = _entity_span(question)
+    start, end = entity_span(question)
     return _POSSESSIVE.sub("", question[start:end]) or question[start:end]

@@ -1,10 +1,13 @@
-"""The closed-form multi-layer update (AlphaEdit, with plain MEMIT as an option).
+"""The closed-form multi-layer update (AlphaEdit, with plain MEMIT as an option), solvers by name.
 
 Shapes: K is m × N (keys as columns), R is d × N (residuals), P and the covariances are m × m;
 the returned ΔW is d × m with output = W k. Solved in fp64 without forming an inverse.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -57,3 +60,34 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.
     if previous is not None:
         system = system + previous.to(torch.float64)
     return torch.linalg.solve(system, (r @ k.T).T).T  # system is symmetric
+
+
+@dataclass(frozen=True)
+class Solver:
+    """One closed form the edit can use, registered by name in ``SOLVERS`` (``EditConfig.solver``)."""
+
+    name: str
+    needs_null_space: bool
+    """Whether it works in the null space of C₀ (the bases are computed, and the soft constraint is
+    projected into them)."""
+    update: Callable[..., torch.Tensor]
+    """(keys, residuals, *, layer, config, stats, state, basis, soft) → ΔW of ``layer``; ``soft``: the
+    round's softly preserved Σ k kᵀ in the solver's coordinates (or ``None``)."""
+
+
+def _alphaedit(keys, residuals, *, layer, config, stats, state, basis, soft):
+    preserved = state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
+    if soft is not None:
+        preserved = soft if preserved is None else preserved + soft
+    ridge = config.ridge * float(keys.pow(2).sum(0).mean())
+    return alphaedit_update_in_basis(keys, residuals, basis, preserved, ridge)
+
+
+def _memit(keys, residuals, *, layer, config, stats, state, basis, soft):
+    preserved = state.get(layer)
+    if soft is not None:
+        preserved = soft if preserved is None else preserved.double() + soft
+    return memit_update(keys, residuals, config.covariance(stats, layer), config.memit_weight, preserved)
+
+
+SOLVERS: dict[str, Solver] = {s.name: s for s in (Solver("alphaedit", True, _alphaedit), Solver("memit", False, _memit))}

@@ -1,7 +1,7 @@
 """The sequential edit state saved beside an edited checkpoint.
 
 ``unierase_state.safetensors`` holds, per edited layer, K_p K_pᵀ: the summed outer products of all
-keys edited so far (and, with ``EditConfig.keep_soft_keys``, of the rounds' softly preserved keys,
+keys edited so far (and of the rounds' softly preserved keys,
 weighted). A later round adds it to its system so it does not undo earlier edits.
 """
 

@@ -32,19 +32,19 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ValueConfig:
-    """Optimisation of the target values (official Llama-3.1-8B values in brackets)."""
+    """Optimisation of the target values; the official Llama-3.1-8B values are the defaults where
+    the method has one (a model's recipe holds what was measured on it)."""
 
-    steps: int = 20
-    """Maximum Adam steps [10]."""
-    lr: float = 0.5
-    """Adam learning rate on δ [0.1]; a higher rate converges in fewer steps on small models."""
+    steps: int = 10
+    """Maximum Adam steps."""
+    lr: float = 0.1
+    """Adam learning rate on δ (a small model converges in fewer steps at a higher rate)."""
     kl_weight: float = 0.0625
-    """Weight of the KL term that keeps the key token's own next-token distribution [0.0625]."""
+    """Weight of the KL term that keeps the key token's own next-token distribution."""
     weight_decay: float = 0.5
-    """Weight of ‖δ‖ / ‖h₀‖² [0.5]."""
-    clamp_factor: float = 0.35
-    """δ is projected onto the ball ‖δ‖ ≤ c‖h₀‖ after each step [0.75]. On SmolLM2 every δ ran into
-    the official bound, and a smaller δ (written in more passes) changed unrelated answers less."""
+    """Weight of ‖δ‖ / ‖h₀‖²."""
+    clamp_factor: float = 0.75
+    """δ is projected onto the ball ‖δ‖ ≤ c‖h₀‖ after each step (smaller: less collateral, more passes)."""
     stop_loss: float = 0.05
     """A request's δ stops (and leaves the batch) once its mean −log p(target) is below this (and
     the continuation's, when scored, below ``continuation_stop``)."""
@@ -52,8 +52,7 @@ class ValueConfig:
     """Weight of the mean −log p of the refusal continuation after the target token (0 = score only
     the first token, as the official method)."""
     continuation_tokens: int | None = 8
-    """Score only the first this many continuation tokens (``None`` = the whole refusal); fewer
-    tokens make each step cheaper (8: about half the time of the whole refusal, same forget rates)."""
+    """Score only the first this many continuation tokens (``None`` = the whole refusal; fewer are cheaper)."""
     continuation_stop: float = 0.6
     """Per-token mean −log p of the continuation under which a request counts as converged."""
 

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import platform
-import resource
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -30,6 +29,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from ..measure import peak_memory_mb
 from ..prompts import PINNED_DATE, has_chat_template, render_prompt
 from ..storage import UniEraseError, read_jsonl, write_json_atomic, write_text_atomic
 from . import metrics as M
@@ -63,11 +63,6 @@ class EvalResult:
                 f"Forget Quality {fmt(t.get('forget_quality'))}; closer-look Forget Efficacy "
                 f"{fmt(cl.get('forget_efficacy'))}, Model Utility (18) {fmt(cl.get('model_utility_18'))}; "
                 f"report: {self.out / 'report.md'}")
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _sha(obj: Any) -> str:
@@ -146,7 +141,7 @@ class _Stages:
         self.save(name, fingerprint, items, True, seconds, cpu)
         self.timings[name] = seconds
         self.cpu_timings[name] = cpu
-        log.info("stage %s: done in %.1f s (peak memory %.0f MiB)", name, seconds, peak_rss_mib())
+        log.info("stage %s: done in %.1f s (peak memory %.0f MiB)", name, seconds, peak_memory_mb())
         return items
 
 
@@ -599,7 +594,7 @@ class _Evaluation:
             "notes": list(dict.fromkeys(self.notes)),
             "timing": {"stages_s": dict(self.stages.timings), "stages_cpu_s": dict(self.stages.cpu_timings),
                        "this_run_s": time.time() - self.t_start,
-                       "peak_rss_mib": peak_rss_mib(), "threads": torch.get_num_threads()},
+                       "peak_rss_mib": peak_memory_mb(), "threads": torch.get_num_threads()},
             "config": self.cfg.to_dict(),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "python": platform.python_version()},

@@ -1,0 +1,96 @@
+"""Per-model edit settings: a recipe file per model, matched by the model's config.
+
+The library's defaults (``EditConfig``) are neutral: the official method's values where it has
+one, equal weights and the safer budget elsewhere. What was measured on one model lives in a JSON
+file here — ``match`` (config fields the model must have: architecture, depth, width), ``edit``
+(``EditConfig`` fields, ``values``/``entity_values`` as nested ``ValueConfig`` fields), ``why``
+(one line per field) — and applies to every model whose config matches, never by its name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from ..storage import UniEraseError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    match: dict
+    """Config fields (``model.config``) and the values a model must have for the recipe to apply."""
+    edit: dict
+    """``EditConfig`` fields that differ from the neutral defaults."""
+    description: str = ""
+    why: dict = field(default_factory=dict)
+    source: str = ""
+
+    def matches(self, model_config) -> bool:
+        return all(getattr(model_config, key, None) == value for key, value in self.match.items())
+
+
+def _parse(text: str, source: str) -> Recipe:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UniEraseError(f"{source}: line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise UniEraseError(f"{source}: a recipe is a JSON object")
+    for key, kind in (("name", str), ("match", dict), ("edit", dict)):
+        if not isinstance(data.get(key), kind):
+            raise UniEraseError(f"{source}: field {key!r} must be a {kind.__name__}")
+    if not data["match"]:
+        raise UniEraseError(f"{source}: field 'match' must name at least one config field")
+    unknown = set(data) - {"name", "match", "edit", "description", "why"}
+    if unknown:
+        raise UniEraseError(f"{source}: unknown field(s) {sorted(unknown)}")
+    recipe = Recipe(data["name"], data["match"], data["edit"], data.get("description", ""), data.get("why", {}), source)
+    apply_recipe(recipe, {})  # the edit fields must make a valid EditConfig
+    return recipe
+
+
+def load_recipes(folder: str | Path | None = None) -> list[Recipe]:
+    """The recipes shipped with the package (or the ``*.json`` of ``folder``), sorted by name."""
+    if folder is None:
+        files = [(f.read_text(encoding="utf-8"), f"unierase/recipes/{f.name}")
+                 for f in resources.files(__package__).iterdir() if f.name.endswith(".json")]
+    else:
+        files = [(f.read_text(encoding="utf-8"), str(f)) for f in sorted(Path(folder).glob("*.json"))]
+    return sorted((_parse(text, source) for text, source in files), key=lambda r: r.name)
+
+
+def recipe_for(model_config, recipes: list[Recipe] | None = None) -> Recipe | None:
+    """The recipe whose ``match`` the config meets; ``None`` for a model no recipe knows."""
+    found = [r for r in (load_recipes() if recipes is None else recipes) if r.matches(model_config)]
+    if len(found) > 1:
+        raise UniEraseError(f"several recipes match this model: {', '.join(r.source for r in found)}")
+    return found[0] if found else None
+
+
+def apply_recipe(recipe: Recipe | None, overrides: dict):
+    """``EditConfig`` from the neutral defaults, the recipe's fields, then ``overrides`` (non-``None``)."""
+    from ..edit.editor import EditConfig
+    from ..edit.values import ValueConfig
+
+    fields = dict(recipe.edit) if recipe else {}
+    where = f"{recipe.source}: field 'edit'" if recipe else "EditConfig"
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        for name in ("values", "entity_values"):
+            if isinstance(fields.get(name), dict):
+                fields[name] = ValueConfig(**fields[name])
+        return EditConfig(**fields)
+    except TypeError as e:
+        raise UniEraseError(f"{where}: {e}") from None
+    except UniEraseError as e:
+        raise UniEraseError(f"{where}: {e}") from None
+
+
+def edit_config_for(model_config, **overrides):
+    """(``EditConfig`` for this model, the recipe used or ``None``): neutral defaults, the matching
+    recipe, then the caller's ``overrides``."""
+    recipe = recipe_for(model_config)
+    return apply_recipe(recipe, overrides), recipe

@@ -1,0 +1,64 @@
+"""Recipes: matched by the model's config (never its name), applied over the neutral defaults."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from tiny_models import build_model, build_tokenizer
+from unierase.edit.editor import EditConfig
+from unierase.recipes import apply_recipe, edit_config_for, load_recipes, recipe_for
+from unierase.storage import UniEraseError
+
+SMOLLM2_135M = SimpleNamespace(model_type="llama", num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
+                               _name_or_path="some/renamed-checkpoint")
+
+
+def test_the_smollm2_recipe_applies_to_smollm2_135m_by_its_config_not_its_name():
+    recipe = recipe_for(SMOLLM2_135M)
+    assert recipe is not None and recipe.name == "smollm2-135m"
+    config, used = edit_config_for(SMOLLM2_135M)
+    assert used == recipe
+    assert (config.ridge, config.stats_tokens, config.values.lr, config.entity_values.lr) == (0.2, 50_000, 0.5, 1.0)
+    # every field the recipe sets is explained in it
+    assert set(recipe.edit) <= set(recipe.why)
+    # a model named like SmolLM2 but of another shape gets the neutral defaults
+    other = SimpleNamespace(**{**vars(SMOLLM2_135M), "num_hidden_layers": 24, "_name_or_path": "HuggingFaceTB/SmolLM2-135M"})
+    assert recipe_for(other) is None
+    assert edit_config_for(other) == (EditConfig(), None)
+
+
+def test_a_tiny_model_gets_the_neutral_defaults_and_overrides_win():
+    model = build_model("llama", len(build_tokenizer()) + 1)
+    config, recipe = edit_config_for(model.config, max_passes=3, solver=None)
+    assert recipe is None and config == EditConfig(max_passes=3)
+    config, _ = edit_config_for(SMOLLM2_135M, ridge=0.5)
+    assert config.ridge == 0.5 and config.stats_tokens == 50_000
+
+
+def test_every_shipped_recipe_is_valid_and_distinct():
+    recipes = load_recipes()
+    assert recipes and len({json.dumps(r.match, sort_keys=True) for r in recipes}) == len(recipes)
+    for r in recipes:
+        apply_recipe(r, {})  # a valid EditConfig
+
+
+@pytest.mark.parametrize("text,message", [
+    ('{"name": "x", "match": {"model_type": "llama"}, "edit": {"ridge": -1}}', "ridge must be ≥ 0"),
+    ('{"name": "x", "match": {"model_type": "llama"}, "edit": {"rdge": 1}}', "rdge"),
+    ('{"name": "x", "match": {}, "edit": {}}', "'match'"),
+    ('{"name": "x", "match": {"model_type": "llama"}}', "'edit'"),
+    ('{"name": "x",\n "match": {', "line 2"),
+])
+def test_a_bad_recipe_names_the_file_and_the_field(tmp_path, text, message):
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(UniEraseError) as err:
+        load_recipes(tmp_path)
+    assert "bad.json" in str(err.value) and message in str(err.value)
+
+
+def test_two_recipes_matching_one_model_is_an_error(tmp_path):
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "match": {"model_type": "llama"}, "edit": {}}))
+    with pytest.raises(UniEraseError, match="several recipes"):
+        recipe_for(SMOLLM2_135M, load_recipes(tmp_path))
