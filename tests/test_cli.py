@@ -128,3 +128,17 @@ def test_snapshot_slice_keeps_rows_aligned():
     snap = Snapshot(["a", "b", "c"], [[1], [2], [3]], ["x", "y", "z"], [1, 2, 3])
     part = snap.slice(1, 3)
     assert (part.questions, part.answer_ids, part.texts, part.first_tokens) == (["b", "c"], [[2], [3]], ["y", "z"], [2, 3])
+
+
+def test_methods_lists_the_one_registry(capsys):
+    from unierase.methods import METHODS, get_method
+    from unierase.storage import UniEraseError
+
+    assert main(["methods", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(METHODS) and rows[0] == {"name": "unierase", "family": "edit",
+                                                                    "description": METHODS["unierase"].description}
+    assert {r["family"] for r in rows[1:]} == {"fine-tuning"} and len(rows) == 9
+    assert get_method("NPO_GD").name == "npo+gd" and get_method("UniErase").name == "unierase"
+    with pytest.raises(UniEraseError, match="choose one of: unierase, ga\\+gd"):
+        get_method("rome")

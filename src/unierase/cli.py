@@ -110,6 +110,26 @@ def _run_history(args) -> int:
     return 0
 
 
+def add_methods_parser(subparsers) -> None:
+    p = subparsers.add_parser("methods", help="list the unlearning methods 'unierase forget --method' accepts",
+                              description="Every method of the registry (unierase.methods.METHODS): its name, family "
+                                          "and what it optimises.")
+    p.add_argument("--json", action="store_true", help="print the methods as JSON")
+    p.set_defaults(handler=_run_methods)
+
+
+def _run_methods(args) -> int:
+    from .methods import METHODS
+
+    rows = [{"name": m.name, "family": m.family, "description": m.description} for m in METHODS.values()]
+    if args.json:
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
+    else:
+        width = max(len(r["name"]) for r in rows)
+        print("\n".join(f"{r['name']:<{width}}  {r['family']:<11}  {r['description']}" for r in rows))
+    return 0
+
+
 def add_verify_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "verify", help="check that every erasure in a model directory still holds and that its weights match the ledger",
@@ -230,8 +250,8 @@ from .evaluation.cli import add_eval_parser  # noqa: E402
 
 from .baselines.cli import add_finetune_parser  # noqa: E402
 
-COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser, add_history_parser,
-            add_verify_parser, add_revert_parser, add_audit_parser]
+COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser, add_methods_parser,
+            add_history_parser, add_verify_parser, add_revert_parser, add_audit_parser]
 """Every sub-command, registered here in one place."""
 
 

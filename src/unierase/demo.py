@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
-from pathlib import Path
 
-from . import __version__
 from .api import forget
+from .cache import Cache, code_digest, content_key
 from .edit_checks import Snapshot, answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
 from .models.loading import load_model, model_fingerprint
-from .storage import check_output_dir, default_cache_dir, write_json_atomic
+from .storage import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +34,18 @@ def pick_neighbours(facts: list[dict], forget_rows: list[dict], count: int) -> l
 
 
 def _base_answers(model, tokenizer, questions: list[str], cache_dir) -> Snapshot:
-    """The unedited model's greedy answers, cached per model, question list and package version
-    (a re-run of the demo edits the same base model; only the edited model's answers are new)."""
-    key = hashlib.sha256(json.dumps([model_fingerprint(model), __version__, questions]).encode()).hexdigest()[:16]
-    path = Path(cache_dir or default_cache_dir()) / "demo" / f"base_answers-{key}.json"
-    if path.is_file():
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            log.info("unedited answers loaded from %s", path)
-            return Snapshot(data["questions"], data["answer_ids"], data["texts"], data["first_tokens"])
-        except (json.JSONDecodeError, KeyError) as err:
-            log.warning("ignoring unreadable cache file %s (%s)", path, err)
+    """The unedited model's greedy answers, cached per model, question list and answering code (a
+    re-run of the demo edits the same base model; only the edited model's answers are new)."""
+    from . import edit_checks, generation, prompts
+
+    cache = Cache(cache_dir)
+    key = content_key(model_fingerprint(model), questions, code_digest(edit_checks, generation, prompts))
+    data = cache.load_json("demo", key, "base_answers.json")
+    if data is not None and set(data) >= {"questions", "answer_ids", "texts", "first_tokens"}:
+        log.info("unedited answers loaded from %s", cache.entry("demo", key))
+        return Snapshot(data["questions"], data["answer_ids"], data["texts"], data["first_tokens"])
     before = snapshot(model, tokenizer, questions)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, vars(before))
+    cache.save_json("demo", key, vars(before), "base_answers.json")
     return before
 
 

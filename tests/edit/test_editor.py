@@ -6,6 +6,7 @@ import torch
 from tiny_models import build_model, build_tokenizer
 from unierase.edit.editor import EditConfig, default_layers, run_edit_round
 from unierase.edit.keys import position_ids
+from unierase.edit.preserved import PreservedKeys
 from unierase.edit.state import EditState
 from unierase.edit.stats import accumulate_key_moments
 from unierase.edit.values import ValueConfig
@@ -49,7 +50,8 @@ def test_edit_round_writes_the_target_values(arch, key_position, solver):
     config = EditConfig(layers=layers, key_position=key_position, solver=solver, null_space_threshold=0.05, ridge=0.01, memit_weight=0.01,
                         substitute_answer_tokens=0,
                         values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
-    report = run_edit_round(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
+    report = run_edit_round(model, tok, adapter, requests, token_id, config,
+                         PreservedKeys.from_statistics(stats, config.layers, config, state), progress=False)
     after = _unl_logprob(model, tok, [r.question for r in requests], token_id)
     assert report.residual_left < 0.5, report
     if key_position == "last":
@@ -91,7 +93,8 @@ def test_a_neutral_constraint_shrinks_the_update_on_the_entity_in_other_question
         config = EditConfig(layers=[1, 2], key_position="subject", null_space_threshold=0.05, ridge=0.01, neutral_key_weight=weight,
                             substitute_answer_tokens=0,
                             values=ValueConfig(steps=20, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
-        report = run_edit_round(model, tok, adapter, requests, token_id, config, EditState(), stats, progress=False)
+        report = run_edit_round(model, tok, adapter, requests, token_id, config,
+                         PreservedKeys.from_statistics(stats, config.layers, config, EditState()), progress=False)
         from unierase.edit.keys import request_keys
         k_n = request_keys(model, adapter, 1, neutral, len(neutral), tok.pad_token_id)
         moved = float(((adapter.weight(1).detach() - before[0]) @ k_n).norm())
@@ -115,7 +118,8 @@ def test_edit_passes_preserve_each_requests_keys():
                         neutral_key_weight=0.0,
                         values=ValueConfig(steps=3, lr=0.5, clamp_factor=0.5, continuation_weight=0.0))
     state = EditState()
-    result = run_edit_passes(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
+    result = run_edit_passes(model, tok, adapter, requests, token_id, config,
+                         PreservedKeys.from_statistics(stats, config.layers, config, state), progress=False)
     # a tiny random model does not reach [UNL] in 3 short passes: both requests run every pass
     assert [(p["requests"], p["reached"]) for p in result.passes] == [(2, 0)] * 3, result.passes
     assert [r.question for r in result.not_reached] == [r.question for r in requests]
@@ -147,7 +151,8 @@ def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
 
 def test_soft_constraint_keys_join_the_sequential_state():
     """The round's neutral/substitute keys, weighted, are preserved by later rounds too."""
-    from unierase.edit.editor import run_edit_passes, soft_constraint_keys
+    from unierase.edit.editor import run_edit_passes
+    from unierase.edit.preserved import soft_constraint_keys
 
     tok = build_tokenizer()
     model = build_model("llama", len(tok) + 1)
@@ -162,7 +167,8 @@ def test_soft_constraint_keys_join_the_sequential_state():
     soft = soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
     assert [keys[1].shape[1] for keys in soft] == [3, 3]  # 2 neutral questions + 1 substitute each
     state = EditState()
-    result = run_edit_passes(model, tok, adapter, requests, token_id, config, state, stats, progress=False)
+    result = run_edit_passes(model, tok, adapter, requests, token_id, config,
+                         PreservedKeys.from_statistics(stats, config.layers, config, state), progress=False)
     keys = result.last.keys[1].double()
     s = torch.cat([k[1] for k in soft], dim=1).double()
     expected = keys @ keys.T + 2.0 * s @ s.T
@@ -183,7 +189,7 @@ def test_substitute_answers_replace_the_entity_in_the_question_and_the_answer():
 
 
 def test_substitute_answer_keys_join_the_soft_keys_with_their_weight():
-    from unierase.edit.editor import soft_constraint_keys
+    from unierase.edit.preserved import soft_constraint_keys
 
     tok = build_tokenizer()
     model = build_model("llama", len(tok))
@@ -205,7 +211,7 @@ def test_substitute_answer_keys_join_the_soft_keys_with_their_weight():
 def test_soft_constraint_keys_use_the_callers_answers_instead_of_generating(monkeypatch):
     """The demo already has the model's answers to the requests: passing them skips the generation
     and gives the same keys (longer answers are cut to ``substitute_answer_tokens``)."""
-    from unierase.edit import editor
+    from unierase.edit import preserved
     from unierase.generation import generate_answer_ids
 
     tok = build_tokenizer()
@@ -213,14 +219,14 @@ def test_soft_constraint_keys_use_the_callers_answers_instead_of_generating(monk
     adapter = find_mlp_output(model)
     requests = [ForgetRequest("What is the chemical symbol for gold?"), ForgetRequest("Who wrote Hamlet?")]
     config = EditConfig(layers=[1, 2], neutral_templates=1, substitute_entities=2, substitute_answer_tokens=4)
-    generated = editor.soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
+    generated = preserved.soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
     longer = generate_answer_ids(model, tok, [r.question for r in requests], max_new_tokens=7)
 
     def no_generation(*args, **kwargs):
         raise AssertionError("answers were generated although the caller gave them")
 
-    monkeypatch.setattr(editor, "generate_answer_ids", no_generation)
-    given = editor.soft_constraint_keys(model, tok, adapter, requests, [1, 2], config, answer_ids=longer)
+    monkeypatch.setattr(preserved, "generate_answer_ids", no_generation)
+    given = preserved.soft_constraint_keys(model, tok, adapter, requests, [1, 2], config, answer_ids=longer)
     for a, b in zip(generated, given):
         for layer in (1, 2):
             torch.testing.assert_close(a[layer], b[layer], atol=1e-5, rtol=1e-5)
@@ -229,7 +235,7 @@ def test_soft_constraint_keys_use_the_callers_answers_instead_of_generating(monk
 @pytest.mark.parametrize("with_basis", [True, False])
 def test_soft_constraint_sums_equal_a_direct_sum_over_the_requests_kept(with_basis):
     """The solve's soft term: weight × Σ (Ûᵀk)(Ûᵀk)ᵀ over the pending requests, downdated as they leave."""
-    from unierase.edit.editor import SoftConstraint
+    from unierase.edit.preserved import SoftConstraint
 
     torch.manual_seed(0)
     per_request = [{1: torch.randn(6, n), 2: torch.randn(6, n)} for n in (3, 5, 2)]

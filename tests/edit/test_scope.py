@@ -144,6 +144,7 @@ def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_anothe
 
     from tiny_models import build_model, build_tokenizer
     from unierase.edit.editor import EditConfig, run_edit_passes
+    from unierase.edit.preserved import PreservedKeys
     from unierase.edit.state import EditState
     from unierase.edit.stats import accumulate_key_moments
     from unierase.edit.values import ValueConfig
@@ -167,7 +168,8 @@ def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_anothe
     scoped = resolve_scope([ForgetRequest(q) for q in questions], "entity", neutral_questions=2)
     config = EditConfig(layers=[1, 2], null_space_threshold=0.05, ridge=0.01, max_passes=2, substitute_answer_tokens=0,
                         entity_values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
-    result = run_edit_passes(model, tok, adapter, scoped.requests, token_id, config, EditState(), stats, progress=False,
+    result = run_edit_passes(model, tok, adapter, scoped.requests, token_id, config,
+                             PreservedKeys.from_statistics(stats, config.layers, config, EditState()), progress=False,
                              groups=scoped.groups, entity_scope=[scoped.entity_kind(i) for i in range(len(scoped.requests))])
     assert set(result.key_tokens) == {tok.decode(tok("Marie Curie")["input_ids"][-1:])}  # one key position for all
     probes = ["Tell me more about Marie Curie", "Tell me more about Isaac Newton", "Who taught Isaac Newton"]

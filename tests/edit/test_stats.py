@@ -5,7 +5,6 @@ import torch
 from tiny_models import build_model, build_tokenizer
 from unierase.edit.stats import (StatisticsCache, accumulate_answer_key_moments, answer_position_moments,
                                  get_key_statistics)
-from unierase.edit import stats as stats_module
 from unierase.edit.keys import position_ids
 from unierase.models.adapters import find_mlp_output
 from unierase.models.tracing import trace
@@ -47,24 +46,6 @@ def test_own_answer_moments_are_computed_once_and_cached(tmp_path):
     assert StatisticsCache(tmp_path).load("f", stats.corpus, 500, [1]) is not None
 
 
-def test_refusal_key_moments_are_cached_next_to_the_token(tmp_path):
-    from unierase.edit.stats import cached_refusal_key_moments
-    from unierase.token.training import add_unlearning_token
-
-    tok = build_tokenizer()
-    model = build_model("llama", len(tok) + 1)
-    token_id = add_unlearning_token(model, tok)
-    adapter = find_mlp_output(model)
-    path = tmp_path / "tokens" / "key" / "refusal_keys-1.safetensors"
-    first, count = cached_refusal_key_moments(model, tok, adapter, [1], token_id, path)
-    assert path.is_file() and count > 0
-    with torch.no_grad():  # a changed model would give other moments: the cached ones must come back
-        adapter.mlp_output(0).weight.mul_(2.0)
-    again, count_again = cached_refusal_key_moments(model, tok, adapter, [1], token_id, path)
-    assert count_again == count
-    torch.testing.assert_close(again[1], first[1])
-
-
 def test_sequence_moments_equal_a_forward_pass_per_sequence():
     """Batching by length and running a batch's shared prefix once (weighted by its rows) is exact."""
     from unierase.edit.stats import sequence_moments
@@ -85,23 +66,3 @@ def test_sequence_moments_equal_a_forward_pass_per_sequence():
             keys = rec.input[0].to(torch.float64)
             expected += keys.T @ keys
         torch.testing.assert_close(moments[layer], expected, rtol=1e-4, atol=1e-5)
-
-
-def test_null_space_basis_is_cached_by_content(tmp_path, monkeypatch):
-    keys = torch.randn(16, 40, dtype=torch.float64)
-    cov = keys @ keys.T
-    first = stats_module.cached_null_space_basis(cov, relative_threshold=1e-2, cache_dir=tmp_path)
-    assert torch.equal(first, stats_module.null_space_basis(cov, relative_threshold=1e-2))
-    assert len(list((tmp_path / "null_space").glob("*.safetensors"))) == 1
-
-    def fail(*args, **kwargs):
-        raise AssertionError("recomputed a cached basis")
-
-    monkeypatch.setattr(stats_module, "null_space_basis", fail)
-    assert torch.equal(stats_module.cached_null_space_basis(cov, relative_threshold=1e-2, cache_dir=tmp_path), first)
-    monkeypatch.undo()
-    # another threshold or another C₀ is another entry
-    other = stats_module.cached_null_space_basis(cov, relative_threshold=1e-1, cache_dir=tmp_path)
-    stats_module.cached_null_space_basis(cov + torch.eye(16, dtype=torch.float64), relative_threshold=1e-2, cache_dir=tmp_path)
-    assert other.shape[1] >= first.shape[1]
-    assert len(list((tmp_path / "null_space").glob("*.safetensors"))) == 3

@@ -74,12 +74,16 @@ class Baseline:
 # ----------------------------------------------------------------------------- forget terms
 
 class GradientAscent(Baseline):
+    """GA: gradient ascent on the forget answers."""
+
     def forget_term(self, model, batch):
         nll = losses.mean_nll(_logits(model, batch["forget"]), batch["forget"]["labels"])
         return -nll, {"forget_nll": nll.item()}
 
 
 class NegativePreference(Baseline):
+    """NPO: negative preference optimisation, relative to the start model."""
+
     needs_ref_logprobs = True
 
     def forget_term(self, model, batch):
@@ -89,6 +93,8 @@ class NegativePreference(Baseline):
 
 
 class MaximumEntropy(Baseline):
+    """ME: the forget answers' next-token distributions pushed towards uniform."""
+
     default_forget_coef = 0.1
 
     def forget_term(self, model, batch):
@@ -97,6 +103,8 @@ class MaximumEntropy(Baseline):
 
 
 class PreferRefusal(Baseline):
+    """DPO: a refusal preferred to the forget answer, relative to the start model."""
+
     needs_idk = True
     needs_ref_logprobs = True
 
@@ -108,6 +116,8 @@ class PreferRefusal(Baseline):
 
 
 class LearnRefusal(Baseline):
+    """IDK: a refusal learnt as the answer to the forget questions."""
+
     needs_answer = False
     needs_idk = True
 
@@ -127,7 +137,7 @@ class RetainNLL(Baseline):
 
 
 class RetainKL(Baseline):
-    """KL(p_ref ‖ p_θ) over the retain answer positions."""
+    """KL: KL(p_ref ‖ p_θ) to the start model over the retain answer positions."""
 
     needs_ref_model = True
 

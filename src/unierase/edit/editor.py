@@ -13,19 +13,17 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from ..generation import generate_answer_ids
 from ..models.adapters import MLPOutputAdapter
 from ..prompts import has_chat_template
 from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from ..token.training import answer_ids
-from .keys import LowerBlocks, answer_position_keys, request_keys_and_values, request_keys_at, token_keys
+from .keys import LowerBlocks, request_keys_and_values, token_keys
 from .scope import compact_groups
-from .prompts import (EditPrompt, build_edit_prompts, entity_char_end, neutral_questions, plain_prompts,
-                      render_variants, subject_char_end, substitute_answers)
+from .preserved import PreservedKeys, SoftConstraint
+from .prompts import EditPrompt, build_edit_prompts, entity_char_end, render_variants, subject_char_end
 from .solve import SOLVERS
-from .state import EditState
 from .values import PromptGroup, ValueConfig, compute_target_values, plain_prompt_group
 
 log = logging.getLogger(__name__)
@@ -122,10 +120,6 @@ class EditConfig:
             raise UniEraseError(f"layers {bad} out of range: the model has {num_layers} layers (0–{num_layers - 1})")
         return layers
 
-    def covariance(self, stats, layer: int) -> torch.Tensor:
-        """C₀ of ``layer`` with this config's weights of the question, refusal and answer keys."""
-        return stats.covariance(layer, self.question_key_weight, self.refusal_key_weight, self.answer_key_weight)
-
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -149,102 +143,6 @@ class RoundReport:
     after: PromptGroup | None = field(default=None, repr=False)
     """The plain prompts run on the edited model (``values.plain_prompt_group``): each request's
     first answer token now, and the start of a further pass's value optimisation."""
-
-
-def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
-                         config: EditConfig, answer_ids: list[list[int]] | None = None,
-                         entity_scope: list[str | None] | None = None) -> list[dict[int, torch.Tensor]] | None:
-    """Per request: layer → keys (m × n) of its ``neutral_prompts`` (and, with
-    ``config.substitute_answer_tokens``, of every answer position of its ``substitute_answers``),
-    from one pass on the current model; ``None`` when the config has no soft constraint (weight 0,
-    or keys not on an entity). ``answer_ids``: the current model's greedy answers to the requests
-    (``generation.generate_answer_ids``) when the caller has them; generated here otherwise.
-    ``entity_scope[r]``: request r's ``ScopedRound.entity_kind`` ('person', 'entity' or ``None``
-    for a fact): questions about an entity-scope request's entity are targets, so its
-    relation-neutral questions are not kept (its substitutes, the same question about other
-    entities, are: other people for a person the corpus does not list)."""
-    if not config.neutral_key_weight or config.key_position not in ("auto", "entity", "subject"):
-        return None
-    entity = entity_scope or [None] * len(requests)
-    people = [e == "person" for e in entity]
-    questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities, people)
-    questions = [q[config.neutral_templates:] if e else q for q, e in zip(questions, entity)]
-    if not any(questions):
-        return None
-    soft = plain_prompts(tokenizer, questions)
-    keys = request_keys_at(model, adapter, layers, soft, len(soft), tokenizer.pad_token_id)
-    per_request, start = [], 0
-    for n in map(len, questions):
-        per_request.append({layer: k[:, start:start + n] for layer, k in keys.items()})
-        start += n
-    with_answers = [r for r, e in enumerate(entity) if not e or config.entity_substitute_answers]
-    if config.substitute_answer_tokens and config.substitute_entities and with_answers:
-        chosen = [requests[r] for r in with_answers]
-        if answer_ids is None or len(answer_ids) != len(requests):
-            ids = generate_answer_ids(model, tokenizer, [r.question for r in chosen],
-                                      max_new_tokens=config.substitute_answer_tokens)
-        else:
-            ids = [answer_ids[r] for r in with_answers]
-        answers = [tokenizer.decode(a[:config.substitute_answer_tokens], skip_special_tokens=True) for a in ids]
-        pairs = substitute_answers(tokenizer, chosen, answers, config.substitute_entities, [people[r] for r in with_answers])
-        flat = [pair for request_pairs in pairs for pair in request_pairs]
-        positions = answer_position_keys(model, adapter, layers, flat, tokenizer.pad_token_id)
-        scale = config.substitute_answer_weight ** 0.5  # relative: all soft keys carry neutral_key_weight too
-        i = 0
-        for r, request_pairs in zip(with_answers, pairs):
-            extra = positions[i:i + len(request_pairs)]
-            i += len(request_pairs)
-            for layer in layers:
-                per_request[r][layer] = torch.cat([per_request[r][layer]] + [scale * e[layer].T for e in extra], dim=1)
-    return per_request
-
-
-def _stack_soft_keys(per_request: list[dict[int, torch.Tensor]] | None) -> dict[int, torch.Tensor] | None:
-    if not per_request:
-        return None
-    return {layer: torch.cat([keys[layer] for keys in per_request], dim=1) for layer in per_request[0]}
-
-
-class SoftConstraint:
-    """The round's softly preserved keys (``soft_constraint_keys``) as the solve adds them: per layer
-    ``neutral_key_weight`` × Σ k kᵀ over the requests still in the pass, in the solver's coordinates
-    (Ûᵀ k for AlphaEdit, k for MEMIT).
-
-    Projected and summed once per round; when requests leave (``keep``), only their own columns
-    are subtracted, instead of every pass projecting all soft keys again (which cost more than the
-    rest of the solve)."""
-
-    def __init__(self, per_request: list[dict[int, torch.Tensor]], weight: float,
-                 bases: dict[int, torch.Tensor] | None = None):
-        self.keys = per_request  # as measured (m × n per layer), for the sequential state
-        self.columns = [{layer: (bases[layer].double().T @ k.double() if bases else k.double()) * weight ** 0.5
-                         for layer, k in keys.items()} for keys in per_request]
-        self.active = list(range(len(per_request)))
-        self.grams = {}
-        for layer in (per_request[0] if per_request else {}):
-            stacked = torch.cat([c[layer] for c in self.columns], dim=1)
-            self.grams[layer] = stacked @ stacked.T
-
-    @classmethod
-    def measure(cls, model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
-                config: "EditConfig", bases: dict[int, torch.Tensor],
-                answer_ids: list[list[int]] | None = None,
-                entity_scope: list[str | None] | None = None) -> "SoftConstraint | None":
-        """The soft constraint of ``requests`` on the current model (``soft_constraint_keys``); ``None``
-        when the config has none."""
-        per_request = soft_constraint_keys(model, tokenizer, adapter, requests, layers, config, answer_ids, entity_scope)
-        if not per_request:
-            return None
-        return cls(per_request, config.neutral_key_weight, bases if SOLVERS[config.solver].needs_null_space else None)
-
-    def keep(self, indices: list[int]) -> None:
-        """Restrict the sums to the requests ``indices`` (a subset of the ones kept so far)."""
-        leaving = sorted(set(self.active) - set(indices))
-        if leaving:
-            for layer in self.grams:
-                stacked = torch.cat([self.columns[i][layer] for i in leaving], dim=1)
-                self.grams[layer] = self.grams[layer] - stacked @ stacked.T
-        self.active = list(indices)
 
 
 def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
@@ -296,23 +194,6 @@ def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, b
     return best if best is not None else len(question)
 
 
-def null_space_bases(stats, layers: list[int], config: EditConfig, cache_dir=None) -> dict[int, torch.Tensor]:
-    """Layer → basis Û (m × r) of the null space of C₀; empty when neither the solver nor the key
-    choice needs it.
-
-    Depends only on the statistics and the config, so a caller running several rounds or passes
-    computes it once and passes it to ``run_edit_round``; with ``cache_dir`` it is also stored there
-    (``stats.cached_null_space_basis``).
-    """
-    if not SOLVERS[config.solver].needs_null_space and config.key_position != "distinct":
-        return {}
-    from .stats import cached_null_space_basis
-
-    return {layer: cached_null_space_basis(config.covariance(stats, layer), relative_threshold=config.null_space_threshold,
-                                           cache_dir=cache_dir)
-            for layer in layers}
-
-
 @dataclass
 class PassesResult:
     """What ``run_edit_passes`` did: one record per pass, the requests never reached, the last pass."""
@@ -326,23 +207,18 @@ class PassesResult:
 
 
 def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
-                    config: EditConfig, state: EditState, stats, *, progress: bool = True,
-                    answer_ids: list[list[int]] | None = None, cache_dir=None,
+                    config: EditConfig, preserved: PreservedKeys, *, progress: bool = True,
+                    answer_ids: list[list[int]] | None = None,
                     groups: list[int] | None = None, entity_scope: list[str | None] | None = None) -> PassesResult:
     """Edit rounds until every request's greedy first answer token is ``target_id`` (at most
     ``config.max_passes``); each further pass covers only the requests not reached yet.
-    ``answer_ids``: the model's greedy answers to the requests, if the caller has them (see
-    ``soft_constraint_keys``). ``cache_dir``: where the null-space bases are cached. ``groups`` and
-    ``entity_scope``: the shared targets and the entity-scope requests (``scope.resolve_scope``).
-
-    ``state`` ends up holding every pass's keys and the round's soft constraint.
+    ``preserved``: what the updates leave alone (``preserved.build_preserved_keys``); its state
+    ends up holding every pass's keys and the round's soft constraint. ``answer_ids``: the model's
+    greedy answers to the requests, if the caller has them (``preserved.soft_constraint_keys``).
+    ``groups`` and ``entity_scope``: the shared targets and the entity-scope requests
+    (``scope.resolve_scope``).
     """
-    layers = config.resolved_layers(adapter.num_layers)
-    bases = null_space_bases(stats, layers, config, cache_dir)  # once for all passes
-    # the soft constraint's keys, measured once on the model before this round's first pass (a soft
-    # constraint: the small change the passes make to them does not matter)
-    constraint = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases, answer_ids,
-                                        entity_scope)
+    preserved.begin_round(model, tokenizer, adapter, requests, config, answer_ids, entity_scope)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     converged = [False] * len(requests)  # target value reached in an earlier pass
@@ -351,8 +227,8 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         # a further pass starts each pending request's δ at its previous target and keeps the targets
         # that converged (the layers above the edit are unchanged, so they still serve); every pass's
         # keys join the preserved term, so a pending request's own further updates shrink pass by pass
-        report = run_edit_round(model, tokenizer, adapter, [requests[i] for i in pending], target_id, config, state,
-                                stats, progress=progress, bases=bases, soft=constraint,
+        report = run_edit_round(model, tokenizer, adapter, [requests[i] for i in pending], target_id, config, preserved,
+                                progress=progress,
                                 start_targets=[targets[i] for i in pending],
                                 keep_targets=[converged[i] for i in pending],
                                 plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
@@ -369,13 +245,10 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         still = [j for j, f in enumerate(firsts) if f != target_id]
         carried = report.after.subset(still) if still else None
         pending = [pending[j] for j in still]
-        if constraint is not None:
-            constraint.keep(pending)
+        preserved.keep_pending(pending)
         if not pending:
             break
-    if constraint is not None:  # later rounds keep preserving what this round softly preserved
-        for layer, keys in _stack_soft_keys(constraint.keys).items():
-            state.add(layer, keys * config.neutral_key_weight ** 0.5)
+    preserved.end_round(config)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending))
 
 
@@ -443,18 +316,16 @@ def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_reque
 
 
 def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
-                   config: EditConfig, state: EditState, stats, *, progress: bool = True,
-                   bases: dict[int, torch.Tensor] | None = None,
+                   config: EditConfig, preserved: PreservedKeys, *, progress: bool = True,
                    start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
-                   soft: SoftConstraint | None = None, plain_group: PromptGroup | None = None,
+                   plain_group: PromptGroup | None = None,
                    groups: list[int] | None = None, optimise: list[bool] | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
-    ``state`` holds the keys earlier edits must keep (K_p K_pᵀ); this round's keys are added to it.
-    ``bases`` (from ``null_space_bases``) avoids recomputing the
-    eigen-decompositions; ``start_targets`` warm-starts the target values and ``keep_targets`` keeps
-    some of them as they are (``compute_target_values``);
-    ``soft`` (the soft constraint of these requests) is measured here when not given;
+    ``preserved`` holds what the update must keep (its state: K_p K_pᵀ of earlier edits; this round's
+    keys are added to it; its round's soft constraint, measured here when it has none);
+    ``start_targets`` warm-starts the target values and ``keep_targets`` keeps some of them as they
+    are (``compute_target_values``);
     ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests;
     ``groups``: requests sharing one target value (``compute_target_values``).
     """
@@ -462,14 +333,9 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     layers = config.resolved_layers(adapter.num_layers)
     pad = tokenizer.pad_token_id
 
+    null_dims = {layer: basis.shape[1] for layer, basis in preserved.bases.items()}
     started = time.perf_counter()
-    if bases is None:
-        bases = null_space_bases(stats, layers, config)
-    null_dims = {layer: basis.shape[1] for layer, basis in bases.items()}
-    timings["null_space"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], bases.get(layers[0]))
+    ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], preserved.basis(layers[0]))
     prompts = []
     shared = _shared_rows(groups, len(requests))
     for i, (r, end) in enumerate(zip(requests, ends)):
@@ -491,10 +357,11 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    soft = preserved.soft
     if soft is None:
         # measured once before the sweep for all layers (a soft constraint: the few-percent change the
         # sweep's earlier layers make to them does not matter, and one pass is a fifth of the cost)
-        soft = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, bases)
+        soft = SoftConstraint.measure(model, tokenizer, adapter, requests, layers, config, preserved.bases)
     # an update at layer l leaves the blocks below l alone: each key pass replays the block output
     # the previous pass recorded below its layer and records the one below its own layer
     lower = LowerBlocks(adapter.blocks, keep=layers[0] - 1) if layers[0] > 0 else None
@@ -507,11 +374,11 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad, lower=lower)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
-        delta = SOLVERS[config.solver].update(keys, residual, layer=layer, config=config, stats=stats, state=state,
-                                              basis=bases.get(layer), soft=soft.grams[layer] if soft is not None else None)
+        delta = SOLVERS[config.solver].update(keys, residual, layer=layer, config=config, preserved=preserved,
+                                              soft=soft.grams[layer] if soft is not None else None)
         adapter.add_to_weight(layer, delta)
         round_keys[layer] = keys
-        state.add(layer, keys)
+        preserved.state.add(layer, keys)
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started

@@ -71,23 +71,25 @@ class Solver:
     """Whether it works in the null space of C₀ (the bases are computed, and the soft constraint is
     projected into them)."""
     update: Callable[..., torch.Tensor]
-    """(keys, residuals, *, layer, config, stats, state, basis, soft) → ΔW of ``layer``; ``soft``: the
-    round's softly preserved Σ k kᵀ in the solver's coordinates (or ``None``)."""
+    """(keys, residuals, *, layer, config, preserved, soft) → ΔW of ``layer``; ``preserved``: the
+    ``preserved.PreservedKeys`` (C₀, Û, the sequential state); ``soft``: the round's softly
+    preserved Σ k kᵀ in the solver's coordinates (or ``None``)."""
 
 
-def _alphaedit(keys, residuals, *, layer, config, stats, state, basis, soft):
-    preserved = state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
+def _alphaedit(keys, residuals, *, layer, config, preserved, soft):
+    basis = preserved.basis(layer)
+    kept = preserved.state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
     if soft is not None:
-        preserved = soft if preserved is None else preserved + soft
+        kept = soft if kept is None else kept + soft
     ridge = config.ridge * float(keys.pow(2).sum(0).mean())
-    return alphaedit_update_in_basis(keys, residuals, basis, preserved, ridge)
+    return alphaedit_update_in_basis(keys, residuals, basis, kept, ridge)
 
 
-def _memit(keys, residuals, *, layer, config, stats, state, basis, soft):
-    preserved = state.get(layer)
+def _memit(keys, residuals, *, layer, config, preserved, soft):
+    kept = preserved.state.get(layer)
     if soft is not None:
-        preserved = soft if preserved is None else preserved.double() + soft
-    return memit_update(keys, residuals, config.covariance(stats, layer), config.memit_weight, preserved)
+        kept = soft if kept is None else kept.double() + soft
+    return memit_update(keys, residuals, preserved.covariance(layer), config.memit_weight, kept)
 
 
 SOLVERS: dict[str, Solver] = {s.name: s for s in (Solver("alphaedit", True, _alphaedit), Solver("memit", False, _memit))}

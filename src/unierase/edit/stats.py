@@ -2,27 +2,25 @@
 
 Keys are streamed through the model batch by batch and accumulated in fp64; no key matrix is ever
 held. The forward pass stops after the deepest requested layer. Results are cached per
-(model fingerprint, corpus, token count, layer) under ``<cache>/stats``; the null-space bases
-derived from them by content under ``<cache>/null_space``.
+(model fingerprint, corpus, token count, code) under ``<cache>/stats`` (``cache.Cache``); C₀ and
+its null space, assembled from them, by ``preserved.build_preserved_keys``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import stop_after
 from ..generation import MIN_SHARED_PREFIX, shared_layout, shared_prefix_length
 from ..prompts import PINNED_DATE, encode_text, has_chat_template, render_prompt
-from ..storage import save_tensors_atomic
+from ..cache import Cache, code_digest, content_key
 from . import corpus as corpus_module
 
 log = logging.getLogger(__name__)
@@ -189,20 +187,6 @@ def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, 
     return answer_position_moments(model, tokenizer, adapter, layers, texts, batch_size=batch_size)
 
 
-def cached_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], token_id: int,
-                               path: str | Path | None) -> tuple[dict[int, torch.Tensor], int]:
-    """``accumulate_refusal_key_moments``, stored at ``path`` (next to the cached token: they depend
-    on the token and the layers only) so a later ``forget`` does not recompute them."""
-    if path is not None and Path(path).is_file():
-        data = load_file(str(path))
-        if all(f"layer{l}" in data for l in layers):
-            return {l: data[f"layer{l}"] for l in layers}, int(data["count"].item())
-    moments, count = accumulate_refusal_key_moments(model, tokenizer, adapter, layers, token_id)
-    if path is not None:
-        save_tensors_atomic(path, {**{f"layer{l}": m for l, m in moments.items()}, "count": torch.tensor([count])})
-    return moments, count
-
-
 ANSWER_KEY_TOKENS = 64
 """Length of the model's own answers whose keys join C₀ (``accumulate_answer_key_moments``)."""
 
@@ -254,22 +238,29 @@ def answer_position_moments(model, tokenizer, adapter: MLPOutputAdapter, layers:
 
 
 class StatisticsCache:
-    """Cached key statistics under ``<root>/stats/<fingerprint>/<corpus>-<tokens>/layer<l>.safetensors``."""
+    """Cached key statistics: one ``cache.Cache`` entry per (model, corpus, token count, code) with
+    a ``layer<l>.safetensors`` per layer, so other layers of the same model are added later."""
+
+    KIND = "stats"
 
     def __init__(self, root: str | Path):
-        self.root = Path(root) / "stats"
+        self.cache = Cache(root)
+
+    def _key(self, fingerprint: str, corpus: str, num_tokens: int) -> str:
+        from . import stats
+
+        return content_key(fingerprint, corpus, num_tokens, code_digest(corpus_module, stats))
 
     def folder(self, fingerprint: str, corpus: str, num_tokens: int) -> Path:
-        return self.root / fingerprint / f"{corpus}-{num_tokens}"
+        return self.cache.entry(self.KIND, self._key(fingerprint, corpus, num_tokens))
 
     def load(self, fingerprint: str, corpus: str, num_tokens: int, layers: list[int]) -> KeyStatistics | None:
-        folder = self.folder(fingerprint, corpus, num_tokens)
+        key = self._key(fingerprint, corpus, num_tokens)
         moments, count, q_moments, q_count, a_moments, a_count = {}, None, {}, 0, {}, 0
         for layer in layers:
-            path = folder / f"layer{layer}.safetensors"
-            if not path.is_file():
+            data = self.cache.load_tensors(self.KIND, key, f"layer{layer}.safetensors")
+            if data is None:
                 return None
-            data = load_file(str(path))
             moments[layer] = data["moment"]
             count = int(data["count"].item())
             q_moments[layer] = data["question_moment"]
@@ -283,7 +274,7 @@ class StatisticsCache:
         return stats
 
     def save(self, fingerprint: str, stats: KeyStatistics, num_tokens: int) -> None:
-        folder = self.folder(fingerprint, stats.corpus, num_tokens)
+        key = self._key(fingerprint, stats.corpus, num_tokens)
         for layer, moment in stats.moments.items():
             tensors = {"moment": moment, "count": torch.tensor([stats.count]),
                        "question_moment": stats.question_moments[layer],
@@ -291,7 +282,7 @@ class StatisticsCache:
             if stats.answer_moments:
                 tensors["answer_moment"] = stats.answer_moments[layer]
                 tensors["answer_count"] = torch.tensor([stats.answer_count])
-            save_tensors_atomic(folder / f"layer{layer}.safetensors", tensors)
+            self.cache.save_tensors(self.KIND, key, tensors, f"layer{layer}.safetensors")
 
 
 def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, cache_dir, num_tokens: int,
@@ -319,27 +310,6 @@ def null_space_basis(covariance: torch.Tensor, *, relative_threshold: float) -> 
     cov = covariance.to(torch.float64)
     eigenvalues, eigenvectors = torch.linalg.eigh((cov + cov.T) / 2)
     return eigenvectors[:, eigenvalues < relative_threshold * eigenvalues.max()]
-
-
-def cached_null_space_basis(covariance: torch.Tensor, *, relative_threshold: float,
-                            cache_dir: str | Path | None) -> torch.Tensor:
-    """``null_space_basis``, stored under ``<cache_dir>/null_space/`` by a hash of C₀'s bytes and the
-    threshold: a re-run on cached statistics skips the eigen-decompositions (~1 s per layer on a
-    2-core CPU for a 1,536-wide key) and gets the identical basis."""
-    if cache_dir is None:
-        return null_space_basis(covariance, relative_threshold=relative_threshold)
-    cov = covariance.to(device="cpu", dtype=torch.float64).contiguous()
-    digest = hashlib.sha256(cov.numpy().tobytes())
-    digest.update(repr(float(relative_threshold)).encode())
-    path = Path(cache_dir) / "null_space" / f"{digest.hexdigest()[:24]}.safetensors"
-    if path.is_file():
-        try:
-            return load_file(str(path))["basis"]
-        except Exception as error:  # an unreadable entry is recomputed and replaced
-            log.warning("ignoring unreadable cache file %s (%s)", path, error)
-    basis = null_space_basis(cov, relative_threshold=relative_threshold)
-    save_tensors_atomic(path, {"basis": basis})
-    return basis
 
 
 def null_space_projector(covariance: torch.Tensor, *, relative_threshold: float) -> tuple[torch.Tensor, int]:

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from ..storage import save_tensors_atomic, write_json_atomic
+from ..cache import Cache, code_digest, content_key
 from .questions import training_questions
 from .training import UnlearningTokenConfig, _token_rows, add_unlearning_token, train_unlearning_token
 
 log = logging.getLogger(__name__)
+
+TOKEN_KIND = "tokens"
 
 
 @dataclass
@@ -27,18 +26,13 @@ class TokenInfo:
     cache_key: str | None = None
 
 
-TRAINING_RECIPE = 2
-"""Bumped whenever the training code changes what a given config produces (invalidates the cache)."""
-
-
 def token_cache_key(fingerprint: str, config: UnlearningTokenConfig, augment_layers: list[int] | None) -> str:
-    payload = json.dumps({"config": config.to_dict(), "layers": augment_layers, "recipe": TRAINING_RECIPE}, sort_keys=True)
-    return f"{fingerprint}-{hashlib.sha256(payload.encode()).hexdigest()[:12]}"
+    """The token's cache key: the base model, the settings, and the code and texts it is trained from."""
+    from .. import prompts, refusals
+    from . import questions, training
 
-
-def token_folder(cache_dir: str | Path, cache_key: str) -> Path:
-    """Where a trained token (and what depends on it alone, e.g. its refusal-key statistics) is cached."""
-    return Path(cache_dir) / "tokens" / cache_key
+    return content_key(fingerprint, config, augment_layers, refusals.load_refusals(),
+                       code_digest(training, questions, refusals, prompts))
 
 
 def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: str | Path, config: UnlearningTokenConfig,
@@ -47,11 +41,11 @@ def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: st
     if config.token in tokenizer.get_vocab():
         return TokenInfo(config.token, tokenizer.convert_tokens_to_ids(config.token), "checkpoint")
     key = token_cache_key(fingerprint, config, augment_layers)
-    folder = token_folder(cache_dir, key)
-    path = folder / "token.safetensors"
-    if path.is_file():
+    cache = Cache(cache_dir)
+    folder = cache.entry(TOKEN_KIND, key)
+    data = cache.load_tensors(TOKEN_KIND, key, "token.safetensors")
+    if data is not None:
         token_id = add_unlearning_token(model, tokenizer, config.token)
-        data = load_file(str(path))
         with torch.no_grad():
             for i, w in enumerate(_token_rows(model, config.train_output_row)):
                 w[token_id] = data[f"row{i}"].to(device=w.device, dtype=w.dtype)
@@ -62,8 +56,8 @@ def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: st
                                     own_answers)
     token_id = tokenizer.convert_tokens_to_ids(config.token)
     rows = {f"row{i}": w[token_id].detach().float().cpu() for i, w in enumerate(_token_rows(model, config.train_output_row))}
-    save_tensors_atomic(path, rows)
-    write_json_atomic(folder / "training.json", {"config": config.to_dict(), "augment_layers": augment_layers,
-                                                 "steps": report.steps, "seconds": round(report.seconds, 2),
-                                                 "final_loss": report.losses[-1] if report.losses else None})
+    cache.save_tensors(TOKEN_KIND, key, rows, "token.safetensors")
+    cache.save_json(TOKEN_KIND, key, {"config": config.to_dict(), "augment_layers": augment_layers, "steps": report.steps,
+                                      "seconds": round(report.seconds, 2),
+                                      "final_loss": report.losses[-1] if report.losses else None}, "training.json")
     return TokenInfo(config.token, token_id, "trained", report.seconds, key)

@@ -1,0 +1,62 @@
+"""The preserved-key constraint: C₀, its null space and the state in one object, cached as one artefact."""
+
+import pytest
+import torch
+
+from tiny_models import build_model, build_tokenizer
+from unierase.edit import stats as stats_module
+from unierase.edit.editor import EditConfig
+from unierase.edit.preserved import PRESERVED_KIND, PreservedKeys, build_preserved_keys
+from unierase.edit.state import EditState
+from unierase.edit.stats import accumulate_key_moments, null_space_basis
+from unierase.models.adapters import find_mlp_output
+from unierase.token.training import add_unlearning_token
+
+CONFIG = EditConfig(layers=[1, 2], null_space_threshold=0.05, stats_tokens=1000)
+
+
+@pytest.fixture()
+def tiny():
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    return model, tok, find_mlp_output(model), token_id
+
+
+def test_from_statistics_weights_c0_as_the_config_asks_and_takes_its_null_space(tiny):
+    model, tok, adapter, _ = tiny
+    stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=1500, progress=False)
+    preserved = PreservedKeys.from_statistics(stats, [1, 2], CONFIG)
+    expected = stats.covariance(1, CONFIG.question_key_weight, CONFIG.refusal_key_weight, CONFIG.answer_key_weight)
+    torch.testing.assert_close(preserved.covariance(1), expected.double())
+    assert torch.equal(preserved.basis(2), null_space_basis(preserved.covariance(2), relative_threshold=0.05))
+    assert preserved.statistics == {"corpus": stats.corpus, "tokens": stats.count}
+    # MEMIT with a given key position needs no basis
+    assert PreservedKeys.from_statistics(stats, [1, 2], EditConfig(solver="memit", key_position="entity")).bases == {}
+
+
+def test_one_artefact_per_model_token_and_weighting(tiny, tmp_path, monkeypatch):
+    model, tok, adapter, token_id = tiny
+
+    def build(config=CONFIG, token_key="token-a"):
+        return build_preserved_keys(model, tok, adapter, [1, 2], config, fingerprint="f", token_id=token_id,
+                                    token_key=token_key, state=EditState(), cache_dir=tmp_path, progress=False)
+
+    first = build()
+    entries = lambda: sorted(p.name for p in (tmp_path / PRESERVED_KIND).iterdir())
+    assert len(entries()) == 1 and first.statistics["tokens"] > 0
+
+    def fail(*args, **kwargs):
+        raise AssertionError("recomputed cached preserved keys")
+
+    monkeypatch.setattr(stats_module, "get_key_statistics", fail)
+    with torch.no_grad():  # a changed model would give other statistics: the cached ones must come back
+        adapter.mlp_output(0).weight.mul_(2.0)
+    again = build()
+    for layer in (1, 2):
+        assert torch.equal(again.covariance(layer), first.covariance(layer))
+        assert torch.equal(again.basis(layer), first.basis(layer))
+    monkeypatch.undo()
+    build(EditConfig(layers=[1, 2], null_space_threshold=0.1, stats_tokens=1000))  # another threshold
+    build(token_key="token-b")  # another token: other refusal keys
+    assert len(entries()) == 3
