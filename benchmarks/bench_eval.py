@@ -33,7 +33,7 @@ def run_one(args) -> dict:
     import torch
 
     from unierase.evaluation import evaluate
-    from unierase.evaluation.runner import peak_rss_mib
+    from unierase.measure import peak_memory_mb
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench_eval_") as tmp:
@@ -43,7 +43,7 @@ def run_one(args) -> dict:
                        closer_look=False, plot=False, threads=args.threads)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     s = res.summary
-    return {"batch_size": args.batch_size, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_rss_mib(),
+    return {"batch_size": args.batch_size, "wall_s": wall, "cpu_s": cpu, "peak_rss_mib": peak_memory_mb(),
             "stages_s": s["timing"]["stages_s"], "model_utility": s["tofu"]["model_utility"],
             "forget_probability": s["tofu"]["sets"]["forget"]["probability"],
             "generations": [r.get("generation") for r in res.per_item["forget"]]}

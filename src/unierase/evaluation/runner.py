@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,10 +32,11 @@ from ..measure import peak_memory_mb
 from ..prompts import PINNED_DATE, has_chat_template, render_prompt
 from ..storage import UniEraseError, read_jsonl, write_json_atomic, write_text_atomic
 from . import metrics as M
-from . import suites
+from .assemble import assemble, clean
 from .config import EvalConfig
 from .data import SET_NAMES, EvalSet, load_set, resolve_data
 from .scoring import generate_greedy, score_answer_groups
+from .stages import StageStore, model_dir_fingerprint, sha
 
 log = logging.getLogger(__name__)
 
@@ -63,86 +63,6 @@ class EvalResult:
                 f"Forget Quality {fmt(t.get('forget_quality'))}; closer-look Forget Efficacy "
                 f"{fmt(cl.get('forget_efficacy'))}, Model Utility (18) {fmt(cl.get('model_utility_18'))}; "
                 f"report: {self.out / 'report.md'}")
-
-
-def _sha(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
-
-
-def _jsonable(obj: Any) -> Any:
-    """The value as it reads back from JSON (tuples become lists), so fingerprints compare equal."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _model_dir_fingerprint(path: str) -> dict:
-    p = Path(path)
-    info: dict = {"path": str(p.resolve()) if p.exists() else str(path)}
-    if (p / "config.json").is_file():
-        info["config_sha"] = hashlib.sha256((p / "config.json").read_bytes()).hexdigest()[:16]
-        info["weights"] = sorted((f.name, f.stat().st_size) for f in p.glob("*.safetensors")) + \
-            sorted((f.name, f.stat().st_size) for f in p.glob("*.bin"))
-    return info
-
-
-class _Stages:
-    """Per-stage, per-item results stored as JSON under ``OUT/stages``."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self.timings: dict[str, float] = {}  # wall seconds per stage, summed over resumed runs
-        self.cpu_timings: dict[str, float] = {}  # process CPU seconds per stage
-
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{name}.json"
-
-    def load(self, name: str, fingerprint: dict) -> tuple[dict[int, Any], bool]:
-        fingerprint = _jsonable(fingerprint)
-        path = self._path(name)
-        if not path.is_file():
-            return {}, False
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            log.warning("ignoring unreadable stage file %s", path)
-            return {}, False
-        if rec.get("fingerprint") != fingerprint:
-            diff = sorted(k for k in set(fingerprint) | set(rec.get("fingerprint", {}))
-                          if fingerprint.get(k) != rec.get("fingerprint", {}).get(k))
-            raise UniEraseError(
-                f"{path} was written by a different evaluation (differs in: {', '.join(diff)}); "
-                "pass --overwrite to start over or choose another --out")
-        self.timings[name] = rec.get("seconds", 0.0)
-        self.cpu_timings[name] = rec.get("cpu_seconds", 0.0)
-        return {int(k): v for k, v in rec.get("items", {}).items()}, bool(rec.get("complete"))
-
-    def save(self, name: str, fingerprint: dict, items: dict[int, Any], complete: bool, seconds: float,
-             cpu_seconds: float = 0.0) -> None:
-        write_json_atomic(self._path(name), {
-            "stage": name, "fingerprint": _jsonable(fingerprint), "complete": complete, "seconds": seconds,
-            "cpu_seconds": cpu_seconds,
-            "items": {str(k): items[k] for k in sorted(items)},
-        })
-
-    def run(self, name: str, fingerprint: dict, n_items: int,
-            compute: Callable[[list[int]], Iterator[tuple[list[int], list[Any]]]]) -> dict[int, Any]:
-        items, complete = self.load(name, fingerprint)
-        if complete and len(items) >= n_items:
-            log.info("stage %s: already done", name)
-            return items
-        todo = [i for i in range(n_items) if i not in items]
-        spent, cpu_spent = self.timings.get(name, 0.0), self.cpu_timings.get(name, 0.0)
-        log.info("stage %s: %d of %d items to do%s", name, len(todo), n_items, " (resuming)" if items else "")
-        t0, c0 = time.time(), time.process_time()
-        for indices, values in compute(todo):
-            items.update(zip(indices, values))
-            self.save(name, fingerprint, items, False, spent + time.time() - t0, cpu_spent + time.process_time() - c0)
-            log.info("stage %s: %d/%d items", name, len(items), n_items)
-        seconds, cpu = spent + time.time() - t0, cpu_spent + time.process_time() - c0
-        self.save(name, fingerprint, items, True, seconds, cpu)
-        self.timings[name] = seconds
-        self.cpu_timings[name] = cpu
-        log.info("stage %s: done in %.1f s (peak memory %.0f MiB)", name, seconds, peak_memory_mb())
-        return items
 
 
 class _Evaluation:
@@ -185,7 +105,7 @@ class _Evaluation:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-        self.stages = _Stages(self.out / "stages")
+        self.stages = StageStore(self.out / "stages")
 
     def _load_data(self) -> None:
         source = resolve_data(self.cfg.data)
@@ -246,7 +166,7 @@ class _Evaluation:
                 "date_string": info["date_string"]}
 
     def _data_fp(self, ev: EvalSet, columns: tuple[str, ...]) -> str:
-        return _sha([[row.get(c) for c in columns] for row in ev.rows])
+        return sha([[row.get(c) for c in columns] for row in ev.rows])
 
     # ------------------------------------------------------------------ stages
     def _answers(self, set_name: str, row: dict) -> list[str]:
@@ -357,7 +277,7 @@ class _Evaluation:
         if self._is_model_spec(spec):
             tok = self._side_tokenizer(spec)
             _, get = self._side_model_loader(spec)
-            items = self._score_stage("retain_model.", get, tok, _model_dir_fingerprint(spec), "forget")
+            items = self._score_stage("retain_model.", get, tok, model_dir_fingerprint(spec), "forget")
             self.stage_data["retain_model.score.forget"] = items
             nll_c = [items[i]["nll_correct"] for i in range(n)]
             nll_p = [items[i]["nll_perturbed"] for i in range(n)]
@@ -392,7 +312,7 @@ class _Evaluation:
         if self._is_model_spec(spec):
             tok = self._side_tokenizer(spec)
             _, get = self._side_model_loader(spec)
-            items = self._generate_stage("reference.generate.retain", get, tok, _model_dir_fingerprint(spec), ev, "question")
+            items = self._generate_stage("reference.generate.retain", get, tok, model_dir_fingerprint(spec), ev, "question")
             self.stage_data["reference.generate.retain"] = items
             return [items[i]["generation"] for i in range(n)], f"reference model {spec}"
         path = Path(spec).expanduser()
@@ -426,7 +346,7 @@ class _Evaluation:
             if gens is None:
                 continue
             ev = self.sets[set_name]
-            fp = {"embedding_model": _model_dir_fingerprint(str(path)), "generations": _sha([gens[i]["generation"] for i in range(len(ev.rows))]),
+            fp = {"embedding_model": model_dir_fingerprint(str(path)), "generations": sha([gens[i]["generation"] for i in range(len(ev.rows))]),
                   "data": self._data_fp(ev, ("answer",))}
 
             def compute(todo, ev=ev, gens=gens):
@@ -451,7 +371,7 @@ class _Evaluation:
         for set_name in SET_NAMES:
             gens = self.stage_data[f"generate.{set_name}"]
             ev = self.sets[set_name]
-            fp = {"nli_model": _model_dir_fingerprint(self.cfg.nli_model), "generations": _sha([gens[i]["generation"] for i in range(len(ev.rows))])}
+            fp = {"nli_model": model_dir_fingerprint(self.cfg.nli_model), "generations": sha([gens[i]["generation"] for i in range(len(ev.rows))])}
 
             def compute(todo, ev=ev, gens=gens, set_name=set_name):
                 g = [gens[i]["generation"] for i in todo]
@@ -462,112 +382,11 @@ class _Evaluation:
             self.stage_data[f"nli.{set_name}"] = self.stages.run(f"nli.{set_name}", fp, len(ev.rows), compute)
 
     # ------------------------------------------------------------------ assembly
-    def _complete(self, name: str, n: int) -> dict[int, Any] | None:
-        data = self.stage_data.get(name)
-        if data is None or any(i not in data for i in range(n)):
-            return None
-        return data
-
     def _assemble(self) -> tuple[dict, dict[str, list[dict]]]:
-        tofu: dict = {"sets": {}}
-        closer: dict = {"sets": {}}
-        extra: dict = {}
-        per_item: dict[str, list[dict]] = {}
-        tofu_metrics: dict[str, dict] = {}
-        cl_metrics: dict[str, dict] = {}
-        tok = self.tokenizer
-        for set_name in SET_NAMES:
-            ev = self.sets[set_name]
-            n = len(ev.rows)
-            rows = [{"index": i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(ev.rows)]
-            if set_name in ("forget", "retain"):
-                for i, r in enumerate(ev.rows):
-                    rows[i]["paraphrased_answer"] = r["paraphrased_answer"]
-            score = self._complete(f"score.{set_name}", n)
-            gen = self._complete(f"generate.{set_name}", n)
-            entry: dict = {"n": n, "config": ev.config, "source": ev.origin, "rows_in_file": ev.total_rows}
-            rouge = rouge1 = None
-            if gen is not None:
-                gens = [gen[i]["generation"] for i in range(n)]
-                rouge = M.rouge_recall(gens, [r["answer"] for r in ev.rows])
-                rouge1 = M.rouge_recall(gens, [r["answer"] for r in ev.rows], kind="rouge1")
-                ent = M.token_entropy([tok(g, add_special_tokens=False)["input_ids"] for g in gens])
-                refusal = M.refusal_rate(gens, self.refusals)
-                for i in range(n):
-                    rows[i].update(generation=gens[i], n_new_tokens=gen[i]["n_new_tokens"],
-                                   rougeL_recall=float(rouge.values[i]), rouge1_recall=float(rouge1.values[i]),
-                                   token_entropy=float(ent.values[i]), refusal=bool(refusal.values[i]))
-                entry["rougeL_recall"] = rouge.value
-                entry["rouge1_recall"] = rouge1.value
-                extra.setdefault("refusal_rate", {})[set_name] = refusal.value
-            else:
-                ent = None
-            if score is not None:
-                nll_a = [score[i]["nll_answer"] for i in range(n)]
-                nll_c = [score[i]["nll_correct"] for i in range(n)]
-                nll_p = [score[i]["nll_perturbed"] for i in range(n)]
-                res = suites.tofu_set(set_name, nll_answer=nll_a, nll_correct=nll_c, nll_perturbed=nll_p,
-                                      rouge_l=None if rouge is None else rouge.values)
-                em = M.Metric(np.array([score[i]["exact_memorisation"] for i in range(n)]), 0.0)
-                es = M.Metric(np.array([score[i]["extraction_strength"] for i in range(n)]), 0.0)
-                entry["probability"] = res["probability"].value
-                entry["truth_ratio"] = res["truth_ratio"].value
-                entry["exact_memorisation"] = float(em.values.mean())
-                entry["extraction_strength"] = float(es.values.mean())
-                for i in range(n):
-                    rows[i].update(nll_answer=nll_a[i], nll_correct=nll_c[i], nll_perturbed=nll_p[i],
-                                   n_answer_tokens=score[i]["n_tokens"],
-                                   probability=float(res["probability"].values[i]),
-                                   truth_ratio=float(res["ratios"][i]),
-                                   truth_ratio_term=float(res["truth_ratio"].values[i]),
-                                   exact_memorisation=score[i]["exact_memorisation"],
-                                   extraction_strength=score[i]["extraction_strength"])
-                tofu_metrics[set_name] = res
-                if self.cfg.closer_look:
-                    cos = self._complete(f"cosine.{set_name}", n)
-                    cos_m = None if cos is None else M.Metric(np.array([cos[i] for i in range(n)]), float(np.mean([cos[i] for i in range(n)])))
-                    nli = self._complete(f"nli.{set_name}", n)
-                    nli_m = None if (nli is None or rouge is None) else M.entailment_share([nli[i] for i in range(n)], rouge.values)
-                    cl = suites.closer_look_set(set_name, tofu=res, token_entropy=ent, cosine=cos_m, entailment=nli_m)
-                    cl_metrics[set_name] = cl
-                    closer["sets"][set_name] = {k: (None if v is None else float(v.value)) for k, v in cl.items()}
-                    for i in range(n):
-                        rows[i]["closer_look_truth_ratio"] = float(cl["truth_ratio"].values[i])
-                        if cos_m is not None:
-                            rows[i]["cosine_similarity"] = float(cos_m.values[i])
-                        if nli is not None:
-                            rows[i]["nli_label"] = nli[i]
-            tofu["sets"][set_name] = entry
-            per_item[set_name] = rows
-        # headline TOFU numbers
-        tofu["model_utility"] = suites.tofu_model_utility(tofu["sets"])
-        tofu["forget_quality"] = None
-        if "forget" in tofu_metrics and self.retain_ratios is not None:
-            tofu["forget_quality"] = M.forget_quality(tofu_metrics["forget"]["ratios"], self.retain_ratios)
-        tofu["forget_quality_against"] = self.retain_source
-        if self.cfg.closer_look:
-            closer.update(suites.closer_look_headline(cl_metrics))
-        # beyond the papers
-        para = self._complete("generate.forget_paraphrased", len(self.sets["forget"].rows))
-        if para is not None:
-            ev = self.sets["forget"]
-            gens = [para[i]["generation"] for i in range(len(ev.rows))]
-            leak = M.rouge_recall(gens, [r["answer"] for r in ev.rows])
-            ref = M.refusal_rate(gens, self.refusals)
-            extra["paraphrase_leakage"] = {"rougeL_recall": leak.value, "refusal_rate": ref.value,
-                                           "original_question_rougeL_recall": tofu["sets"]["forget"].get("rougeL_recall")}
-            for i, row in enumerate(per_item["forget"]):
-                row.update(paraphrased_question=ev.rows[i]["paraphrased_question"], paraphrased_generation=gens[i],
-                           paraphrased_rougeL_recall=float(leak.values[i]), paraphrased_refusal=bool(ref.values[i]))
-        if self.reference_generations is not None and "generation" in (per_item["retain"][0] if per_item["retain"] else {}):
-            gens = [r["generation"] for r in per_item["retain"]]
-            unchanged = M.unchanged_share(gens, self.reference_generations)
-            extra["retain_unchanged_share"] = unchanged.value
-            extra["retain_unchanged_against"] = self.reference_source
-            for i, row in enumerate(per_item["retain"]):
-                row["reference_generation"] = self.reference_generations[i]
-                row["unchanged"] = bool(unchanged.values[i])
-        return {"tofu": tofu, "closer_look": closer if self.cfg.closer_look else None, "extra": extra}, per_item
+        return assemble(self.sets, self.stage_data, tokenizer=self.tokenizer, refusals=self.refusals,
+                        closer_look=self.cfg.closer_look, retain_ratios=self.retain_ratios,
+                        retain_source=self.retain_source, reference_generations=self.reference_generations,
+                        reference_source=self.reference_source)
 
     def _summary(self, partial: bool) -> tuple[dict, dict]:
         parts, per_item = self._assemble()
@@ -603,7 +422,7 @@ class _Evaluation:
 
     def _write_summary(self, partial: bool) -> tuple[dict, dict]:
         summary, per_item = self._summary(partial)
-        write_json_atomic(self.out / "summary.json", _clean(summary))
+        write_json_atomic(self.out / "summary.json", clean(summary))
         return summary, per_item
 
     # ------------------------------------------------------------------ main
@@ -628,33 +447,17 @@ class _Evaluation:
                           "idontknow list or an 'I don't know'-style phrase (heuristic)")
         summary, per_item = self._write_summary(partial=False)
         for set_name, rows in per_item.items():
-            text = "".join(json.dumps(_clean(r), ensure_ascii=False) + "\n" for r in rows)
+            text = "".join(json.dumps(clean(r), ensure_ascii=False) + "\n" for r in rows)
             write_text_atomic(self.out / "per_item" / f"{set_name}.jsonl", text)
         from .report import render_markdown, render_png
 
-        write_text_atomic(self.out / "report.md", render_markdown(_clean(summary)))
+        write_text_atomic(self.out / "report.md", render_markdown(clean(summary)))
         if self.cfg.plot:
             try:
-                render_png(_clean(summary), self.out / "report.png")
+                render_png(clean(summary), self.out / "report.png")
             except Exception as err:  # noqa: BLE001 - a missing plotting backend must not fail the evaluation
                 log.warning("report.png not written: %s", err)
-        return EvalResult(self.out, _clean(summary), per_item)
-
-
-def _clean(obj):
-    """JSON-safe copy: numpy scalars to Python, NaN/inf to None."""
-    if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        v = float(obj)
-        return None if math.isnan(v) or math.isinf(v) else v
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
+        return EvalResult(self.out, clean(summary), per_item)
 
 
 def _read_per_item(path: Path, columns: tuple[str, ...]) -> list[dict]:
