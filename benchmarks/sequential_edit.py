@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--result", default=str(RESULTS), help="where to write the JSON")
     parser.add_argument("--stats-tokens", type=int, default=None,
-                        help="corpus tokens of the preserved-key statistics (default: EditConfig's)")
+                        help="corpus tokens of the preserved-key statistics (default: the model's recipe)")
     args = parser.parse_args()
 
     import torch

@@ -65,5 +65,21 @@ class EvalConfig:
     overwrite: bool = False
     plot: bool = True
 
+    def __post_init__(self):
+        # checked on construction (and on every ``replace``): a bad setting fails before any loading
+        from ..storage import UniEraseError
+
+        checks = (
+            (self.benchmark == "tofu", f"unknown benchmark {self.benchmark!r}; only 'tofu' is supported"),
+            (self.prompt_format in ("chat", "plain"), f"prompt format must be 'chat' or 'plain', got {self.prompt_format!r}"),
+            (self.scoring_mode in ("shared", "full"), f"scoring mode must be 'shared' or 'full', got {self.scoring_mode!r}"),
+            (self.batch_size >= 1, f"batch size must be at least 1, got {self.batch_size}"),
+            (self.max_new_tokens >= 1, f"max new tokens must be at least 1, got {self.max_new_tokens}"),
+            (self.ds_size is None or self.ds_size >= 1, f"ds_size must be positive, got {self.ds_size}"),
+        )
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise UniEraseError("; ".join(problems))
+
     def to_dict(self) -> dict:
         return asdict(self)

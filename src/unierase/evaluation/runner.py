@@ -79,20 +79,7 @@ class _Evaluation:
         self.t_start = time.time()
 
     # ------------------------------------------------------------------ setup
-    def _check_config(self) -> None:
-        cfg = self.cfg
-        if cfg.benchmark != "tofu":
-            raise UniEraseError(f"unknown benchmark {cfg.benchmark!r}; only 'tofu' is supported")
-        if cfg.prompt_format not in ("chat", "plain"):
-            raise UniEraseError(f"prompt format must be 'chat' or 'plain', got {cfg.prompt_format!r}")
-        if cfg.scoring_mode not in ("shared", "full"):
-            raise UniEraseError(f"scoring mode must be 'shared' or 'full', got {cfg.scoring_mode!r}")
-        if cfg.batch_size < 1:
-            raise UniEraseError(f"batch size must be at least 1, got {cfg.batch_size}")
-        if cfg.max_new_tokens < 1:
-            raise UniEraseError(f"max new tokens must be at least 1, got {cfg.max_new_tokens}")
-        if cfg.ds_size is not None and cfg.ds_size < 1:
-            raise UniEraseError(f"ds_size must be positive, got {cfg.ds_size}")
+    def _check_out(self) -> None:
         if self.out.exists() and not self.out.is_dir():
             raise UniEraseError(f"output path {self.out} exists and is not a directory")
 
@@ -427,7 +414,7 @@ class _Evaluation:
 
     # ------------------------------------------------------------------ main
     def run(self) -> EvalResult:
-        self._check_config()
+        self._check_out()
         self._load_data()
         self._prepare_out()
         if self.cfg.threads:
