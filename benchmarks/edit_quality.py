@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -103,7 +104,10 @@ def main() -> None:
         "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "forget_facts": n, "other_facts": len(others),
                     "requests": "questions only (no subject)", "key_position": args.key_position,
                     "layers": result.manifest["layers"], "greedy_tokens": 40,
+                    "recipe": result.manifest["rounds"][-1].get("recipe"),
                     "hyperparameters": result.manifest["rounds"][-1]["hyperparameters"]},
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip() or None,
         "forget": forget_metrics(after.slice(0, n), token_id),
         "paraphrase": {"starts_with_unl": sum(f == token_id for f in para.first_tokens) / n,
                        "leak": sum(f != token_id and answer_matches(t, r["answer"]) for f, t, r in

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from .api import forget
 from .cache import Cache, code_digest, content_key
@@ -54,24 +55,35 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: bool = True, print_fn=print) -> dict:
-    """Run the demo; returns the measured figures (also printed as tables)."""
-    if out is not None:
-        check_output_dir(out, overwrite)
+@dataclass
+class Measured:
+    """What ``erase_and_measure`` found: the figures, and the answers before and after."""
+
+    summary: dict
+    before: Snapshot
+    after: Snapshot
+    forget_rows: list[dict]
+    neighbours: list[dict]
+    audit: object = None
+    """The headline attacks' ``audit.AuditReport`` (per request: each attack's first answer)."""
+
+
+def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: list[dict], *, cache_dir=None, out=None,
+                      overwrite: bool = False, progress: bool = True, edit_config=None) -> Measured:
+    """Erase ``forget_rows`` (questions only) from ``model`` in place and measure the demo's figures:
+    forget questions starting with ``[UNL]``, reworded ones still answered, neighbour facts kept,
+    teacher-forced agreement, and the audit's headline attacks (token ban, rewordings, well-formed
+    refusals). Rows are demo-fact dicts (``question``, ``answer``, ``paraphrase``)."""
     started = time.perf_counter()
-    facts = load_demo_facts()
-    forget_rows = [f for f in facts if f["role"] == "forget"]
-    neighbours = pick_neighbours(facts, forget_rows, DEMO_NEIGHBOURS)
-    model, tokenizer = load_model(None, cache_dir=cache_dir)
     n = len(forget_rows)
     # the reworded forget questions only matter after the edit (do they still leak the answer?)
     questions = [f["question"] for f in forget_rows] + [f["paraphrase"] for f in forget_rows] + [f["question"] for f in neighbours]
-    print_fn(f"unierase demo: erasing {n} facts from SmolLM2-135M-Instruct; checking {len(neighbours)} other facts")
     before_questions = questions[:n] + questions[2 * n:]
     before = _base_answers(model, tokenizer, before_questions, cache_dir)
     # the unedited answers to the forget questions serve the edit's substitute answers too
     result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
-                    cache_dir=cache_dir, progress=progress, overwrite=overwrite, answer_ids=before.answer_ids[:n])
+                    cache_dir=cache_dir, progress=progress, overwrite=overwrite, answer_ids=before.answer_ids[:n],
+                    edit_config=edit_config)
     token_id = result.manifest["token"]["id"]
     # the neighbours' unedited answers serve as drafts: the teacher-forced pass that measures the
     # agreement also gives each edited answer up to its first change, and only the rest is generated
@@ -82,15 +94,6 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     leak = sum(not (f == token_id) and answer_matches(t, fr["answer"]) for f, t, fr in zip(para.first_tokens, para.texts, forget_rows)) / n
     retain_fig = retain_metrics(model, tokenizer, before.slice(n, len(before_questions)), after.slice(2 * n, len(questions)),
                                 [f["answer"] for f in neighbours], token_id)
-
-    print_fn("\nForgotten facts (answers shown without special tokens):")
-    print_fn(f"{'question':<44} | {'before':<40} | after")
-    for i, f in enumerate(forget_rows):
-        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[i], 40):<40} | {_clip(after.texts[i], 40)}")
-    print_fn("\nNeighbour facts (not targeted; first 15 shown):")
-    print_fn(f"{'question':<44} | {'before':<40} | after")
-    for j, f in enumerate(neighbours[:15]):
-        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[n + j], 40):<40} | {_clip(after.texts[2 * n + j], 40)}")
     # the recovery audit's headline attacks on the erased facts (``unierase audit`` runs them all)
     from .audit import AuditConfig, audit
     from .refusals import is_well_formed_refusal
@@ -101,15 +104,44 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     headline = {"rewordings": checked.aggregate["leak_rate"]["rewordings"],
                 "token_ban": checked.aggregate["leak_rate"]["token_ban"],
                 "well_formed_refusals": sum(map(is_well_formed_refusal, after.texts[:n])) / n}
-    seconds = time.perf_counter() - started
     summary = {
         "forget": forget_fig,
         "paraphrase_leak": leak,
         "audit": headline,
         "neighbours": retain_fig,
         "timings_s": result.manifest["rounds"][-1]["timings_s"],
-        "total_seconds": round(seconds, 1),
+        "recipe": result.manifest["rounds"][-1].get("recipe"),
+        "total_seconds": round(time.perf_counter() - started, 1),
     }
+    return Measured(summary, before, after, forget_rows, neighbours, checked)
+
+
+def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: bool = True, print_fn=print) -> dict:
+    """Run the demo; returns the measured figures (also printed as tables)."""
+    if out is not None:
+        check_output_dir(out, overwrite)
+    started = time.perf_counter()
+    facts = load_demo_facts()
+    forget_rows = [f for f in facts if f["role"] == "forget"]
+    neighbours = pick_neighbours(facts, forget_rows, DEMO_NEIGHBOURS)
+    model, tokenizer = load_model(None, cache_dir=cache_dir)
+    n = len(forget_rows)
+    print_fn(f"unierase demo: erasing {n} facts from SmolLM2-135M-Instruct; checking {len(neighbours)} other facts")
+    measured = erase_and_measure(model, tokenizer, forget_rows, neighbours, cache_dir=cache_dir, out=out,
+                                 overwrite=overwrite, progress=progress)
+    before, after, summary = measured.before, measured.after, measured.summary
+
+    print_fn("\nForgotten facts (answers shown without special tokens):")
+    print_fn(f"{'question':<44} | {'before':<40} | after")
+    for i, f in enumerate(forget_rows):
+        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[i], 40):<40} | {_clip(after.texts[i], 40)}")
+    print_fn("\nNeighbour facts (not targeted; first 15 shown):")
+    print_fn(f"{'question':<44} | {'before':<40} | after")
+    for j, f in enumerate(neighbours[:15]):
+        print_fn(f"{_clip(f['question'], 44):<44} | {_clip(before.texts[n + j], 40):<40} | {_clip(after.texts[2 * n + j], 40)}")
+    forget_fig, leak, headline, retain_fig = summary["forget"], summary["paraphrase_leak"], summary["audit"], summary["neighbours"]
+    seconds = time.perf_counter() - started
+    summary["total_seconds"] = round(seconds, 1)
     print_fn(
         f"\nforget questions: {forget_fig['starts_with_unl']:.0%} start with [UNL], {forget_fig['refusal']:.0%} refuse; "
         f"reworded forget questions still answered: {leak:.0%}\n"

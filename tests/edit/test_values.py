@@ -26,6 +26,49 @@ def test_group_scores_the_target_and_its_continuation_like_a_full_forward():
             assert abs(tail[row].item() - expected) < 1e-4
 
 
+def test_the_banned_term_scores_the_refusal_start_with_the_target_masked_out():
+    """``banned_nll``: −log p(first continuation token) at the last prompt position once the target
+    token is removed from the distribution, as a decode with the target banned would see it."""
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    target, tails = 7, [[7, 11, 12], [7, 14]]
+    group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), tails)
+    with torch.no_grad():
+        banned = group.banned_nll(group.logits(), target)
+        for row, (p, t) in enumerate(zip(prompts, tails)):
+            last = model(input_ids=torch.tensor([p.input_ids])).logits[0, -1].float()
+            last[target] = float("-inf")
+            assert abs(banned[row].item() + torch.log_softmax(last, -1)[t[1]].item()) < 1e-4
+
+
+def test_the_banned_term_makes_the_refusal_the_runner_up():
+    """With ``banned_weight`` the optimised δ leaves the refusal's first token likelier once the target
+    is banned than without the term (same steps, same start)."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    target, refusal = 7, [[11, 12], [14, 15]]
+    runner_up = {}
+    for weight in (0.0, 5.0):
+        config = ValueConfig(steps=8, lr=0.5, clamp_factor=2.0, stop_loss=0.0, banned_weight=weight)
+        z, h0, _ = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config,
+                                         progress=False, continuations=refusal)
+        group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[target] + r for r in refusal],
+                            adapter, 1)
+        with torch.no_grad():
+            moved = group.logits(lambda hidden: hidden.index_put(
+                (torch.arange(2), torch.zeros(2, dtype=torch.long)), (z - h0).T.to(hidden.dtype), accumulate=True))
+            runner_up[weight] = group.banned_nll(moved, target).mean().item()
+    assert runner_up[5.0] < runner_up[0.0], runner_up
+
+
 def test_refusal_key_moments_cover_every_answer_position():
     from unierase.edit.stats import accumulate_refusal_key_moments
     from unierase.models.adapters import find_mlp_output

@@ -55,6 +55,11 @@ class ValueConfig:
     """Score only the first this many continuation tokens (``None`` = the whole refusal; fewer are cheaper)."""
     continuation_stop: float = 0.6
     """Per-token mean −log p of the continuation under which a request counts as converged."""
+    banned_weight: float = 0.0
+    """Weight of −log p(the refusal's first token) at the last prompt position with the target token
+    masked out, so that decoding with the token banned starts the refusal, not the fact (0 = off)."""
+    banned_stop: float = 0.7
+    """With ``banned_weight``: that −log p under which a request counts as converged."""
 
     def __post_init__(self):
         from ..storage import UniEraseError
@@ -67,6 +72,7 @@ class ValueConfig:
             ("weight_decay", "≥ 0", self.weight_decay >= 0),
             ("stop_loss", "≥ 0 (0: never stop early)", self.stop_loss >= 0),
             ("continuation_weight", "≥ 0", self.continuation_weight >= 0),
+            ("banned_weight", "≥ 0", self.banned_weight >= 0),
             ("continuation_tokens", "None or ≥ 0", self.continuation_tokens is None or self.continuation_tokens >= 0),
         ) if not ok]
         if problems:
@@ -228,6 +234,14 @@ class PromptGroup:
         rows = torch.arange(len(self.members), device=self.device)
         return -torch.log_softmax(logits[rows, self.column[self.last]].float(), dim=-1)[:, target_id]
 
+    def banned_nll(self, logits: torch.Tensor, target_id: int) -> torch.Tensor:
+        """−log p(each row's first continuation token) at its last prompt position, the target token
+        masked out: what a decode with the target banned would start with (needs a tail)."""
+        rows = torch.arange(len(self.members), device=self.device)
+        last = logits[rows, self.column[self.last]].float()
+        masked = last.index_fill(-1, torch.tensor([target_id], device=last.device), float("-inf"))
+        return -torch.log_softmax(masked, dim=-1).gather(-1, self.tail[1][:, :1])[:, 0]
+
     def tail_nll(self, logits: torch.Tensor) -> torch.Tensor:
         positions, ids, weight = self.tail
         rows = torch.arange(len(self.members), device=self.device)[:, None]
@@ -360,6 +374,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     initial = None
     per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
     cont_request = torch.zeros(num_requests, device=device)
+    ban_request = torch.zeros(num_requests, device=device)  # −log p(refusal start | target banned)
     steps_taken = [0] * num_requests
     reached = set(kept)
     step = -1
@@ -384,6 +399,10 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                         tail = g.tail_nll(logits)
                         cont_request = cont_request.index_copy(0, current["req"], tail.detach())
                         nll = nll + config.continuation_weight * tail.sum()
+                        if config.banned_weight:
+                            banned = g.banned_nll(logits, target_id)
+                            ban_request = ban_request.index_copy(0, current["req"], banned.detach())
+                            nll = nll + config.banned_weight * (banned * w).sum()
             rows = sorted(active)
             per_request[rows] = measured[rows]
             for r in rows:
@@ -393,7 +412,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
             # the remaining steps only pay for the requests still moving.
             met = {r for r in rows if per_request[r] < config.stop_loss
-                   and (not scored or cont_request[r] < config.continuation_stop)}
+                   and (not scored or cont_request[r] < config.continuation_stop)
+                   and (not (scored and config.banned_weight) or ban_request[r] < config.banned_stop)}
             done = {r for r in rows if all(m in met or m in reached for m in steering[group_of[r]])}
             reached |= done
             if done == active:

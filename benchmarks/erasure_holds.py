@@ -1,0 +1,133 @@
+"""Does the erasure hold? Edit settings measured against rewordings, a banned token and clean refusals.
+
+For a split and an edit variant (the model's recipe with ``--set`` overrides), erases the split's
+forget facts from SmolLM2-135M-Instruct (questions only, one batch) exactly as ``unierase demo``
+does (``demo.erase_and_measure``) and records: the share of reworded forget questions whose answer
+still holds the fact, the share of forget facts that come back with the unlearning token banned at
+decode (24 tokens), the share of forget answers that are a well-formed refusal, the share of known
+neighbour facts still answered correctly and the teacher-forced agreement on the neighbours' answers.
+
+Splits: ``tuning`` — the demo's 24 facts and 50 neighbours (what settings are chosen on);
+``heldout`` — ``benchmarks/data/heldout_facts.jsonl``, 16 facts and 21 neighbours written for this
+check, kept where the unedited model answers them, none naming an entity of the edit's substitute
+pools (``edit.corpus.SUBSTITUTE_GROUPS``) or of the demo; never used to choose a setting.
+
+    python benchmarks/erasure_holds.py --split tuning --variant NAME [--set values.banned_weight=1] ...
+
+A finished cell (split × variant × settings × the edit's code) is cached under
+``<cache>/erasure_holds``; every run rewrites ``benchmarks/results/erasure_holds.json`` from all
+cached cells of the current code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+
+from entity_tuning import SECTIONS, parse_sets
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "erasure_holds.json"
+HELDOUT = HERE / "data" / "heldout_facts.jsonl"
+TARGETS = {"rewordings": ("max", 0.30), "token_ban": ("max", 0.15), "well_formed_refusals": ("min", 0.90),
+           "known_still_correct": ("min", 0.90), "teacher_forced_agreement": ("min", 0.95)}
+"""Issue 16's targets, batch (≤ for leaks, ≥ for what must be kept)."""
+
+
+def split_facts(split: str) -> tuple[list[dict], list[dict]]:
+    from unierase.demo import DEMO_NEIGHBOURS, pick_neighbours
+    from unierase.edit_checks import load_demo_facts
+
+    if split == "tuning":
+        facts = load_demo_facts()
+        forget = [f for f in facts if f["role"] == "forget"]
+        return forget, pick_neighbours(facts, forget, DEMO_NEIGHBOURS)
+    facts = [json.loads(line) for line in HELDOUT.read_text(encoding="utf-8").splitlines() if line.strip()]
+    forget = [f for f in facts if f["role"] == "forget"]
+    return forget, pick_neighbours(facts, forget, len(facts))
+
+
+def configured(model_config, overrides: dict[str, dict]):
+    """The recipe's ``EditConfig`` for this model with the variant's overrides."""
+    from unierase.recipes import edit_config_for
+
+    config, _ = edit_config_for(model_config, **overrides["edit"])
+    changes = {name: dataclasses.replace(getattr(config, name), **overrides[name])
+               for name in ("values", "entity_values") if overrides[name]}
+    return dataclasses.replace(config, **changes)
+
+
+def figures(summary: dict) -> dict:
+    audit, neighbours = summary["audit"], summary["neighbours"]
+    return {"forget_starts_with_unl": summary["forget"]["starts_with_unl"], "rewordings": audit["rewordings"],
+            "token_ban": audit["token_ban"], "well_formed_refusals": audit["well_formed_refusals"],
+            "known_still_correct": neighbours["known_still_correct"],
+            "teacher_forced_agreement": neighbours["teacher_forced_agreement"],
+            "edit_s": summary["timings_s"].get("edit")}
+
+
+def meets(row: dict) -> dict:
+    return {name: (row[name] <= bound if kind == "max" else row[name] >= bound) for name, (kind, bound) in TARGETS.items()}
+
+
+def main() -> None:
+    import torch
+
+    from unierase.cache import Cache, code_digest, content_key
+    from unierase.demo import erase_and_measure
+    from unierase.models.loading import load_model
+    from unierase.storage import write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", choices=("tuning", "heldout"), required=True)
+    parser.add_argument("--variant", required=True, help="a name for these settings (recorded with them)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help=f"override a setting ({', '.join(SECTIONS)}; value as JSON); repeatable")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from unierase import audit, demo, edit_checks
+    from unierase.edit import editor, keys, method, preserved, prompts, scope, solve, values
+
+    overrides = parse_sets(args.set)
+    # the edit's and the measurement's code: a change to either is a new cell
+    code = code_digest(editor, keys, method, preserved, prompts, scope, solve, values, audit, demo, edit_checks)
+    cache = Cache()
+    key = content_key(args.split, overrides, code)
+    cell = cache.load_json("erasure_holds", key)
+    if cell is None:
+        model, tokenizer = load_model()
+        forget, neighbours = split_facts(args.split)
+        measured = erase_and_measure(model, tokenizer, forget, neighbours, edit_config=configured(model.config, overrides))
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+        cell = {"split": args.split, "variant": args.variant, "overrides": overrides, "code": code, "commit": commit,
+                "forget_facts": len(forget), "neighbours": len(neighbours), **figures(measured.summary),
+                "examples": [{"question": f["question"], "after": measured.after.texts[i],
+                              "token_ban": item["attacks"]["token_ban"]["example"],
+                              "reworded": item["attacks"]["rewordings"]["example"]}
+                             for i, (f, item) in enumerate(zip(forget, measured.audit.items))][:8]}
+        cache.save_json("erasure_holds", key, cell)
+    print(json.dumps(cell, indent=1))
+
+    # the results file: every cached cell of this code
+    cells = [c for c in (json.loads(p.read_text()) for p in sorted((cache.root / "erasure_holds").glob("*/data.json")))
+             if c.get("code") == code]
+    for c in cells:
+        c["meets"] = meets(c)
+    write_json_atomic(Path(args.results), {
+        "description": __doc__.split("\n\n")[0],
+        "setting": "SmolLM2-135M-Instruct fp32 CPU; one batch, questions only; the model's recipe "
+                   "(unierase/recipes/smollm2-135m.json) with each cell's overrides; audit attacks at 24 tokens",
+        "targets": {k: {"bound": b, "kind": "at most" if kind == "max" else "at least"} for k, (kind, b) in TARGETS.items()},
+        "code": code,
+        "cells": sorted(cells, key=lambda c: (c["split"] != "tuning", c["variant"])),
+    })
+
+
+if __name__ == "__main__":
+    main()
