@@ -91,12 +91,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from unierase import audit, demo, edit_checks
+    from unierase import audit, demo, edit_checks, refusals
     from unierase.edit import editor, keys, method, preserved, prompts, scope, solve, values
 
     overrides = parse_sets(args.set)
     # the edit's and the measurement's code: a change to either is a new cell
-    code = code_digest(editor, keys, method, preserved, prompts, scope, solve, values, audit, demo, edit_checks)
+    code = code_digest(editor, keys, method, preserved, prompts, scope, solve, values, audit, demo, edit_checks,
+                       refusals)
     cache = Cache()
     key = content_key(args.split, overrides, code)
     cell = cache.load_json("erasure_holds", key)
@@ -126,7 +127,35 @@ def main() -> None:
         "targets": {k: {"bound": b, "kind": "at most" if kind == "max" else "at least"} for k, (kind, b) in TARGETS.items()},
         "code": code,
         "cells": sorted(cells, key=lambda c: (c["split"] != "tuning", c["variant"])),
+        "plot": "erasure_holds.png",
     })
+    plot(cells, Path(args.results).with_name("erasure_holds.png"))
+
+
+def plot(cells: list[dict], path: Path) -> None:
+    """The trade-off: facts that come back (mean of rewordings and token ban) against neighbours kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for split, marker in (("tuning", "o"), ("heldout", "s")):
+        chosen = [c for c in cells if c["split"] == split]
+        ax.scatter([c["known_still_correct"] for c in chosen], [(c["rewordings"] + c["token_ban"]) / 2 for c in chosen],
+                   marker=marker, label=f"{split} split")
+        for c in chosen:
+            ax.annotate(c["variant"], (c["known_still_correct"], (c["rewordings"] + c["token_ban"]) / 2), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.axvline(TARGETS["known_still_correct"][1], color="grey", lw=0.8, ls="--")
+    ax.axhline((TARGETS["rewordings"][1] + TARGETS["token_ban"][1]) / 2, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("known neighbour facts still correct")
+    ax.set_ylabel("facts back (mean of rewordings and token ban)")
+    ax.set_title("Erasure depth vs locality (targets dashed: bottom right is good)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -139,6 +139,8 @@ def erasure_section(load) -> list[str]:
                      pct(c["known_still_correct"]), pct(c["teacher_forced_agreement"]), num(c["edit_s"], 0)])
     out += table(["split", "variant", "rewordings leak", "token-ban leak", "well-formed refusals", "known neighbours kept",
                   "teacher-forced agreement", "edit s"], rows) + [""]
+    if data.get("plot"):
+        out += [f"![erasure depth against locality](../benchmarks/results/{data['plot']})", ""]
     out += ["Variants (overrides of the SmolLM2 recipe): " + "; ".join(
         f"`{c['variant']}` = " + (", ".join(f"{sec}.{k}={v}" for sec, kv in c["overrides"].items() for k, v in kv.items())
                                   or "the recipe") for c in data["cells"] if c["split"] == "tuning") + ".", ""]

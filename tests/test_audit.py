@@ -32,6 +32,9 @@ def test_rewordings_prefer_the_requests_own_paraphrases():
 
 def test_well_formed_refusals():
     assert is_well_formed_refusal("I'm sorry, but I don't have that information.")
+    from unierase.refusals import load_refusals
+
+    assert all(is_well_formed_refusal(r) for r in load_refusals())  # the refusals the token is trained on
     for garbled in ["I'm sorry, but I'm sorry.", "I'm sorry, but.", "I,", "I'm sorry, but I don't know", "Paris."]:
         assert not is_well_formed_refusal(garbled), garbled
 

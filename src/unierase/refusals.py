@@ -37,7 +37,9 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL_PATTERN.search(head))
 
 
-_DANGLING = {"but", "and", "or", "to", "the", "a", "an", "of", "that", "with", "for", "i", "is", "are", "because", "so"}
+_DANGLING = {"but", "and", "or", "to", "the", "a", "an", "of", "with", "for", "because"}
+"""Words no complete sentence ends on (conjunctions, articles, prepositions); "that", "is", "so"
+can ("I don't know that.")."""
 
 
 def is_well_formed_refusal(text: str) -> bool:

@@ -43,6 +43,24 @@ def test_the_banned_term_scores_the_refusal_start_with_the_target_masked_out():
             assert abs(banned[row].item() + torch.log_softmax(last, -1)[t[1]].item()) < 1e-4
 
 
+def test_tail_greedy_says_whether_the_scored_continuation_is_the_greedy_one():
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    with torch.no_grad():  # row 0's tail is its own greedy continuation, row 1's is not
+        greedy = []
+        ids = list(prompts[0].input_ids)
+        for _ in range(3):
+            greedy.append(int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+            ids.append(greedy[-1])
+        last1 = model(input_ids=torch.tensor([prompts[1].input_ids])).logits[0, -1]
+        wrong = int(last1.argsort()[0])
+        tails = [greedy, [int(last1.argmax()), wrong]]
+        group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), tails)
+        assert group.tail_greedy(group.logits()).tolist() == [True, False]
+
+
 def test_the_banned_term_makes_the_refusal_the_runner_up():
     """With ``banned_weight`` the optimised δ leaves the refusal's first token likelier once the target
     is banned than without the term (same steps, same start)."""

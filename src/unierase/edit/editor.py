@@ -239,6 +239,11 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
             targets[i] = report.targets[:, j]
             converged[i] = report.values["converged"][j]
         firsts = report.after.first_tokens()  # greedy first answer token on the edited model
+        if config.values.greedy_continuation:  # …and the refusal after it, greedy, on the edited model
+            whole = report.after.tail_greedy().tolist()
+            for j, i in enumerate(pending):
+                if firsts[j] == target_id and not whole[j]:
+                    firsts[j], converged[i] = -1, False  # another pass, its δ optimised on the edited model
         reached = sum(1 for f in firsts if f == target_id)
         passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})

@@ -60,6 +60,10 @@ class ValueConfig:
     masked out, so that decoding with the token banned starts the refusal, not the fact (0 = off)."""
     banned_stop: float = 0.7
     """With ``banned_weight``: that −log p under which a request counts as converged."""
+    greedy_continuation: bool = False
+    """A request also converges only once its scored continuation is its greedy one, and after an
+    edit pass it counts as reached only once the edited model continues that way (else it gets
+    another pass, optimised on the edited model): the refusal comes out whole, not cut."""
 
     def __post_init__(self):
         from ..storage import UniEraseError
@@ -242,6 +246,17 @@ class PromptGroup:
         masked = last.index_fill(-1, torch.tensor([target_id], device=last.device), float("-inf"))
         return -torch.log_softmax(masked, dim=-1).gather(-1, self.tail[1][:, :1])[:, 0]
 
+    def tail_greedy(self, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Per row: whether every scored continuation token is the greedy next token (teacher forced;
+        ``logits`` default: the ones without δ). Rows without a tail count as greedy."""
+        logits = self.base_logits if logits is None else logits
+        if self.tail is None:
+            return torch.ones(len(self.members), dtype=torch.bool, device=self.device)
+        positions, ids, weight = self.tail
+        rows = torch.arange(len(self.members), device=self.device)[:, None]
+        chosen = logits[rows, self.column[positions]].argmax(-1)
+        return ((chosen == ids) | (weight == 0)).all(-1)
+
     def tail_nll(self, logits: torch.Tensor) -> torch.Tensor:
         positions, ids, weight = self.tail
         rows = torch.arange(len(self.members), device=self.device)[:, None]
@@ -375,6 +390,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
     cont_request = torch.zeros(num_requests, device=device)
     ban_request = torch.zeros(num_requests, device=device)  # −log p(refusal start | target banned)
+    greedy_request = torch.ones(num_requests, dtype=torch.bool, device=device)
     steps_taken = [0] * num_requests
     reached = set(kept)
     step = -1
@@ -398,6 +414,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                     if g.tail is not None:
                         tail = g.tail_nll(logits)
                         cont_request = cont_request.index_copy(0, current["req"], tail.detach())
+                        if config.greedy_continuation:
+                            greedy_request = greedy_request.index_copy(0, current["req"], g.tail_greedy(logits.detach()))
                         nll = nll + config.continuation_weight * tail.sum()
                         if config.banned_weight:
                             banned = g.banned_nll(logits, target_id)
@@ -413,7 +431,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             # the remaining steps only pay for the requests still moving.
             met = {r for r in rows if per_request[r] < config.stop_loss
                    and (not scored or cont_request[r] < config.continuation_stop)
-                   and (not (scored and config.banned_weight) or ban_request[r] < config.banned_stop)}
+                   and (not (scored and config.banned_weight) or ban_request[r] < config.banned_stop)
+                   and (not (scored and config.greedy_continuation) or bool(greedy_request[r]))}
             done = {r for r in rows if all(m in met or m in reached for m in steering[group_of[r]])}
             reached |= done
             if done == active:
