@@ -76,7 +76,7 @@ def main() -> None:
     from unierase.token.cache import ensure_unlearning_token
     from unierase.token.training import UnlearningTokenConfig
 
-    config, _ = edit_config_for(model.config, key_position=args.key_position)  # the library's settings for this model
+    config, recipe = edit_config_for(model.config, key_position=args.key_position)  # the library's settings for this model
     layers = config.resolved_layers(find_mlp_output(model).num_layers)
     info = ensure_unlearning_token(model, tok, fingerprint=model_fingerprint(model), cache_dir=default_cache_dir(),
                                    config=UnlearningTokenConfig(), augment_layers=layers, progress=False)
@@ -104,7 +104,7 @@ def main() -> None:
         "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "forget_facts": n, "other_facts": len(others),
                     "requests": "questions only (no subject)", "key_position": args.key_position,
                     "layers": result.manifest["layers"], "greedy_tokens": 40,
-                    "recipe": result.manifest["rounds"][-1].get("recipe"),
+                    "recipe": recipe.name if recipe else None,
                     "hyperparameters": result.manifest["rounds"][-1]["hyperparameters"]},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=Path(__file__).parent).stdout.strip() or None,

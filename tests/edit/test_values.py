@@ -61,6 +61,35 @@ def test_tail_greedy_says_whether_the_scored_continuation_is_the_greedy_one():
         assert group.tail_greedy(group.logits()).tolist() == [True, False]
 
 
+def test_with_greedy_continuation_a_request_converges_only_once_its_refusal_is_greedy():
+    """Loose stop criteria converge every request at once; with ``greedy_continuation`` a request whose
+    scored continuation is not its greedy one under its δ does not count as converged."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    target, refusal = 7, [[11, 12, 13], [14, 15, 16]]
+    converged = {}
+    for flag in (False, True):
+        config = ValueConfig(steps=2, lr=0.1, stop_loss=100.0, continuation_stop=100.0, greedy_continuation=flag)
+        z, h0, report = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config,
+                                              progress=False, continuations=refusal)
+        group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"),
+                            [[target] + r for r in refusal], adapter, 1)
+        with torch.no_grad():
+            moved = group.logits(lambda hidden: hidden.index_put(
+                (torch.arange(2), torch.zeros(2, dtype=torch.long)), (z - h0).T.to(hidden.dtype), accumulate=True))
+        greedy = group.tail_greedy(moved).tolist()
+        converged[flag] = report.converged
+        if flag:
+            assert all(g for c, g in zip(report.converged, greedy) if c), (report.converged, greedy)
+    assert converged[False] == [True, True] and converged[True] != [True, True], converged
+
+
 def test_the_banned_term_makes_the_refusal_the_runner_up():
     """With ``banned_weight`` the optimised δ leaves the refusal's first token likelier once the target
     is banned than without the term (same steps, same start)."""
