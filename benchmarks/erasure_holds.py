@@ -69,6 +69,14 @@ def figures(summary: dict) -> dict:
             "edit_s": summary["timings_s"].get("edit")}
 
 
+def choose(cells: list[dict]) -> str | None:
+    """The tuning split's best variant: the most targets met, then the fewest facts back."""
+    tuning = [c for c in cells if c["split"] == "tuning"]
+    if not tuning:
+        return None
+    return min(tuning, key=lambda c: (-sum(meets(c).values()), c["rewordings"] + c["token_ban"], c["variant"]))["variant"]
+
+
 def meets(row: dict) -> dict:
     return {name: (row[name] <= bound if kind == "max" else row[name] >= bound) for name, (kind, bound) in TARGETS.items()}
 
@@ -126,6 +134,8 @@ def main() -> None:
                    "(unierase/recipes/smollm2-135m.json) with each cell's overrides; audit attacks at 24 tokens",
         "targets": {k: {"bound": b, "kind": "at most" if kind == "max" else "at least"} for k, (kind, b) in TARGETS.items()},
         "code": code,
+        "chosen": {"rule": "on the tuning split: the most targets met, then the fewest facts back (rewordings + "
+                           "token ban); reported on the held-out split", "variant": choose(cells)},
         "cells": sorted(cells, key=lambda c: (c["split"] != "tuning", c["variant"])),
         "plot": "erasure_holds.png",
     })

@@ -139,6 +139,8 @@ def erasure_section(load) -> list[str]:
                      pct(c["known_still_correct"]), pct(c["teacher_forced_agreement"]), num(c["edit_s"], 0)])
     out += table(["split", "variant", "rewordings leak", "token-ban leak", "well-formed refusals", "known neighbours kept",
                   "teacher-forced agreement", "edit s"], rows) + [""]
+    if data.get("chosen"):
+        out += [f"Chosen by the rule “{data['chosen']['rule']}”: `{data['chosen']['variant']}`.", ""]
     if data.get("plot"):
         out += [f"![erasure depth against locality](../benchmarks/results/{data['plot']})", ""]
     out += ["Variants (overrides of the SmolLM2 recipe): " + "; ".join(
