@@ -30,30 +30,14 @@ OTHER_ROWS = range(40, 400)
 AGREEMENT_QUESTIONS = 100
 
 
-SECTIONS = ("edit", "values", "entity_values")
-
-
-def parse_sets(items: list[str]) -> dict[str, dict]:
-    """``SECTION.field=value`` pairs (values as JSON) → {section: {field: value}}."""
-    out: dict[str, dict] = {name: {} for name in SECTIONS}
-    for item in items:
-        name, _, raw = item.partition("=")
-        section, _, field = name.partition(".")
-        if section not in SECTIONS or not field or not raw:
-            raise SystemExit(f"--set {item!r}: expected SECTION.FIELD=VALUE with SECTION one of {', '.join(SECTIONS)}")
-        out[section][field] = json.loads(raw)
-    return out
-
-
 def main() -> None:
     import torch
 
     import unierase
     from unierase.baselines.data import require_data_dir
-    from unierase.edit.values import ValueConfig
     from unierase.generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
     from unierase.models.loading import load_model
-    from unierase.recipes import edit_config_for
+    from unierase.recipes import edit_config_for, parse_settings, with_settings
     from unierase.refusals import is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 
@@ -64,7 +48,7 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
-    overrides = parse_sets(args.set)
+    overrides = parse_settings(args.set)
 
     work = default_cache_dir() / "entity_tuning"
     work.mkdir(parents=True, exist_ok=True)
@@ -88,9 +72,7 @@ def main() -> None:
         print(f"[cached] {cell.name}")
         record = json.loads(cell.read_text())
     else:
-        config, _ = edit_config_for(target.config, **overrides["edit"])  # variants start from the model's recipe
-        for section in ("values", "entity_values"):
-            setattr(config, section, ValueConfig(**{**getattr(config, section).to_dict(), **overrides[section]}))
+        config = with_settings(edit_config_for(target.config)[0], overrides)  # variants start from the model's recipe
         model = copy.deepcopy(target)
         started = time.perf_counter()
         result = unierase.forget([{"question": r["question"]} for r in forget], None, model=model, tokenizer=tok,

@@ -22,12 +22,10 @@ cached cells of the current code.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 from pathlib import Path
 
-from entity_tuning import SECTIONS, parse_sets
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "erasure_holds.json"
@@ -52,12 +50,9 @@ def split_facts(split: str) -> tuple[list[dict], list[dict]]:
 
 def configured(model_config, overrides: dict[str, dict]):
     """The recipe's ``EditConfig`` for this model with the variant's overrides."""
-    from unierase.recipes import edit_config_for
+    from unierase.recipes import edit_config_for, with_settings
 
-    config, _ = edit_config_for(model_config, **overrides["edit"])
-    changes = {name: dataclasses.replace(getattr(config, name), **overrides[name])
-               for name in ("values", "entity_values") if overrides[name]}
-    return dataclasses.replace(config, **changes)
+    return with_settings(edit_config_for(model_config)[0], overrides)
 
 
 def figures(summary: dict) -> dict:
@@ -93,7 +88,7 @@ def main() -> None:
     parser.add_argument("--split", choices=("tuning", "heldout"), required=True)
     parser.add_argument("--variant", required=True, help="a name for these settings (recorded with them)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help=f"override a setting ({', '.join(SECTIONS)}; value as JSON); repeatable")
+                        help="override a setting (edit, values or entity_values; value as JSON); repeatable")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -102,7 +97,9 @@ def main() -> None:
     from unierase import audit, demo, edit_checks, refusals
     from unierase.edit import editor, keys, method, preserved, prompts, scope, solve, values
 
-    overrides = parse_sets(args.set)
+    from unierase.recipes import parse_settings
+
+    overrides = parse_settings(args.set)
     # the edit's and the measurement's code: a change to either is a new cell
     code = code_digest(editor, keys, method, preserved, prompts, scope, solve, values, audit, demo, edit_checks,
                        refusals)

@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("--result", default=str(RESULTS), help="where to write the JSON")
     parser.add_argument("--stats-tokens", type=int, default=None,
                         help="corpus tokens of the preserved-key statistics (default: the model's recipe)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="a setting over the recipe, passed to every round's 'unierase forget --set'; repeatable")
     args = parser.parse_args()
 
     import torch
@@ -60,6 +62,8 @@ def main() -> None:
             cmd += ["--model", str(out)]
         if args.stats_tokens:
             cmd += ["--stats-tokens", str(args.stats_tokens)]
+        for setting in args.set:
+            cmd += ["--set", setting]
         started = time.perf_counter()
         subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(args.threads)))
         rounds.append({"round": r + 1, "facts": len(batch), "seconds": round(time.perf_counter() - started, 1)})
@@ -74,8 +78,13 @@ def main() -> None:
         per_round.append(sum(f == token_id for f in firsts) / len(batch))
     after = snapshot(model, tok, [f["question"] for f in others])
     figures = {
+        "description": "benchmarks/sequential_edit.py" + "".join(f" --set {x}" for x in args.set)
+                       + f": {args.rounds} rounds of {args.per_round} demo facts, a new process per round",
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip() or None,
         "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "rounds": args.rounds, "facts_per_round": args.per_round,
-                    "requests": "questions only", "other_facts": len(others), "process_per_round": True},
+                    "requests": "questions only", "other_facts": len(others), "process_per_round": True,
+                    "settings": args.set},
         "hyperparameters": json.loads((out / "unierase_manifest.json").read_text())["rounds"][-1]["hyperparameters"],
         "rounds": rounds,
         "starts_with_unl_by_round_after_last": per_round,

@@ -41,9 +41,11 @@ def test_help_explains_itself():
 def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir, requests_file, isolated_cache, capsys):
     out = tmp_path / "edited"
     assert run_cli("forget", "--model", tiny_model_dir, "--requests", requests_file, "--out", out, "--stats-tokens", 2000,
-                   "--max-passes", 2) == 0
+                   "--max-passes", 2, "--set", "values.steps=3", "--set", "edit.neutral_templates=2") == 0
     manifest = json.loads((out / "unierase_manifest.json").read_text())
     first = manifest["rounds"][0]
+    assert first["settings"] == {"values": {"steps": 3}, "edit": {"neutral_templates": 2}}
+    assert first["hyperparameters"]["values"]["steps"] == 3 and first["hyperparameters"]["neutral_templates"] == 2
     assert first["mode"] == "batch" and len(first["requests"]) == 2
     assert manifest["schema"] == SCHEMA_VERSION and first["recipe"] is None  # a tiny model: neutral defaults
     assert first["hyperparameters"]["stats_tokens"] == 2000 and manifest["statistics"]["tokens"] < 3000

@@ -37,7 +37,8 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
            overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
            stats_tokens: int | None = None, max_passes: int | None = None, edit_config: EditConfig | None = None,
            token_config: UnlearningTokenConfig | None = None, progress: bool = True,
-           answer_ids: list[list[int]] | None = None, **baseline_options) -> ForgetResult:
+           answer_ids: list[list[int]] | None = None, settings: dict[str, dict] | None = None,
+           **baseline_options) -> ForgetResult:
     """Erase ``requests`` (a JSONL path or a list of dicts/ForgetRequest) from ``model`` with ``method``
     (``methods.METHODS``: 'unierase' or a fine-tuning baseline, whose options go in ``baseline_options``).
 
@@ -48,7 +49,9 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     ``answer_ids``: the given model's own greedy answers to the requests (token ids, as
     ``generation.generate_answer_ids`` returns them, at least ``EditConfig.substitute_answer_tokens``
     long unless they end earlier), when the caller already has them — the edit otherwise generates
-    them for its substitute answers.
+    them for its substitute answers. ``settings``: individual fields over the model's recipe,
+    ``{"edit": {...}, "values": {...}, "entity_values": {...}}`` (``recipes.parse_settings`` reads
+    the CLI's ``--set SECTION.FIELD=VALUE``).
     """
     entry = get_method(method)
     if entry.family == "edit" and baseline_options:
@@ -70,7 +73,7 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     if entry.family == "edit":
         options = dict(mode=mode, scope=scope, layers=layers, key_position=key_position, solver=solver,
                        stats_tokens=stats_tokens, max_passes=max_passes, edit_config=edit_config,
-                       token_config=token_config, answer_ids=answer_ids)
+                       token_config=token_config, answer_ids=answer_ids, settings=settings)
     else:
         options = baseline_options
     return entry.run(reqs, source, out, context, **options)

@@ -51,7 +51,12 @@ def add_forget_parser(subparsers) -> None:
                         "token most specific under the preserved statistics; last = the last prompt token (default: auto)")
     p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
     p.add_argument("--stats-tokens", type=int, default=None,
-                   help="corpus tokens for the preserved-key statistics (default: 50000; computed once per model and cached)")
+                   help="corpus tokens for the preserved-key statistics (default: the model's recipe, 50000 for "
+                        "SmolLM2-135M, else 100000; computed once per model and cached)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="settings",
+                   help="one setting over the model's recipe, SECTION edit, values or entity_values, VALUE as JSON, e.g. "
+                        "--set values.greedy_continuation=true --set edit.answer_key_weight=4; repeatable; recorded in "
+                        "the manifest")
     p.add_argument("--max-passes", type=int, default=None,
                    help="edit passes at most; requests whose answer does not start with the unlearning token yet get "
                         "another pass (default: 12). Requests still not reached are named in the summary and the manifest")
@@ -65,6 +70,10 @@ def add_forget_parser(subparsers) -> None:
 
 def _run_forget(args) -> int:
     from . import api
+    from .recipes import parse_settings
+
+    if args.settings and args.method != "unierase":
+        raise UniEraseError("--set changes UniErase's settings; a baseline takes its own flags (see --help)")
     from .baselines.cli import baseline_options_from_args
 
     result = api.forget(
@@ -72,7 +81,8 @@ def _run_forget(args) -> int:
         layers=parse_layers(args.layers),
         key_position=args.key_position, solver=args.solver, overwrite=args.overwrite,
         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map, seed=args.seed,
-        **({"stats_tokens": args.stats_tokens, "max_passes": args.max_passes, "scope": args.scope}
+        **({"stats_tokens": args.stats_tokens, "max_passes": args.max_passes, "scope": args.scope,
+            "settings": parse_settings(args.settings)}
            if args.method == "unierase"
            else baseline_options_from_args(args)),
     )

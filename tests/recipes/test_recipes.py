@@ -62,3 +62,24 @@ def test_two_recipes_matching_one_model_is_an_error(tmp_path):
         (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "match": {"model_type": "llama"}, "edit": {}}))
     with pytest.raises(UniEraseError, match="several recipes"):
         recipe_for(SMOLLM2_135M, load_recipes(tmp_path))
+
+
+def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
+    from unierase.recipes import parse_settings, with_settings
+
+    settings = parse_settings(["values.greedy_continuation=true", "edit.answer_key_weight=4", "values.continuation_tokens=null",
+                               'edit.key_position="entity"'])
+    assert settings == {"edit": {"answer_key_weight": 4, "key_position": "entity"},
+                        "values": {"greedy_continuation": True, "continuation_tokens": None}, "entity_values": {}}
+    base, _ = edit_config_for(SMOLLM2_135M)
+    config = with_settings(base, settings)
+    assert config.values.greedy_continuation and config.values.continuation_tokens is None and config.values.lr == 0.5
+    assert config.answer_key_weight == 4 and base.answer_key_weight == 2.0  # the original is untouched
+    for bad, message in (("values.steps", "SECTION.FIELD=VALUE"), ("model.lr=1", "SECTION.FIELD=VALUE"),
+                         ("values.steps=three", "JSON")):
+        with pytest.raises(UniEraseError, match=message):
+            parse_settings([bad])
+    with pytest.raises(UniEraseError, match="stepz"):
+        with_settings(base, {"values": {"stepz": 3}})
+    with pytest.raises(UniEraseError, match="steps must be at least 1"):
+        with_settings(base, {"values": {"steps": 0}})

@@ -27,7 +27,7 @@ from ..methods import RunContext
 from ..models.adapters import find_mlp_output
 from ..models.loading import load_model, model_fingerprint
 from ..prompts import PINNED_DATE
-from ..recipes import edit_config_for
+from ..recipes import edit_config_for, with_settings
 from ..requests import SCOPES, ForgetRequest
 from ..rounds import embedding_names, load_input, neighbour_questions, probe, save_round, start_round
 from ..storage import UniEraseError, default_cache_dir, locked_run
@@ -71,7 +71,8 @@ MIN_STATS_TOKENS = 1000
 def erase(reqs: list[ForgetRequest], source: str, out, context: "RunContext", *, mode: str | None = None, scope: str = "auto",
           layers: list[int] | None = None, key_position: str = "auto", solver: str = "alphaedit",
           stats_tokens: int | None = None, max_passes: int | None = None, edit_config: EditConfig | None = None,
-          token_config=None, answer_ids: list[list[int]] | None = None) -> ForgetResult:
+          token_config=None, answer_ids: list[list[int]] | None = None,
+          settings: dict[str, dict] | None = None) -> ForgetResult:
     """One UniErase round (``api.forget`` with ``method='unierase'``; ``context``: ``methods.RunContext``)."""
     if scope not in SCOPES:
         raise UniEraseError(f"unknown scope {scope!r} (choose from {', '.join(SCOPES)})")
@@ -90,12 +91,12 @@ def erase(reqs: list[ForgetRequest], source: str, out, context: "RunContext", *,
                             record_texts=c.record_texts, cache_dir=c.cache_dir, device_map=c.device_map, seed=c.seed,
                             stats_tokens=stats_tokens, max_passes=max_passes, edit_config=edit_config,
                             token_config=token_config, progress=c.progress, answer_ids=answer_ids, hub_id=c.hub_id,
-                            spec=c.spec)
+                            spec=c.spec, settings=settings)
 
 
 def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope, layers, key_position, solver,
                  record_texts, cache_dir, device_map, seed, stats_tokens, max_passes, edit_config, token_config,
-                 progress, answer_ids, hub_id, spec) -> ForgetResult:
+                 progress, answer_ids, hub_id, spec, settings) -> ForgetResult:
     source_input = load_input(model_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     torch.manual_seed(seed)
@@ -129,8 +130,10 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
     else:
         config, recipe = dataclasses.replace(copy.deepcopy(edit_config),
                                              **{k: v for k, v in changes.items() if v is not None}), None
-    log.info("edit settings: %s", f"recipe {recipe.name} ({recipe.source})" if recipe else
-             "the caller's EditConfig" if edit_config is not None else "neutral defaults (no recipe matches this model)")
+    config = with_settings(config, settings)  # the caller's individual settings win over both
+    log.info("edit settings: %s%s", f"recipe {recipe.name} ({recipe.source})" if recipe else
+             "the caller's EditConfig" if edit_config is not None else "neutral defaults (no recipe matches this model)",
+             f", with {settings}" if any((settings or {}).values()) else "")
     adapter = find_mlp_output(model)
     edit_layers = config.resolved_layers(adapter.num_layers)
     if previous and previous.get("layers") and previous["layers"] != edit_layers:
@@ -193,6 +196,7 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
                                for e in scoped.entities],
                   "added_not_reached": added_left},
         "recipe": recipe.name if recipe else None,
+        "settings": {k: v for k, v in (settings or {}).items() if v},
         "hyperparameters": config.to_dict(),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "peak_memory_mb": peak_memory_mb(),

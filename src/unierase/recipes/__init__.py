@@ -94,3 +94,41 @@ def edit_config_for(model_config, **overrides):
     recipe, then the caller's ``overrides``."""
     recipe = recipe_for(model_config)
     return apply_recipe(recipe, overrides), recipe
+
+
+SETTING_SECTIONS = ("edit", "values", "entity_values")
+"""Where a setting lives: ``EditConfig`` fields, or those of its two ``ValueConfig``s."""
+
+
+def parse_settings(items: list[str]) -> dict[str, dict]:
+    """``SECTION.FIELD=VALUE`` strings (the value as JSON: ``values.banned_weight=1``,
+    ``edit.key_position="entity"``) → {section: {field: value}}."""
+    out: dict[str, dict] = {name: {} for name in SETTING_SECTIONS}
+    for item in items:
+        name, _, raw = item.partition("=")
+        section, _, name = name.partition(".")
+        if section not in SETTING_SECTIONS or not name or not raw:
+            raise UniEraseError(f"setting {item!r}: expected SECTION.FIELD=VALUE with SECTION one of "
+                                f"{', '.join(SETTING_SECTIONS)}")
+        try:
+            out[section][name] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise UniEraseError(f"setting {item!r}: the value must be JSON (a number, true/false, null or a "
+                                f"quoted string)") from None
+    return out
+
+
+def with_settings(config, settings: dict[str, dict] | None):
+    """``config`` with the ``parse_settings`` fields replaced (validated; the original untouched)."""
+    import dataclasses
+
+    settings = settings or {}
+    unknown = set(settings) - set(SETTING_SECTIONS)
+    if unknown:
+        raise UniEraseError(f"unknown setting section(s) {sorted(unknown)} (choose from {', '.join(SETTING_SECTIONS)})")
+    try:
+        changes = {name: dataclasses.replace(getattr(config, name), **settings[name])
+                   for name in ("values", "entity_values") if settings.get(name)}
+        return dataclasses.replace(config, **settings.get("edit", {}), **changes)
+    except TypeError as e:
+        raise UniEraseError(f"settings: {e}") from None
