@@ -143,6 +143,18 @@ def erasure_section(load) -> list[str]:
         out += [f"Chosen by the rule “{data['chosen']['rule']}”: `{data['chosen']['variant']}`.", ""]
     if data.get("plot"):
         out += [f"![erasure depth against locality](../benchmarks/results/{data['plot']})", ""]
+    seq = [(name, load(path)) for name, path in (("default", "sequential.json"), (
+        "greedy-continuation", "edit_variants/sequential_greedy_continuation.json"))]
+    seq = [(name, d) for name, d in seq if d]
+    if len(seq) == 2:
+        out += ["Five sequential rounds of ten demo facts (`benchmarks/sequential_edit.py [--set ...]`, "
+                "[`sequential.json`](../benchmarks/results/sequential.json), "
+                "[`sequential_greedy_continuation.json`](../benchmarks/results/edit_variants/sequential_greedy_continuation.json)):", "",
+                *table(["variant", "commit", "every round's facts start with the token", "known facts kept", "teacher-forced agreement",
+                        "seconds per round"],
+                       [[f"`{name}`", d.get("commit") or "—", pct(min(d["starts_with_unl_by_round_after_last"])),
+                         pct(d["others"]["known_still_correct"]), pct(d["others"]["teacher_forced_agreement"]),
+                         ", ".join(f"{r['seconds']:.0f}" for r in d["rounds"])] for name, d in seq]), ""]
     out += ["Variants (overrides of the SmolLM2 recipe): " + "; ".join(
         f"`{c['variant']}` = " + (", ".join(f"{sec}.{k}={v}" for sec, kv in c["overrides"].items() for k, v in kv.items())
                                   or "the recipe") for c in data["cells"] if c["split"] == "tuning") + ".", ""]
