@@ -121,19 +121,7 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
     state = source_input.state
     mode = mode or ("sequential" if previous else "batch")
 
-    # a caller's own config is used as given (not changed: replace() copies and validates it);
-    # otherwise the neutral defaults with the recipe matching this model's config
-    changes = {"layers": list(layers) if layers is not None else None, "stats_tokens": stats_tokens,
-               "max_passes": max_passes}
-    if edit_config is None:
-        config, recipe = edit_config_for(model.config, key_position=key_position, solver=solver, **changes)
-    else:
-        config, recipe = dataclasses.replace(copy.deepcopy(edit_config),
-                                             **{k: v for k, v in changes.items() if v is not None}), None
-    config = with_settings(config, settings)  # the caller's individual settings win over both
-    log.info("edit settings: %s%s", f"recipe {recipe.name} ({recipe.source})" if recipe else
-             "the caller's EditConfig" if edit_config is not None else "neutral defaults (no recipe matches this model)",
-             f", with {settings}" if any((settings or {}).values()) else "")
+    config, recipe = _resolve_config(model, edit_config, layers, stats_tokens, max_passes, key_position, solver, settings)
     adapter = find_mlp_output(model)
     edit_layers = config.resolved_layers(adapter.num_layers)
     if previous and previous.get("layers") and previous["layers"] != edit_layers:
@@ -170,10 +158,9 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
         answer_ids = None
     result = run_edit_passes(model, tokenizer, adapter, scoped.requests, token.token_id, config, preserved,
                              progress=progress, answer_ids=answer_ids, groups=scoped.groups, entity_scope=entity_scope)
-    passes, report = result.passes, result.last
+    passes = result.passes
     timings["edit"] = time.perf_counter() - started
     not_reached = [reqs[i] for i in result.not_reached_indices if i < len(reqs)]
-    added_left = sum(1 for i in result.not_reached_indices if i >= len(reqs))
     if not_reached:
         log.warning("%d of %d request(s) do not start their answer with %s after %d pass(es): %s. Run forget again on the "
                     "output to continue, or raise max_passes", len(not_reached), len(reqs), token.token, len(passes),
@@ -182,30 +169,8 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
         timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
 
     rounds = list(previous.get("rounds", []))
-    round_record = {
-        "round": len(rounds) + 1,
-        "mode": mode,
-        "requests": [dict(sha256=r.digest(), **(r.to_dict() if record_texts else {})) for r in reqs],
-        "source": source,
-        "layers": edit_layers,
-        "key_tokens": result.key_tokens[:len(reqs)] if record_texts else None,
-        "scope": {"default": scope, "requests": scoped.scopes,
-                  "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"], "person": e["person"],
-                                "requests": e["requests"], "added": e["added"] if record_texts else len(e["added"]),
-                                "key_token": result.key_tokens[e["requests"][0]] if record_texts and result.key_tokens else None}
-                               for e in scoped.entities],
-                  "added_not_reached": added_left},
-        "recipe": recipe.name if recipe else None,
-        "settings": {k: v for k, v in (settings or {}).items() if v},
-        "hyperparameters": config.to_dict(),
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "peak_memory_mb": peak_memory_mb(),
-        "passes": passes,
-        "not_reached": [r.digest() for r in not_reached],
-        "null_space_dims": report.null_dims,
-        "update_norms": report.update_norms,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    round_record = _round_record(len(rounds) + 1, mode, reqs, source, edit_layers, result, scoped, scope, record_texts,
+                                 recipe, settings, config, timings)
     rounds.append(round_record)
     manifest = Manifest("unierase", previous.get("base_model") or {"spec": spec, "fingerprint": base_fingerprint,
                                                                    "architecture": type(model).__name__}, {
@@ -235,3 +200,51 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
         save_round(out_path, model, tokenizer, start, source_input, manifest=manifest, entry=entry, state=state)
         log.info("saved the edited checkpoint to %s (erased at once: %d of %d requests)", out_path, check["erased"], len(reqs))
     return ForgetResult(out_path, manifest, model, tokenizer)
+
+
+def _resolve_config(model, edit_config, layers, stats_tokens, max_passes, key_position, solver, settings):
+    """(EditConfig, recipe or None): a caller's own config as given (copied and validated by
+    ``replace``), else the neutral defaults with the recipe matching this model's config; the
+    round's flags and the caller's individual ``settings`` over either."""
+    changes = {"layers": list(layers) if layers is not None else None, "stats_tokens": stats_tokens,
+               "max_passes": max_passes}
+    if edit_config is None:
+        config, recipe = edit_config_for(model.config, key_position=key_position, solver=solver, **changes)
+    else:
+        config, recipe = dataclasses.replace(copy.deepcopy(edit_config),
+                                             **{k: v for k, v in changes.items() if v is not None}), None
+    config = with_settings(config, settings)
+    log.info("edit settings: %s%s", f"recipe {recipe.name} ({recipe.source})" if recipe else
+             "the caller's EditConfig" if edit_config is not None else "neutral defaults (no recipe matches this model)",
+             f", with {settings}" if any((settings or {}).values()) else "")
+    return config, recipe
+
+
+def _round_record(number, mode, reqs, source, edit_layers, result, scoped, scope, record_texts, recipe, settings,
+                  config, timings) -> dict:
+    """The manifest's record of one round (texts only with ``record_texts``)."""
+    not_reached = [reqs[i] for i in result.not_reached_indices if i < len(reqs)]
+    return {
+        "round": number,
+        "mode": mode,
+        "requests": [dict(sha256=r.digest(), **(r.to_dict() if record_texts else {})) for r in reqs],
+        "source": source,
+        "layers": edit_layers,
+        "key_tokens": result.key_tokens[:len(reqs)] if record_texts else None,
+        "scope": {"default": scope, "requests": scoped.scopes,
+                  "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"], "person": e["person"],
+                                "requests": e["requests"], "added": e["added"] if record_texts else len(e["added"]),
+                                "key_token": result.key_tokens[e["requests"][0]] if record_texts and result.key_tokens else None}
+                               for e in scoped.entities],
+                  "added_not_reached": sum(1 for i in result.not_reached_indices if i >= len(reqs))},
+        "recipe": recipe.name if recipe else None,
+        "settings": {k: v for k, v in (settings or {}).items() if v},
+        "hyperparameters": config.to_dict(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "peak_memory_mb": peak_memory_mb(),
+        "passes": result.passes,
+        "not_reached": [r.digest() for r in not_reached],
+        "null_space_dims": result.last.null_dims,
+        "update_norms": result.last.update_norms,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
