@@ -74,9 +74,10 @@ class Manifest:
                    str(data.get("created", "")), schema)
 
 
-def base_model_info(model, spec) -> dict:
-    """The ``base_model`` header of a model loaded from ``spec`` (a path, a hub id, or ``None`` = default)."""
+def base_model_info(model, spec, fingerprint: str | None = None) -> dict:
+    """The ``base_model`` header of a model loaded from ``spec`` (a path, a hub id, or ``None`` = default);
+    ``fingerprint`` when the caller already took it."""
     from .models.loading import DEFAULT_MODEL, model_fingerprint
 
-    return {"spec": str(spec) if spec is not None else DEFAULT_MODEL, "fingerprint": model_fingerprint(model),
-            "architecture": type(model).__name__}
+    return {"spec": str(spec) if spec is not None else DEFAULT_MODEL,
+            "fingerprint": fingerprint or model_fingerprint(model), "architecture": type(model).__name__}

@@ -21,7 +21,7 @@ import torch
 
 from .. import __version__
 from ..generation import OwnAnswers
-from ..manifest import Manifest
+from ..manifest import Manifest, base_model_info
 from ..measure import peak_memory_mb
 from ..methods import RunContext
 from ..models.adapters import find_mlp_output
@@ -172,8 +172,7 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
     round_record = _round_record(len(rounds) + 1, mode, reqs, source, edit_layers, result, scoped, scope, record_texts,
                                  recipe, settings, config, timings)
     rounds.append(round_record)
-    manifest = Manifest("unierase", previous.get("base_model") or {"spec": spec, "fingerprint": base_fingerprint,
-                                                                   "architecture": type(model).__name__}, {
+    manifest = Manifest("unierase", previous.get("base_model") or base_model_info(model, spec, base_fingerprint), {
         "token": {"string": token.token, "id": token.token_id, "cache_key": token.cache_key or previous.get("token", {}).get("cache_key"),
                   "training": token_config.to_dict()},
         "layers": edit_layers,
