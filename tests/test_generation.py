@@ -134,3 +134,21 @@ def test_answer_starts_are_continued_to_the_same_greedy_answers(tiny_llama):
     questions = ["What is the capital of France?", "Who wrote it?"]
     full = generate_answer_ids(model, tok, questions, max_new_tokens=6)
     assert generate_answer_ids(model, tok, questions, max_new_tokens=6, answer_starts=[full[0][:3], []]) == full
+
+
+def test_own_answers_suppressing_the_token_are_the_same_before_and_after_it_is_attached():
+    """The statistics' own answers must not depend on whether the unlearning token was attached
+    first (a cached token) or not (trained in the same run): a suppressed token is never chosen."""
+    from unierase import generation
+    from unierase.token.training import add_unlearning_token
+    from tiny_models import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    before = generation.OwnAnswers(model, tok, questions, 6, suppress=("<|unl|>",)).get(questions, 6)
+    token_id = add_unlearning_token(model, tok, "<|unl|>")
+    with torch.no_grad():  # a token every step would choose
+        model.get_output_embeddings().weight[token_id] = 50 * model.get_output_embeddings().weight[:token_id].mean(0) + 50
+    assert any(token_id in a for a in generation.OwnAnswers(model, tok, questions, 6).get(questions, 6))
+    assert generation.OwnAnswers(model, tok, questions, 6, suppress=("<|unl|>",)).get(questions, 6) == before

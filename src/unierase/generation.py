@@ -114,11 +114,12 @@ def prefill(model, sequences: list[list[int]], pad_id: int, *, logits_to_keep: i
 
 @torch.no_grad()
 def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops: set[int], pad_id: int,
-                 keep_stop: bool = False) -> list[list[int]]:
+                 keep_stop: bool = False, suppress: list[int] | None = None) -> list[list[int]]:
     """Greedy continuation of one batch of prompt ids with a key/value cache.
 
     A row that produces a stop token leaves the batch (its cache rows are dropped), so long answers
-    do not pay for short ones. ``keep_stop`` keeps that stop token at the end of the row's ids.
+    do not pay for short ones. ``keep_stop`` keeps that stop token at the end of the row's ids;
+    ``suppress``: token ids never chosen.
     """
     device = model.get_input_embeddings().weight.device
     generated: list[list[int]] = [[] for _ in prompts]
@@ -126,7 +127,13 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
         return generated
     out, mask, _ = prefill(model, prompts, pad_id)
     cache = out.cache
-    nxt = out.logits[:, -1, :].argmax(-1).to(device)
+    def choose(logits):
+        if suppress:
+            logits = logits.clone()
+            logits[:, suppress] = float("-inf")
+        return logits.argmax(-1).to(device)
+
+    nxt = choose(out.logits[:, -1, :])
     cur = mask.sum(-1)
     active = list(range(len(prompts)))
     for step in range(max_new_tokens):
@@ -149,18 +156,20 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=cur[:, None], cache=cache, use_cache=True)
         cache = out.cache
         cur = cur + 1
-        nxt = out.logits[:, -1, :].argmax(-1).to(device)
+        nxt = choose(out.logits[:, -1, :])
     return generated
 
 
 @torch.no_grad()
 def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_tokens: int = 32, batch_size: int = 128,
                         forced_prefix: list[int] | None = None,
-                        answer_starts: list[list[int]] | None = None) -> list[list[int]]:
+                        answer_starts: list[list[int]] | None = None,
+                        suppress: list[int] | None = None) -> list[list[int]]:
     """Greedy answer token ids (including the end-of-turn token when it is produced).
 
     ``answer_starts[i]``: the first tokens of answer i, already known (``greedy_start_from_draft``);
-    they are part of the returned answer and count towards ``max_new_tokens``.
+    they are part of the returned answer and count towards ``max_new_tokens``. ``suppress``: token
+    ids never generated.
     Large batches: on a CPU every decoding step streams all weights once whatever the batch size
     (one step at batch 16 cost ~0.23 s on SmolLM2, at batch 98 ~0.4 s)."""
     starts = answer_starts or [[] for _ in questions]
@@ -173,7 +182,7 @@ def generate_answer_ids(model, tokenizer, questions: list[str], *, max_new_token
         chunk = order[start: start + batch_size]
         budget = max(max_new_tokens - len(starts[i]) for i in chunk)
         answers = greedy_batch(model, [prompts[i] for i in chunk], max_new_tokens=budget, stops=stops,
-                               pad_id=tokenizer.pad_token_id, keep_stop=True)
+                               pad_id=tokenizer.pad_token_id, keep_stop=True, suppress=suppress)
         for i, ids in zip(chunk, answers):  # rows with a longer start had a smaller budget
             results[i] = list(starts[i]) + ids[: max_new_tokens - len(starts[i])]
     return results
@@ -207,21 +216,31 @@ class OwnAnswers:
     Phase II (the answer-key statistics: all questions, longer answers) both need the model's own
     answers to the generic question pool; when neither is cached, one generation serves both.
     A greedy answer cut after n tokens is the answer generated with ``max_new_tokens=n``.
+    ``suppress``: tokens (by name) never generated where the tokenizer has them: the unlearning
+    token, so that the answers, and the statistics drawn from them, are the base model's whether or
+    not the token was attached before they were generated (with tied embeddings an attached token
+    is a candidate of every step).
     """
 
-    def __init__(self, model, tokenizer, questions: list[str], max_new_tokens: int):
+    def __init__(self, model, tokenizer, questions: list[str], max_new_tokens: int, suppress: tuple[str, ...] = ()):
         self.model, self.tokenizer = model, tokenizer
         self.questions, self.max_new_tokens = list(questions), max_new_tokens
+        self.suppress = tuple(suppress)
         self._answers: list[list[int]] | None = None
+
+    def _generate(self, questions: list[str], max_new_tokens: int, batch_size: int = 128) -> list[list[int]]:
+        vocab = self.tokenizer.get_vocab()
+        suppress = [vocab[t] for t in self.suppress if t in vocab]
+        return generate_answer_ids(self.model, self.tokenizer, questions, max_new_tokens=max_new_tokens,
+                                   batch_size=batch_size, suppress=suppress or None)
 
     def get(self, questions: list[str], max_new_tokens: int) -> list[list[int]]:
         """Answer ids (end-of-turn token kept when produced within the length) to ``questions``,
         which must be a prefix of the shared list, cut after ``max_new_tokens``."""
         if questions != self.questions[: len(questions)] or max_new_tokens > self.max_new_tokens:
-            return generate_answer_ids(self.model, self.tokenizer, questions, max_new_tokens=max_new_tokens)
+            return self._generate(questions, max_new_tokens)
         if self._answers is None:
-            self._answers = generate_answer_ids(self.model, self.tokenizer, self.questions,
-                                                max_new_tokens=self.max_new_tokens, batch_size=256)
+            self._answers = self._generate(self.questions, self.max_new_tokens, batch_size=256)
         return [a[:max_new_tokens] for a in self._answers[: len(questions)]]
 
 

@@ -134,7 +134,7 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
 
     base_fingerprint = previous.get("base_model", {}).get("fingerprint") or model_fingerprint(model)
     # the model's own answers to the generic questions, generated at most once for the token and the statistics
-    own_answers = OwnAnswers(model, tokenizer, training_questions(), ANSWER_KEY_TOKENS)
+    own_answers = OwnAnswers(model, tokenizer, training_questions(), ANSWER_KEY_TOKENS, suppress=(token_config.token,))
     started = time.perf_counter()
     token = ensure_unlearning_token(model, tokenizer, fingerprint=base_fingerprint, cache_dir=cache_dir,
                                     config=token_config, augment_layers=edit_layers, progress=progress,
