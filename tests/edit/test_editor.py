@@ -131,7 +131,7 @@ def test_edit_passes_preserve_each_requests_keys():
 
 def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
     from unierase.edit.prompts import neutral_prompts, substitute_entities
-    from unierase.edit.corpus import ENTITY_GROUPS, SUBSTITUTE_GROUPS
+    from unierase.edit.corpus import SUBSTITUTE_GROUPS
 
     others = substitute_entities("gold", {"silver"}, 4, "What is the chemical symbol for gold?")
     kinds = set(SUBSTITUTE_GROUPS["thing"]) | set(SUBSTITUTE_GROUPS["element"])  # gold is a thing and an element
@@ -144,7 +144,7 @@ def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
     assert len(prompts) == 2 * (1 + 3)
     for p in prompts[1:4] + prompts[5:]:
         text = tok.decode(p.input_ids)
-        country = next(c for c in ENTITY_GROUPS["country"] if f"What is the capital of {c}?" in text)
+        country = next(c for c in SUBSTITUTE_GROUPS["country"] if f"What is the capital of {c}?" in text)
         assert country not in ("France", "Japan")
         assert tok.decode(p.input_ids[: p.key_index + 1]).endswith(country.split()[-1])
 

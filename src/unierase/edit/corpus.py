@@ -95,12 +95,65 @@ ELEMENTS = [
     "manganese", "iron", "cobalt", "nickel", "copper", "zinc", "arsenic", "bromine", "silver", "tin", "iodine",
     "platinum", "gold", "mercury", "lead", "uranium", "plutonium", "radium", "tungsten", "krypton",
 ]
-"""Chemical elements: substitutes only (``SUBSTITUTE_GROUPS``), not part of the statistics corpus."""
+"""Chemical elements: an entity kind the edit recognises, not part of the statistics corpus."""
 
 ENTITY_GROUPS = {"country": COUNTRIES, "city": CITIES, "person": PEOPLE, "thing": THINGS, "work": WORKS}
-SUBSTITUTE_GROUPS = {**ENTITY_GROUPS, "element": ELEMENTS}
-"""Entity kinds the edit draws "same question, other entity" substitutes from (``prompts.substitute_entities``)."""
-"""The entity lists by kind (also the pool of ``prompts.substitute_entities``)."""
+"""The statistics corpus's entity lists by kind."""
+
+SUBSTITUTE_GROUPS = {
+    "country": [
+        "Finland", "Denmark", "Belgium", "Colombia", "Vietnam", "Ukraine", "Venezuela", "Morocco", "Algeria",
+        "Ethiopia", "Ghana", "Pakistan", "Bangladesh", "Malaysia", "New Zealand", "Iceland", "Croatia", "Serbia",
+        "Bulgaria", "Slovakia", "Estonia", "Latvia", "Lithuania", "Mongolia", "Nepal", "Sri Lanka", "Tanzania",
+        "Uganda", "Ecuador", "Bolivia", "Kazakhstan", "Uzbekistan", "Jordan", "Oman", "Kyrgyzstan", "Laos",
+        "Paraguay", "Panama", "Costa Rica", "Guatemala", "Honduras", "Tunisia", "Angola", "Zambia", "Mozambique",
+        "Madagascar", "Namibia", "Botswana", "Cameroon", "Mali", "Slovenia", "Albania", "Armenia", "Belarus", "Malta",
+    ],
+    "city": [
+        "Madrid", "Lisbon", "Chicago", "Barcelona", "Milan", "Hamburg", "Toronto", "Mumbai", "Shanghai", "Lagos",
+        "Melbourne", "Vancouver", "Boston", "Naples", "Florence", "Venice", "Kyoto", "Zurich", "Geneva", "Montreal",
+        "Singapore", "Hanoi", "Osaka", "Seattle", "Munich", "Frankfurt", "Lyon", "Marseille", "Seville", "Porto",
+        "Krakow", "Kolkata", "Karachi", "Manchester", "Liverpool", "Glasgow", "Cape Town", "Auckland", "Houston",
+    ],
+    "person": [
+        "Isaac Newton", "Leonardo da Vinci", "Pablo Picasso", "Vincent van Gogh", "Ludwig van Beethoven",
+        "Napoleon Bonaparte", "Julius Caesar", "Cleopatra", "Abraham Lincoln", "George Washington", "Mahatma Gandhi",
+        "Nelson Mandela", "Winston Churchill", "Queen Victoria", "Ada Lovelace", "Alan Turing", "Sigmund Freud",
+        "Karl Marx", "Confucius", "Plato", "Aristotle", "Mark Twain", "Leo Tolstoy", "Frida Kahlo", "Claude Monet",
+        "Johann Sebastian Bach", "Martin Luther King", "Florence Nightingale", "Amelia Earhart", "Marco Polo",
+        "Christopher Columbus", "Johannes Kepler", "Rembrandt", "Franz Kafka", "Louis Pasteur", "Genghis Khan",
+        "Rosa Parks", "Harriet Tubman", "Ernest Hemingway", "Anna Lindqvist", "Rahul Mehta", "Chen Wei",
+        "Fatima Zahra", "Kwame Mensah", "Olga Petrova", "Diego Alvarez",
+    ],
+    "thing": [
+        "salt", "sugar", "coffee", "tea", "rice", "wheat", "cotton", "oil", "steel", "glass", "paper", "plastic",
+        "rubber", "wool", "silk", "the internet", "the printing press", "the steam engine", "electricity", "the wheel",
+        "the airplane", "the computer", "the camera", "photosynthesis", "gravity", "the sun", "Jupiter", "volcanoes",
+        "earthquakes", "rainbows", "the piano", "the violin", "chess", "football", "tennis", "the Olympic Games",
+        "democracy", "the Renaissance",
+    ],
+    "work": [
+        "War and Peace", "Moby-Dick", "Don Quixote", "Oliver Twist", "Frankenstein", "Dracula", "The Starry Night",
+        "the Ninth Symphony", "The Magic Flute", "Ulysses", "The Iliad", "Paradise Lost", "Crime and Punishment",
+        "Anna Karenina", "The Canterbury Tales", "Treasure Island", "Little Women", "The Last Supper", "Swan Lake",
+        "Madame Bovary", "Brave New World",
+    ],
+    "element": [
+        "helium", "lithium", "fluorine", "neon", "magnesium", "aluminium", "silicon", "phosphorus", "sulfur",
+        "chlorine", "argon", "titanium", "chromium", "manganese", "cobalt", "nickel", "arsenic", "bromine", "iodine",
+        "platinum", "uranium", "plutonium", "radium", "tungsten", "krypton",
+    ],
+}
+"""The pools the edit draws "same question, other entity" substitutes from (``prompts.substitute_entities``).
+Written apart from the corpus lists so that no entity of a scored fact (the demo's facts, the
+held-out facts of ``benchmarks/data``) is among them: a substitute's question is preserved by the
+edit, and a scored neighbour that is also a substitute would be kept by construction
+(``tests/edit/test_corpus.py`` checks it)."""
+
+KNOWN_KINDS = {kind: list(dict.fromkeys(ENTITY_GROUPS.get(kind, []) + (ELEMENTS if kind == "element" else [])
+                                        + SUBSTITUTE_GROUPS[kind]))
+               for kind in SUBSTITUTE_GROUPS}
+"""Every entity the edit can name the kind of (corpus lists, elements and pools), by kind."""
 
 
 def documents(seed: int = 0) -> Iterator[tuple[str, str | None]]:

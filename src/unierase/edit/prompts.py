@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from ..prompts import encode_text, render_prompt
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
-from .corpus import SUBSTITUTE_GROUPS
+from .corpus import KNOWN_KINDS, SUBSTITUTE_GROUPS
 
 CONTEXT_PREFIXES = [
     "Quick question. ",
@@ -125,14 +125,14 @@ def request_entity_span(request: ForgetRequest) -> tuple[int, int]:
 
 
 def substitute_entities(entity: str, exclude: set[str], count: int, seed_text: str, person: bool = False) -> list[str]:
-    """``count`` other entities of the same kind as ``entity`` (the lists of ``corpus.SUBSTITUTE_GROUPS``
-    that hold it; the people for a ``person`` they do not list; all lists otherwise), none of them in ``exclude`` (lower case); a stable choice
-    per ``seed_text``."""
+    """``count`` other entities of the same kind as ``entity`` (the ``corpus.SUBSTITUTE_GROUPS`` pools of
+    the kinds ``corpus.KNOWN_KINDS`` puts it in; the people for a ``person`` it does not list; all pools
+    otherwise), none of them in ``exclude`` (lower case); a stable choice per ``seed_text``."""
     lower = entity.lower()
-    kinds = [names for names in SUBSTITUTE_GROUPS.values() if lower in {n.lower() for n in names}]
+    kinds = [kind for kind, names in KNOWN_KINDS.items() if lower in {n.lower() for n in names}]
     if not kinds and person:  # a person the corpus does not list: other people
-        kinds = [SUBSTITUTE_GROUPS["person"]]
-    pool = list(dict.fromkeys(n for names in (kinds or SUBSTITUTE_GROUPS.values()) for n in names))
+        kinds = ["person"]
+    pool = list(dict.fromkeys(n for kind in (kinds or SUBSTITUTE_GROUPS) for n in SUBSTITUTE_GROUPS[kind]))
     candidates = [n for n in pool if n.lower() != lower and n.lower() not in exclude]
     rng = random.Random(hashlib.sha256(seed_text.encode("utf-8")).hexdigest())
     return rng.sample(candidates, min(count, len(candidates)))

@@ -122,10 +122,10 @@ def looks_like_person(name: str) -> bool:
     its places, things, works or elements and holds none of their several-word names, two or more
     capitalised words without a connector ("Basil Mahfouz Al-Kuwaiti", "Elena Marsh"; not "Japan",
     "South Korea", "Romeo and Juliet", "New York City")."""
-    from .corpus import SUBSTITUTE_GROUPS
+    from .corpus import KNOWN_KINDS
 
     lower = name.lower()
-    for kind, names in SUBSTITUTE_GROUPS.items():
+    for kind, names in KNOWN_KINDS.items():
         if lower in {n.lower() for n in names}:
             return kind == "person"
         if kind != "person" and any(_names(n, name) for n in names if " " in n):
