@@ -48,18 +48,12 @@ def split_facts(split: str) -> tuple[list[dict], list[dict]]:
     return forget, pick_neighbours(facts, forget, len(facts))
 
 
-def configured(model_config, overrides: dict[str, dict]):
-    """The recipe's ``EditConfig`` for this model with the variant's overrides."""
-    from unierase.recipes import edit_config_for, with_settings
-
-    return with_settings(edit_config_for(model_config)[0], overrides)
-
-
 def figures(summary: dict) -> dict:
     audit, neighbours = summary["audit"], summary["neighbours"]
     return {"forget_starts_with_unl": summary["forget"]["starts_with_unl"], "rewordings": audit["rewordings"],
             "token_ban": audit["token_ban"], "well_formed_refusals": audit["well_formed_refusals"],
             "known_still_correct": neighbours["known_still_correct"],
+            "neighbours_unl_anywhere": neighbours.get("unl_anywhere"),
             "teacher_forced_agreement": neighbours["teacher_forced_agreement"],
             "edit_s": summary["timings_s"].get("edit")}
 
@@ -88,7 +82,7 @@ def main() -> None:
     parser.add_argument("--split", choices=("tuning", "heldout"), required=True)
     parser.add_argument("--variant", required=True, help="a name for these settings (recorded with them)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="override a setting (edit, values or entity_values; value as JSON); repeatable")
+                        help="override a setting (edit, values, entity_values or token; value as JSON); repeatable")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -96,20 +90,21 @@ def main() -> None:
 
     from unierase import audit, demo, edit_checks, refusals
     from unierase.edit import editor, keys, method, preserved, prompts, scope, solve, values
+    from unierase.token import questions, training
 
     from unierase.recipes import parse_settings
 
     overrides = parse_settings(args.set)
     # the edit's and the measurement's code: a change to either is a new cell
-    code = code_digest(editor, keys, method, preserved, prompts, scope, solve, values, audit, demo, edit_checks,
-                       refusals)
+    code = code_digest(editor, keys, method, preserved, prompts, scope, solve, values, questions, training, audit, demo,
+                       edit_checks, refusals)
     cache = Cache()
     key = content_key(args.split, overrides, code)
     cell = cache.load_json("erasure_holds", key)
     if cell is None:
         model, tokenizer = load_model()
         forget, neighbours = split_facts(args.split)
-        measured = erase_and_measure(model, tokenizer, forget, neighbours, edit_config=configured(model.config, overrides))
+        measured = erase_and_measure(model, tokenizer, forget, neighbours, settings=overrides)
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
         cell = {"split": args.split, "variant": args.variant, "overrides": overrides, "code": code, "commit": commit,
                 "forget_facts": len(forget), "neighbours": len(neighbours), **figures(measured.summary),

@@ -54,9 +54,10 @@ def add_forget_parser(subparsers) -> None:
                    help="corpus tokens for the preserved-key statistics (default: the model's recipe, 50000 for "
                         "SmolLM2-135M, else 100000; computed once per model and cached)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="settings",
-                   help="one setting over the model's recipe, SECTION edit, values or entity_values, VALUE as JSON, e.g. "
-                        "--set values.greedy_continuation=true --set edit.answer_key_weight=4; repeatable; recorded in "
-                        "the manifest")
+                   help="one setting over the model's recipe, SECTION edit, values, entity_values or token (the "
+                        "unlearning token's training, first round only), VALUE as JSON, e.g. --set "
+                        "values.greedy_continuation=true --set edit.answer_key_weight=4; repeatable; recorded in the "
+                        "manifest")
     p.add_argument("--max-passes", type=int, default=None,
                    help="edit passes at most; requests whose answer does not start with the unlearning token yet get "
                         "another pass (default: 12). Requests still not reached are named in the summary and the manifest")

@@ -69,11 +69,13 @@ class Measured:
 
 
 def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: list[dict], *, cache_dir=None, out=None,
-                      overwrite: bool = False, progress: bool = True, edit_config=None) -> Measured:
+                      overwrite: bool = False, progress: bool = True, edit_config=None,
+                      settings: dict[str, dict] | None = None) -> Measured:
     """Erase ``forget_rows`` (questions only) from ``model`` in place and measure the demo's figures:
     forget questions starting with ``[UNL]``, reworded ones still answered, neighbour facts kept,
     teacher-forced agreement, and the audit's headline attacks (token ban, rewordings, well-formed
-    refusals). Rows are demo-fact dicts (``question``, ``answer``, ``paraphrase``)."""
+    refusals). Rows are demo-fact dicts (``question``, ``answer``, ``paraphrase``); ``settings``
+    (``recipes.parse_settings``) as ``forget``'s."""
     started = time.perf_counter()
     n = len(forget_rows)
     # the reworded forget questions only matter after the edit (do they still leak the answer?)
@@ -83,7 +85,7 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
     # the unedited answers to the forget questions serve the edit's substitute answers too
     result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
                     cache_dir=cache_dir, progress=progress, overwrite=overwrite, answer_ids=before.answer_ids[:n],
-                    edit_config=edit_config)
+                    edit_config=edit_config, settings=settings)
     token_id = result.manifest["token"]["id"]
     # the neighbours' unedited answers serve as drafts: the teacher-forced pass that measures the
     # agreement also gives each edited answer up to its first change, and only the rest is generated
@@ -145,7 +147,8 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     print_fn(
         f"\nforget questions: {forget_fig['starts_with_unl']:.0%} start with [UNL], {forget_fig['refusal']:.0%} refuse; "
         f"reworded forget questions still answered: {leak:.0%}\n"
-        f"other questions: {retain_fig['starts_with_unl']:.0%} start with [UNL]; known facts still correct "
+        f"other questions: {retain_fig['starts_with_unl']:.0%} start with [UNL], {retain_fig['unl_anywhere']:.0%} hold it "
+        f"anywhere; known facts still correct "
         f"{retain_fig['known_still_correct']:.0%}; teacher-forced agreement {retain_fig['teacher_forced_agreement']:.1%}; "
         f"identical greedy answers {retain_fig['greedy_exact_match']:.0%}\n"
         f"audit: rewordings bring {headline['rewordings']:.0%} of the facts back, banning the token at decode "

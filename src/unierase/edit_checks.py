@@ -108,6 +108,8 @@ def retain_metrics(model, tokenizer, before: Snapshot, after: Snapshot, answers:
     return {
         "n": n,
         "starts_with_unl": sum(f == token_id for f in after.first_tokens) / n,
+        # a refusal begun later in an ordinary answer is a locality failure the first token hides
+        "unl_anywhere": sum(token_id in ids for ids in after.answer_ids) / n,
         "known_before": len(known),
         "known_still_correct": len(still) / len(known) if known else None,
         "teacher_forced_agreement": sum(scores) / n,

@@ -70,7 +70,8 @@ def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
     settings = parse_settings(["values.greedy_continuation=true", "edit.answer_key_weight=4", "values.continuation_tokens=null",
                                'edit.key_position="entity"'])
     assert settings == {"edit": {"answer_key_weight": 4, "key_position": "entity"},
-                        "values": {"greedy_continuation": True, "continuation_tokens": None}, "entity_values": {}}
+                        "values": {"greedy_continuation": True, "continuation_tokens": None}, "entity_values": {},
+                        "token": {}}
     base, _ = edit_config_for(SMOLLM2_135M)
     config = with_settings(base, settings)
     assert config.values.greedy_continuation and config.values.continuation_tokens is None and config.values.lr == 0.5
@@ -83,3 +84,16 @@ def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
         with_settings(base, {"values": {"stepz": 3}})
     with pytest.raises(UniEraseError, match="steps must be at least 1"):
         with_settings(base, {"values": {"steps": 0}})
+
+
+def test_token_settings_apply_to_the_token_config_only():
+    from unierase.recipes import parse_settings, token_with_settings, with_settings
+    from unierase.token.training import UnlearningTokenConfig
+
+    settings = parse_settings(["token.ordinary_answer_tokens=64", "edit.answer_key_weight=4"])
+    token = token_with_settings(UnlearningTokenConfig(), settings)
+    assert token.ordinary_answer_tokens == 64 and UnlearningTokenConfig().ordinary_answer_tokens == 32
+    base, _ = edit_config_for(SMOLLM2_135M)
+    assert with_settings(base, settings).answer_key_weight == 4  # the token section leaves the edit alone
+    with pytest.raises(UniEraseError, match="ordinary_answer_tokenz"):
+        token_with_settings(UnlearningTokenConfig(), {"token": {"ordinary_answer_tokenz": 3}})

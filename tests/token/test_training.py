@@ -137,3 +137,19 @@ def test_the_shifted_prompt_pass_equals_shifting_each_padded_prompt():
     torch.testing.assert_close(shared.start_logits, full.float(), atol=1e-4, rtol=1e-4)
     unshifted = prompt_pass(model, tok, questions, True)
     assert not torch.allclose(shared.start_logits, unshifted.start_logits, atol=1e-3)
+
+
+def test_the_ordinary_answers_cover_ordinary_questions_of_the_pool(monkeypatch):
+    """``ordinary_questions`` widens the unlikelihood's answers beyond the training questions."""
+    from unierase.token import training
+    from tiny_models import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    seen = []
+    real = training.ordinary_positions
+    monkeypatch.setattr(training, "ordinary_positions", lambda m, t, seqs, tid: seen.append(len(seqs)) or real(m, t, seqs, tid))
+    config = UnlearningTokenConfig(num_questions=4, plain_epochs=0, chat_epochs=1, augment_epochs=0, batch_size=4,
+                                   ordinary_answer_tokens=3, ordinary_questions=12)
+    train_unlearning_token(model, tok, training_questions(4), config, progress=False)
+    assert seen == [12]

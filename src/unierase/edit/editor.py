@@ -51,6 +51,9 @@ class EditConfig:
     (most of its key in the free subspace), 'question_end', 'last'; 'auto' = subject if given, else entity."""
     num_prefixes: int = 2
     """Fixed context prefixes averaged with the plain prompt for keys and values (as ROME/MEMIT)."""
+    num_suffixes: int = 0
+    """Fixed words after the question (``prompts.CONTEXT_SUFFIXES``) as more variants: the value must
+    lead to the token from further away, as in a reworded question."""
     solver: str = "alphaedit"
     """'alphaedit' (null-space constrained, keeps the sequential state) or 'memit'."""
     null_space_threshold: float = 1e-2
@@ -101,6 +104,7 @@ class EditConfig:
             ("ridge", "≥ 0", self.ridge >= 0),
             ("max_passes", "at least 1", self.max_passes >= 1),
             ("num_prefixes", "≥ 0", self.num_prefixes >= 0),
+            ("num_suffixes", "≥ 0", self.num_suffixes >= 0),
             ("neutral_templates", "≥ 0", self.neutral_templates >= 0),
             ("substitute_entities", "≥ 0", self.substitute_entities >= 0),
             ("group_value_questions", "None or at least 1", self.group_value_questions is None or self.group_value_questions >= 1),
@@ -346,8 +350,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     for i, (r, end) in enumerate(zip(requests, ends)):
         # a request sharing its target runs plain only: the group's other questions vary the context
         # the prefixes would, at a third of the value optimisation's cost
-        prefixes = 0 if shared[i] else config.num_prefixes
-        prompts += build_edit_prompts(tokenizer, r.question, i, end, prefixes)
+        prefixes, suffixes = (0, 0) if shared[i] else (config.num_prefixes, config.num_suffixes)
+        prompts += build_edit_prompts(tokenizer, r.question, i, end, prefixes, suffixes)
     key_tokens = [tokenizer.decode([p.input_ids[p.key_index]]) for p in prompts if p.variant == 0]
     timings["key_positions"] = time.perf_counter() - started
 

@@ -27,7 +27,7 @@ from ..methods import RunContext
 from ..models.adapters import find_mlp_output
 from ..models.loading import load_model, model_fingerprint
 from ..prompts import PINNED_DATE
-from ..recipes import edit_config_for, with_settings
+from ..recipes import edit_config_for, token_with_settings, with_settings
 from ..requests import SCOPES, ForgetRequest
 from ..rounds import embedding_names, load_input, neighbour_questions, probe, save_round, start_round
 from ..storage import UniEraseError, default_cache_dir, locked_run
@@ -127,7 +127,7 @@ def _erase_round(reqs, source, out, *, model, model_dir, tokenizer, mode, scope,
     if previous and previous.get("layers") and previous["layers"] != edit_layers:
         raise UniEraseError(f"{model_dir} was edited at layers {previous['layers']}; a sequential round must use the same layers")
     state.validate(edit_layers, adapter.key_dim(edit_layers[0]), source=f"{model_dir}/unierase_state.safetensors")
-    token_config = token_config or UnlearningTokenConfig(seed=seed)
+    token_config = token_with_settings(token_config or UnlearningTokenConfig(seed=seed), settings)
     # the tensors the round may change: the edited projections and the embeddings of the token
     start = (start_round(model, state, changes=[f"{adapter.module_name(l)}.weight" for l in edit_layers]
                          + embedding_names(model)) if out else None)

@@ -28,6 +28,14 @@ CONTEXT_PREFIXES = [
     "Tell me this. ",
 ]
 
+CONTEXT_SUFFIXES = [
+    " Keep it short.",
+    " Thanks in advance.",
+    " I am curious.",
+]
+"""Fixed words after the question (``EditConfig.num_suffixes``): the answer then starts further from
+the entity's key, as in a reworded question; none is one of the audit's ``REWORDING_FRAMES``."""
+
 
 NEUTRAL_TEMPLATES = [
     "Tell me about {}.",
@@ -43,7 +51,7 @@ class EditPrompt:
     """One rendered prompt variant of one request."""
 
     request_index: int
-    variant: int  # 0 = plain, 1.. = prefixed
+    variant: int  # 0 = plain, 1.. = prefixed, then suffixed
     input_ids: list[int]
     key_index: int  # token index whose MLP input is the edit key
     question_span: tuple[int, int]  # token indices [start, end) covering the question text
@@ -63,22 +71,28 @@ def _token_at_char(offsets, char_end: int) -> int:
     raise UniEraseError("could not map a character position to a token")
 
 
-def render_variants(tokenizer, question: str, *, num_prefixes: int) -> list[tuple[list[int], list[tuple[int, int]], int]]:
-    """For each variant: (ids, offsets, char index where the question starts in the text)."""
+def render_variants(tokenizer, question: str, *, num_prefixes: int,
+                    num_suffixes: int = 0) -> list[tuple[list[int], list[tuple[int, int]], int]]:
+    """For each variant (plain, prefixed, then suffixed): (ids, offsets, char index where the question
+    starts in the text)."""
     out = []
-    for v, prefix in enumerate([""] + CONTEXT_PREFIXES[:num_prefixes]):
-        text = render_prompt(tokenizer, prefix + question)
-        start = text.rfind(prefix + question) + len(prefix)
+    frames = [("", "")] + [(p, "") for p in CONTEXT_PREFIXES[:num_prefixes]] + \
+        [("", s) for s in CONTEXT_SUFFIXES[:num_suffixes]]
+    for prefix, suffix in frames:
+        text = render_prompt(tokenizer, prefix + question + suffix)
+        start = text.rfind(prefix + question + suffix) + len(prefix)
         ids, offsets = _token_spans(tokenizer, text)
         out.append((ids, offsets, start))
     return out
 
 
-def build_edit_prompts(tokenizer, question: str, request_index: int, key_char_end: int | None, num_prefixes: int) -> list[EditPrompt]:
+def build_edit_prompts(tokenizer, question: str, request_index: int, key_char_end: int | None, num_prefixes: int,
+                       num_suffixes: int = 0) -> list[EditPrompt]:
     """Variants of one question; ``key_char_end`` is the end of the key token's text inside the question
     (``None`` = the last prompt token)."""
     prompts = []
-    for v, (ids, offsets, q_start) in enumerate(render_variants(tokenizer, question, num_prefixes=num_prefixes)):
+    variants = render_variants(tokenizer, question, num_prefixes=num_prefixes, num_suffixes=num_suffixes)
+    for v, (ids, offsets, q_start) in enumerate(variants):
         q_first = _token_at_char(offsets, q_start + 1)
         q_last = _token_at_char(offsets, q_start + len(question))
         key = len(ids) - 1 if key_char_end is None else _token_at_char(offsets, q_start + key_char_end)

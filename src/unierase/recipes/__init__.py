@@ -96,8 +96,9 @@ def edit_config_for(model_config, **overrides):
     return apply_recipe(recipe, overrides), recipe
 
 
-SETTING_SECTIONS = ("edit", "values", "entity_values")
-"""Where a setting lives: ``EditConfig`` fields, or those of its two ``ValueConfig``s."""
+SETTING_SECTIONS = ("edit", "values", "entity_values", "token")
+"""Where a setting lives: ``EditConfig`` fields, those of its two ``ValueConfig``s, or the unlearning
+token's training (``UnlearningTokenConfig``: another token, trained and cached once)."""
 
 
 def parse_settings(items: list[str]) -> dict[str, dict]:
@@ -119,7 +120,8 @@ def parse_settings(items: list[str]) -> dict[str, dict]:
 
 
 def with_settings(config, settings: dict[str, dict] | None):
-    """``config`` with the ``parse_settings`` fields replaced (validated; the original untouched)."""
+    """``config`` (an ``EditConfig``) with the ``parse_settings`` fields replaced (validated; the
+    original untouched); the ``token`` section is ``token_with_settings``'s."""
     import dataclasses
 
     settings = settings or {}
@@ -130,5 +132,15 @@ def with_settings(config, settings: dict[str, dict] | None):
         changes = {name: dataclasses.replace(getattr(config, name), **settings[name])
                    for name in ("values", "entity_values") if settings.get(name)}
         return dataclasses.replace(config, **settings.get("edit", {}), **changes)
+    except TypeError as e:
+        raise UniEraseError(f"settings: {e}") from None
+
+
+def token_with_settings(config, settings: dict[str, dict] | None):
+    """The ``UnlearningTokenConfig`` ``config`` with the ``token`` section of ``parse_settings`` applied."""
+    import dataclasses
+
+    try:
+        return dataclasses.replace(config, **(settings or {}).get("token", {}))
     except TypeError as e:
         raise UniEraseError(f"settings: {e}") from None

@@ -26,6 +26,7 @@ from ..models.tracing import edit_output, trace
 from ..generation import prefill, prefill_answers, shared_layout, shared_prefix_length
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
 from ..refusals import load_refusals, refusal_for
+from .questions import training_questions
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,9 @@ class UnlearningTokenConfig:
     once before training): without it the closing [UNL] leaks to the end of normal answers."""
     ordinary_answer_tokens: int = 32
     """Length of those greedy ordinary answers."""
+    ordinary_questions: int | None = None
+    """How many questions of the generic pool those ordinary answers answer; ``None``: the training
+    questions (``num_questions``). More cost little: the term reads precomputed hidden states."""
     seed: int = 0
     """Seed for the example order and the augmentation noise."""
 
@@ -306,9 +310,10 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
     if config.ordinary_unlikelihood_weight and config.token not in tokenizer.get_vocab():
         from ..generation import generate_answer_ids
 
-        answers = (own_answers.get(questions, config.ordinary_answer_tokens) if own_answers is not None else
-                   generate_answer_ids(model, tokenizer, questions, max_new_tokens=config.ordinary_answer_tokens))
-        sequences = [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(questions, answers) if a]
+        asked = training_questions(config.ordinary_questions) if config.ordinary_questions else questions
+        answers = (own_answers.get(asked, config.ordinary_answer_tokens) if own_answers is not None else
+                   generate_answer_ids(model, tokenizer, asked, max_new_tokens=config.ordinary_answer_tokens))
+        sequences = [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(asked, answers) if a]
     token_id = add_unlearning_token(model, tokenizer, config.token)
     ordinary = ordinary_positions(model, tokenizer, sequences, token_id) if sequences else None
     refusals = load_refusals()
