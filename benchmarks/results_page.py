@@ -133,28 +133,29 @@ def erasure_section(load) -> list[str]:
     t = data["targets"]
     bound = {k: ("≤ " if v["kind"] == "at most" else "≥ ") + pct(v["bound"]) for k, v in t.items()}
     rows = [["target", "", bound["rewordings"], bound["token_ban"], bound["well_formed_refusals"],
-             bound["known_still_correct"], bound["teacher_forced_agreement"], ""]]
+             bound["known_still_correct"], bound["teacher_forced_agreement"], "", ""]]
     for c in data["cells"]:
         rows.append([c["split"], f"`{c['variant']}`", pct(c["rewordings"]), pct(c["token_ban"]), pct(c["well_formed_refusals"]),
-                     pct(c["known_still_correct"]), pct(c["teacher_forced_agreement"]), num(c["edit_s"], 0)])
+                     pct(c["known_still_correct"]), pct(c["teacher_forced_agreement"]),
+                     pct(c.get("neighbours_unl_anywhere")), num(c["edit_s"], 0)])
     out += table(["split", "variant", "rewordings leak", "token-ban leak", "well-formed refusals", "known neighbours kept",
-                  "teacher-forced agreement", "edit s"], rows) + [""]
+                  "teacher-forced agreement", "neighbour answers holding the token", "edit s"], rows) + [""]
     if data.get("chosen"):
         out += [f"Chosen by the rule “{data['chosen']['rule']}”: `{data['chosen']['variant']}`.", ""]
     if data.get("plot"):
         out += [f"![erasure depth against locality](../benchmarks/results/{data['plot']})", ""]
-    seq = [(name, load(path)) for name, path in (("default", "sequential.json"), (
-        "greedy-continuation", "edit_variants/sequential_greedy_continuation.json"))]
-    seq = [(name, d) for name, d in seq if d]
-    if len(seq) == 2:
-        out += ["Five sequential rounds of ten demo facts (`benchmarks/sequential_edit.py [--set ...]`, "
-                "[`sequential.json`](../benchmarks/results/sequential.json), "
-                "[`sequential_greedy_continuation.json`](../benchmarks/results/edit_variants/sequential_greedy_continuation.json)):", "",
+    runs = (("default", "sequential.json"), ("greedy-answer-keys-8", "edit_variants/sequential_greedy_answer_keys_8.json"))
+    seq = [(name, path, load(path)) for name, path in runs]
+    seq = [(name, path, d) for name, path, d in seq if d]
+    if seq:
+        out += ["Five sequential rounds of ten demo facts (`benchmarks/sequential_edit.py [--set ...]`, " + ", ".join(
+                f"[`{path.rsplit('/', 1)[-1]}`](../benchmarks/results/{path})" for _, path, _ in seq) + "):", "",
                 *table(["variant", "commit", "every round's facts start with the token", "known facts kept", "teacher-forced agreement",
-                        "seconds per round"],
+                        "other answers holding the token", "seconds per round"],
                        [[f"`{name}`", d.get("commit") or "—", pct(min(d["starts_with_unl_by_round_after_last"])),
                          pct(d["others"]["known_still_correct"]), pct(d["others"]["teacher_forced_agreement"]),
-                         ", ".join(f"{r['seconds']:.0f}" for r in d["rounds"])] for name, d in seq]), ""]
+                         pct(d["others"].get("unl_anywhere")),
+                         ", ".join(f"{r['seconds']:.0f}" for r in d["rounds"])] for name, _, d in seq]), ""]
     out += ["Variants (overrides of the SmolLM2 recipe): " + "; ".join(
         f"`{c['variant']}` = " + (", ".join(f"{sec}.{k}={v}" for sec, kv in c["overrides"].items() for k, v in kv.items())
                                   or "the recipe") for c in data["cells"] if c["split"] == "tuning") + ".", ""]
@@ -163,6 +164,10 @@ def erasure_section(load) -> list[str]:
 
 ARCHIVE = {
     "edit_variants/continuation_without_refusal_keys.json": "the demo batch with the refusal keys left out of C₀",
+    "edit_variants/sequential_greedy_continuation.json": "5 sequential rounds with values.greedy_continuation, measured "
+                                                          "while the substitute pools overlapped the scored facts",
+    "edit_variants/erasure_holds_overlapping_pools.json": "erasure_holds.py's cells measured while the substitute pools "
+                                                           "still named 76 entities of the scored facts (before f1c625c)",
     "edit_variants/kept_targets_stats100k_batch.json": "the demo batch with converged targets kept, 100k statistics tokens",
     "edit_variants/kept_targets_stats100k_sequential.json": "5 sequential rounds, same setting",
     "edit_variants/locality_sweep.json": "the sweep of the value bound and the ridge (its driver, edit_sweep.py, was removed)",
