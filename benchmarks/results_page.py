@@ -140,6 +140,12 @@ def erasure_section(load) -> list[str]:
                      pct(c.get("neighbours_unl_anywhere")), num(c["edit_s"], 0)])
     out += table(["split", "variant", "rewordings leak", "token-ban leak", "well-formed refusals", "known neighbours kept",
                   "teacher-forced agreement", "neighbour answers holding the token", "edit s"], rows) + [""]
+    strays = load("token_strays.json")
+    if strays:
+        out += ["Before any edit, with the token attached ([`token_strays.json`](../benchmarks/results/token_strays.json), "
+                "`python benchmarks/token_strays.py`), answers that already hold the token: " + "; ".join(
+                    f"{name} {v['holding_token']} of {v['questions']} ({v['max_new_tokens']} tokens)"
+                    for name, v in strays["sets"].items()) + ".", ""]
     if data.get("chosen"):
         out += [f"Chosen by the rule “{data['chosen']['rule']}”: `{data['chosen']['variant']}`.", ""]
     if data.get("plot"):
