@@ -172,6 +172,9 @@ ARCHIVE = {
     "edit_variants/continuation_without_refusal_keys.json": "the demo batch with the refusal keys left out of C₀",
     "edit_variants/sequential_greedy_continuation.json": "5 sequential rounds with values.greedy_continuation, measured "
                                                           "while the substitute pools overlapped the scored facts",
+    "edit_variants/token_strays_ordinary_64x204.json": "token_strays.py for a token trained with its ordinary-answer "
+                                                         "unlikelihood on 64-token answers to all 204 pool questions",
+    "edit_variants/token_strays_ordinary_64x204_w5.json": "the same at 5× the unlikelihood's weight",
     "edit_variants/erasure_holds_overlapping_pools.json": "erasure_holds.py's cells measured while the substitute pools "
                                                            "still named 76 entities of the scored facts (before f1c625c)",
     "edit_variants/kept_targets_stats100k_batch.json": "the demo batch with converged targets kept, 100k statistics tokens",

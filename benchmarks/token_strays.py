@@ -22,6 +22,8 @@ RESULTS = HERE / "results" / "token_strays.json"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="token.FIELD=VALUE",
+                        help="a setting of the token's training (another token, trained and cached once)")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
     import torch
@@ -29,7 +31,7 @@ def main() -> None:
     from erasure_holds import split_facts
     from unierase.generation import generate_answer_ids
     from unierase.models.loading import load_model, model_fingerprint
-    from unierase.recipes import edit_config_for
+    from unierase.recipes import edit_config_for, parse_settings, token_with_settings
     from unierase.storage import write_json_atomic
     from unierase.token.cache import ensure_unlearning_token
     from unierase.token.questions import heldout_questions
@@ -37,10 +39,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
+    settings = parse_settings(args.set)
+    config = token_with_settings(UnlearningTokenConfig(), settings)
     model, tokenizer = load_model()
     layers = edit_config_for(model.config)[0].resolved_layers(model.config.num_hidden_layers)
     token = ensure_unlearning_token(model, tokenizer, fingerprint=model_fingerprint(model), cache_dir=None,
-                                    config=UnlearningTokenConfig(), augment_layers=layers, progress=True)
+                                    config=config, augment_layers=layers, progress=True)
     sets = {}
     for split in ("tuning", "heldout"):
         _, neighbours = split_facts(split)
@@ -58,7 +62,8 @@ def main() -> None:
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0],
         "setting": "SmolLM2-135M-Instruct fp32 CPU, unedited, the cached unlearning token attached; greedy answers",
-        "token": {"id": token.token_id, "cache_key": token.cache_key}, "layers": layers, "commit": commit,
+        "token": {"id": token.token_id, "cache_key": token.cache_key, "settings": settings["token"]}, "layers": layers,
+        "commit": commit,
         "sets": out})
 
 
