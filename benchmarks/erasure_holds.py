@@ -77,7 +77,6 @@ def main() -> None:
     from unierase.demo import erase_and_measure
     from unierase.models.loading import load_model
     from unierase.storage import write_json_atomic
-    from unierase.token.training import UNL_TOKEN
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--split", choices=("tuning", "heldout"), required=True)
@@ -117,7 +116,7 @@ def main() -> None:
                 "neighbours_holding_token": [
                     {"question": f["question"], "after": tokenizer.decode(ids)}
                     for f, ids in zip(neighbours, measured.after.answer_ids[2 * len(forget):])
-                    if tokenizer.convert_tokens_to_ids(UNL_TOKEN) in ids][:8]}
+                    if measured.token_id in ids][:8]}
         cache.save_json("erasure_holds", key, cell)
     print(json.dumps(cell, indent=1))
 

@@ -66,10 +66,12 @@ class Measured:
     neighbours: list[dict]
     audit: object = None
     """The headline attacks' ``audit.AuditReport`` (per request: each attack's first answer)."""
+    token_id: int | None = None
+    """The unlearning token's id in the edited model."""
 
 
 def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: list[dict], *, cache_dir=None, out=None,
-                      overwrite: bool = False, progress: bool = True, edit_config=None,
+                      overwrite: bool = False, progress: bool = True,
                       settings: dict[str, dict] | None = None) -> Measured:
     """Erase ``forget_rows`` (questions only) from ``model`` in place and measure the demo's figures:
     forget questions starting with ``[UNL]``, reworded ones still answered, neighbour facts kept,
@@ -85,7 +87,7 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
     # the unedited answers to the forget questions serve the edit's substitute answers too
     result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
                     cache_dir=cache_dir, progress=progress, overwrite=overwrite, answer_ids=before.answer_ids[:n],
-                    edit_config=edit_config, settings=settings)
+                    settings=settings)
     token_id = result.manifest["token"]["id"]
     # the neighbours' unedited answers serve as drafts: the teacher-forced pass that measures the
     # agreement also gives each edited answer up to its first change, and only the rest is generated
@@ -115,7 +117,7 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
         "recipe": result.manifest["rounds"][-1].get("recipe"),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    return Measured(summary, before, after, forget_rows, neighbours, checked)
+    return Measured(summary, before, after, forget_rows, neighbours, checked, token_id)
 
 
 def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: bool = True, print_fn=print) -> dict:

@@ -122,25 +122,28 @@ def parse_settings(items: list[str]) -> dict[str, dict]:
 def with_settings(config, settings: dict[str, dict] | None):
     """``config`` (an ``EditConfig``) with the ``parse_settings`` fields replaced (validated; the
     original untouched); the ``token`` section is ``token_with_settings``'s."""
-    import dataclasses
-
     settings = settings or {}
     unknown = set(settings) - set(SETTING_SECTIONS)
     if unknown:
         raise UniEraseError(f"unknown setting section(s) {sorted(unknown)} (choose from {', '.join(SETTING_SECTIONS)})")
-    try:
-        changes = {name: dataclasses.replace(getattr(config, name), **settings[name])
-                   for name in ("values", "entity_values") if settings.get(name)}
-        return dataclasses.replace(config, **settings.get("edit", {}), **changes)
-    except TypeError as e:
-        raise UniEraseError(f"settings: {e}") from None
+    changes = {name: _replaced(getattr(config, name), settings[name])
+               for name in ("values", "entity_values") if settings.get(name)}
+    edit = settings.get("edit", {})
+    if set(edit) & set(changes):
+        raise UniEraseError(f"settings: {sorted(set(edit) & set(changes))} given both as a section and as edit fields")
+    return _replaced(config, {**edit, **changes})
 
 
 def token_with_settings(config, settings: dict[str, dict] | None):
     """The ``UnlearningTokenConfig`` ``config`` with the ``token`` section of ``parse_settings`` applied."""
+    return _replaced(config, (settings or {}).get("token", {}))
+
+
+def _replaced(config, changes: dict):
+    """``dataclasses.replace`` with an unknown or invalid field as a ``UniEraseError``."""
     import dataclasses
 
     try:
-        return dataclasses.replace(config, **(settings or {}).get("token", {}))
+        return dataclasses.replace(config, **changes)
     except TypeError as e:
         raise UniEraseError(f"settings: {e}") from None
