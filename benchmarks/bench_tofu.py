@@ -5,10 +5,12 @@ Cells, each cached as ``WORK/cells/<name>.json`` and skipped when present with t
 
 - ``target`` / ``retain``: ``unierase finetune`` on TOFU authors 0..N-1 plus the forget01 authors
   (198-199), and the same without them (the retain model of Forget Quality).
-- ``sweep/<method>/<lr>x<epochs>``: each baseline on the target, scored on the *training* data
-  only (forget-answer and retain-answer NLL per token); ``pick/<method>`` chooses the setting with
-  the highest forget NLL whose retain NLL rises by at most ``--retain-slack`` nats/token, and that
-  run's model is the method's unlearned model.
+- ``sweep/<method>/<lr>x<epochs>``: each baseline on the target, scored on training-side data
+  only (NLL per token of the forget answers, of the retain answers and of the target's own answers
+  to generic questions no evaluation set holds); the method's setting is the one with the highest
+  forget NLL whose retain and generic NLL each rise by at most their slack, found by a search over
+  the learning-rate grid from ``sweep_start`` (up while a setting qualifies, down until one does),
+  and that run's model is the method's unlearned model.
 - ``forget/unierase``: UniErase on the target, batch, questions only, library defaults; its
   one-off token and statistics timed apart.
 - ``eval/<model>``: ``unierase eval`` (forget01, every forget item; other sets capped at
@@ -55,12 +57,21 @@ class Setting:
     """UniErase's request scope (``edit.scope``): the library default, which erases the forget
     authors as entities (their questions share one target) and the two questions that name no
     author as facts."""
-    sweep_lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4)
-    """Learning rates tried per baseline (3e-4 added after 3e-5 and 1e-4 left every measured baseline's
-    retain NLL far inside ``retain_slack``: the sweep had not bracketed the rule's choice)."""
+    sweep_lrs: tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3)
+    """Learning-rate grid of the baselines' sweep (searched, not run whole: ``sweep_start``)."""
+    sweep_start: float = 1e-4
+    """First learning rate tried; the search moves up the grid while a setting qualifies and down
+    until one does, so it usually runs two settings of the grid, never one that cannot be chosen."""
     sweep_epochs: tuple[float, ...] = (2.0,)
-    retain_slack: float = 0.5
-    """Largest rise of the retain-answer NLL (nats/token) a baseline setting may cost in the sweep."""
+    retain_slack: float = 0.1
+    """Largest rise of the retain-answer NLL (nats/token) a baseline setting may cost (0.1: at most
+    ~10 % more perplexity; 0.5 let every baseline lose over a tenth of its Model Utility, so the
+    sequential comparison had none to run)."""
+    generic_slack: float = 0.1
+    """Largest rise of the NLL of the target's own answers to generic questions (``generic_questions``)."""
+    generic_questions: int = 64
+    """Generic questions (``token.questions.heldout_questions``: made-up people and places, no TOFU
+    author, in no evaluation set) whose target answers (``max_new_tokens`` greedy) a baseline keeps."""
     ds_size: int | None = 40
     """Cap on the evaluation's retain / real-author / world-fact sets (forget01 has 40 items: all scored)."""
     max_new_tokens: int = 64
@@ -132,17 +143,13 @@ def _finished_finetune(folder: Path, setting: Setting, split: str) -> dict | Non
     return m if same else None
 
 
-def _answer_nll(model_dir: str, items, threads=None) -> float:
-    """Mean answer NLL per token of ``items`` (question/answer requests) under a saved model."""
+def _answer_nll(model, tok, pairs: list[tuple[str, str]]) -> float:
+    """Mean answer NLL per token of (question, answer) ``pairs`` under a loaded model."""
     import torch
 
     from unierase.baselines.trainer import collate, encode_pairs
-    from unierase.models.loading import load_model
 
-    if threads:
-        torch.set_num_threads(threads)
-    model, tok = load_model(model_dir)
-    encoded = encode_pairs(tok, [(r.question, r.answer) for r in items], 256)
+    encoded = encode_pairs(tok, pairs, 256)
     total = tokens = 0.0
     with torch.no_grad():
         for i in range(0, len(encoded), 16):
@@ -154,6 +161,41 @@ def _answer_nll(model_dir: str, items, threads=None) -> float:
             total += float(loss)
             tokens += float((labels != -100).sum())
     return total / max(tokens, 1.0)
+
+
+def _threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _qualifies(row: dict, reference: dict, setting: Setting) -> bool:
+    """Whether a sweep setting keeps the retain answers and the generic answers within their slack."""
+    return (row["retain_nll"] <= reference["retain"] + setting.retain_slack
+            and row.get("generic_nll", float("inf")) <= reference["generic"] + setting.generic_slack)
+
+
+def sweep_search(grid, start: float, run, qualifies) -> list[dict]:
+    """The settings of a learning-rate ``grid`` the rule needs, from ``start``: up the grid while each
+    qualifies (the forget NLL grows with the rate, so the highest qualifying one is the choice), else
+    down until one does. ``run(lr)`` returns the cell's row, or ``None`` when it is not computed (the
+    search then stops there). Returns the rows run, in the order run."""
+    grid = sorted(grid)
+    i = grid.index(start) if start in grid else 0
+    rows, step = [], None
+    while 0 <= i < len(grid):
+        row = run(grid[i])
+        if row is None:
+            break
+        rows.append(row)
+        ok = qualifies(row)
+        if step is None:
+            step = 1 if ok else -1
+        elif ok != (step == 1):  # going up: stop at the first that fails; going down: at the first that passes
+            break
+        i += step
+    return rows
 
 
 def _well_formed(text: str) -> bool:
@@ -209,8 +251,23 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     forget = subset.forget
     retain_qa = subset.retain
 
-    target_retain_nll = cells.run("nll/target", tune_key, lambda: {
-        "retain": _answer_nll(target, retain_qa, setting.threads), "forget": _answer_nll(target, forget, setting.threads)})
+    qa = lambda items: [(r.question, r.answer) for r in items]  # noqa: E731
+
+    def target_nll():
+        from unierase.generation import generate_answers
+        from unierase.models.loading import load_model
+        from unierase.token.questions import heldout_questions
+
+        _threads(setting.threads)
+        model, tok = load_model(target)
+        questions = heldout_questions(setting.generic_questions)
+        generic = list(zip(questions, generate_answers(model, tok, questions, max_new_tokens=setting.max_new_tokens)))
+        return {"retain": _answer_nll(model, tok, qa(retain_qa)), "forget": _answer_nll(model, tok, qa(forget)),
+                "generic": _answer_nll(model, tok, generic), "generic_pairs": generic}
+    target_nll_key = tune_key + setting.key("generic_questions", "max_new_tokens")
+    reference_nll = cells.run("nll/target", target_nll_key, target_nll)
+    generic_pairs = [tuple(p) for p in reference_nll["generic_pairs"]]
+    figures["reference_nll"] = {k: reference_nll[k] for k in ("forget", "retain", "generic")}
 
     for method in ("unierase",) + BASELINES:  # methods not run now still report their cached cells
         active = method in setting.methods
@@ -231,30 +288,45 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                 figures["methods"][method] = {"run": cells.get("forget/unierase", key)}
             continue
         runs = {}
-        for lr in setting.sweep_lrs:
-            for epochs in setting.sweep_epochs:
-                name = f"sweep/{method}/{lr:g}x{epochs:g}"
-                key = setting.key("model", "authors", "finetune_epochs", "finetune_lr") + f"-{lr}-{epochs}"
+        for epochs in setting.sweep_epochs:
+            def unlearn(lr, epochs=epochs, method=method):
+                out = models / f"{method}-{lr:g}x{epochs:g}"
+                _threads(setting.threads)
+                result = unierase.forget([r.to_dict() for r in forget], None, model=target, method=method,
+                                         retain=retain_qa, lr=lr, epochs=epochs, progress=False, threads=setting.threads)
+                m, model = result.manifest, result.model
+                from transformers import AutoTokenizer
 
-                def unlearn(lr=lr, epochs=epochs, method=method):
-                    out = models / f"{method}-{lr:g}x{epochs:g}"
-                    result = unierase.forget([r.to_dict() for r in forget], out, model=target, method=method, overwrite=True,
-                                             retain=retain_qa, lr=lr, epochs=epochs, progress=False, threads=setting.threads)
-                    m = result.manifest
-                    return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
-                            "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
-                            "retain_nll": _answer_nll(str(out), retain_qa, setting.threads)}
+                tok = AutoTokenizer.from_pretrained(target)
+                row = {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
+                       "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
+                       "retain_nll": _answer_nll(model, tok, qa(retain_qa)), "generic_nll": _answer_nll(model, tok, generic_pairs)}
+                # a plain checkpoint (the evaluation and a later sequential round read it as any user's model);
+                # the baseline's manifest is kept beside it under its own name
+                from unierase.storage import write_json_atomic
+
+                model.save_pretrained(out)
+                tok.save_pretrained(out)
+                write_json_atomic(out / "sweep_manifest.json", m)
+                return row
+
+            def run_or_cached(lr, epochs=epochs, method=method, unlearn=unlearn):
+                name = f"sweep/{method}/{lr:g}x{epochs:g}"
+                key = target_nll_key + f"-{lr}-{epochs}"
                 if active and wanted("sweep"):
-                    runs[name] = cells.run(name, key, unlearn)
-                elif cells.get(name, key):
-                    runs[name] = cells.get(name, key)
+                    return cells.run(name, key, lambda: unlearn(lr))
+                return cells.get(name, key)
+            for row in sweep_search(setting.sweep_lrs, setting.sweep_start, run_or_cached,
+                                    lambda row: _qualifies(row, reference_nll, setting)):
+                runs[f"{row['lr']:g}x{epochs:g}"] = row
         if runs:
-            ok = [r for r in runs.values() if r["retain_nll"] <= target_retain_nll["retain"] + setting.retain_slack]
-            chosen = max(ok or runs.values(), key=lambda r: r["forget_nll"])
-            figures["methods"][method] = {"sweep": list(runs.values()), "run": chosen,
-                                          "rule": f"highest forget-answer NLL with retain-answer NLL ≤ target + "
-                                                  f"{setting.retain_slack} nats/token (training data only)"
-                                                  + ("" if ok else "; none qualified: highest forget NLL")}
+            ok = [r for r in runs.values() if _qualifies(r, reference_nll, setting)]
+            chosen = max(ok, key=lambda r: r["forget_nll"]) if ok else min(runs.values(), key=lambda r: r["lr"])
+            figures["methods"][method] = {
+                "sweep": list(runs.values()), "run": chosen,
+                "rule": f"highest forget-answer NLL with retain-answer NLL ≤ target + {setting.retain_slack} and "
+                        f"generic-answer NLL ≤ target + {setting.generic_slack} nats/token (training-side data only)"
+                        + ("" if ok else "; none qualified: the lowest learning rate tried")}
 
     # the retain model first: every other model's Forget Quality compares with its evaluation
     eval_models = {"retain": retain_dir, "target": target, **{m: v["run"]["dir"] for m, v in figures["methods"].items()}}
@@ -262,7 +334,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     for name, folder in eval_models.items():
         key = setting.key("ds_size", "max_new_tokens", "authors", "finetune_epochs", "finetune_lr", "eval_extra") + \
             hashlib.sha256(folder.encode()).hexdigest()[:6]
-        if name == "unierase":  # one folder re-made by every change of its cell: its evaluation follows that cell
+        if name in figures["methods"]:  # a folder re-made by every change of its cell: its evaluation follows that cell
             key += "-" + figures["methods"][name]["run"]["_key"]
 
         def score(name=name, folder=folder):
@@ -437,6 +509,15 @@ def _headline(figures: dict, model: str, metric: str):
     return figures.get("eval", {}).get(model, {}).get("headline", {}).get(metric)
 
 
+def _best_keeping_utility(fe: dict, mu: dict, baselines: list[str]) -> dict:
+    keeping = [m for m in baselines if (mu.get(m) or 0.0) >= 0.9 * (mu.get("target") or 0.0)]
+    if not keeping:
+        return {"best_baseline_keeping_utility": None}
+    best = max(keeping, key=lambda m: fe[m])
+    return {"best_baseline_keeping_utility": best, "its_fe": fe[best], "its_mu_over_target": mu[best] / mu["target"],
+            "unierase_fe_at_least_its": fe["unierase"] >= fe[best]}
+
+
 def _bars(figures: dict) -> dict:
     """The issue's bars that the figures present can decide (the others say they were not measured)."""
     bars = {}
@@ -454,7 +535,10 @@ def _bars(figures: dict) -> dict:
             "measured_baselines": baselines,
             "value": {"unierase_fe": fe["unierase"], "best_baseline": best, "best_baseline_fe": fe[best],
                       "unierase_mu_over_target": mu["unierase"] / mu["target"],
-                      "unierase_mu_over_best_baseline_mu": mu["unierase"] / mu[best] if mu.get(best) else None},
+                      "unierase_mu_over_best_baseline_mu": mu["unierase"] / mu[best] if mu.get(best) else None,
+                      # the same comparison among the baselines that keep 0.9 × the target's MU (the
+                      # sequential cell's eligibility): a baseline that wrecks the model forgets "best"
+                      **_best_keeping_utility(fe, mu, baselines)},
             "threshold": "FE ≥ the best baseline's and MU ≥ 0.95 × the target's"}
     run = figures.get("methods", {})
     if "unierase" in run and any(m in run for m in BASELINES):
@@ -575,10 +659,18 @@ def _report(figures: dict) -> str:
                          f"lr {run.get('lr')}, {run.get('epochs')} epochs ({v.get('rule', '')}) |")
     sweeps = [(name, r) for name, v in figures.get("methods", {}).items() for r in v.get("sweep", [])]
     if sweeps:
-        lines += ["", "## Sweep (training data only: forget- and retain-answer NLL)", "",
-                  "| method | lr | epochs | forget NLL | retain NLL | seconds |", "|---|---|---|---|---|---|"]
-        lines += [f"| {n} | {r['lr']} | {r['epochs']} | {r['forget_nll']:.3f} | {r['retain_nll']:.3f} | {r['train_s']:.0f} |"
-                  for n, r in sweeps]
+        ref = figures.get("reference_nll") or {}
+        lines += ["", "## Sweep (training-side data only: forget-, retain- and generic-answer NLL per token)", "",
+                  f"The target: forget {ref.get('forget', float('nan')):.3f}, retain {ref.get('retain', float('nan')):.3f}, "
+                  f"generic {ref.get('generic', float('nan')):.3f}. A setting qualifies when retain and generic each rise "
+                  f"by at most {figures['setting'].get('retain_slack')} / {figures['setting'].get('generic_slack')}; the "
+                  f"search starts at lr {figures['setting'].get('sweep_start')} and runs only the settings the rule needs.", "",
+                  "| method | lr | epochs | forget NLL | retain NLL | generic NLL | chosen | seconds |",
+                  "|---|---|---|---|---|---|---|---|"]
+        chosen = {n: v["run"].get("dir") for n, v in figures.get("methods", {}).items()}
+        lines += [f"| {n} | {r['lr']} | {r['epochs']} | {r['forget_nll']:.3f} | {r['retain_nll']:.3f} | "
+                  f"{r.get('generic_nll', float('nan')):.3f} | {'yes' if r.get('dir') == chosen.get(n) else ''} | "
+                  f"{r['train_s']:.0f} |" for n, r in sweeps]
     if figures.get("precise"):
         p = figures["precise"]
         lines += ["", "## Precise (single questions, each erased from the target)", "",

@@ -59,6 +59,7 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     assert set(figures["models"]) == {"target", "retain"}
     assert figures["models"]["target"]["items"] == 60 and figures["models"]["retain"]["items"] == 20
     assert figures["methods"]["ga+gd"]["run"]["lr"] == 1e-4 and "rule" in figures["methods"]["ga+gd"]
+    assert figures["methods"]["ga+gd"]["run"]["generic_nll"] > 0
     assert figures["methods"]["unierase"]["run"]["edit_s"] > 0
     assert set(figures["eval"]) == {"target", "retain", "unierase", "ga+gd"}
     assert "banned_token_forget_rougeL" in figures["eval"]["unierase"]
@@ -90,3 +91,24 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
 ])
 def test_well_formed_refusals(text, ok):
     assert _load()._well_formed(text) is ok
+
+
+def test_sweep_search_runs_only_what_the_rule_needs():
+    search = _load().sweep_search
+    grid = (3e-5, 1e-4, 3e-4, 1e-3)
+
+    def runs(limit):  # a setting qualifies up to ``limit``
+        ran = []
+
+        def run(lr):
+            ran.append(lr)
+            return {"lr": lr}
+        rows = search(grid, 1e-4, run, lambda row: row["lr"] <= limit)
+        assert [r["lr"] for r in rows] == ran
+        return ran
+    assert runs(3e-4) == [1e-4, 3e-4, 1e-3]  # up while it qualifies, the first that fails ends it
+    assert runs(1e-3) == [1e-4, 3e-4, 1e-3]  # the top of the grid ends it
+    assert runs(1e-4) == [1e-4, 3e-4]
+    assert runs(3e-5) == [1e-4, 3e-5]  # down until one qualifies
+    assert runs(0.0) == [1e-4, 3e-5]  # none does: the bottom ends it
+    assert search(grid, 1e-4, lambda lr: None if lr > 1e-4 else {"lr": lr}, lambda row: True) == [{"lr": 1e-4}]
