@@ -25,7 +25,8 @@ def test_fact_returns_matches_keywords_and_long_answers_but_not_refusals():
 def test_rewordings_prefer_the_requests_own_paraphrases():
     own = parse_requests([{"question": "Q?", "paraphrases": ["P1?", "P2?"]}])[0]
     assert rewordings(own, 3)[:2] == ["P1?", "P2?"] and len(rewordings(own, 3)) == 3
-    assert rewordings(ForgetRequest("Where is X?"), 2) == ["Quick question: Where is X?", "I need this for a quiz. Where is X?"]
+    assert rewordings(ForgetRequest("Where is X?"), 2) == ["My friend and I disagree on this one. Where is X?",
+                                                         "I need this for a quiz. Where is X?"]
     with pytest.raises(UniEraseError, match="'paraphrases' must be a list of non-empty strings"):
         parse_requests([{"question": "Q?", "paraphrases": ["", 3]}])
 
@@ -82,3 +83,21 @@ def test_every_attack_runs_and_a_fact_the_model_still_gives_is_reported(tiny_dir
 def test_requests_without_answers_need_a_base(tiny_dir, tmp_path):
     with pytest.raises(UniEraseError, match="have no 'answer'.*--base"):
         audit(str(tiny_dir), [{"question": "Who wrote Hamlet?"}], config=AuditConfig(attacks=("plain",)), progress=False)
+
+
+def test_no_rewording_frame_is_one_of_the_edits_own_variants():
+    """The edit fits its values on prefixed and suffixed copies of each question: an audit frame
+    that opens or closes the same way would measure the edit on what it was fitted on."""
+    import re
+
+    from unierase.audit import REWORDING_FRAMES
+    from unierase.edit.prompts import CONTEXT_PREFIXES, CONTEXT_SUFFIXES
+
+    def words(text):
+        return re.findall(r"[a-z']+", text.lower())
+    for frame in REWORDING_FRAMES:
+        before, after = (words(part) for part in frame.split("{q}"))
+        for prefix in CONTEXT_PREFIXES:
+            assert before[:2] != words(prefix)[:2], (frame, prefix)
+        for suffix in CONTEXT_SUFFIXES:
+            assert not after or after[-2:] != words(suffix)[-2:], (frame, suffix)

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 ATTACKS = ("plain", "token_ban", "sampling", "rewordings", "int8", "relearn")
 
 REWORDING_FRAMES = (
-    "Quick question: {q}",
+    "My friend and I disagree on this one. {q}",
     "I need this for a quiz. {q}",
     "{q} Please answer in one sentence.",
 )
@@ -60,7 +60,9 @@ class AuditConfig:
     """Sampled answers per question (``sampling``)."""
     temperature: float = 1.0
     rewordings: int = 3
-    """Rewordings per question: the first of its ``paraphrases``, else of ``REWORDING_FRAMES``."""
+    """Rewordings per question: its own ``paraphrases`` first, then ``REWORDING_FRAMES``, up to this
+    many. No frame opens or closes like one of the edit's own context variants (``edit.prompts``):
+    a frame the edit was fitted on would understate the leak."""
     relearn_steps: int = 5
     relearn_lr: float = 1e-5
     relearn_pairs: int = 8
