@@ -170,6 +170,25 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _unlearn_and_save(method: str, forget, retain, model_dir: str, out: Path, lr: float, epochs: float, threads):
+    """A baseline trained in memory (no probe, no ledger: its training step is what is timed) and saved
+    as a plain checkpoint, which the evaluation and a later sequential round read as any user's model;
+    the baseline's manifest is kept beside it as ``baseline_manifest.json``. Returns (manifest, model, tokenizer)."""
+    import unierase
+    from transformers import AutoTokenizer
+
+    from unierase.storage import write_json_atomic
+
+    _threads(threads)
+    result = unierase.forget([r.to_dict() for r in forget], None, model=model_dir, method=method, retain=retain, lr=lr,
+                             epochs=epochs, progress=False, threads=threads)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    result.model.save_pretrained(out)
+    tok.save_pretrained(out)
+    write_json_atomic(Path(out) / "baseline_manifest.json", result.manifest)
+    return result.manifest, result.model, tok
+
+
 def _qualifies(row: dict, reference: dict, setting: Setting) -> bool:
     """Whether a sweep setting keeps the retain answers and the generic answers within their slack."""
     return (row["retain_nll"] <= reference["retain"] + setting.retain_slack
@@ -291,24 +310,10 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
         for epochs in setting.sweep_epochs:
             def unlearn(lr, epochs=epochs, method=method):
                 out = models / f"{method}-{lr:g}x{epochs:g}"
-                _threads(setting.threads)
-                result = unierase.forget([r.to_dict() for r in forget], None, model=target, method=method,
-                                         retain=retain_qa, lr=lr, epochs=epochs, progress=False, threads=setting.threads)
-                m, model = result.manifest, result.model
-                from transformers import AutoTokenizer
-
-                tok = AutoTokenizer.from_pretrained(target)
-                row = {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
-                       "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
-                       "retain_nll": _answer_nll(model, tok, qa(retain_qa)), "generic_nll": _answer_nll(model, tok, generic_pairs)}
-                # a plain checkpoint (the evaluation and a later sequential round read it as any user's model);
-                # the baseline's manifest is kept beside it under its own name
-                from unierase.storage import write_json_atomic
-
-                model.save_pretrained(out)
-                tok.save_pretrained(out)
-                write_json_atomic(out / "sweep_manifest.json", m)
-                return row
+                m, model, tok = _unlearn_and_save(method, forget, retain_qa, target, out, lr, epochs, setting.threads)
+                return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
+                        "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
+                        "retain_nll": _answer_nll(model, tok, qa(retain_qa)), "generic_nll": _answer_nll(model, tok, generic_pairs)}
 
             def run_or_cached(lr, epochs=epochs, method=method, unlearn=unlearn):
                 name = f"sweep/{method}/{lr:g}x{epochs:g}"
@@ -339,9 +344,12 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
 
         def score(name=name, folder=folder):
             out = work / "eval" / name
+            # the target's retain answers (the closer look's reference) are read from its own evaluation,
+            # the same greedy generation, once it exists
+            reference = target if name in ("retain", "target") else str(work / "eval" / "target")
             result = evaluate(folder, out, forget_split="forget01", data=setting.data_dir, ds_size=setting.ds_size,
                               max_new_tokens=setting.max_new_tokens, retain=None if name == "retain" else str(retain_eval),
-                              reference=target, threads=setting.threads, overwrite=True, plot=False, **setting.eval_extra)
+                              reference=reference, threads=setting.threads, overwrite=True, plot=False, **setting.eval_extra)
             s = result.summary
             rows = {name: [json.loads(x) for x in (out / "per_item" / f"{name}.jsonl").read_text().splitlines() if x.strip()]
                     for name in ("forget", "retain")}
@@ -456,7 +464,6 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
     """Forget01 in rounds for UniErase (each round its own process, from the saved state) and the
     baselines with the best FE at MU ≥ 0.9 × the target's; after each round MU and the forget
     ROUGE-L of all rounds so far."""
-    import unierase
     from unierase.evaluation import evaluate
 
     mu_target = _headline(figures, "target", "model_utility") or 0.0
@@ -481,10 +488,9 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
                     subprocess.run([sys.executable, "-m", "unierase.cli", "-q", "forget", "--model", str(previous),
                                     "--requests", str(path), "--out", str(out), "--overwrite", "--scope", setting.scope],
                                    check=True)
-                else:
+                else:  # trained in memory and saved as a plain checkpoint, as the sweep does
                     pick = figures["methods"][method]["run"]
-                    unierase.forget([r.to_dict() for r in batch], out, model=previous, method=method, overwrite=True,
-                                    retain=retain_qa, lr=pick["lr"], epochs=pick["epochs"], progress=False)
+                    _unlearn_and_save(method, batch, retain_qa, previous, out, pick["lr"], pick["epochs"], setting.threads)
                 seconds = time.perf_counter() - started
                 result = evaluate(str(out), work / "eval" / f"seq-{method}-{k + 1}", forget_split="forget01",
                                   data=setting.data_dir, ds_size=setting.ds_size, max_new_tokens=setting.max_new_tokens,
