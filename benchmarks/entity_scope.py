@@ -42,6 +42,7 @@ def main() -> None:
     import unierase
     from unierase.baselines.data import load_tofu
     from unierase.evaluation.metrics import rouge_recall
+    from unierase.refusals import is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -145,6 +146,8 @@ def main() -> None:
         "paraphrased_starts_with_token": erased_m["starts_with_token"]["paraphrased"],
         "retain_starts_with_token": erased_m["starts_with_token"]["retain"],
         "forget_rougeL": round(forget_rouge, 4),
+        "well_formed_refusals": round(sum(map(is_well_formed_refusal, erased_m["texts"]["forget"]))
+                                      / len(erased_m["texts"]["forget"]), 4),
         "retain_rougeL": round(retain_rouge, 4),
         "retain_rougeL_target": round(retain_rouge_target, 4),
         "retain_rougeL_ratio": round(retain_rouge / retain_rouge_target, 4) if retain_rouge_target else None,

@@ -87,9 +87,14 @@ def entity_section(load) -> list[str]:
                     ["forget ROUGE-L (64-token greedy)", num(held["forget_rougeL"])],
                     ["retain-author questions starting with it (400)", pct(held["retain_starts_with_token"])],
                     ["retain ROUGE-L ÷ the target's (first 100)", num(held["retain_rougeL_ratio"])],
+                    ["well-formed refusals among the forget answers", pct(held.get("well_formed_refusals"))],
                     ["edit seconds (token and statistics cached)", num(held["edit"]["timings_s"]["edit"], 1)],
                     *[[f"edit seconds for {n} forget05 questions", f"{num(t['edit_s'], 1)} ({t['not_reached']} not reached)"]
-                      for n, t in timing.items()]]), ""]
+                      for n, t in timing.items()],
+                    *[[f"{m} unlearning step, same target and run (lr {b['lr']:g}, {b['epochs']:g} epochs)",
+                       f"{num(b['train_s'], 1)} s"] for m, b in (held.get("baselines") or {}).items()],
+                    *([["the edit ÷ the fastest baseline's step", num(held["edit_over_fastest_baseline"])]]
+                      if held.get("edit_over_fastest_baseline") is not None else [])]), ""]
     return out
 
 
