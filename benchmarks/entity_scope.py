@@ -126,6 +126,19 @@ def main() -> None:
                     "not_reached": len(result.manifest["rounds"][-1]["not_reached"])}
         timing[n] = _cached(work / f"timing-{tag}-{n}.json", timed)
 
+    def pass_detail(manifest_path: Path) -> list[dict]:
+        """Per edit pass: requests, reached, seconds per part, value steps, and the range of −log p(token)
+        at the start of its value optimisation over the requests it optimised (where the time goes)."""
+        rounds = json.loads(manifest_path.read_text())["rounds"]
+        rows = []
+        for p in rounds[-1]["passes"]:
+            start = [x for x in p["values"]["initial_nll"] if x is not None]
+            rows.append({"requests": p["requests"], "reached": p["reached"], "timings_s": p["timings_s"],
+                         "value_steps": p["values"]["steps"],
+                         "initial_nll_range": [min(start), max(start)] if start else None})
+        return rows
+    edit["passes_detail"] = pass_detail(out / "unierase_manifest.json")
+
     baselines = {}
     for method in args.baselines:  # the unlearning step only (train_s), as the benchmark times it
         def train(method=method):
