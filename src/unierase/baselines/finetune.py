@@ -19,7 +19,6 @@ from pathlib import Path
 
 import torch
 
-from ..prompts import encode_text, render_prompt
 from ..requests import ForgetRequest
 from ..ledger import non_finite
 from ..rounds import MANIFEST_FILE
@@ -27,7 +26,7 @@ from ..storage import UniEraseError, atomic_directory, check_output_dir, locked_
 from .data import parse_data_spec, tofu_subset
 from ..manifest import Manifest, base_model_info
 from ..measure import peak_memory_mb
-from .trainer import (TrainConfig, collate, encode_pairs, seed_everything, shuffled_batches,
+from .trainer import (TrainConfig, collate, encode_pairs, length_grouped_batches, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
 
 log = logging.getLogger(__name__)
@@ -44,6 +43,9 @@ class FinetuneConfig(TrainConfig):
     eval_items: int = 100
     """Training questions scored for memorisation after training (0: none; -1: all)."""
     eval_max_new_tokens: int = 128
+    group_by_length: bool = True
+    """Batch examples of similar length (``trainer.length_grouped_batches``): the same epochs at
+    about a fifth less compute on TOFU, where random batches are 24 % padding."""
 
 
 def answer_nll_loss(model, batch) -> tuple[torch.Tensor, dict]:
@@ -54,22 +56,12 @@ def answer_nll_loss(model, batch) -> tuple[torch.Tensor, dict]:
     return loss, {"nll": loss.item()}
 
 
-@torch.no_grad()
-def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: int = 128, batch_size: int = 16) -> list[str]:
-    """Greedy answers (special tokens hidden), prompts rendered exactly as in training."""
-    from ..prompts import pad_batch
+def generate_answers(model, tokenizer, questions: list[str], *, max_new_tokens: int = 128) -> list[str]:
+    """Greedy answers (special tokens hidden), prompts rendered exactly as in training
+    (``generation.generate_answers``: batched, each row stopping at its end of turn)."""
+    from ..generation import generate_answers as greedy
 
-    device = next(model.parameters()).device
-    answers = []
-    for i in range(0, len(questions), batch_size):
-        chunk = questions[i:i + batch_size]
-        ids = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in chunk]
-        batch = pad_batch(ids, tokenizer.pad_token_id, left=True)
-        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        width = batch["input_ids"].shape[1]
-        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
-    return answers
+    return [a.strip() for a in greedy(model, tokenizer, questions, max_new_tokens=max_new_tokens)]
 
 
 def rouge_l_recall(predictions: list[str], references: list[str]) -> list[float]:
@@ -183,8 +175,12 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
     device = next(model.parameters()).device
     rng = random.Random(config.seed)
 
+    lengths = [len(ids) for ids, _ in encoded]
+
     def epoch_batches(_epoch):
-        for idx in shuffled_batches(len(encoded), config.batch_size, rng):
+        batches = (length_grouped_batches(lengths, config.batch_size, rng) if config.group_by_length
+                   else shuffled_batches(len(encoded), config.batch_size, rng))
+        for idx in batches:
             yield collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
 
     steps_per_epoch = -(-len(encoded) // config.batch_size)
