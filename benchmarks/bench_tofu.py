@@ -267,9 +267,14 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                 "peak_memory_mb": m["peak_memory_mb"], "items": m["data"]["n_items"]}
 
     tune_key = setting.key("model", "authors", "finetune_epochs", "finetune_lr")
-    for split, name in (("full", "target"), ("retain", "retain")):  # every other cell needs both: always there
-        figures["models"][name] = cells.run(name, tune_key, lambda split=split: tune(split))
-    target, retain_dir = figures["models"]["target"]["dir"], figures["models"]["retain"]["dir"]
+    # every cell needs the target; the retain model serves the evaluations (Forget Quality) and the
+    # sequential rounds' evaluations, so a run of the sweep or the edit alone does without it
+    needs_retain = only is None or bool(only & {"retain", "eval", "sequential"}) or cells.get("retain", tune_key)
+    for split, name in (("full", "target"), ("retain", "retain")):
+        if name == "target" or needs_retain:
+            figures["models"][name] = cells.run(name, tune_key, lambda split=split: tune(split))
+    target = figures["models"]["target"]["dir"]
+    retain_dir = figures["models"].get("retain", {}).get("dir")
     forget = subset.forget
     retain_qa = subset.retain
 
@@ -339,6 +344,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
 
     # the retain model first: every other model's Forget Quality compares with its evaluation
     eval_models = {"retain": retain_dir, "target": target, **{m: v["run"]["dir"] for m, v in figures["methods"].items()}}
+    eval_models = {name: folder for name, folder in eval_models.items() if folder}  # no retain model: no evaluation of it
     retain_eval = work / "eval" / "retain"
     for name, folder in eval_models.items():
         key = setting.key("ds_size", "max_new_tokens", "authors", "finetune_epochs", "finetune_lr", "eval_extra") + \

@@ -79,6 +79,9 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     assert again["eval"]["unierase"]["summary"] == figures["eval"]["unierase"]["summary"]
     partial = bench.run(setting, tmp_path / "work", only={"precise"}, results=results)  # one family: the rest from cache
     assert set(partial["eval"]) == set(figures["eval"]) and partial["precise"] == figures["precise"]
+    sweep_only = bench.run(setting, tmp_path / "work2", only={"sweep"}, results=tmp_path / "results2")
+    assert set(sweep_only["models"]) == {"target"} and "retain" not in str(sweep_only.get("eval", {}))  # no retain model made
+    assert sweep_only["methods"]["ga+gd"]["run"]["lr"] == 1e-4
 
 
 @pytest.mark.parametrize("text,ok", [
