@@ -65,13 +65,12 @@ class Setting:
     sweep_epochs: tuple[float, ...] = (2.0,)
     retain_slack: float = 0.1
     """Largest rise of the retain-answer NLL (nats/token) a baseline setting may cost (0.1: at most
-    ~10 % more perplexity; 0.5 let every baseline lose over a tenth of its Model Utility, so the
-    sequential comparison had none to run)."""
+    ~10 % more perplexity; why not looser: docs/experiments.md)."""
     generic_slack: float = 0.1
     """Largest rise of the NLL of the target's own answers to generic questions (``generic_questions``)."""
     sweep_retain_items: int = 100
-    """Retain QA whose NLL the sweep's rule reads (every 4th of the target's 400: five per author);
-    a per-token mean, as steady on 100 as on 400, at a quarter of the cost per setting."""
+    """Retain QA whose NLL the sweep's rule reads, spread evenly over the retain authors: a per-token
+    mean needs no more, and each setting pays for them."""
     generic_questions: int = 64
     """Generic questions (``token.questions.heldout_questions``: made-up people and places, no TOFU
     author, in no evaluation set) whose target answers (``max_new_tokens`` greedy) a baseline keeps."""
@@ -166,13 +165,6 @@ def _answer_nll(model, tok, pairs: list[tuple[str, str]]) -> float:
     return total / max(tokens, 1.0)
 
 
-def _threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _unlearn_and_save(method: str, forget, retain, model_dir: str, out: Path, lr: float, epochs: float, threads):
     """A baseline trained in memory (no probe, no ledger: its training step is what is timed) and saved
     as a plain checkpoint, which the evaluation and a later sequential round read as any user's model;
@@ -182,7 +174,6 @@ def _unlearn_and_save(method: str, forget, retain, model_dir: str, out: Path, lr
 
     from unierase.storage import write_json_atomic
 
-    _threads(threads)
     result = unierase.forget([r.to_dict() for r in forget], None, model=model_dir, method=method, retain=retain, lr=lr,
                              epochs=epochs, progress=False, threads=threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -282,11 +273,14 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     sweep_retain = qa(retain_qa[::max(1, len(retain_qa) // setting.sweep_retain_items)][: setting.sweep_retain_items])
 
     def target_nll():
+        import torch
+
         from unierase.generation import generate_answers
         from unierase.models.loading import load_model
         from unierase.token.questions import heldout_questions
 
-        _threads(setting.threads)
+        if setting.threads:
+            torch.set_num_threads(setting.threads)
         model, tok = load_model(target)
         questions = heldout_questions(setting.generic_questions)
         generic = list(zip(questions, generate_answers(model, tok, questions, max_new_tokens=setting.max_new_tokens)))

@@ -44,8 +44,8 @@ class FinetuneConfig(TrainConfig):
     """Training questions scored for memorisation after training (0: none; -1: all)."""
     eval_max_new_tokens: int = 128
     group_by_length: bool = True
-    """Batch examples of similar length (``trainer.length_grouped_batches``): the same epochs at
-    about a fifth less compute on TOFU, where random batches are 24 % padding."""
+    """Batch examples of similar length (``trainer.length_grouped_batches``): less padding, so the
+    same epochs cost less compute."""
 
 
 def answer_nll_loss(model, batch) -> tuple[torch.Tensor, dict]:
