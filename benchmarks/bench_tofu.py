@@ -10,7 +10,10 @@ Cells, each cached as ``WORK/cells/<name>.json`` and skipped when present with t
   to generic questions no evaluation set holds); the method's setting is the one with the highest
   forget NLL whose retain and generic NLL each rise by at most their slack, found by a search over
   the learning-rate grid from ``sweep_start`` (up while a setting qualifies, down until one does),
-  and that run's model is the method's unlearned model.
+  and that run's model is the method's unlearned model. The choice is recorded in
+  ``RESULTS/sweep.json``; a later run on the same target (same settings, same reference NLLs)
+  trains each baseline once at its recorded setting (cell ``forget/<method>``) instead of sweeping
+  again (``--resweep`` sweeps anyway).
 - ``forget/unierase``: UniErase on the target, batch, questions only, library defaults; its
   one-off token and statistics timed apart.
 - ``eval/<model>``: ``unierase eval`` (forget01, every forget item; other sets capped at
@@ -40,6 +43,12 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tofu"
 BASELINES = ("ga+gd", "ga+kl", "npo+gd", "npo+kl", "me+gd", "dpo+gd", "dpo+kl", "idk+ap")
+SWEEP_FIELDS = ("model", "authors", "finetune_epochs", "finetune_lr", "sweep_lrs", "sweep_start", "sweep_epochs",
+                "retain_slack", "generic_slack", "sweep_retain_items", "generic_questions", "max_new_tokens")
+"""The settings a recorded sweep depends on: a record made with other values is not reused."""
+SWEEP_NLL_TOLERANCE = 0.01
+"""Largest difference (nats/token) of the target's reference NLLs from the recorded ones for which
+the target counts as the one the sweep was made on (fine-tuning is seeded: a re-run matches closely)."""
 
 
 @dataclass
@@ -189,6 +198,46 @@ def _qualifies(row: dict, reference: dict, setting: Setting) -> bool:
             and row.get("generic_nll", float("inf")) <= reference["generic"] + setting.generic_slack)
 
 
+def _sweep_setting(setting: Setting) -> dict:
+    return json.loads(json.dumps({f: asdict(setting)[f] for f in SWEEP_FIELDS}, default=str))
+
+
+def recorded_sweep(path: Path, setting: Setting, reference: dict) -> dict | None:
+    """The sweep recorded at ``path`` when it was made with these settings on this target (its
+    reference NLLs within ``SWEEP_NLL_TOLERANCE``), else None (and why, on stdout)."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("setting") != _sweep_setting(setting):
+        print(f"[sweep] {path} was recorded with other settings: sweeping again", flush=True)
+        return None
+    gap = max(abs(record["reference_nll"][k] - reference[k]) for k in ("forget", "retain", "generic"))
+    if gap > SWEEP_NLL_TOLERANCE:
+        print(f"[sweep] the target's reference NLLs differ from those {path} was recorded on by {gap:.4f} nats/token "
+              f"(> {SWEEP_NLL_TOLERANCE}): sweeping again", flush=True)
+        return None
+    record["reference_nll_gap"] = gap
+    return record
+
+
+def _write_sweep_record(path: Path, setting: Setting, reference: dict, methods: dict, commit: str | None) -> None:
+    """Record each swept baseline's rows and choice (merged into a record of the same settings)."""
+    from unierase.storage import write_json_atomic
+
+    swept = {m: v for m, v in methods.items() if "sweep" in v and not v.get("settings_from")}
+    if not swept:
+        return
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    kept = old.get("methods", {}) if old.get("setting") == _sweep_setting(setting) else {}
+    fields = ("lr", "epochs", "train_s", "peak_memory_mb", "forget_nll", "retain_nll", "generic_nll", "_seconds")
+    for method, v in swept.items():
+        kept[method] = {"rows": [{f: r.get(f) for f in fields} for r in v["sweep"]],
+                        "chosen": {"lr": v["run"]["lr"], "epochs": v["run"]["epochs"]}, "rule": v["rule"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"setting": _sweep_setting(setting), "reference_nll": reference, "commit": commit,
+                             "methods": kept})
+
+
 def sweep_search(grid, start: float, run, qualifies) -> list[dict]:
     """The settings of a learning-rate ``grid`` the rule needs, from ``start``: up the grid while each
     qualifies (the forget NLL grows with the rate, so the highest qualifying one is the choice), else
@@ -233,8 +282,10 @@ def _banned_rouge(model_dir: str, forget, max_new_tokens: int) -> dict:
     return {"rougeL_recall": round(sum(scores) / len(scores), 4), "examples": answers[:3]}
 
 
-def run(setting: Setting, work: Path, only: set[str] | None = None, results: Path = RESULTS) -> dict:
-    """Run (or resume) every cell; return the bench JSON (also written to ``results``)."""
+def run(setting: Setting, work: Path, only: set[str] | None = None, results: Path = RESULTS,
+        resweep: bool = False) -> dict:
+    """Run (or resume) every cell; return the bench JSON (also written to ``results``). A sweep
+    recorded in ``results/sweep.json`` for this target is reused unless ``resweep``."""
     import unierase
     from unierase.baselines.data import tofu_subset
     from unierase.baselines.finetune import FinetuneConfig, finetune
@@ -290,6 +341,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     reference_nll = cells.run("nll/target", target_nll_key, target_nll)
     generic_pairs = [tuple(p) for p in reference_nll["generic_pairs"]]
     figures["reference_nll"] = {k: reference_nll[k] for k in ("forget", "retain", "generic")}
+    record = None if resweep else recorded_sweep(results / "sweep.json", setting, figures["reference_nll"])
 
     for method in ("unierase",) + BASELINES:  # methods not run now still report their cached cells
         active = method in setting.methods
@@ -309,6 +361,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
             elif cells.get("forget/unierase", key):
                 figures["methods"][method] = {"run": cells.get("forget/unierase", key)}
             continue
+        recorded = (record or {}).get("methods", {}).get(method)
         runs = {}
         for epochs in setting.sweep_epochs:
             def unlearn(lr, epochs=epochs, method=method):
@@ -321,20 +374,37 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
             def run_or_cached(lr, epochs=epochs, method=method, unlearn=unlearn):
                 name = f"sweep/{method}/{lr:g}x{epochs:g}"
                 key = target_nll_key + f"-{lr}-{epochs}"
-                if active and wanted("sweep"):
+                if active and wanted("sweep") and not recorded:
                     return cells.run(name, key, lambda: unlearn(lr))
                 return cells.get(name, key)
             for row in sweep_search(setting.sweep_lrs, setting.sweep_start, run_or_cached,
                                     lambda row: _qualifies(row, reference_nll, setting)):
                 runs[f"{row['lr']:g}x{epochs:g}"] = row
+        swept = None
         if runs:
             ok = [r for r in runs.values() if _qualifies(r, reference_nll, setting)]
             chosen = max(ok, key=lambda r: r["forget_nll"]) if ok else min(runs.values(), key=lambda r: r["lr"])
-            figures["methods"][method] = {
-                "sweep": list(runs.values()), "run": chosen,
-                "rule": f"highest forget-answer NLL with retain-answer NLL ≤ target + {setting.retain_slack} and "
-                        f"generic-answer NLL ≤ target + {setting.generic_slack} nats/token (training-side data only)"
-                        + ("" if ok else "; none qualified: the lowest learning rate tried")}
+            swept = {"sweep": list(runs.values()), "run": chosen,
+                     "rule": f"highest forget-answer NLL with retain-answer NLL ≤ target + {setting.retain_slack} and "
+                             f"generic-answer NLL ≤ target + {setting.generic_slack} nats/token (training-side data only)"
+                             + ("" if ok else "; none qualified: the lowest learning rate tried")}
+        if recorded and not (swept and [swept["run"]["lr"], swept["run"]["epochs"]] == [recorded["chosen"]["lr"],
+                                                                                          recorded["chosen"]["epochs"]]):
+            # chosen once (and not swept in this cache): trained at the recorded setting
+            lr, epochs = recorded["chosen"]["lr"], recorded["chosen"]["epochs"]
+
+            def train(method=method, lr=lr, epochs=epochs):
+                out = models / f"{method}-{lr:g}x{epochs:g}"
+                m = _unlearn_and_save(method, forget, retain_qa, target, out, lr, epochs, setting.threads)[0]
+                return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
+                        "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"]}
+            name, key = f"forget/{method}", target_nll_key + f"-{lr}-{epochs}"
+            done = cells.run(name, key, train) if active and wanted("forget") else cells.get(name, key)
+            swept = done and {"sweep": recorded["rows"], "run": done, "rule": recorded["rule"],
+                              "settings_from": f"sweep.json (commit {record.get('commit')}; reference NLLs "
+                                               f"within {record['reference_nll_gap']:.4f} nats/token)"}
+        if swept:
+            figures["methods"][method] = swept
 
     # the retain model first: every other model's Forget Quality compares with its evaluation
     eval_models = {"retain": retain_dir, "target": target, **{m: v["run"]["dir"] for m, v in figures["methods"].items()}}
@@ -394,6 +464,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
         "cells": dict(sorted(cells.seconds.items())),
         "with_target_and_retain_cached": round(sum(cells.seconds.values()) - fine_tuning, 1),
         "from_a_cold_cache": round(sum(cells.seconds.values()), 1),
+        **_recorded_sweep_time(figures, cells.seconds),
         "how": "each cell's own wall time when it was computed (a resumed run adds up cells from several runs; "
                "loading the cached cells takes seconds)"}
     report = _bars(figures)
@@ -405,6 +476,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     from unierase.storage import write_json_atomic, write_text_atomic
 
     figures["plots"] = _plots(figures, results)
+    _write_sweep_record(results / "sweep.json", setting, figures["reference_nll"], figures["methods"], figures["commit"])
     write_json_atomic(results / "bench.json", figures)
     write_text_atomic(results / "REPORT.md", _report(figures))
     return figures
@@ -498,8 +570,8 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
                 seconds = time.perf_counter() - started
                 result = evaluate(str(out), work / "eval" / f"seq-{method}-{k + 1}", forget_split="forget01",
                                   data=setting.data_dir, ds_size=setting.ds_size, max_new_tokens=setting.max_new_tokens,
-                                  closer_look=False, paraphrase_leakage=False, threads=setting.threads, overwrite=True,
-                                  plot=False)
+                                  closer_look=False, paraphrase_leakage=False, forget_scores=False,
+                                  threads=setting.threads, overwrite=True, plot=False)
                 rows = [json.loads(x) for x in (Path(result.out) / "per_item" / "forget.jsonl").read_text().splitlines() if x]
                 done = rows[: (k + 1) * size]
                 return {"round": k + 1, "seconds": round(seconds, 1), "model_utility": result.summary["tofu"]["model_utility"],
@@ -513,6 +585,18 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
             previous = str(out)
         curves[method] = curve
     return {"baselines": chosen, "rule": "best FE at MU ≥ 0.9 × target", "curves": curves}
+
+
+def _recorded_sweep_time(figures: dict, seconds: dict) -> dict:
+    """Where the baselines' settings came from a recorded sweep: its cells' seconds, and the estimated
+    cold-cache time of a run that sweeps again (the sweep's runs instead of this run's single runs)."""
+    reused = [m for m, v in figures["methods"].items() if v.get("settings_from")]
+    if not reused:
+        return {}
+    sweep_s = sum(r.get("_seconds") or 0.0 for m in reused for r in figures["methods"][m]["sweep"])
+    single_s = sum(seconds.get(f"forget/{m}", 0.0) for m in reused)
+    return {"recorded_sweep_s": round(sweep_s, 1),
+            "from_a_cold_cache_sweeping_again": round(sum(seconds.values()) - single_s + sweep_s, 1)}
 
 
 def _headline(figures: dict, model: str, metric: str):
@@ -677,10 +761,14 @@ def _report(figures: dict) -> str:
                   f"search starts at lr {figures['setting'].get('sweep_start')} and runs only the settings the rule needs.", "",
                   "| method | lr | epochs | forget NLL | retain NLL | generic NLL | chosen | seconds |",
                   "|---|---|---|---|---|---|---|---|"]
-        chosen = {n: v["run"].get("dir") for n, v in figures.get("methods", {}).items()}
+        chosen = {n: (v["run"].get("lr"), v["run"].get("epochs")) for n, v in figures.get("methods", {}).items()}
         lines += [f"| {n} | {r['lr']} | {r['epochs']} | {r['forget_nll']:.3f} | {r['retain_nll']:.3f} | "
-                  f"{r.get('generic_nll', float('nan')):.3f} | {'yes' if r.get('dir') == chosen.get(n) else ''} | "
+                  f"{r.get('generic_nll', float('nan')):.3f} | {'yes' if (r['lr'], r['epochs']) == chosen.get(n) else ''} | "
                   f"{r['train_s']:.0f} |" for n, r in sweeps]
+        recorded = sorted({v["settings_from"] for v in figures.get("methods", {}).values() if v.get("settings_from")})
+        if recorded:
+            lines += ["", f"These rows are the recorded sweep ({'; '.join(recorded)}); this run trained each baseline "
+                          "once at its chosen setting (seconds in the cost table above)."]
     if figures.get("precise"):
         p = figures["precise"]
         lines += ["", "## Precise (single questions, each erased from the target)", "",
@@ -700,6 +788,10 @@ def _report(figures: dict) -> str:
         w = figures["wall_times_s"]
         lines += ["", f"Wall time of all cells: {w['from_a_cold_cache'] / 60:.0f} min from a cold cache, "
                       f"{w['with_target_and_retain_cached'] / 60:.0f} min with the target and retain models cached ({w['how']})."]
+        if "recorded_sweep_s" in w:
+            lines += ["", f"The baselines' settings came from the recorded sweep (its cells took {w['recorded_sweep_s'] / 60:.0f} min); "
+                          f"a run that sweeps again (`--resweep`) would take about {w['from_a_cold_cache_sweeping_again'] / 60:.0f} min "
+                          "from a cold cache (this run's cells with the sweep's cells in place of the single runs)."]
     lines += ["", "## Bars", "", "(holds = None: not decided by the cells measured so far)", ""]
     lines += [f"- **{k}**: holds = {v['holds']}; {v['value']} (threshold: {v['threshold']}"
               + (f"; baselines measured: {', '.join(v['measured_baselines'])}" if "measured_baselines" in v else "") + ")"
@@ -720,13 +812,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--resweep", action="store_true",
+                        help="run the baselines' sweep even where RESULTS/sweep.json records one for this target")
     args = parser.parse_args()
     from unierase.storage import default_cache_dir
 
     work = Path(args.work) if args.work else default_cache_dir() / "bench_tofu"
     setting = Setting(authors=args.authors, ds_size=args.ds_size, max_new_tokens=args.max_new_tokens, threads=args.threads,
                       data_dir=args.data_dir, **({"methods": tuple(args.methods)} if args.methods else {}))
-    figures = run(setting, work, set(args.only) if args.only else None, Path(args.results))
+    figures = run(setting, work, set(args.only) if args.only else None, Path(args.results), resweep=args.resweep)
     print(json.dumps(figures["bars"], indent=2))
 
 

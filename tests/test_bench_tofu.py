@@ -83,6 +83,25 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     assert set(sweep_only["models"]) == {"target"} and "retain" not in str(sweep_only.get("eval", {}))  # no retain model made
     assert sweep_only["methods"]["ga+gd"]["run"]["lr"] == 1e-4
 
+    # the sweep is recorded; a run on the same target elsewhere trains at the recorded setting instead
+    record = json.loads((results / "sweep.json").read_text())
+    assert record["methods"]["ga+gd"]["chosen"] == {"lr": 1e-4, "epochs": 0.2} and record["reference_nll"]
+    capsys.readouterr()
+    baseline_only = bench.Setting(**{**bench.asdict(setting), "methods": ("ga+gd",)})
+    reused = bench.run(baseline_only, tmp_path / "work3", only={"target", "forget"}, results=results)
+    out = capsys.readouterr().out
+    assert "[run] forget/ga+gd" in out and "[run] sweep/" not in out
+    assert reused["methods"]["ga+gd"]["run"]["lr"] == 1e-4 and "sweep.json" in reused["methods"]["ga+gd"]["settings_from"]
+    assert reused["methods"]["ga+gd"]["sweep"] == record["methods"]["ga+gd"]["rows"]
+    assert reused["wall_times_s"]["recorded_sweep_s"] > 0
+    assert json.loads((results / "sweep.json").read_text()) == record  # reusing it does not rewrite it
+    other = bench.Setting(**{**bench.asdict(setting), "retain_slack": 0.5})
+    assert bench.recorded_sweep(results / "sweep.json", other, reused["reference_nll"]) is None
+    shifted = {k: v + 0.1 for k, v in reused["reference_nll"].items()}
+    assert bench.recorded_sweep(results / "sweep.json", setting, shifted) is None  # another target
+    again = bench.run(baseline_only, tmp_path / "work3", only={"sweep"}, results=results, resweep=True)
+    assert "settings_from" not in again["methods"]["ga+gd"]
+
 
 @pytest.mark.parametrize("text,ok", [
     ("I'm sorry, but I don't have that information.", True),

@@ -125,3 +125,17 @@ def test_cosine_with_bundled_embedding_model(tiny_model, tokenizer, tiny_tofu, t
     assert cl["forget_efficacy"] is None and cl["model_utility_18"] is None  # no NLI model: absent, not invented
     assert cl["forget_efficacy_available_terms"] == ["cosine_similarity", "probability", "rougeL_recall", "truth_ratio"]
     assert any("paraphrase-MiniLM" in n for n in res.summary["notes"])
+
+
+def test_without_forget_scores_model_utility_and_forget_rouge_stay(tiny_model, tokenizer, tiny_model_dir, tiny_tofu, tmp_path):
+    opts = dict(data=str(tiny_tofu), ds_size=2, closer_look=False, paraphrase_leakage=False, retain=str(tiny_model_dir), **FAST)
+    full = evaluate(tiny_model, tmp_path / "full", tokenizer=tokenizer, **opts)
+    lean = evaluate(tiny_model, tmp_path / "lean", tokenizer=tokenizer, forget_scores=False, **opts)
+    assert not (tmp_path / "lean" / "stages" / "score.forget.json").exists()
+    assert not (tmp_path / "lean" / "stages" / "retain_model.score.forget.json").exists()
+    assert lean.summary["tofu"]["model_utility"] == pytest.approx(full.summary["tofu"]["model_utility"])
+    forget_full, forget_lean = full.summary["tofu"]["sets"]["forget"], lean.summary["tofu"]["sets"]["forget"]
+    assert forget_lean["rougeL_recall"] == pytest.approx(forget_full["rougeL_recall"])
+    assert "truth_ratio" in forget_full and "truth_ratio" not in forget_lean
+    assert full.summary["tofu"]["forget_quality"] is not None and lean.summary["tofu"]["forget_quality"] is None
+    assert any("forget set was not scored" in n for n in lean.summary["notes"])

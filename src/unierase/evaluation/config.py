@@ -28,6 +28,9 @@ class EvalConfig:
         closer_look: also compute the closer-look family (token entropy, cosine, NLI, Forget
             Efficacy, 18-term Model Utility).
         paraphrase_leakage: also generate answers to the forget set's ``paraphrased_question``.
+        forget_scores: teacher-force the forget set's answers (its Probability and Truth ratio, and
+            so Forget Quality). False leaves only its generations (forget ROUGE-L): Model Utility
+            does not read them, and a run after every unlearning round need not pay for them.
         embedding_model: ``"auto"`` (the bundled all-MiniLM-L6-v2 if installed), a directory, or
             ``"none"``; used for the closer-look cosine similarity.
         nli_model: a local NLI sequence-classification directory; None = entailment absent.
@@ -54,6 +57,7 @@ class EvalConfig:
     reference: str | None = None
     closer_look: bool = True
     paraphrase_leakage: bool = True
+    forget_scores: bool = True
     embedding_model: str | None = "auto"
     nli_model: str | None = None
     prompt_format: str = "chat"

@@ -210,6 +210,8 @@ class _Evaluation:
     def _run_main_stages(self) -> None:
         tok = self.tokenizer
         for set_name in SET_NAMES:
+            if set_name == "forget" and not self.cfg.forget_scores:
+                continue
             self.stage_data[f"score.{set_name}"] = self._score_stage("", self._main_model, tok, self.model_fp, set_name)
             self._write_summary(partial=True)
         for set_name in SET_NAMES:
@@ -258,6 +260,9 @@ class _Evaluation:
     def _retain_ratios(self) -> tuple[np.ndarray | None, str | None]:
         spec = self.cfg.retain
         if not spec:
+            return None, None
+        if not self.cfg.forget_scores:
+            self.notes.append("Forget Quality absent: the forget set was not scored (forget_scores off)")
             return None, None
         ev = self.sets["forget"]
         n = len(ev.rows)
