@@ -603,6 +603,29 @@ def _headline(figures: dict, model: str, metric: str):
     return figures.get("eval", {}).get(model, {}).get("headline", {}).get(metric)
 
 
+def _mu_terms(figures: dict) -> dict:
+    """Model Utility's nine terms (set.metric) of every evaluated model."""
+    from unierase.evaluation.suites import TOFU_UTILITY_METRICS, UTILITY_SETS
+
+    return {name: {f"{s}.{m}": cell["summary"]["tofu"]["sets"].get(s, {}).get(m)
+                   for s in UTILITY_SETS for m in TOFU_UTILITY_METRICS}
+            for name, cell in figures.get("eval", {}).items()}
+
+
+def _utility_loss(terms: dict, model: str) -> dict:
+    """Which of Model Utility's terms ``model`` loses most against the target's, and its MU had that
+    one term kept the target's value (a harmonic mean is led by its smallest terms)."""
+    from unierase.evaluation.metrics import harmonic_mean
+
+    mine, target = terms.get(model), terms.get("target")
+    if not mine or not target or None in mine.values() or None in target.values():
+        return {}
+    ratios = {k: mine[k] / target[k] for k in mine if target[k]}
+    worst = min(ratios, key=ratios.get)
+    return {"terms_over_target": {k: round(v, 4) for k, v in ratios.items()}, "largest_loss": worst,
+            "mu_with_it_at_target": harmonic_mean(list({**mine, worst: target[worst]}.values()))}
+
+
 def _best_keeping_utility(fe: dict, mu: dict, baselines: list[str]) -> dict:
     keeping = [m for m in baselines if (mu.get(m) or 0.0) >= 0.9 * (mu.get("target") or 0.0)]
     if not keeping:
@@ -632,7 +655,8 @@ def _bars(figures: dict) -> dict:
                       "unierase_mu_over_best_baseline_mu": mu["unierase"] / mu[best] if mu.get(best) else None,
                       # the same comparison among the baselines that keep 0.9 × the target's MU (the
                       # sequential cell's eligibility): a baseline that wrecks the model forgets "best"
-                      **_best_keeping_utility(fe, mu, baselines)},
+                      **_best_keeping_utility(fe, mu, baselines),
+                      "unierase_utility_loss": _utility_loss(_mu_terms(figures), "unierase")},
             "threshold": "FE ≥ the best baseline's and MU ≥ 0.95 × the target's"}
     run = figures.get("methods", {})
     if "unierase" in run and any(m in run for m in BASELINES):
@@ -732,6 +756,19 @@ def _report(figures: dict) -> str:
     for name, cell in figures.get("eval", {}).items():
         h = cell.get("headline", {})
         lines.append(f"| {name} | " + " | ".join("—" if h.get(c) is None else f"{h[c]:.4g}" for c in columns) + " |")
+    terms = _mu_terms(figures)
+    if terms:
+        names = list(next(iter(terms.values())))
+        lines += ["", "## Model Utility's nine terms (harmonic mean: the smallest terms lead it)", "",
+                  "| model | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {m} | " + " | ".join("—" if t[n] is None else f"{t[n]:.3f}" for n in names) + " |"
+                  for m, t in terms.items()]
+        loss = _utility_loss(terms, "unierase")
+        if loss:
+            lines += ["", f"UniErase's largest loss against the target is `{loss['largest_loss']}` "
+                          f"(× {loss['terms_over_target'][loss['largest_loss']]:.3f}); with that one term at the target's "
+                          f"value its Model Utility would be {loss['mu_with_it_at_target']:.4f} "
+                          f"(target {_headline(figures, 'target', 'model_utility'):.4f})."]
     if figures.get("eval", {}).get("unierase", {}).get("banned_token_forget_rougeL"):
         lines += ["", f"UniErase with the unlearning token banned at decode: forget ROUGE-L "
                       f"{figures['eval']['unierase']['banned_token_forget_rougeL']['rougeL_recall']}"]

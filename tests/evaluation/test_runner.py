@@ -139,3 +139,13 @@ def test_without_forget_scores_model_utility_and_forget_rouge_stay(tiny_model, t
     assert "truth_ratio" in forget_full and "truth_ratio" not in forget_lean
     assert full.summary["tofu"]["forget_quality"] is not None and lean.summary["tofu"]["forget_quality"] is None
     assert any("forget set was not scored" in n for n in lean.summary["notes"])
+
+
+def test_eval_flags_reach_the_config():
+    from unierase.cli import build_parser
+    from unierase.evaluation.cli import config_from_args
+
+    base = ["eval", "--out", "o"]
+    assert config_from_args(build_parser().parse_args(base)).forget_scores is True
+    lean = config_from_args(build_parser().parse_args(base + ["--no-forget-scores", "--no-paraphrase"]))
+    assert lean.forget_scores is False and lean.paraphrase_leakage is False
