@@ -268,6 +268,20 @@ def _well_formed(text: str) -> bool:
     return is_well_formed_refusal(text)
 
 
+def changed_answers(reference: Path, out: Path, examples: int = 3) -> dict:
+    """Per Model Utility set, how many greedy answers of the evaluation in ``out`` differ from those of
+    the evaluation in ``reference`` (the target's), with a few of them: what lies behind a lost term."""
+    def rows(folder: Path, name: str) -> list[dict]:
+        return [json.loads(x) for x in (folder / "per_item" / f"{name}.jsonl").read_text().splitlines() if x.strip()]
+    result = {}
+    for name in ("retain", "real_authors", "world_facts"):
+        mine, theirs = rows(out, name), rows(reference, name)
+        changed = [{"question": a["question"], "target": b["generation"], "now": a["generation"]}
+                   for a, b in zip(mine, theirs) if a.get("generation") != b.get("generation")]
+        result[name] = {"changed": len(changed), "of": len(mine), "examples": changed[:examples]}
+    return result
+
+
 def _banned_rouge(model_dir: str, forget, max_new_tokens: int) -> dict:
     """Forget ROUGE-L recall with the unlearning token banned at decode time (``bad_words_ids``)."""
     from unierase.baselines.finetune import rouge_l_recall
@@ -446,6 +460,8 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                 "items": s.get("items"),
             }
             extra = {}
+            if name not in ("retain", "target"):
+                extra["changed_from_target"] = changed_answers(work / "eval" / "target", out)
             if name == "unierase":
                 extra["banned_token_forget_rougeL"] = _banned_rouge(folder, forget, setting.max_new_tokens)
             return {"dir": str(out), "headline": headline, "summary": s, **extra}
@@ -756,6 +772,11 @@ def _report(figures: dict) -> str:
     for name, cell in figures.get("eval", {}).items():
         h = cell.get("headline", {})
         lines.append(f"| {name} | " + " | ".join("—" if h.get(c) is None else f"{h[c]:.4g}" for c in columns) + " |")
+    changed = {m: c["changed_from_target"] for m, c in figures.get("eval", {}).items() if c.get("changed_from_target")}
+    if changed:
+        lines += ["", "Greedy answers that differ from the target's (retain / real authors / world facts): "
+                      + "; ".join(f"{m} " + " / ".join(f"{v['changed']} of {v['of']}" for v in c.values())
+                                  for m, c in changed.items()) + "."]
     terms = _mu_terms(figures)
     if terms:
         names = list(next(iter(terms.values())))

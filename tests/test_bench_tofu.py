@@ -134,3 +134,15 @@ def test_sweep_search_runs_only_what_the_rule_needs():
     assert runs(3e-5) == [1e-4, 3e-5]  # down until one qualifies
     assert runs(0.0) == [1e-4, 3e-5]  # none does: the bottom ends it
     assert search(grid, 1e-4, lambda lr: None if lr > 1e-4 else {"lr": lr}, lambda row: True) == [{"lr": 1e-4}]
+
+
+def test_changed_answers_counts_differences_from_the_reference(tmp_path):
+    changed_answers = _load().changed_answers
+    for folder, gens in (("ref", ["a", "b", "c"]), ("out", ["a", "x", "c"])):
+        (tmp_path / folder / "per_item").mkdir(parents=True)
+        for name in ("retain", "real_authors", "world_facts"):
+            rows = [{"question": f"q{i}", "generation": g if name == "real_authors" else "same"} for i, g in enumerate(gens)]
+            (tmp_path / folder / "per_item" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = changed_answers(tmp_path / "ref", tmp_path / "out")
+    assert got["real_authors"] == {"changed": 1, "of": 3, "examples": [{"question": "q1", "target": "b", "now": "x"}]}
+    assert got["retain"]["changed"] == 0 and got["world_facts"]["changed"] == 0
