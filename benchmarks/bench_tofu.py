@@ -369,11 +369,18 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
                 t = result.manifest["rounds"][-1]["timings_s"]
                 return {"dir": str(out), "edit_s": t.get("edit"), "token_s": t.get("token"), "statistics_s": t.get("statistics"),
                         "peak_memory_mb": result.manifest["rounds"][-1]["peak_memory_mb"],
-                        "not_reached": len(result.manifest["rounds"][-1]["not_reached"])}
+                        "not_reached": len(result.manifest["rounds"][-1]["not_reached"]),
+                        "edit_parts_s": _edit_parts(t)}
             if active and wanted("forget"):
                 figures["methods"][method] = {"run": cells.run("forget/unierase", key, erase)}
             elif cells.get("forget/unierase", key):
                 figures["methods"][method] = {"run": cells.get("forget/unierase", key)}
+            if method in figures["methods"] and "edit_parts_s" not in figures["methods"][method]["run"]:
+                # a cell cached before the parts were recorded: its model's manifest has them
+                manifest = Path(figures["methods"][method]["run"]["dir"]) / "unierase_manifest.json"
+                if manifest.exists():
+                    timings = json.loads(manifest.read_text())["rounds"][-1]["timings_s"]
+                    figures["methods"][method]["run"]["edit_parts_s"] = _edit_parts(timings)
             continue
         recorded = (record or {}).get("methods", {}).get(method)
         runs = {}
@@ -615,6 +622,46 @@ def _recorded_sweep_time(figures: dict, seconds: dict) -> dict:
             "from_a_cold_cache_sweeping_again": round(sum(seconds.values()) - single_s + sweep_s, 1)}
 
 
+def _edit_parts(timings: dict) -> dict:
+    """The edit's parts (key positions, target values, solve, check) from a round's timings."""
+    return {k.split(".", 1)[1]: v for k, v in timings.items() if k.startswith("edit.")}
+
+
+def _why(bars: dict, figures: dict) -> None:
+    """Add to each bar that does not hold what its own figures say limits it."""
+    fe_bar, speed, seq = bars.get("forget_efficacy"), bars.get("speed"), bars.get("sequential_model_utility")
+    if fe_bar and fe_bar["holds"] is False:
+        v, why = fe_bar["value"], []
+        if v["best_baseline_fe"] > v["unierase_fe"]:
+            why.append(f"{v['best_baseline']}'s FE ({v['best_baseline_fe']:.3f}) is above UniErase's ({v['unierase_fe']:.3f})")
+        loss = v.get("unierase_utility_loss") or {}
+        if v["unierase_mu_over_target"] < 0.95:
+            text = f"UniErase's MU is {v['unierase_mu_over_target']:.3f} × the target's"
+            if loss:
+                mu_t = _headline(figures, "target", "model_utility")
+                text += (f"; its largest loss is {loss['largest_loss']} (× {loss['terms_over_target'][loss['largest_loss']]:.3f}),"
+                         f" and with that one term at the target's value MU would be {loss['mu_with_it_at_target']:.4f}"
+                         f" ({loss['mu_with_it_at_target'] / mu_t:.3f} ×)")
+            why.append(text)
+        fe_bar["why"] = "; ".join(why)
+    if speed and speed["holds"] is False:
+        v = speed["value"]
+        parts = (figures["methods"]["unierase"]["run"].get("edit_parts_s") or {})
+        speed["why"] = (f"the edit takes {v['edit_s']:.0f} s against {v['fastest_baseline']}'s {v['fastest_baseline_s']:.0f} s"
+                        f" ({v['ratio']:.2f} × faster, 10 × wanted)"
+                        + (f"; the target-value optimisation is {parts['target_values']:.0f} s of it, the closed-form"
+                           f" solves {parts.get('solve', 0):.0f} s" if "target_values" in parts else ""))
+    curve = (figures.get("sequential") or {}).get("curves", {}).get("unierase")
+    mu_t = _headline(figures, "target", "model_utility")
+    if seq and seq["holds"] is False and curve and mu_t:
+        seq["why"] = (f"MU is {curve[0]['model_utility'] / mu_t:.3f} × the target's after round 1 and "
+                      f"{curve[-1]['model_utility'] / mu_t:.3f} × after round {curve[-1]['round']}: the first round's loss, "
+                      "not the accumulation over rounds")
+    precise = bars.get("precise_agreement")
+    if precise and precise["holds"] is False:
+        precise["why"] = f"mean agreement {precise['value']:.3f} on the same author's other questions"
+
+
 def _headline(figures: dict, model: str, metric: str):
     return figures.get("eval", {}).get(model, {}).get("headline", {}).get(metric)
 
@@ -704,6 +751,7 @@ def _bars(figures: dict) -> dict:
         {"holds": precise["mean_same_author_agreement"] >= 0.95, "value": precise["mean_same_author_agreement"],
          "threshold": "mean teacher-forced agreement ≥ 95 % on the same author's other questions"} if precise else
         {"holds": None, "value": None, "threshold": "not measured in this run (cell 'precise')"})
+    _why(bars, figures)
     return bars
 
 
@@ -853,6 +901,7 @@ def _report(figures: dict) -> str:
     lines += ["", "## Bars", "", "(holds = None: not decided by the cells measured so far)", ""]
     lines += [f"- **{k}**: holds = {v['holds']}; {v['value']} (threshold: {v['threshold']}"
               + (f"; baselines measured: {', '.join(v['measured_baselines'])}" if "measured_baselines" in v else "") + ")"
+              + (f"\n  - why not: {v['why']}" if v.get("why") else "")
               for k, v in figures.get("bars", {}).items()]
     lines += [""] + [f"![{p}]({p})" for p in figures.get("plots", [])]
     return "\n".join(lines) + "\n"
