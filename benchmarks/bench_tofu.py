@@ -360,7 +360,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     for method in ("unierase",) + BASELINES:  # methods not run now still report their cached cells
         active = method in setting.methods
         if method == "unierase":
-            key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "scope")
+            key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "scope") + "-" + unierase_defaults_key(target)
 
             def erase():
                 out = models / "unierase"
@@ -529,6 +529,7 @@ def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, 
         "forget": _answers_and_agreement(target, [r.question for r in forget], None, setting.max_new_tokens)[2],
         "retain": _answers_and_agreement(target, [r.question for r in retain_probe], None, setting.max_new_tokens)[2]})
     step = max(1, len(forget) // setting.precise_questions)
+    defaults = unierase_defaults_key(target)
     rows = []
     for n, i in enumerate(range(0, len(forget), step)[: setting.precise_questions]):
         request, author = forget[i], i // 20
@@ -552,7 +553,7 @@ def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, 
                     "same_author_rougeL": sum(rouge_l_recall(texts[:k], [forget[j].answer for j in same])) / k,
                     "retain_agreement": sum(agree[k:]) / max(1, len(agree) - k),
                     "retain_rougeL": sum(rouge_l_recall(texts[k:], [r.answer for r in retain_probe])) / max(1, len(texts) - k)}
-        rows.append(cells.run(f"precise/{n}", key + f"-{i}", erase))
+        rows.append(cells.run(f"precise/{n}", key + f"-{i}-{defaults}", erase))
     mean = lambda field: round(sum(r[field] for r in rows) / len(rows), 4)  # noqa: E731
     return {"items": rows, "mean_same_author_agreement": mean("same_author_agreement"),
             "mean_retain_agreement": mean("retain_agreement"), "refusing": sum(r["refuses"] for r in rows)}
@@ -570,6 +571,7 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
                 and (_headline(figures, m, "model_utility") or 0.0) >= 0.9 * mu_target]
     chosen = sorted(eligible, key=lambda m: -_headline(figures, m, "forget_efficacy"))[: setting.sequential_baselines]
     size = -(-len(forget) // setting.sequential_rounds)
+    defaults = unierase_defaults_key(target)
     curves = {}
     for method in ["unierase"] + chosen:
         previous, curve = target, []
@@ -577,7 +579,8 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
             batch = forget[k * size:(k + 1) * size]
             out = work / "models" / f"seq-{method}-{k + 1}"
             key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "ds_size", "max_new_tokens",
-                              "sequential_rounds", "eval_extra", "scope") + f"-{method}-{k}"
+                              "sequential_rounds", "eval_extra", "scope") + f"-{method}-{k}" + (
+                "-" + defaults if method == "unierase" else "")
 
             def one_round(batch=batch, out=out, previous=previous, k=k, method=method):
                 started = time.perf_counter()
@@ -620,6 +623,21 @@ def _recorded_sweep_time(figures: dict, seconds: dict) -> dict:
     single_s = sum(seconds.get(f"forget/{m}", 0.0) for m in reused)
     return {"recorded_sweep_s": round(sweep_s, 1),
             "from_a_cold_cache_sweeping_again": round(sum(seconds.values()) - single_s + sweep_s, 1)}
+
+
+def unierase_defaults_key(model_dir: str) -> str:
+    """A digest of what UniErase runs with on ``model_dir`` by default (its recipe's edit config, the
+    token's training config, the library version): a change of defaults re-runs the UniErase cells."""
+    from transformers import AutoConfig
+
+    import unierase
+    from unierase.recipes import edit_config_for
+    from unierase.token.training import UnlearningTokenConfig
+
+    config, recipe = edit_config_for(AutoConfig.from_pretrained(model_dir))
+    data = {"edit": config.to_dict(), "token": UnlearningTokenConfig().to_dict(),
+            "recipe": recipe.name if recipe else None, "version": unierase.__version__}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _edit_parts(timings: dict) -> dict:
