@@ -35,6 +35,7 @@ import argparse
 import hashlib
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -307,6 +308,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
 
     cells = Cells(work)
     models = work / "models"
+    edit_cache = _edit_cache(work)
     subset = tofu_subset(setting.authors + 2, 2, setting.data_dir)
     wanted = lambda name: only is None or name.split("/")[0] in only  # noqa: E731
     figures: dict = {"setting": asdict(setting), "models": {}, "methods": {}}
@@ -364,8 +366,11 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
 
             def erase():
                 out = models / "unierase"
+                # the token and statistics are computed here, in this cell's own cache, so that their
+                # one-off cost is measured in the run rather than hidden by an earlier one
+                shutil.rmtree(edit_cache, ignore_errors=True)
                 result = unierase.forget([{"question": r.question} for r in forget], out, model=target, overwrite=True,
-                                         scope=setting.scope, progress=False)
+                                         scope=setting.scope, progress=False, cache_dir=edit_cache)
                 t = result.manifest["rounds"][-1]["timings_s"]
                 return {"dir": str(out), "edit_s": t.get("edit"), "token_s": t.get("token"), "statistics_s": t.get("statistics"),
                         "peak_memory_mb": result.manifest["rounds"][-1]["peak_memory_mb"],
@@ -505,6 +510,11 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
     return figures
 
 
+def _edit_cache(work: Path) -> Path:
+    """UniErase's cache (token, statistics) inside the benchmark's work folder."""
+    return work / "unierase-cache"
+
+
 def _answers_and_agreement(model_dir: str, questions: list[str], reference: list[list[int]] | None, max_new_tokens: int):
     """Greedy answer ids of ``model_dir`` and (given the target's answers) its teacher-forced agreement with them."""
     from unierase.generation import generate_answer_ids, teacher_forced_agreement
@@ -529,7 +539,7 @@ def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, 
         "forget": _answers_and_agreement(target, [r.question for r in forget], None, setting.max_new_tokens)[2],
         "retain": _answers_and_agreement(target, [r.question for r in retain_probe], None, setting.max_new_tokens)[2]})
     step = max(1, len(forget) // setting.precise_questions)
-    defaults = unierase_defaults_key(target)
+    defaults, edit_cache = unierase_defaults_key(target), _edit_cache(models.parent)
     rows = []
     for n, i in enumerate(range(0, len(forget), step)[: setting.precise_questions]):
         request, author = forget[i], i // 20
@@ -537,7 +547,7 @@ def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, 
         def erase(i=i, request=request, author=author, n=n):
             out = models / f"precise-{n}"
             result = unierase.forget([{"question": request.question}], out, model=target, mode="precise", overwrite=True,
-                                     progress=False)
+                                     progress=False, cache_dir=edit_cache)
             same = [j for j in range(author * 20, min(len(forget), author * 20 + 20)) if j != i]
             model, tok, ids, agree = _answers_and_agreement(str(out), [forget[j].question for j in same] +
                                                             [r.question for r in retain_probe],
@@ -571,7 +581,7 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
                 and (_headline(figures, m, "model_utility") or 0.0) >= 0.9 * mu_target]
     chosen = sorted(eligible, key=lambda m: -_headline(figures, m, "forget_efficacy"))[: setting.sequential_baselines]
     size = -(-len(forget) // setting.sequential_rounds)
-    defaults = unierase_defaults_key(target)
+    defaults, edit_cache = unierase_defaults_key(target), _edit_cache(work)
     curves = {}
     for method in ["unierase"] + chosen:
         previous, curve = target, []
@@ -588,7 +598,8 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
                     path = work / f"seq-round{k + 1}.jsonl"
                     path.write_text("".join(json.dumps({"question": r.question}) + "\n" for r in batch))
                     subprocess.run([sys.executable, "-m", "unierase.cli", "-q", "forget", "--model", str(previous),
-                                    "--requests", str(path), "--out", str(out), "--overwrite", "--scope", setting.scope],
+                                    "--requests", str(path), "--out", str(out), "--overwrite", "--scope", setting.scope,
+                                    "--cache-dir", str(edit_cache)],
                                    check=True)
                 else:  # trained in memory and saved as a plain checkpoint, as the sweep does
                     pick = figures["methods"][method]["run"]
@@ -627,16 +638,20 @@ def _recorded_sweep_time(figures: dict, seconds: dict) -> dict:
 
 def unierase_defaults_key(model_dir: str) -> str:
     """A digest of what UniErase runs with on ``model_dir`` by default (its recipe's edit config, the
-    token's training config, the library version): a change of defaults re-runs the UniErase cells."""
+    token's training config, the edit's source, the library version): a change of any re-runs the
+    UniErase cells."""
     from transformers import AutoConfig
 
     import unierase
+    from unierase.cache import code_digest
+    from unierase.edit import editor, keys, method, preserved, scope, solve, values
     from unierase.recipes import edit_config_for
     from unierase.token.training import UnlearningTokenConfig
 
     config, recipe = edit_config_for(AutoConfig.from_pretrained(model_dir))
     data = {"edit": config.to_dict(), "token": UnlearningTokenConfig().to_dict(),
-            "recipe": recipe.name if recipe else None, "version": unierase.__version__}
+            "recipe": recipe.name if recipe else None, "version": unierase.__version__,
+            "code": code_digest(editor, keys, method, preserved, scope, solve, values)}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

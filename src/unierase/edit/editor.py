@@ -229,10 +229,11 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     passes, key_tokens, report, carried = [], [], None, None
     for _ in range(config.max_passes):
         # a further pass starts each pending request's δ at its previous target and keeps the targets
-        # that converged (the layers above the edit are unchanged, so they still serve); every pass's
-        # keys join the preserved term, so a pending request's own further updates shrink pass by pass
+        # that converged (the layers above the edit are unchanged, so they still serve). A request's
+        # keys join the preserved term once it is reached: preserving a pending request's own earlier
+        # keys would make each of its further updates fight the last one (each pass writing less)
         report = run_edit_round(model, tokenizer, adapter, [requests[i] for i in pending], target_id, config, preserved,
-                                progress=progress,
+                                progress=progress, preserve_keys=False,
                                 start_targets=[targets[i] for i in pending],
                                 keep_targets=[converged[i] for i in pending],
                                 plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
@@ -252,13 +253,23 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
         still = [j for j, f in enumerate(firsts) if f != target_id]
+        _preserve_columns(preserved, report.keys, [j for j, f in enumerate(firsts) if f == target_id])
         carried = report.after.subset(still) if still else None
         pending = [pending[j] for j in still]
         preserved.keep_pending(pending)
         if not pending:
             break
+    if pending:  # never reached: later rounds keep what the last pass wrote for them
+        _preserve_columns(preserved, report.keys, still)
     preserved.end_round(config)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending))
+
+
+def _preserve_columns(preserved: PreservedKeys, keys: dict[int, torch.Tensor], columns: list[int]) -> None:
+    """Add the keys of some of a pass's requests (columns of ``RoundReport.keys``) to the preserved state."""
+    if columns:
+        for layer, k in keys.items():
+            preserved.state.add(layer, k[:, columns])
 
 
 def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | None) -> list[bool] | None:
@@ -328,7 +339,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                    config: EditConfig, preserved: PreservedKeys, *, progress: bool = True,
                    start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
                    plain_group: PromptGroup | None = None,
-                   groups: list[int] | None = None, optimise: list[bool] | None = None) -> RoundReport:
+                   groups: list[int] | None = None, optimise: list[bool] | None = None,
+                   preserve_keys: bool = True) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
     ``preserved`` holds what the update must keep (its state: K_p K_pᵀ of earlier edits; this round's
@@ -336,7 +348,9 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     ``start_targets`` warm-starts the target values and ``keep_targets`` keeps some of them as they
     are (``compute_target_values``);
     ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests;
-    ``groups``: requests sharing one target value (``compute_target_values``).
+    ``groups``: requests sharing one target value (``compute_target_values``);
+    ``preserve_keys``: add this round's keys to ``preserved.state`` (``run_edit_passes`` adds them
+    itself, once each request is reached).
     """
     timings: dict[str, float] = {}
     layers = config.resolved_layers(adapter.num_layers)
@@ -387,7 +401,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                                               soft=soft.grams[layer] if soft is not None else None)
         adapter.add_to_weight(layer, delta)
         round_keys[layer] = keys
-        preserved.state.add(layer, keys)
+        if preserve_keys:
+            preserved.state.add(layer, keys)
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started
