@@ -267,3 +267,31 @@ def test_edit_and_value_configs_are_checked_before_any_work():
     with pytest.raises(UniEraseError, match="ValueConfig: lr must be positive"):
         ValueConfig(lr=0)
     EditConfig(), ValueConfig()  # the defaults are valid
+
+
+@pytest.mark.parametrize("rotation", [False, True])
+def test_group_value_rotation_runs_every_question_in_turn_instead_of_fixed_steering_ones(monkeypatch, rotation):
+    import unierase.edit.editor as editor
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok) + 1)
+    token_id = add_unlearning_token(model, tok)
+    adapter = find_mlp_output(model)
+    stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=3000, progress=False)
+    requests = [ForgetRequest(q, subject="Elena Marsh") for q in
+                ("Where was Elena Marsh born?", "What did Elena Marsh write?", "Who taught Elena Marsh?")]
+    config = EditConfig(layers=[1, 2], key_position="subject", max_passes=1, neutral_key_weight=0.0,
+                        group_value_questions=1, group_value_rotation=rotation,
+                        entity_values=ValueConfig(steps=2, lr=0.5, continuation_weight=0.0))
+    seen = []
+    real = editor.compute_target_values
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("optimise"), kwargs.get("minibatch")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(editor, "compute_target_values", spy)
+    editor.run_edit_passes(model, tok, adapter, requests, token_id, config,
+                           PreservedKeys.from_statistics(stats, config.layers, config, EditState()), progress=False,
+                           groups=[0, 0, 0])
+    assert seen == ([(None, 1)] if rotation else [([False, False, True], None)]), seen  # the shortest steers

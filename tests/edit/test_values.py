@@ -363,6 +363,22 @@ def test_a_request_not_optimised_receives_its_groups_delta():
     move = z - h0
     torch.testing.assert_close(move[:, 1], move[:, 0])
     assert report.steps_per_request == [3, 0, 3] and report.initial_nll[1] is None and not report.converged[1]
+    _, h0_all, _ = compute_target_values(model, adapter, 1, prompts, 3, 7, tok.pad_token_id, config, progress=False,
+                                         groups=[0, 0, 0])
+    torch.testing.assert_close(h0, h0_all)  # a rider's value, from a pass that stops at the edited layer
     with pytest.raises(ValueError, match="at least one optimised"):
         compute_target_values(model, adapter, 1, prompts, 3, 7, tok.pad_token_id, config, progress=False,
                               groups=[0, 1, 1], optimise=[False, True, True])
+
+
+def test_a_minibatch_takes_a_groups_questions_in_turn_and_the_group_leaves_once_each_met_the_target():
+    from unierase.edit.values import ValueConfig, compute_target_values
+
+    tok, model, adapter, prompts = _three_requests()
+    config = ValueConfig(steps=5, lr=0.5, stop_loss=1e9, continuation_weight=0.0)  # every run meets the target
+    z, h0, report = compute_target_values(model, adapter, 1, prompts, 3, 7, tok.pad_token_id, config, progress=False,
+                                          groups=[0, 0, 0], minibatch=1)
+    assert report.steps == 3 and report.steps_per_request == [1, 2, 3]  # one question per step, each once
+    assert all(x is not None for x in report.initial_nll) and all(report.converged)
+    move = z - h0
+    torch.testing.assert_close(move[:, 0], move[:, 2])

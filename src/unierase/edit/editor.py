@@ -88,6 +88,9 @@ class EditConfig:
     group_value_questions: int | None = 8
     """An entity group's shared δ is optimised on at most this many of its pending questions, spread
     from the shortest to the longest; the others only receive it (None = all)."""
+    group_value_rotation: bool = False
+    """Each value step takes ``group_value_questions`` of the group's pending questions in turn, so
+    the shared δ is fitted to all of them at the per-step cost of a few (fewer left for another pass)."""
     values: ValueConfig = field(default_factory=ValueConfig)
     """Target values of requests with their own target (fact scope)."""
     entity_values: ValueConfig = field(default_factory=ValueConfig)
@@ -238,7 +241,8 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                 keep_targets=[converged[i] for i in pending],
                                 plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
                                 optimise=_steering([requests[i] for i in pending], [groups[i] for i in pending],
-                                                   config.group_value_questions) if groups else None)
+                                                   config.group_value_questions)
+                                if groups and not config.group_value_rotation else None)
         key_tokens = key_tokens or report.key_tokens
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
@@ -318,7 +322,8 @@ def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_reque
             continuations=pick(continuations), start_targets=pick(start_targets),
             plain_group=plain_group.subset(part) if plain_group is not None and len(part) < num_requests else plain_group,
             keep_targets=pick(keep_targets), groups=compact_groups(pick(groups)) if groups else None,
-            optimise=pick(optimise))
+            optimise=pick(optimise),
+            minibatch=config.group_value_questions if config.group_value_rotation and groups else None)
         if targets is None:
             targets = torch.zeros(z.shape[0], num_requests, dtype=z.dtype)
         targets[:, part] = z
@@ -407,7 +412,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
         update_norms[layer] = round(float(delta.norm()), 4)
     timings["solve"] = time.perf_counter() - started
     started = time.perf_counter()
-    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad, config.values, continuations)
+    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad,
+                               [config.entity_values if s else config.values for s in shared], continuations)
     final = after.values()
     timings["check"] = time.perf_counter() - started
     left = float(((targets - final).norm(dim=0) / (targets - initial).norm(dim=0).clamp(min=1e-12)).mean())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from typing import Callable
 from dataclasses import asdict, dataclass
 
@@ -270,22 +271,32 @@ def _restrict(groups: list[PromptGroup], prompts: list[EditPrompt], requests: se
             if (rows := [i for i, m in enumerate(g.members.tolist()) if prompts[m].request_index in requests])]
 
 
-def _tails(prompts: list[EditPrompt], plain: list[int], target_id: int, config: ValueConfig,
+def _tails(prompts: list[EditPrompt], plain: list[int], target_id: int, config: ValueConfig | list[ValueConfig],
            continuations: list[list[int]] | None) -> list[list[int]] | None:
     """The teacher-forced target of each plain prompt (target token + scored continuation), or
-    ``None`` when only the first token is scored."""
-    if not continuations or config.continuation_weight <= 0 or config.continuation_tokens == 0:
+    ``None`` when only the first token is scored. ``config``: one for all, or one per request."""
+
+    def scored(c: ValueConfig) -> int:  # continuation tokens scored under c (None: all)
+        return 0 if not continuations or c.continuation_weight <= 0 or c.continuation_tokens == 0 else c.continuation_tokens
+
+    per_request = config if isinstance(config, list) else None
+    counts = [scored(per_request[prompts[i].request_index] if per_request else config) for i in plain]
+    if all(n == 0 for n in counts):
         return None
-    return [[target_id] + list(continuations[prompts[i].request_index])[:config.continuation_tokens] for i in plain]
+    return [[target_id] + (list(continuations[prompts[i].request_index])[:n] if n != 0 else [])
+            for i, n in zip(plain, counts)]
 
 
 def plain_prompt_group(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], target_id: int,
-                       pad_id: int, config: ValueConfig, continuations: list[list[int]] | None = None) -> PromptGroup:
+                       pad_id: int, config: ValueConfig | list[ValueConfig],
+                       continuations: list[list[int]] | None = None) -> PromptGroup:
     """The plain prompts as the value optimisation runs them, after one pass without δ.
 
     After an edit pass it answers whether each request's greedy first token is the target yet
     (``first_tokens``) and where its value stands (``values``); the next pass's value optimisation
     then starts from it (``compute_target_values(plain_group=…)``) instead of running them again.
+    ``config`` (one per request where requests use different value settings) says which
+    continuation each row scores, as that optimisation will.
     """
     device = model.get_input_embeddings().weight.device
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
@@ -300,7 +311,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                           plain_group: PromptGroup | None = None,
                           keep_targets: list[bool] | None = None,
                           groups: list[int] | None = None,
-                          optimise: list[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          optimise: list[bool] | None = None,
+                          minibatch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
     ``continuations[r]`` = token ids that should follow the target token for request r, scored on
@@ -317,7 +329,11 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     is kept only when all of them are. ``None`` = one δ per request. ``optimise[r]`` False: request
     r takes no part in the optimisation of its group's δ (it must share it with one that does) and
     only receives z_r = h₀_r + δ_g: a large group's δ is optimised on a few of its questions.
+    ``minibatch``: each step runs at most this many optimised questions of each group, taken in turn
+    (a group's δ then fits all of its questions' contexts at the cost of a few per step); a group
+    leaves once each of its questions met the target when it was last run.
     """
+    started = time.perf_counter()
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
 
@@ -336,24 +352,32 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
     prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index not in kept | riders]
     tails = _tails(prompts, plain, target_id, config, continuations)
+    active = set(range(num_requests)) - kept - riders
+    req = torch.tensor([p.request_index for p in prompts], device=device)
     if (plain_group is not None and plain_group.base_logits is not None
             and plain_group.inputs == _row_inputs([prompts[i] for i in plain], tails)):
         group = copy.copy(plain_group)
         group.members = torch.tensor(plain, device=device)  # rows in request order → this prompt list
+        others = None
     else:
-        group = PromptGroup(model, plain, prompts, pad_id, device, tails, adapter, z_layer)
+        # the optimised rows run the whole model once (their logits without δ: the KL term's
+        # reference); kept and riding rows need only their value at the key token, below z_layer
+        rows = [j for j, i in enumerate(plain) if prompts[i].request_index in active] or list(range(len(plain)))
+        rest = [j for j in range(len(plain)) if j not in set(rows)]
+        group = PromptGroup(model, [plain[j] for j in rows], prompts, pad_id, device,
+                            [tails[j] for j in rows] if tails else None, adapter, z_layer)
+        others = (PromptGroup(model, [plain[j] for j in rest], prompts, pad_id, device, None, adapter, z_layer,
+                              base_logits=False, replay=group.replay) if rest else None)
     groups = [group]
     if prefixed:
         groups.append(PromptGroup(model, prefixed, prompts, pad_id, device, None, adapter, z_layer, base_logits=False,
                                   replay=group.replay))
-    active = set(range(num_requests)) - kept - riders
-    req = torch.tensor([p.request_index for p in prompts], device=device)
-    plain_req = req[groups[0].members]
-    base_logits, block_out = groups[0].base_logits, groups[0].block_out
+    base_logits, block_out = group.base_logits, group.block_out
     h0 = torch.zeros(num_requests, block_out.shape[-1], device=device)
-    h0[plain_req] = block_out[:, 0].float().to(device)  # value at the key token of the plain prompt
+    for g in (group, others) if others is not None else (group,):  # value at the key token of the plain prompt
+        h0[req[g.members]] = g.block_out[:, 0].float().to(device)
     init_kl_logp = torch.zeros(num_requests, base_logits.shape[-1], device=device)
-    init_kl_logp[plain_req] = torch.log_softmax(base_logits[:, groups[0].column[0]].float(), dim=-1)
+    init_kl_logp[req[group.members]] = torch.log_softmax(base_logits[:, group.column[0]].float(), dim=-1)
     h0_norm = h0.norm(dim=-1)
     num_groups = max(group_of) + 1 if group_of else 0
     gidx = torch.tensor(group_of, dtype=torch.long, device=device)
@@ -363,7 +387,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     for g in groups:
         g.base_logits = None
     del base_logits
-    if kept or riders:  # their plain rows leave too (the prefixed group never had them)
+    if (kept or riders) and others is None:  # their plain rows leave too (the prefixed group never had them)
         groups = _restrict(groups, prompts, active)
 
     delta = torch.zeros(num_groups, h0.shape[-1], device=device)
@@ -374,6 +398,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     for g, moves in starts.items():  # a shared δ starts at its requests' mean move
         move = torch.stack(moves).mean(0)
         delta[g] = move * min(1.0, float(config.clamp_factor * g_norm[g] / move.norm().clamp(min=1e-12)))
+    log.debug("target values: %d requests (%d optimised, %d groups), set up in %.2f s", num_requests, len(active),
+              num_groups, time.perf_counter() - started)
     delta.requires_grad_(True)
     optimiser = torch.optim.Adam([delta], lr=config.lr)
     weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(num_requests)], device=device)
@@ -386,7 +412,9 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         return hidden.index_put((rows, key_col), delta[gidx[current["req"]]].to(device=at, dtype=hidden.dtype),
                                 accumulate=True)
 
-    initial = None
+    initial = torch.full((num_requests,), float("nan"), device=device)  # at each request's first evaluation
+    evaluated = torch.zeros(num_requests, dtype=torch.bool, device=device)
+    turn = {g: 0 for g in steering}  # where each group's minibatch goes on
     per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
     cont_request = torch.zeros(num_requests, device=device)
     ban_request = torch.zeros(num_requests, device=device)  # −log p(refusal start | target banned)
@@ -401,14 +429,25 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
             nll = torch.zeros((), device=device)
             measured = torch.zeros(num_requests, device=device)
             kl = torch.zeros((), device=device)
-            for g in groups:
+            if minibatch:
+                chosen = set()
+                for grp, ms in steering.items():
+                    ms = [m for m in ms if m in active]
+                    if len(ms) > minibatch:
+                        ms = [ms[(turn[grp] + k) % len(ms)] for k in range(minibatch)]
+                        turn[grp] += minibatch
+                    chosen.update(ms)
+                step_groups = _restrict(groups, prompts, chosen)
+            else:
+                chosen, step_groups = active, groups
+            for g in step_groups:
                 current["req"] = req[g.members]
                 logits = g.logits(add_delta)
                 rows_nll = g.target_nll(logits, target_id)
                 w = weights[current["req"]]
                 measured = measured.index_add(0, current["req"], rows_nll.detach() * w)
                 nll = nll + (rows_nll * w).sum()
-                if g is groups[0]:
+                if g is step_groups[0]:
                     cur_kl_logp = torch.log_softmax(logits[:, g.column[0]].float(), dim=-1)
                     kl = torch.nn.functional.kl_div(init_kl_logp[current["req"]], cur_kl_logp, log_target=True, reduction="sum")
                     if g.tail is not None:
@@ -421,12 +460,14 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                             banned = g.banned_nll(logits, target_id)
                             ban_request = ban_request.index_copy(0, current["req"], banned.detach())
                             nll = nll + config.banned_weight * (banned * w).sum()
-            rows = sorted(active)
+            rows = sorted(chosen)
             per_request[rows] = measured[rows]
+            first = [r for r in rows if not evaluated[r]]
+            initial[first] = measured[first]
+            evaluated[rows] = True
             for r in rows:
                 steps_taken[r] = step + 1
-            if initial is None:
-                initial = per_request.clone()
+            rows = sorted(r for r in active if evaluated[r])  # each as last measured
             # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
             # the remaining steps only pay for the requests still moving.
             met = {r for r in rows if per_request[r] < config.stop_loss
@@ -434,6 +475,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                    and (not (scored and config.banned_weight) or ban_request[r] < config.banned_stop)
                    and (not (scored and config.greedy_continuation) or bool(greedy_request[r]))}
             done = {r for r in rows if all(m in met or m in reached for m in steering[group_of[r]])}
+            log.debug("value step %d: %d active, −log p(target) max %.3f, continuation max %.3f, %d reached",
+                      step + 1, len(rows), per_request[rows].max().item(), cont_request[rows].max().item(), len(done))
             reached |= done
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
@@ -461,10 +504,11 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                             active=len(active), refresh=False)
             bar.update()
     bar.close()
+    log.debug("target values: %d steps, %.2f s in all", step + 1, time.perf_counter() - started)
 
     def reported(values: torch.Tensor | None) -> list[float | None]:  # None: a kept target, not evaluated
         values = per_request if values is None else values
-        return [None if r in kept or r in riders else round(x, 4) for r, x in enumerate(values.tolist())]
+        return [None if r in kept or r in riders or not evaluated[r] else round(x, 4) for r, x in enumerate(values.tolist())]
 
     report = ValueReport(
         steps=step + 1,
