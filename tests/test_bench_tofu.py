@@ -68,6 +68,8 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     assert [r["round"] for r in figures["sequential"]["curves"]["unierase"]] == [1, 2]
     saved = json.loads((results / "bench.json").read_text())
     assert {"setting", "models", "methods", "eval", "bars", "commit", "machine"} <= set(saved)
+    raw = (results / "bench.json").read_text()
+    assert str((tmp_path / "work").resolve()) not in raw and '"<work>/models/' in raw  # no machine's paths
     for bar in saved["bars"].values():
         assert {"holds", "value", "threshold"} <= set(bar)
     assert (results / "REPORT.md").read_text().startswith("# TOFU side by side")
