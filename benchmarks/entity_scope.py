@@ -12,18 +12,37 @@ authors' QA as retain data), the edit's time over the fastest of them.
 
     python benchmarks/entity_scope.py [--scope auto] [--work DIR] [--results FILE]
 
-Finished steps are cached under ``--work`` (default ``<cache>/entity_scope``); a re-run reuses them.
+Finished steps are cached under ``--work`` (default ``<cache>/entity_scope``), keyed on the target and on
+UniErase's defaults and edit source; a re-run reuses them.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import subprocess
 import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "entity_scope.json"
+
+
+def _target_key(model_dir: str) -> str:
+    """Which target the steps ran on: its weight files' names, sizes and times (a re-fine-tuned target
+    at the same path is a new key)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:8]
+
+
+def _shown(path: str) -> str:
+    """``path`` as the results file shows it: inside the cache as ``<cache>/…``, not this machine's path."""
+    from unierase.storage import default_cache_dir
+
+    root = str(default_cache_dir().resolve())
+    return path.replace(root, "<cache>") if str(Path(path).resolve()).startswith(root) else path
 
 
 def _cached(path: Path, compute):
@@ -72,16 +91,38 @@ def main() -> None:
             .splitlines() if x.strip()]
     paraphrases = [r["paraphrased_question"] for r in rows]
     retain = load_tofu("retain_perturbed", args.data_dir)
-    tag = f"{args.scope}"
+    from bench_tofu import unierase_defaults_key  # the sibling script: UniErase's defaults and edit source
+
+    # every cached step is keyed on what it depends on: the target, and for UniErase's steps its defaults
+    target_key = _target_key(args.target)
+    tag = f"{args.scope}-{unierase_defaults_key(args.target)}-{target_key}"
     out = work / f"erased-{tag}"
+    if (work / f"edit-{tag}.json").is_file() and not out.is_dir():
+        (work / f"edit-{tag}.json").unlink()  # the model it made is gone (a later key's run replaced it): edit again
+
+    def pass_detail(manifest_path: Path) -> list[dict]:
+        """Per edit pass: requests, reached, seconds per part, value steps, and the range of −log p(token)
+        at the start of its value optimisation over the requests it optimised (where the time goes)."""
+        rounds = json.loads(manifest_path.read_text())["rounds"]
+        rows = []
+        for p in rounds[-1]["passes"]:
+            start = [x for x in p["values"]["initial_nll"] if x is not None]
+            rows.append({"requests": p["requests"], "reached": p["reached"], "timings_s": p["timings_s"],
+                         "value_steps": p["values"]["steps"],
+                         "initial_nll_range": [min(start), max(start)] if start else None})
+        return rows
 
     def erase():
+        for old in work.glob(f"erased-{args.scope}-*"):  # one erased model per scope is kept (each is the model's size)
+            if old != out:
+                shutil.rmtree(old)
         result = unierase.forget([{"question": r.question} for r in forget], out, model=args.target, scope=args.scope,
                                  overwrite=True, progress=False)
         last = result.manifest["rounds"][-1]
         return {"timings_s": last["timings_s"], "peak_memory_mb": last["peak_memory_mb"],
                 "not_reached": len(last["not_reached"]), "passes": [(p["requests"], p["reached"]) for p in last["passes"]],
-                "scope": last["scope"], "key_tokens": last["key_tokens"]}
+                "scope": last["scope"], "key_tokens": last["key_tokens"],
+                "passes_detail": pass_detail(out / "unierase_manifest.json")}
     edit = _cached(work / f"edit-{tag}.json", erase)
 
     from unierase.generation import first_token_ids, generate_answer_ids
@@ -105,8 +146,9 @@ def main() -> None:
             return {"starts_with_token": starts, "texts": texts}
         return compute
 
-    target_m = _cached(work / "measure-target.json", measure(args.target))
-    erased_m = _cached(work / f"measure-{tag}.json", measure(str(out)))
+    texts_key = f"{args.max_new_tokens}x{args.retain_rouge}"
+    target_m = _cached(work / f"measure-target-{target_key}-{texts_key}.json", measure(args.target))
+    erased_m = _cached(work / f"measure-{tag}-{texts_key}.json", measure(str(out)))
     forget_rouge = rouge_recall(erased_m["texts"]["forget"], [r.answer for r in forget]).value
     retain_ref = [r.answer for r in retain[:args.retain_rouge]]
     retain_rouge = rouge_recall(erased_m["texts"]["retain"], retain_ref).value
@@ -126,18 +168,6 @@ def main() -> None:
                     "not_reached": len(result.manifest["rounds"][-1]["not_reached"])}
         timing[n] = _cached(work / f"timing-{tag}-{n}.json", timed)
 
-    def pass_detail(manifest_path: Path) -> list[dict]:
-        """Per edit pass: requests, reached, seconds per part, value steps, and the range of −log p(token)
-        at the start of its value optimisation over the requests it optimised (where the time goes)."""
-        rounds = json.loads(manifest_path.read_text())["rounds"]
-        rows = []
-        for p in rounds[-1]["passes"]:
-            start = [x for x in p["values"]["initial_nll"] if x is not None]
-            rows.append({"requests": p["requests"], "reached": p["reached"], "timings_s": p["timings_s"],
-                         "value_steps": p["values"]["steps"],
-                         "initial_nll_range": [min(start), max(start)] if start else None})
-        return rows
-    edit["passes_detail"] = pass_detail(out / "unierase_manifest.json")
 
     baselines = {}
     for method in args.baselines:  # the unlearning step only (train_s), as the benchmark times it
@@ -147,11 +177,12 @@ def main() -> None:
             m = result.manifest
             return {"train_s": m["timings_s"]["train"], "peak_memory_mb": m["peak_memory_mb"],
                     "lr": args.baseline_lr, "epochs": args.baseline_epochs, "steps": m["train"]["steps"]}
-        baselines[method] = _cached(work / f"baseline-{method}-{args.baseline_lr:g}x{args.baseline_epochs:g}.json", train)
+        baselines[method] = _cached(work / f"baseline-{method}-{args.baseline_lr:g}x{args.baseline_epochs:g}-{target_key}.json",
+                                    train)
     fastest = min(baselines, key=lambda m: baselines[m]["train_s"]) if baselines else None
 
     figures = {
-        "setting": {"target": args.target, "scope": args.scope, "requests": "forget01 questions only (40)",
+        "setting": {"target": _shown(args.target), "scope": args.scope, "requests": "forget01 questions only (40)",
                     "max_new_tokens": args.max_new_tokens, "retain_rouge_questions": args.retain_rouge,
                     "retain_first_token_questions": len(retain)},
         "edit": edit,
