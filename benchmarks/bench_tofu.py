@@ -505,20 +505,20 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
 
     figures["plots"] = _plots(figures, results)
     _write_sweep_record(results / "sweep.json", setting, figures["reference_nll"], figures["methods"], figures["commit"])
-    write_json_atomic(results / "bench.json", portable(figures, work))
+    write_json_atomic(results / "bench.json", portable(figures, work, "<work>"))
     write_text_atomic(results / "REPORT.md", _report(figures))
     return figures
 
 
-def portable(figures, work: Path):
-    """``figures`` with the paths inside the work folder written as ``<work>/…``: the results file
-    says where a model was in the benchmark's cache, not on the machine that ran it."""
-    root = str(Path(work).resolve())
+def portable(figures, folder: Path, label: str):
+    """``figures`` with the paths inside ``folder`` written as ``label/…``: a results file says where a
+    model was in the benchmark's cache, not on the machine that ran it."""
+    root = str(Path(folder).resolve())
     if isinstance(figures, dict):
-        return {k: portable(v, work) for k, v in figures.items()}
+        return {k: portable(v, folder, label) for k, v in figures.items()}
     if isinstance(figures, list):
-        return [portable(v, work) for v in figures]
-    return figures.replace(root, "<work>") if isinstance(figures, str) else figures
+        return [portable(v, folder, label) for v in figures]
+    return figures.replace(root, label) if isinstance(figures, str) else figures
 
 
 def _edit_cache(work: Path) -> Path:

@@ -19,7 +19,6 @@ UniErase's defaults and edit source; a re-run reuses them.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -32,17 +31,10 @@ RESULTS = Path(__file__).parent / "results" / "entity_scope.json"
 def _target_key(model_dir: str) -> str:
     """Which target the steps ran on: its weight files' names, sizes and times (a re-fine-tuned target
     at the same path is a new key)."""
+    from unierase.cache import content_key
+
     files = sorted(Path(model_dir).glob("*.safetensors"))
-    stats = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    return hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:8]
-
-
-def _shown(path: str) -> str:
-    """``path`` as the results file shows it: inside the cache as ``<cache>/…``, not this machine's path."""
-    from unierase.storage import default_cache_dir
-
-    root = str(default_cache_dir().resolve())
-    return path.replace(root, "<cache>") if str(Path(path).resolve()).startswith(root) else path
+    return content_key([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files])[:8]
 
 
 def _cached(path: Path, compute):
@@ -91,7 +83,7 @@ def main() -> None:
             .splitlines() if x.strip()]
     paraphrases = [r["paraphrased_question"] for r in rows]
     retain = load_tofu("retain_perturbed", args.data_dir)
-    from bench_tofu import unierase_defaults_key  # the sibling script: UniErase's defaults and edit source
+    from bench_tofu import portable, unierase_defaults_key  # the sibling script's helpers
 
     # every cached step is keyed on what it depends on: the target, and for UniErase's steps its defaults
     target_key = _target_key(args.target)
@@ -100,12 +92,11 @@ def main() -> None:
     if (work / f"edit-{tag}.json").is_file() and not out.is_dir():
         (work / f"edit-{tag}.json").unlink()  # the model it made is gone (a later key's run replaced it): edit again
 
-    def pass_detail(manifest_path: Path) -> list[dict]:
+    def pass_detail(last_round: dict) -> list[dict]:
         """Per edit pass: requests, reached, seconds per part, value steps, and the range of −log p(token)
         at the start of its value optimisation over the requests it optimised (where the time goes)."""
-        rounds = json.loads(manifest_path.read_text())["rounds"]
         rows = []
-        for p in rounds[-1]["passes"]:
+        for p in last_round["passes"]:
             start = [x for x in p["values"]["initial_nll"] if x is not None]
             rows.append({"requests": p["requests"], "reached": p["reached"], "timings_s": p["timings_s"],
                          "value_steps": p["values"]["steps"],
@@ -122,7 +113,7 @@ def main() -> None:
         return {"timings_s": last["timings_s"], "peak_memory_mb": last["peak_memory_mb"],
                 "not_reached": len(last["not_reached"]), "passes": [(p["requests"], p["reached"]) for p in last["passes"]],
                 "scope": last["scope"], "key_tokens": last["key_tokens"],
-                "passes_detail": pass_detail(out / "unierase_manifest.json")}
+                "passes_detail": pass_detail(last)}
     edit = _cached(work / f"edit-{tag}.json", erase)
 
     from unierase.generation import first_token_ids, generate_answer_ids
@@ -168,7 +159,6 @@ def main() -> None:
                     "not_reached": len(result.manifest["rounds"][-1]["not_reached"])}
         timing[n] = _cached(work / f"timing-{tag}-{n}.json", timed)
 
-
     baselines = {}
     for method in args.baselines:  # the unlearning step only (train_s), as the benchmark times it
         def train(method=method):
@@ -182,7 +172,8 @@ def main() -> None:
     fastest = min(baselines, key=lambda m: baselines[m]["train_s"]) if baselines else None
 
     figures = {
-        "setting": {"target": _shown(args.target), "scope": args.scope, "requests": "forget01 questions only (40)",
+        "setting": {"target": portable(str(Path(args.target).resolve()), default_cache_dir(), "<cache>"),
+                    "scope": args.scope, "requests": "forget01 questions only (40)",
                     "max_new_tokens": args.max_new_tokens, "retain_rouge_questions": args.retain_rouge,
                     "retain_first_token_questions": len(retain)},
         "edit": edit,

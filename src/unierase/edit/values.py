@@ -363,7 +363,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         # the optimised rows run the whole model once (their logits without δ: the KL term's
         # reference); kept and riding rows need only their value at the key token, below z_layer
         rows = [j for j, i in enumerate(plain) if prompts[i].request_index in active] or list(range(len(plain)))
-        rest = [j for j in range(len(plain)) if j not in set(rows)]
+        rest = sorted(set(range(len(plain))) - set(rows))
         group = PromptGroup(model, [plain[j] for j in rows], prompts, pad_id, device,
                             [tails[j] for j in rows] if tails else None, adapter, z_layer)
         others = (PromptGroup(model, [plain[j] for j in rest], prompts, pad_id, device, None, adapter, z_layer,
@@ -412,8 +412,8 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         return hidden.index_put((rows, key_col), delta[gidx[current["req"]]].to(device=at, dtype=hidden.dtype),
                                 accumulate=True)
 
-    initial = torch.full((num_requests,), float("nan"), device=device)  # at each request's first evaluation
-    evaluated = torch.zeros(num_requests, dtype=torch.bool, device=device)
+    initial = torch.full((num_requests,), float("nan"), device=device)  # −log p(target) at each request's first run
+    evaluated: set[int] = set()
     turn = {g: 0 for g in steering}  # where each group's minibatch goes on
     per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
     cont_request = torch.zeros(num_requests, device=device)
@@ -460,14 +460,14 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                             banned = g.banned_nll(logits, target_id)
                             ban_request = ban_request.index_copy(0, current["req"], banned.detach())
                             nll = nll + config.banned_weight * (banned * w).sum()
-            rows = sorted(chosen)
-            per_request[rows] = measured[rows]
-            first = [r for r in rows if not evaluated[r]]
+            ran = sorted(chosen)
+            per_request[ran] = measured[ran]
+            first = [r for r in ran if r not in evaluated]
             initial[first] = measured[first]
-            evaluated[rows] = True
-            for r in rows:
+            evaluated.update(ran)
+            for r in ran:
                 steps_taken[r] = step + 1
-            rows = sorted(r for r in active if evaluated[r])  # each as last measured
+            rows = sorted(active & evaluated)  # a minibatch's stop rule reads each request's last run
             # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
             # the remaining steps only pay for the requests still moving.
             met = {r for r in rows if per_request[r] < config.stop_loss
@@ -475,8 +475,9 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                    and (not (scored and config.banned_weight) or ban_request[r] < config.banned_stop)
                    and (not (scored and config.greedy_continuation) or bool(greedy_request[r]))}
             done = {r for r in rows if all(m in met or m in reached for m in steering[group_of[r]])}
-            log.debug("value step %d: %d active, −log p(target) max %.3f, continuation max %.3f, %d reached",
-                      step + 1, len(rows), per_request[rows].max().item(), cont_request[rows].max().item(), len(done))
+            if log.isEnabledFor(logging.DEBUG):  # the maxima cost a synchronisation: only when logged
+                log.debug("value step %d: %d active, −log p(target) max %.3f, continuation max %.3f, %d reached",
+                          step + 1, len(rows), per_request[rows].max().item(), cont_request[rows].max().item(), len(done))
             reached |= done
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
@@ -508,7 +509,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
 
     def reported(values: torch.Tensor | None) -> list[float | None]:  # None: a kept target, not evaluated
         values = per_request if values is None else values
-        return [None if r in kept or r in riders or not evaluated[r] else round(x, 4) for r, x in enumerate(values.tolist())]
+        return [None if r in kept or r in riders or r not in evaluated else round(x, 4) for r, x in enumerate(values.tolist())]
 
     report = ValueReport(
         steps=step + 1,
