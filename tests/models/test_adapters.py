@@ -59,3 +59,18 @@ def test_tracing_captures_edits_and_stops(tiny_llama):
     with trace(adapter.mlp_output(0), keep_input=True) as low, trace(adapter.mlp_output(3), keep_input=True) as high, stop_after(adapter.mlp_output(0)):
         model(input_ids=ids)
     assert low.input is not None and high.input is None
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_head_at_gives_each_rows_logits_at_its_own_positions(arch, tiny_tokenizer):
+    from unierase.models.tracing import head_at
+
+    model = build_model(arch, len(tiny_tokenizer))
+    ids = torch.tensor([[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]])
+    positions = torch.tensor([[0, 4, 2], [3, 3, 1]])
+    with torch.no_grad():
+        full = model(input_ids=ids).logits
+        with head_at(model.get_output_embeddings(), positions):
+            picked = model(input_ids=ids, logits_to_keep=0).logits
+    assert picked.shape == (2, 3, full.shape[-1])
+    torch.testing.assert_close(picked, full[torch.arange(2)[:, None], positions])

@@ -23,12 +23,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
-from ..models.tracing import edit_output, frozen_parameters, replay_blocks, stop_after, trace
+from ..models.tracing import edit_output, frozen_parameters, head_at, replay_blocks, stop_after, trace
 from ..generation import prefill
 from ..prompts import pad_batch
 from .prompts import EditPrompt
+from .stale_context import StaleContext
 
 log = logging.getLogger(__name__)
+
+KEY, LAST, TAIL = 0, 1, slice(2, None)
+"""Columns of a ``PromptGroup``'s logits: the key token, the last prompt token, the scored continuation."""
 
 
 @dataclass
@@ -61,6 +65,10 @@ class ValueConfig:
     masked out, so that decoding with the token banned starts the refusal, not the fact (0 = off)."""
     banned_stop: float = 0.7
     """With ``banned_weight``: that −log p under which a request counts as converged."""
+    context_refresh: int = 1
+    """The question's words after the key token are recomputed with the current δ every this many
+    steps; the steps in between reuse their states and run only the key token, the prompt's end and
+    the scored continuation (``stale_context``; 1 = every step exact)."""
     greedy_continuation: bool = False
     """A request also converges only once its scored continuation is its greedy one, and after an
     edit pass it counts as reached only once the edited model continues that way (else it gets
@@ -71,6 +79,7 @@ class ValueConfig:
 
         problems = [f"{name} must be {rule} (got {getattr(self, name)!r})" for name, rule, ok in (
             ("steps", "at least 1", self.steps >= 1),
+            ("context_refresh", "at least 1", self.context_refresh >= 1),
             ("lr", "positive", self.lr > 0),
             ("clamp_factor", "positive", self.clamp_factor > 0),
             ("kl_weight", "≥ 0", self.kl_weight >= 0),
@@ -139,29 +148,36 @@ class PromptGroup:
         self.cache = out.cache
         self.mask = torch.cat([pre_mask, suf_mask], dim=1)
         self.pos = pre_mask.sum(-1, keepdim=True) + torch.arange(self.suf.shape[1], device=device)
-        needed = {0, *self.last.tolist()}
+        # the logits a step reads, per row: the key token (the KL term), the last prompt token, and the
+        # teacher-forced tail when there is one (position last+j predicts tails[row][j]; j = 0 is the
+        # target token itself); padded tail columns repeat the last prompt token with weight 0
+        width = max(len(t) for t in tails) - 1 if tails else 0
+        positions = torch.cat([torch.zeros(len(chosen), 1, dtype=torch.long), self.last.cpu()[:, None].repeat(1, 1 + width)], 1)
         self.tail = None
-        if tails:  # position last+j predicts tails[row][j]; j = 0 is the target token itself
-            width = max(len(t) for t in tails) - 1
-            self.tail = (torch.zeros(len(chosen), width, dtype=torch.long), torch.zeros(len(chosen), width, dtype=torch.long),
-                         torch.zeros(len(chosen), width))
+        if tails:
+            self.tail = (torch.zeros(len(chosen), width, dtype=torch.long), torch.zeros(len(chosen), width))
             for row, t in enumerate(tails):
                 n = len(t) - 1
                 if n == 0:  # the target token alone: no continuation scored on this row
                     continue
-                self.tail[0][row, :n] = self.last[row].item() + 1 + torch.arange(n)
-                self.tail[1][row, :n] = torch.tensor(t[1:])
-                self.tail[2][row, :n] = 1.0 / n
-                needed.update(self.tail[0][row, :n].tolist())
-        self.keep = torch.tensor(sorted(needed), device=device)
-        column = torch.full((self.suf.shape[1],), -1, dtype=torch.long)
-        column[self.keep.cpu()] = torch.arange(len(self.keep))
-        self.column = column.to(device)  # suffix position → column of the kept logits
-        if self.tail is not None:
+                positions[row, 2: 2 + n] = self.last[row].item() + 1 + torch.arange(n)
+                self.tail[0][row, :n] = torch.tensor(t[1:])
+                self.tail[1][row, :n] = 1.0 / n
             self.tail = tuple(t.to(device) for t in self.tail)
-        self.replay, self.block_out, self.base_logits = False, None, None
+        self.positions = positions.to(device)
+        """Suffix position of each logits column a step returns: ``KEY``, ``LAST``, then the tail."""
+        self.middle = [max(0, p.question_span[1] - p.key_index - 1) for p in chosen]
+        """Per row: the question's words after the key token (``stale_context``)."""
+        self.replay, self.block_out, self.base_logits, self.stale = False, None, None, None
         if adapter is not None:
             self._record_block_output(base_logits, replay)
+
+    def use_stale_context(self) -> bool:
+        """Set up cheaper steps with the question's words stale (``stale_context``); False where it
+        cannot serve (no words after the key token, or block outputs not replayed)."""
+        if self.stale is None and self.replay and self.block_out is not None and max(self.middle, default=0) > 0:
+            self.stale = StaleContext(self, self.middle)
+        return self.stale is not None
 
     @torch.no_grad()
     def _record_block_output(self, base_logits: bool, replay: bool | None) -> None:
@@ -200,7 +216,8 @@ class PromptGroup:
         row-selected, not recomputed, when requests leave the optimisation."""
         idx = torch.tensor(rows, device=self.device)
         sub = copy.copy(self)
-        sub.members, sub.suf, sub.last, sub.mask, sub.pos = (t[idx] for t in (self.members, self.suf, self.last, self.mask, self.pos))
+        sub.members, sub.suf, sub.last, sub.mask, sub.pos, sub.positions = (
+            t[idx] for t in (self.members, self.suf, self.last, self.mask, self.pos, self.positions))
         sub.cache = copy.deepcopy(self.cache)
         sub.cache.batch_select_indices(idx)
         if self.tail is not None:
@@ -209,21 +226,28 @@ class PromptGroup:
             sub.block_out = self.block_out[idx]
         if self.base_logits is not None:
             sub.base_logits = self.base_logits[idx]
+        if self.stale is not None:
+            sub.stale = self.stale.subset(idx)
         sub.inputs = [self.inputs[r] for r in rows]
+        sub.middle = [self.middle[r] for r in rows]
         return sub
 
     def first_tokens(self) -> list[int]:
         """Each row's greedy next token after its prompt, without δ."""
-        rows = torch.arange(len(self.members), device=self.device)
-        return self.base_logits[rows, self.column[self.last]].argmax(-1).tolist()
+        return self.base_logits[:, LAST].argmax(-1).tolist()
 
     def values(self) -> torch.Tensor:
         """Block ``z_layer``'s output at each row's key token, without δ (d × rows, fp32, CPU)."""
         return self.block_out[:, 0].float().cpu().T
 
-    def logits(self, edit: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """Logits at the kept positions, with block ``z_layer``'s output passed through ``edit``."""
+    def logits(self, edit: Callable[[torch.Tensor], torch.Tensor] | None = None, *, stale: bool = False) -> torch.Tensor:
+        """Logits at the kept positions, with block ``z_layer``'s output passed through ``edit``.
+        With stale context set up (``use_stale_context``): ``stale`` runs the cheap step, else this
+        exact step refreshes the words' states it uses."""
+        if self.stale is not None and stale and self.stale.states is not None and edit is not None:
+            return self.stale.logits(self, edit)
         cache = copy.deepcopy(self.cache)  # each step extends its own copy of the shared prefix
+        prefix_len = cache.get_seq_length()
         if edit is None:
             context = contextlib.nullcontext()
         elif self.replay:
@@ -231,21 +255,39 @@ class PromptGroup:
                                     tuple_output=self.tuple_output)
         else:
             context = edit_output(self.adapter.block(self.z_layer), edit)
-        with context:
-            return self.model(input_ids=self.suf, attention_mask=self.mask, position_ids=self.pos, cache=cache,
-                              use_cache=True, logits_to_keep=self.keep).logits.to(self.device)
+        with context, head_at(self.model.get_output_embeddings(), self.positions):
+            logits = self.model(input_ids=self.suf, attention_mask=self.mask, position_ids=self.pos, cache=cache,
+                                use_cache=True, logits_to_keep=0).logits.to(self.device)
+        if self.stale is not None and edit is not None:
+            self.stale.refresh(cache, prefix_len, self.z_layer)
+            if not self.stale.verified:
+                self._verify_stale_context(edit, logits.detach())
+        return logits
+
+    def _verify_stale_context(self, edit, exact: torch.Tensor) -> None:
+        """Right after a refresh the cheap step must give the exact step's logits; on a model where it
+        does not (a cache or mask it does not know), the steps stay exact."""
+        try:
+            with torch.no_grad():
+                ok = bool(torch.allclose(self.stale.logits(self, edit), exact, atol=1e-3, rtol=1e-3))
+        except Exception as error:
+            log.debug("stale context failed: %s", error)
+            ok = False
+        if ok:
+            self.stale.verified = True
+        else:
+            log.warning("steps with the question's words stale did not reproduce the model's logits; running exact steps")
+            self.stale = None
 
     def target_nll(self, logits: torch.Tensor, target_id: int) -> torch.Tensor:
-        rows = torch.arange(len(self.members), device=self.device)
-        return -torch.log_softmax(logits[rows, self.column[self.last]].float(), dim=-1)[:, target_id]
+        return -torch.log_softmax(logits[:, LAST].float(), dim=-1)[:, target_id]
 
     def banned_nll(self, logits: torch.Tensor, target_id: int) -> torch.Tensor:
         """−log p(each row's first continuation token) at its last prompt position, the target token
         masked out: what a decode with the target banned would start with (needs a tail)."""
-        rows = torch.arange(len(self.members), device=self.device)
-        last = logits[rows, self.column[self.last]].float()
+        last = logits[:, LAST].float()
         masked = last.index_fill(-1, torch.tensor([target_id], device=last.device), float("-inf"))
-        return -torch.log_softmax(masked, dim=-1).gather(-1, self.tail[1][:, :1])[:, 0]
+        return -torch.log_softmax(masked, dim=-1).gather(-1, self.tail[0][:, :1])[:, 0]
 
     def tail_greedy(self, logits: torch.Tensor | None = None) -> torch.Tensor:
         """Per row: whether every scored continuation token is the greedy next token (teacher forced;
@@ -253,15 +295,13 @@ class PromptGroup:
         logits = self.base_logits if logits is None else logits
         if self.tail is None:
             return torch.ones(len(self.members), dtype=torch.bool, device=self.device)
-        positions, ids, weight = self.tail
-        rows = torch.arange(len(self.members), device=self.device)[:, None]
-        chosen = logits[rows, self.column[positions]].argmax(-1)
+        ids, weight = self.tail
+        chosen = logits[:, TAIL].argmax(-1)
         return ((chosen == ids) | (weight == 0)).all(-1)
 
     def tail_nll(self, logits: torch.Tensor) -> torch.Tensor:
-        positions, ids, weight = self.tail
-        rows = torch.arange(len(self.members), device=self.device)[:, None]
-        logp = torch.log_softmax(logits[rows, self.column[positions]].float(), dim=-1)
+        ids, weight = self.tail
+        logp = torch.log_softmax(logits[:, TAIL].float(), dim=-1)
         return -(logp.gather(-1, ids[..., None])[..., 0] * weight).sum(-1)
 
 
@@ -377,7 +417,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     for g in (group, others) if others is not None else (group,):  # value at the key token of the plain prompt
         h0[req[g.members]] = g.block_out[:, 0].float().to(device)
     init_kl_logp = torch.zeros(num_requests, base_logits.shape[-1], device=device)
-    init_kl_logp[req[group.members]] = torch.log_softmax(base_logits[:, group.column[0]].float(), dim=-1)
+    init_kl_logp[req[group.members]] = torch.log_softmax(base_logits[:, KEY].float(), dim=-1)
     h0_norm = h0.norm(dim=-1)
     num_groups = max(group_of) + 1 if group_of else 0
     gidx = torch.tensor(group_of, dtype=torch.long, device=device)
@@ -442,13 +482,16 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                 chosen, step_groups = active, groups
             for g in step_groups:
                 current["req"] = req[g.members]
-                logits = g.logits(add_delta)
+                # stale context only where the same rows ran the last refresh (not with a minibatch)
+                cheap = (config.context_refresh > 1 and not minibatch and g.use_stale_context()
+                         and step % config.context_refresh != 0)
+                logits = g.logits(add_delta, stale=cheap)
                 rows_nll = g.target_nll(logits, target_id)
                 w = weights[current["req"]]
                 measured = measured.index_add(0, current["req"], rows_nll.detach() * w)
                 nll = nll + (rows_nll * w).sum()
                 if g is step_groups[0]:
-                    cur_kl_logp = torch.log_softmax(logits[:, g.column[0]].float(), dim=-1)
+                    cur_kl_logp = torch.log_softmax(logits[:, KEY].float(), dim=-1)
                     kl = torch.nn.functional.kl_div(init_kl_logp[current["req"]], cur_kl_logp, log_target=True, reduction="sum")
                     if g.tail is not None:
                         tail = g.tail_nll(logits)

@@ -54,6 +54,23 @@ def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -
         handle.remove()
 
 
+@contextlib.contextmanager
+def head_at(head: nn.Module, positions: torch.Tensor) -> Iterator[None]:
+    """Run the output layer ``head`` only at ``positions[r]`` (a row of columns) of each row r: the
+    model's logits come out rows × columns. Call the model with every position kept
+    (``logits_to_keep=0``); the head then costs what the positions need, not their union over rows."""
+    rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+
+    def hook(_module, args):
+        return (args[0][rows, positions.to(args[0].device)],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class StopForward(Exception):
     """Raised by ``stop_after`` to skip the layers above the last one whose activations are needed."""
 
