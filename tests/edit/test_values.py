@@ -8,7 +8,7 @@ from unierase.edit.values import PromptGroup
 
 
 def test_group_scores_the_target_and_its_continuation_like_a_full_forward():
-    """Prefix cache + suffix + kept logit columns give the same −log p as one plain forward pass."""
+    """Prefix cache + suffix + per-row logit columns give the same −log p as one plain forward pass."""
     tok = build_tokenizer()
     model = build_model("llama", len(tok))
     questions = ["What is the capital of France?", "Who wrote Hamlet?"]

@@ -8,6 +8,9 @@ Optionally the whole answer the token leads into (``[UNL] refusal [UNL] <eos>``)
 the first token with full weight, the continuation with ``continuation_weight``. A δ that only
 maximises p([UNL]) also pushes the tokens after it towards ``[UNL]``/end-of-turn (the refusal
 then degenerates); scoring the continuation keeps δ compatible with the refusal.
+
+Steps between refreshes may leave the question's words after the key token stale
+(``ValueConfig.context_refresh``, ``stale_context``): they then cost about half.
 """
 
 from __future__ import annotations
@@ -129,8 +132,9 @@ def _row_inputs(chosen: list[EditPrompt], tails: list[list[int]] | None) -> list
 class PromptGroup:
     """Prompt variants run together: the key token onwards on top of their cached prefix.
 
-    Only the positions whose logits are needed (the key token for the KL term, the last prompt
-    token, and the teacher-forced tail when there is one) go through the output layer.
+    Only the positions whose logits are needed go through the output layer, each row its own: the
+    key token (the KL term), the last prompt token and the teacher-forced tail when there is one —
+    the columns ``KEY``, ``LAST`` and ``TAIL`` of what ``logits`` returns.
     """
 
     def __init__(self, model, members: list[int], prompts: list[EditPrompt], pad_id: int, device, tails=None,
@@ -241,8 +245,8 @@ class PromptGroup:
         return self.block_out[:, 0].float().cpu().T
 
     def logits(self, edit: Callable[[torch.Tensor], torch.Tensor] | None = None, *, stale: bool = False) -> torch.Tensor:
-        """Logits at the kept positions, with block ``z_layer``'s output passed through ``edit``.
-        With stale context set up (``use_stale_context``): ``stale`` runs the cheap step, else this
+        """Logits (rows × ``KEY``, ``LAST``, ``TAIL`` × vocabulary), with block ``z_layer``'s output
+        passed through ``edit``. With stale context set up (``use_stale_context``): ``stale`` runs the cheap step, else this
         exact step refreshes the words' states it uses."""
         if self.stale is not None and stale and self.stale.states is not None and edit is not None:
             return self.stale.logits(self, edit)
