@@ -95,3 +95,18 @@ def test_context_refresh_must_be_positive():
 
     with pytest.raises(UniEraseError, match="context_refresh"):
         ValueConfig(context_refresh=0)
+
+
+def test_a_group_whose_cheap_step_fails_the_check_stays_exact_without_trying_again(monkeypatch, caplog):
+    from unierase.edit import stale_context
+
+    model, group = _setup()
+    monkeypatch.setattr(stale_context.StaleContext, "logits", lambda self, group, edit: group.base_logits * 0)
+    delta = torch.zeros(2, model.config.hidden_size)
+    with torch.no_grad():
+        for _ in range(3):
+            group.use_stale_context()
+            group.logits(_adding(delta))
+            group.logits(_adding(delta), stale=True)
+    assert group.stale is None and not group.use_stale_context()
+    assert sum("stale" in r.message for r in caplog.records) == 1

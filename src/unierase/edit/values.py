@@ -173,13 +173,15 @@ class PromptGroup:
         self.middle = [max(0, p.question_span[1] - p.key_index - 1) for p in chosen]
         """Per row: the question's words after the key token (``stale_context``)."""
         self.replay, self.block_out, self.base_logits, self.stale = False, None, None, None
+        self.stale_failed = False  # the cheap step did not reproduce the exact one: not tried again
         if adapter is not None:
             self._record_block_output(base_logits, replay)
 
     def use_stale_context(self) -> bool:
         """Set up cheaper steps with the question's words stale (``stale_context``); False where it
         cannot serve (no words after the key token, or block outputs not replayed)."""
-        if self.stale is None and self.replay and self.block_out is not None and max(self.middle, default=0) > 0:
+        if (self.stale is None and not self.stale_failed and self.replay and self.block_out is not None
+                and max(self.middle, default=0) > 0):
             self.stale = StaleContext(self, self.middle)
         return self.stale is not None
 
@@ -281,7 +283,7 @@ class PromptGroup:
             self.stale.verified = True
         else:
             log.warning("steps with the question's words stale did not reproduce the model's logits; running exact steps")
-            self.stale = None
+            self.stale, self.stale_failed = None, True
 
     def target_nll(self, logits: torch.Tensor, target_id: int) -> torch.Tensor:
         return -torch.log_softmax(logits[:, LAST].float(), dim=-1)[:, target_id]
