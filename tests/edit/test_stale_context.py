@@ -67,7 +67,7 @@ def test_a_question_without_words_after_its_key_runs_exact_steps():
 
 
 def test_values_with_cheap_steps_move_the_target_as_exact_steps_do(monkeypatch):
-    """``context_refresh`` 3 on a tiny model: two of every three steps are cheap, and −log p(target)
+    """``context_refresh`` 3 on a tiny model: every step after the first is cheap, and −log p(target)
     falls about as far as with exact steps."""
     from unierase.edit import stale_context
     from unierase.edit.prompts import build_edit_prompts
@@ -86,7 +86,7 @@ def test_values_with_cheap_steps_move_the_target_as_exact_steps_do(monkeypatch):
         final[refresh] = sum(report.final_nll) / 2
         initial = sum(report.initial_nll) / 2
         assert final[refresh] < initial - 0.5, (refresh, report)
-    assert len(cheap_steps) >= 6  # steps 1, 2, 4, 5, 7, 8 (+ the one check after the first refresh)
+    assert len(cheap_steps) >= 8  # every step after the first (+ the one check after it)
     assert abs(final[3] - final[1]) < 0.25 * (initial - final[1]), final
 
 
@@ -110,3 +110,19 @@ def test_a_group_whose_cheap_step_fails_the_check_stays_exact_without_trying_aga
             group.logits(_adding(delta), stale=True)
     assert group.stale is None and not group.use_stale_context()
     assert sum("stale" in r.message for r in caplog.records) == 1
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_refreshing_the_words_alone_gives_the_exact_step(arch):
+    """``refresh_words`` (the key token and the words only, no gradient) leaves the words' states an
+    exact step at the same δ would: a cheap step right after it gives the exact logits."""
+    model, group = _setup(arch)
+    group.use_stale_context()
+    torch.manual_seed(2)
+    old, new = torch.randn(2, model.config.hidden_size), torch.randn(2, model.config.hidden_size)
+    with torch.no_grad():
+        group.logits(_adding(old))  # the first exact step: states at `old`, the cheap step checked
+        group.stale.refresh_words(group, _adding(new))
+        cheap = group.logits(_adding(new), stale=True)
+        exact = PromptGroup.logits(group, _adding(new))
+    torch.testing.assert_close(cheap, exact, atol=1e-4, rtol=1e-4)

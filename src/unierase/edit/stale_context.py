@@ -2,15 +2,18 @@
 
 δ enters at the key token; the answer's first token (and the scored refusal after it) reads it
 directly, by attending to the key token, and indirectly, through the question's words between
-the key token and the prompt's end, which attend to it too. A step that recomputes only the key
-token, the prompt's end (the chat template's closing tokens) and the scored continuation — the
-words in between standing in with their key/value states from the last full step — costs about
-the share of those positions (for a TOFU question: 14 of 33). The words' states lag δ by at most
-``ValueConfig.context_refresh`` − 1 steps; every refresh step is an exact one.
+the key token and the prompt's end, which attend to it too. A cheap step runs only the key token,
+the prompt's end (the chat template's closing tokens) and the scored continuation — for a TOFU
+question 15 of 33 positions — with the words standing in as their key/value states from the last
+refresh, which recomputes them at the current δ (the key token and the words only, no gradient).
+The words lag δ by at most ``ValueConfig.context_refresh`` − 1 steps, and δ's gradient takes the
+direct path only.
 
-Layout of a step (per row; right padding masked): the cached prefix, then the key token run alone
-(its states above the edited layer carry δ and its gradient), then the words' states from the last
-refresh, then the prompt's end and the continuation, which attend to all of it in order.
+Layout of a cheap step (per row; padding masked): the cached prefix, the words' states, then the
+key token, the prompt's end and the continuation as one forward. The key token comes before the
+words in the prompt, so it must not see them: the mask is additive and 4-D, not causal in cache
+order. Right after a refresh a cheap step gives the exact step's logits; ``PromptGroup`` checks that
+once per group and runs exact steps where it does not hold.
 """
 
 from __future__ import annotations
@@ -56,6 +59,19 @@ class StaleContext:
         self.states = [(layer.keys[:, :, prefix_len + 1: prefix_len + 1 + width].detach(),
                         layer.values[:, :, prefix_len + 1: prefix_len + 1 + width].detach())
                        for layer in cache.layers[z_layer + 1:]]
+
+    @torch.no_grad()
+    def refresh_words(self, group, edit) -> None:
+        """Recompute the words' states at the current δ: the key token and the words only, without a
+        gradient (the words come before the rest of the prompt, so they need nothing after them)."""
+        cache = copy.deepcopy(group.cache)
+        prefix_len = cache.get_seq_length()
+        n = 1 + self.middle_mask.shape[1]
+        block_out = edit(group.block_out[:, :n])
+        with replay_blocks(group.adapter.blocks, group.z_layer, lambda: block_out, tuple_output=group.tuple_output):
+            group.model(input_ids=group.suf[:, :n], attention_mask=group.mask[:, :prefix_len + n],
+                        position_ids=group.pos[:, :n], cache=cache, use_cache=True, logits_to_keep=1)
+        self.refresh(cache, prefix_len, group.z_layer)
 
     def logits(self, group, edit) -> torch.Tensor:
         """The group's logits in ``PromptGroup.logits``' layout, the question's words stale.

@@ -9,7 +9,7 @@ the first token with full weight, the continuation with ``continuation_weight``.
 maximises p([UNL]) also pushes the tokens after it towards ``[UNL]``/end-of-turn (the refusal
 then degenerates); scoring the continuation keeps δ compatible with the refusal.
 
-Steps between refreshes may leave the question's words after the key token stale
+Steps may leave the question's words after the key token stale, recomputed every few steps
 (``ValueConfig.context_refresh``, ``stale_context``): they then cost about half.
 """
 
@@ -69,9 +69,9 @@ class ValueConfig:
     banned_stop: float = 0.7
     """With ``banned_weight``: that −log p under which a request counts as converged."""
     context_refresh: int = 1
-    """The question's words after the key token are recomputed with the current δ every this many
-    steps; the steps in between reuse their states and run only the key token, the prompt's end and
-    the scored continuation (``stale_context``; 1 = every step exact)."""
+    """> 1: after a first exact step, steps run only the key token, the prompt's end and the scored
+    continuation, the question's words after the key token recomputed at the current δ every this
+    many steps (``stale_context``); 1 = every step exact."""
     greedy_continuation: bool = False
     """A request also converges only once its scored continuation is its greedy one, and after an
     edit pass it counts as reached only once the edited model continues that way (else it gets
@@ -488,9 +488,12 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                 chosen, step_groups = active, groups
             for g in step_groups:
                 current["req"] = req[g.members]
-                # stale context only where the same rows ran the last refresh (not with a minibatch)
+                # stale context once a group's first exact step checked it (not with a minibatch,
+                # whose rows change each step)
                 cheap = (config.context_refresh > 1 and not minibatch and g.use_stale_context()
-                         and step % config.context_refresh != 0)
+                         and g.stale.verified)
+                if cheap and step % config.context_refresh == 0:
+                    g.stale.refresh_words(g, add_delta)
                 logits = g.logits(add_delta, stale=cheap)
                 rows_nll = g.target_nll(logits, target_id)
                 w = weights[current["req"]]
