@@ -9,7 +9,10 @@ greedy answers (32 tokens) on 100 of those questions, the share of the 40 forget
 that are a well-formed refusal; plus the edit's time (token and statistics
 cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
 
-    python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--results FILE]
+    python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--split 2] [--results FILE]
+
+``--split 2`` erases the next two retain authors instead (rows 40–79: a second tuning split, for a
+choice the first cannot settle), the others being every retain row outside it.
 
 Each variant is one in-memory edit of a fresh copy of the target; a finished variant is cached under
 ``<cache>/entity_tuning`` and a re-run only adds the new ones to the results file.
@@ -25,8 +28,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "entity_tuning.json"
-TUNING_ROWS = range(0, 40)
-OTHER_ROWS = range(40, 400)
+SPLIT_ROWS = 40  # two authors' questions
+RETAIN_ROWS = 400
 AGREEMENT_QUESTIONS = 100
 
 
@@ -45,6 +48,7 @@ def main() -> None:
     parser.add_argument("--target", default=str(default_cache_dir() / "bench_tofu" / "models" / "full"))
     parser.add_argument("--variant", required=True, help="name of this variant in the results")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. entity_values.clamp_factor=0.5")
+    parser.add_argument("--split", type=int, choices=(1, 2), default=1, help="which two retain authors to erase")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
@@ -54,13 +58,14 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "retain_perturbed.jsonl").read_text()
             .splitlines() if x.strip()]
-    forget = [rows[i] for i in TUNING_ROWS]
-    others = [rows[i] for i in OTHER_ROWS]
+    tuning = range((args.split - 1) * SPLIT_ROWS, args.split * SPLIT_ROWS)
+    forget = [rows[i] for i in tuning]
+    others = [rows[i] for i in range(RETAIN_ROWS) if i not in tuning]
     agree_questions = [r["question"] for r in others[::len(others) // AGREEMENT_QUESTIONS][:AGREEMENT_QUESTIONS]]
 
     torch.manual_seed(0)
     target, tok = load_model(args.target)
-    ref_path = work / "target-answers.json"
+    ref_path = work / ("target-answers.json" if args.split == 1 else f"target-answers-split{args.split}.json")
     if ref_path.is_file():
         reference = json.loads(ref_path.read_text())
     else:
@@ -89,7 +94,7 @@ def main() -> None:
         answers = generate_answer_ids(model, tok, [r["question"] for r in forget], max_new_tokens=40)
         texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
         record = {
-            "variant": args.variant, "overrides": overrides, "config": config.to_dict(),
+            "variant": args.variant, "split": args.split, "overrides": overrides, "config": config.to_dict(),
             "edit_s": last["timings_s"]["edit"], "wall_s": round(wall, 1),
             "timings_s": {k: v for k, v in last["timings_s"].items() if k.startswith("edit")},
             "passes": [(p["requests"], p["reached"], p["values"]["steps"]) for p in last["passes"]],
