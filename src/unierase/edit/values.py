@@ -10,7 +10,7 @@ maximises p([UNL]) also pushes the tokens after it towards ``[UNL]``/end-of-turn
 then degenerates); scoring the continuation keeps δ compatible with the refusal.
 
 Steps may leave the question's words after the key token stale, recomputed every few steps
-(``ValueConfig.context_refresh``, ``stale_context``): they then cost about half.
+(``ValueConfig.context_refresh``, ``stale_context``): cheaper steps, δ's gradient on the direct path.
 """
 
 from __future__ import annotations
@@ -250,7 +250,7 @@ class PromptGroup:
         """Logits (rows × ``KEY``, ``LAST``, ``TAIL`` × vocabulary), with block ``z_layer``'s output
         passed through ``edit``. With stale context set up (``use_stale_context``): ``stale`` runs the cheap step, else this
         exact step refreshes the words' states it uses."""
-        if self.stale is not None and stale and self.stale.states is not None and edit is not None:
+        if self.stale is not None and stale and self.stale.context is not None and edit is not None:
             return self.stale.logits(self, edit)
         cache = copy.deepcopy(self.cache)  # each step extends its own copy of the shared prefix
         prefix_len = cache.get_seq_length()
@@ -265,7 +265,7 @@ class PromptGroup:
             logits = self.model(input_ids=self.suf, attention_mask=self.mask, position_ids=self.pos, cache=cache,
                                 use_cache=True, logits_to_keep=0).logits.to(self.device)
         if self.stale is not None and edit is not None:
-            self.stale.refresh(cache, prefix_len, self.z_layer)
+            self.stale.refresh(self, cache, prefix_len)
             if not self.stale.verified:
                 self._verify_stale_context(edit, logits.detach())
         return logits
