@@ -458,7 +458,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
         return hidden.index_put((rows, key_col), delta[gidx[current["req"]]].to(device=at, dtype=hidden.dtype),
                                 accumulate=True)
 
-    initial = torch.full((num_requests,), float("nan"), device=device)  # −log p(target) at each request's first run
+    initial = torch.zeros(num_requests, device=device)  # −log p(target) at each request's first run (`evaluated`)
     evaluated: set[int] = set()
     turn = {g: 0 for g in steering}  # where each group's minibatch goes on
     per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
