@@ -657,7 +657,7 @@ def unierase_defaults_key(model_dir: str) -> str:
     from unierase.cache import code_digest
     from unierase.edit import editor, keys, method, preserved, scope, solve, stale_context, values
     from unierase.models import tracing
-    from unierase.recipes import edit_config_for
+    from unierase.edit.recipes import edit_config_for
     from unierase.token.training import UnlearningTokenConfig
 
     config, recipe = edit_config_for(AutoConfig.from_pretrained(model_dir))

@@ -56,7 +56,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from unierase.api import forget
     from unierase.demo import pick_neighbours
-    from unierase.recipes import edit_config_for
+    from unierase.edit.recipes import edit_config_for
     from unierase.edit_checks import answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
     from unierase.models.loading import load_model
     from unierase.token.check import token_universality

@@ -40,7 +40,7 @@ def main() -> None:
     from unierase.baselines.data import require_data_dir
     from unierase.generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
     from unierase.models.loading import load_model
-    from unierase.recipes import edit_config_for, parse_settings, with_settings
+    from unierase.edit.recipes import edit_config_for, parse_settings, with_settings
     from unierase.refusals import is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 

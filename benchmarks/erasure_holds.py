@@ -92,7 +92,7 @@ def main() -> None:
     from unierase.edit import editor, keys, method, preserved, prompts, scope, solve, values
     from unierase.token import questions, training
 
-    from unierase.recipes import parse_settings
+    from unierase.edit.recipes import parse_settings
 
     overrides = parse_settings(args.set)
     # the edit's and the measurement's code: a change to either is a new cell

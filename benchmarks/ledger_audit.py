@@ -1,5 +1,5 @@
 """Prove, check, undo on the real model: five sequential UniErase rounds, then history, verify, a
-hand-altered copy, and revert --to 3 compared byte for byte with a copy saved after round 2.
+hand-altered copy, and revert --undo-from 3 compared byte for byte with a copy saved after round 2.
 
 Each round is its own `unierase forget` process continuing the saved state (the demo's forget
 facts, questions with their answer keywords). Writes benchmarks/results/ledger_audit.json.
@@ -87,7 +87,7 @@ def main() -> None:
     verify_altered = json.loads((work / "verify_altered.json").read_text())
 
     reverted = work / f"reverted_to_{args.revert_to}"
-    _, t_revert = _cli("revert", out, "--to", args.revert_to, "--out", reverted, "--overwrite", env=env)
+    _, t_revert = _cli("revert", out, "--undo-from", args.revert_to, "--out", reverted, "--overwrite", env=env)
     reference = work / f"after_round{args.revert_to - 1}"
     identical = {name: (reverted / name).read_bytes() == (reference / name).read_bytes()
                  for name in ("model.safetensors", "unierase_state.safetensors", "tokenizer.json", "config.json")}

@@ -31,7 +31,7 @@ def main() -> None:
     from erasure_holds import split_facts
     from unierase.generation import generate_answer_ids
     from unierase.models.loading import load_model, model_fingerprint
-    from unierase.recipes import edit_config_for, parse_settings, token_with_settings
+    from unierase.edit.recipes import edit_config_for, parse_settings, token_with_settings
     from unierase.storage import write_json_atomic
     from unierase.token.cache import ensure_unlearning_token
     from unierase.token.questions import heldout_questions

@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, OPTConfig
 
 from tiny_models import build_model, build_tokenizer
 from unierase.cli import main
-from unierase.manifest import SCHEMA_VERSION
+from unierase.record.manifest import SCHEMA_VERSION
 
 
 @pytest.fixture
@@ -133,7 +133,7 @@ def test_snapshot_slice_keeps_rows_aligned():
 
 
 def test_methods_lists_the_one_registry(capsys):
-    from unierase.methods import METHODS, get_method
+    from unierase.registry import METHODS, get_method
     from unierase.storage import UniEraseError
 
     assert main(["methods", "--json"]) == 0

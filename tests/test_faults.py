@@ -12,15 +12,15 @@ from safetensors.torch import save_file
 
 from tiny_models import build_model, build_tokenizer
 from unierase.cli import main
-from unierase.ledger import LEDGER_FILE
-from unierase.rounds import MANIFEST_FILE, load_input
-from unierase.edit.state import STATE_FILE
+from unierase.record.ledger import LEDGER_FILE
+from unierase.record.rounds import MANIFEST_FILE, load_input
+from unierase.record.edit_state import STATE_FILE
 from unierase.storage import DirectoryLock, UniEraseError, atomic_directory, recover_interrupted
 
 WRITER = r"""
 import sys, torch
 from unierase.models.loading import load_model
-from unierase.rounds import load_input, save_round, start_round
+from unierase.record.rounds import load_input, save_round, start_round
 src, out, step = sys.argv[1], sys.argv[2], float(sys.argv[3])
 model, tok = load_model(src)
 source = load_input(src)
@@ -241,7 +241,7 @@ def test_ask_checks_lengths_against_the_context(model_dir, capsys):
 
 def test_non_finite_weights_are_never_saved(model_dir, tmp_path):
     from unierase.models.loading import load_model
-    from unierase.rounds import save_round, start_round
+    from unierase.record.rounds import save_round, start_round
 
     model, tok = load_model(model_dir)
     start = start_round(model)

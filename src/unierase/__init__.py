@@ -4,13 +4,12 @@ The public API mirrors the command line: ``forget``, ``ask``, ``audit``, ``histo
 and ``evaluate``.
 """
 
-__version__ = "0.1.0"
-
-from .api import ForgetResult, ask, forget  # noqa: E402
-from .trail import history, revert, verify  # noqa: E402
-from .audit import AuditConfig, audit  # noqa: E402
-from .requests import ForgetRequest, load_requests  # noqa: E402
-from .storage import UniEraseError  # noqa: E402
+from ._version import __version__
+from .api import ForgetResult, ask, forget
+from .audit import AuditConfig, audit
+from .record.trail import history, revert, verify
+from .requests import ForgetRequest, load_requests
+from .storage import UniEraseError
 
 __all__ = ["__version__", "AuditConfig", "ForgetResult", "ForgetRequest", "UniEraseError", "ask", "audit", "forget", "history", "load_requests",
            "revert", "verify"]

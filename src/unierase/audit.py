@@ -189,12 +189,12 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     ``requests``: a JSONL path or a list of dicts/ForgetRequest; ``base``: the model before erasure,
     whose greedy answers are the reference of requests without ``answer``; ``out``: a directory
     for ``audit.json`` and ``audit.md``."""
-    from .api import _as_requests
-    from .models.loading import load_model
+    from .requests import as_requests
+    from .record.rounds import load_checked_model as load_model
     from .storage import check_output_dir, write_json_atomic, write_text_atomic
 
     config = config or AuditConfig()
-    reqs, _ = _as_requests(requests)
+    reqs, _ = as_requests(requests)
     if out is not None:
         check_output_dir(out, overwrite, cache_dir=cache_dir)
     name = str(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"

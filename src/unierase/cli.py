@@ -8,15 +8,22 @@ printed on one line and exit with status 2.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
 
-from .cli_args import add_model_args
-
-KEY_POSITION_CHOICES = ("auto", "subject", "distinct", "entity", "question_end", "last")
-"""Mirrors ``edit.editor.KEY_POSITIONS`` (kept literal so ``--help`` does not import torch; a test checks)."""
+from .cli_args import add_model_args, add_option_fields, cli_fields, option_flag, options_from_args
+from .registry import get_method, methods
 from .storage import UniEraseError
+
+
+def _option_groups() -> list[tuple[type, list[str]]]:
+    """Each options dataclass of the registered methods, with the methods that take it (in order)."""
+    groups: dict[type, list[str]] = {}
+    for method in methods().values():
+        groups.setdefault(method.options, []).append(method.name)
+    return list(groups.items())
 
 
 def add_forget_parser(subparsers) -> None:
@@ -28,7 +35,8 @@ def add_forget_parser(subparsers) -> None:
             "'answer', 'subject' (must occur in the question) and 'scope' (fact or entity) optional. With the default "
             "method (unierase) the model learns to answer these questions with the unlearning token, "
             "which continues into a refusal. Running forget again with --model OUT continues "
-            "sequentially from the saved edit state."
+            "sequentially from the saved edit state. Options that belong to one method are grouped under it; "
+            "giving one to another method is an error."
         ),
     )
     add_model_args(p)
@@ -36,72 +44,34 @@ def add_forget_parser(subparsers) -> None:
     p.add_argument("--out", required=True, help="output directory (a Hugging Face checkpoint + unierase_manifest.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--method", default="unierase", help="unierase (default) or a fine-tuning baseline (see 'unierase methods')")
-    p.add_argument("--mode", choices=["batch", "sequential", "precise"], default=None,
-                   help="batch: all requests in one round; sequential: one round per call, continuing the state saved in --model; "
-                        "precise: exactly one request (default: sequential when --model already holds an edit state, else batch)")
-    p.add_argument("--scope", choices=["auto", "fact", "entity"], default="auto",
-                   help="fact: erase each question, keep the rest about its entity; entity: erase what the model says "
-                        "about the person or thing the questions name (one shared target per entity, neutral questions "
-                        "about it refuse too); auto: entity for requests naming an entity that another request names, "
-                        "fact otherwise. A request's own 'scope' field wins (default: auto)")
-    p.add_argument("--layers", default=None, help="comma-separated layers to edit (default: chosen from the model depth)")
-    p.add_argument("--key-position", choices=KEY_POSITION_CHOICES, default="auto",
-                   help="where the edit key is read: auto = the request's subject when given, else the last capitalised "
-                        "name of the question (entity); question_end = the question's last token; distinct = the question "
-                        "token most specific under the preserved statistics; last = the last prompt token (default: auto)")
-    p.add_argument("--solver", choices=["alphaedit", "memit"], default="alphaedit", help="null-space constrained (default) or plain MEMIT update")
-    p.add_argument("--stats-tokens", type=int, default=None,
-                   help="corpus tokens for the preserved-key statistics (default: the model's recipe, 50000 for "
-                        "SmolLM2-135M, else 100000; computed once per model and cached)")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE", dest="settings",
-                   help="one setting over the model's recipe, SECTION edit, values, entity_values or token (the "
-                        "unlearning token's training, first round only), VALUE as JSON, e.g. --set "
-                        "values.greedy_continuation=true --set edit.answer_key_weight=4; repeatable; recorded in the "
-                        "manifest")
-    p.add_argument("--max-passes", type=int, default=None,
-                   help="edit passes at most; requests whose answer does not start with the unlearning token yet get "
-                        "another pass (default: 12). Requests still not reached are named in the summary and the manifest")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
     p.add_argument("--seed", type=int, default=0)
-    from .baselines.cli import add_baseline_args
-
-    add_baseline_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    for options_class, names in _option_groups():
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        title = f"options of --method {shown}"
+        defaults = getattr(options_class, "help_defaults", None)
+        add_option_fields(p.add_argument_group(title), options_class, defaults=defaults() if defaults else None)
     p.set_defaults(handler=_run_forget)
 
 
 def _run_forget(args) -> int:
     from . import api
-    from .recipes import parse_settings
 
-    if args.settings and args.method != "unierase":
-        raise UniEraseError("--set changes UniErase's settings; a baseline takes its own flags (see --help)")
-    from .baselines.cli import baseline_options_from_args
-
-    result = api.forget(
-        args.requests, out=args.out, model=args.model, method=args.method, mode=args.mode,
-        layers=parse_layers(args.layers),
-        key_position=args.key_position, solver=args.solver, overwrite=args.overwrite,
-        record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map, seed=args.seed,
-        **({"stats_tokens": args.stats_tokens, "max_passes": args.max_passes, "scope": args.scope,
-            "settings": parse_settings(args.settings)}
-           if args.method == "unierase"
-           else baseline_options_from_args(args)),
-    )
+    entry = get_method(args.method)
+    own = {f.name for f in cli_fields(entry.options)}
+    for options_class, names in _option_groups():
+        for field in cli_fields(options_class):
+            if field.name not in own and getattr(args, field.name, None) is not None:
+                raise UniEraseError(f"{option_flag(field)} is an option of --method {names[0]}"
+                                    f"{' and the other fine-tuning baselines' if len(names) > 1 else ''}, "
+                                    f"not of --method {entry.name}")
+    result = api.forget(args.requests, out=args.out, model=args.model, method=entry.name, overwrite=args.overwrite,
+                        record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map,
+                        seed=args.seed, progress=not args.no_progress,
+                        options=entry.make_options(options_from_args(args, entry.options)))
     print(result.summary())
     return 0
-
-
-def parse_layers(text: str | None) -> list[int] | None:
-    """``--layers 4,5,6`` → [4, 5, 6]; anything else is a one-line error."""
-    if not text:
-        return None
-    try:
-        layers = [int(x) for x in text.split(",")]
-    except ValueError:
-        raise UniEraseError(f"--layers takes comma-separated layer numbers such as 4,5,6 (got {text!r})") from None
-    if any(layer < 0 for layer in layers) or len(set(layers)) != len(layers):
-        raise UniEraseError(f"--layers must be distinct non-negative layer numbers (got {text!r})")
-    return layers
 
 
 def add_history_parser(subparsers) -> None:
@@ -123,16 +93,14 @@ def _run_history(args) -> int:
 
 def add_methods_parser(subparsers) -> None:
     p = subparsers.add_parser("methods", help="list the unlearning methods 'unierase forget --method' accepts",
-                              description="Every method of the registry (unierase.methods.METHODS): its name, family "
+                              description="Every method of the registry (unierase.registry.methods()): its name, family "
                                           "and what it optimises.")
     p.add_argument("--json", action="store_true", help="print the methods as JSON")
     p.set_defaults(handler=_run_methods)
 
 
 def _run_methods(args) -> int:
-    from .methods import METHODS
-
-    rows = [{"name": m.name, "family": m.family, "description": m.description} for m in METHODS.values()]
+    rows = [{"name": m.name, "family": m.family, "description": m.description} for m in methods().values()]
     if args.json:
         print(json.dumps(rows, indent=2, ensure_ascii=False))
     else:
@@ -169,11 +137,14 @@ def _run_verify(args) -> int:
 def add_revert_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "revert", help="restore a model directory exactly as it was before a round",
-        description="Write to --out the weights, edit state and files of DIR exactly as they were before round --to "
-                    "(checked against the ledger's SHA-256). Later rounds are undone too and are not re-applied: to "
-                    "apply one again, run forget with its requests (unierase history lists them).")
+        description="Write to --out the weights, edit state and files of DIR exactly as they were before round "
+                    "--undo-from N was applied, that is as round N-1 left them (checked against the ledger's SHA-256). "
+                    "Round N and every later round are undone and not re-applied: to apply one again, run forget "
+                    "with its requests (unierase history lists them).")
     p.add_argument("dir", help="a model directory written by unierase forget")
-    p.add_argument("--to", type=int, required=True, dest="to_round", help="the round to undo (with every later one)")
+    p.add_argument("--undo-from", type=int, required=True, metavar="N", dest="undo_from",
+                   help="the first round to undo: the output is the model as it was before round N (rounds N, N+1, "
+                        "... are undone)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--cache-dir", default=None)
@@ -183,7 +154,7 @@ def add_revert_parser(subparsers) -> None:
 def _run_revert(args) -> int:
     from .trail import revert
 
-    print(revert(args.dir, args.to_round, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir).summary())
+    print(revert(args.dir, args.undo_from, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir).summary())
     return 0
 
 
@@ -268,13 +239,15 @@ COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="unierase",
+        prog="unierase", allow_abbrev=False,
         description="Make a language model forget specific facts: UniErase (unlearning token + null-space edit), "
                     "fine-tuning baselines and the TOFU evaluation.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # no abbreviations: "--refusal" must never silently become another option such as "--refusals"
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                       parser_class=functools.partial(argparse.ArgumentParser, allow_abbrev=False))
     for add in COMMANDS:
         add(subparsers)
     return parser

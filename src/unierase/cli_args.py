@@ -4,6 +4,7 @@ baselines and the evaluation can register their sub-commands without importing i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True) -> None:
@@ -16,3 +17,52 @@ def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True) 
     if device_map:
         parser.add_argument("--device-map", default=None,
                             help="accelerate device map, e.g. 'auto' to spread a large model over GPUs (default: CPU)")
+
+
+def option_flag(field) -> str:
+    """The command-line flag of an options dataclass field (``registry.option``)."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def cli_fields(options_class) -> list:
+    """The fields of ``options_class`` that are flags (``registry.option(..., cli=False)`` are API only)."""
+    return [f for f in dataclasses.fields(options_class) if f.metadata.get("cli", True) and "help" in f.metadata]
+
+
+def add_option_fields(group, options_class, *, skip: tuple[str, ...] = (), defaults=None) -> None:
+    """One flag per field of ``options_class``, from its ``registry.option`` metadata; every flag
+    defaults to ``None`` (unset), so only what the user typed reaches the options. ``defaults``: an
+    object (a config) whose same-named attributes the help names as the default."""
+    for field in cli_fields(options_class):
+        if field.name in skip:
+            continue
+        md = field.metadata
+        help_text = md["help"]
+        default = getattr(defaults, field.name, None)
+        if default is not None and not isinstance(default, bool) and "(default" not in help_text:
+            help_text += f" (default: {default:g})" if isinstance(default, float) else f" (default: {default})"
+        kwargs = {"dest": field.name, "default": None, "help": help_text}
+        if md.get("type") is bool:
+            kwargs["action"] = "store_true"
+        else:
+            if md.get("append"):
+                kwargs["action"] = "append"
+            if md.get("type") is not None:
+                kwargs["type"] = md["type"]
+            if md.get("choices"):
+                kwargs["choices"] = md["choices"]
+            if md.get("metavar"):
+                kwargs["metavar"] = md["metavar"]
+        group.add_argument(option_flag(field), **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, options_class, *, skip: tuple[str, ...] = ()) -> dict:
+    """The fields of ``options_class`` the user set on the command line, parsed (``metadata['parse']``)."""
+    values = {}
+    for field in cli_fields(options_class):
+        value = getattr(args, field.name, None)
+        if field.name in skip or value is None:
+            continue
+        parse = field.metadata.get("parse")
+        values[field.name] = parse(value) if parse else value
+    return values

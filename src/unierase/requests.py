@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -133,3 +134,13 @@ def load_requests(path: str | Path) -> list[ForgetRequest]:
         raise UniEraseError(f"{path}: the file contains no forget requests")
     _warn_duplicates(requests, places)
     return requests
+
+
+def as_requests(requests) -> tuple[list[ForgetRequest], str]:
+    """(requests, where they came from) from a JSONL path or a list of dicts / ``ForgetRequest``."""
+    if isinstance(requests, (str, os.PathLike)):
+        return load_requests(requests), str(requests)
+    items = [r if isinstance(r, ForgetRequest) else None for r in requests]
+    if all(items) and items:
+        return list(items), "<python>"
+    return parse_requests([r.to_dict() if isinstance(r, ForgetRequest) else r for r in requests]), "<python>"

@@ -7,7 +7,7 @@ import pytest
 from unierase.baselines.data import find_data_dir, parse_data_spec, refusal_for, tofu_subset
 from unierase.baselines.finetune import FinetuneConfig, finetune
 from unierase.cli import build_parser, main
-from unierase.manifest import SCHEMA_VERSION
+from unierase.record.manifest import SCHEMA_VERSION
 from unierase.storage import UniEraseError
 
 

@@ -7,7 +7,7 @@ from tiny_models import build_model, build_tokenizer
 from unierase.edit.editor import EditConfig, default_layers, run_edit_round
 from unierase.edit.keys import position_ids
 from unierase.edit.preserved import PreservedKeys
-from unierase.edit.state import EditState
+from unierase.record.edit_state import EditState
 from unierase.edit.stats import accumulate_key_moments
 from unierase.edit.values import ValueConfig
 from unierase.models.adapters import find_mlp_output

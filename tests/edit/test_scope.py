@@ -145,7 +145,7 @@ def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_anothe
     from tiny_models import build_model, build_tokenizer
     from unierase.edit.editor import EditConfig, run_edit_passes
     from unierase.edit.preserved import PreservedKeys
-    from unierase.edit.state import EditState
+    from unierase.record.edit_state import EditState
     from unierase.edit.stats import accumulate_key_moments
     from unierase.edit.values import ValueConfig
     from unierase.generation import generate_answer_ids

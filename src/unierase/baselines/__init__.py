@@ -1,10 +1,16 @@
-"""Fine-tuning unlearning baselines (METHOD.md §4) and the TOFU target/retain fine-tuning.
+"""Fine-tuning unlearning baselines (docs/method.md) and the TOFU target/retain fine-tuning.
 
-``run_baseline("npo+gd", model, requests, out, retain=...)`` unlearns with one of the eight
-methods in :data:`METHODS`; ``finetune(...)`` makes the target and retain models.
+Each baseline is a small class in ``objectives`` (a forget term plus a regulariser), registered
+below as a method of ``unierase forget --method``; ``run_baseline`` is the shared training loop
+around it; ``finetune`` makes the target and retain models.
 """
 
-from .methods import METHODS, Baseline, BaselineConfig, get_method
-from .run import BaselineResult, make_config, run_baseline
+from .objectives import BASELINES, Baseline, BaselineConfig
+from .options import BaselineOptions, TrainOptions
+from .run import BaselineResult, baseline_class, make_config, register_baseline, run_baseline
 
-__all__ = ["METHODS", "Baseline", "BaselineConfig", "BaselineResult", "get_method", "make_config", "run_baseline"]
+for _cls in BASELINES:
+    register_baseline(_cls)
+
+__all__ = ["BASELINES", "Baseline", "BaselineConfig", "BaselineOptions", "BaselineResult", "TrainOptions",
+           "baseline_class", "make_config", "register_baseline", "run_baseline"]

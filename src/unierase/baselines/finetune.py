@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 from ..requests import ForgetRequest
-from ..ledger import non_finite
-from ..rounds import MANIFEST_FILE
+from ..record.ledger import non_finite
+from ..record.rounds import MANIFEST_FILE
 from ..storage import UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic
 from .data import parse_data_spec, tofu_subset
-from ..manifest import Manifest, base_model_info
+from ..record.manifest import Manifest, base_model_info
 from ..measure import peak_memory_mb
 from .trainer import (TrainConfig, collate, encode_pairs, length_grouped_batches, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
@@ -158,7 +158,7 @@ def finetune(
 
 
 def _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads) -> FinetuneResult:
-    from ..models.loading import load_model
+    from ..record.rounds import load_checked_model as load_model
 
     if threads:
         torch.set_num_threads(threads)

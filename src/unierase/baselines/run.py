@@ -22,13 +22,15 @@ from pathlib import Path
 import torch
 
 from ..requests import ForgetRequest, parse_requests
-from ..rounds import load_input, neighbour_questions, probe, save_round, start_round
+from ..record.rounds import load_input, neighbour_questions, probe, save_round, start_round
 from ..storage import UniEraseError, check_output_dir, locked_run
 from . import losses
 from .data import load_refusals, parse_data_spec, refusal_for
-from .methods import Baseline, BaselineConfig, get_method
-from .. import __version__
-from ..manifest import Manifest, base_model_info
+from .objectives import Baseline, BaselineConfig
+from .options import BaselineOptions
+from ..registry import Method, RunContext, get_method, register
+from .._version import __version__
+from ..record.manifest import Manifest, base_model_info
 from ..measure import peak_memory_mb
 from .trainer import (collate, encode_pairs, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
@@ -51,9 +53,33 @@ class BaselineResult:
                 + (f"saved to {self.out}" if self.out else "not saved"))
 
 
+def baseline_class(name: str) -> type[Baseline]:
+    """The ``Baseline`` subclass registered under ``name`` (any spelling ``registry.get_method`` accepts)."""
+    entry = get_method(name)
+    if entry.family != "fine-tuning":
+        raise UniEraseError(f"method {entry.name!r} is not a fine-tuning baseline")
+    return entry.implementation
+
+
+def register_baseline(cls: type[Baseline]) -> Method:
+    """Register a ``Baseline`` subclass as a method of ``unierase forget --method`` (its ``name``); its
+    description is the docstrings of the forget term and the regulariser it is made of."""
+    parts = [base.__doc__.strip().rstrip(".") for base in cls.__bases__ if base.__doc__] or [cls.__doc__ or cls.name]
+
+    def run(requests, source, out, context: RunContext, options: BaselineOptions):
+        # the shared run options come from the context, the baseline's own from its options
+        own = {k: v for k, v in vars(options).items() if v is not None}
+        return run_baseline(cls.name, context.model_dir or context.hub_id or context.model, requests, out,
+                            overwrite=context.overwrite, cache_dir=context.cache_dir, seed=context.seed,
+                            record_texts=context.record_texts, progress=context.progress, tokenizer=context.tokenizer,
+                            device_map=context.device_map, **own)
+
+    return register(Method(cls.name, "fine-tuning", "; ".join(parts), run, BaselineOptions, implementation=cls))
+
+
 def make_config(method: str, config: BaselineConfig | None = None, **overrides) -> BaselineConfig:
     """The method's default config with ``overrides`` applied (unknown names are errors)."""
-    cls = get_method(method)
+    cls = baseline_class(method)
     if config is None:
         config = BaselineConfig(forget_coef=cls.default_forget_coef)
     names = {f.name for f in dataclasses.fields(BaselineConfig)}
@@ -124,9 +150,9 @@ def run_baseline(
     (pass ``tokenizer``; it is trained in place). Writes a Hugging Face checkpoint and
     ``unierase_manifest.json`` atomically; with ``out=None`` nothing is written.
     """
-    from ..models.loading import load_model
+    from ..record.rounds import load_checked_model as load_model
 
-    cls = get_method(method)
+    cls = baseline_class(method)
     if seed is not None:
         overrides["seed"] = seed
     config = make_config(cls.name, config, **overrides)

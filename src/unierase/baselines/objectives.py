@@ -1,4 +1,4 @@
-"""The eight fine-tuning unlearning baselines of METHOD.md §4, registered in :data:`METHODS`.
+"""The eight fine-tuning unlearning baselines (docs/method.md), registered by ``baselines/__init__.py``.
 
 Each method is a small class made of one *forget term* (GA, NPO, ME, DPO, IDK) and one
 *regulariser* on retain data (GD, KL, AP); the shared loop in :mod:`.run` calls
@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..storage import UniEraseError
 from . import losses
 from .trainer import TrainConfig
 
@@ -195,13 +194,5 @@ class IDK_AP(LearnRefusal, AnswerPreservation):
     name = "idk+ap"
 
 
-METHODS: dict[str, type[Baseline]] = {cls.name: cls for cls in (GA_GD, GA_KL, NPO_GD, NPO_KL, ME_GD, DPO_GD, DPO_KL, IDK_AP)}
-"""Every baseline, by its CLI name (``unierase forget --method npo+gd``)."""
-
-
-def get_method(name: str) -> type[Baseline]:
-    """Look a method up by name; case, ``_``/``-``/space separators are accepted (``NPO_GD``)."""
-    key = name.strip().lower().replace("_", "+").replace("-", "+").replace(" ", "+")
-    if key not in METHODS:
-        raise UniEraseError(f"unknown method {name!r}; choose unierase or one of: {', '.join(METHODS)}")
-    return METHODS[key]
+BASELINES: tuple[type[Baseline], ...] = (GA_GD, GA_KL, NPO_GD, NPO_KL, ME_GD, DPO_GD, DPO_KL, IDK_AP)
+"""Every baseline of this module, in the order ``baselines/__init__.py`` registers them."""

@@ -7,7 +7,7 @@ import pytest
 
 from tiny_models import build_model, build_tokenizer
 from unierase.edit.editor import EditConfig
-from unierase.recipes import apply_recipe, edit_config_for, load_recipes, recipe_for
+from unierase.edit.recipes import apply_recipe, edit_config_for, load_recipes, recipe_for
 from unierase.storage import UniEraseError
 
 SMOLLM2_135M = SimpleNamespace(model_type="llama", num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
@@ -65,7 +65,7 @@ def test_two_recipes_matching_one_model_is_an_error(tmp_path):
 
 
 def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
-    from unierase.recipes import parse_settings, with_settings
+    from unierase.edit.recipes import parse_settings, with_settings
 
     settings = parse_settings(["values.greedy_continuation=true", "edit.answer_key_weight=4", "values.continuation_tokens=null",
                                'edit.key_position="entity"'])
@@ -87,7 +87,7 @@ def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
 
 
 def test_token_settings_apply_to_the_token_config_only():
-    from unierase.recipes import parse_settings, token_with_settings, with_settings
+    from unierase.edit.recipes import parse_settings, token_with_settings, with_settings
     from unierase.token.training import UnlearningTokenConfig
 
     settings = parse_settings(["token.ordinary_answer_tokens=64", "edit.answer_key_weight=4"])

@@ -10,8 +10,8 @@ import unierase
 from tiny_models import build_model, build_tokenizer
 from unierase import trail as hist
 from unierase.cli import main
-from unierase.ledger import read_ledger
-from unierase.rounds import MANIFEST_FILE, load_input
+from unierase.record.ledger import read_ledger
+from unierase.record.rounds import MANIFEST_FILE, load_input
 from unierase.storage import UniEraseError
 
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?", "Where was Elena Marsh born?"]
@@ -95,7 +95,7 @@ def test_revert_is_bit_exact(rounds, tmp_path):
     for name in ("model.safetensors", "tokenizer.json", "config.json"):
         assert (tmp_path / "r1" / name).read_bytes() == (rounds / "base" / name).read_bytes(), name
     assert not (tmp_path / "r1" / "unierase_state.safetensors").exists()
-    assert main(["revert", str(rounds / "after3"), "--to", "9", "--out", str(tmp_path / "x")]) == 2
+    assert main(["revert", str(rounds / "after3"), "--undo-from", "9", "--out", str(tmp_path / "x")]) == 2
 
 
 def test_a_round_after_a_revert_continues_the_ledger(rounds, tmp_path):

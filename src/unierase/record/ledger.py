@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .deltas import tensor_digest
-from .storage import UniEraseError
+from ..storage import UniEraseError
 
 LEDGER_FILE = "unierase_ledger.jsonl"
 DELTA_DIR = "unierase_deltas"

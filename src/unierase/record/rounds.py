@@ -20,12 +20,12 @@ from typing import Iterable
 import torch
 
 from . import deltas
-from .edit.state import STATE_FILE, EditState
+from .edit_state import STATE_FILE, EditState
 from .manifest import Manifest
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
                      ledger_text, non_finite, read_ledger, effective_rounds)
-from .requests import ForgetRequest
-from .storage import UniEraseError, atomic_directory, fault_point, save_tensors_atomic, write_json_atomic, write_text_atomic
+from ..requests import ForgetRequest
+from ..storage import UniEraseError, atomic_directory, fault_point, save_tensors_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,19 @@ def check_records(folder: str | os.PathLike) -> None:
     """The cheap part of ``load_input``, run on every load of a local model: the manifest parses,
     the ledger's chain is intact and matches it, and no record is missing beside another."""
     read_records(folder)
+
+
+def load_checked_model(spec=None, **kwargs):
+    """``models.loading.load_model`` after ``check_records`` on a local directory: the verbs that
+    read a model directory (forget, ask, audit, verify, revert, eval) refuse a tampered or truncated
+    ledger, or a missing record, before any work."""
+    from ..models.loading import load_model, resolve_model_path
+
+    if spec is not None and not hasattr(spec, "config"):
+        path = resolve_model_path(spec, kwargs.get("cache_dir"))
+        if Path(path).is_dir():
+            check_records(path)
+    return load_model(spec, **kwargs)
 
 
 def load_input(folder: str | os.PathLike | None, *, layers: list[int] | None = None, key_dim: int | None = None) -> ModelInput:
@@ -147,7 +160,7 @@ def embedding_names(model) -> list[str]:
 def leaks(text: str, answer: str | None) -> bool:
     """Whether a generated answer still gives ``answer`` (a keyword: contained; a sentence:
     ROUGE-L recall ≥ 0.5, the share of the answer's words it reproduces in order)."""
-    from .edit_checks import answer_matches
+    from ..edit_checks import answer_matches
 
     if not answer:
         return False
@@ -161,7 +174,7 @@ def leaks(text: str, answer: str | None) -> bool:
 def is_erased(answer_ids: list[int], text: str, request: ForgetRequest, token_id: int | None) -> bool:
     """The erasure criterion of the ledger and ``verify``: the answer starts with the unlearning
     token, or is a refusal, or (when the request names its answer) no longer gives it."""
-    from .refusals import is_refusal
+    from ..refusals import is_refusal
 
     if token_id is not None and answer_ids and answer_ids[0] == token_id:
         return True
@@ -182,7 +195,7 @@ def probe(model, tokenizer, requests: list[ForgetRequest], neighbours: list[str]
           record_texts: bool = True, max_new_tokens: int = PROBE_TOKENS) -> dict:
     """Ask every request and neighbour question: which requests are erased, and a fingerprint of
     each neighbour's answer (``verify`` later reports the neighbours whose answer changed)."""
-    from .generation import generate_answer_ids
+    from ..generation import generate_answer_ids
 
     questions = [r.question for r in requests] + list(neighbours)
     ids = generate_answer_ids(model, tokenizer, questions, max_new_tokens=max_new_tokens) if questions else []
@@ -199,7 +212,7 @@ def probe(model, tokenizer, requests: list[ForgetRequest], neighbours: list[str]
 def neighbour_questions(requests: list[ForgetRequest], *, record_texts: bool, extra: list[str] = ()) -> list[str]:
     """Questions whose answers must not change: 8 generic held-out questions, plus (when texts are
     recorded) ``extra`` — the requests' substitute-entity questions, or retain questions."""
-    from .token.questions import heldout_questions
+    from ..token.questions import heldout_questions
 
     own = {r.question for r in requests}
     picked = list(dict.fromkeys(q for q in (list(extra)[:16] if record_texts else []) if q not in own))

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from unierase import __version__
-from unierase.manifest import SCHEMA_VERSION, Manifest
-from unierase.rounds import MANIFEST_FILE, read_manifest
+from unierase.record.manifest import SCHEMA_VERSION, Manifest
+from unierase.record.rounds import MANIFEST_FILE, read_manifest
 from unierase.storage import UniEraseError
 
 

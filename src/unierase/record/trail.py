@@ -22,13 +22,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from . import __version__, deltas
-from .edit.state import STATE_FILE, EditState
+from .._version import __version__
+from . import deltas
+from .edit_state import STATE_FILE, EditState
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
                      ledger_text, effective_rounds, round_status, weights_digests)
-from .requests import ForgetRequest, load_requests
+from ..requests import ForgetRequest, load_requests
 from .rounds import MANIFEST_FILE, _ids_digest, probe, read_records
-from .storage import (UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic,
+from ..storage import (UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic,
                       write_text_atomic)
 
 
@@ -142,20 +143,21 @@ class RevertResult:
                 f"before round {self.to_round} (weights {self.weights[:12]}, checked against the ledger)")
 
 
-def revert(folder, to_round: int, out, *, overwrite: bool = False, cache_dir=None) -> RevertResult:
-    """Write to ``out`` the model of ``folder`` as it was before round ``to_round`` (bit for bit)."""
-    from .models.loading import load_model
+def revert(folder, undo_from: int, out, *, overwrite: bool = False, cache_dir=None) -> RevertResult:
+    """Write to ``out`` the model of ``folder`` as it was before round ``undo_from`` (bit for bit):
+    rounds ``undo_from``, ``undo_from + 1``, … are undone."""
+    from .rounds import load_checked_model as load_model
 
     folder = Path(folder)
     check_output_dir(out, overwrite, cache_dir=cache_dir)
     with locked_run(out, [folder]):
         manifest, entries = _ledger_of(folder)
         live = effective_rounds(entries)
-        if not 1 <= to_round <= len(live):
-            raise UniEraseError(f"{folder} has rounds 1–{len(live)} in force; cannot revert to round {to_round}")
-        undo = live[to_round - 1:]
+        if not 1 <= undo_from <= len(live):
+            raise UniEraseError(f"{folder} has rounds 1–{len(live)} in force; cannot undo from round {undo_from}")
+        undo = live[undo_from - 1:]
         if not undo[0]["delta"]["files"].get("known", True):
-            raise UniEraseError(f"round {to_round} started from a model loaded from the hub; the files before it were not "
+            raise UniEraseError(f"round {undo_from} started from a model loaded from the hub; the files before it were not "
                                 "recorded — load that model from the hub instead")
         model, tokenizer = load_model(folder, cache_dir=cache_dir)
         weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
@@ -168,10 +170,10 @@ def revert(folder, to_round: int, out, *, overwrite: bool = False, cache_dir=Non
             _undo(folder, entry, weights, state)
         restored = combined_digest({n: deltas.tensor_digest(t) for n, t in weights.items()})
         if restored != undo[0]["weights_before"]:
-            raise UniEraseError(f"undoing rounds {to_round}–{len(live)} did not give back the weights recorded before "
-                                f"round {to_round}")
+            raise UniEraseError(f"undoing rounds {undo_from}–{len(live)} did not give back the weights recorded before "
+                                f"round {undo_from}")
         _load_weights(model, weights)
-        revert_entry = append(entries, {"kind": "revert", "method": "revert", "version": __version__, "to_round": to_round,
+        revert_entry = append(entries, {"kind": "revert", "method": "revert", "version": __version__, "to_round": undo_from,
                                         "undone": [e["index"] for e in undo], "weights_before": current,
                                         "weights_after": restored})
         new_entries = entries + [revert_entry]
@@ -189,7 +191,7 @@ def revert(folder, to_round: int, out, *, overwrite: bool = False, cache_dir=Non
                     shutil.copy2(files_dir(folder, entry["index"]) / name, tmp / name)
             if state:
                 EditState(state).save(tmp)
-            keep = {e["index"] for e in live[:to_round - 1]}
+            keep = {e["index"] for e in live[:undo_from - 1]}
             for path in (folder / DELTA_DIR).glob("entry-*"):
                 if int(path.name[len("entry-"):len("entry-") + 4]) in keep:
                     target = tmp / DELTA_DIR / path.name
@@ -201,9 +203,9 @@ def revert(folder, to_round: int, out, *, overwrite: bool = False, cache_dir=Non
             if data is None:  # before the first round there was no manifest: keep one for the ledger
                 data = {"method": "reverted", "note": f"the model as it was before round 1 of {folder}"}
             data["ledger"] = head_of(new_entries)
-            data["reverted"] = {"from": str(folder), "to_round": to_round, "undone": revert_entry["undone"]}
+            data["reverted"] = {"from": str(folder), "to_round": undo_from, "undone": revert_entry["undone"]}
             write_json_atomic(restored_manifest, data)
-        return RevertResult(Path(out), to_round, revert_entry["undone"], restored)
+        return RevertResult(Path(out), undo_from, revert_entry["undone"], restored)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -235,8 +237,8 @@ class VerifyReport:
 def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True) -> VerifyReport:
     """Check ``folder`` against its ledger (see the module docstring). ``requests``: a JSONL path or
     list of requests to re-ask for rounds recorded with ``--no-texts`` (matched by their hashes)."""
-    from .generation import generate_answer_ids
-    from .models.loading import load_model
+    from ..generation import generate_answer_ids
+    from .rounds import load_checked_model as load_model
 
     folder = Path(folder)
     with locked_run(None, [folder]):

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..storage import UniEraseError
+from ...storage import UniEraseError
+from ..options import SETTING_SECTIONS, parse_settings  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,8 @@ def recipe_for(model_config, recipes: list[Recipe] | None = None) -> Recipe | No
 
 def apply_recipe(recipe: Recipe | None, overrides: dict):
     """``EditConfig`` from the neutral defaults, the recipe's fields, then ``overrides`` (non-``None``)."""
-    from ..edit.editor import EditConfig
-    from ..edit.values import ValueConfig
+    from ..editor import EditConfig
+    from ..values import ValueConfig
 
     fields = dict(recipe.edit) if recipe else {}
     where = f"{recipe.source}: field 'edit'" if recipe else "EditConfig"
@@ -94,29 +95,6 @@ def edit_config_for(model_config, **overrides):
     recipe, then the caller's ``overrides``."""
     recipe = recipe_for(model_config)
     return apply_recipe(recipe, overrides), recipe
-
-
-SETTING_SECTIONS = ("edit", "values", "entity_values", "token")
-"""Where a setting lives: ``EditConfig`` fields, those of its two ``ValueConfig``s, or the unlearning
-token's training (``UnlearningTokenConfig``: another token, trained and cached once)."""
-
-
-def parse_settings(items: list[str]) -> dict[str, dict]:
-    """``SECTION.FIELD=VALUE`` strings (the value as JSON: ``values.banned_weight=1``,
-    ``edit.key_position="entity"``) → {section: {field: value}}."""
-    out: dict[str, dict] = {name: {} for name in SETTING_SECTIONS}
-    for item in items:
-        name, _, raw = item.partition("=")
-        section, _, name = name.partition(".")
-        if section not in SETTING_SECTIONS or not name or not raw:
-            raise UniEraseError(f"setting {item!r}: expected SECTION.FIELD=VALUE with SECTION one of "
-                                f"{', '.join(SETTING_SECTIONS)}")
-        try:
-            out[section][name] = json.loads(raw)
-        except json.JSONDecodeError:
-            raise UniEraseError(f"setting {item!r}: the value must be JSON (a number, true/false, null or a "
-                                f"quoted string)") from None
-    return out
 
 
 def with_settings(config, settings: dict[str, dict] | None):

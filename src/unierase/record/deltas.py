@@ -18,7 +18,7 @@ import hashlib
 
 import torch
 
-from .storage import UniEraseError
+from ..storage import UniEraseError
 
 _SEP = "::"
 

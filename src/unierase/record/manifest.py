@@ -13,8 +13,8 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import __version__
-from .storage import UniEraseError
+from .._version import __version__
+from ..storage import UniEraseError
 
 SCHEMA_VERSION = 1
 """Bumped when a field changes meaning; a manifest without ``schema`` predates the field (0)."""
@@ -77,7 +77,7 @@ class Manifest:
 def base_model_info(model, spec, fingerprint: str | None = None) -> dict:
     """The ``base_model`` header of a model loaded from ``spec`` (a path, a hub id, or ``None`` = default);
     ``fingerprint`` when the caller already took it."""
-    from .models.loading import DEFAULT_MODEL, model_fingerprint
+    from ..models.loading import DEFAULT_MODEL, model_fingerprint
 
     return {"spec": str(spec) if spec is not None else DEFAULT_MODEL,
             "fingerprint": fingerprint or model_fingerprint(model), "architecture": type(model).__name__}

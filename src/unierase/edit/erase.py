@@ -1,0 +1,310 @@
+"""UniErase as a method: requests + model → unlearning token → preserved keys → edit passes →
+checkpoint, manifest and ledger entry.
+
+The stages, each in its own module: ``scope`` (which requests share a target), ``prompts`` (every
+question the edit runs), ``keys``, ``values`` (the target values), ``preserved`` (C₀, its null
+space, the sequential state, the round's soft constraint), ``solve`` (closed forms by name) and
+``editor`` (the passes that run them); ``record.rounds`` writes the result. ``erase`` is what
+``edit/__init__.py`` registers as the method ``unierase``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from ..generation import OwnAnswers
+from ..measure import peak_memory_mb
+from ..models.adapters import find_mlp_output
+from ..models.loading import model_fingerprint
+from ..prompts import PINNED_DATE
+from ..record.manifest import Manifest, base_model_info
+from ..record.rounds import (embedding_names, load_checked_model as load_model, load_input, neighbour_questions, probe,
+                             save_round, start_round)
+from ..registry import RunContext
+from ..requests import ForgetRequest
+from ..storage import UniEraseError, default_cache_dir, locked_run
+from ..token.cache import ensure_unlearning_token
+from ..token.questions import training_questions
+from ..token.training import UnlearningTokenConfig
+from .editor import EditConfig, run_edit_passes
+from .options import EraseOptions
+from .preserved import build_preserved_keys
+from .recipes import edit_config_for, token_with_settings, with_settings
+from .scope import resolve_scope
+from .stats import ANSWER_KEY_TOKENS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ForgetResult:
+    """What ``forget`` did; ``manifest`` is what was written next to the checkpoint."""
+
+    out: Path | None
+    manifest: dict
+    model: object = field(repr=False, default=None)
+    tokenizer: object = field(repr=False, default=None)
+
+    def summary(self) -> str:
+        last = self.manifest["rounds"][-1]
+        t = last["timings_s"]
+        return (f"erased {len(last['requests'])} request(s) in round {last['round']} ({last['mode']}); layers {last['layers']}; "
+                f"edit {t.get('edit', 0):.1f} s, token {t.get('token', 0):.1f} s, statistics {t.get('statistics', 0):.1f} s; "
+                f"parameter fraction {self.manifest['parameter_fraction']:.4%}"
+                + (f"; {len(last['not_reached'])} request(s) not reached yet (manifest: not_reached)" if last.get("not_reached") else "")
+                + (f"; saved to {self.out}" if self.out else ""))
+
+
+EDIT_TOKEN_RESERVE = 128
+"""Context left beside each request's prompt for the edit's prefixes and its target continuation."""
+
+
+def erase(reqs: list[ForgetRequest], source: str, out, context: RunContext, options: EraseOptions) -> ForgetResult:
+    """One UniErase round (``api.forget`` with ``method='unierase'``), reading top-down: the model and
+    its records → the round's settings → the unlearning token → the preserved keys → the edit
+    passes → the manifest → the erasure-time check and the atomic save."""
+    options.validate(len(reqs), source)
+    with locked_run(out, [context.model_dir]):
+        torch.manual_seed(context.seed)
+        run = _load_round(reqs, source, out, context, options)
+        _settle_settings(run, options)
+        _add_unlearning_token(run)
+        _build_preserved_keys(run)
+        _edit(run, options)
+        manifest = _manifest(run)
+        out_path = _check_and_save(run, out, manifest) if out is not None else None
+        return ForgetResult(out_path, manifest, run.model, run.tokenizer)
+
+
+@dataclass
+class _Round:
+    """What the steps of one round hand each other."""
+
+    reqs: list[ForgetRequest]
+    source: str
+    out: object
+    context: RunContext
+    model: object
+    tokenizer: object
+    source_input: object
+    previous: dict
+    base_history: dict | None
+    mode: str
+    scope: str
+    cache_dir: Path
+    started: float
+    timings: dict[str, float] = field(default_factory=dict)
+    config: EditConfig | None = None
+    recipe: object = None
+    adapter: object = None
+    layers: list[int] = field(default_factory=list)
+    token_config: UnlearningTokenConfig | None = None
+    start: object = None
+    fingerprint: str = ""
+    own_answers: object = None
+    token: object = None
+    preserved: object = None
+    scoped: object = None
+    result: object = None
+    settings: dict | None = None
+
+    def timed(self, name: str, started: float) -> None:
+        self.timings[name] = time.perf_counter() - started
+
+
+def _load_round(reqs, source, out, context: RunContext, options: EraseOptions) -> _Round:
+    """The model (loaded unless given in memory) and what its directory records of earlier rounds."""
+    from ..generation import check_lengths
+
+    source_input = load_input(context.model_dir)
+    started_all = started = time.perf_counter()
+    cache_dir = Path(context.cache_dir) if context.cache_dir else default_cache_dir()
+    model, tokenizer = context.model, context.tokenizer
+    if context.model_dir is not None or context.hub_id is not None:
+        model, tokenizer = load_model(context.model_dir or context.hub_id, cache_dir=cache_dir,
+                                      device_map=context.device_map)
+    elif tokenizer is None:
+        raise UniEraseError("pass the tokenizer together with an in-memory model")
+    check_lengths(model, tokenizer, [r.question for r in reqs], EDIT_TOKEN_RESERVE, what="request")
+    previous = source_input.manifest or {}
+    base_history = None
+    if previous.get("method") != "unierase":
+        # a plain, fine-tuned or baseline-unlearned checkpoint: UniErase starts from it as its base;
+        # what made it stays in the manifest (and the ledger continues)
+        base_history, previous = (previous or None), {}
+    run = _Round(reqs, source, out, context, model, tokenizer, source_input, previous, base_history,
+                 options.mode or ("sequential" if previous else "batch"), options.scope, cache_dir, started_all)
+    run.timed("load", started)
+    return run
+
+
+def _settle_settings(run: _Round, options: EraseOptions) -> None:
+    """The edit's settings (recipe, flags, ``--set``), its layers, and what the round may change."""
+    run.settings = options.settings
+    run.config, run.recipe = _resolve_config(run.model, options)
+    run.adapter = find_mlp_output(run.model)
+    run.layers = run.config.resolved_layers(run.adapter.num_layers)
+    previous_layers = run.previous.get("layers")
+    if run.previous and previous_layers and previous_layers != run.layers:
+        raise UniEraseError(f"{run.context.model_dir} was edited at layers {previous_layers}; a sequential round must "
+                            "use the same layers")
+    state = run.source_input.state
+    state.validate(run.layers, run.adapter.key_dim(run.layers[0]),
+                   source=f"{run.context.model_dir}/unierase_state.safetensors")
+    run.token_config = token_with_settings(options.token_config or UnlearningTokenConfig(seed=run.context.seed),
+                                           options.settings)
+    # the tensors the round may change: the edited projections and the embeddings of the token
+    changes = [f"{run.adapter.module_name(layer)}.weight" for layer in run.layers] + embedding_names(run.model)
+    run.start = start_round(run.model, state, changes=changes) if run.out is not None else None
+    run.fingerprint = run.previous.get("base_model", {}).get("fingerprint") or model_fingerprint(run.model)
+    # the model's own answers to the generic questions, generated at most once for the token and the statistics
+    run.own_answers = OwnAnswers(run.model, run.tokenizer, training_questions(), ANSWER_KEY_TOKENS,
+                                 suppress=(run.token_config.token,))
+
+
+def _add_unlearning_token(run: _Round) -> None:
+    started = time.perf_counter()
+    run.token = ensure_unlearning_token(run.model, run.tokenizer, fingerprint=run.fingerprint, cache_dir=run.cache_dir,
+                                        config=run.token_config, augment_layers=run.layers,
+                                        progress=run.context.progress, own_answers=run.own_answers)
+    run.timed("token", started)
+
+
+def _token_cache_key(run: _Round) -> str | None:
+    return run.token.cache_key or run.previous.get("token", {}).get("cache_key")
+
+
+def _build_preserved_keys(run: _Round) -> None:
+    started = time.perf_counter()
+    run.preserved = build_preserved_keys(run.model, run.tokenizer, run.adapter, run.layers, run.config,
+                                         fingerprint=run.fingerprint, token_id=run.token.token_id,
+                                         token_key=_token_cache_key(run), state=run.source_input.state,
+                                         cache_dir=run.cache_dir, own_answers=run.own_answers,
+                                         progress=run.context.progress)
+    run.timed("statistics", started)
+
+
+def _edit(run: _Round, options: EraseOptions) -> None:
+    """Scope (which requests share a target), then the edit passes."""
+    started = time.perf_counter()
+    record_texts = run.context.record_texts
+    run.scoped = scoped = resolve_scope(run.reqs, options.scope, run.config.neutral_templates)
+    for info in scoped.entities:
+        log.info("entity scope: %d request(s) about %r share one target; %d neutral question(s) about it added",
+                 len(info["requests"]), info["entity"] if record_texts else "(not recorded)", len(info["added"]))
+    entity_scope = [scoped.entity_kind(i) for i in range(len(scoped.requests))]
+    # the added questions' answers are generated with the rest
+    answer_ids = options.answer_ids if not scoped.added else None
+    run.result = run_edit_passes(run.model, run.tokenizer, run.adapter, scoped.requests, run.token.token_id, run.config,
+                                 run.preserved, progress=run.context.progress, answer_ids=answer_ids,
+                                 groups=scoped.groups, entity_scope=entity_scope)
+    run.timed("edit", started)
+    passes = run.result.passes
+    not_reached = [run.reqs[i] for i in run.result.not_reached_indices if i < len(run.reqs)]
+    if not_reached:
+        log.warning("%d of %d request(s) do not start their answer with %s after %d pass(es): %s. Run forget again on the "
+                    "output to continue, or raise max_passes", len(not_reached), len(run.reqs), run.token.token,
+                    len(passes), "; ".join(r.question if record_texts else r.digest()[:12] for r in not_reached))
+    for name in passes[0]["timings_s"]:
+        run.timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
+
+
+def _manifest(run: _Round) -> dict:
+    rounds = list(run.previous.get("rounds", []))
+    rounds.append(_round_record(len(rounds) + 1, run))
+    base = run.previous.get("base_model") or base_model_info(run.model, run.context.spec, run.fingerprint)
+    return Manifest("unierase", base, {
+        "token": {"string": run.token.token, "id": run.token.token_id, "cache_key": _token_cache_key(run),
+                  "training": run.token_config.to_dict()},
+        "layers": run.layers,
+        "module": run.adapter.mlp_output_path,
+        "parameter_fraction": run.adapter.edited_fraction(run.layers, run.model),
+        "statistics": run.preserved.statistics,
+        "prompt": {"chat_template_date": PINNED_DATE},
+        "rounds": rounds,
+        "total_seconds": round(time.perf_counter() - run.started, 2),
+    }, base_history=run.base_history or run.previous.get("base_history")).to_dict()
+
+
+def _check_and_save(run: _Round, out, manifest: dict) -> Path:
+    """Ask the erased questions and their neighbours once more, then write checkpoint, manifest,
+    ledger entry and revert data in one atomic swap."""
+    from .prompts import neutral_questions
+
+    out_path = Path(out)
+    started = time.perf_counter()
+    record_texts = run.context.record_texts
+    substitutes = [q for per in neutral_questions(run.reqs, 0, 2) for q, _ in per]
+    check = probe(run.model, run.tokenizer, run.reqs,
+                  neighbour_questions(run.reqs, record_texts=record_texts, extra=substitutes),
+                  run.token.token_id, record_texts=record_texts)
+    run.timed("verification", started)
+    last = manifest["rounds"][-1]
+    entry = {"kind": "erase", "method": "unierase", "version": __version__, "mode": run.mode,
+             "requests": last["requests"], "settings": {"layers": run.layers, "edit": run.config.to_dict()},
+             "verification": check}
+    save_round(out_path, run.model, run.tokenizer, run.start, run.source_input, manifest=manifest, entry=entry,
+               state=run.source_input.state)
+    log.info("saved the edited checkpoint to %s (erased at once: %d of %d requests)", out_path, check["erased"],
+             len(run.reqs))
+    return out_path
+
+
+def _resolve_config(model, options: EraseOptions):
+    """(EditConfig, recipe or None): a caller's own config as given (copied and validated by
+    ``replace``), else the neutral defaults with the recipe matching this model's config; the
+    round's options (layers, statistics tokens, passes, key position, solver) and the caller's
+    individual ``settings`` over either."""
+    changes = {"layers": list(options.layers) if options.layers is not None else None,
+               "stats_tokens": options.stats_tokens, "max_passes": options.max_passes,
+               "key_position": options.key_position, "solver": options.solver}
+    changes = {k: v for k, v in changes.items() if v is not None}
+    if options.edit_config is None:
+        config, recipe = edit_config_for(model.config, **changes)
+    else:
+        config, recipe = dataclasses.replace(copy.deepcopy(options.edit_config), **changes), None
+    config = with_settings(config, options.settings)
+    log.info("edit settings: %s%s", f"recipe {recipe.name} ({recipe.source})" if recipe else
+             "the caller's EditConfig" if options.edit_config is not None else
+             "neutral defaults (no recipe matches this model)",
+             f", with {options.settings}" if any((options.settings or {}).values()) else "")
+    return config, recipe
+
+
+def _round_record(number: int, run: _Round) -> dict:
+    """The manifest's record of one round (texts only with ``record_texts``)."""
+    reqs, result, scoped, record_texts = run.reqs, run.result, run.scoped, run.context.record_texts
+    not_reached = [reqs[i] for i in result.not_reached_indices if i < len(reqs)]
+    key_tokens = result.key_tokens
+    return {
+        "round": number,
+        "mode": run.mode,
+        "requests": [dict(sha256=r.digest(), **(r.to_dict() if record_texts else {})) for r in reqs],
+        "source": run.source,
+        "layers": run.layers,
+        "key_tokens": key_tokens[:len(reqs)] if record_texts else None,
+        "scope": {"default": run.scope, "requests": scoped.scopes,
+                  "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"], "person": e["person"],
+                                "requests": e["requests"], "added": e["added"] if record_texts else len(e["added"]),
+                                "key_token": key_tokens[e["requests"][0]] if record_texts and key_tokens else None}
+                               for e in scoped.entities],
+                  "added_not_reached": sum(1 for i in result.not_reached_indices if i >= len(reqs))},
+        "recipe": run.recipe.name if run.recipe else None,
+        "settings": {k: v for k, v in (run.settings or {}).items() if v},
+        "hyperparameters": run.config.to_dict(),
+        "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
+        "peak_memory_mb": peak_memory_mb(),
+        "passes": result.passes,
+        "not_reached": [r.digest() for r in not_reached],
+        "null_space_dims": result.last.null_dims,
+        "update_norms": result.last.update_norms,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
