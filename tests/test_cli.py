@@ -117,11 +117,19 @@ def test_missing_model_dir(tmp_path, requests_file, capsys):
                   "does not exist", out)
 
 
-def test_cli_key_positions_match_the_editor():
-    from unierase.cli import KEY_POSITION_CHOICES
-    from unierase.edit.editor import KEY_POSITIONS
+def test_forget_flags_come_from_the_options_and_abbreviations_are_off(capsys):
+    from unierase.cli import build_parser
+    from unierase.edit.options import KEY_POSITIONS, SOLVER_NAMES
+    from unierase.edit.solve import SOLVERS
 
-    assert tuple(KEY_POSITION_CHOICES) == tuple(KEY_POSITIONS)
+    assert set(SOLVER_NAMES) == set(SOLVERS)
+    forget = build_parser()._subparsers._group_actions[0].choices["forget"]
+    choices = {a.dest: a.choices for a in forget._actions}
+    assert tuple(choices["key_position"]) == KEY_POSITIONS
+    groups = [g.title for g in forget._action_groups]
+    assert "options of --method unierase" in groups and "options of --method ga+gd, ga+kl, npo+gd, ..." in groups
+    with pytest.raises(SystemExit):  # "--refus" is no longer read as "--refusals"
+        build_parser().parse_args(["forget", "--requests", "r", "--out", "o", "--method", "dpo+gd", "--refus", "x"])
 
 
 def test_snapshot_slice_keeps_rows_aligned():
@@ -133,13 +141,13 @@ def test_snapshot_slice_keeps_rows_aligned():
 
 
 def test_methods_lists_the_one_registry(capsys):
-    from unierase.registry import METHODS, get_method
+    from unierase.registry import get_method, methods
     from unierase.storage import UniEraseError
 
     assert main(["methods", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["name"] for r in rows] == list(METHODS) and rows[0] == {"name": "unierase", "family": "edit",
-                                                                    "description": METHODS["unierase"].description}
+    assert [r["name"] for r in rows] == list(methods()) and rows[0] == {"name": "unierase", "family": "edit",
+                                                                      "description": methods()["unierase"].description}
     assert {r["family"] for r in rows[1:]} == {"fine-tuning"} and len(rows) == 9
     assert get_method("NPO_GD").name == "npo+gd" and get_method("UniErase").name == "unierase"
     with pytest.raises(UniEraseError, match="choose one of: unierase, ga\\+gd"):

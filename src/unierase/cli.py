@@ -84,7 +84,7 @@ def add_history_parser(subparsers) -> None:
 
 
 def _run_history(args) -> int:
-    from .trail import history, history_table
+    from .record.trail import history, history_table
 
     rows = history(args.dir)
     print(json.dumps(rows, indent=2, ensure_ascii=False) if args.json else history_table(rows))
@@ -124,7 +124,7 @@ def add_verify_parser(subparsers) -> None:
 
 
 def _run_verify(args) -> int:
-    from .trail import verify
+    from .record.trail import verify
     from .storage import write_json_atomic
 
     report = verify(args.dir, requests=args.requests, cache_dir=args.cache_dir)
@@ -152,7 +152,7 @@ def add_revert_parser(subparsers) -> None:
 
 
 def _run_revert(args) -> int:
-    from .trail import revert
+    from .record.trail import revert
 
     print(revert(args.dir, args.undo_from, args.out, overwrite=args.overwrite, cache_dir=args.cache_dir).summary())
     return 0

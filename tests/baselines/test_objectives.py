@@ -5,7 +5,10 @@ import json
 
 import pytest
 
-from unierase.baselines import METHODS, get_method, make_config, run_baseline
+from unierase.baselines import BASELINES, baseline_class, make_config, run_baseline
+from unierase.registry import get_method
+
+METHODS = [cls.name for cls in BASELINES]
 from unierase.requests import ForgetRequest
 from unierase.storage import UniEraseError
 
@@ -32,7 +35,9 @@ def uniform_kl_on_forget(path, tokenizer):
 
 def test_registry_has_the_eight_methods():
     assert sorted(METHODS) == sorted(["ga+gd", "ga+kl", "npo+gd", "npo+kl", "me+gd", "dpo+gd", "dpo+kl", "idk+ap"])
-    assert get_method("NPO_GD") is METHODS["npo+gd"]
+    assert get_method("NPO_GD").name == "npo+gd" and baseline_class("NPO_GD").name == "npo+gd"
+    with pytest.raises(UniEraseError, match="not a fine-tuning baseline"):
+        baseline_class("unierase")
     assert make_config("me+gd").forget_coef == 0.1
     assert make_config("ga+gd").forget_coef == 1.0
     with pytest.raises(UniEraseError, match="unknown method"):

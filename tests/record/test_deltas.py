@@ -4,7 +4,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from unierase import deltas
+from unierase.record import deltas
 from unierase.storage import UniEraseError
 
 

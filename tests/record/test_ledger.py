@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from unierase import ledger
+from unierase.record import ledger
 from unierase.storage import UniEraseError
 
 

@@ -8,7 +8,7 @@ import torch
 
 import unierase
 from tiny_models import build_model, build_tokenizer
-from unierase import trail as hist
+from unierase.record import trail as hist
 from unierase.cli import main
 from unierase.record.ledger import read_ledger
 from unierase.record.rounds import MANIFEST_FILE, load_input
