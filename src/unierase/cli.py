@@ -45,7 +45,7 @@ def add_forget_parser(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--method", default="unierase", help="unierase (default) or a fine-tuning baseline (see 'unierase methods')")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the round (token training, baselines' shuffling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     for options_class, names in _option_groups():
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
