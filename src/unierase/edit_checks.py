@@ -1,7 +1,7 @@
 """Measurements of one edit: did the targeted questions switch to the unlearning token, and did
 everything else stay put? Used by the demo and the edit benchmarks.
 
-Locality follows METHOD.md §5: teacher-forced agreement with the unedited model on its own
+Locality as docs/method.md ("Locality of an edit") defines it: teacher-forced agreement with the unedited model on its own
 answers, "known facts still answered correctly", and the (brittle) exact match of greedy answers.
 """
 

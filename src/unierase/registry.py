@@ -79,7 +79,11 @@ _METHODS: dict[str, Method] = {}
 
 
 def register(method: Method) -> Method:
-    """Add ``method`` under its name (a second method of the same name is an error)."""
+    """Add ``method`` under its name (a second method of the same name is an error). The name is
+    what ``get_method`` finds: lower case, parts joined by ``+`` (``npo+gd``)."""
+    if normalise_name(method.name) != method.name:
+        raise UniEraseError(f"method name {method.name!r} must be lower case with parts joined by '+' "
+                            f"(e.g. {normalise_name(method.name)!r})")
     if method.name in _METHODS and _METHODS[method.name] is not method:
         raise UniEraseError(f"a method named {method.name!r} is already registered")
     _METHODS[method.name] = method

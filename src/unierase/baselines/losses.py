@@ -1,4 +1,4 @@
-"""Loss terms of the fine-tuning baselines as pure functions of logits and labels (METHOD.md §4).
+"""Loss terms of the fine-tuning baselines as pure functions of logits and labels (docs/method.md, "The fine-tuning baselines").
 
 Conventions: ``logits`` are (B, T, V) for inputs (B, T); ``labels`` are (B, T) with -100 on
 positions that are not scored (prompt, padding). Position t's logits predict token t+1, so the
@@ -57,8 +57,8 @@ def uniform_kl(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def npo_loss(seq_logp: torch.Tensor, ref_seq_logp: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO: (2/β)·mean log(1 + (π_θ/π_ref)^β) = −(2/β)·mean log σ(−β·(logπ_θ − logπ_ref)).
 
-    Arguments are summed log-likelihoods (:func:`sequence_logprob`). METHOD.md writes the same
-    term with S = summed NLL: −(2/β)·mean log σ(β·(S_θ − S_ref)). The loss falls as the forget
+    Arguments are summed log-likelihoods (:func:`sequence_logprob`). Written with S = summed NLL
+    the same term reads −(2/β)·mean log σ(β·(S_θ − S_ref)). The loss falls as the forget
     answer's likelihood drops below the reference's; at θ = ref it is (2/β)·log 2.
     """
     return -(2.0 / beta) * F.logsigmoid(-beta * (seq_logp - ref_seq_logp)).mean()
@@ -68,10 +68,10 @@ def dpo_loss(logp_forget: torch.Tensor, ref_logp_forget: torch.Tensor, logp_idk:
              ref_logp_idk: torch.Tensor, beta: float) -> torch.Tensor:
     """DPO with the refusal preferred: −(2/β)·mean log σ(β·[(logπ_θ(y_idk) − logπ_ref(y_idk)) − (logπ_θ(y_f) − logπ_ref(y_f))]).
 
-    Arguments are summed log-likelihoods. METHOD.md's margin (S_ref(y_f) − S_θ(y_f)) −
+    Arguments are summed log-likelihoods. The specification's margin (S_ref(y_f) − S_θ(y_f)) −
     (S_ref(y_idk) − S_θ(y_idk)) is this one when S is read as the log-likelihood; read as the
-    NLL (the table's stated convention) it would prefer the true answer, contrary to its own
-    description ("refusal preferred over the true answer"), so the described intent is implemented.
+    NLL it would prefer the true answer, contrary to the stated intent (the refusal preferred
+    over the true answer), so the intent is implemented (docs/method.md).
     """
     margin = (logp_idk - ref_logp_idk) - (logp_forget - ref_logp_forget)
     return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
@@ -80,6 +80,6 @@ def dpo_loss(logp_forget: torch.Tensor, ref_logp_forget: torch.Tensor, logp_idk:
 def answer_preservation(logp_true: torch.Tensor, logp_idk: torch.Tensor, beta: float) -> torch.Tensor:
     """IDK+AP regulariser: −(1/β)·mean log σ(β·(logπ_θ(y_r|x_r) − logπ_θ(y_idk|x_r))), no reference.
 
-    With S = summed NLL this is METHOD.md's σ(β·(S_θ(y_idk|x_r) − S_θ(y_r|x_r))).
+    With S = summed NLL this is σ(β·(S_θ(y_idk|x_r) − S_θ(y_r|x_r))) (docs/method.md).
     """
     return -(1.0 / beta) * F.logsigmoid(beta * (logp_true - logp_idk)).mean()

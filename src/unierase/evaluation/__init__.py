@@ -1,4 +1,4 @@
-"""TOFU evaluation with exact metric semantics (METHOD.md §5).
+"""TOFU evaluation with exact metric semantics (docs/method.md#metrics).
 
 - :func:`evaluate` / :class:`EvalConfig` — run the evaluation of one model (``unierase eval``).
 - :mod:`.metrics` — metric functions on per-item values (each returns per-item values + aggregate).

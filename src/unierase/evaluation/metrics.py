@@ -2,7 +2,7 @@
 
 Every function takes per-item inputs (mean token NLLs, token ids, texts) and returns a
 :class:`Metric` — the per-item values and their aggregate — or, for set-level statistics such as
-Forget Quality and Model Utility, a plain float. The formulas follow METHOD.md §5 (TOFU with
+Forget Quality and Model Utility, a plain float. The formulas follow docs/method.md#metrics (TOFU with
 open-unlearning semantics, and the closer-look family named separately).
 
 Notation: ``nll`` is the mean token negative log-likelihood of an answer given its question

@@ -56,7 +56,7 @@ def _parse(text: str, source: str) -> Recipe:
 def load_recipes(folder: str | Path | None = None) -> list[Recipe]:
     """The recipes shipped with the package (or the ``*.json`` of ``folder``), sorted by name."""
     if folder is None:
-        files = [(f.read_text(encoding="utf-8"), f"unierase/recipes/{f.name}")
+        files = [(f.read_text(encoding="utf-8"), f"unierase/edit/recipes/{f.name}")
                  for f in resources.files(__package__).iterdir() if f.name.endswith(".json")]
     else:
         files = [(f.read_text(encoding="utf-8"), str(f)) for f in sorted(Path(folder).glob("*.json"))]
