@@ -95,7 +95,7 @@ def stage_targets(args) -> dict:
 
 
 def stage_baselines(args, save=lambda record: None) -> dict:
-    from unierase.baselines import METHODS
+    from unierase.registry import methods as registered_methods
 
     target = Path(args.target)
     subset = _subset_from_manifest(_manifest(target), args.data_dir)
@@ -105,7 +105,8 @@ def stage_baselines(args, save=lambda record: None) -> dict:
     requests.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in subset.forget), encoding="utf-8")
     retain = runs / "retain.jsonl"
     retain.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in subset.retain), encoding="utf-8")
-    methods = list(METHODS) if args.methods == "all" else args.methods.split(",")
+    fine_tuning = [name for name, method in registered_methods().items() if method.family == "fine-tuning"]
+    methods = fine_tuning if args.methods == "all" else args.methods.split(",")
     record = {"stage": "baselines", "target": str(target), "subset": subset.describe(),
               "settings": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "threads": args.threads},
               "before": {"forget": score(target, subset.forget, generate=args.generate, threads=args.threads),

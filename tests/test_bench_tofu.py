@@ -79,6 +79,22 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     out = capsys.readouterr().out
     assert "[run]" not in out and out.count("[cached]") >= 12
     assert again["eval"]["unierase"]["summary"] == figures["eval"]["unierase"]["summary"]
+
+    # --only report: the report from the cached cells, none computed; without them, from bench.json
+    report = (results / "REPORT.md").read_text()
+    reported = bench.run(setting, tmp_path / "work", only={"report"}, results=results)
+    out = capsys.readouterr().out
+    assert "[run]" not in out and "[not cached]" not in out and reported["bars"] == again["bars"]
+    assert (results / "REPORT.md").read_text() == report
+    (results / "REPORT.md").unlink()
+    (results / "time.png").unlink()
+    recorded = bench.run(setting, tmp_path / "elsewhere", only={"report"}, results=results)
+    assert "re-rendering" in capsys.readouterr().out and not (tmp_path / "elsewhere").exists()
+    assert (results / "REPORT.md").read_text() == report and (results / "time.png").is_file()
+    assert recorded["bars"] == json.loads((results / "bench.json").read_text())["bars"]
+    with pytest.raises(FileNotFoundError, match="nothing to report"):
+        bench.run(setting, tmp_path / "elsewhere", only={"report"}, results=tmp_path / "no-results")
+
     partial = bench.run(setting, tmp_path / "work", only={"precise"}, results=results)  # one family: the rest from cache
     assert set(partial["eval"]) == set(figures["eval"]) and partial["precise"] == figures["precise"]
     sweep_only = bench.run(setting, tmp_path / "work2", only={"sweep"}, results=tmp_path / "results2")
@@ -148,3 +164,20 @@ def test_changed_answers_counts_differences_from_the_reference(tmp_path):
     got = changed_answers(tmp_path / "ref", tmp_path / "out")
     assert got["real_authors"] == {"changed": 1, "of": 3, "examples": [{"question": "q1", "target": "b", "now": "x"}]}
     assert got["retain"]["changed"] == 0 and got["world_facts"]["changed"] == 0
+
+
+def test_the_baselines_are_the_registry_s_fine_tuning_methods():
+    from unierase.registry import methods
+
+    bench = _load()
+    assert bench.BASELINES == tuple(n for n, m in methods().items() if m.family == "fine-tuning")
+    assert bench.Setting().methods == tuple(methods())  # by default every registered method runs
+
+
+def test_only_report_reproduces_the_committed_report(tmp_path):
+    # the committed REPORT.md is what `bench_tofu.py --only report` renders from the committed bench.json
+    committed = BENCH.parent / "results" / "tofu"
+    (tmp_path / "bench.json").write_text((committed / "bench.json").read_text())
+    figures = _load().report_from_record(tmp_path)
+    assert (tmp_path / "REPORT.md").read_text() == (committed / "REPORT.md").read_text()
+    assert all((tmp_path / name).is_file() for name in figures["plots"])
