@@ -363,13 +363,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     null_dims = {layer: basis.shape[1] for layer, basis in preserved.bases.items()}
     started = time.perf_counter()
     ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], preserved.basis(layers[0]))
-    prompts = []
     shared = _shared_rows(groups, len(requests))
-    for i, (r, end) in enumerate(zip(requests, ends)):
-        # a request sharing its target runs plain only: the group's other questions vary the context
-        # the prefixes would, at a third of the value optimisation's cost
-        prefixes, suffixes = (0, 0) if shared[i] else (config.num_prefixes, config.num_suffixes)
-        prompts += build_edit_prompts(tokenizer, r.question, i, end, prefixes, suffixes)
+    prompts = _round_prompts(tokenizer, requests, ends, shared, config)
     key_tokens = [tokenizer.decode([p.input_ids[p.key_index]]) for p in prompts if p.variant == 0]
     timings["key_positions"] = time.perf_counter() - started
 
@@ -384,6 +379,49 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
+    sweep = _solve_layers(model, tokenizer, adapter, requests, prompts, targets, config, preserved, layers=layers,
+                          preserve_keys=preserve_keys)
+    timings["solve"] = time.perf_counter() - started
+    started = time.perf_counter()
+    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad,
+                               [config.entity_values if s else config.values for s in shared], continuations)
+    final = after.values()
+    timings["check"] = time.perf_counter() - started
+    left = float(((targets - final).norm(dim=0) / (targets - sweep.initial).norm(dim=0).clamp(min=1e-12)).mean())
+    return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, value_report,
+                       null_dims, sweep.residual_norms, sweep.update_norms, round(left, 4), targets, sweep.keys, after)
+
+
+def _round_prompts(tokenizer, requests: list[ForgetRequest], ends: list[int | None], shared: list[bool],
+                   config: EditConfig) -> list[EditPrompt]:
+    """Every request's edit prompts (``build_edit_prompts``), in request order."""
+    prompts = []
+    for i, (r, end) in enumerate(zip(requests, ends)):
+        # a request sharing its target runs plain only: the group's other questions vary the context
+        # the prefixes would, at a third of the value optimisation's cost
+        prefixes, suffixes = (0, 0) if shared[i] else (config.num_prefixes, config.num_suffixes)
+        prompts += build_edit_prompts(tokenizer, r.question, i, end, prefixes, suffixes)
+    return prompts
+
+
+@dataclass
+class _Sweep:
+    """What the layer sweep wrote and measured."""
+
+    initial: torch.Tensor
+    """The values at the last edited layer before the sweep (d × N)."""
+    residual_norms: dict[int, float]
+    update_norms: dict[int, float]
+    keys: dict[int, torch.Tensor]
+    """Layer → the keys (m × N) its update was solved for."""
+
+
+def _solve_layers(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], prompts: list[EditPrompt],
+                  targets: torch.Tensor, config: EditConfig, preserved: PreservedKeys, *, layers: list[int],
+                  preserve_keys: bool) -> _Sweep:
+    """Update each layer in order towards ``targets``, each taking its share of what is left at the
+    last edited layer (keys and values measured on the model as edited so far)."""
+    z_layer, pad = layers[-1], tokenizer.pad_token_id
     soft = preserved.soft
     if soft is None:
         # measured once before the sweep for all layers (a soft constraint: the few-percent change the
@@ -409,12 +447,4 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
             preserved.state.add(layer, keys)
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
         update_norms[layer] = round(float(delta.norm()), 4)
-    timings["solve"] = time.perf_counter() - started
-    started = time.perf_counter()
-    after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad,
-                               [config.entity_values if s else config.values for s in shared], continuations)
-    final = after.values()
-    timings["check"] = time.perf_counter() - started
-    left = float(((targets - final).norm(dim=0) / (targets - initial).norm(dim=0).clamp(min=1e-12)).mean())
-    return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, value_report,
-                       null_dims, residual_norms, update_norms, round(left, 4), targets, round_keys, after)
+    return _Sweep(initial, residual_norms, update_norms, round_keys)

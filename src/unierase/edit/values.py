@@ -349,7 +349,6 @@ def plain_prompt_group(model, adapter: MLPOutputAdapter, z_layer: int, prompts: 
     return PromptGroup(model, plain, prompts, pad_id, device, _tails(prompts, plain, target_id, config, continuations),
                        adapter, z_layer)
 
-
 def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], num_requests: int,
                           target_id: int, pad_id: int, config: ValueConfig, progress: bool = True,
                           continuations: list[list[int]] | None = None,
@@ -382,9 +381,57 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     started = time.perf_counter()
     device = model.get_input_embeddings().weight.device
     scored = bool(continuations) and config.continuation_weight > 0 and config.continuation_tokens != 0
+    layout = _request_layout(prompts, num_requests, start_targets, keep_targets, groups, optimise)
+    tails = _tails(prompts, layout.plain, target_id, config, continuations)
+    req = torch.tensor([p.request_index for p in prompts], device=device)
+    prompt_groups, others = _prompt_groups(model, adapter, z_layer, prompts, pad_id, tails, layout, plain_group)
+    reference = _reference(prompt_groups[0], others, req, layout)
+    for g in prompt_groups:  # the KL reference is taken: the logits without δ are not kept
+        g.base_logits = None
+    if (layout.kept or layout.riders) and others is None:  # their plain rows leave too (the prefixed group never had them)
+        prompt_groups = _restrict(prompt_groups, prompts, layout.active)
+    delta = _start_delta(reference, layout, start_targets, config)
+    log.debug("target values: %d requests (%d optimised, %d groups), set up in %.2f s", num_requests,
+              len(layout.active), layout.num_groups, time.perf_counter() - started)
+    steps = _ValueSteps(config, target_id, prompts, layout, reference, delta, req, scored=scored, minibatch=minibatch)
+    bar = tqdm(total=config.steps, desc="target values", disable=not progress or not layout.active)
+    with frozen_parameters(model):  # only δ is optimised: no weight gradient is needed
+        last_step = steps.run(prompt_groups, bar)
+    bar.close()
+    log.debug("target values: %d steps, %.2f s in all", last_step + 1, time.perf_counter() - started)
+    report = steps.report(last_step)
+    return steps.targets(), reference.h0.T.cpu(), report
 
-    # The plain and the prefixed variants, as two groups; requests that reach their target leave
-    # them (rows selected, prefix cache kept).
+
+@dataclass
+class _RequestLayout:
+    """Which δ each request shares, and which requests take part in optimising it."""
+
+    num_requests: int
+    group_of: list[int]
+    """Request → the index of its δ."""
+    members: dict[int, list[int]]
+    """δ → the requests sharing it."""
+    kept: set[int]
+    """Requests whose start target is kept as it is (their whole group converged in an earlier pass)."""
+    riders: set[int]
+    """Requests that only receive their group's δ (``optimise`` False)."""
+    steering: dict[int, list[int]]
+    """δ → the requests it is optimised on."""
+    plain: list[int]
+    """Prompt indices of the plain variants (every request's)."""
+    prefixed: list[int]
+    """Prompt indices of the prefixed variants of the optimised requests."""
+    active: set[int]
+    """Requests still optimised (they leave once their group reached its target)."""
+
+    @property
+    def num_groups(self) -> int:
+        return max(self.group_of) + 1 if self.group_of else 0
+
+
+def _request_layout(prompts: list[EditPrompt], num_requests: int, start_targets, keep_targets, groups,
+                    optimise) -> _RequestLayout:
     group_of = list(range(num_requests)) if groups is None else [int(g) for g in groups]
     members: dict[int, list[int]] = {}
     for r, g in enumerate(group_of):
@@ -397,9 +444,18 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     steering = {g: [m for m in ms if m not in riders] for g, ms in members.items()}
     plain = [i for i, p in enumerate(prompts) if p.variant == 0]
     prefixed = [i for i, p in enumerate(prompts) if p.variant != 0 and p.request_index not in kept | riders]
-    tails = _tails(prompts, plain, target_id, config, continuations)
     active = set(range(num_requests)) - kept - riders
-    req = torch.tensor([p.request_index for p in prompts], device=device)
+    return _RequestLayout(num_requests, group_of, members, kept, riders, steering, plain, prefixed, active)
+
+
+def _prompt_groups(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], pad_id: int,
+                   tails: list[list[int]] | None, layout: _RequestLayout,
+                   plain_group: PromptGroup | None) -> tuple[list[PromptGroup], PromptGroup | None]:
+    """The groups the steps run — the plain variants, then the prefixed ones; requests that reach
+    their target leave them (rows selected, prefix cache kept) — and the plain rows that need only
+    their value at the key token (``None``: no such rows apart)."""
+    device = model.get_input_embeddings().weight.device
+    plain = layout.plain
     if (plain_group is not None and plain_group.base_logits is not None
             and plain_group.inputs == _row_inputs([prompts[i] for i in plain], tails)):
         group = copy.copy(plain_group)
@@ -408,169 +464,250 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     else:
         # the optimised rows run the whole model once (their logits without δ: the KL term's
         # reference); kept and riding rows need only their value at the key token, below z_layer
-        rows = [j for j, i in enumerate(plain) if prompts[i].request_index in active] or list(range(len(plain)))
+        rows = [j for j, i in enumerate(plain) if prompts[i].request_index in layout.active] or list(range(len(plain)))
         rest = sorted(set(range(len(plain))) - set(rows))
         group = PromptGroup(model, [plain[j] for j in rows], prompts, pad_id, device,
                             [tails[j] for j in rows] if tails else None, adapter, z_layer)
         others = (PromptGroup(model, [plain[j] for j in rest], prompts, pad_id, device, None, adapter, z_layer,
                               base_logits=False, replay=group.replay) if rest else None)
     groups = [group]
-    if prefixed:
-        groups.append(PromptGroup(model, prefixed, prompts, pad_id, device, None, adapter, z_layer, base_logits=False,
-                                  replay=group.replay))
+    if layout.prefixed:
+        groups.append(PromptGroup(model, layout.prefixed, prompts, pad_id, device, None, adapter, z_layer,
+                                  base_logits=False, replay=group.replay))
+    return groups, others
+
+
+@dataclass
+class _Reference:
+    """What δ is measured against, from the pass without δ."""
+
+    h0: torch.Tensor
+    """Requests × d: block ``z_layer``'s output at the key token of each plain prompt."""
+    h0_norm: torch.Tensor
+    kl_logp: torch.Tensor
+    """Requests × vocabulary: the key token's next-token log-probabilities (the KL term's reference)."""
+    gidx: torch.Tensor
+    """Request → the index of its δ."""
+    g_norm: torch.Tensor
+    """Per δ: its group's mean ‖h₀‖ (the bound and the decay of a shared δ use it)."""
+
+
+def _reference(group: PromptGroup, others: PromptGroup | None, req: torch.Tensor, layout: _RequestLayout) -> _Reference:
+    device = req.device
     base_logits, block_out = group.base_logits, group.block_out
-    h0 = torch.zeros(num_requests, block_out.shape[-1], device=device)
+    h0 = torch.zeros(layout.num_requests, block_out.shape[-1], device=device)
     for g in (group, others) if others is not None else (group,):  # value at the key token of the plain prompt
         h0[req[g.members]] = g.block_out[:, 0].float().to(device)
-    init_kl_logp = torch.zeros(num_requests, base_logits.shape[-1], device=device)
-    init_kl_logp[req[group.members]] = torch.log_softmax(base_logits[:, KEY].float(), dim=-1)
+    kl_logp = torch.zeros(layout.num_requests, base_logits.shape[-1], device=device)
+    kl_logp[req[group.members]] = torch.log_softmax(base_logits[:, KEY].float(), dim=-1)
     h0_norm = h0.norm(dim=-1)
-    num_groups = max(group_of) + 1 if group_of else 0
-    gidx = torch.tensor(group_of, dtype=torch.long, device=device)
-    # the bound and the decay of a shared δ use its group's mean ‖h₀‖
+    num_groups = layout.num_groups
+    gidx = torch.tensor(layout.group_of, dtype=torch.long, device=device)
     g_norm = torch.zeros(num_groups, device=device).index_add(0, gidx, h0_norm) / \
         torch.zeros(num_groups, device=device).index_add(0, gidx, torch.ones_like(h0_norm)).clamp(min=1)
-    for g in groups:
-        g.base_logits = None
-    del base_logits
-    if (kept or riders) and others is None:  # their plain rows leave too (the prefixed group never had them)
-        groups = _restrict(groups, prompts, active)
+    return _Reference(h0, h0_norm, kl_logp, gidx, g_norm)
 
-    delta = torch.zeros(num_groups, h0.shape[-1], device=device)
+
+def _start_delta(reference: _Reference, layout: _RequestLayout, start_targets, config: ValueConfig) -> torch.Tensor:
+    """δ per group (groups × d): zero, or warm-started at the mean move of its requests' start targets,
+    within the bound."""
+    h0 = reference.h0
+    delta = torch.zeros(layout.num_groups, h0.shape[-1], device=h0.device)
     starts: dict[int, list[torch.Tensor]] = {}
     for r, z in enumerate(start_targets or []):
         if z is not None:
-            starts.setdefault(group_of[r], []).append(z.to(delta) - h0[r])
-    for g, moves in starts.items():  # a shared δ starts at its requests' mean move
+            starts.setdefault(layout.group_of[r], []).append(z.to(delta) - h0[r])
+    for g, moves in starts.items():
         move = torch.stack(moves).mean(0)
-        delta[g] = move * min(1.0, float(config.clamp_factor * g_norm[g] / move.norm().clamp(min=1e-12)))
-    log.debug("target values: %d requests (%d optimised, %d groups), set up in %.2f s", num_requests, len(active),
-              num_groups, time.perf_counter() - started)
-    delta.requires_grad_(True)
-    optimiser = torch.optim.Adam([delta], lr=config.lr)
-    weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(num_requests)], device=device)
-    current: dict[str, torch.Tensor] = {}
+        delta[g] = move * min(1.0, float(config.clamp_factor * reference.g_norm[g] / move.norm().clamp(min=1e-12)))
+    return delta
 
-    def add_delta(hidden):
+
+class _AddDelta:
+    """The edit of block ``z_layer``'s output: adds each row's δ at its key token (column 0); ``req``
+    holds the requests of the rows being run."""
+
+    def __init__(self, delta: torch.Tensor, gidx: torch.Tensor):
+        self.delta, self.gidx = delta, gidx
+        self.req: torch.Tensor | None = None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         at = hidden.device  # blocks may sit on different devices under an accelerate device_map
         rows = torch.arange(hidden.shape[0], device=at)
         key_col = torch.zeros(hidden.shape[0], dtype=torch.long, device=at)
-        return hidden.index_put((rows, key_col), delta[gidx[current["req"]]].to(device=at, dtype=hidden.dtype),
+        return hidden.index_put((rows, key_col), self.delta[self.gidx[self.req]].to(device=at, dtype=hidden.dtype),
                                 accumulate=True)
 
-    initial = torch.zeros(num_requests, device=device)  # −log p(target) at each request's first run (`evaluated`)
-    evaluated: set[int] = set()
-    turn = {g: 0 for g in steering}  # where each group's minibatch goes on
-    per_request = torch.zeros(num_requests, device=device)  # last measured −log p(target) per request
-    cont_request = torch.zeros(num_requests, device=device)
-    ban_request = torch.zeros(num_requests, device=device)  # −log p(refusal start | target banned)
-    greedy_request = torch.ones(num_requests, dtype=torch.bool, device=device)
-    steps_taken = [0] * num_requests
-    reached = set(kept)
-    step = -1
-    bar = tqdm(total=config.steps, desc="target values", disable=not progress or not active)
-    with frozen_parameters(model):  # only δ is optimised: no weight gradient is needed
-        for step in range(config.steps if active else 0):
-            optimiser.zero_grad()
-            nll = torch.zeros((), device=device)
-            measured = torch.zeros(num_requests, device=device)
-            kl = torch.zeros((), device=device)
-            if minibatch:
-                chosen = set()
-                for grp, ms in steering.items():
-                    ms = [m for m in ms if m in active]
-                    if len(ms) > minibatch:
-                        ms = [ms[(turn[grp] + k) % len(ms)] for k in range(minibatch)]
-                        turn[grp] += minibatch
-                    chosen.update(ms)
-                step_groups = _restrict(groups, prompts, chosen)
-            else:
-                chosen, step_groups = active, groups
-            for g in step_groups:
-                current["req"] = req[g.members]
-                # stale context once a group's first exact step checked it (not with a minibatch,
-                # whose rows change each step)
-                cheap = (config.context_refresh > 1 and not minibatch and g.use_stale_context()
-                         and g.stale.verified)
-                if cheap and step % config.context_refresh == 0:
-                    g.stale.refresh_words(g, add_delta)
-                logits = g.logits(add_delta, stale=cheap)
-                rows_nll = g.target_nll(logits, target_id)
-                w = weights[current["req"]]
-                measured = measured.index_add(0, current["req"], rows_nll.detach() * w)
-                nll = nll + (rows_nll * w).sum()
-                if g is step_groups[0]:
-                    cur_kl_logp = torch.log_softmax(logits[:, KEY].float(), dim=-1)
-                    kl = torch.nn.functional.kl_div(init_kl_logp[current["req"]], cur_kl_logp, log_target=True, reduction="sum")
-                    if g.tail is not None:
-                        tail = g.tail_nll(logits)
-                        cont_request = cont_request.index_copy(0, current["req"], tail.detach())
-                        if config.greedy_continuation:
-                            greedy_request = greedy_request.index_copy(0, current["req"], g.tail_greedy(logits.detach()))
-                        nll = nll + config.continuation_weight * tail.sum()
-                        if config.banned_weight:
-                            banned = g.banned_nll(logits, target_id)
-                            ban_request = ban_request.index_copy(0, current["req"], banned.detach())
-                            nll = nll + config.banned_weight * (banned * w).sum()
-            ran = sorted(chosen)
-            per_request[ran] = measured[ran]
-            first = [r for r in ran if r not in evaluated]
-            initial[first] = measured[first]
-            evaluated.update(ran)
-            for r in ran:
-                steps_taken[r] = step + 1
-            rows = sorted(active & evaluated)  # a minibatch's stop rule reads each request's last run
-            # A request whose target (and continuation) is reached keeps its δ and leaves the batch, so
-            # the remaining steps only pay for the requests still moving.
-            met = {r for r in rows if per_request[r] < config.stop_loss
-                   and (not scored or cont_request[r] < config.continuation_stop)
-                   and (not (scored and config.banned_weight) or ban_request[r] < config.banned_stop)
-                   and (not (scored and config.greedy_continuation) or bool(greedy_request[r]))}
-            done = {r for r in rows if all(m in met or m in reached for m in steering[group_of[r]])}
-            if log.isEnabledFor(logging.DEBUG):  # the maxima cost a synchronisation: only when logged
-                log.debug("value step %d: %d active, −log p(target) max %.3f, continuation max %.3f, %d reached",
-                          step + 1, len(rows), per_request[rows].max().item(), cont_request[rows].max().item(), len(done))
-            reached |= done
+
+class _ValueSteps:
+    """The Adam steps on δ and what they measured per request."""
+
+    def __init__(self, config: ValueConfig, target_id: int, prompts: list[EditPrompt], layout: _RequestLayout,
+                 reference: _Reference, delta: torch.Tensor, req: torch.Tensor, *, scored: bool, minibatch: int | None):
+        self.config, self.target_id, self.prompts, self.minibatch, self.scored = config, target_id, prompts, minibatch, scored
+        self.layout, self.reference, self.delta, self.req = layout, reference, delta, req
+        device, n = delta.device, layout.num_requests
+        delta.requires_grad_(True)
+        self.optimiser = torch.optim.Adam([delta], lr=config.lr)
+        self.weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(n)], device=device)
+        self.edit = _AddDelta(delta, reference.gidx)
+        self.initial = torch.zeros(n, device=device)  # −log p(target) at each request's first run (`evaluated`)
+        self.evaluated: set[int] = set()
+        self.turn = {g: 0 for g in layout.steering}  # where each group's minibatch goes on
+        self.per_request = torch.zeros(n, device=device)  # last measured −log p(target) per request
+        self.cont_request = torch.zeros(n, device=device)
+        self.ban_request = torch.zeros(n, device=device)  # −log p(refusal start | target banned)
+        self.greedy_request = torch.ones(n, dtype=torch.bool, device=device)
+        self.steps_taken = [0] * n
+        self.reached = set(layout.kept)
+
+    def run(self, groups: list[PromptGroup], bar) -> int:
+        """Steps until every active request reached its target or ``config.steps`` ran; the last
+        step's index (−1: none ran)."""
+        active = self.layout.active
+        step = -1
+        for step in range(self.config.steps if active else 0):
+            self.optimiser.zero_grad()
+            chosen, step_groups = self._choose(groups)
+            nll, kl, measured = self._forward(step_groups, step)
+            done = self._record(measured, chosen, step)
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
-                bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
-                                active=0, refresh=False)
-                bar.update()
+                self._show(bar, 0)
                 break
-            moving = {group_of[r] for r in active - done}
-            frozen = sorted(set(range(num_groups)) - moving)
-            keep = delta.detach()[frozen].clone()
-            decay = (delta.norm(dim=-1) / g_norm.pow(2).clamp(min=1e-12)).sum()
-            loss = nll + config.kl_weight * kl + config.weight_decay * decay
-            loss.backward()
-            optimiser.step()
-            with torch.no_grad():
-                limit = config.clamp_factor * g_norm
-                norms = delta.norm(dim=-1)
-                scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
-                delta.mul_(scale[:, None])
-                delta[frozen] = keep
-            if done:
+            self._descend(nll, kl, done)
+            if done:  # they keep their δ; the remaining steps only pay for the requests still moving
                 active -= done
-                groups = _restrict(groups, prompts, active)
-            bar.set_postfix(nll=f"{per_request.max().item():.3f}", continuation=f"{cont_request.max().item():.3f}",
-                            active=len(active), refresh=False)
-            bar.update()
-    bar.close()
-    log.debug("target values: %d steps, %.2f s in all", step + 1, time.perf_counter() - started)
+                groups = _restrict(groups, self.prompts, active)
+            self._show(bar, len(active))
+        return step
 
-    def reported(values: torch.Tensor | None) -> list[float | None]:  # None: a kept target, not evaluated
-        values = per_request if values is None else values
-        return [None if r in kept or r in riders or r not in evaluated else round(x, 4) for r, x in enumerate(values.tolist())]
+    def _choose(self, groups: list[PromptGroup]) -> tuple[set[int], list[PromptGroup]]:
+        """The requests and groups this step runs: every active one, or with ``minibatch`` at most
+        that many optimised questions of each group, taken in turn."""
+        if not self.minibatch:
+            return self.layout.active, groups
+        chosen = set()
+        for grp, ms in self.layout.steering.items():
+            ms = [m for m in ms if m in self.layout.active]
+            if len(ms) > self.minibatch:
+                ms = [ms[(self.turn[grp] + k) % len(ms)] for k in range(self.minibatch)]
+                self.turn[grp] += self.minibatch
+            chosen.update(ms)
+        return chosen, _restrict(groups, self.prompts, chosen)
 
-    report = ValueReport(
-        steps=step + 1,
-        initial_nll=reported(initial),
-        final_nll=reported(per_request),
-        final_continuation_nll=reported(cont_request),
-        delta_norm_ratio=[round(x, 4) for x in (delta.detach()[gidx].norm(dim=-1) / h0_norm).tolist()],
-        steps_per_request=steps_taken,
-        converged=[r in reached for r in range(num_requests)],
-    )
-    z = (h0 + delta.detach()[gidx]).T.cpu()
-    return z, h0.T.cpu(), report
+    def _forward(self, step_groups: list[PromptGroup], step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the groups with δ: the step's NLL and KL terms, and each request's weighted −log p(target)."""
+        config, device = self.config, self.delta.device
+        nll = torch.zeros((), device=device)
+        measured = torch.zeros(self.layout.num_requests, device=device)
+        kl = torch.zeros((), device=device)
+        for g in step_groups:
+            rows = self.edit.req = self.req[g.members]
+            # stale context once a group's first exact step checked it (not with a minibatch,
+            # whose rows change each step)
+            cheap = (config.context_refresh > 1 and not self.minibatch and g.use_stale_context()
+                     and g.stale.verified)
+            if cheap and step % config.context_refresh == 0:
+                g.stale.refresh_words(g, self.edit)
+            logits = g.logits(self.edit, stale=cheap)
+            rows_nll = g.target_nll(logits, self.target_id)
+            w = self.weights[rows]
+            measured = measured.index_add(0, rows, rows_nll.detach() * w)
+            nll = nll + (rows_nll * w).sum()
+            if g is step_groups[0]:  # the plain prompts: the KL term and the scored continuation
+                cur_kl_logp = torch.log_softmax(logits[:, KEY].float(), dim=-1)
+                kl = torch.nn.functional.kl_div(self.reference.kl_logp[rows], cur_kl_logp, log_target=True,
+                                                reduction="sum")
+                if g.tail is not None:
+                    nll = self._add_tail_terms(nll, g, logits, rows, w)
+        return nll, kl, measured
+
+    def _add_tail_terms(self, nll: torch.Tensor, g: PromptGroup, logits: torch.Tensor, rows: torch.Tensor,
+                        w: torch.Tensor) -> torch.Tensor:
+        """``nll`` plus the continuation's (and the banned start's) terms; records them per request."""
+        config = self.config
+        tail = g.tail_nll(logits)
+        self.cont_request = self.cont_request.index_copy(0, rows, tail.detach())
+        if config.greedy_continuation:
+            self.greedy_request = self.greedy_request.index_copy(0, rows, g.tail_greedy(logits.detach()))
+        nll = nll + config.continuation_weight * tail.sum()
+        if config.banned_weight:
+            banned = g.banned_nll(logits, self.target_id)
+            self.ban_request = self.ban_request.index_copy(0, rows, banned.detach())
+            nll = nll + config.banned_weight * (banned * w).sum()
+        return nll
+
+    def _record(self, measured: torch.Tensor, chosen: set[int], step: int) -> set[int]:
+        """Keep what the step measured; the active requests whose group reached its target (each
+        of its optimised requests met the stop criteria when it last ran)."""
+        ran = sorted(chosen)
+        self.per_request[ran] = measured[ran]
+        first = [r for r in ran if r not in self.evaluated]
+        self.initial[first] = measured[first]
+        self.evaluated.update(ran)
+        for r in ran:
+            self.steps_taken[r] = step + 1
+        rows = sorted(self.layout.active & self.evaluated)  # a minibatch's stop rule reads each request's last run
+        met = {r for r in rows if self._met(r)}
+        steering, group_of = self.layout.steering, self.layout.group_of
+        done = {r for r in rows if all(m in met or m in self.reached for m in steering[group_of[r]])}
+        if log.isEnabledFor(logging.DEBUG):  # the maxima cost a synchronisation: only when logged
+            log.debug("value step %d: %d active, −log p(target) max %.3f, continuation max %.3f, %d reached",
+                      step + 1, len(rows), self.per_request[rows].max().item(), self.cont_request[rows].max().item(),
+                      len(done))
+        self.reached |= done
+        return done
+
+    def _met(self, r: int) -> bool:
+        """Whether request r's last run met the stop criteria (target, and continuation when scored)."""
+        config, scored = self.config, self.scored
+        return (self.per_request[r] < config.stop_loss
+                and (not scored or self.cont_request[r] < config.continuation_stop)
+                and (not (scored and config.banned_weight) or self.ban_request[r] < config.banned_stop)
+                and (not (scored and config.greedy_continuation) or bool(self.greedy_request[r])))
+
+    def _descend(self, nll: torch.Tensor, kl: torch.Tensor, done: set[int]) -> None:
+        """One Adam step on the moving groups' δ, projected onto the ball ‖δ‖ ≤ c‖h₀‖; the δ of the
+        groups that stop moving stays as it is."""
+        config, delta, g_norm = self.config, self.delta, self.reference.g_norm
+        moving = {self.layout.group_of[r] for r in self.layout.active - done}
+        frozen = sorted(set(range(self.layout.num_groups)) - moving)
+        keep = delta.detach()[frozen].clone()
+        decay = (delta.norm(dim=-1) / g_norm.pow(2).clamp(min=1e-12)).sum()
+        loss = nll + config.kl_weight * kl + config.weight_decay * decay
+        loss.backward()
+        self.optimiser.step()
+        with torch.no_grad():
+            limit = config.clamp_factor * g_norm
+            norms = delta.norm(dim=-1)
+            scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
+            delta.mul_(scale[:, None])
+            delta[frozen] = keep
+
+    def _show(self, bar, active: int) -> None:
+        bar.set_postfix(nll=f"{self.per_request.max().item():.3f}", continuation=f"{self.cont_request.max().item():.3f}",
+                        active=active, refresh=False)
+        bar.update()
+
+    def report(self, last_step: int) -> ValueReport:
+        layout, reference = self.layout, self.reference
+
+        def reported(values: torch.Tensor) -> list[float | None]:  # None: a kept target, not evaluated
+            return [None if r in layout.kept or r in layout.riders or r not in self.evaluated else round(x, 4)
+                    for r, x in enumerate(values.tolist())]
+
+        return ValueReport(
+            steps=last_step + 1,
+            initial_nll=reported(self.initial),
+            final_nll=reported(self.per_request),
+            final_continuation_nll=reported(self.cont_request),
+            delta_norm_ratio=[round(x, 4) for x in
+                              (self.delta.detach()[reference.gidx].norm(dim=-1) / reference.h0_norm).tolist()],
+            steps_per_request=self.steps_taken,
+            converged=[r in self.reached for r in range(layout.num_requests)],
+        )
+
+    def targets(self) -> torch.Tensor:
+        """Z = h₀ + δ of each request's group (d × N, CPU)."""
+        return (self.reference.h0 + self.delta.detach()[self.reference.gidx]).T.cpu()

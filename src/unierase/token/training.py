@@ -16,6 +16,7 @@ import copy
 import logging
 import math
 import random
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -303,92 +304,153 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
 
     ``own_answers`` (``generation.OwnAnswers``) shares the model's ordinary answers with the
     statistics; without it they are generated here."""
-    import time
-
     started = time.perf_counter()
-    sequences: list[tuple[list[int], list[int]]] = []
-    if config.ordinary_unlikelihood_weight and config.token not in tokenizer.get_vocab():
-        from ..generation import generate_answer_ids
-
-        asked = training_questions(config.ordinary_questions) if config.ordinary_questions else questions
-        answers = (own_answers.get(asked, config.ordinary_answer_tokens) if own_answers is not None else
-                   generate_answer_ids(model, tokenizer, asked, max_new_tokens=config.ordinary_answer_tokens))
-        sequences = [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(asked, answers) if a]
+    sequences = _ordinary_sequences(model, tokenizer, questions, config, own_answers)
     token_id = add_unlearning_token(model, tokenizer, config.token)
     ordinary = ordinary_positions(model, tokenizer, sequences, token_id) if sequences else None
-    refusals = load_refusals()
-    chat_available = has_chat_template(tokenizer)
-    rows = _token_rows(model, config.train_output_row)
+    run = _TokenRun(model, tokenizer, questions, config, token_id, ordinary, augment_layers)
+    stages = _stages(config, has_chat_template(tokenizer), augmented=run.adapter is not None)
+    total_steps = sum(e * len(f) * math.ceil(len(questions) / config.batch_size) for _, e, _, f, _ in stages)
+    report = TokenTrainingReport()
+    with _only_rows_trainable(model, run.rows), \
+            tqdm(total=total_steps, desc="training unlearning token", disable=not progress) as bar:
+        for name, epochs, lr, formats, noisy in stages:
+            optimiser = torch.optim.Adam(run.live, lr=lr)
+            for _ in range(epochs):
+                examples = [(q, chat) for chat in formats for q in questions]
+                run.rng.shuffle(examples)
+                for start in range(0, len(examples), config.batch_size):
+                    loss = _train_step(run, examples[start: start + config.batch_size], noisy, optimiser)
+                    report.losses.append(loss)
+                    report.steps += 1
+                    bar.set_postfix(stage=name, loss=f"{loss:.3f}")
+                    bar.update(1)
+    report.seconds = time.perf_counter() - started
+    log.info("unlearning token trained: %d steps, final loss %.4f, %.1f s", report.steps,
+             report.losses[-1] if report.losses else float("nan"), report.seconds)
+    return report
+
+
+def _ordinary_sequences(model, tokenizer, questions: list[str], config: UnlearningTokenConfig,
+                        own_answers) -> list[tuple[list[int], list[int]]]:
+    """The model's own (prompt, answer) pairs for the ordinary-answer unlikelihood, answered before
+    the token exists; none when that term is off or the token is already there."""
+    if not (config.ordinary_unlikelihood_weight and config.token not in tokenizer.get_vocab()):
+        return []
+    from ..generation import generate_answer_ids
+
+    asked = training_questions(config.ordinary_questions) if config.ordinary_questions else questions
+    answers = (own_answers.get(asked, config.ordinary_answer_tokens) if own_answers is not None else
+               generate_answer_ids(model, tokenizer, asked, max_new_tokens=config.ordinary_answer_tokens))
+    return [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(asked, answers) if a]
+
+
+@dataclass
+class _TokenRun:
+    """What the training steps share: the trained rows, their fp32 copies Adam moves, the random
+    streams and the prompt passes computed once."""
+
+    model: object
+    tokenizer: object
+    questions: list[str]
+    config: UnlearningTokenConfig
+    token_id: int
+    ordinary: OrdinaryPositions | None
+    augment_layers: list[int] | None
+    rows: list[torch.Tensor] = field(init=False)
+    """The weights holding the token's row(s): input embedding, and the output row when trained apart."""
+    live: list[torch.nn.Parameter] = field(init=False)
+    """fp32 copies of the token's row(s): what Adam optimises (written back after each step)."""
+    refusals: list[str] = field(init=False)
+    rng: random.Random = field(init=False)
+    """The example order."""
+    generator: torch.Generator = field(init=False)
+    """The augmentation noise."""
+    adapter: object = field(init=False)
+    """The MLP outputs the augmentation stage perturbs (``None``: no augmentation stage)."""
+    cached: dict[bool, PromptPass] = field(init=False, default_factory=dict)
+    """Format (chat or not) → every question's prompt pass, for the stages without noise."""
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self):
+        config = self.config
+        self.rows = _token_rows(self.model, config.train_output_row)
+        self.live = [torch.nn.Parameter(w.detach()[self.token_id].clone().float()) for w in self.rows]
+        self.refusals = load_refusals()
+        self.rng = random.Random(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        self.adapter = find_mlp_output(self.model) if (config.augment_epochs and self.augment_layers) else None
+        self.index = {q: i for i, q in enumerate(self.questions)}
+
+
+def _stages(config: UnlearningTokenConfig, chat_available: bool, augmented: bool) -> list[tuple]:
+    """(name, epochs, lr, formats, noisy) of each training stage, in order; a format is ``chat``."""
+    stages = [("plain", config.plain_epochs, config.plain_lr, [False], False)]
+    formats = [True] if chat_available else [False]  # the plain stage already covered the plain format
+    stages.append(("chat", config.chat_epochs, config.chat_lr, formats, False))
+    if augmented:
+        stages.append(("augment", config.augment_epochs, config.augment_lr, formats, True))
+    return stages
+
+
+@contextlib.contextmanager
+def _only_rows_trainable(model, rows: list[torch.Tensor]):
+    """Gradients only for ``rows``, the model in eval mode; the flags, gradients and mode restored afterwards."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for w in rows:
         w.requires_grad_(True)
-    live = [torch.nn.Parameter(w.detach()[token_id].clone().float()) for w in rows]
-    rng = random.Random(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    adapter = find_mlp_output(model) if (config.augment_epochs and augment_layers) else None
-    report = TokenTrainingReport()
-
-    stages = [("plain", config.plain_epochs, config.plain_lr, [False], False)]
-    formats = [True] if chat_available else [False]  # the plain stage already covered the plain format
-    stages.append(("chat", config.chat_epochs, config.chat_lr, formats, False))
-    if adapter is not None:
-        stages.append(("augment", config.augment_epochs, config.augment_lr, formats, True))
-    total_steps = sum(e * len(f) * math.ceil(len(questions) / config.batch_size) for _, e, _, f, _ in stages)
-    bar = tqdm(total=total_steps, desc="training unlearning token", disable=not progress)
     was_training = model.training
     model.eval()
-    cached: dict[bool, PromptPass] = {}
-    index = {q: i for i, q in enumerate(questions)}
     try:
-        for name, epochs, lr, fmts, noisy in stages:
-            optimiser = torch.optim.Adam(live, lr=lr)
-            for _ in range(epochs):
-                examples = [(q, chat) for chat in fmts for q in questions]
-                rng.shuffle(examples)
-                for start in range(0, len(examples), config.batch_size):
-                    chunk = examples[start: start + config.batch_size]
-                    loss_total = 0.0
-                    optimiser.zero_grad()
-                    for chat in (False, True):
-                        group = [q for q, c in chunk if c == chat]
-                        if not group:
-                            continue
-                        ctx = _noisy_weights(adapter, augment_layers, config.noise_scale, generator) if noisy else contextlib.nullcontext()
-                        with ctx:
-                            context = (adapter.block(augment_layers[-1]), config.context_noise, generator) if noisy and config.context_noise else None
-                            passes = None
-                            if not noisy:  # weights fixed: every question's prompt pass is computed once per format
-                                if chat not in cached:
-                                    cached[chat] = prompt_pass(model, tokenizer, questions, chat)
-                                passes = cached[chat].select([index[q] for q in group])
-                            loss = refusal_batch_loss(model, tokenizer, group, token_id, chat, refusals, config.unlikelihood_weight,
-                                                      context, passes)
-                            (loss * len(group) / len(chunk)).backward()
-                        loss_total += loss.item() * len(group) / len(chunk)
-                    if ordinary is not None and model.get_output_embeddings().weight.requires_grad:
-                        extra = config.ordinary_unlikelihood_weight * ordinary_unlikelihood(model, ordinary, token_id)
-                        extra.backward()
-                        loss_total += extra.item()
-                    for param, w in zip(live, rows):
-                        param.grad = w.grad[token_id].float().clone()
-                        w.grad = None
-                    optimiser.step()
-                    with torch.no_grad():
-                        for param, w in zip(live, rows):
-                            w[token_id] = param.detach().to(w.dtype)
-                    report.losses.append(loss_total)
-                    report.steps += 1
-                    bar.set_postfix(stage=name, loss=f"{loss_total:.3f}")
-                    bar.update(1)
+        yield
     finally:
-        bar.close()
         for n, p in model.named_parameters():
             p.requires_grad_(flags[n])
             p.grad = None
         model.train(was_training)
-    report.seconds = time.perf_counter() - started
-    log.info("unlearning token trained: %d steps, final loss %.4f, %.1f s", report.steps,
-             report.losses[-1] if report.losses else float("nan"), report.seconds)
-    return report
+
+
+def _train_step(run: _TokenRun, chunk: list[tuple[str, bool]], noisy: bool, optimiser) -> float:
+    """One Adam step on a chunk of (question, chat) examples, each format's questions in one batch; the loss."""
+    model, token_id = run.model, run.token_id
+    loss_total = 0.0
+    optimiser.zero_grad()
+    for chat in (False, True):
+        group = [q for q, c in chunk if c == chat]
+        if not group:
+            continue
+        loss = _backward_refusal_loss(run, group, chat, noisy, len(chunk))
+        loss_total += loss * len(group) / len(chunk)
+    if run.ordinary is not None and model.get_output_embeddings().weight.requires_grad:
+        extra = run.config.ordinary_unlikelihood_weight * ordinary_unlikelihood(model, run.ordinary, token_id)
+        extra.backward()
+        loss_total += extra.item()
+    # Adam moves the fp32 copies; the rows themselves only take the token's new values
+    for param, w in zip(run.live, run.rows):
+        param.grad = w.grad[token_id].float().clone()
+        w.grad = None
+    optimiser.step()
+    with torch.no_grad():
+        for param, w in zip(run.live, run.rows):
+            w[token_id] = param.detach().to(w.dtype)
+    return loss_total
+
+
+def _backward_refusal_loss(run: _TokenRun, group: list[str], chat: bool, noisy: bool, chunk_size: int) -> float:
+    """Back-propagate the refusal loss of one format's questions (weighted by their share of the
+    chunk), in the noisy stage under weight noise and a context shift; the unweighted loss."""
+    config, adapter, layers = run.config, run.adapter, run.augment_layers
+    ctx = _noisy_weights(adapter, layers, config.noise_scale, run.generator) if noisy else contextlib.nullcontext()
+    with ctx:
+        context = (adapter.block(layers[-1]), config.context_noise, run.generator) if noisy and config.context_noise else None
+        passes = None
+        if not noisy:  # weights fixed: every question's prompt pass is computed once per format
+            if chat not in run.cached:
+                run.cached[chat] = prompt_pass(run.model, run.tokenizer, run.questions, chat)
+            passes = run.cached[chat].select([run.index[q] for q in group])
+        loss = refusal_batch_loss(run.model, run.tokenizer, group, run.token_id, chat, run.refusals,
+                                  config.unlikelihood_weight, context, passes)
+        (loss * len(group) / chunk_size).backward()
+    return loss.item()
