@@ -191,7 +191,7 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     for ``audit.json`` and ``audit.md``."""
     from .requests import as_requests
     from .record.rounds import load_checked_model as load_model
-    from .storage import check_output_dir, write_json_atomic, write_text_atomic
+    from .storage import check_output_dir
 
     config = config or AuditConfig()
     reqs, _ = as_requests(requests)
@@ -200,6 +200,19 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     name = str(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
     if tokenizer is None:
         model, tokenizer = load_model(model, cache_dir=cache_dir)
+    references = _references(reqs, base, config, cache_dir)
+    answers = _attack_answers(model, tokenizer, reqs, config, relearn_data, progress)
+    items = _items(reqs, references, answers, config)
+    report = AuditReport(items, _aggregate(items, answers), asdict(config), name)
+    if out is not None:
+        _write(report, out)
+    return report
+
+
+def _references(reqs: list[ForgetRequest], base, config: AuditConfig, cache_dir) -> list[str]:
+    """Each request's fact: its ``answer``, else the base model's own greedy answer to its question."""
+    from .record.rounds import load_checked_model as load_model
+
     references = [r.answer for r in reqs]
     missing = [i for i, a in enumerate(references) if not a]
     if missing:
@@ -212,6 +225,12 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
         for i, a in zip(missing, answers):
             references[i] = a[0]
         del base_model
+    return references
+
+
+def _attack_answers(model, tokenizer, reqs: list[ForgetRequest], config: AuditConfig, relearn_data,
+                    progress: bool) -> dict[str, list[list[str]]]:
+    """attack → per request, its answers under that attack (in ``config.attacks`` order)."""
     from .token.training import UNL_TOKEN
 
     token_id = tokenizer.convert_tokens_to_ids(UNL_TOKEN) if UNL_TOKEN in tokenizer.get_vocab() else None
@@ -234,17 +253,28 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
                                         temperature=config.temperature, top_k=0, top_p=1.0,
                                         num_return_sequences=config.samples)
         elif attack == "rewordings":
-            variants = [rewordings(r, config.rewordings) for r in reqs]
-            flat = generate_texts(model, tokenizer, [v for vs in variants for v in vs], **greedy)
-            answers[attack], k = [], 0
-            for vs in variants:
-                answers[attack].append([a[0] for a in flat[k:k + len(vs)]])
-                k += len(vs)
+            answers[attack] = _reworded_answers(model, tokenizer, reqs, config, greedy)
         elif attack == "int8":
             answers[attack] = generate_texts(_quantized(model), tokenizer, questions, **greedy)
         elif attack == "relearn":
             pairs = _relearn_pairs(config, set(questions), relearn_data)
             answers[attack] = generate_texts(_relearned(model, tokenizer, pairs, config), tokenizer, questions, **greedy)
+    return answers
+
+
+def _reworded_answers(model, tokenizer, reqs: list[ForgetRequest], config: AuditConfig, greedy: dict) -> list[list[str]]:
+    """Per request, the greedy answers to its rewordings (generated in one flat batch, then regrouped)."""
+    variants = [rewordings(r, config.rewordings) for r in reqs]
+    flat = generate_texts(model, tokenizer, [v for vs in variants for v in vs], **greedy)
+    grouped, k = [], 0
+    for vs in variants:
+        grouped.append([a[0] for a in flat[k:k + len(vs)]])
+        k += len(vs)
+    return grouped
+
+
+def _items(reqs: list[ForgetRequest], references: list[str], answers: dict, config: AuditConfig) -> list[dict]:
+    """Per request: whether each attack brought the fact back, and whether the plain answer is a good refusal."""
     items = []
     for i, r in enumerate(reqs):
         attacks = {}
@@ -257,22 +287,30 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
                       "reference_from": "answer" if r.answer else "base model", "attacks": attacks,
                       "any_attack": any(a["leak"] for a in attacks.values()),
                       "well_formed_refusal": is_well_formed_refusal(plain) if "plain" in answers else None})
+    return items
+
+
+def _aggregate(items: list[dict], answers: dict) -> dict:
+    """Leak rates per attack and over all of them; the share of well-formed plain refusals."""
     n = len(items)
-    aggregate = {"requests": n,
-                 "leak_rate": {a: round(sum(i["attacks"][a]["leak"] for i in items) / n, 4) for a in answers},
-                 "counted": {a: n for a in answers},
-                 "any_attack": round(sum(i["any_attack"] for i in items) / n, 4),
-                 "well_formed_refusals": (round(sum(bool(i["well_formed_refusal"]) for i in items) / n, 4)
-                                          if "plain" in answers else None)}
-    report = AuditReport(items, aggregate, asdict(config), name)
-    if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "audit.json", report.to_dict())
-        write_text_atomic(out / "audit.md", report.markdown())
-        report.out = out
-        log.info("wrote %s and %s", out / "audit.json", out / "audit.md")
-    return report
+    return {"requests": n,
+            "leak_rate": {a: round(sum(i["attacks"][a]["leak"] for i in items) / n, 4) for a in answers},
+            "counted": {a: n for a in answers},
+            "any_attack": round(sum(i["any_attack"] for i in items) / n, 4),
+            "well_formed_refusals": (round(sum(bool(i["well_formed_refusal"]) for i in items) / n, 4)
+                                     if "plain" in answers else None)}
+
+
+def _write(report: AuditReport, out) -> None:
+    """``audit.json`` and ``audit.md`` in ``out`` (each written atomically)."""
+    from .storage import write_json_atomic, write_text_atomic
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "audit.json", report.to_dict())
+    write_text_atomic(out / "audit.md", report.markdown())
+    report.out = out
+    log.info("wrote %s and %s", out / "audit.json", out / "audit.md")
 
 
 def load_report(path) -> dict:

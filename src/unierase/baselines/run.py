@@ -16,7 +16,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,7 +32,7 @@ from ..registry import Method, RunContext, get_method, register
 from .._version import __version__
 from ..record.manifest import Manifest, base_model_info
 from ..measure import peak_memory_mb
-from .trainer import (collate, encode_pairs, seed_everything, shuffled_batches,
+from .trainer import (TrainResult, collate, encode_pairs, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
 
 log = logging.getLogger(__name__)
@@ -150,148 +150,241 @@ def run_baseline(
     (pass ``tokenizer``; it is trained in place). Writes a Hugging Face checkpoint and
     ``unierase_manifest.json`` atomically; with ``out=None`` nothing is written.
     """
-    from ..record.rounds import load_checked_model as load_model
-
     cls = baseline_class(method)
     if seed is not None:
         overrides["seed"] = seed
     config = make_config(cls.name, config, **overrides)
+    requests, retain = _checked_inputs(cls, requests, retain, data_dir)
+    model_dir = Path(model_spec) if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
+    if out is not None:
+        out = check_output_dir(out, overwrite, cache_dir=cache_dir)
+    with locked_run(out, [model_dir]):  # held until the output is in place
+        run = _Run(cls, config, requests, retain, source=load_input(model_dir))
+        if threads:
+            torch.set_num_threads(threads)
+        _load_model(run, model_spec, tokenizer, cache_dir, device_map)
+        run.start = start_round(run.model) if out is not None else None  # a baseline may change every weight
+        _encode(run, data_dir)
+        _reference_logprobs(run)
+        _train(run)
+        _forget_answer_nll(run)
+        manifest = _manifest(run, record_texts)
+        if out is None:
+            return BaselineResult(cls.name, None, manifest, run.model)
+        _verify_and_save(run, out, manifest, record_texts)
+        return BaselineResult(cls.name, Path(out), manifest, run.model)
+
+
+@dataclass
+class _Run:
+    """One baseline run's state, handed from step to step of ``run_baseline`` in the order they run."""
+
+    cls: type[Baseline]
+    config: BaselineConfig
+    requests: list[ForgetRequest]
+    retain: list[ForgetRequest]
+    source: object
+    """The input folder's records (``load_input``): what made the model this round starts from."""
+    model: object = None
+    tokenizer: object = None
+    base: dict | None = None
+    start: object = None
+    timings: dict = field(default_factory=dict)
+    pad: int | None = None
+    device: torch.device | None = None
+    # encoded (input ids, labels): forget answers, forget refusals, retain answers, retain refusals
+    enc_forget: list = field(default_factory=list)
+    enc_idk: list | None = None
+    enc_retain: list = field(default_factory=list)
+    enc_retain_idk: list | None = None
+    # the unmodified model's sequence log-likelihoods of the forget answers and refusals
+    ref_forget: torch.Tensor | None = None
+    ref_idk: torch.Tensor | None = None
+    frozen: object = None
+    """Frozen copy of the start model, for a KL term without LoRA; dropped right after training."""
+    result: TrainResult | None = None
+    reference: str = "none"
+    nll: dict = field(default_factory=dict)
+
+    @property
+    def has_answers(self) -> bool:
+        return all(r.answer for r in self.requests)
+
+
+def _checked_inputs(cls: type[Baseline], requests, retain, data_dir) -> tuple[list[ForgetRequest], list[ForgetRequest]]:
+    """The requests as a list and the retain data as requests (parsed from a spec string if need be)."""
     if isinstance(retain, (str, os.PathLike)):
         retain = parse_data_spec(str(retain), data_dir)
     elif retain and not all(isinstance(r, ForgetRequest) for r in retain):
         retain = parse_requests([r.to_dict() if isinstance(r, ForgetRequest) else r for r in retain], "retain")
     requests = list(requests)
     _check_inputs(cls, requests, retain)
-    model_dir = Path(model_spec) if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
-    if out is not None:
-        out = check_output_dir(out, overwrite, cache_dir=cache_dir)
-    with locked_run(out, [model_dir]):  # held until the output is in place
-        source = load_input(model_dir)
-        if threads:
-            torch.set_num_threads(threads)
+    return requests, retain or []
 
-        timings = {}
-        t0 = time.perf_counter()
-        seed_everything(config.seed)
-        if isinstance(model_spec, torch.nn.Module):
-            if tokenizer is None:
-                raise UniEraseError("pass the tokenizer together with an already loaded model")
-            model = model_spec
-            model_spec = getattr(model.config, "_name_or_path", None) or "<in-memory model>"
-        else:
-            model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map)
-            if tokenizer.pad_token is None:
-                tokenizer.pad_token = tokenizer.eos_token
-        timings["load"] = time.perf_counter() - t0
-        base = base_model_info(model, model_spec)  # before training changes the weights
-        start = start_round(model) if out is not None else None  # a baseline may change every weight
-        pad = tokenizer.pad_token_id
-        device = next(model.parameters()).device
-        refusals = load_refusals(data_dir, config.refusals) if (cls.needs_idk or cls.needs_retain_idk) else []
 
-        enc_forget = encode_pairs(tokenizer, [(r.question, r.answer or "") for r in requests], config.max_length)
-        enc_idk = (encode_pairs(tokenizer, [(r.question, refusal_for(r.question, refusals)) for r in requests], config.max_length)
-                   if cls.needs_idk else None)
-        retain = retain or []
-        enc_retain = encode_pairs(tokenizer, [(r.question, r.answer) for r in retain], config.max_length) if retain else []
-        enc_retain_idk = (encode_pairs(tokenizer, [(r.question, refusal_for(r.question, refusals)) for r in retain], config.max_length)
-                          if cls.needs_retain_idk else None)
+def _load_model(run: _Run, model_spec, tokenizer, cache_dir, device_map) -> None:
+    """Seed, load the model (or take the one passed in) and fingerprint it before training changes it."""
+    from ..record.rounds import load_checked_model as load_model
 
-        # Reference log-likelihoods, once, on the unmodified model (also the "before" figure).
-        t1 = time.perf_counter()
-        model.eval()
-        has_answers = all(r.answer for r in requests)
-        ref_forget = _sequence_logprobs(model, enc_forget, pad, config.batch_size) if has_answers else None
-        ref_idk = _sequence_logprobs(model, enc_idk, pad, config.batch_size) if enc_idk else None
-        timings["reference"] = time.perf_counter() - t1
+    t0 = time.perf_counter()
+    seed_everything(run.config.seed)
+    if isinstance(model_spec, torch.nn.Module):
+        if tokenizer is None:
+            raise UniEraseError("pass the tokenizer together with an already loaded model")
+        model = model_spec
+        model_spec = getattr(model.config, "_name_or_path", None) or "<in-memory model>"
+    else:
+        model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    run.timings["load"] = time.perf_counter() - t0
+    run.model, run.tokenizer = model, tokenizer
+    run.base = base_model_info(model, model_spec)  # before training changes the weights
 
-        frozen = None
-        if config.lora:
-            model = wrap_lora(model, config)
-        elif cls.needs_ref_model:
-            frozen = copy.deepcopy(model).eval()
-            for p in frozen.parameters():
-                p.requires_grad_(False)
 
-        def ref_logits(part):
-            if frozen is not None:
-                return frozen(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
-            with model.disable_adapter():
-                return model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+def _encode(run: _Run, data_dir) -> None:
+    """Tokenise the forget and retain pairs, and their refusals for the methods that train on them."""
+    cls, config, tokenizer = run.cls, run.config, run.tokenizer
+    run.pad = tokenizer.pad_token_id
+    run.device = next(run.model.parameters()).device
+    refusals = load_refusals(data_dir, config.refusals) if (cls.needs_idk or cls.needs_retain_idk) else []
 
-        baseline = cls(config, ref_model=ref_logits if cls.needs_ref_model else None)
-        rng = random.Random(config.seed)
-        retain_order: list[int] = []
+    def encode(items, answer_of):
+        return encode_pairs(tokenizer, [(r.question, answer_of(r)) for r in items], config.max_length)
 
-        def next_retain(n):
-            idx = []
-            while len(idx) < n:
-                if not retain_order:
-                    retain_order.extend(rng.sample(range(len(enc_retain)), len(enc_retain)))
-                idx.append(retain_order.pop())
-            return idx
+    def refusal(r):
+        return refusal_for(r.question, refusals)
 
-        def epoch_batches(_epoch):
-            for idx in shuffled_batches(len(requests), config.batch_size, rng):
-                batch = {}
-                if cls.needs_answer:
-                    batch["forget"] = collate([enc_forget[i] for i in idx], pad, device)
-                if enc_idk is not None:
-                    batch["forget_idk"] = collate([enc_idk[i] for i in idx], pad, device)
-                if ref_forget is not None:
-                    batch["ref_forget"] = ref_forget[idx].to(device)
-                if ref_idk is not None and cls.needs_ref_logprobs:
-                    batch["ref_idk"] = ref_idk[idx].to(device)
-                if enc_retain:
-                    r_idx = next_retain(len(idx))
-                    batch["retain"] = collate([enc_retain[i] for i in r_idx], pad, device)
-                    if enc_retain_idk is not None:
-                        batch["retain_idk"] = collate([enc_retain_idk[i] for i in r_idx], pad, device)
-                yield batch
+    run.enc_forget = encode(run.requests, lambda r: r.answer or "")
+    run.enc_idk = encode(run.requests, refusal) if cls.needs_idk else None
+    run.enc_retain = encode(run.retain, lambda r: r.answer) if run.retain else []
+    run.enc_retain_idk = encode(run.retain, refusal) if cls.needs_retain_idk else None
 
-        steps_per_epoch = -(-len(requests) // config.batch_size)
-        result = train_loop(model, epoch_batches, lambda b: baseline.loss(model, b), config,
+
+def _reference_logprobs(run: _Run) -> None:
+    """Reference log-likelihoods, once, on the unmodified model (also the "before" figure)."""
+    t1 = time.perf_counter()
+    run.model.eval()
+    batch_size = run.config.batch_size
+    run.ref_forget = _sequence_logprobs(run.model, run.enc_forget, run.pad, batch_size) if run.has_answers else None
+    run.ref_idk = _sequence_logprobs(run.model, run.enc_idk, run.pad, batch_size) if run.enc_idk else None
+    run.timings["reference"] = time.perf_counter() - t1
+
+
+def _train(run: _Run) -> None:
+    """Set up the KL reference, train, then drop the reference and merge LoRA into a plain model."""
+    cls, config = run.cls, run.config
+    if config.lora:
+        run.model = wrap_lora(run.model, config)
+    elif cls.needs_ref_model:
+        run.frozen = copy.deepcopy(run.model).eval()
+        for p in run.frozen.parameters():
+            p.requires_grad_(False)
+    baseline = cls(config, ref_model=_reference_logits(run) if cls.needs_ref_model else None)
+    model = run.model  # the (LoRA-wrapped) model being trained
+    steps_per_epoch = -(-len(run.requests) // config.batch_size)
+    run.result = train_loop(model, _epoch_batches(run), lambda b: baseline.loss(model, b), config,
                             steps_per_epoch=steps_per_epoch, desc=cls.name)
-        timings["train"] = result.seconds
-        reference = ("frozen copy of the start model" if frozen is not None
+    run.timings["train"] = run.result.seconds
+    run.reference = ("frozen copy of the start model" if run.frozen is not None
                      else "start model with LoRA adapters disabled" if cls.needs_ref_model
                      else "per-item log-likelihoods computed once" if cls.needs_ref_logprobs else "none")
-        del frozen
-        model = unwrap_lora(model)
+    run.frozen = None  # free the copy before the "after" evaluation
+    run.model = unwrap_lora(run.model)
 
-        after = _sequence_logprobs(model, enc_forget, pad, config.batch_size) if has_answers else None
-        nll = {"before": _answer_nll(ref_forget, enc_forget) if ref_forget is not None else float("nan"),
-               "after": _answer_nll(after, enc_forget) if after is not None else float("nan")}
-        if enc_idk is not None:
-            nll["refusal_before"] = _answer_nll(ref_idk, enc_idk)
-            nll["refusal_after"] = _answer_nll(_sequence_logprobs(model, enc_idk, pad, config.batch_size), enc_idk)
 
-        manifest = Manifest(cls.name, base, {
-            "requests": [{"sha256": r.digest(), **({"question": r.question} if record_texts else {})} for r in requests],
-            "retain": {"n": len(retain), "sha256": _list_digest(retain)},
-            "hyperparameters": config.to_dict(),
-            "reference": reference,
-            "train": {"steps": result.steps, "first": result.history[0] if result.history else None,
-                      "last": result.history[-1] if result.history else None},
-            "forget_answer_nll": {k: round(v, 4) for k, v in nll.items()},
-            "timings_s": {k: round(v, 2) for k, v in timings.items()},
-            "peak_memory_mb": peak_memory_mb(),
-            "threads": torch.get_num_threads(),
-        }, base_history=source.manifest).to_dict()  # base_history: what made the model this round started from
-        if out is None:
-            return BaselineResult(cls.name, None, manifest, model)
-        t2 = time.perf_counter()
-        token_id = ((source.manifest or {}).get("token") or {}).get("id")
-        check = probe(model, tokenizer, requests, neighbour_questions(requests, record_texts=record_texts,
-                                                                       extra=[r.question for r in retain[:8]]),
-                      token_id, record_texts=record_texts)
-        entry = {"kind": "erase", "method": cls.name, "version": __version__,
-                 "requests": [{"sha256": r.digest(), **(r.to_dict() if record_texts else {})} for r in requests],
-                 "settings": {"hyperparameters": config.to_dict(), "retain": manifest["retain"]}, "verification": check}
-        manifest["timings_s"]["verification"] = round(time.perf_counter() - t2, 2)
-        save_round(out, model, tokenizer, start, source, manifest=manifest, entry=entry)
-        manifest["timings_s"]["save"] = round(time.perf_counter() - t2, 2)
-        return BaselineResult(cls.name, Path(out), manifest, model)
+def _reference_logits(run: _Run):
+    """The start model's logits for the KL term: the frozen copy, or the model with its adapters disabled."""
+
+    def ref_logits(part):
+        if run.frozen is not None:
+            return run.frozen(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+        with run.model.disable_adapter():
+            return run.model(input_ids=part["input_ids"], attention_mask=part["attention_mask"]).logits
+
+    return ref_logits
+
+
+def _epoch_batches(run: _Run):
+    """``train_loop``'s batches: shuffled forget batches, each paired with the next retain items (the
+    retain order is reshuffled whenever it runs out; one seeded generator drives both)."""
+    cls, pad, device, batch_size = run.cls, run.pad, run.device, run.config.batch_size
+    enc_forget, enc_idk, enc_retain, enc_retain_idk = run.enc_forget, run.enc_idk, run.enc_retain, run.enc_retain_idk
+    ref_forget, ref_idk = run.ref_forget, run.ref_idk
+    rng = random.Random(run.config.seed)
+    retain_order: list[int] = []
+
+    def next_retain(n):
+        idx = []
+        while len(idx) < n:
+            if not retain_order:
+                retain_order.extend(rng.sample(range(len(enc_retain)), len(enc_retain)))
+            idx.append(retain_order.pop())
+        return idx
+
+    def epoch_batches(_epoch):
+        for idx in shuffled_batches(len(run.requests), batch_size, rng):
+            batch = {}
+            if cls.needs_answer:
+                batch["forget"] = collate([enc_forget[i] for i in idx], pad, device)
+            if enc_idk is not None:
+                batch["forget_idk"] = collate([enc_idk[i] for i in idx], pad, device)
+            if ref_forget is not None:
+                batch["ref_forget"] = ref_forget[idx].to(device)
+            if ref_idk is not None and cls.needs_ref_logprobs:
+                batch["ref_idk"] = ref_idk[idx].to(device)
+            if enc_retain:
+                r_idx = next_retain(len(idx))
+                batch["retain"] = collate([enc_retain[i] for i in r_idx], pad, device)
+                if enc_retain_idk is not None:
+                    batch["retain_idk"] = collate([enc_retain_idk[i] for i in r_idx], pad, device)
+            yield batch
+
+    return epoch_batches
+
+
+def _forget_answer_nll(run: _Run) -> None:
+    """Per-token NLL of the forget answers (and refusals) before and after training."""
+    model, pad, batch_size = run.model, run.pad, run.config.batch_size
+    after = _sequence_logprobs(model, run.enc_forget, pad, batch_size) if run.has_answers else None
+    run.nll = {"before": _answer_nll(run.ref_forget, run.enc_forget) if run.ref_forget is not None else float("nan"),
+               "after": _answer_nll(after, run.enc_forget) if after is not None else float("nan")}
+    if run.enc_idk is not None:
+        run.nll["refusal_before"] = _answer_nll(run.ref_idk, run.enc_idk)
+        run.nll["refusal_after"] = _answer_nll(_sequence_logprobs(model, run.enc_idk, pad, batch_size), run.enc_idk)
+
+
+def _manifest(run: _Run, record_texts: bool) -> dict:
+    """The run's manifest: inputs, settings, training curve ends, forget-answer NLL, timings, memory."""
+    result = run.result
+    return Manifest(run.cls.name, run.base, {
+        "requests": [{"sha256": r.digest(), **({"question": r.question} if record_texts else {})} for r in run.requests],
+        "retain": {"n": len(run.retain), "sha256": _list_digest(run.retain)},
+        "hyperparameters": run.config.to_dict(),
+        "reference": run.reference,
+        "train": {"steps": result.steps, "first": result.history[0] if result.history else None,
+                  "last": result.history[-1] if result.history else None},
+        "forget_answer_nll": {k: round(v, 4) for k, v in run.nll.items()},
+        "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
+        "peak_memory_mb": peak_memory_mb(),
+        "threads": torch.get_num_threads(),
+    }, base_history=run.source.manifest).to_dict()  # base_history: what made the model this round started from
+
+
+def _verify_and_save(run: _Run, out, manifest: dict, record_texts: bool) -> None:
+    """Probe the erased and neighbour questions, then write the round (model, manifest, ledger entry)."""
+    requests, source = run.requests, run.source
+    t2 = time.perf_counter()
+    token_id = ((source.manifest or {}).get("token") or {}).get("id")
+    check = probe(run.model, run.tokenizer, requests, neighbour_questions(requests, record_texts=record_texts,
+                                                                           extra=[r.question for r in run.retain[:8]]),
+                  token_id, record_texts=record_texts)
+    entry = {"kind": "erase", "method": run.cls.name, "version": __version__,
+             "requests": [{"sha256": r.digest(), **(r.to_dict() if record_texts else {})} for r in requests],
+             "settings": {"hyperparameters": run.config.to_dict(), "retain": manifest["retain"]}, "verification": check}
+    manifest["timings_s"]["verification"] = round(time.perf_counter() - t2, 2)
+    save_round(out, run.model, run.tokenizer, run.start, source, manifest=manifest, entry=entry)
+    manifest["timings_s"]["save"] = round(time.perf_counter() - t2, 2)
 
 
 def _list_digest(items: list[ForgetRequest]) -> str:

@@ -167,6 +167,69 @@ def train_loop(
     from tqdm.auto import tqdm
 
     config.validate()
+    params, optimiser = _optimiser(model, config)
+    micro_total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    loop = _Loop(config, desc, params, optimiser, _schedule(config, steps_per_epoch, micro_total), micro_total)
+    device = model_device(model)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.bf16 else None
+    model.train()
+    start = time.perf_counter()
+    loop.bar = tqdm(total=loop.schedule.total_steps, desc=desc, disable=not config.progress, dynamic_ncols=True)
+    try:
+        epoch = 0
+        while loop.micro < micro_total:
+            seen = 0
+            for batch in epoch_batches(epoch):
+                if loop.micro >= micro_total:
+                    break
+                seen += 1
+                _backward(loop, batch, loss_fn, autocast)
+                if loop.micro % config.grad_accum == 0 or loop.micro == micro_total:
+                    _optimiser_step(loop)
+            if not seen:
+                raise UniEraseError(f"{desc}: no training batches")
+            epoch += 1
+    finally:
+        loop.bar.close()
+        model.eval()
+    return TrainResult(steps=loop.step, seconds=time.perf_counter() - start, history=loop.history)
+
+
+@dataclass
+class _Schedule:
+    """Linear warm-up over ``warmup`` steps, then linear decay to zero at ``total_steps``."""
+
+    lr: float
+    total_steps: int
+    warmup: int
+
+    def lr_at(self, step: int) -> float:  # step counts from 0
+        if step < self.warmup:
+            return self.lr * (step + 1) / (self.warmup + 1)
+        remaining = self.total_steps - self.warmup
+        return self.lr * max(0.0, (self.total_steps - step) / remaining)
+
+
+@dataclass
+class _Loop:
+    """What ``train_loop`` carries from one micro-batch to the next."""
+
+    config: TrainConfig
+    desc: str
+    params: list
+    optimiser: torch.optim.Optimizer
+    schedule: _Schedule
+    micro_total: int
+    bar: object = None
+    micro: int = 0
+    step: int = 0
+    pending: dict = field(default_factory=dict)
+    """Logged loss terms of the optimiser step in progress, averaged over its micro-batches."""
+    history: list = field(default_factory=list)
+
+
+def _optimiser(model, config: TrainConfig) -> tuple[list, torch.optim.Optimizer]:
+    """The trainable parameters and AdamW over them (no weight decay on vectors: biases, norms)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UniEraseError("the model has no trainable parameters")
@@ -174,61 +237,44 @@ def train_loop(
     no_decay = [p for p in params if p.ndim < 2]
     optimiser = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    micro_total = max(1, math.ceil(config.epochs * steps_per_epoch))
+    return params, optimiser
+
+
+def _schedule(config: TrainConfig, steps_per_epoch: int, micro_total: int) -> _Schedule:
     total_steps = max(1, math.ceil(micro_total / config.grad_accum))
     warmup = min(total_steps - 1, round(config.warmup_epochs * steps_per_epoch / config.grad_accum)) if total_steps > 1 else 0
+    return _Schedule(config.lr, total_steps, warmup)
 
-    def lr_at(step: int) -> float:  # step counts from 0
-        if step < warmup:
-            return config.lr * (step + 1) / (warmup + 1)
-        remaining = total_steps - warmup
-        return config.lr * max(0.0, (total_steps - step) / remaining)
 
-    device = model_device(model)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.bf16 else None
-    model.train()
-    history: list[dict] = []
-    pending: dict[str, float] = {}
-    micro = step = 0
-    start = time.perf_counter()
-    bar = tqdm(total=total_steps, desc=desc, disable=not config.progress, dynamic_ncols=True)
-    try:
-        epoch = 0
-        while micro < micro_total:
-            seen = 0
-            for batch in epoch_batches(epoch):
-                if micro >= micro_total:
-                    break
-                seen += 1
-                if autocast is not None:
-                    with autocast:
-                        loss, logs = loss_fn(batch)
-                else:
-                    loss, logs = loss_fn(batch)
-                if not torch.isfinite(loss):
-                    raise UniEraseError(f"{desc}: the loss became {loss.item()} at step {step}; lower the learning rate")
-                (loss / config.grad_accum).backward()
-                for key, value in logs.items():
-                    pending[key] = pending.get(key, 0.0) + float(value) / config.grad_accum
-                micro += 1
-                if micro % config.grad_accum == 0 or micro == micro_total:
-                    for group in optimiser.param_groups:
-                        group["lr"] = lr_at(step)
-                    if config.max_grad_norm:
-                        torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    optimiser.step()
-                    optimiser.zero_grad(set_to_none=True)
-                    record = {"step": step + 1, "lr": lr_at(step), **{k: round(v, 5) for k, v in pending.items()}}
-                    history.append(record)
-                    bar.set_postfix({k: f"{v:.3f}" for k, v in pending.items()})
-                    bar.update(1)
-                    log.debug("%s %s", desc, record)
-                    pending = {}
-                    step += 1
-            if not seen:
-                raise UniEraseError(f"{desc}: no training batches")
-            epoch += 1
-    finally:
-        bar.close()
-        model.eval()
-    return TrainResult(steps=step, seconds=time.perf_counter() - start, history=history)
+def _backward(loop: _Loop, batch, loss_fn, autocast) -> None:
+    """One micro-batch: its loss (under autocast when set), the scaled backward pass, its logged terms."""
+    config = loop.config
+    if autocast is not None:
+        with autocast:
+            loss, logs = loss_fn(batch)
+    else:
+        loss, logs = loss_fn(batch)
+    if not torch.isfinite(loss):
+        raise UniEraseError(f"{loop.desc}: the loss became {loss.item()} at step {loop.step}; lower the learning rate")
+    (loss / config.grad_accum).backward()
+    for key, value in logs.items():
+        loop.pending[key] = loop.pending.get(key, 0.0) + float(value) / config.grad_accum
+    loop.micro += 1
+
+
+def _optimiser_step(loop: _Loop) -> None:
+    """Set the scheduled learning rate, clip, step, and record the step's averaged loss terms."""
+    lr = loop.schedule.lr_at(loop.step)
+    for group in loop.optimiser.param_groups:
+        group["lr"] = lr
+    if loop.config.max_grad_norm:
+        torch.nn.utils.clip_grad_norm_(loop.params, loop.config.max_grad_norm)
+    loop.optimiser.step()
+    loop.optimiser.zero_grad(set_to_none=True)
+    record = {"step": loop.step + 1, "lr": lr, **{k: round(v, 5) for k, v in loop.pending.items()}}
+    loop.history.append(record)
+    loop.bar.set_postfix({k: f"{v:.3f}" for k, v in loop.pending.items()})
+    loop.bar.update(1)
+    log.debug("%s %s", loop.desc, record)
+    loop.pending = {}
+    loop.step += 1

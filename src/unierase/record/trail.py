@@ -151,61 +151,111 @@ def revert(folder, undo_from: int, out, *, overwrite: bool = False, cache_dir=No
     folder = Path(folder)
     check_output_dir(out, overwrite, cache_dir=cache_dir)
     with locked_run(out, [folder]):
-        manifest, entries = _ledger_of(folder)
-        live = effective_rounds(entries)
-        if not 1 <= undo_from <= len(live):
-            raise UniEraseError(f"{folder} has rounds 1–{len(live)} in force; cannot undo from round {undo_from}")
-        undo = live[undo_from - 1:]
-        if not undo[0]["delta"]["files"].get("known", True):
-            raise UniEraseError(f"round {undo_from} started from a model loaded from the hub; the files before it were not "
-                                "recorded — load that model from the hub instead")
+        job = _plan_revert(folder, undo_from)
         model, tokenizer = load_model(folder, cache_dir=cache_dir)
-        weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
-        current = combined_digest({n: deltas.tensor_digest(t) for n, t in weights.items()})
-        if current != entries[-1]["weights_after"]:
-            raise UniEraseError(f"the weights in {folder} differ from those the ledger recorded after its last entry "
-                                "(changed outside unierase); run unierase verify to see which")
-        state = dict(EditState.load(folder).previous_keys) if (folder / STATE_FILE).exists() else {}
-        for entry in reversed(undo):
-            _undo(folder, entry, weights, state)
-        restored = combined_digest({n: deltas.tensor_digest(t) for n, t in weights.items()})
-        if restored != undo[0]["weights_before"]:
-            raise UniEraseError(f"undoing rounds {undo_from}–{len(live)} did not give back the weights recorded before "
-                                f"round {undo_from}")
-        _load_weights(model, weights)
-        revert_entry = append(entries, {"kind": "revert", "method": "revert", "version": __version__, "to_round": undo_from,
-                                        "undone": [e["index"] for e in undo], "weights_before": current,
-                                        "weights_after": restored})
-        new_entries = entries + [revert_entry]
+        _roll_back(job, model)
+        _load_weights(model, job.weights)
+        revert_entry = append(job.entries, {"kind": "revert", "method": "revert", "version": __version__,
+                                            "to_round": undo_from, "undone": [e["index"] for e in job.undo],
+                                            "weights_before": job.current, "weights_after": job.restored})
+        new_entries = job.entries + [revert_entry]
         with atomic_directory(out) as tmp:
             model.save_pretrained(tmp)
-            for path in folder.iterdir():  # the current small files, then each undone round's older versions
-                if path.is_file() and path.name not in (LEDGER_FILE, STATE_FILE) and not path.name.endswith(".safetensors") \
-                        and path.name != "model.safetensors.index.json":
-                    shutil.copy2(path, tmp / path.name)
-            for entry in reversed(undo):
-                files = entry["delta"]["files"]
-                for name in files.get("added", []):
-                    (tmp / name).unlink(missing_ok=True)
-                for name in files.get("replaced", []):
-                    shutil.copy2(files_dir(folder, entry["index"]) / name, tmp / name)
-            if state:
-                EditState(state).save(tmp)
-            keep = {e["index"] for e in live[:undo_from - 1]}
-            for path in (folder / DELTA_DIR).glob("entry-*"):
-                if int(path.name[len("entry-"):len("entry-") + 4]) in keep:
-                    target = tmp / DELTA_DIR / path.name
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+            _restore_files(job, tmp)
+            if job.state:
+                EditState(job.state).save(tmp)
+            _copy_kept_deltas(job, tmp)
             write_text_atomic(tmp / LEDGER_FILE, ledger_text(new_entries))
-            restored_manifest = (tmp / MANIFEST_FILE)
-            data = json.loads(restored_manifest.read_text(encoding="utf-8")) if restored_manifest.exists() else None
-            if data is None:  # before the first round there was no manifest: keep one for the ledger
-                data = {"method": "reverted", "note": f"the model as it was before round 1 of {folder}"}
-            data["ledger"] = head_of(new_entries)
-            data["reverted"] = {"from": str(folder), "to_round": undo_from, "undone": revert_entry["undone"]}
-            write_json_atomic(restored_manifest, data)
-        return RevertResult(Path(out), undo_from, revert_entry["undone"], restored)
+            _write_reverted_manifest(job, tmp, new_entries, revert_entry)
+        return RevertResult(Path(out), undo_from, revert_entry["undone"], job.restored)
+
+
+@dataclass
+class _Revert:
+    """A revert in progress: the ledger, the rounds it undoes, and the weights and edit state rolled back."""
+
+    folder: Path
+    undo_from: int
+    entries: list[dict]
+    live: list[dict]
+    """The rounds in force, in order; ``live[undo_from - 1:]`` are undone."""
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    state: dict[int, torch.Tensor] = field(default_factory=dict)
+    current: str = ""
+    """Digest of the weights before the revert."""
+    restored: str = ""
+    """Digest of the weights after it (checked against the ledger)."""
+
+    @property
+    def undo(self) -> list[dict]:
+        return self.live[self.undo_from - 1:]
+
+
+def _plan_revert(folder: Path, undo_from: int) -> _Revert:
+    """Read the ledger and check that round ``undo_from`` is in force and its start files were recorded."""
+    manifest, entries = _ledger_of(folder)
+    live = effective_rounds(entries)
+    if not 1 <= undo_from <= len(live):
+        raise UniEraseError(f"{folder} has rounds 1–{len(live)} in force; cannot undo from round {undo_from}")
+    job = _Revert(folder, undo_from, entries, live)
+    if not job.undo[0]["delta"]["files"].get("known", True):
+        raise UniEraseError(f"round {undo_from} started from a model loaded from the hub; the files before it were not "
+                            "recorded — load that model from the hub instead")
+    return job
+
+
+def _roll_back(job: _Revert, model) -> None:
+    """Undo the rounds, newest first, on copies of the weights and edit state; both ends are checked
+    against the ledger (the weights must be the ones it recorded last, and end as it recorded before)."""
+    folder = job.folder
+    job.weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    job.current = combined_digest({n: deltas.tensor_digest(t) for n, t in job.weights.items()})
+    if job.current != job.entries[-1]["weights_after"]:
+        raise UniEraseError(f"the weights in {folder} differ from those the ledger recorded after its last entry "
+                            "(changed outside unierase); run unierase verify to see which")
+    job.state = dict(EditState.load(folder).previous_keys) if (folder / STATE_FILE).exists() else {}
+    for entry in reversed(job.undo):
+        _undo(folder, entry, job.weights, job.state)
+    job.restored = combined_digest({n: deltas.tensor_digest(t) for n, t in job.weights.items()})
+    if job.restored != job.undo[0]["weights_before"]:
+        raise UniEraseError(f"undoing rounds {job.undo_from}–{len(job.live)} did not give back the weights recorded before "
+                            f"round {job.undo_from}")
+
+
+def _restore_files(job: _Revert, tmp: Path) -> None:
+    """The current small files, then each undone round's older versions (newest round first)."""
+    folder = job.folder
+    for path in folder.iterdir():
+        if path.is_file() and path.name not in (LEDGER_FILE, STATE_FILE) and not path.name.endswith(".safetensors") \
+                and path.name != "model.safetensors.index.json":
+            shutil.copy2(path, tmp / path.name)
+    for entry in reversed(job.undo):
+        files = entry["delta"]["files"]
+        for name in files.get("added", []):
+            (tmp / name).unlink(missing_ok=True)
+        for name in files.get("replaced", []):
+            shutil.copy2(files_dir(folder, entry["index"]) / name, tmp / name)
+
+
+def _copy_kept_deltas(job: _Revert, tmp: Path) -> None:
+    """The revert data of the rounds still in force, so that they too can be undone later."""
+    keep = {e["index"] for e in job.live[:job.undo_from - 1]}
+    for path in (job.folder / DELTA_DIR).glob("entry-*"):
+        if int(path.name[len("entry-"):len("entry-") + 4]) in keep:
+            target = tmp / DELTA_DIR / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+
+
+def _write_reverted_manifest(job: _Revert, tmp: Path, new_entries: list[dict], revert_entry: dict) -> None:
+    """The restored manifest, pointing at the new ledger head and saying what was reverted."""
+    restored_manifest = (tmp / MANIFEST_FILE)
+    data = json.loads(restored_manifest.read_text(encoding="utf-8")) if restored_manifest.exists() else None
+    if data is None:  # before the first round there was no manifest: keep one for the ledger
+        data = {"method": "reverted", "note": f"the model as it was before round 1 of {job.folder}"}
+    data["ledger"] = head_of(new_entries)
+    data["reverted"] = {"from": str(job.folder), "to_round": job.undo_from, "undone": revert_entry["undone"]}
+    write_json_atomic(restored_manifest, data)
 
 
 # ----------------------------------------------------------------------------- verify
@@ -237,7 +287,6 @@ class VerifyReport:
 def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True) -> VerifyReport:
     """Check ``folder`` against its ledger (see the module docstring). ``requests``: a JSONL path or
     list of requests to re-ask for rounds recorded with ``--no-texts`` (matched by their hashes)."""
-    from ..generation import generate_answer_ids
     from .rounds import load_checked_model as load_model
 
     folder = Path(folder)
@@ -245,79 +294,130 @@ def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True)
         manifest, entries = _ledger_of(folder)
         live = effective_rounds(entries)
         model, tokenizer = load_model(folder, cache_dir=cache_dir)
-        digests = weights_digests(model)
-        actual = combined_digest(digests)
-        expected = entries[-1]["weights_after"]
-        report = VerifyReport(str(folder), {"expected": expected, "actual": actual, "match": actual == expected})
-        if actual != expected:
-            last_change: dict[str, dict] = {}
-            for entry in live:
-                for name, item in entry["delta"]["tensors"].items():
-                    last_change[name] = {"round": entry["round"], "digest": item.get("digest_after")}
-            altered = [n for n, c in last_change.items() if digests.get(n) != c["digest"]]
-            rounds = sorted({last_change[n]["round"] for n in altered})
-            report.weights["altered_tensors_of_rounds"] = {n: last_change[n]["round"] for n in altered}
-            report.problems.append("the weights were changed outside unierase" +
-                                   (f": tensors last edited by round(s) {rounds} ({', '.join(altered[:3])})" if altered
-                                    else " (in tensors no round edited)"))
-        given = {}
-        if requests is not None:
-            reqs = load_requests(requests) if isinstance(requests, (str, os.PathLike)) else \
-                [r if isinstance(r, ForgetRequest) else ForgetRequest(**r) for r in requests]
-            given = {r.digest(): r for r in reqs}
+        report = _weights_report(folder, weights_digests(model), entries, live)
+        given = _given_requests(requests)
         token_id = (manifest.get("token") or {}).get("id")
-        weights = {n: t.detach().clone() for n, t in model.state_dict().items()} if actual == expected else None
+        # the weights are rolled back round by round only when they are the ones the ledger recorded
+        weights = {n: t.detach().clone() for n, t in model.state_dict().items()} if report.weights["match"] else None
         state = dict(EditState.load(folder).previous_keys) if (folder / STATE_FILE).exists() else {}
+        v = _Verification(folder, model, tokenizer, report, token_id, given, weights, state)
         for entry in reversed(live):
             row = {"round": entry["round"], "entry": entry["index"], "method": entry.get("method")}
-            try:
-                if weights is None:
-                    row["revert_data"] = "not checked (weights altered)"
-                else:
-                    _undo(folder, entry, weights, state)
-                    ok = combined_digest({n: deltas.tensor_digest(t) for n, t in weights.items()}) == entry["weights_before"]
-                    row["revert_data"] = "ok" if ok else "does not lead back"
-                    if not ok:
-                        report.problems.append(f"round {entry['round']}: its revert data does not lead back to the weights before it")
-                        weights = None
-            except UniEraseError as err:
-                row["revert_data"] = f"broken ({err})"
-                report.problems.append(f"round {entry['round']}: {err}")
-                weights = None
-            reqs = []
-            for item in entry.get("requests", []):
-                if item.get("question"):
-                    reqs.append(ForgetRequest(item["question"], item.get("answer"), item.get("subject"), item.get("scope"),
-                                              tuple(item["paraphrases"]) if item.get("paraphrases") else None))
-                elif item["sha256"] in given:
-                    reqs.append(given[item["sha256"]])
+            _check_revert_data(v, entry, row)
+            reqs = _round_requests(entry, given)
             row["requests"], row["checked"] = len(entry.get("requests", [])), len(reqs)
             if check_answers:
-                check = probe(model, tokenizer, reqs, [], token_id)
-                then = {i["sha256"]: i["erased"] for i in (entry.get("verification") or {}).get("items", [])}
-                leaking = [r.question for r, c in zip(reqs, check["items"]) if not c["erased"]]
-                row["erased"] = f"{len(reqs) - len(leaking)}/{len(reqs)}" + (
-                    f" (of {row['requests']}; pass --requests for the rest)" if len(reqs) < row["requests"] else "")
-                row["leaking"] = leaking
-                again = [r.question for r, c in zip(reqs, check["items"]) if not c["erased"] and then.get(r.digest(), True)]
-                never = [q for q in leaking if q not in again]
-                if again:
-                    report.problems.append(f"round {entry['round']}: {len(again)} erased question(s) answer again: "
-                                           + "; ".join(again[:3]))
-                if never:
-                    report.problems.append(f"round {entry['round']}: {len(never)} question(s) were never erased (not "
-                                           "reached at erasure time; run forget again): " + "; ".join(never[:3]))
-                recorded = (entry.get("verification") or {}).get("neighbours", [])
-                ids = generate_answer_ids(model, tokenizer, [n["question"] for n in recorded],
-                                          max_new_tokens=(entry.get("verification") or {}).get("max_new_tokens", 24)) \
-                    if recorded else []
-                changed = [n["question"] for n, i in zip(recorded, ids) if _ids_digest(i) != n["answer_sha256"]]
-                row["neighbours_changed"] = f"{len(changed)}/{len(recorded)}"
-                row["changed_neighbours"] = changed
-                if changed and entry is live[-1]:
-                    report.problems.append(f"{len(changed)} neighbour question(s) recorded at round {entry['round']} now "
-                                           "answer differently: " + "; ".join(changed[:3]))
+                _check_erased(v, entry, reqs, row)
+                _check_neighbours(v, entry, row, latest=entry is live[-1])
             else:
                 row["erased"], row["neighbours_changed"] = "not checked", "not checked"
             report.rounds.insert(0, row)
         return report
+
+
+@dataclass
+class _Verification:
+    """What ``verify`` carries from round to round as it walks the rounds in force, newest first."""
+
+    folder: Path
+    model: object
+    tokenizer: object
+    report: VerifyReport
+    token_id: int | None
+    given: dict[str, ForgetRequest]
+    weights: dict[str, torch.Tensor] | None
+    """The weights rolled back so far; None once they no longer match the ledger (no further check)."""
+    state: dict[int, torch.Tensor]
+
+
+def _weights_report(folder: Path, digests: dict[str, str], entries: list[dict], live: list[dict]) -> VerifyReport:
+    """A report on whether the weights match the ledger; when not, which rounds' tensors were altered."""
+    actual = combined_digest(digests)
+    expected = entries[-1]["weights_after"]
+    report = VerifyReport(str(folder), {"expected": expected, "actual": actual, "match": actual == expected})
+    if actual != expected:
+        last_change: dict[str, dict] = {}
+        for entry in live:
+            for name, item in entry["delta"]["tensors"].items():
+                last_change[name] = {"round": entry["round"], "digest": item.get("digest_after")}
+        altered = [n for n, c in last_change.items() if digests.get(n) != c["digest"]]
+        rounds = sorted({last_change[n]["round"] for n in altered})
+        report.weights["altered_tensors_of_rounds"] = {n: last_change[n]["round"] for n in altered}
+        report.problems.append("the weights were changed outside unierase" +
+                               (f": tensors last edited by round(s) {rounds} ({', '.join(altered[:3])})" if altered
+                                else " (in tensors no round edited)"))
+    return report
+
+
+def _given_requests(requests) -> dict[str, ForgetRequest]:
+    """The requests passed in (a JSONL path or a list), by their hashes."""
+    if requests is None:
+        return {}
+    reqs = load_requests(requests) if isinstance(requests, (str, os.PathLike)) else \
+        [r if isinstance(r, ForgetRequest) else ForgetRequest(**r) for r in requests]
+    return {r.digest(): r for r in reqs}
+
+
+def _check_revert_data(v: _Verification, entry: dict, row: dict) -> None:
+    """Undo ``entry`` on the rolled-back weights: do they come back to the weights recorded before it?"""
+    try:
+        if v.weights is None:
+            row["revert_data"] = "not checked (weights altered)"
+        else:
+            _undo(v.folder, entry, v.weights, v.state)
+            ok = combined_digest({n: deltas.tensor_digest(t) for n, t in v.weights.items()}) == entry["weights_before"]
+            row["revert_data"] = "ok" if ok else "does not lead back"
+            if not ok:
+                v.report.problems.append(f"round {entry['round']}: its revert data does not lead back to the weights before it")
+                v.weights = None
+    except UniEraseError as err:
+        row["revert_data"] = f"broken ({err})"
+        v.report.problems.append(f"round {entry['round']}: {err}")
+        v.weights = None
+
+
+def _round_requests(entry: dict, given: dict[str, ForgetRequest]) -> list[ForgetRequest]:
+    """The round's requests that can be re-asked: recorded with their texts, or passed in (by hash)."""
+    reqs = []
+    for item in entry.get("requests", []):
+        if item.get("question"):
+            reqs.append(ForgetRequest(item["question"], item.get("answer"), item.get("subject"), item.get("scope"),
+                                      tuple(item["paraphrases"]) if item.get("paraphrases") else None))
+        elif item["sha256"] in given:
+            reqs.append(given[item["sha256"]])
+    return reqs
+
+
+def _check_erased(v: _Verification, entry: dict, reqs: list[ForgetRequest], row: dict) -> None:
+    """Re-ask the round's questions: one that answers again, or was never erased, is a problem."""
+    check = probe(v.model, v.tokenizer, reqs, [], v.token_id)
+    then = {i["sha256"]: i["erased"] for i in (entry.get("verification") or {}).get("items", [])}
+    leaking = [r.question for r, c in zip(reqs, check["items"]) if not c["erased"]]
+    row["erased"] = f"{len(reqs) - len(leaking)}/{len(reqs)}" + (
+        f" (of {row['requests']}; pass --requests for the rest)" if len(reqs) < row["requests"] else "")
+    row["leaking"] = leaking
+    again = [r.question for r, c in zip(reqs, check["items"]) if not c["erased"] and then.get(r.digest(), True)]
+    never = [q for q in leaking if q not in again]
+    if again:
+        v.report.problems.append(f"round {entry['round']}: {len(again)} erased question(s) answer again: "
+                                 + "; ".join(again[:3]))
+    if never:
+        v.report.problems.append(f"round {entry['round']}: {len(never)} question(s) were never erased (not "
+                                 "reached at erasure time; run forget again): " + "; ".join(never[:3]))
+
+
+def _check_neighbours(v: _Verification, entry: dict, row: dict, *, latest: bool) -> None:
+    """Re-ask the neighbour questions recorded at the round; a changed answer is a problem only for the
+    latest round (an earlier round's answers were recorded on weights that later rounds changed)."""
+    from ..generation import generate_answer_ids
+
+    recorded = (entry.get("verification") or {}).get("neighbours", [])
+    ids = generate_answer_ids(v.model, v.tokenizer, [n["question"] for n in recorded],
+                              max_new_tokens=(entry.get("verification") or {}).get("max_new_tokens", 24)) \
+        if recorded else []
+    changed = [n["question"] for n, i in zip(recorded, ids) if _ids_digest(i) != n["answer_sha256"]]
+    row["neighbours_changed"] = f"{len(changed)}/{len(recorded)}"
+    row["changed_neighbours"] = changed
+    if changed and latest:
+        v.report.problems.append(f"{len(changed)} neighbour question(s) recorded at round {entry['round']} now "
+                                 "answer differently: " + "; ".join(changed[:3]))
