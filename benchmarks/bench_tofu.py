@@ -814,7 +814,7 @@ def unierase_defaults_key(model_dir: str) -> str:
 
     import unierase
     from unierase.cache import code_digest
-    from unierase.edit import editor, erase, keys, options, preserved, scope, solve, stale_context, values
+    from unierase.edit import config as edit_config, editor, erase, keys, options, preserved, scope, solve, stale_context, values
     from unierase.models import tracing
     from unierase.edit.recipes import edit_config_for
     from unierase.token.training import UnlearningTokenConfig
@@ -822,7 +822,7 @@ def unierase_defaults_key(model_dir: str) -> str:
     config, recipe = edit_config_for(AutoConfig.from_pretrained(model_dir))
     data = {"edit": config.to_dict(), "token": UnlearningTokenConfig().to_dict(),
             "recipe": recipe.name if recipe else None, "version": unierase.__version__,
-            "code": code_digest(editor, erase, keys, options, preserved, scope, solve, stale_context, values, tracing)}
+            "code": code_digest(edit_config, editor, erase, keys, options, preserved, scope, solve, stale_context, values, tracing)}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

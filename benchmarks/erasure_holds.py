@@ -89,15 +89,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from unierase import audit, demo, edit_checks, refusals
-    from unierase.edit import editor, erase, keys, options, preserved, prompts, scope, solve, values
+    from unierase.edit import config as edit_config, editor, erase, keys, options, preserved, prompts, scope, solve, values
     from unierase.token import questions, training
 
     from unierase.edit.recipes import parse_settings
 
     overrides = parse_settings(args.set)
     # the edit's and the measurement's code: a change to either is a new cell
-    code = code_digest(editor, erase, keys, options, preserved, prompts, scope, solve, values, questions, training, audit, demo,
-                       edit_checks, refusals)
+    code = code_digest(edit_config, editor, erase, keys, options, preserved, prompts, scope, solve, values, questions, training,
+                       audit, demo, edit_checks, refusals)
     cache = Cache()
     key = content_key(args.split, overrides, code)
     cell = cache.load_json("erasure_holds", key)

@@ -15,7 +15,7 @@ import torch
 
 from unierase.demo import pick_neighbours
 from unierase.edit_checks import load_demo_facts
-from unierase.edit.editor import EditConfig
+from unierase.edit.config import EditConfig
 from unierase.edit.prompts import entity_char_end
 from unierase.edit.keys import token_keys, request_keys
 from unierase.edit.prompts import build_edit_prompts, EditPrompt, render_variants

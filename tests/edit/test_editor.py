@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from tiny_models import build_model, build_tokenizer
-from unierase.edit.editor import EditConfig, default_layers, run_edit_round
+from unierase.edit.config import EditConfig, default_layers
+from unierase.edit.editor import run_edit_round
 from unierase.edit.keys import position_ids
 from unierase.edit.preserved import PreservedKeys
 from unierase.record.edit_state import EditState
@@ -254,7 +255,7 @@ def test_soft_constraint_sums_equal_a_direct_sum_over_the_requests_kept(with_bas
 
 
 def test_edit_and_value_configs_are_checked_before_any_work():
-    from unierase.edit.editor import EditConfig
+    from unierase.edit.config import EditConfig
     from unierase.edit.values import ValueConfig
     from unierase.storage import UniEraseError
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from unierase.edit.editor import EditConfig
+from unierase.edit.config import EditConfig
 from unierase.edit.erase import _resolve_config
 from unierase.edit.options import EraseOptions, parse_layers
 from unierase.registry import get_method

@@ -5,7 +5,7 @@ import torch
 
 from tiny_models import build_model, build_tokenizer
 from unierase.edit import stats as stats_module
-from unierase.edit.editor import EditConfig
+from unierase.edit.config import EditConfig
 from unierase.edit.preserved import PRESERVED_KIND, PreservedKeys, build_preserved_keys
 from unierase.record.edit_state import EditState
 from unierase.edit.stats import accumulate_key_moments, null_space_basis

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from tiny_models import build_model, build_tokenizer
-from unierase.edit.editor import EditConfig
+from unierase.edit.config import EditConfig
 from unierase.edit.recipes import apply_recipe, edit_config_for, load_recipes, recipe_for
 from unierase.storage import UniEraseError
 

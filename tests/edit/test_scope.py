@@ -143,7 +143,8 @@ def test_an_entity_scope_edit_reaches_the_entitys_unseen_question_and_not_anothe
     import torch
 
     from tiny_models import build_model, build_tokenizer
-    from unierase.edit.editor import EditConfig, run_edit_passes
+    from unierase.edit.config import EditConfig
+    from unierase.edit.editor import run_edit_passes
     from unierase.edit.preserved import PreservedKeys
     from unierase.record.edit_state import EditState
     from unierase.edit.stats import accumulate_key_moments
@@ -192,7 +193,8 @@ def test_fact_targets_and_shared_entity_targets_are_optimised_with_their_own_set
     import torch
 
     from unierase.edit import editor
-    from unierase.edit.editor import EditConfig, _target_values
+    from unierase.edit.config import EditConfig
+    from unierase.edit.editor import _target_values
     from unierase.edit.prompts import EditPrompt
     from unierase.edit.values import ValueConfig, ValueReport
 

@@ -17,117 +17,16 @@ from ..models.adapters import MLPOutputAdapter
 from ..prompts import has_chat_template
 from ..refusals import load_refusals, refusal_for
 from ..requests import ForgetRequest
-from ..storage import UniEraseError
 from ..token.training import answer_ids
-from .keys import LowerBlocks, request_keys_and_values, token_keys
+from .config import EditConfig
+from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
 from .scope import compact_groups
 from .preserved import PreservedKeys, SoftConstraint
-from .prompts import EditPrompt, build_edit_prompts, entity_char_end, render_variants, subject_char_end
-from .options import KEY_POSITIONS
+from .prompts import EditPrompt, build_edit_prompts
 from .solve import SOLVERS
-from .values import PromptGroup, ValueConfig, compute_target_values, plain_prompt_group
+from .values import PromptGroup, compute_target_values, plain_prompt_group
 
 log = logging.getLogger(__name__)
-
-
-def default_layers(num_layers: int) -> list[int]:
-    """Five consecutive early-middle layers starting at 1/8 of the depth (4–8 of 32 as in the
-    official Llama-3.1-8B recipe; 4–8 of 30 for SmolLM2); fewer on very shallow models."""
-    count = min(5, max(1, num_layers // 6))
-    start = min(max(1, round(0.125 * num_layers)), num_layers - count)
-    return list(range(start, start + count))
-
-
-@dataclass
-class EditConfig:
-    """Hyper-parameters of the Unlearning Edit: neutral defaults; what was measured on a model is
-    in its recipe (``unierase.edit.recipes``; ``edit_config_for`` applies it)."""
-
-    layers: list[int] | None = None
-    """MLP output projections to edit; ``None`` = ``default_layers(depth)``."""
-    key_position: str = "auto"
-    """Token whose MLP input is the key: 'subject', 'entity' (last capitalised name), 'distinct'
-    (most of its key in the free subspace), 'question_end', 'last'; 'auto' = subject if given, else entity."""
-    num_prefixes: int = 2
-    """Fixed context prefixes averaged with the plain prompt for keys and values (as ROME/MEMIT)."""
-    num_suffixes: int = 0
-    """Fixed words after the question (``prompts.CONTEXT_SUFFIXES``) as more variants: the value must
-    lead to the token from further away, as in a reworded question."""
-    solver: str = "alphaedit"
-    """'alphaedit' (null-space constrained, keeps the sequential state) or 'memit'."""
-    null_space_threshold: float = 1e-2
-    """Eigen-directions of C₀ below this fraction of its largest eigenvalue are free to edit."""
-    question_key_weight: float = 1.0
-    """Weight in C₀ of the entity keys of synthetic questions: the edit keys on what is specific to a request."""
-    refusal_key_weight: float = 1.0
-    """Weight in C₀ of the keys of ``question → [UNL] refusal``: the token's own continuation is left alone."""
-    answer_key_weight: float = 1.0
-    """Weight in C₀ of the keys of the model's own answers to generic questions: ordinary answering is left alone."""
-    neutral_key_weight: float = 1.0
-    """Weight of the round's soft constraint (neutral questions about each request's entity and its
-    substitutes), so the edit does not fire on the entity alone or on the question's shape (0 = off)."""
-    neutral_templates: int = 4
-    """Relation-neutral questions per request in the soft constraint (``prompts.NEUTRAL_TEMPLATES``)."""
-    substitute_entities: int = 4
-    """Copies of each question with its entity replaced by another of the same kind, softly preserved (0 = off)."""
-    substitute_answer_weight: float = 1.0
-    """Weight of the substitutes' answer-position keys relative to ``neutral_key_weight``."""
-    substitute_answer_tokens: int = 24
-    """Answer tokens of each substitute question that are softly preserved too (0 = only its entity key)."""
-    ridge: float = 0.1
-    """λ of the closed form, as a fraction of the mean squared norm of the round's keys (more: each
-    pass writes less and moves unrelated answers less)."""
-    memit_weight: float = 1e4
-    """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
-    stats_tokens: int = 100_000
-    """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
-    max_passes: int = 12
-    """Requests whose greedy first token is not yet the target get another pass, at most this many;
-    each pass starts from the previous targets and preserves the previous keys."""
-    group_value_questions: int | None = 8
-    """An entity group's shared δ is optimised on at most this many of its pending questions, spread
-    from the shortest to the longest; the others only receive it (None = all)."""
-    group_value_rotation: bool = False
-    """Each value step takes ``group_value_questions`` of the group's pending questions in turn, so
-    the shared δ is fitted to all of them at the per-step cost of a few (fewer left for another pass)."""
-    values: ValueConfig = field(default_factory=ValueConfig)
-    """Target values of requests with their own target (fact scope)."""
-    entity_values: ValueConfig = field(default_factory=ValueConfig)
-    """Target values an entity group shares (one δ serves questions it was not optimised on)."""
-    entity_substitute_answers: bool = False
-    """Also preserve the substitute answers of entity-scope requests (costs a generation and a key pass)."""
-
-    def __post_init__(self):
-        # checked before any work: a bad value must not surface after the costly target values
-        problems = [f"{name} must be {rule} (got {getattr(self, name)!r})" for name, rule, ok in (
-            ("solver", " or ".join(map(repr, SOLVERS)), self.solver in SOLVERS),
-            ("key_position", "one of " + ", ".join(KEY_POSITIONS), self.key_position in KEY_POSITIONS),
-            ("null_space_threshold", "in (0, 1)", 0 < self.null_space_threshold < 1),
-            ("ridge", "≥ 0", self.ridge >= 0),
-            ("max_passes", "at least 1", self.max_passes >= 1),
-            ("num_prefixes", "≥ 0", self.num_prefixes >= 0),
-            ("num_suffixes", "≥ 0", self.num_suffixes >= 0),
-            ("neutral_templates", "≥ 0", self.neutral_templates >= 0),
-            ("substitute_entities", "≥ 0", self.substitute_entities >= 0),
-            ("group_value_questions", "None or at least 1", self.group_value_questions is None or self.group_value_questions >= 1),
-            ("layers", "None or distinct indices ≥ 0", self.layers is None or (
-                len(set(self.layers)) == len(self.layers) and all(isinstance(l, int) and l >= 0 for l in self.layers))),
-        ) if not ok]
-        problems += [f"{name} must be ≥ 0 (got {getattr(self, name)!r})" for name in (
-            "question_key_weight", "refusal_key_weight", "answer_key_weight", "neutral_key_weight", "substitute_answer_weight")
-            if getattr(self, name) < 0]
-        if problems:
-            raise UniEraseError("EditConfig: " + "; ".join(problems))
-
-    def resolved_layers(self, num_layers: int) -> list[int]:
-        layers = sorted(self.layers) if self.layers else default_layers(num_layers)
-        bad = [l for l in layers if not 0 <= l < num_layers]
-        if bad:
-            raise UniEraseError(f"layers {bad} out of range: the model has {num_layers} layers (0–{num_layers - 1})")
-        return layers
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -149,55 +48,6 @@ class RoundReport:
     after: PromptGroup | None = field(default=None, repr=False)
     """The plain prompts run on the edited model (``values.plain_prompt_group``): each request's
     first answer token now, and the start of a further pass's value optimisation."""
-
-
-def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
-                     first_layer: int, basis: torch.Tensor | None) -> list[int | None]:
-    """Character end (inside the question) of each request's key token; ``None`` = last prompt token."""
-    if mode not in KEY_POSITIONS:
-        raise UniEraseError(f"unknown key position {mode!r} (choose from {', '.join(KEY_POSITIONS)})")
-    ends: list[int | None] = []
-    pending: list[int] = []
-    for i, r in enumerate(requests):
-        if mode in ("auto", "subject") and r.subject:
-            ends.append(subject_char_end(r.question, r.subject))
-        elif mode == "subject":
-            raise UniEraseError(f"request {i + 1} has no 'subject' but --key-position subject was asked for")
-        elif mode == "last":
-            ends.append(None)
-        elif mode == "question_end":
-            ends.append(len(r.question.rstrip()))
-        elif mode == "entity" or (mode == "auto" and not r.subject):
-            ends.append(entity_char_end(r.question))
-        else:
-            ends.append(None)
-            pending.append(i)
-    if pending:
-        if basis is None:
-            raise UniEraseError("key position 'distinct' needs the null-space basis of the preserved keys")
-        for i in pending:
-            ends[i] = _most_distinct_token(model, tokenizer, adapter, requests[i].question, first_layer, basis)
-    return ends
-
-
-def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, basis: torch.Tensor) -> int:
-    """The question token whose key has the largest share ‖Ûᵀ k‖² / ‖k‖² in the free subspace.
-
-    The first word is skipped (its token depends on what precedes the question).
-    """
-    ids, offsets, q_start = render_variants(tokenizer, question, num_prefixes=0)[0]
-    keys = token_keys(model, adapter, layer, [EditPrompt(0, 0, ids, len(ids) - 1, (0, len(ids)))], tokenizer.pad_token_id)[0]
-    u = basis.to(torch.float32)
-    best, best_score = None, -1.0
-    first_word_end = q_start + (question.find(" ") if " " in question else len(question))
-    for t, (s, e) in enumerate(offsets):
-        if s < first_word_end or e > q_start + len(question) or e <= s:
-            continue
-        k = keys[t]
-        score = float((u.T @ k).norm() ** 2 / k.norm().clamp(min=1e-12) ** 2)
-        if score > best_score:
-            best, best_score = e - q_start, score
-    return best if best is not None else len(question)
 
 
 @dataclass

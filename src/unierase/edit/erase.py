@@ -34,7 +34,8 @@ from ..storage import UniEraseError, default_cache_dir, locked_run
 from ..token.cache import ensure_unlearning_token
 from ..token.questions import training_questions
 from ..token.training import UnlearningTokenConfig
-from .editor import EditConfig, run_edit_passes
+from .config import EditConfig
+from .editor import run_edit_passes
 from .options import EraseOptions
 from .preserved import build_preserved_keys
 from .recipes import edit_config_for, token_with_settings, with_settings
@@ -103,6 +104,8 @@ class _Round:
     started: float
     timings: dict[str, float] = field(default_factory=dict)
     config: EditConfig | None = None
+    hyperparameters: dict = field(default_factory=dict)
+    """``config.to_dict()``, taken once the settings are settled (the manifest and the ledger record it)."""
     recipe: object = None
     adapter: object = None
     layers: list[int] = field(default_factory=list)
@@ -147,11 +150,14 @@ def _load_round(reqs, source, out, context: RunContext, options: EraseOptions) -
 
 
 def _settle_settings(run: _Round, options: EraseOptions) -> None:
-    """The edit's settings (recipe, flags, ``--set``), its layers, and what the round may change."""
+    """The edit's settings (recipe, options, ``--set``), its layers, and what the round may change."""
     run.settings = options.settings
+    token_config = options.token_config or UnlearningTokenConfig(seed=run.context.seed)
     run.config, run.recipe = _resolve_config(run.model, options)
+    run.token_config = token_with_settings(token_config, options.settings)
     run.adapter = find_mlp_output(run.model)
     run.layers = run.config.resolved_layers(run.adapter.num_layers)
+    run.hyperparameters = run.config.to_dict()
     previous_layers = run.previous.get("layers")
     if run.previous and previous_layers and previous_layers != run.layers:
         raise UniEraseError(f"{run.context.model_dir} was edited at layers {previous_layers}; a sequential round must "
@@ -159,8 +165,6 @@ def _settle_settings(run: _Round, options: EraseOptions) -> None:
     state = run.source_input.state
     state.validate(run.layers, run.adapter.key_dim(run.layers[0]),
                    source=f"{run.context.model_dir}/unierase_state.safetensors")
-    run.token_config = token_with_settings(options.token_config or UnlearningTokenConfig(seed=run.context.seed),
-                                           options.settings)
     # the tensors the round may change: the edited projections and the embeddings of the token
     changes = [f"{run.adapter.module_name(layer)}.weight" for layer in run.layers] + embedding_names(run.model)
     run.start = start_round(run.model, state, changes=changes) if run.out is not None else None
@@ -249,7 +253,7 @@ def _check_and_save(run: _Round, out, manifest: dict) -> Path:
     run.timed("verification", started)
     last = manifest["rounds"][-1]
     entry = {"kind": "erase", "method": "unierase", "version": __version__, "mode": run.mode,
-             "requests": last["requests"], "settings": {"layers": run.layers, "edit": run.config.to_dict()},
+             "requests": last["requests"], "settings": {"layers": run.layers, "edit": run.hyperparameters},
              "verification": check}
     save_round(out_path, run.model, run.tokenizer, run.start, run.source_input, manifest=manifest, entry=entry,
                state=run.source_input.state)
@@ -299,7 +303,7 @@ def _round_record(number: int, run: _Round) -> dict:
                   "added_not_reached": sum(1 for i in result.not_reached_indices if i >= len(reqs))},
         "recipe": run.recipe.name if run.recipe else None,
         "settings": {k: v for k, v in (run.settings or {}).items() if v},
-        "hyperparameters": run.config.to_dict(),
+        "hyperparameters": run.hyperparameters,
         "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
         "peak_memory_mb": peak_memory_mb(),
         "passes": result.passes,

@@ -11,7 +11,10 @@ import torch
 from ..generation import shared_layout, shared_prefix_length
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import replay_blocks, stop_after, trace
-from .prompts import EditPrompt
+from ..requests import ForgetRequest
+from ..storage import UniEraseError
+from .options import KEY_POSITIONS
+from .prompts import EditPrompt, entity_char_end, render_variants, subject_char_end
 
 
 @dataclass
@@ -175,3 +178,52 @@ def _collect(model, adapter: MLPOutputAdapter, layers: list[int], z_layer: int |
                    for k, extra in zip(plain[layer], prefixed[layer])]
         combined[layer] = torch.stack(columns, dim=1)
     return combined, (torch.stack(values, dim=1) if z_layer is not None else None)
+
+
+def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
+                     first_layer: int, basis: torch.Tensor | None) -> list[int | None]:
+    """Character end (inside the question) of each request's key token; ``None`` = last prompt token."""
+    if mode not in KEY_POSITIONS:
+        raise UniEraseError(f"unknown key position {mode!r} (choose from {', '.join(KEY_POSITIONS)})")
+    ends: list[int | None] = []
+    pending: list[int] = []
+    for i, r in enumerate(requests):
+        if mode in ("auto", "subject") and r.subject:
+            ends.append(subject_char_end(r.question, r.subject))
+        elif mode == "subject":
+            raise UniEraseError(f"request {i + 1} has no 'subject' but --key-position subject was asked for")
+        elif mode == "last":
+            ends.append(None)
+        elif mode == "question_end":
+            ends.append(len(r.question.rstrip()))
+        elif mode == "entity" or (mode == "auto" and not r.subject):
+            ends.append(entity_char_end(r.question))
+        else:
+            ends.append(None)
+            pending.append(i)
+    if pending:
+        if basis is None:
+            raise UniEraseError("key position 'distinct' needs the null-space basis of the preserved keys")
+        for i in pending:
+            ends[i] = _most_distinct_token(model, tokenizer, adapter, requests[i].question, first_layer, basis)
+    return ends
+
+
+def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, basis: torch.Tensor) -> int:
+    """The question token whose key has the largest share ‖Ûᵀ k‖² / ‖k‖² in the free subspace.
+
+    The first word is skipped (its token depends on what precedes the question).
+    """
+    ids, offsets, q_start = render_variants(tokenizer, question, num_prefixes=0)[0]
+    keys = token_keys(model, adapter, layer, [EditPrompt(0, 0, ids, len(ids) - 1, (0, len(ids)))], tokenizer.pad_token_id)[0]
+    u = basis.to(torch.float32)
+    best, best_score = None, -1.0
+    first_word_end = q_start + (question.find(" ") if " " in question else len(question))
+    for t, (s, e) in enumerate(offsets):
+        if s < first_word_end or e > q_start + len(question) or e <= s:
+            continue
+        k = keys[t]
+        score = float((u.T @ k).norm() ** 2 / k.norm().clamp(min=1e-12) ** 2)
+        if score > best_score:
+            best, best_score = e - q_start, score
+    return best if best is not None else len(question)

@@ -73,7 +73,7 @@ def recipe_for(model_config, recipes: list[Recipe] | None = None) -> Recipe | No
 
 def apply_recipe(recipe: Recipe | None, overrides: dict):
     """``EditConfig`` from the neutral defaults, the recipe's fields, then ``overrides`` (non-``None``)."""
-    from ..editor import EditConfig
+    from ..config import EditConfig
     from ..values import ValueConfig
 
     fields = dict(recipe.edit) if recipe else {}

@@ -1,0 +1,45 @@
+"""edit/erase.py: one round reads top-down — following a request through ``erase``, each stage's
+file (scope, prompts, keys, values, preserved keys, solve, the passes, config, recipes) is entered
+from the round once, in the order the method runs."""
+
+import sys
+from pathlib import Path
+
+import unierase
+from tiny_models import build_model, build_tokenizer
+
+EDIT = Path(unierase.__file__).parent / "edit"
+
+
+def _entries_from_erase(call):
+    """The edit/ files that functions of edit/erase.py call into, in call order (runs collapsed)."""
+    erase_file, seen = str(EDIT / "erase.py"), []
+
+    def profile(frame, event, arg):
+        if event != "call" or frame.f_back is None or frame.f_back.f_code.co_filename != erase_file:
+            return
+        callee = Path(frame.f_code.co_filename)
+        if callee.parent == EDIT or callee.parent.parent == EDIT:
+            name = str(callee.relative_to(EDIT))
+            if name != "erase.py" and (not seen or seen[-1] != name):
+                seen.append(name)
+
+    sys.setprofile(profile)
+    try:
+        call()
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+def test_each_stage_is_entered_once(tmp_path):
+    tok = build_tokenizer()
+    build_model("llama", len(tok)).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    seen = _entries_from_erase(lambda: unierase.forget(
+        [{"question": "Who wrote Hamlet?"}, {"question": "Where was Elena Marsh born?"}], tmp_path / "out",
+        model=tmp_path / "base", cache_dir=tmp_path / "cache", stats_tokens=2000, max_passes=1, progress=False))
+    assert len(seen) == len(set(seen)), f"a stage entered twice: {seen}"
+    order = [name for name in ("options.py", "recipes/__init__.py", "config.py", "preserved.py", "scope.py", "editor.py",
+                               "prompts.py") if name in seen]
+    assert seen == order, seen
