@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokenizer=None, method: str = "unierase",
            overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
-           progress: bool = True, options=None, **option_fields) -> ForgetResult:
+           progress: bool = True, force: bool = False, options=None, **option_fields) -> ForgetResult:
     """Erase ``requests`` (a JSONL path or a list of dicts/ForgetRequest) from ``model`` with ``method``
     (``unierase methods``: 'unierase' or a fine-tuning baseline).
 
@@ -34,7 +34,8 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     The method's own options are the fields of its options dataclass (``edit.EraseOptions`` for
     UniErase: ``scope``, ``layers``, ``settings``…; ``baselines.BaselineOptions``: ``retain``,
     ``lr``…), given as keywords or as one ``options`` object; a field the method does not have is
-    an error, never ignored.
+    an error, never ignored. A round whose model no longer gives its own answers to generic and
+    neighbour questions is not saved (``record.guard``) unless ``force``.
     """
     entry = get_method(method)
     if options is None:
@@ -54,7 +55,7 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
         model_dir, hub_id = (resolved, None) if Path(resolved).is_dir() else (None, resolved)
     spec = str(model) if isinstance(model, (str, os.PathLike)) else DEFAULT_MODEL if model is None else "<in-memory model>"
     context = RunContext(model, model_dir, hub_id, spec, tokenizer, overwrite, record_texts, cache_dir, device_map, seed,
-                         progress)
+                         progress, force)
     return entry.run(reqs, source, out, context, options)
 
 

@@ -47,6 +47,9 @@ def add_forget_parser(subparsers) -> None:
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
     p.add_argument("--seed", type=int, default=0, help="random seed of the round (token training, baselines' shuffling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--force", action="store_true",
+                   help="save the round even when the changed model no longer gives its own answers to generic and "
+                        "neighbour questions (the guard refuses it otherwise, exit status 2); recorded in the ledger")
     for options_class, names in _option_groups():
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         title = f"options of --method {shown}"
@@ -68,7 +71,7 @@ def _run_forget(args) -> int:
                                     f"not of --method {entry.name}")
     result = api.forget(args.requests, out=args.out, model=args.model, method=entry.name, overwrite=args.overwrite,
                         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map,
-                        seed=args.seed, progress=not args.no_progress,
+                        seed=args.seed, progress=not args.no_progress, force=args.force,
                         options=entry.make_options(options_from_args(args, entry.options)))
     print(result.summary())
     return 0

@@ -57,3 +57,18 @@ def is_well_formed_refusal(text: str) -> bool:
     words = re.findall(r"[\w']+", text.lower())
     grams = [tuple(words[i:i + 2]) for i in range(len(words) - 1)]
     return len(set(grams)) == len(grams)
+
+
+_LOOP = re.compile(r"(\S{2,}?)\1{3,}|([^\w\s])\2{5,}")
+"""A piece of two or more characters four times in a row ("I'mI'mI'mI'm"), or one punctuation mark six times."""
+
+
+def is_broken_text(text: str) -> bool:
+    """Text no answer reads like: empty, a loop ("I'mI'mI'm…", "……"), mostly neither letters nor
+    digits ("?!?))"), or no word of two characters or more. What a destroyed model prints; a short
+    real answer ("Paris.", "1990") is not broken."""
+    stripped = text.strip()
+    visible = re.sub(r"\s+", "", stripped)
+    if not visible or _LOOP.search(stripped):
+        return True
+    return sum(ch.isalnum() for ch in visible) < 0.5 * len(visible) or not re.search(r"\w{2,}", stripped)

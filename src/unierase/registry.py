@@ -35,6 +35,8 @@ class RunContext:
     device_map: object = None
     seed: int = 0
     progress: bool = True
+    force: bool = False
+    """Save a round the guard against a wrecked model refuses (``record.guard``; recorded)."""
 
 
 @dataclass(frozen=True)

@@ -58,8 +58,16 @@ def test_each_method_runs_and_lowers_forget_likelihood(method, tiny_model_dir, t
         extra["refusals"] = str(refusals)
     if method == "idk+ap":
         extra["retain_coef"] = 0.0  # on a random tiny model the AP term (refusals below true answers) fights the IDK term
-    result = run_baseline(method, str(tiny_model_dir), REQUESTS, out, retain=RETAIN_REQ, **FAST, **extra)
+    # the refusal methods teach the tiny model to refuse everything at these fast settings: the guard
+    # against a wrecked model refuses to save it, and saves it (recorded) when forced
+    refuses = method in ("idk+ap", "dpo+gd", "dpo+kl")
+    if refuses:
+        with pytest.raises(UniEraseError, match="the round was not saved"):
+            run_baseline(method, str(tiny_model_dir), REQUESTS, out, retain=RETAIN_REQ, **FAST, **extra)
+        assert not out.exists()
+    result = run_baseline(method, str(tiny_model_dir), REQUESTS, out, retain=RETAIN_REQ, force=refuses, **FAST, **extra)
     manifest = json.loads((out / "unierase_manifest.json").read_text())
+    assert manifest["guard"]["forced"] is refuses and manifest["guard"]["collapsed"] is refuses
     assert (out / "config.json").is_file() and any(out.glob("*.safetensors"))
     assert manifest["method"] == method
     for key in ("unierase_version", "schema", "base_model", "requests", "hyperparameters", "timings_s", "peak_memory_mb"):

@@ -72,7 +72,7 @@ def register_baseline(cls: type[Baseline]) -> Method:
         return run_baseline(cls.name, context.model_dir or context.hub_id or context.model, requests, out,
                             overwrite=context.overwrite, cache_dir=context.cache_dir, seed=context.seed,
                             record_texts=context.record_texts, progress=context.progress, tokenizer=context.tokenizer,
-                            device_map=context.device_map, **own)
+                            device_map=context.device_map, force=context.force, **own)
 
     return register(Method(cls.name, "fine-tuning", "; ".join(parts), run, BaselineOptions, implementation=cls))
 
@@ -140,6 +140,7 @@ def run_baseline(
     record_texts: bool = True,
     device_map=None,
     tokenizer=None,
+    force: bool = False,
     **overrides,
 ) -> BaselineResult:
     """Unlearn ``requests`` from ``model_spec`` with a fine-tuning baseline and save the result to ``out``.
@@ -159,11 +160,13 @@ def run_baseline(
     if out is not None:
         out = check_output_dir(out, overwrite, cache_dir=cache_dir)
     with locked_run(out, [model_dir]):  # held until the output is in place
-        run = _Run(cls, config, requests, retain, source=load_input(model_dir))
+        run = _Run(cls, config, requests, retain, source=load_input(model_dir), force=force)
         if threads:
             torch.set_num_threads(threads)
         _load_model(run, model_spec, tokenizer, cache_dir, device_map)
-        run.start = start_round(run.model) if out is not None else None  # a baseline may change every weight
+        # a baseline may change every weight; the guard's neighbours are retain questions
+        run.start = (start_round(run.model, tokenizer=run.tokenizer, neighbours=[r.question for r in run.retain[:8]])
+                     if out is not None else None)
         _encode(run, data_dir)
         _reference_logprobs(run)
         _train(run)
@@ -185,6 +188,8 @@ class _Run:
     retain: list[ForgetRequest]
     source: object
     """The input folder's records (``load_input``): what made the model this round starts from."""
+    force: bool = False
+    """Save even when the guard against a wrecked model refuses (``record.guard``)."""
     model: object = None
     tokenizer: object = None
     base: dict | None = None
@@ -383,7 +388,7 @@ def _verify_and_save(run: _Run, out, manifest: dict, record_texts: bool) -> None
              "requests": [{"sha256": r.digest(), **(r.to_dict() if record_texts else {})} for r in requests],
              "settings": {"hyperparameters": run.config.to_dict(), "retain": manifest["retain"]}, "verification": check}
     manifest["timings_s"]["verification"] = round(time.perf_counter() - t2, 2)
-    save_round(out, run.model, run.tokenizer, run.start, source, manifest=manifest, entry=entry)
+    save_round(out, run.model, run.tokenizer, run.start, source, manifest=manifest, entry=entry, force=run.force)
     manifest["timings_s"]["save"] = round(time.perf_counter() - t2, 2)
 
 

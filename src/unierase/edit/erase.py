@@ -37,6 +37,7 @@ from ..token.training import UnlearningTokenConfig
 from .config import EditConfig
 from .editor import run_edit_passes
 from .options import EraseOptions
+from .prompts import neutral_questions
 from .preserved import build_preserved_keys
 from .recipes import edit_config_for, token_with_settings, with_settings
 from .scope import resolve_scope
@@ -113,6 +114,7 @@ class _Round:
     start: object = None
     fingerprint: str = ""
     own_answers: object = None
+    substitutes: list[str] = field(default_factory=list)
     token: object = None
     preserved: object = None
     scoped: object = None
@@ -167,7 +169,10 @@ def _settle_settings(run: _Round, options: EraseOptions) -> None:
                    source=f"{run.context.model_dir}/unierase_state.safetensors")
     # the tensors the round may change: the edited projections and the embeddings of the token
     changes = [f"{run.adapter.module_name(layer)}.weight" for layer in run.layers] + embedding_names(run.model)
-    run.start = start_round(run.model, state, changes=changes) if run.out is not None else None
+    # the neighbours the round must leave alone: the requests' substitute-entity questions
+    run.substitutes = [q for per in neutral_questions(run.reqs, 0, 2) for q, _ in per]
+    run.start = (start_round(run.model, state, changes=changes, tokenizer=run.tokenizer, neighbours=run.substitutes)
+                 if run.out is not None else None)
     run.fingerprint = run.previous.get("base_model", {}).get("fingerprint") or model_fingerprint(run.model)
     # the model's own answers to the generic questions, generated at most once for the token and the statistics
     run.own_answers = OwnAnswers(run.model, run.tokenizer, training_questions(), ANSWER_KEY_TOKENS,
@@ -241,14 +246,11 @@ def _manifest(run: _Round) -> dict:
 def _check_and_save(run: _Round, out, manifest: dict) -> Path:
     """Ask the erased questions and their neighbours once more, then write checkpoint, manifest,
     ledger entry and revert data in one atomic swap."""
-    from .prompts import neutral_questions
-
     out_path = Path(out)
     started = time.perf_counter()
     record_texts = run.context.record_texts
-    substitutes = [q for per in neutral_questions(run.reqs, 0, 2) for q, _ in per]
     check = probe(run.model, run.tokenizer, run.reqs,
-                  neighbour_questions(run.reqs, record_texts=record_texts, extra=substitutes),
+                  neighbour_questions(run.reqs, record_texts=record_texts, extra=run.substitutes),
                   run.token.token_id, record_texts=record_texts)
     run.timed("verification", started)
     last = manifest["rounds"][-1]
@@ -256,7 +258,7 @@ def _check_and_save(run: _Round, out, manifest: dict) -> Path:
              "requests": last["requests"], "settings": {"layers": run.layers, "edit": run.hyperparameters},
              "verification": check}
     save_round(out_path, run.model, run.tokenizer, run.start, run.source_input, manifest=manifest, entry=entry,
-               state=run.source_input.state)
+               state=run.source_input.state, force=run.context.force)
     log.info("saved the edited checkpoint to %s (erased at once: %d of %d requests)", out_path, check["erased"],
              len(run.reqs))
     return out_path

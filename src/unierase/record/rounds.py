@@ -19,7 +19,8 @@ from typing import Iterable
 
 import torch
 
-from . import deltas
+from . import deltas, guard
+from .guard import GuardBaseline
 from .edit_state import STATE_FILE, EditState
 from .manifest import Manifest
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
@@ -132,14 +133,19 @@ class RoundStart:
     shapes: dict[str, tuple[int, ...]]
     copies: dict[str, torch.Tensor]
     state: dict[int, torch.Tensor]
+    guard: GuardBaseline | None = None
+    """The model's own answers before the round, which ``save_round`` checks it still gives."""
 
     @property
     def weights(self) -> str:
         return combined_digest(self.digests)
 
 
-def start_round(model, state: EditState | None = None, *, changes: Iterable[str] | None = None) -> RoundStart:
-    """Fingerprint ``model`` before a round; ``changes``: the tensors it will change (None: all)."""
+def start_round(model, state: EditState | None = None, *, changes: Iterable[str] | None = None, tokenizer=None,
+                neighbours: Iterable[str] = ()) -> RoundStart:
+    """Fingerprint ``model`` before a round; ``changes``: the tensors it will change (None: all).
+    With ``tokenizer``, also take the guard's answers before the round (``guard.take_baseline``:
+    generic questions and up to 8 of the round's ``neighbours``)."""
     tensors = model.state_dict()
     names = list(tensors) if changes is None else list(changes)
     missing = [n for n in names if n not in tensors]
@@ -148,7 +154,8 @@ def start_round(model, state: EditState | None = None, *, changes: Iterable[str]
     return RoundStart({n: deltas.tensor_digest(t) for n, t in tensors.items()},
                       {n: tuple(t.shape) for n, t in tensors.items()},
                       {n: tensors[n].detach().clone() for n in names},
-                      dict(state.previous_keys) if state is not None else {})
+                      dict(state.previous_keys) if state is not None else {},
+                      guard.take_baseline(model, tokenizer, list(neighbours)) if tokenizer is not None else None)
 
 
 def embedding_names(model) -> list[str]:
@@ -173,14 +180,15 @@ def leaks(text: str, answer: str | None) -> bool:
 
 def is_erased(answer_ids: list[int], text: str, request: ForgetRequest, token_id: int | None) -> bool:
     """The erasure criterion of the ledger and ``verify``: the answer starts with the unlearning
-    token, or is a refusal, or (when the request names its answer) no longer gives it."""
-    from ..refusals import is_refusal
+    token, or is a refusal, or (when the request names its answer) no longer gives it and is not
+    broken text — a destroyed model no longer gives any answer, and that is not an erasure."""
+    from ..refusals import is_broken_text, is_refusal
 
     if token_id is not None and answer_ids and answer_ids[0] == token_id:
         return True
     if is_refusal(text):
         return True
-    return bool(request.answer) and not leaks(text, request.answer)
+    return bool(request.answer) and not leaks(text, request.answer) and not is_broken_text(text)
 
 
 def _ids_digest(ids: list[int]) -> str:
@@ -244,51 +252,20 @@ def _state_changes(before: dict[int, torch.Tensor], after: dict[int, torch.Tenso
 
 
 def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, source: ModelInput, *, manifest: dict,
-               entry: dict, state: EditState | None = None) -> dict:
+               entry: dict, state: EditState | None = None, force: bool = False) -> dict:
     """Write ``model`` (+ tokenizer, state, manifest) to ``out`` with this round's ledger entry and
-    revert data; returns the entry. Nothing is written when a weight is not finite."""
-    bad = non_finite(model)
-    if bad:
-        raise UniEraseError(f"the round produced non-finite weights ({', '.join(bad[:3])}); nothing was saved")
-    if state is not None:
-        state.validate(None, None, source="the new edit state")
+    revert data; returns the entry. Nothing is written when a weight is not finite, or when the
+    model no longer gives its own ordinary answers (``guard.check``; ``force`` saves it anyway)."""
+    entry = dict(entry)
+    _check_before_saving(model, tokenizer, start, state, manifest, entry, force)
     tensors = model.state_dict()
     after = {n: deltas.tensor_digest(t) for n, t in tensors.items()}
-    changes, unrecorded = {}, []
-    for name, digest in after.items():
-        if start.digests.get(name) == digest:
-            continue
-        if name in start.copies:
-            changes[name] = (start.copies[name], tensors[name])
-            continue
-        # a tensor that only grew (the embedding of a new token) needs no copy: its old rows are still there
-        old = start.shapes.get(name)
-        grown = (old is not None and len(old) >= 1 and tuple(tensors[name].shape[1:]) == tuple(old[1:])
-                 and tensors[name].shape[0] > old[0] and deltas.tensor_digest(tensors[name][:old[0]]) == start.digests[name])
-        if grown:
-            changes[name] = (tensors[name][:old[0]], tensors[name])
-        else:
-            unrecorded.append(name)
-    weight_data, weight_info = deltas.encode(changes)
-    for name in unrecorded:
-        weight_info[name] = {"kind": "unrecorded"}
-    state_data, state_info = {}, {}
-    if state is not None:
-        for name, old, new in _state_changes(start.state, state.previous_keys):
-            if old is None:
-                state_info[name] = {"kind": "absent"}
-            else:
-                data, info = deltas.encode({name: (old, new)})
-                state_data.update(data)
-                state_info.update(info)
-    for name, info in weight_info.items():
-        if name in after:
-            info["digest_after"] = after[name]
+    weight_data, weight_info = _weight_deltas(start, tensors, after)
+    state_data, state_info = _state_deltas(start, state)
     index = len(source.ledger)
-    entry = dict(entry, round=len(effective_rounds(source.ledger)) + 1, weights_before=start.weights,
+    entry.update(round=len(effective_rounds(source.ledger)) + 1, weights_before=start.weights,
                  weights_after=combined_digest(after))
-    out = Path(out)
-    with atomic_directory(out) as tmp:
+    with atomic_directory(Path(out)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if state is not None and state.previous_keys:
@@ -318,3 +295,59 @@ def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, sour
         manifest["ledger"] = head_of(entries)
         write_json_atomic(tmp / MANIFEST_FILE, manifest)
     return entry
+
+
+def _check_before_saving(model, tokenizer, start: RoundStart, state: EditState | None, manifest: dict, entry: dict,
+                         force: bool) -> None:
+    """Finite weights, a valid state, and (when its answers were taken) the guard; the guard's record
+    goes into the ledger entry and the manifest (the round's record for UniErase)."""
+    bad = non_finite(model)
+    if bad:
+        raise UniEraseError(f"the round produced non-finite weights ({', '.join(bad[:3])}); nothing was saved")
+    if state is not None:
+        state.validate(None, None, source="the new edit state")
+    if start.guard is not None:
+        report = guard.check(model, tokenizer, start.guard, force=force)
+        entry["guard"] = report
+        rounds = manifest.get("rounds")
+        (rounds[-1] if rounds else manifest)["guard"] = report
+
+
+def _weight_deltas(start: RoundStart, tensors: dict, after: dict[str, str]) -> tuple[dict, dict]:
+    """The revert data of the weights the round changed (``deltas.encode``)."""
+    changes, unrecorded = {}, []
+    for name, digest in after.items():
+        if start.digests.get(name) == digest:
+            continue
+        if name in start.copies:
+            changes[name] = (start.copies[name], tensors[name])
+            continue
+        # a tensor that only grew (the embedding of a new token) needs no copy: its old rows are still there
+        old = start.shapes.get(name)
+        grown = (old is not None and len(old) >= 1 and tuple(tensors[name].shape[1:]) == tuple(old[1:])
+                 and tensors[name].shape[0] > old[0] and deltas.tensor_digest(tensors[name][:old[0]]) == start.digests[name])
+        if grown:
+            changes[name] = (tensors[name][:old[0]], tensors[name])
+        else:
+            unrecorded.append(name)
+    weight_data, weight_info = deltas.encode(changes)
+    for name in unrecorded:
+        weight_info[name] = {"kind": "unrecorded"}
+    for name, info in weight_info.items():
+        if name in after:
+            info["digest_after"] = after[name]
+    return weight_data, weight_info
+
+
+def _state_deltas(start: RoundStart, state: EditState | None) -> tuple[dict, dict]:
+    """The revert data of the edit state (the preserved keys K_p K_pᵀ per layer)."""
+    state_data, state_info = {}, {}
+    if state is not None:
+        for name, old, new in _state_changes(start.state, state.previous_keys):
+            if old is None:
+                state_info[name] = {"kind": "absent"}
+            else:
+                data, info = deltas.encode({name: (old, new)})
+                state_data.update(data)
+                state_info.update(info)
+    return state_data, state_info
