@@ -98,7 +98,30 @@ def entity_section(load) -> list[str]:
                        f"{num(b['train_s'], 1)} s"] for m, b in (held.get("baselines") or {}).items()],
                     *([["the edit ÷ the fastest baseline's step", num(held["edit_over_fastest_baseline"])]]
                       if held.get("edit_over_fastest_baseline") is not None else [])]), ""]
-    return out
+    return out + attribution_section(load)
+
+
+def attribution_section(load) -> list[str]:
+    """What entity scope leaves alone: the dates and places the forget questions mention."""
+    held = load("entity_attribution.json")
+    if not held:
+        return []
+    return ["What entity scope leaves alone (a 6-author target, forget01 questions only, `--scope entity`): "
+            + source("entity_attribution.json", "python benchmarks/entity_attribution.py", held), "",
+            *table(["figure", "value"], [
+                ["general questions about what the forget questions mention (months, dates, countries, cities)",
+                 held["general_questions"]],
+                ["of those the target answers, refused after the erasure",
+                 f"{held['general_refused_after']} of {held['general_answered_by_target']}"],
+                ["general answers holding the token anywhere (48 tokens)", held["general_token_anywhere_after"]],
+                ["open questions about the two authors refused (before → after)",
+                 f"{pct(held['open_refused_before'])} → {pct(held['open_refused_after'])}"],
+                ["forget questions / paraphrases starting with the token",
+                 f"{pct(held['forget_token_first'])} / {pct(held['paraphrases_token_first'])}"],
+                ["entities erased", ", ".join(e["entity"] for e in held["scope"]["entities"])],
+                ["requests attributed by an answer / left as facts",
+                 f"{sum(len(e['attributed']) for e in held['scope']['entities'])} / {len(held['scope']['unattributed'])}"],
+            ]), ""]
 
 
 def tofu_section(load) -> list[str]:

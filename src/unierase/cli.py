@@ -41,7 +41,8 @@ def add_forget_parser(subparsers) -> None:
     )
     add_model_args(p)
     p.add_argument("--requests", required=True, help="JSONL file of forget requests")
-    p.add_argument("--out", required=True, help="output directory (a Hugging Face checkpoint + unierase_manifest.json)")
+    p.add_argument("--out", default=None,
+                   help="output directory (a Hugging Face checkpoint + unierase_manifest.json); required unless --dry-run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     p.add_argument("--method", default="unierase", help="unierase (default) or a fine-tuning baseline (see 'unierase methods')")
     p.add_argument("--no-texts", action="store_true", help="record only request hashes in the manifest, not their texts")
@@ -69,10 +70,12 @@ def _run_forget(args) -> int:
                 raise UniEraseError(f"{option_flag(field)} is an option of --method {names[0]}"
                                     f"{' and the other fine-tuning baselines' if len(names) > 1 else ''}, "
                                     f"not of --method {entry.name}")
+    options = entry.make_options(options_from_args(args, entry.options))
+    if args.out is None and not getattr(options, "dry_run", False):
+        raise UniEraseError("--out is required (only --dry-run writes nothing)")
     result = api.forget(args.requests, out=args.out, model=args.model, method=entry.name, overwrite=args.overwrite,
                         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map,
-                        seed=args.seed, progress=not args.no_progress, force=args.force,
-                        options=entry.make_options(options_from_args(args, entry.options)))
+                        seed=args.seed, progress=not args.no_progress, force=args.force, options=options)
     print(result.summary())
     return 0
 

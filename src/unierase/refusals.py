@@ -16,6 +16,25 @@ def load_refusals() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def refusal_pool(chosen: str | None = None) -> list[str]:
+    """The sentences the unlearning token leads into: the deployer's one ``chosen`` refusal, else the
+    bundled pool (``data/refusals.txt``), from which ``refusal_for`` picks one per question."""
+    return [chosen] if chosen else load_refusals()
+
+
+def check_refusal(text: str | None, answers: list[str] = ()) -> None:
+    """A chosen refusal must be one non-empty line and must not give away an answer being erased."""
+    from .storage import UniEraseError
+
+    if text is None:
+        return
+    if not text.strip() or "\n" in text or len(text) > 300:
+        raise UniEraseError("the refusal must be one non-empty line of at most 300 characters")
+    leaked = [a for a in answers if a and a.strip().lower() in text.lower()]
+    if leaked:
+        raise UniEraseError(f"the refusal {text!r} contains the answer {leaked[0]!r} of a request being erased")
+
+
 def refusal_for(question: str, refusals: list[str]) -> str:
     """A refusal chosen by a stable hash of the question (the same in every process), for the
     token's training, the edit's target continuation and the baselines' IDK targets."""

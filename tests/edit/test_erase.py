@@ -43,3 +43,29 @@ def test_each_stage_is_entered_once(tmp_path):
     order = [name for name in ("options.py", "recipes/__init__.py", "config.py", "prompts.py", "preserved.py", "scope.py",
                                "editor.py") if name in seen]
     assert seen == order, seen
+
+
+def test_dry_run_shows_the_plan_and_edits_nothing(tmp_path, monkeypatch, capsys):
+    import json
+
+    from unierase.cli import main
+
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    build_model("llama", len(tok)).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir()}
+    questions = [{"question": "Where was Elena Marsh born?"}, {"question": "What did Elena Marsh write?"},
+                 {"question": "Who is the author born in Astana on the 7th of February, 1952?"},
+                 {"question": "Who wrote the novel born in Kuwait City?", "answer": "Elena Marsh wrote it."}]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    assert main(["forget", "--model", str(tmp_path / "base"), "--requests", str(tmp_path / "r.jsonl"), "--scope", "entity",
+                 "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "dry run: nothing was trained, edited or written" in out
+    assert "entity 'Elena Marsh' (person, from shared name): 3 request(s)" in out
+    assert "Who wrote the novel born in Kuwait City?   [key: City?]" in out  # attributed by its answer, keyed at the end
+    assert "not attributed to any entity, kept as facts: 1 request(s)" in out and "[key: February]" in out
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "tokens").exists()
+    assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir()} == before
+    assert main(["forget", "--model", str(tmp_path / "base"), "--requests", str(tmp_path / "r.jsonl")]) == 2

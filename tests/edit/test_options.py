@@ -47,3 +47,13 @@ def test_parse_layers():
     for bad in ("a,b", "1,1", "-1"):
         with pytest.raises(UniEraseError):
             parse_layers(bad)
+
+
+def test_a_chosen_refusal_is_checked_before_any_work(tmp_path):
+    import unierase
+
+    reqs = [{"question": "What is the capital of France?", "answer": "Paris"}]
+    for bad, message in [("", "one non-empty line"), ("two\nlines", "one non-empty line"),
+                         ("I won't say Paris.", "contains the answer 'Paris'")]:
+        with pytest.raises(UniEraseError, match=message):  # the model does not exist: the error comes first
+            unierase.forget(reqs, tmp_path / "out", model=tmp_path / "nothing-here-either", refusal=bad)

@@ -93,8 +93,13 @@ def test_auto_scope_erases_a_person_not_a_country_named_twice():
     assert not any(map(looks_like_person, ["Japan", "South Korea", "Romeo and Juliet", "gold"]))
     japan = resolve_scope([ForgetRequest("What is the capital of Japan?"), ForgetRequest("What is the currency of Japan?")])
     assert japan.scopes == ["fact", "fact"] and japan.entities == []
-    assert resolve_scope([ForgetRequest("What is the capital of Japan?"), ForgetRequest("What is the currency of Japan?")],
-                         "entity").entities[0]["entity"] == "Japan"
+    # a place is erased as an entity only when a request names it as its subject
+    named = resolve_scope([ForgetRequest("What is the capital of Japan?"), ForgetRequest("What is the currency of Japan?")],
+                          "entity")
+    assert named.entities == [] and named.scopes == ["fact", "fact"] and named.unattributed == [0, 1]
+    subject = [ForgetRequest("What is the capital of Japan?", subject="Japan"),
+               ForgetRequest("What is the currency of Japan?", subject="Japan")]
+    assert resolve_scope(subject, "entity").entities[0]["entity"] == "Japan"
 
 
 def test_a_surname_shared_with_a_misspelt_full_name_still_erases_the_person():
@@ -125,8 +130,9 @@ def test_a_person_the_corpus_does_not_list_gets_people_as_substitutes():
     assert len(picked) == 4 and set(picked) <= set(SUBSTITUTE_GROUPS["person"])
     # a fact's unlisted entity keeps drawing from all lists (the demo's "Harry Potter", "Taj Mahal")
     assert not set(substitute_entities("Taj Mahal", set(), 8, "seed")) <= set(SUBSTITUTE_GROUPS["person"])
-    scoped = resolve_scope([ForgetRequest(q) for q in TOFU_LIKE] + [ForgetRequest("Where is Japan?", scope="entity"),
-                                                                    ForgetRequest("What is the capital of Japan?", scope="entity")])
+    scoped = resolve_scope([ForgetRequest(q) for q in TOFU_LIKE] + [
+        ForgetRequest("Where is Japan?", scope="entity", subject="Japan"),
+        ForgetRequest("What is the capital of Japan?", scope="entity", subject="Japan")])
     assert [scoped.entity_kind(i) for i in (0, 1, 4, 6)] == [None, "person", "person", "entity"]
 
 
@@ -219,3 +225,27 @@ def test_fact_targets_and_shared_entity_targets_are_optimised_with_their_own_set
     assert calls[0][1:] == ([0, 1], [0, 1], [True, True]) and calls[1][1:] == ([0, 1], [0, 0], [True, False])
     assert z[0].tolist() == [2.0, 1.0, 2.0, 1.0] and report["final_nll"] == [2.0, 1.0, 2.0, 1.0] and report["steps"] == 2
 
+
+
+def test_entity_scope_leaves_dates_and_places_named_in_passing():
+    """The TOFU case: two questions describe an author without naming them; their month and country
+    are no entities, and the model's own answer (or the request's answer) attributes them."""
+    from unierase.edit.scope import is_common_entity, nameable
+
+    assert is_common_entity("February") and is_common_entity("Kuwait City") and is_common_entity("Paris")
+    assert nameable("Basil Mahfouz Al-Kuwaiti") and not nameable("Kuwait") and not nameable("February")
+    questions = ["What genre is Basil Mahfouz Al-Kuwaiti known for?", "Where was Basil Mahfouz Al-Kuwaiti born?",
+                 "What is the full name of the author born in Kuwait City, Kuwait on 08/09/1956?",
+                 "Who is the author born in Astana, Kazakhstan on the 7th of February, 1952?"]
+    plain = resolve_scope([ForgetRequest(q) for q in questions], "entity", neutral_questions=1)
+    assert plain.unattributed == [2, 3] and plain.scopes == ["entity", "entity", "fact", "fact"]
+    assert [e["entity"] for e in plain.entities] == ["Basil Mahfouz Al-Kuwaiti"]
+    assert [r.question for r in plain.added] == ["Tell me about Basil Mahfouz Al-Kuwaiti."]
+    evidence = {2: "The author born in Kuwait City is Basil Mahfouz Al-Kuwaiti.", 3: "She is Nikolai Abilov's mentor."}
+    attributed = resolve_scope([ForgetRequest(q) for q in questions], "entity", neutral_questions=1, evidence=evidence)
+    assert attributed.unattributed == [3] and attributed.scopes == ["entity", "entity", "entity", "fact"]
+    assert attributed.entities[0]["attributed"] == [2] and attributed.groups[2] == attributed.groups[0]
+    assert attributed.requests[2].subject is None  # keyed at the question's end, not at "Kuwait"
+    # the request's own answer is evidence too
+    given = [ForgetRequest(q) for q in questions[:3]] + [ForgetRequest(questions[3], answer="Al-Kuwaiti's sister")]
+    assert resolve_scope(given, "entity").unattributed == [2]

@@ -61,6 +61,10 @@ class EditConfig:
     """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
     stats_tokens: int = 100_000
     """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
+    refusal: str | None = None
+    """The one sentence the erased model answers with (the deployer's refusal): the unlearning token
+    is trained to lead into it, and the target values to produce it. ``None``: a sentence of the
+    bundled pool (``data/refusals.txt``) chosen per question."""
     max_passes: int = 12
     """Requests whose greedy first token is not yet the target get another pass, at most this many;
     each pass starts from the previous targets and preserves the previous keys."""

@@ -15,7 +15,7 @@ import torch
 
 from ..models.adapters import MLPOutputAdapter
 from ..prompts import has_chat_template
-from ..refusals import load_refusals, refusal_for
+from ..refusals import refusal_for, refusal_pool
 from ..requests import ForgetRequest
 from ..token.training import answer_ids
 from .config import EditConfig
@@ -212,15 +212,16 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
 
     null_dims = {layer: basis.shape[1] for layer, basis in preserved.bases.items()}
     started = time.perf_counter()
-    ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], preserved.basis(layers[0]))
     shared = _shared_rows(groups, len(requests))
+    ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], preserved.basis(layers[0]),
+                            shared)
     prompts = _round_prompts(tokenizer, requests, ends, shared, config)
     key_tokens = [tokenizer.decode([p.input_ids[p.key_index]]) for p in prompts if p.variant == 0]
     timings["key_positions"] = time.perf_counter() - started
 
     started = time.perf_counter()
     z_layer = layers[-1]
-    refusals, chat = load_refusals(), has_chat_template(tokenizer)
+    refusals, chat = refusal_pool(config.refusal), has_chat_template(tokenizer)
     continuations = [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
     targets, value_report = _target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad, config,
                                            progress, continuations=continuations, start_targets=start_targets,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..record.manifest import Manifest, base_model_info
 from ..record.rounds import (embedding_names, load_checked_model as load_model, load_input, neighbour_questions, probe,
                              save_round, start_round)
 from ..registry import RunContext
+from ..refusals import check_refusal
 from ..requests import ForgetRequest
 from ..storage import UniEraseError, default_cache_dir, locked_run
 from ..token.cache import ensure_unlearning_token
@@ -36,11 +38,12 @@ from ..token.questions import training_questions
 from ..token.training import UnlearningTokenConfig
 from .config import EditConfig
 from .editor import run_edit_passes
+from .keys import choose_key_chars
 from .options import EraseOptions
 from .prompts import neutral_questions
 from .preserved import build_preserved_keys
 from .recipes import edit_config_for, token_with_settings, with_settings
-from .scope import resolve_scope
+from .scope import resolve_with_evidence
 from .stats import ANSWER_KEY_TOKENS
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,8 @@ class ForgetResult:
     tokenizer: object = field(repr=False, default=None)
 
     def summary(self) -> str:
+        if "dry_run" in self.manifest:
+            return _plan_text(self.manifest["dry_run"])
         last = self.manifest["rounds"][-1]
         t = last["timings_s"]
         return (f"erased {len(last['requests'])} request(s) in round {last['round']} ({last['mode']}); layers {last['layers']}; "
@@ -65,15 +70,35 @@ class ForgetResult:
                 + (f"; saved to {self.out}" if self.out else ""))
 
 
+def _plan_text(plan: dict) -> str:
+    """``--dry-run``'s plan as lines: each entity, each fact, what entity scope could not attribute."""
+    lines = ["dry run: nothing was trained, edited or written"]
+    for e in plan["entities"]:
+        lines.append(f"entity {e['entity']!r} ({'person' if e['person'] else 'entity'}, from {e['from']}): "
+                     f"{len(e['requests'])} request(s), {len(e['added'])} neutral question(s) added")
+        lines += [f"  - {r['question']}   [key: {r['key']}]" for r in e["requests"] + e["added"]]
+    if plan["facts"]:
+        lines.append(f"fact scope: {len(plan['facts'])} request(s)")
+        lines += [f"  - {r['question']}   [key: {r['key']}]" for r in plan["facts"]]
+    if plan["unattributed"]:
+        lines.append(f"not attributed to any entity, kept as facts: {len(plan['unattributed'])} request(s)")
+        lines += [f"  - {r['question']}   [key: {r['key']}]" for r in plan["unattributed"]]
+    return "\n".join(lines)
+
+
 EDIT_TOKEN_RESERVE = 128
 """Context left beside each request's prompt for the edit's prefixes and its target continuation."""
+EVIDENCE_TOKENS = 48
+"""Greedy tokens of the model's own answer that may name the entity a request describes."""
 
 
 def erase(reqs: list[ForgetRequest], source: str, out, context: RunContext, options: EraseOptions) -> ForgetResult:
     """One UniErase round (``api.forget`` with ``method='unierase'``), reading top-down: the model and
     its records → the round's settings → the unlearning token → the preserved keys → the edit
     passes → the manifest → the erasure-time check and the atomic save."""
-    options.validate(len(reqs), source)
+    options.check(reqs, source)
+    if options.dry_run:
+        return _dry_run(reqs, source, context, options)
     with locked_run(out, [context.model_dir]):
         torch.manual_seed(context.seed)
         run = _load_round(reqs, source, out, context, options)
@@ -157,6 +182,9 @@ def _settle_settings(run: _Round, options: EraseOptions) -> None:
     token_config = options.token_config or UnlearningTokenConfig(seed=run.context.seed)
     run.config, run.recipe = _resolve_config(run.model, options)
     run.token_config = token_with_settings(token_config, options.settings)
+    if run.config.refusal and run.token_config.refusal != run.config.refusal:  # the token leads into the chosen one
+        run.token_config = dataclasses.replace(run.token_config, refusal=run.config.refusal)
+    check_refusal(run.config.refusal, [r.answer for r in run.reqs])
     run.adapter = find_mlp_output(run.model)
     run.layers = run.config.resolved_layers(run.adapter.num_layers)
     run.hyperparameters = run.config.to_dict()
@@ -205,10 +233,7 @@ def _edit(run: _Round, options: EraseOptions) -> None:
     """Scope (which requests share a target), then the edit passes."""
     started = time.perf_counter()
     record_texts = run.context.record_texts
-    run.scoped = scoped = resolve_scope(run.reqs, options.scope, run.config.neutral_templates)
-    for info in scoped.entities:
-        log.info("entity scope: %d request(s) about %r share one target; %d neutral question(s) about it added",
-                 len(info["requests"]), info["entity"] if record_texts else "(not recorded)", len(info["added"]))
+    run.scoped = scoped = _resolve_scope(run, options)
     entity_scope = [scoped.entity_kind(i) for i in range(len(scoped.requests))]
     # the added questions' answers are generated with the rest
     answer_ids = options.answer_ids if not scoped.added else None
@@ -224,6 +249,54 @@ def _edit(run: _Round, options: EraseOptions) -> None:
                     len(passes), "; ".join(r.question if record_texts else r.digest()[:12] for r in not_reached))
     for name in passes[0]["timings_s"]:
         run.timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
+
+
+def _resolve_scope(run: _Round, options: EraseOptions):
+    """The round's entity groups (``scope.resolve_with_evidence``: the model's own answers attribute
+    the requests that describe an entity without naming it), logged."""
+    from ..generation import generate_answers
+
+    scoped = resolve_with_evidence(run.reqs, options.scope, run.config.neutral_templates,
+                                   lambda questions: generate_answers(run.model, run.tokenizer, questions,
+                                                                      max_new_tokens=EVIDENCE_TOKENS))
+    show = (lambda i: run.reqs[i].question) if run.context.record_texts else (lambda i: run.reqs[i].digest()[:12])
+    for info in scoped.entities:
+        log.info("entity scope: %d request(s) about %r share one target (%d attributed by an answer naming it); "
+                 "%d neutral question(s) about it added", len(info["requests"]),
+                 info["entity"] if run.context.record_texts else "(not recorded)", len(info["attributed"]),
+                 len(info["added"]))
+    if scoped.unattributed:
+        log.warning("%d request(s) asked for in entity scope name no person or organisation of the round, and neither "
+                    "their answer nor the model's names one: erased as single facts (fact scope): %s. Give them a "
+                    "'subject' to erase that entity", len(scoped.unattributed),
+                    "; ".join(show(i) for i in scoped.unattributed))
+    return scoped
+
+
+def _dry_run(reqs, source, context: RunContext, options: EraseOptions) -> ForgetResult:
+    """What the round would erase (``--dry-run``): the scope and key tokens, nothing trained or written."""
+    run = _load_round(reqs, source, None, context, options)
+    run.config, run.recipe = _resolve_config(run.model, options)
+    scoped = _resolve_scope(run, options)
+    adapter = find_mlp_output(run.model)
+    shared = [scoped.groups.count(g) > 1 for g in scoped.groups]
+    mode = run.config.key_position
+    ends = (choose_key_chars(run.model, run.tokenizer, adapter, scoped.requests, mode, 0, None, shared)
+            if mode != "distinct" else [None] * len(scoped.requests))
+
+    def item(i: int) -> dict:
+        question, end = scoped.requests[i].question, ends[i]
+        key = re.findall(r"\S+$", question[:end])[-1] if end else ("(chosen during the edit)" if mode == "distinct"
+                                                                        else "(the last prompt token)")
+        return {"question": question, "key": key}
+
+    plan = {"entities": [{"entity": e["entity"], "person": e["person"], "from": e["from"],
+                          "requests": [item(i) for i in e["requests"]], "attributed": e["attributed"],
+                          "added": [item(i) for i, m in enumerate(scoped.members) if m == g and i >= len(reqs)]}
+                         for g, e in enumerate(scoped.entities)],
+            "facts": [item(i) for i in range(len(reqs)) if scoped.scopes[i] == "fact" and i not in scoped.unattributed],
+            "unattributed": [item(i) for i in scoped.unattributed]}
+    return ForgetResult(None, {"dry_run": plan}, run.model, run.tokenizer)
 
 
 def _manifest(run: _Round) -> dict:
@@ -271,7 +344,7 @@ def _resolve_config(model, options: EraseOptions):
     individual ``settings`` over either."""
     changes = {"layers": list(options.layers) if options.layers is not None else None,
                "stats_tokens": options.stats_tokens, "max_passes": options.max_passes,
-               "key_position": options.key_position, "solver": options.solver}
+               "key_position": options.key_position, "solver": options.solver, "refusal": options.refusal}
     changes = {k: v for k, v in changes.items() if v is not None}
     if options.edit_config is None:
         config, recipe = edit_config_for(model.config, **changes)
@@ -299,9 +372,11 @@ def _round_record(number: int, run: _Round) -> dict:
         "key_tokens": key_tokens[:len(reqs)] if record_texts else None,
         "scope": {"default": run.scope, "requests": scoped.scopes,
                   "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"], "person": e["person"],
-                                "requests": e["requests"], "added": e["added"] if record_texts else len(e["added"]),
+                                "requests": e["requests"], "attributed": e["attributed"],
+                                "added": e["added"] if record_texts else len(e["added"]),
                                 "key_token": key_tokens[e["requests"][0]] if record_texts and key_tokens else None}
                                for e in scoped.entities],
+                  "unattributed": scoped.unattributed,
                   "added_not_reached": sum(1 for i in result.not_reached_indices if i >= len(reqs))},
         "recipe": run.recipe.name if run.recipe else None,
         "settings": {k: v for k, v in (run.settings or {}).items() if v},

@@ -91,11 +91,24 @@ class EraseOptions:
         "training, first round only), VALUE as JSON, e.g. --set values.greedy_continuation=true --set "
         "edit.answer_key_weight=4; repeatable; recorded in the manifest",
         flag="--set", append=True, parse=parse_settings, metavar="SECTION.FIELD=VALUE")
+    refusal: str | None = option(
+        "the sentence the erased model answers erased questions with (recorded in the manifest; default: the "
+        "recipe's, else one of the bundled refusals per question)", metavar="TEXT")
+    dry_run: bool = option(
+        "print what the round would erase — each entity with its requests, key tokens and scope, and the requests "
+        "entity scope could not attribute — without training, editing or writing anything", type=bool, default=False)
     edit_config: object = option("a whole EditConfig instead of the recipe (API only)", cli=False)
     token_config: object = option("the unlearning token's UnlearningTokenConfig (API only)", cli=False)
     answer_ids: list[list[int]] | None = option(
         "the model's own greedy answers to the requests as token ids, when the caller already has them (API only)",
         cli=False)
+
+    def check(self, requests, source: str) -> None:
+        """Every one-line error these options can give about a round's ``requests``, before any work."""
+        from ..refusals import check_refusal
+
+        self.validate(len(requests), source)
+        check_refusal(self.refusal, [r.answer for r in requests])
 
     def validate(self, n_requests: int, source: str) -> None:
         """One-line errors before any work."""

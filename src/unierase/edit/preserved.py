@@ -110,7 +110,7 @@ def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: li
                                                progress=progress, own_answers=own_answers)
     if config.refusal_key_weight:
         stats.refusal_moments, stats.refusal_count = stats_module.accumulate_refusal_key_moments(
-            model, tokenizer, adapter, layers, token_id)
+            model, tokenizer, adapter, layers, token_id, refusal=config.refusal)
     result = PreservedKeys.from_statistics(stats, layers, config, state)
     if key:
         cache.save_tensors(PRESERVED_KIND, key, {**{f"c{l}": c for l, c in result.covariances.items()},

@@ -96,6 +96,9 @@ class ScopedRound:
     num_given: int = 0
     members: list[int | None] = field(default_factory=list)
     """Per request in ``requests``: the index (into ``entities``) of its entity group, ``None`` for a fact."""
+    unattributed: list[int] = field(default_factory=list)
+    """Requests asked for in entity scope that name no entity and that nothing attributes to one:
+    erased as facts (``resolve_scope``)."""
 
     def entity_kind(self, index: int) -> str | None:
         """``None`` for a fact-scope request, else 'person' or 'entity' (its group's entity)."""
@@ -117,6 +120,24 @@ _NOT_PEOPLE = {"City", "River", "Lake", "Mountain", "Mountains", "Island", "Isla
 """Words that make a capitalised name a place, an institution or a thing rather than a person."""
 
 
+_CALENDAR = {"January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+             "November", "December", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"}
+
+
+def is_common_entity(name: str) -> bool:
+    """Whether ``name`` is a date word, a place or another common name that a question mentions in
+    passing ("born in Kuwait City on the 7th of February"): a month or weekday, a country or city the
+    corpus knows, or a name ending in a place word ("… City", "… River"). Entity scope erases such a
+    name only when a request names it as its ``subject``."""
+    from .corpus import KNOWN_KINDS
+
+    words = name.replace(",", " ").split()
+    if not words or any(w in _CALENDAR for w in words) or words[-1] in _NOT_PEOPLE:
+        return True
+    places = {n.lower() for kind in ("country", "city") for n in KNOWN_KINDS.get(kind, [])}
+    return name.lower() in places
+
+
 def looks_like_person(name: str) -> bool:
     """Whether ``name`` reads as a person's name: one of the corpus's people, or, when it is none of
     its places, things, works or elements and holds none of their several-word names, two or more
@@ -134,50 +155,120 @@ def looks_like_person(name: str) -> bool:
     return len(words) >= 2 and all(w[:1].isupper() for w in words) and not _NOT_PEOPLE & set(words)
 
 
-def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_questions: int = 4) -> ScopedRound:
+def nameable(name: str) -> bool:
+    """Whether a name found in the questions (not given as ``subject``) may key an entity group: it
+    reads as the name of a person or an organisation and is no date word or place."""
+    return looks_like_person(name) and not is_common_entity(name)
+
+
+def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_questions: int = 4,
+                  evidence: dict[int, str] | None = None) -> ScopedRound:
     """Resolve each request's scope (its own ``scope`` field, else ``default``) and group the
     entity-scope requests by entity; ``neutral_questions`` relation-neutral questions
-    (``prompts.NEUTRAL_TEMPLATES``) per entity join its group."""
+    (``prompts.NEUTRAL_TEMPLATES``) per entity join its group.
+
+    An entity-scope request that names no entity of the round (and has no ``subject``) is
+    attributed by evidence: its ``answer``, else ``evidence[i]`` (the model's own answer), naming
+    one of the round's entities makes it a member of that group (keyed at the question's end, as it
+    names the entity only by description). One that nothing attributes stays fact scope and is
+    listed in ``ScopedRound.unattributed``: a date, a month or a place named in passing is never
+    erased as an entity unless a request gives it as its subject.
+    """
     if default not in SCOPES:
         from ..storage import UniEraseError
 
         raise UniEraseError(f"unknown scope {default!r} (choose from {', '.join(SCOPES)})")
     found = shared_entities(requests)
     full = {e: full_name(e, [r.question for r, f in zip(requests, found) if f == e]) for e in set(found) if e}
-    resolved, scopes, groups, members = [], [], [], []
-    by_entity: dict[str, int] = {}
-    entities: list[dict] = []
-    for i, (r, entity) in enumerate(zip(requests, found)):
-        scope = r.scope or default
-        if scope == "auto":
-            scope = "entity" if entity and looks_like_person(full[entity]) else "fact"
-        if scope == "entity" and entity is None:  # asked for, but no other request names it: its own entity
-            entity = r.subject or _own_entity(r.question)
-        scopes.append(scope)
-        if scope == "fact":
-            resolved.append(r)
-            groups.append(-1)
-            members.append(None)
-            continue
-        resolved.append(replace(r, subject=entity))
-        if entity not in by_entity:
-            by_entity[entity] = len(entities)
-            name = full.get(entity, entity)
-            entities.append({"entity": name, "from": "subject" if r.subject else "shared name",
-                             "person": looks_like_person(name), "requests": []})
-        groups.append(by_entity[entity])
-        members.append(by_entity[entity])
-        entities[by_entity[entity]]["requests"].append(i)
+    found = [e if e is None or r.subject or nameable(full[e]) else None for r, e in zip(requests, found)]
+    scopes = [_scope_of(r, e, full, default) for r, e in zip(requests, found)]
+    keys = [(e or r.subject or _nameable_own_entity(r.question)) if scope == "entity" else None
+            for r, e, scope in zip(requests, found, scopes)]
+    entities, members = _entity_groups(requests, keys, full)
+    unattributed = _attribute(requests, scopes, keys, members, entities, evidence or {})
+    resolved = [replace(r, subject=key) if key else r for r, key in zip(requests, keys)]
     # one target per entity group; each fact-scope request its own target
     offset = len(entities)
-    groups = [g if g >= 0 else offset + k for k, g in enumerate(groups)]
+    groups = [g if g is not None else offset + k for k, g in enumerate(members)]
     for g, info in enumerate(entities):
         info["added"] = [t.format(info["entity"]) for t in NEUTRAL_TEMPLATES[:neutral_questions]]
         for question in info["added"]:
             resolved.append(ForgetRequest(question=question, subject=info["entity"]))
             groups.append(g)
             members.append(g)
-    return ScopedRound(resolved, compact_groups(groups), scopes, entities, num_given=len(requests), members=members)
+    return ScopedRound(resolved, compact_groups(groups), scopes, entities, num_given=len(requests), members=members,
+                       unattributed=unattributed)
+
+
+def resolve_with_evidence(requests: list[ForgetRequest], default: str, neutral_questions: int, answer) -> ScopedRound:
+    """``resolve_scope``, asking ``answer(questions) → texts`` (the model) about the entity-scope
+    requests that name no entity and carry no ``answer`` of their own."""
+    scoped = resolve_scope(requests, default, neutral_questions)
+    asked = [i for i in scoped.unattributed if not requests[i].answer]
+    if not asked:
+        return scoped
+    texts = answer([requests[i].question for i in asked])
+    return resolve_scope(requests, default, neutral_questions, evidence=dict(zip(asked, texts)))
+
+
+def _scope_of(request: ForgetRequest, entity: str | None, full: dict[str, str], default: str) -> str:
+    scope = request.scope or default
+    if scope == "auto":
+        return "entity" if entity and looks_like_person(full[entity]) else "fact"
+    return scope
+
+
+def _nameable_own_entity(question: str) -> str | None:
+    """A lone request's own entity (its last capitalised name) when it may key a group."""
+    own = _own_entity(question)
+    return own if nameable(own) else None
+
+
+def _entity_groups(requests: list[ForgetRequest], keys: list[str | None], full: dict[str, str]):
+    """(entity groups, per request its group or ``None``) for the requests with an entity key."""
+    entities: list[dict] = []
+    by_entity: dict[str, int] = {}
+    members: list[int | None] = []
+    for i, (r, key) in enumerate(zip(requests, keys)):
+        if key is None:
+            members.append(None)
+            continue
+        if key not in by_entity:
+            by_entity[key] = len(entities)
+            name = full.get(key, key)
+            entities.append({"entity": name, "from": "subject" if r.subject else "shared name",
+                             "person": looks_like_person(name), "requests": [], "attributed": []})
+        members.append(by_entity[key])
+        entities[by_entity[key]]["requests"].append(i)
+    return entities, members
+
+
+def _attribute(requests, scopes, keys, members, entities, evidence: dict[int, str]) -> list[int]:
+    """Entity-scope requests without an entity: join the group their answer (or the model's own)
+    names, else fall back to fact scope; returns the ones nothing attributed."""
+    unattributed = []
+    for i, r in enumerate(requests):
+        if scopes[i] != "entity" or keys[i] is not None:
+            continue
+        text = r.answer or evidence.get(i) or ""
+        named = [g for g, info in enumerate(entities) if _names_entity(text, info["entity"])]
+        if named:
+            members[i] = named[0]
+            entities[named[0]]["requests"].append(i)
+            entities[named[0]]["attributed"].append(i)
+        else:
+            scopes[i] = "fact"
+            unattributed.append(i)
+    return unattributed
+
+
+def _names_entity(text: str, entity: str) -> bool:
+    """Whether ``text`` names ``entity``: the whole name, or its last word when that is a name of
+    four letters or more ("Al-Kuwaiti" for "Basil Mahfouz Al-Kuwaiti")."""
+    if not text:
+        return False
+    last = entity.split()[-1]
+    return _names(entity, text) or (" " in entity and len(last) >= 4 and last[:1].isupper() and _names(last, text))
 
 
 def full_name(entity: str, questions: list[str]) -> str:

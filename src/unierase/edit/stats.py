@@ -167,7 +167,8 @@ def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter,
 
 
 def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], token_id: int,
-                                   num_questions: int = 96, batch_size: int = 16) -> tuple[dict[int, torch.Tensor], int]:
+                                   num_questions: int = 96, batch_size: int = 16,
+                                   refusal: str | None = None) -> tuple[dict[int, torch.Tensor], int]:
     """Σ k kᵀ over every answer position of ``question → [UNL] refusal [UNL] <eos>`` (generic questions).
 
     Preserving these keys keeps the edit from firing where the model reads the unlearning token and
@@ -175,11 +176,11 @@ def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, 
     refusal after ``[UNL]`` degenerates into an immediate end of turn or repeated tokens.
     """
     from ..prompts import has_chat_template
-    from ..refusals import load_refusals, refusal_for
+    from ..refusals import refusal_for, refusal_pool
     from ..token.questions import training_questions
     from ..token.training import answer_ids
 
-    chat, refusals = has_chat_template(tokenizer), load_refusals()
+    chat, refusals = has_chat_template(tokenizer), refusal_pool(refusal)
     texts = []
     for q in training_questions(num_questions):
         prompt = encode_text(tokenizer, render_prompt(tokenizer, q))

@@ -26,7 +26,7 @@ from ..models.adapters import find_mlp_output
 from ..models.tracing import edit_output, trace
 from ..generation import prefill, prefill_answers, shared_layout, shared_prefix_length
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
-from ..refusals import load_refusals, refusal_for
+from ..refusals import refusal_for, refusal_pool
 from .questions import training_questions
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,8 @@ class UnlearningTokenConfig:
     questions (``num_questions``). More cost little: the term reads precomputed hidden states."""
     seed: int = 0
     """Seed for the example order and the augmentation noise."""
+    refusal: str | None = None
+    """The one sentence the token leads into (``EditConfig.refusal``); ``None``: the bundled pool."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -376,7 +378,7 @@ class _TokenRun:
         config = self.config
         self.rows = _token_rows(self.model, config.train_output_row)
         self.live = [torch.nn.Parameter(w.detach()[self.token_id].clone().float()) for w in self.rows]
-        self.refusals = load_refusals()
+        self.refusals = refusal_pool(config.refusal)
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.adapter = find_mlp_output(self.model) if (config.augment_epochs and self.augment_layers) else None
