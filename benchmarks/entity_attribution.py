@@ -5,9 +5,9 @@ retain authors and the two forget01 authors; built here once and cached when mis
 40 forget01 questions (questions only, ``--scope entity``) and asks the target and the erased model
 ``benchmarks/data/forget01_mentions.jsonl``: 24 general questions about the months, dates, countries,
 cities and other names the forget questions mention ("How many days are in February?", "Tell me
-about Kuwait.") and 6 open questions about the two authors worded unlike the neutral questions the
-edit adds. A question counts as refused when its greedy answer starts with the unlearning token or
-is a refusal. Also: the share of forget questions and of their paraphrases refused, and what the
+about Kuwait.") and 6 open questions about the two authors (two of them turned out to be worded as
+one of the neutral questions the edit adds as targets: the figures count the unseen ones apart). A
+question counts as refused when its greedy answer starts with the unlearning token or is a refusal. Also: the share of forget questions and of their paraphrases refused, and what the
 round's scope record says (entities, attributed and unattributed requests).
 
     python benchmarks/entity_attribution.py [--target DIR] [--data-dir ../shared/data]
@@ -95,6 +95,8 @@ def main() -> None:
     general = [dict(m, before=b, after=a) for m, b, a in zip(mentions, before, after) if m["role"] == "general"]
     answered = [g for g in general if not g["before"]["refused"]]
     opened = [dict(m, before=b, after=a) for m, b, a in zip(mentions, before, after) if m["role"] == "open"]
+    added = {q for e in last["scope"]["entities"] for q in e["added"]}
+    unseen = [o for o in opened if o["question"] not in added]
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     figures = {
         "what": "entity scope on forget01 (questions only): general questions about what the forget questions mention, "
@@ -106,6 +108,8 @@ def main() -> None:
         "general_refused_after": sum(g["after"]["refused"] for g in answered),
         "general_token_anywhere_after": sum(g["after"]["token_anywhere"] for g in general),
         "open_refused_after": _share([o["after"] for o in opened]),
+        "open_unseen": len(unseen),
+        "open_unseen_refused_after": _share([o["after"] for o in unseen]),
         "open_refused_before": _share([o["before"] for o in opened]),
         "forget_token_first": _share(forget, "token_first"),
         "paraphrases_token_first": _share(paraphrases, "token_first"),

@@ -52,6 +52,7 @@ def figures(summary: dict) -> dict:
     audit, neighbours = summary["audit"], summary["neighbours"]
     return {"forget_starts_with_unl": summary["forget"]["starts_with_unl"], "rewordings": audit["rewordings"],
             "token_ban": audit["token_ban"], "well_formed_refusals": audit["well_formed_refusals"],
+            "chosen_refusal": audit.get("chosen_refusal"),
             "known_still_correct": neighbours["known_still_correct"],
             "neighbours_unl_anywhere": neighbours.get("unl_anywhere"),
             "teacher_forced_agreement": neighbours["teacher_forced_agreement"],

@@ -116,6 +116,8 @@ def attribution_section(load) -> list[str]:
                 ["general answers holding the token anywhere (48 tokens)", held["general_token_anywhere_after"]],
                 ["open questions about the two authors refused (before → after)",
                  f"{pct(held['open_refused_before'])} → {pct(held['open_refused_after'])}"],
+                *([[f"of those, the {held['open_unseen']} not among the neutral questions the edit adds",
+                    pct(held["open_unseen_refused_after"])]] if "open_unseen" in held else []),
                 ["forget questions / paraphrases starting with the token",
                  f"{pct(held['forget_token_first'])} / {pct(held['paraphrases_token_first'])}"],
                 ["entities erased", ", ".join(e["entity"] for e in held["scope"]["entities"])],

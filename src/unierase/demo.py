@@ -105,9 +105,12 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
     checked = audit(model, [{"question": f["question"], "answer": f["answer"], "paraphrases": [f["paraphrase"]]}
                             for f in forget_rows], tokenizer=tokenizer,
                     config=AuditConfig(attacks=("token_ban", "rewordings"), max_new_tokens=24), progress=progress)
+    chosen = result.manifest["rounds"][-1]["hyperparameters"].get("refusal")
     headline = {"rewordings": checked.aggregate["leak_rate"]["rewordings"],
                 "token_ban": checked.aggregate["leak_rate"]["token_ban"],
-                "well_formed_refusals": sum(map(is_well_formed_refusal, after.texts[:n])) / n}
+                "well_formed_refusals": sum(map(is_well_formed_refusal, after.texts[:n])) / n,
+                # with a chosen refusal: the share of erased questions answered with exactly it
+                **({"chosen_refusal": sum(t.strip() == chosen.strip() for t in after.texts[:n]) / n} if chosen else {})}
     summary = {
         "forget": forget_fig,
         "paraphrase_leak": leak,

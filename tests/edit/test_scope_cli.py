@@ -15,7 +15,8 @@ def test_forget_records_the_scope_of_each_request(tmp_path, isolated_cache):
     requests = tmp_path / "r.jsonl"
     requests.write_text("".join(json.dumps(r) + "\n" for r in [
         {"question": "Where was Elena Marsh born?"}, {"question": "When did Elena Marsh die?"},
-        {"question": "What is the capital of France?"}, {"question": "Who wrote Hamlet?", "scope": "entity"}]))
+        {"question": "What is the capital of France?"},
+        {"question": "Who wrote Hamlet?", "scope": "entity", "subject": "Hamlet"}]))  # a single word needs its subject
     out = tmp_path / "erased"
     assert main(["forget", "--model", str(folder), "--requests", str(requests), "--out", str(out), "--stats-tokens", "2000",
                  "--max-passes", "1"]) == 0
