@@ -135,9 +135,9 @@ def main() -> None:
         "chosen": {"rule": "on the tuning split: the most targets met, then the fewest facts back (rewordings + "
                            "token ban); reported on the held-out split", "variant": choose(cells)},
         "cells": sorted(cells, key=lambda c: (c["split"] != "tuning", c["variant"])),
-        "plot": "erasure_holds.png",
+        "plot": Path(args.results).with_suffix(".png").name,
     })
-    plot(cells, Path(args.results).with_name("erasure_holds.png"))
+    plot(cells, Path(args.results).with_suffix(".png"))
 
 
 def plot(cells: list[dict], path: Path) -> None:
