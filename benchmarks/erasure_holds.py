@@ -129,7 +129,7 @@ def main() -> None:
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0],
         "setting": "SmolLM2-135M-Instruct fp32 CPU; one batch, questions only; the model's recipe "
-                   "(unierase/recipes/smollm2-135m.json) with each cell's overrides; audit attacks at 24 tokens",
+                   "(src/unierase/edit/recipes/smollm2-135m.json) with each cell's overrides; audit attacks at 24 tokens",
         "targets": {k: {"bound": b, "kind": "at most" if kind == "max" else "at least"} for k, (kind, b) in TARGETS.items()},
         "code": code,
         "chosen": {"rule": "on the tuning split: the most targets met, then the fewest facts back (rewordings + "
