@@ -116,6 +116,10 @@ def main() -> None:
                         "revert_data_per_round": [(out / e["delta"]["file"]).stat().st_size for e in entries],
                         "ledger": (out / "unierase_ledger.jsonl").stat().st_size},
         "edited_matrix_encodings": sorted({(i["kind"], i.get("rank")) for i in edited.values()}, key=str),
+        # the guard against a wrecked model, per round: mean teacher-forced agreement with the answers before it
+        "guard": [{"round": i + 1, **{k: e["guard"][k] for k in ("questions", "mean_agreement", "min_agreement",
+                                                                  "collapsed")}}
+                  for i, e in enumerate(entries) if "guard" in e],
         "history_seconds": t_history,
     }
     try:

@@ -326,8 +326,11 @@ def ledger_section(load) -> list[str]:
                     ["verify passes on the untouched model", ledger["verify"]["ok"]],
                     ["verify seconds", ledger["verify"]["seconds"]],
                     ["verify on a hand-altered copy fails", not ledger["verify_hand_altered"]["ok"]],
-                    [f"revert to round {ledger['revert']['to_round']}: seconds", ledger["revert"]["seconds"]],
-                    ["revert data, all rounds (MB)", round(ledger["sizes_bytes"]["revert_data_all_rounds"] / 1e6, 1)]]), ""]
+                    [f"revert, undoing round {ledger['revert']['to_round']} and later: seconds", ledger["revert"]["seconds"]],
+                    ["revert data, all rounds (MB)", round(ledger["sizes_bytes"]["revert_data_all_rounds"] / 1e6, 1)],
+                    *([["guard: each round's mean agreement with the model's own answers before it (bound)",
+                        ", ".join(f"{g['mean_agreement']:.3f}" for g in ledger["guard"])
+                        + f" (≥ {ledger['guard'][0]['min_agreement']})"]] if ledger.get("guard") else [])]), ""]
     return out
 
 
