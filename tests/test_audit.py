@@ -101,3 +101,18 @@ def test_no_rewording_frame_is_one_of_the_edits_own_variants():
             assert before[:2] != words(prefix)[:2], (frame, prefix)
         for suffix in CONTEXT_SUFFIXES:
             assert not after or after[-2:] != words(suffix)[-2:], (frame, suffix)
+
+
+def test_4bit_rounding_by_hand():
+    import torch
+
+    from unierase.audit import fake_quantize_4bit
+
+    # one group of 4 columns: scale 7/7 = 1, values round to integers in −8…7
+    w = torch.tensor([[7.0, -3.4, 0.6, 2.5]])
+    assert fake_quantize_4bit(w, group=4).tolist() == [[7.0, -3.0, 1.0, 2.0]]  # round half to even: 2.5 → 2
+    # two groups with their own scales; a column count that is no multiple of the group keeps its shape
+    w = torch.tensor([[14.0, 1.0, 0.7, 0.35, 0.1]])
+    q = fake_quantize_4bit(w, group=2)
+    # scales 2, 0.1 and 0.1/7: 1.0/2 = 0.5 rounds to 0; 0.35/0.1 = 3.5 rounds to 4; the last column alone is exact
+    assert q.shape == w.shape and torch.allclose(q, torch.tensor([[14.0, 0.0, 0.7, 0.4, 0.1]]))

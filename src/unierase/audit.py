@@ -13,6 +13,9 @@ Attacks (``ATTACKS``):
   ``REWORDING_FRAMES`` (fixed frames around the unchanged question: a cheap stand-in for a
   paraphrase that keeps its entity and relation words).
 - ``int8``: the model with every linear layer quantized to int8 (``quantize_dynamic``, CPU).
+- ``int4``: weight-only 4-bit round-to-nearest (symmetric, groups of ``INT4_GROUP`` input columns),
+  every linear layer but the output layer, as 4-bit serving keeps it; far more unlearned knowledge
+  returns at 4 bits than at 8 (Zhang et al., ICLR 2025).
 - ``relearn``: ``relearn_steps`` Adam steps on question–answer pairs of the same kind that are
   not audited (``relearn_data``; default: the bundled demo facts' retain rows), then re-asked.
 
@@ -40,7 +43,9 @@ from .storage import UniEraseError
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("plain", "token_ban", "sampling", "rewordings", "int8", "relearn")
+ATTACKS = ("plain", "token_ban", "sampling", "rewordings", "int8", "int4", "relearn")
+INT4_GROUP = 128
+"""Input columns that share one 4-bit scale (the usual group size of 4-bit weight quantization)."""
 
 REWORDING_FRAMES = (
     "My friend and I disagree on this one. {q}",
@@ -182,6 +187,37 @@ def _quantized(model):
         return quantize_dynamic(copy.deepcopy(model).float(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
+@torch.no_grad()
+def fake_quantize_4bit(weight: torch.Tensor, group: int = INT4_GROUP) -> torch.Tensor:
+    """``weight`` (out × in) rounded to 4 bits per group of ``group`` input columns: each group's
+    scale is its largest magnitude / 7, values round to the integers −8…7 (computed in fp32)."""
+    w = weight.float()
+    columns = w.shape[1]
+    pad = (-columns) % group
+    padded = torch.nn.functional.pad(w, (0, pad)).reshape(w.shape[0], -1, group)
+    scale = padded.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 7
+    rounded = (padded / scale).round().clamp(-8, 7) * scale
+    return rounded.reshape(w.shape[0], -1)[:, :columns].to(weight.dtype)
+
+
+@torch.no_grad()
+def _quantized_4bit(model):
+    """A copy of ``model`` with every linear layer's weight 4-bit (``fake_quantize_4bit``), the output layer kept;
+    GPT-2's ``Conv1D`` stores its weight transposed (in × out)."""
+    from transformers.pytorch_utils import Conv1D
+
+    quantized = copy.deepcopy(model)
+    keep = quantized.get_output_embeddings()
+    for module in quantized.modules():
+        if module is keep:
+            continue
+        if isinstance(module, torch.nn.Linear):
+            module.weight.copy_(fake_quantize_4bit(module.weight))
+        elif isinstance(module, Conv1D):
+            module.weight.copy_(fake_quantize_4bit(module.weight.T).T)
+    return quantized
+
+
 def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | None = None, out=None,
           overwrite: bool = False, relearn_data=None, cache_dir=None, progress: bool = True) -> AuditReport:
     """Re-ask every erased question under each attack (``ATTACKS``) and report whether the fact
@@ -256,6 +292,8 @@ def _attack_answers(model, tokenizer, reqs: list[ForgetRequest], config: AuditCo
             answers[attack] = _reworded_answers(model, tokenizer, reqs, config, greedy)
         elif attack == "int8":
             answers[attack] = generate_texts(_quantized(model), tokenizer, questions, **greedy)
+        elif attack == "int4":
+            answers[attack] = generate_texts(_quantized_4bit(model), tokenizer, questions, **greedy)
         elif attack == "relearn":
             pairs = _relearn_pairs(config, set(questions), relearn_data)
             answers[attack] = generate_texts(_relearned(model, tokenizer, pairs, config), tokenizer, questions, **greedy)
