@@ -69,3 +69,26 @@ def test_dry_run_shows_the_plan_and_edits_nothing(tmp_path, monkeypatch, capsys)
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache" / "tokens").exists()
     assert {p.name: p.read_bytes() for p in (tmp_path / "base").iterdir()} == before
     assert main(["forget", "--model", str(tmp_path / "base"), "--requests", str(tmp_path / "r.jsonl")]) == 2
+
+
+def test_a_model_without_room_for_the_token_is_refused_up_front(tmp_path, monkeypatch):
+    import pytest
+
+    from unierase.storage import UniEraseError
+
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    monkeypatch.setattr(type(model), "get_input_embeddings", lambda self: None)
+    with pytest.raises(UniEraseError, match="no input embedding matrix"):
+        unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=model, tokenizer=tok, progress=False)
+    assert not (tmp_path / "cache" / "tokens").exists()
+
+
+def test_the_manifest_records_the_prompt_format(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    tok.chat_template = None  # a base model: the plain Question/Answer format
+    result = unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=build_model("llama", len(tok)), tokenizer=tok,
+                             stats_tokens=2000, max_passes=1, progress=False)
+    assert result.manifest["prompt"] == {"format": "plain", "template": "Question: {question}\nAnswer:"}

@@ -25,7 +25,7 @@ from ..generation import OwnAnswers
 from ..measure import peak_memory_mb
 from ..models.adapters import find_mlp_output
 from ..models.loading import model_fingerprint
-from ..prompts import PINNED_DATE
+from ..prompts import PINNED_DATE, PLAIN_TEMPLATE, has_chat_template
 from ..record.manifest import Manifest, base_model_info
 from ..record.rounds import (embedding_names, load_checked_model as load_model, load_input, neighbour_questions, probe,
                              save_round, start_round)
@@ -186,6 +186,7 @@ def _settle_settings(run: _Round, options: EraseOptions) -> None:
         run.token_config = dataclasses.replace(run.token_config, refusal=run.config.refusal)
     check_refusal(run.config.refusal, [r.answer for r in run.reqs])
     run.adapter = find_mlp_output(run.model)
+    _check_token_room(run.model)
     run.layers = run.config.resolved_layers(run.adapter.num_layers)
     run.hyperparameters = run.config.to_dict()
     previous_layers = run.previous.get("layers")
@@ -205,6 +206,14 @@ def _settle_settings(run: _Round, options: EraseOptions) -> None:
     # the model's own answers to the generic questions, generated at most once for the token and the statistics
     run.own_answers = OwnAnswers(run.model, run.tokenizer, training_questions(), ANSWER_KEY_TOKENS,
                                  suppress=(run.token_config.token,))
+
+
+def _check_token_room(model) -> None:
+    """The unlearning token needs an input embedding matrix to grow by a row (one-line error otherwise)."""
+    embeddings = model.get_input_embeddings()
+    if embeddings is None or getattr(embeddings, "weight", None) is None or embeddings.weight.dim() != 2:
+        raise UniEraseError(f"unsupported model {type(model).__name__}: it has no input embedding matrix to add the "
+                            "unlearning token to (get_input_embeddings() gives none)")
 
 
 def _add_unlearning_token(run: _Round) -> None:
@@ -310,7 +319,9 @@ def _manifest(run: _Round) -> dict:
         "module": run.adapter.mlp_output_path,
         "parameter_fraction": run.adapter.edited_fraction(run.layers, run.model),
         "statistics": run.preserved.statistics,
-        "prompt": {"chat_template_date": PINNED_DATE},
+        "prompt": {"format": "chat" if has_chat_template(run.tokenizer) else "plain",
+                   **({"chat_template_date": PINNED_DATE} if has_chat_template(run.tokenizer) else
+                      {"template": PLAIN_TEMPLATE})},
         "rounds": rounds,
         "total_seconds": round(time.perf_counter() - run.started, 2),
     }, base_history=run.base_history or run.previous.get("base_history")).to_dict()
