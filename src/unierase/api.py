@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokenizer=None, method: str = "unierase",
            overwrite: bool = False, record_texts: bool = True, cache_dir=None, device_map=None, seed: int = 0,
-           progress: bool = True, force: bool = False, options=None, **option_fields) -> ForgetResult:
+           progress: bool = True, force: bool = False, dtype=None, options=None, **option_fields) -> ForgetResult:
     """Erase ``requests`` (a JSONL path or a list of dicts/ForgetRequest) from ``model`` with ``method``
     (``unierase methods``: 'unierase' or a fine-tuning baseline).
 
@@ -57,7 +57,7 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
         model_dir, hub_id = (resolved, None) if Path(resolved).is_dir() else (None, resolved)
     spec = str(model) if isinstance(model, (str, os.PathLike)) else DEFAULT_MODEL if model is None else "<in-memory model>"
     context = RunContext(model, model_dir, hub_id, spec, tokenizer, overwrite, record_texts, cache_dir, device_map, seed,
-                         progress, force)
+                         progress, force, dtype)
     return entry.run(reqs, source, out, context, options)
 
 
@@ -72,7 +72,7 @@ def _is_unierase_output(folder) -> bool:
 
 
 def ask(questions: list[str] | str, *, model=None, tokenizer=None, max_new_tokens: int = 48, raw: bool = False,
-        cache_dir=None, device_map=None) -> list[str]:
+        cache_dir=None, device_map=None, dtype=None) -> list[str]:
     """Greedy answers, rendered with the same prompt as the edit (special tokens hidden unless ``raw``)."""
     from .generation import check_lengths, generate_answers
 
@@ -81,6 +81,6 @@ def ask(questions: list[str] | str, *, model=None, tokenizer=None, max_new_token
     if max_new_tokens < 1:
         raise UniEraseError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
     if model is None or isinstance(model, (str, os.PathLike)):
-        model, tokenizer = load_checked_model(model, cache_dir=cache_dir, device_map=device_map)
+        model, tokenizer = load_checked_model(model, cache_dir=cache_dir, device_map=device_map, dtype=dtype)
     check_lengths(model, tokenizer, list(questions), max_new_tokens)
     return generate_answers(model, tokenizer, list(questions), max_new_tokens=max_new_tokens, raw=raw)

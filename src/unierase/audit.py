@@ -219,12 +219,13 @@ def _quantized_4bit(model):
 
 
 def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | None = None, out=None,
-          overwrite: bool = False, relearn_data=None, cache_dir=None, progress: bool = True) -> AuditReport:
+          overwrite: bool = False, relearn_data=None, cache_dir=None, progress: bool = True,
+          dtype=None) -> AuditReport:
     """Re-ask every erased question under each attack (``ATTACKS``) and report whether the fact
     comes back. ``model``: an erased checkpoint (directory) or a loaded model with ``tokenizer``;
     ``requests``: a JSONL path or a list of dicts/ForgetRequest; ``base``: the model before erasure,
     whose greedy answers are the reference of requests without ``answer``; ``out``: a directory
-    for ``audit.json`` and ``audit.md``."""
+    for ``audit.json`` and ``audit.md``; ``dtype``: what the checkpoints are loaded in (``None``: their own)."""
     from .requests import as_requests
     from .record.rounds import load_checked_model as load_model
     from .storage import check_output_dir
@@ -235,8 +236,8 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
         check_output_dir(out, overwrite, cache_dir=cache_dir)
     name = str(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
     if tokenizer is None:
-        model, tokenizer = load_model(model, cache_dir=cache_dir)
-    references = _references(reqs, base, config, cache_dir)
+        model, tokenizer = load_model(model, cache_dir=cache_dir, dtype=dtype)
+    references = _references(reqs, base, config, cache_dir, dtype)
     answers = _attack_answers(model, tokenizer, reqs, config, relearn_data, progress)
     items = _items(reqs, references, answers, config)
     report = AuditReport(items, _aggregate(items, answers), asdict(config), name)
@@ -245,7 +246,7 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     return report
 
 
-def _references(reqs: list[ForgetRequest], base, config: AuditConfig, cache_dir) -> list[str]:
+def _references(reqs: list[ForgetRequest], base, config: AuditConfig, cache_dir, dtype=None) -> list[str]:
     """Each request's fact: its ``answer``, else the base model's own greedy answer to its question."""
     from .record.rounds import load_checked_model as load_model
 
@@ -255,7 +256,7 @@ def _references(reqs: list[ForgetRequest], base, config: AuditConfig, cache_dir)
         if base is None:
             raise UniEraseError(f"{len(missing)} request(s) have no 'answer' (first: {reqs[missing[0]].question!r}): pass "
                                 "--base with the model before erasure, whose own answers are then the reference")
-        base_model, base_tok = load_model(base, cache_dir=cache_dir)
+        base_model, base_tok = load_model(base, cache_dir=cache_dir, dtype=dtype)
         answers = generate_texts(base_model, base_tok, [reqs[i].question for i in missing], max_new_tokens=config.max_new_tokens,
                             do_sample=False)
         for i, a in zip(missing, answers):

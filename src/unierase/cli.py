@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 
-from .cli_args import add_model_args, add_option_fields, cli_fields, option_flag, options_from_args
+from .cli_args import add_dtype_arg, add_model_args, add_option_fields, cli_fields, option_flag, options_from_args
 from .registry import get_method, methods
 from .storage import UniEraseError
 
@@ -75,7 +75,8 @@ def _run_forget(args) -> int:
         raise UniEraseError("--out is required (only --dry-run writes nothing)")
     result = api.forget(args.requests, out=args.out, model=args.model, method=entry.name, overwrite=args.overwrite,
                         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map,
-                        seed=args.seed, progress=not args.no_progress, force=args.force, options=options)
+                        seed=args.seed, progress=not args.no_progress, force=args.force, dtype=args.dtype,
+                        options=options)
     print(result.summary())
     return 0
 
@@ -188,6 +189,7 @@ def add_audit_parser(subparsers) -> None:
     p.add_argument("--fail-on-leak", action="store_true", help="exit with status 1 when any fact comes back")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
+    add_dtype_arg(p)
     p.set_defaults(handler=_run_audit)
 
 
@@ -196,7 +198,7 @@ def _run_audit(args) -> int:
 
     config = AuditConfig(attacks=tuple(args.attacks), samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed)
     report = audit(args.model, args.requests, base=args.base, config=config, out=args.out, overwrite=args.overwrite,
-                   relearn_data=args.relearn_data, cache_dir=args.cache_dir)
+                   relearn_data=args.relearn_data, cache_dir=args.cache_dir, dtype=args.dtype)
     print(report.markdown())
     return 1 if args.fail_on_leak and report.leaked else 0
 
@@ -214,7 +216,8 @@ def _run_ask(args) -> int:
     from . import api
 
     for question, answer in zip(args.questions, api.ask(args.questions, model=args.model, max_new_tokens=args.max_new_tokens,
-                                                          raw=args.raw, cache_dir=args.cache_dir, device_map=args.device_map)):
+                                                          raw=args.raw, cache_dir=args.cache_dir, device_map=args.device_map,
+                                                          dtype=args.dtype)):
         print(f"Q: {question}\nA: {answer}\n")
     return 0
 
@@ -224,13 +227,14 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--cache-dir", default=None, help="cache directory (default: $UNIERASE_CACHE or ~/.cache/unierase)")
     p.add_argument("--out", default=None, help="also save the edited checkpoint here")
     p.add_argument("--overwrite", action="store_true")
+    add_dtype_arg(p)
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(cache_dir=args.cache_dir, out=args.out, overwrite=args.overwrite)
+    run_demo(cache_dir=args.cache_dir, out=args.out, overwrite=args.overwrite, dtype=args.dtype)
     return 0
 
 

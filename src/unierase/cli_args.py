@@ -7,8 +7,8 @@ import argparse
 import dataclasses
 
 
-def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True) -> None:
-    """--model, --cache-dir and (optionally) --device-map, with the same meaning everywhere."""
+def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True, dtype_default: str | None = None) -> None:
+    """--model, --cache-dir, --dtype and (optionally) --device-map, with the same meaning everywhere."""
     parser.add_argument("--model", default=None,
                         help="local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--cache-dir", default=None,
@@ -17,6 +17,15 @@ def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True) 
     if device_map:
         parser.add_argument("--device-map", default=None,
                             help="accelerate device map, e.g. 'auto' to spread a large model over GPUs (default: CPU)")
+    add_dtype_arg(parser, dtype_default)
+
+
+def add_dtype_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--dtype: the dtype the model is loaded (and a changed model saved) in."""
+    parser.add_argument("--dtype", default=default, choices=("auto", "float32", "bfloat16", "float16"),
+                        help="load the model in this dtype; a changed model is saved in it (auto: the checkpoint's "
+                             f"own; default: {default or 'auto'}; the edit's target values, statistics and solves run "
+                             "in fp32/fp64 whatever it is)")
 
 
 def option_flag(field) -> str:

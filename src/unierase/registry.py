@@ -37,6 +37,8 @@ class RunContext:
     progress: bool = True
     force: bool = False
     """Save a round the guard against a wrecked model refuses (``record.guard``; recorded)."""
+    dtype: object = None
+    """The dtype to load the model in (``models.loading.DTYPES``; ``None``: the checkpoint's own)."""
 
 
 @dataclass(frozen=True)

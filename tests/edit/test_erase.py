@@ -92,3 +92,35 @@ def test_the_manifest_records_the_prompt_format(tmp_path, monkeypatch):
     result = unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=build_model("llama", len(tok)), tokenizer=tok,
                              stats_tokens=2000, max_passes=1, progress=False)
     assert result.manifest["prompt"] == {"format": "plain", "template": "Question: {question}\nAnswer:"}
+
+
+def test_dtype_is_the_callers_and_the_checkpoint_keeps_it(tmp_path, monkeypatch):
+    """--dtype bfloat16 loads, edits and saves in bf16 (the manifest says so); --dtype auto keeps a
+    checkpoint's own dtype in the next round, and verify (which loads it as it is) passes."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    from unierase.cli import main
+
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    build_model("llama", len(tok)).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    # an answer the tiny model never gives: each request counts as erased, so verify has something to hold
+    (tmp_path / "r1.jsonl").write_text(json.dumps({"question": "Who wrote Hamlet?", "answer": "Zanzibar"}) + "\n")
+    (tmp_path / "r2.jsonl").write_text(json.dumps({"question": "What is the capital of France?", "answer": "Zanzibar"})
+                                       + "\n")
+    fast = ["--stats-tokens", "2000", "--max-passes", "1", "--no-progress"]
+    out = tmp_path / "out"
+    assert main(["forget", "--model", str(tmp_path / "base"), "--requests", str(tmp_path / "r1.jsonl"), "--out", str(out),
+                 "--dtype", "bfloat16", *fast]) == 0
+    manifest = json.loads((out / "unierase_manifest.json").read_text())
+    assert manifest["rounds"][-1]["dtype"] == "bfloat16" and manifest["rounds"][-1]["devices"] == ["cpu"]
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    assert main(["forget", "--model", str(out), "--requests", str(tmp_path / "r2.jsonl"), "--out", str(out), *fast]) == 0
+    assert json.loads((out / "unierase_manifest.json").read_text())["rounds"][-1]["dtype"] == "bfloat16"
+    assert main(["verify", str(out)]) == 0
+

@@ -38,3 +38,16 @@ def test_the_gguf_conversion_builds_each_tensor_name_map_once_and_restores_it(mo
     assert first is second and first is not other
     assert made == [("llama", 30), ("llama", 4)]
     assert gguf.get_tensor_name_map is counting_map
+
+
+def test_dtype_names():
+    import pytest
+    import torch
+
+    from unierase.models.loading import resolve_dtype
+    from unierase.storage import UniEraseError
+
+    assert resolve_dtype(None) == "auto" and resolve_dtype("auto") == "auto"
+    assert resolve_dtype("bfloat16") is torch.bfloat16 and resolve_dtype(torch.float16) is torch.float16
+    with pytest.raises(UniEraseError, match="unknown dtype 'float8'"):
+        resolve_dtype("float8")

@@ -45,6 +45,7 @@ def _run_finetune(args) -> int:
         fields["eval_items"] = args.eval_items
     result = finetune(args.model, args.data, args.out, config=FinetuneConfig(**fields), authors=args.authors,
                       forget_authors=args.forget_authors, split=args.split, data_dir=options.data_dir,
-                      overwrite=args.overwrite, cache_dir=args.cache_dir, threads=options.threads)
+                      overwrite=args.overwrite, cache_dir=args.cache_dir, threads=options.threads,
+                      dtype=args.dtype)
     print(result.summary())
     return 0

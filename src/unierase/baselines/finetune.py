@@ -24,7 +24,7 @@ from ..record.ledger import non_finite
 from ..record.rounds import MANIFEST_FILE
 from ..storage import UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic
 from .data import parse_data_spec, tofu_subset
-from ..record.manifest import Manifest, base_model_info
+from ..record.manifest import Manifest, base_model_info, runtime_info
 from ..measure import peak_memory_mb
 from .trainer import (TrainConfig, collate, encode_pairs, length_grouped_batches, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
@@ -147,17 +147,21 @@ def finetune(
     overwrite: bool = False,
     cache_dir=None,
     threads: int | None = None,
+    dtype=None,
 ) -> FinetuneResult:
-    """Fine-tune ``model_spec`` on ``data`` with the answer-only loss and save it to ``out``."""
+    """Fine-tune ``model_spec`` on ``data`` with the answer-only loss and save it to ``out`` (in ``dtype``:
+    ``models.loading.DTYPES``, ``None`` the checkpoint's own)."""
     config = config or FinetuneConfig()
     config.validate()
     out = check_output_dir(out, overwrite, cache_dir=cache_dir)
     spec_dir = model_spec if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
     with locked_run(out, [spec_dir]):  # held until the output is in place
-        return _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads)
+        return _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads,
+                         dtype)
 
 
-def _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads) -> FinetuneResult:
+def _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads,
+              dtype=None) -> FinetuneResult:
     from ..record.rounds import load_checked_model as load_model
 
     if threads:
@@ -166,7 +170,7 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
     groups = data_info.pop("_groups", None)
     t0 = time.perf_counter()
     seed_everything(config.seed)
-    model, tokenizer = load_model(model_spec, cache_dir=cache_dir)
+    model, tokenizer = load_model(model_spec, cache_dir=cache_dir, dtype=dtype)
     t_load = time.perf_counter() - t0
     base = base_model_info(model, model_spec)
     if config.lora:
@@ -201,6 +205,7 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
                   "loss_per_epoch": _per_epoch(result.history, steps_per_epoch, config.grad_accum)},
         "timings_s": {"load": round(t_load, 1), "train": round(result.seconds, 1), "memorisation_eval": round(t_eval, 1)},
         "peak_memory_mb": peak_memory_mb(),
+        **runtime_info(model),
         "threads": torch.get_num_threads(),
         "memorisation": mem,
     }).to_dict()

@@ -30,7 +30,7 @@ from .objectives import Baseline, BaselineConfig
 from .options import BaselineOptions
 from ..registry import Method, RunContext, get_method, register
 from .._version import __version__
-from ..record.manifest import Manifest, base_model_info
+from ..record.manifest import Manifest, base_model_info, runtime_info
 from ..measure import peak_memory_mb
 from .trainer import (TrainResult, collate, encode_pairs, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
@@ -72,7 +72,7 @@ def register_baseline(cls: type[Baseline]) -> Method:
         return run_baseline(cls.name, context.model_dir or context.hub_id or context.model, requests, out,
                             overwrite=context.overwrite, cache_dir=context.cache_dir, seed=context.seed,
                             record_texts=context.record_texts, progress=context.progress, tokenizer=context.tokenizer,
-                            device_map=context.device_map, force=context.force, **own)
+                            device_map=context.device_map, force=context.force, dtype=context.dtype, **own)
 
     return register(Method(cls.name, "fine-tuning", "; ".join(parts), run, BaselineOptions, implementation=cls))
 
@@ -141,6 +141,7 @@ def run_baseline(
     device_map=None,
     tokenizer=None,
     force: bool = False,
+    dtype=None,
     **overrides,
 ) -> BaselineResult:
     """Unlearn ``requests`` from ``model_spec`` with a fine-tuning baseline and save the result to ``out``.
@@ -163,7 +164,7 @@ def run_baseline(
         run = _Run(cls, config, requests, retain, source=load_input(model_dir), force=force)
         if threads:
             torch.set_num_threads(threads)
-        _load_model(run, model_spec, tokenizer, cache_dir, device_map)
+        _load_model(run, model_spec, tokenizer, cache_dir, device_map, dtype)
         # a baseline may change every weight; the guard's neighbours are retain questions
         run.start = (start_round(run.model, tokenizer=run.tokenizer, neighbours=[r.question for r in run.retain[:8]])
                      if out is not None else None)
@@ -227,7 +228,7 @@ def _checked_inputs(cls: type[Baseline], requests, retain, data_dir) -> tuple[li
     return requests, retain or []
 
 
-def _load_model(run: _Run, model_spec, tokenizer, cache_dir, device_map) -> None:
+def _load_model(run: _Run, model_spec, tokenizer, cache_dir, device_map, dtype=None) -> None:
     """Seed, load the model (or take the one passed in) and fingerprint it before training changes it."""
     from ..record.rounds import load_checked_model as load_model
 
@@ -239,7 +240,7 @@ def _load_model(run: _Run, model_spec, tokenizer, cache_dir, device_map) -> None
         model = model_spec
         model_spec = getattr(model.config, "_name_or_path", None) or "<in-memory model>"
     else:
-        model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map)
+        model, tokenizer = load_model(model_spec, cache_dir=cache_dir, device_map=device_map, dtype=dtype)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
     run.timings["load"] = time.perf_counter() - t0
@@ -372,6 +373,7 @@ def _manifest(run: _Run, record_texts: bool) -> dict:
         "forget_answer_nll": {k: round(v, 4) for k, v in run.nll.items()},
         "timings_s": {k: round(v, 2) for k, v in run.timings.items()},
         "peak_memory_mb": peak_memory_mb(),
+        **runtime_info(run.model),
         "threads": torch.get_num_threads(),
     }, base_history=run.source.manifest).to_dict()  # base_history: what made the model this round started from
 

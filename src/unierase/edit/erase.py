@@ -26,7 +26,7 @@ from ..measure import peak_memory_mb
 from ..models.adapters import find_mlp_output
 from ..models.loading import model_fingerprint
 from ..prompts import PINNED_DATE, PLAIN_TEMPLATE, has_chat_template
-from ..record.manifest import Manifest, base_model_info
+from ..record.manifest import Manifest, base_model_info, runtime_info
 from ..record.rounds import (embedding_names, load_checked_model as load_model, load_input, neighbour_questions, probe,
                              save_round, start_round)
 from ..registry import RunContext
@@ -160,7 +160,7 @@ def _load_round(reqs, source, out, context: RunContext, options: EraseOptions) -
     model, tokenizer = context.model, context.tokenizer
     if context.model_dir is not None or context.hub_id is not None:
         model, tokenizer = load_model(context.model_dir or context.hub_id, cache_dir=cache_dir,
-                                      device_map=context.device_map)
+                                      device_map=context.device_map, dtype=context.dtype)
     elif tokenizer is None:
         raise UniEraseError("pass the tokenizer together with an in-memory model")
     check_lengths(model, tokenizer, [r.question for r in reqs], EDIT_TOKEN_RESERVE, what="request")
@@ -394,6 +394,7 @@ def _round_record(number: int, run: _Round) -> dict:
         "hyperparameters": run.hyperparameters,
         "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
         "peak_memory_mb": peak_memory_mb(),
+        **runtime_info(run.model),
         "passes": result.passes,
         "not_reached": [r.digest() for r in not_reached],
         "null_space_dims": result.last.null_dims,

@@ -20,7 +20,7 @@ def add_eval_parser(subparsers) -> None:
             "rates and unchanged retain answers. Interrupted runs resume from the stages saved in --out."
         ),
     )
-    add_model_args(p)
+    add_model_args(p, dtype_default=d.dtype)
     p.add_argument("--out", required=True, help="output directory (resumed when it holds an earlier run of the same evaluation)")
     p.add_argument("--benchmark", default=d.benchmark, choices=["tofu"], help="benchmark (only tofu)")
     p.add_argument("--forget-split", default=d.forget_split, choices=["forget01", "forget05", "forget10"])
@@ -42,7 +42,6 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--nli-model", default=None, help="local NLI model directory (labels include 'entailment'); default: entailment absent")
     p.add_argument("--prompt-format", default=d.prompt_format, choices=["chat", "plain"], help="chat template (default; pinned date) or 'Question: … Answer:'")
     p.add_argument("--scoring-mode", default=d.scoring_mode, choices=["shared", "full"], help="share the prompt cache across a question's answers (default) or score full sequences")
-    p.add_argument("--dtype", default=d.dtype, help="model dtype (default float32)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--overwrite", action="store_true", help="discard saved results in --out and start over")
     p.add_argument("--no-plot", action="store_true", help="do not write report.png")

@@ -102,11 +102,10 @@ class _Evaluation:
                                            paraphrased_question=self.cfg.paraphrase_leakage and set_name == "forget")
         self.refusals = source.refusals()
 
-    def _dtype(self) -> torch.dtype:
-        dtype = getattr(torch, str(self.cfg.dtype), None)
-        if not isinstance(dtype, torch.dtype):
-            raise UniEraseError(f"unknown dtype {self.cfg.dtype!r}")
-        return dtype
+    def _dtype(self) -> torch.dtype | str:
+        from ..models.loading import resolve_dtype
+
+        return resolve_dtype(str(self.cfg.dtype))
 
     def _load_any_model(self, spec):
         from ..record.rounds import load_checked_model as load_model

@@ -132,14 +132,31 @@ def _in_hub_cache(repo_id: str) -> bool:
         return False
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""What ``--dtype`` accepts: ``auto`` is the checkpoint's own."""
+
+
+def resolve_dtype(dtype) -> torch.dtype | str:
+    """A dtype name of ``DTYPES`` (or a ``torch.dtype``) as ``from_pretrained`` takes it; ``None`` = ``auto``."""
+    if dtype is None or dtype == "auto":
+        return "auto"
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise UniEraseError(f"unknown dtype {dtype!r} (choose from {', '.join(DTYPES)})")
+    return getattr(torch, dtype)
+
+
 def load_model(
     spec: str | os.PathLike | None = None,
     *,
     cache_dir: str | os.PathLike | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str | None = None,
     device_map: str | dict | None = None,
 ):
-    """Load ``(model, tokenizer)``; ``device_map`` is passed to accelerate (e.g. ``"auto"``)."""
+    """Load ``(model, tokenizer)`` in ``dtype`` (a ``torch.dtype``, a name of ``DTYPES``; ``None``/``auto``:
+    the checkpoint's own); ``device_map`` is passed to accelerate (e.g. ``"auto"``)."""
+    dtype = resolve_dtype(dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec, cache_dir)

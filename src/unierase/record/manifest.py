@@ -74,6 +74,13 @@ class Manifest:
                    str(data.get("created", "")), schema)
 
 
+def runtime_info(model) -> dict:
+    """The dtype(s) and devices of ``model``'s weights as a round ran it."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()})
+    devices = sorted({str(p.device) for p in model.parameters()})
+    return {"dtype": dtypes[0] if len(dtypes) == 1 else dtypes, "devices": devices}
+
+
 def base_model_info(model, spec, fingerprint: str | None = None) -> dict:
     """The ``base_model`` header of a model loaded from ``spec`` (a path, a hub id, or ``None`` = default);
     ``fingerprint`` when the caller already took it."""
