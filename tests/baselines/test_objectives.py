@@ -118,9 +118,10 @@ def test_bad_input(tiny_model_dir, tmp_path):
     (tmp_path / "taken" / "f").write_text("x")
     with pytest.raises(UniEraseError, match="already exists"):
         run_baseline("ga+gd", str(tiny_model_dir), REQUESTS, tmp_path / "taken", retain=RETAIN_REQ, **FAST)
-    # idk+ap needs no answers on the forget side
+    # idk+ap needs no answers on the forget side (forced: at these settings the tiny model learns to refuse
+    # everything, which the guard against a wrecked model would rightly refuse to save)
     run_baseline("idk+ap", str(tiny_model_dir), [ForgetRequest("Who wrote novel 1?")], tmp_path / "idk",
-                 retain=RETAIN_REQ, **FAST)
+                 retain=RETAIN_REQ, force=True, **FAST)
 
 
 def test_retain_spec_from_file(tiny_model_dir, tmp_path, retain_file):
