@@ -19,7 +19,7 @@ def add_finetune_parser(subparsers) -> None:
             "model); add --split retain to leave those K out (the retain model)."
         ),
     )
-    add_model_args(p, device_map=False)
+    add_model_args(p)
     p.add_argument("--data", required=True, help="tofu:CONFIG (e.g. tofu:full, tofu:retain90) or a JSONL file with question and answer")
     p.add_argument("--authors", type=int, default=None, help="use N whole authors of tofu:full (default: all rows of --data)")
     p.add_argument("--forget-authors", type=int, default=1, help="how many of the subset's authors are TOFU's last (forget) authors (default: 1)")
@@ -46,6 +46,6 @@ def _run_finetune(args) -> int:
     result = finetune(args.model, args.data, args.out, config=FinetuneConfig(**fields), authors=args.authors,
                       forget_authors=args.forget_authors, split=args.split, data_dir=options.data_dir,
                       overwrite=args.overwrite, cache_dir=args.cache_dir, threads=options.threads,
-                      dtype=args.dtype)
+                      dtype=args.dtype, device_map=args.device_map)
     print(result.summary())
     return 0

@@ -148,6 +148,7 @@ def finetune(
     cache_dir=None,
     threads: int | None = None,
     dtype=None,
+    device_map=None,
 ) -> FinetuneResult:
     """Fine-tune ``model_spec`` on ``data`` with the answer-only loss and save it to ``out`` (in ``dtype``:
     ``models.loading.DTYPES``, ``None`` the checkpoint's own)."""
@@ -157,11 +158,11 @@ def finetune(
     spec_dir = model_spec if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
     with locked_run(out, [spec_dir]):  # held until the output is in place
         return _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads,
-                         dtype)
+                         dtype, device_map)
 
 
 def _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads,
-              dtype=None) -> FinetuneResult:
+              dtype=None, device_map=None) -> FinetuneResult:
     from ..record.rounds import load_checked_model as load_model
 
     if threads:
@@ -170,7 +171,7 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
     groups = data_info.pop("_groups", None)
     t0 = time.perf_counter()
     seed_everything(config.seed)
-    model, tokenizer = load_model(model_spec, cache_dir=cache_dir, dtype=dtype)
+    model, tokenizer = load_model(model_spec, cache_dir=cache_dir, dtype=dtype, device_map=device_map)
     t_load = time.perf_counter() - t0
     base = base_model_info(model, model_spec)
     if config.lora:
