@@ -45,10 +45,9 @@ def forget(requests, out: str | os.PathLike | None = None, *, model=None, tokeni
     elif not isinstance(options, entry.options):
         raise UniEraseError(f"method {entry.name!r} takes {entry.options.__name__}, not {type(options).__name__}")
     reqs, source = as_requests(requests)
-    if hasattr(options, "check"):  # the method's own one-line errors, before the model is looked for
-        options.check(reqs, source)
+    options.check(reqs, source)  # the method's own one-line errors, before the model is looked for
     given_dir = model if isinstance(model, (str, os.PathLike)) and Path(model).expanduser().is_dir() else None
-    if out is not None and not getattr(options, "dry_run", False):
+    if out is not None and options.writes_output():
         check_output_dir(out, overwrite, allow_same_as=given_dir if _is_unierase_output(given_dir) else None,
                          cache_dir=cache_dir)
     model_dir = hub_id = None

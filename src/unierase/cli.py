@@ -54,8 +54,7 @@ def add_forget_parser(subparsers) -> None:
     for options_class, names in _option_groups():
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
         title = f"options of --method {shown}"
-        defaults = getattr(options_class, "help_defaults", None)
-        add_option_fields(p.add_argument_group(title), options_class, defaults=defaults() if defaults else None)
+        add_option_fields(p.add_argument_group(title), options_class, defaults=options_class.help_defaults())
     p.set_defaults(handler=_run_forget)
 
 
@@ -71,7 +70,7 @@ def _run_forget(args) -> int:
                                     f"{' and the other fine-tuning baselines' if len(names) > 1 else ''}, "
                                     f"not of --method {entry.name}")
     options = entry.make_options(options_from_args(args, entry.options))
-    if args.out is None and not getattr(options, "dry_run", False):
+    if args.out is None and options.writes_output():
         raise UniEraseError("--out is required (only --dry-run writes nothing)")
     result = api.forget(args.requests, out=args.out, model=args.model, method=entry.name, overwrite=args.overwrite,
                         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map,

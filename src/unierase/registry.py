@@ -79,6 +79,22 @@ def option(help: str, *, default=None, type: Callable | None = None, choices=Non
     return dataclasses.field(default=default, metadata=metadata)
 
 
+class MethodOptions:
+    """What the verbs ask of every method's options dataclass; a method overrides what it has more of."""
+
+    def check(self, requests, source: str) -> None:
+        """One-line errors about a round's ``requests``, given before the model is looked for."""
+
+    def writes_output(self) -> bool:
+        """Whether the round writes its output (a plan-only run does not need ``out``)."""
+        return True
+
+    @classmethod
+    def help_defaults(cls):
+        """An object whose same-named attributes ``--help`` shows as the fields' defaults (or ``None``)."""
+        return None
+
+
 _METHODS: dict[str, Method] = {}
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..registry import option
+from ..registry import MethodOptions, option
+from .objectives import BaselineConfig
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(MethodOptions):
     """Optimisation flags shared by ``finetune`` and the baselines (``TrainConfig`` fields, plus where to run)."""
 
     epochs: float | None = option("passes over the data", type=float)
@@ -49,12 +50,7 @@ class BaselineOptions(TrainOptions):
     refusals: str | None = option("file of refusal sentences for DPO/IDK (default: TOFU's idontknow.txt)")
     config: object = option("a whole BaselineConfig to start from (API only)", cli=False)
 
+    @classmethod
+    def help_defaults(cls):
+        return BaselineConfig()  # a method may differ (ME's forget_coef): its help says so
 
-def _baseline_defaults():
-    from .objectives import BaselineConfig
-
-    return BaselineConfig()
-
-
-BaselineOptions.help_defaults = staticmethod(_baseline_defaults)
-"""The defaults ``unierase forget --help`` names: ``BaselineConfig``'s (a method may differ: ME's forget_coef)."""

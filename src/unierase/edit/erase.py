@@ -96,8 +96,7 @@ def erase(reqs: list[ForgetRequest], source: str, out, context: RunContext, opti
     """One UniErase round (``api.forget`` with ``method='unierase'``), reading top-down: the model and
     its records → the round's settings → the unlearning token → the preserved keys → the edit
     passes → the manifest → the erasure-time check and the atomic save."""
-    options.check(reqs, source)
-    if options.dry_run:
+    if options.dry_run:  # api.forget has checked the options against the requests
         return _dry_run(reqs, source, context, options)
     with locked_run(out, [context.model_dir]):
         torch.manual_seed(context.seed)

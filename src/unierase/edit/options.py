@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from ..registry import option
+from ..registry import MethodOptions, option
 from ..requests import SCOPES
 from ..storage import UniEraseError
 
@@ -59,7 +59,7 @@ def parse_settings(items: list[str]) -> dict[str, dict]:
 
 
 @dataclass
-class EraseOptions:
+class EraseOptions(MethodOptions):
     """What one UniErase round may be told besides the requests and the model."""
 
     mode: str | None = option(
@@ -102,6 +102,9 @@ class EraseOptions:
     answer_ids: list[list[int]] | None = option(
         "the model's own greedy answers to the requests as token ids, when the caller already has them (API only)",
         cli=False)
+
+    def writes_output(self) -> bool:
+        return not self.dry_run
 
     def check(self, requests, source: str) -> None:
         """Every one-line error these options can give about a round's ``requests``, before any work."""
