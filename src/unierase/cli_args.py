@@ -22,7 +22,9 @@ def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True, 
 
 def add_dtype_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:
     """--dtype: the dtype the model is loaded (and a changed model saved) in."""
-    parser.add_argument("--dtype", default=default, choices=("auto", "float32", "bfloat16", "float16"),
+    from .models.loading import DTYPES
+
+    parser.add_argument("--dtype", default=default, choices=DTYPES,
                         help="load the model in this dtype; a changed model is saved in it (auto: the checkpoint's "
                              f"own; default: {default or 'auto'}; the edit's target values, statistics and solves run "
                              "in fp32/fp64 whatever it is)")

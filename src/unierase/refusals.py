@@ -10,6 +10,8 @@ import hashlib
 import re
 from importlib import resources
 
+from .storage import UniEraseError
+
 
 def load_refusals() -> list[str]:
     text = resources.files("unierase").joinpath("data/refusals.txt").read_text(encoding="utf-8")
@@ -24,8 +26,6 @@ def refusal_pool(chosen: str | None = None) -> list[str]:
 
 def check_refusal(text: str | None, answers: list[str] = ()) -> None:
     """A chosen refusal must be one non-empty line and must not give away an answer being erased."""
-    from .storage import UniEraseError
-
     if text is None:
         return
     if not text.strip() or "\n" in text or len(text) > 300:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -20,7 +19,7 @@ from ..requests import ForgetRequest
 from ..token.training import answer_ids
 from .config import EditConfig
 from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
-from .scope import compact_groups
+from .scope import compact_groups, shared_rows
 from .preserved import PreservedKeys, SoftConstraint
 from .prompts import EditPrompt, build_edit_prompts
 from .solve import SOLVERS
@@ -139,21 +138,13 @@ def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | Non
     return [i in chosen for i in range(len(requests))]
 
 
-def _shared_rows(groups: list[int] | None, num_requests: int) -> list[bool]:
-    """Per request: whether its target is shared with another request (an entity group)."""
-    if not groups:
-        return [False] * num_requests
-    sizes = Counter(groups)
-    return [sizes[g] > 1 for g in groups]
-
-
 def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_requests: int, target_id: int, pad: int,
                    config: EditConfig, progress: bool, *, continuations, start_targets, plain_group, keep_targets,
                    groups, optimise, shared: list[bool] | None = None) -> tuple[torch.Tensor, dict]:
     """``compute_target_values`` with ``config.values`` for the requests with their own target and
     with ``config.entity_values`` for the targets an entity group shares (``shared``, from
-    ``_shared_rows``, computed here when not given); (Z, report as a dict)."""
-    shared = _shared_rows(groups, num_requests) if shared is None else shared
+    ``scope.shared_rows``, computed here when not given); (Z, report as a dict)."""
+    shared = shared_rows(groups, num_requests) if shared is None else shared
     parts = [(config.values, [r for r in range(num_requests) if not shared[r]]),
              (config.entity_values, [r for r in range(num_requests) if shared[r]])]
     targets, reports = None, []
@@ -212,7 +203,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
 
     null_dims = {layer: basis.shape[1] for layer, basis in preserved.bases.items()}
     started = time.perf_counter()
-    shared = _shared_rows(groups, len(requests))
+    shared = shared_rows(groups, len(requests))
     ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], preserved.basis(layers[0]),
                             shared)
     prompts = _round_prompts(tokenizer, requests, ends, shared, config)

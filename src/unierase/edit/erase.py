@@ -43,7 +43,7 @@ from .options import EraseOptions
 from .prompts import neutral_questions
 from .preserved import build_preserved_keys
 from .recipes import edit_config_for, token_with_settings, with_settings
-from .scope import resolve_with_evidence
+from .scope import resolve_with_evidence, shared_rows
 from .stats import ANSWER_KEY_TOKENS
 
 log = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def _dry_run(reqs, source, context: RunContext, options: EraseOptions) -> Forget
     run.config, run.recipe = _resolve_config(run.model, options)
     scoped = _resolve_scope(run, options)
     adapter = find_mlp_output(run.model)
-    shared = [scoped.groups.count(g) > 1 for g in scoped.groups]
+    shared = shared_rows(scoped.groups, len(scoped.requests))
     mode = run.config.key_position
     ends = (choose_key_chars(run.model, run.tokenizer, adapter, scoped.requests, mode, 0, None, shared)
             if mode != "distinct" else [None] * len(scoped.requests))

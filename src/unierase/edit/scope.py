@@ -20,6 +20,7 @@ was X born?"), most often corrects or removes that one fact. ``"scope": "entity"
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from ..requests import SCOPES, ForgetRequest
@@ -285,6 +286,14 @@ def full_name(entity: str, questions: list[str]) -> str:
         return entity
     best = max(counts.values())
     return max((n for n, c in counts.items() if c == best), key=lambda n: (len(n), n))
+
+
+def shared_rows(groups: list[int] | None, num_requests: int) -> list[bool]:
+    """Per request: whether its target is shared with another request (an entity group)."""
+    if not groups:
+        return [False] * num_requests
+    sizes = Counter(groups)
+    return [sizes[g] > 1 for g in groups]
 
 
 def compact_groups(groups: list[int]) -> list[int]:
