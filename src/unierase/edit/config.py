@@ -1,5 +1,4 @@
-"""The Unlearning Edit's hyper-parameters (``EditConfig``): neutral defaults here, what was measured
-on a model in its recipe (``edit/recipes``), the round's options and ``--set`` over both."""
+"""The Unlearning Edit's hyper-parameters (``EditConfig``)."""
 
 from __future__ import annotations
 

@@ -101,10 +101,10 @@ def erase(reqs: list[ForgetRequest], source: str, out, context: RunContext, opti
     with locked_run(out, [context.model_dir]):
         torch.manual_seed(context.seed)
         run = _load_round(reqs, source, out, context, options)
-        _settle_settings(run, options)
+        _settle_settings(run)
         _add_unlearning_token(run)
         _build_preserved_keys(run)
-        _edit(run, options)
+        _edit(run)
         manifest = _manifest(run)
         out_path = _check_and_save(run, out, manifest) if out is not None else None
         return ForgetResult(out_path, manifest, run.model, run.tokenizer)
@@ -118,13 +118,13 @@ class _Round:
     source: str
     out: object
     context: RunContext
+    options: EraseOptions
     model: object
     tokenizer: object
     source_input: object
     previous: dict
     base_history: dict | None
     mode: str
-    scope: str
     cache_dir: Path
     started: float
     timings: dict[str, float] = field(default_factory=dict)
@@ -143,7 +143,6 @@ class _Round:
     preserved: object = None
     scoped: object = None
     result: object = None
-    settings: dict | None = None
 
     def timed(self, name: str, started: float) -> None:
         self.timings[name] = time.perf_counter() - started
@@ -169,21 +168,21 @@ def _load_round(reqs, source, out, context: RunContext, options: EraseOptions) -
         # a plain, fine-tuned or baseline-unlearned checkpoint: UniErase starts from it as its base;
         # what made it stays in the manifest (and the ledger continues)
         base_history, previous = (previous or None), {}
-    run = _Round(reqs, source, out, context, model, tokenizer, source_input, previous, base_history,
-                 options.mode or ("sequential" if previous else "batch"), options.scope, cache_dir, started_all)
+    run = _Round(reqs, source, out, context, options, model, tokenizer, source_input, previous, base_history,
+                 options.mode or ("sequential" if previous else "batch"), cache_dir, started_all)
     run.timed("load", started)
     return run
 
 
-def _settle_settings(run: _Round, options: EraseOptions) -> None:
+def _settle_settings(run: _Round) -> None:
     """The edit's settings (recipe, options, ``--set``), its layers, and what the round may change."""
-    run.settings = options.settings
+    options = run.options
     token_config = options.token_config or UnlearningTokenConfig(seed=run.context.seed)
     run.config, run.recipe = _resolve_config(run.model, options)
     run.token_config = token_with_settings(token_config, options.settings)
     if run.config.refusal and run.token_config.refusal != run.config.refusal:  # the token leads into the chosen one
         run.token_config = dataclasses.replace(run.token_config, refusal=run.config.refusal)
-    check_refusal(run.config.refusal, [r.answer for r in run.reqs])
+    check_refusal(run.config.refusal, [r.answer for r in run.reqs])  # one a recipe or --set gave, too
     run.adapter = find_mlp_output(run.model)
     _check_token_room(run.model)
     run.layers = run.config.resolved_layers(run.adapter.num_layers)
@@ -237,14 +236,14 @@ def _build_preserved_keys(run: _Round) -> None:
     run.timed("statistics", started)
 
 
-def _edit(run: _Round, options: EraseOptions) -> None:
+def _edit(run: _Round) -> None:
     """Scope (which requests share a target), then the edit passes."""
     started = time.perf_counter()
     record_texts = run.context.record_texts
-    run.scoped = scoped = _resolve_scope(run, options)
+    run.scoped = scoped = _resolve_scope(run)
     entity_scope = [scoped.entity_kind(i) for i in range(len(scoped.requests))]
     # the added questions' answers are generated with the rest
-    answer_ids = options.answer_ids if not scoped.added else None
+    answer_ids = run.options.answer_ids if not scoped.added else None
     run.result = run_edit_passes(run.model, run.tokenizer, run.adapter, scoped.requests, run.token.token_id, run.config,
                                  run.preserved, progress=run.context.progress, answer_ids=answer_ids,
                                  groups=scoped.groups, entity_scope=entity_scope)
@@ -259,12 +258,12 @@ def _edit(run: _Round, options: EraseOptions) -> None:
         run.timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
 
 
-def _resolve_scope(run: _Round, options: EraseOptions):
+def _resolve_scope(run: _Round):
     """The round's entity groups (``scope.resolve_with_evidence``: the model's own answers attribute
     the requests that describe an entity without naming it), logged."""
     from ..generation import generate_answers
 
-    scoped = resolve_with_evidence(run.reqs, options.scope, run.config.neutral_templates,
+    scoped = resolve_with_evidence(run.reqs, run.options.scope, run.config.neutral_templates,
                                    lambda questions: generate_answers(run.model, run.tokenizer, questions,
                                                                       max_new_tokens=EVIDENCE_TOKENS))
     show = (lambda i: run.reqs[i].question) if run.context.record_texts else (lambda i: run.reqs[i].digest()[:12])
@@ -285,7 +284,7 @@ def _dry_run(reqs, source, context: RunContext, options: EraseOptions) -> Forget
     """What the round would erase (``--dry-run``): the scope and key tokens, nothing trained or written."""
     run = _load_round(reqs, source, None, context, options)
     run.config, run.recipe = _resolve_config(run.model, options)
-    scoped = _resolve_scope(run, options)
+    scoped = _resolve_scope(run)
     adapter = find_mlp_output(run.model)
     shared = shared_rows(scoped.groups, len(scoped.requests))
     mode = run.config.key_position
@@ -380,7 +379,7 @@ def _round_record(number: int, run: _Round) -> dict:
         "source": run.source,
         "layers": run.layers,
         "key_tokens": key_tokens[:len(reqs)] if record_texts else None,
-        "scope": {"default": run.scope, "requests": scoped.scopes,
+        "scope": {"default": run.options.scope, "requests": scoped.scopes,
                   "entities": [{"entity": e["entity"] if record_texts else None, "from": e["from"], "person": e["person"],
                                 "requests": e["requests"], "attributed": e["attributed"],
                                 "added": e["added"] if record_texts else len(e["added"]),
@@ -389,7 +388,7 @@ def _round_record(number: int, run: _Round) -> dict:
                   "unattributed": scoped.unattributed,
                   "added_not_reached": sum(1 for i in result.not_reached_indices if i >= len(reqs))},
         "recipe": run.recipe.name if run.recipe else None,
-        "settings": {k: v for k, v in (run.settings or {}).items() if v},
+        "settings": {k: v for k, v in (run.options.settings or {}).items() if v},
         "hyperparameters": run.hyperparameters,
         "timings_s": {k: round(v, 3) for k, v in run.timings.items()},
         "peak_memory_mb": peak_memory_mb(),
