@@ -273,14 +273,6 @@ def sweep_search(grid, start: float, run, qualifies) -> list[dict]:
     return rows
 
 
-def _well_formed(text: str) -> bool:
-    """A well-formed refusal (``refusals.is_well_formed_refusal``: complete sentences, no repetition,
-    no stray fragment)."""
-    from unierase.refusals import is_well_formed_refusal
-
-    return is_well_formed_refusal(text)
-
-
 def changed_answers(reference: Path, out: Path, examples: int = 3) -> dict:
     """Per Model Utility set, how many greedy answers of the evaluation in ``out`` differ from those of
     the evaluation in ``reference`` (the target's), with a few of them: what lies behind a lost term."""
@@ -589,6 +581,7 @@ def _headline_figures(s: dict, out: Path) -> dict:
             for part in ("forget", "retain")}
     texts = [r.get("generation", "") for r in rows["forget"]]
     cl = s.get("closer_look") or {}
+    checks = s["extra"].get("answer_checks") or {}  # ``refusals.answer_checks``, computed by the evaluation
     return {
         "model_utility": s["tofu"].get("model_utility"),
         "forget_quality": s["tofu"].get("forget_quality"),
@@ -600,7 +593,10 @@ def _headline_figures(s: dict, out: Path) -> dict:
         "refusal_rate_forget": round(sum(map(is_refusal, texts)) / max(1, len(texts)), 4),
         "refusal_rate_retain": round(sum(is_refusal(r.get("generation", "")) for r in rows["retain"])
                                      / max(1, len(rows["retain"])), 4),
-        "well_formed_refusals": round(sum(map(_well_formed, texts)) / max(1, len(texts)), 4),
+        "well_formed_refusals": checks.get("well_formed_refusals"),
+        "chosen_refusal": checks.get("chosen_refusal"),
+        "token_repeated": checks.get("token_repeated"),
+        "token_in_other_answers": checks.get("token_in_other_answers"),
         "items": s.get("items"),
     }
 
@@ -1019,7 +1015,8 @@ def _plots(figures: dict, results: Path) -> list[str]:
 def _report(figures: dict) -> str:
     """REPORT.md from the figures: one section after another."""
     columns = ("model_utility", "forget_quality", "forget_efficacy", "forget_rougeL", "paraphrased_forget_rougeL",
-               "refusal_rate_forget", "refusal_rate_retain", "well_formed_refusals")
+               "refusal_rate_forget", "refusal_rate_retain", "well_formed_refusals", "chosen_refusal",
+               "token_in_other_answers")
     lines = ["# TOFU side by side", "", f"Setting: `{json.dumps(figures['setting'], default=str)}`", "",
              "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cell in figures.get("eval", {}).items():

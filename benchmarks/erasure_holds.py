@@ -54,7 +54,8 @@ def figures(summary: dict) -> dict:
             "token_ban": audit["token_ban"], "well_formed_refusals": audit["well_formed_refusals"],
             "chosen_refusal": audit.get("chosen_refusal"),
             "known_still_correct": neighbours["known_still_correct"],
-            "neighbours_unl_anywhere": neighbours.get("unl_anywhere"),
+            "neighbours_unl_anywhere": summary["answers"]["token_in_other_answers"],
+            "erased_token_repeated": summary["answers"]["token_repeated"],
             "teacher_forced_agreement": neighbours["teacher_forced_agreement"],
             "edit_s": summary["timings_s"].get("edit")}
 

@@ -121,16 +121,6 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
     assert "settings_from" not in again["methods"]["ga+gd"]
 
 
-@pytest.mark.parametrize("text,ok", [
-    ("I'm sorry, but I don't have that information.", True),
-    ("I'm sorry, but I'm sorry.", False),
-    ("I'm sorry, but.", False),
-    ("I,", False),
-    ("Paris is the capital of France.", False),
-    ("I don't know that. I don't know that.", False),
-])
-def test_well_formed_refusals(text, ok):
-    assert _load()._well_formed(text) is ok
 
 
 def test_sweep_search_runs_only_what_the_rule_needs():

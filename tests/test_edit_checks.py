@@ -22,13 +22,14 @@ def test_retain_metrics_use_the_agreement_measured_with_the_unedited_answers_as_
     assert with_drafts["greedy_exact_match"] == plain["greedy_exact_match"]
 
 
-def test_retain_metrics_count_the_token_anywhere_in_an_answer_not_only_first(tiny_llama):
+def test_extend_answers_continues_only_unfinished_answers(tiny_llama):
+    from unierase.edit_checks import extend_answers
+    from unierase.generation import generate_answer_ids
+
     model, tok = tiny_llama
-    questions = ["What is the capital of France?", "Who wrote it?", "Name a colour.", "Where is Peru?"]
-    before = snapshot(model, tok, questions, max_new_tokens=4)
-    after = snapshot(model, tok, questions, max_new_tokens=4)
-    token = 7
-    after.answer_ids[1] = after.answer_ids[1][:2] + [token]  # taken up mid-answer
-    after.first_tokens[2], after.answer_ids[2] = token, [token] + after.answer_ids[2][1:]  # as the first token
-    figures = retain_metrics(model, tok, before, after, [None] * 4, token)
-    assert figures["starts_with_unl"] == 0.25 and figures["unl_anywhere"] == 0.5
+    questions = ["What is the capital of France?", "Who wrote it?"]
+    short = generate_answer_ids(model, tok, questions, max_new_tokens=3)
+    ended = short[1][:2] + [tok.eos_token_id]
+    longer = extend_answers(model, tok, questions, [short[0], ended], 8)
+    assert longer[0] == generate_answer_ids(model, tok, questions[:1], max_new_tokens=8)[0]
+    assert longer[1] == ended

@@ -30,14 +30,14 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .generation import generate_texts
-from .refusals import is_refusal, is_well_formed_refusal
+from .refusals import answer_checks, is_chosen_refusal, is_refusal, is_well_formed_refusal
 from .requests import ForgetRequest
 from .storage import UniEraseError
 
@@ -77,6 +77,9 @@ class AuditConfig:
     against it reaches this and the answer is not a refusal (a short reference: when the answer
     contains it as a word)."""
     seed: int = 0
+    refusal: str | None = None
+    """The sentence the erased model should answer with (``refusals.is_chosen_refusal``); unset, the
+    audit reads it from the checkpoint's manifest when the audited model is a directory."""
 
     def __post_init__(self):
         unknown = [a for a in self.attacks if a not in ATTACKS]
@@ -132,7 +135,8 @@ class AuditReport:
         a = self.aggregate
         lines = [f"# Recovery audit of `{self.model}`", "",
                  f"{a['requests']} erased request(s); a fact counts as back when the answer gives the reference "
-                 f"(`fact_returns`). Well-formed refusals (plain answers): {a['well_formed_refusals']:.1%}.", "",
+                 f"(`fact_returns`). Plain answers: {_pct(a.get('chosen_refusal'))} exactly the chosen refusal, "
+                 f"{_pct(a.get('well_formed_refusals'))} well-formed refusals (`refusals.answer_checks`).", "",
                  "| attack | fact back | items |", "|---|---|---|"]
         for attack, rate in a["leak_rate"].items():
             lines.append(f"| {attack} | {rate:.1%} | {a['counted'][attack]} |")
@@ -144,6 +148,10 @@ class AuditReport:
                 how = ", ".join(k for k, v in item["attacks"].items() if v["leak"])
                 lines.append(f"- {item['question'] or item['sha256'][:12]} — {how}")
         return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def _relearn_pairs(config: AuditConfig, audited: set[str], relearn_data) -> list[tuple[str, str]]:
@@ -227,10 +235,12 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     whose greedy answers are the reference of requests without ``answer``; ``out``: a directory
     for ``audit.json`` and ``audit.md``; ``dtype``: what the checkpoints are loaded in (``None``: their own)."""
     from .requests import as_requests
-    from .record.rounds import load_checked_model as load_model
+    from .record.rounds import chosen_refusal, load_checked_model as load_model
     from .storage import check_output_dir
 
     config = config or AuditConfig()
+    if config.refusal is None and isinstance(model, (str, os.PathLike)):
+        config = replace(config, refusal=chosen_refusal(model))
     reqs, _ = as_requests(requests)
     if out is not None:
         check_output_dir(out, overwrite, cache_dir=cache_dir)
@@ -240,7 +250,7 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     references = _references(reqs, base, config, cache_dir, dtype)
     answers = _attack_answers(model, tokenizer, reqs, config, relearn_data, progress)
     items = _items(reqs, references, answers, config)
-    report = AuditReport(items, _aggregate(items, answers), asdict(config), name)
+    report = AuditReport(items, _aggregate(items, answers, config.refusal), asdict(config), name)
     if out is not None:
         _write(report, out)
     return report
@@ -325,19 +335,24 @@ def _items(reqs: list[ForgetRequest], references: list[str], answers: dict, conf
         items.append({"sha256": r.digest(), "question": r.question, "reference": references[i],
                       "reference_from": "answer" if r.answer else "base model", "attacks": attacks,
                       "any_attack": any(a["leak"] for a in attacks.values()),
-                      "well_formed_refusal": is_well_formed_refusal(plain) if "plain" in answers else None})
+                      "well_formed_refusal": is_well_formed_refusal(plain) if "plain" in answers else None,
+                      "chosen_refusal": (is_chosen_refusal(plain, config.refusal)
+                                         if "plain" in answers and config.refusal else None)})
     return items
 
 
-def _aggregate(items: list[dict], answers: dict) -> dict:
-    """Leak rates per attack and over all of them; the share of well-formed plain refusals."""
+def _aggregate(items: list[dict], answers: dict, config_refusal: str | None = None) -> dict:
+    """Leak rates per attack and over all of them; the shares of plain answers that are exactly the
+    chosen refusal and that are well-formed refusals (``refusals.answer_checks``)."""
     n = len(items)
+    plain = [answers["plain"][i][0] for i in range(n)] if "plain" in answers else None
+    checks = answer_checks(plain, refusal=config_refusal) if plain is not None else {}
     return {"requests": n,
             "leak_rate": {a: round(sum(i["attacks"][a]["leak"] for i in items) / n, 4) for a in answers},
             "counted": {a: n for a in answers},
             "any_attack": round(sum(i["any_attack"] for i in items) / n, 4),
-            "well_formed_refusals": (round(sum(bool(i["well_formed_refusal"]) for i in items) / n, 4)
-                                     if "plain" in answers else None)}
+            "well_formed_refusals": checks.get("well_formed_refusals"),
+            "chosen_refusal": checks.get("chosen_refusal")}
 
 
 def _write(report: AuditReport, out) -> None:

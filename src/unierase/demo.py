@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from .api import forget
 from .cache import Cache, code_digest, content_key
-from .edit_checks import Snapshot, answer_matches, forget_metrics, load_demo_facts, retain_metrics, snapshot
+from .edit_checks import (Snapshot, answer_matches, extend_answers, forget_metrics, load_demo_facts, retain_metrics,
+                          snapshot)
 from .models.loading import load_model, model_fingerprint
 from .storage import check_output_dir
 
@@ -48,6 +49,10 @@ def _base_answers(model, tokenizer, questions: list[str], cache_dir) -> Snapshot
     before = snapshot(model, tokenizer, questions)
     cache.save_json("demo", key, vars(before), "base_answers.json")
     return before
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
 
 
 def _clip(text: str, width: int) -> str:
@@ -100,18 +105,21 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
                                 [f["answer"] for f in neighbours], token_id)
     # the recovery audit's headline attacks on the erased facts (``unierase audit`` runs them all)
     from .audit import AuditConfig, audit
-    from .refusals import is_well_formed_refusal
+    from .refusals import STRAY_TOKENS, answer_checks
 
     checked = audit(model, [{"question": f["question"], "answer": f["answer"], "paraphrases": [f["paraphrase"]]}
                             for f in forget_rows], tokenizer=tokenizer,
                     config=AuditConfig(attacks=("token_ban", "rewordings"), max_new_tokens=24), progress=progress)
-    chosen = result.manifest["rounds"][-1]["hyperparameters"].get("refusal")
+    # what the erased model says (the shared checks): its refusals, and the token in the neighbours'
+    # answers continued to the checks' length
+    others = extend_answers(model, tokenizer, questions[2 * n:], after.answer_ids[2 * n:], STRAY_TOKENS)
+    answers = answer_checks(after.texts[:n], refusal=result.manifest["rounds"][-1]["hyperparameters"].get("refusal"),
+                            erased_ids=after.answer_ids[:n], other_ids=others, token_id=token_id)
     headline = {"rewordings": checked.aggregate["leak_rate"]["rewordings"],
                 "token_ban": checked.aggregate["leak_rate"]["token_ban"],
-                "well_formed_refusals": sum(map(is_well_formed_refusal, after.texts[:n])) / n,
-                # with a chosen refusal: the share of erased questions answered with exactly it
-                **({"chosen_refusal": sum(t.strip() == chosen.strip() for t in after.texts[:n]) / n} if chosen else {})}
+                "well_formed_refusals": answers["well_formed_refusals"], "chosen_refusal": answers["chosen_refusal"]}
     summary = {
+        "answers": answers,
         "forget": forget_fig,
         "paraphrase_leak": leak,
         "audit": headline,
@@ -153,12 +161,14 @@ def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: boo
     print_fn(
         f"\nforget questions: {forget_fig['starts_with_unl']:.0%} start with [UNL], {forget_fig['refusal']:.0%} refuse; "
         f"reworded forget questions still answered: {leak:.0%}\n"
-        f"other questions: {retain_fig['starts_with_unl']:.0%} start with [UNL], {retain_fig['unl_anywhere']:.0%} hold it "
-        f"anywhere; known facts still correct "
+        f"other questions: {retain_fig['starts_with_unl']:.0%} start with [UNL], "
+        f"{summary['answers']['token_in_other_answers']:.0%} hold it within {summary['answers']['stray_window']} tokens; "
+        f"known facts still correct "
         f"{retain_fig['known_still_correct']:.0%}; teacher-forced agreement {retain_fig['teacher_forced_agreement']:.1%}; "
         f"identical greedy answers {retain_fig['greedy_exact_match']:.0%}\n"
         f"audit: rewordings bring {headline['rewordings']:.0%} of the facts back, banning the token at decode "
-        f"{headline['token_ban']:.0%}; well-formed refusals {headline['well_formed_refusals']:.0%} "
+        f"{headline['token_ban']:.0%}; exactly the chosen refusal {_share(headline['chosen_refusal'])}, well-formed "
+        f"refusals {headline['well_formed_refusals']:.0%} "
         f"(unierase audit runs every attack)\n"
         f"total time {seconds:.0f} s (token {summary['timings_s'].get('token', 0):.0f} s, statistics "
         f"{summary['timings_s'].get('statistics', 0):.0f} s, edit {summary['timings_s'].get('edit', 0):.0f} s)"

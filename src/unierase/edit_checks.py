@@ -108,8 +108,6 @@ def retain_metrics(model, tokenizer, before: Snapshot, after: Snapshot, answers:
     return {
         "n": n,
         "starts_with_unl": sum(f == token_id for f in after.first_tokens) / n,
-        # a refusal begun later in an ordinary answer is a locality failure the first token hides
-        "unl_anywhere": sum(token_id in ids for ids in after.answer_ids) / n,
         "known_before": len(known),
         "known_still_correct": len(still) / len(known) if known else None,
         "teacher_forced_agreement": sum(scores) / n,
@@ -118,6 +116,18 @@ def retain_metrics(model, tokenizer, before: Snapshot, after: Snapshot, answers:
                                    key=lambda row: row["agreement"])[:8],
         "no_longer_correct": [before.questions[i] for i in known if i not in set(still)],
     }
+
+
+def extend_answers(model, tokenizer, questions: list[str], answers: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """``answers`` continued greedily to ``max_new_tokens`` tokens (one that already ended stays as it is)."""
+    stops = stop_token_ids(model, tokenizer)
+    todo = [i for i, a in enumerate(answers) if len(a) < max_new_tokens and not (a and a[-1] in stops)]
+    out = [list(a) for a in answers]
+    longer = generate_answer_ids(model, tokenizer, [questions[i] for i in todo], max_new_tokens=max_new_tokens,
+                                 answer_starts=[answers[i] for i in todo]) if todo else []
+    for i, ids in zip(todo, longer):
+        out[i] = ids
+    return out
 
 
 def unl_first_rate(model, tokenizer, questions: list[str], token_id: int) -> float:

@@ -13,6 +13,10 @@ from importlib import resources
 from .storage import UniEraseError
 
 
+DEFAULT_REFUSAL = "I'm sorry, I can't help with that."
+"""What an erased model answers unless the deployer chooses another sentence (``--refusal``)."""
+
+
 def load_refusals() -> list[str]:
     text = resources.files("unierase").joinpath("data/refusals.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip()]
@@ -91,3 +95,49 @@ def is_broken_text(text: str) -> bool:
     if not visible or _LOOP.search(stripped):
         return True
     return sum(ch.isalnum() for ch in visible) < 0.5 * len(visible) or not re.search(r"\w{2,}", stripped)
+
+
+# ----------------------------------------------------------------------------- what an erased model says
+# One definition of the checks, used by ``unierase eval``, ``unierase audit``, the demo's summary and
+# the benchmarks, so that a figure means the same wherever it is printed.
+
+STRAY_TOKENS = 64
+"""How far into a non-erased answer the unlearning token is looked for."""
+
+
+def is_chosen_refusal(text: str, refusal: str) -> bool:
+    """The answer (special tokens stripped) is exactly ``refusal``, up to surrounding and repeated whitespace."""
+    return " ".join(text.split()) == " ".join(refusal.split())
+
+
+def holds_token(answer_ids, token_id: int | None, within: int = STRAY_TOKENS) -> bool:
+    """The unlearning token occurs among the first ``within`` tokens of an answer."""
+    return token_id is not None and token_id in list(answer_ids)[:within]
+
+
+def repeats_token(answer_ids, token_id: int | None) -> bool:
+    """The unlearning token occurs more than once in an answer (it should open it and nothing else)."""
+    return token_id is not None and list(answer_ids).count(token_id) > 1
+
+
+def answer_checks(erased_texts: list[str], *, refusal: str | None = None, erased_ids: list[list[int]] | None = None,
+                  other_ids: list[list[int]] | None = None, token_id: int | None = None) -> dict:
+    """Shares over the erased answers (``chosen_refusal`` — exactly the chosen refusal;
+    ``well_formed_refusals`` — ``is_well_formed_refusal``; ``token_repeated``) and over the answers
+    that were not erased (``token_in_other_answers``: the token within ``STRAY_TOKENS`` tokens).
+    A share that cannot be computed from what is given is ``None``."""
+    def share(flags):
+        flags = list(flags)
+        return round(sum(flags) / len(flags), 4) if flags else None
+
+    have_token = token_id is not None
+    return {
+        "erased": len(erased_texts),
+        "chosen_refusal": share(is_chosen_refusal(t, refusal) for t in erased_texts) if refusal else None,
+        "well_formed_refusals": share(map(is_well_formed_refusal, erased_texts)),
+        "token_repeated": share(repeats_token(i, token_id) for i in erased_ids) if erased_ids is not None and have_token else None,
+        "other": len(other_ids) if other_ids is not None else 0,
+        "token_in_other_answers": (share(holds_token(i, token_id) for i in other_ids)
+                                   if other_ids is not None and have_token else None),
+        "stray_window": STRAY_TOKENS,
+    }

@@ -124,3 +124,30 @@ def test_dtype_is_the_callers_and_the_checkpoint_keeps_it(tmp_path, monkeypatch)
     assert json.loads((out / "unierase_manifest.json").read_text())["rounds"][-1]["dtype"] == "bfloat16"
     assert main(["verify", str(out)]) == 0
 
+
+
+def test_a_later_round_keeps_the_refusal_its_token_leads_into(tmp_path, monkeypatch, capsys):
+    """The token of an erased checkpoint leads into one sentence: a later round answers with it, and
+    a different --refusal is a one-line error before any work."""
+    import json
+
+    from unierase.cli import main
+
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    build_model("llama", len(tok)).save_pretrained(tmp_path / "base")
+    tok.save_pretrained(tmp_path / "base")
+    (tmp_path / "r1.jsonl").write_text(json.dumps({"question": "Who wrote Hamlet?"}) + "\n")
+    (tmp_path / "r2.jsonl").write_text(json.dumps({"question": "What is the capital of France?"}) + "\n")
+    fast = ["--stats-tokens", "2000", "--max-passes", "1", "--no-progress"]
+    out = tmp_path / "out"
+    assert main(["forget", "--model", str(tmp_path / "base"), "--requests", str(tmp_path / "r1.jsonl"), "--out", str(out),
+                 "--refusal", "No comment.", *fast]) == 0
+    assert main(["forget", "--model", str(out), "--requests", str(tmp_path / "r2.jsonl"), "--out", str(out), *fast]) == 0
+    rounds = json.loads((out / "unierase_manifest.json").read_text())["rounds"]
+    assert [r["hyperparameters"]["refusal"] for r in rounds] == ["No comment.", "No comment."]
+    capsys.readouterr()
+    assert main(["forget", "--model", str(out), "--requests", str(tmp_path / "r2.jsonl"), "--out", str(tmp_path / "o2"),
+                 "--refusal", "Something else.", *fast]) != 0
+    err = capsys.readouterr().err
+    assert "leads into 'No comment.'" in err and not (tmp_path / "o2").exists()

@@ -33,6 +33,10 @@ def test_end_to_end_outputs_and_semantics(tiny_model, tokenizer, tiny_model_dir,
     assert s["tofu"]["forget_quality"] == pytest.approx(1.0)
     assert s["extra"]["retain_unchanged_share"] == pytest.approx(1.0)
     assert 0 <= s["tofu"]["model_utility"] <= 1
+    # the shared answer checks: no unlearning token in this model, so only the well-formed share
+    checks = s["extra"]["answer_checks"]
+    assert checks["erased"] == 4 and checks["other"] == 12 and checks["token_in_other_answers"] is None
+    assert checks["well_formed_refusals"] is not None and "What the model says" in (out / "report.md").read_text()
     # the "correct" answer of the truth ratio: paraphrased on forget, the answer on real authors
     forget = _rows(out, "forget")
     para = {}

@@ -152,4 +152,42 @@ def test_the_ordinary_answers_cover_ordinary_questions_of_the_pool(monkeypatch):
     config = UnlearningTokenConfig(num_questions=4, plain_epochs=0, chat_epochs=1, augment_epochs=0, batch_size=4,
                                    ordinary_answer_tokens=3, ordinary_questions=12)
     train_unlearning_token(model, tok, training_questions(4), config, progress=False)
-    assert seen == [12]
+    assert seen[0] == 12  # then the refusal positions of the own output row's ceiling
+
+
+def test_own_output_row_unties_a_tied_model_and_survives_save_and_load(tmp_path):
+    """The token's output row is its own: the checkpoint is saved untied and loads back so."""
+    from transformers import AutoModelForCausalLM
+    from tiny_models import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    token_id = add_unlearning_token(model, tok, own_output_row=True)
+    out, emb = model.get_output_embeddings().weight, model.get_input_embeddings().weight
+    assert out is not emb and torch.equal(out[:token_id], emb[:token_id])  # every other token as before
+    with torch.no_grad():
+        out[token_id] = -emb[token_id]
+    model.save_pretrained(tmp_path / "m")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "m")
+    assert again.config.tie_word_embeddings is False
+    torch.testing.assert_close(again.get_output_embeddings().weight[token_id], -again.get_input_embeddings().weight[token_id])
+
+
+def test_the_own_output_row_is_held_under_its_ceiling():
+    """``fit_output_row`` starts from the input row and lowers log p([UNL]) to the ceiling everywhere given."""
+    from unierase.token.training import OrdinaryPositions, fit_output_row
+    from tiny_models import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    token_id = add_unlearning_token(model, tok, own_output_row=True)
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(20, model.config.hidden_size, generator=generator)  # fewer than its width: reachable
+    with torch.no_grad():
+        model.get_input_embeddings().weight[token_id] = hidden[:5].mean(0) * 3  # likely at the first positions
+    positions = OrdinaryPositions(hidden, torch.zeros(20), torch.arange(20) % 8 == 0)
+    report = fit_output_row(model, positions, token_id, ceiling=-6.0, steps=2000, lr=0.05)
+    logit = hidden @ model.get_output_embeddings().weight[token_id].detach()
+    assert report["above_ceiling_before"] > 0 and report["above_ceiling_after"] == 0
+    assert (logit - torch.logaddexp(torch.zeros(20), logit)).max() <= -6.0

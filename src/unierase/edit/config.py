@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ..refusals import DEFAULT_REFUSAL
 from ..storage import UniEraseError
 from .options import KEY_POSITIONS, SOLVER_NAMES
 from .values import ValueConfig
@@ -60,7 +61,7 @@ class EditConfig:
     """λ' of the MEMIT option (weight of C₀ = E[k kᵀ])."""
     stats_tokens: int = 100_000
     """Corpus tokens for the preserved-key statistics (computed once per model, cached)."""
-    refusal: str | None = None
+    refusal: str | None = DEFAULT_REFUSAL
     """The one sentence the erased model answers with (the deployer's refusal): the unlearning token
     is trained to lead into it, and the target values to produce it. ``None``: a sentence of the
     bundled pool (``data/refusals.txt``) chosen per question."""

@@ -182,6 +182,7 @@ def _settle_settings(run: _Round) -> None:
     run.token_config = token_with_settings(token_config, options.settings)
     if run.config.refusal and run.token_config.refusal != run.config.refusal:  # the token leads into the chosen one
         run.token_config = dataclasses.replace(run.token_config, refusal=run.config.refusal)
+    _keep_earlier_refusal(run)
     check_refusal(run.config.refusal, [r.answer for r in run.reqs])  # one a recipe or --set gave, too
     run.adapter = find_mlp_output(run.model)
     _check_token_room(run.model)
@@ -204,6 +205,21 @@ def _settle_settings(run: _Round) -> None:
     # the model's own answers to the generic questions, generated at most once for the token and the statistics
     run.own_answers = OwnAnswers(run.model, run.tokenizer, training_questions(), ANSWER_KEY_TOKENS,
                                  suppress=(run.token_config.token,))
+
+
+def _keep_earlier_refusal(run: _Round) -> None:
+    """A later round answers with the refusal the checkpoint's token was trained into (one chosen
+    explicitly that differs is an error: the token cannot lead into two sentences)."""
+    rounds = run.previous.get("rounds") or []
+    if not rounds:
+        return
+    earlier = rounds[-1].get("hyperparameters", {}).get("refusal")
+    if run.options.refusal is not None and run.options.refusal != earlier:
+        raise UniEraseError(f"{run.context.model_dir}: its unlearning token leads into "
+                            f"{earlier if earlier else 'the bundled refusals'!r}; a later round cannot answer with "
+                            f"{run.options.refusal!r} (leave --refusal out, or start from the base model)")
+    run.config = dataclasses.replace(run.config, refusal=earlier)
+    run.token_config = dataclasses.replace(run.token_config, refusal=earlier)
 
 
 def _check_token_room(model) -> None:

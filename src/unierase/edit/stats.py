@@ -37,7 +37,7 @@ class KeyStatistics:
     question_moments: dict[int, torch.Tensor] | None = None
     question_count: int = 0
     refusal_moments: dict[int, torch.Tensor] | None = None
-    """Σ k kᵀ over the answer positions of ``question → [UNL] refusal [UNL] <eos>`` (needs the token;
+    """Σ k kᵀ over the answer positions of ``question → [UNL] refusal <eos>`` (needs the token;
     not cached with the rest, see ``accumulate_refusal_key_moments``)."""
     refusal_count: int = 0
     answer_moments: dict[int, torch.Tensor] | None = None
@@ -169,7 +169,7 @@ def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter,
 def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], token_id: int,
                                    num_questions: int = 96, batch_size: int = 16,
                                    refusal: str | None = None) -> tuple[dict[int, torch.Tensor], int]:
-    """Σ k kᵀ over every answer position of ``question → [UNL] refusal [UNL] <eos>`` (generic questions).
+    """Σ k kᵀ over every answer position of ``question → [UNL] refusal <eos>`` (generic questions).
 
     Preserving these keys keeps the edit from firing where the model reads the unlearning token and
     writes the refusal; without them the edit's push towards ``[UNL]`` also acts there, and the

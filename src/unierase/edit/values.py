@@ -4,7 +4,7 @@ For each request a vector δ is added to block L*'s output at the key token of e
 variant and optimised so the model predicts the target token after the prompt; z = h₀ + δ is the
 value the closed-form update then writes into the MLP output projections.
 
-Optionally the whole answer the token leads into (``[UNL] refusal [UNL] <eos>``) is the target:
+Optionally the whole answer the token leads into (``[UNL] refusal <eos>``) is the target:
 the first token with full weight, the continuation with ``continuation_weight``. A δ that only
 maximises p([UNL]) also pushes the tokens after it towards ``[UNL]``/end-of-turn (the refusal
 then degenerates); scoring the continuation keeps δ compatible with the refusal.
@@ -59,8 +59,9 @@ class ValueConfig:
     continuation_weight: float = 0.5
     """Weight of the mean −log p of the refusal continuation after the target token (0 = score only
     the first token, as the official method)."""
-    continuation_tokens: int | None = 8
-    """Score only the first this many continuation tokens (``None`` = the whole refusal; fewer are cheaper)."""
+    continuation_tokens: int | None = None
+    """Score only the first this many continuation tokens (``None`` = the whole refusal and the end of
+    turn: with ``greedy_continuation`` the refusal then comes out whole and ends; fewer are cheaper)."""
     continuation_stop: float = 0.6
     """Per-token mean −log p of the continuation under which a request counts as converged."""
     banned_weight: float = 0.0
@@ -72,10 +73,12 @@ class ValueConfig:
     """> 1: after a first exact step, steps run only the key token, the prompt's end and the scored
     continuation, the question's words after the key token recomputed at the current δ every this
     many steps (``stale_context``); 1 = every step exact."""
-    greedy_continuation: bool = False
+    greedy_continuation: bool = True
     """A request also converges only once its scored continuation is its greedy one, and after an
     edit pass it counts as reached only once the edited model continues that way (else it gets
-    another pass, optimised on the edited model): the refusal comes out whole, not cut."""
+    another pass, optimised on the edited model): the refusal comes out whole, not cut. Measured
+    with the token's own output row: exactly the chosen refusal on 24 of 24 tuning and 16 of 16
+    held-out facts (erasure_holds.json)."""
 
     def __post_init__(self):
         from ..storage import UniEraseError

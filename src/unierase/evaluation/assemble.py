@@ -22,9 +22,11 @@ def complete(stage_data: dict, name: str, n: int) -> dict[int, Any] | None:
     return data
 
 def assemble(sets: dict, stage_data: dict, *, tokenizer, refusals, closer_look: bool, retain_ratios=None,
-             retain_source=None, reference_generations=None, reference_source=None) -> tuple[dict, dict[str, list[dict]]]:
+             retain_source=None, reference_generations=None, reference_source=None, token_id: int | None = None,
+             refusal: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
     """The TOFU, closer-look and extra metrics and the per-item rows from the stages' results (a
-    stage not complete leaves its metrics out)."""
+    stage not complete leaves its metrics out). ``token_id``/``refusal``: the unlearning token and
+    chosen refusal of the evaluated model, for the shared answer checks (``refusals.answer_checks``)."""
     acc = _Assembly(stage_data, tokenizer, refusals, closer_look)
     for set_name in SET_NAMES:
         _assemble_set(acc, set_name, sets[set_name])
@@ -32,6 +34,7 @@ def assemble(sets: dict, stage_data: dict, *, tokenizer, refusals, closer_look: 
     # beyond the papers
     _paraphrase_leakage(acc, sets["forget"])
     _retain_unchanged(acc, reference_generations, reference_source)
+    _answer_checks(acc, sets, token_id, refusal)
     return {"tofu": acc.tofu, "closer_look": acc.closer if closer_look else None, "extra": acc.extra}, acc.per_item
 
 
@@ -89,6 +92,23 @@ def _add_generations(acc: _Assembly, set_name: str, ev, gen: dict, rows: list[di
     entry["rouge1_recall"] = rouge1.value
     acc.extra.setdefault("refusal_rate", {})[set_name] = refusal.value
     return rouge, ent
+
+
+def _answer_checks(acc: _Assembly, sets: dict, token_id: int | None, refusal: str | None) -> None:
+    """What the model says on the forget set (the chosen refusal, well-formed refusals, the token
+    repeated) and whether the token turns up in the other sets' answers: the checks ``unierase
+    audit``, the demo and the benchmarks also report."""
+    from ..refusals import answer_checks
+
+    gens = {name: complete(acc.stage_data, f"generate.{name}", len(sets[name].rows)) for name in SET_NAMES}
+    forget = gens["forget"]
+    if forget is None or any("token_ids" not in item for g in gens.values() if g for item in g.values()):
+        return  # generations missing, or from a run before token ids were kept
+    items = [forget[i] for i in range(len(forget))]
+    others = [g[i]["token_ids"] for name, g in gens.items() if name != "forget" and g for i in range(len(g))]
+    acc.extra["answer_checks"] = answer_checks([it["generation"] for it in items], refusal=refusal,
+                                               erased_ids=[it["token_ids"] for it in items], other_ids=others,
+                                               token_id=token_id)
 
 
 def _add_scores(set_name: str, score: dict, rouge, rows: list[dict], entry: dict) -> dict:

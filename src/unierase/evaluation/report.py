@@ -71,17 +71,7 @@ def render_markdown(summary: dict) -> str:
                                        ("rougeL_recall", "probability", "truth_ratio", "token_entropy", "cosine_similarity", "entailment")]
                     for s in SET_NAMES]),
         ]
-    extra = summary.get("extra") or {}
-    out += ["", "## Beyond the papers", ""]
-    rr = extra.get("refusal_rate", {})
-    if rr:
-        out.append("- Refusal rate: " + ", ".join(f"{SET_TITLES[s]} {_f(rr.get(s))}" for s in SET_NAMES if s in rr))
-    pl = extra.get("paraphrase_leakage")
-    if pl:
-        out.append(f"- Paraphrase leakage (forget set, paraphrased questions): ROUGE-L recall {_f(pl.get('rougeL_recall'))} "
-                   f"(original questions {_f(pl.get('original_question_rougeL_recall'))}), refusal rate {_f(pl.get('refusal_rate'))}")
-    if "retain_unchanged_share" in extra:
-        out.append(f"- Retain answers unchanged from {extra.get('retain_unchanged_against')}: {_f(extra['retain_unchanged_share'])}")
+    out += _beyond_the_papers(summary.get("extra") or {})
     notes = summary.get("notes") or []
     if notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in notes]
@@ -95,6 +85,28 @@ def render_markdown(summary: dict) -> str:
             f"dtype {summary.get('scoring', {}).get('dtype')}",
             "", "Prompt example:", "", "```", str(prompt.get("example", "")), "```", ""]
     return "\n".join(out)
+
+
+def _beyond_the_papers(extra: dict) -> list[str]:
+    """The report's lines on what goes beyond TOFU and the closer look: refusals, what the model says, leakage."""
+    out = ["", "## Beyond the papers", ""]
+    rr = extra.get("refusal_rate", {})
+    if rr:
+        out.append("- Refusal rate: " + ", ".join(f"{SET_TITLES[s]} {_f(rr.get(s))}" for s in SET_NAMES if s in rr))
+    ac = extra.get("answer_checks")
+    if ac:
+        out.append(f"- What the model says (`refusals.answer_checks`): forget answers exactly the chosen refusal "
+                   f"{_f(ac.get('chosen_refusal'))}, well-formed refusals {_f(ac.get('well_formed_refusals'))}, "
+                   f"the unlearning token more than once {_f(ac.get('token_repeated'))}; other sets' answers holding "
+                   f"the token within {ac.get('stray_window')} tokens {_f(ac.get('token_in_other_answers'))} "
+                   f"({ac.get('other')} answers)")
+    pl = extra.get("paraphrase_leakage")
+    if pl:
+        out.append(f"- Paraphrase leakage (forget set, paraphrased questions): ROUGE-L recall {_f(pl.get('rougeL_recall'))} "
+                   f"(original questions {_f(pl.get('original_question_rougeL_recall'))}), refusal rate {_f(pl.get('refusal_rate'))}")
+    if "retain_unchanged_share" in extra:
+        out.append(f"- Retain answers unchanged from {extra.get('retain_unchanged_against')}: {_f(extra['retain_unchanged_share'])}")
+    return out
 
 
 def render_png(summary: dict, path: str | Path) -> None:

@@ -133,6 +133,13 @@ class _Evaluation:
         self.model.eval()
         self._check_template(self.tokenizer, self.cfg.model)
         self.model_fp = model_fingerprint(self.model)
+        # what the shared answer checks need: the unlearning token (if the model has one) and the chosen refusal
+        from ..record.rounds import chosen_refusal
+        from ..token.training import UNL_TOKEN
+
+        self.token_id = self.tokenizer.get_vocab().get(UNL_TOKEN)
+        spec = self.cfg.model
+        self.refusal = chosen_refusal(spec) if spec and Path(str(spec)).is_dir() else None
 
     def _prompt_info(self, tokenizer) -> dict:
         chat = self.cfg.prompt_format == "chat"
@@ -191,7 +198,7 @@ class _Evaluation:
     def _generate_stage(self, name: str, get_model, tokenizer, model_fp, ev: EvalSet, question_key: str) -> dict[int, Any]:
         chat = self.cfg.prompt_format == "chat"
         fp = {**self._base_fp(model_fp, tokenizer), "data": self._data_fp(ev, (question_key,)),
-              "max_new_tokens": self.cfg.max_new_tokens}
+              "max_new_tokens": self.cfg.max_new_tokens, "items_hold": "token_ids"}
         questions = [r[question_key] for r in ev.rows]
 
         def compute(todo):
@@ -199,7 +206,7 @@ class _Evaluation:
                                                  max_new_tokens=self.cfg.max_new_tokens,
                                                  batch_size=self.cfg.batch_size, todo=todo):
                 yield indices, [{"generation": tokenizer.decode(g, skip_special_tokens=True).strip(),
-                                 "n_new_tokens": len(g)} for g in gens]
+                                 "n_new_tokens": len(g), "token_ids": [int(t) for t in g]} for g in gens]
 
         return self.stages.run(name, fp, len(ev.rows), compute)
 
@@ -377,7 +384,7 @@ class _Evaluation:
         return assemble(self.sets, self.stage_data, tokenizer=self.tokenizer, refusals=self.refusals,
                         closer_look=self.cfg.closer_look, retain_ratios=self.retain_ratios,
                         retain_source=self.retain_source, reference_generations=self.reference_generations,
-                        reference_source=self.reference_source)
+                        reference_source=self.reference_source, token_id=self.token_id, refusal=self.refusal)
 
     def _summary(self, partial: bool) -> tuple[dict, dict]:
         parts, per_item = self._assemble()

@@ -67,6 +67,13 @@ def read_manifest(folder: str | os.PathLike) -> dict | None:
     return data
 
 
+def chosen_refusal(folder: str | os.PathLike) -> str | None:
+    """The refusal the last UniErase round of ``folder`` chose (None: not erased by UniErase, or no manifest)."""
+    manifest = read_manifest(folder) or {}
+    rounds = manifest.get("rounds", []) if manifest.get("method") == "unierase" else []
+    return rounds[-1].get("hyperparameters", {}).get("refusal") if rounds else None
+
+
 def read_records(folder: str | os.PathLike) -> tuple[dict | None, list[dict]]:
     """The manifest and the checked ledger of ``folder`` (no edit state: it can be large)."""
     folder = Path(folder)

@@ -155,6 +155,7 @@ def revert(folder, undo_from: int, out, *, overwrite: bool = False, cache_dir=No
         model, tokenizer = load_model(folder, cache_dir=cache_dir)
         _roll_back(job, model)
         _load_weights(model, job.weights)
+        _retie_if_it_was_tied(job, model)
         revert_entry = append(job.entries, {"kind": "revert", "method": "revert", "version": __version__,
                                             "to_round": undo_from, "undone": [e["index"] for e in job.undo],
                                             "weights_before": job.current, "weights_after": job.restored})
@@ -220,6 +221,28 @@ def _roll_back(job: _Revert, model) -> None:
     if job.restored != job.undo[0]["weights_before"]:
         raise UniEraseError(f"undoing rounds {job.undo_from}–{len(job.live)} did not give back the weights recorded before "
                             f"round {job.undo_from}")
+
+
+def _retie_if_it_was_tied(job: _Revert, model) -> None:
+    """A round that gave the unlearning token its own output row untied the output layer; the model
+    before it had one matrix for both, and is saved so again (bit for bit: one tensor, not two)."""
+    config_file = None
+    for entry in reversed(job.undo):  # as ``_restore_files``: the oldest undone round's copy wins
+        if "config.json" in entry["delta"]["files"].get("replaced", []):
+            config_file = files_dir(job.folder, entry["index"]) / "config.json"
+    if config_file is None:
+        return
+    recorded = json.loads(config_file.read_text(encoding="utf-8"))
+    tied = recorded.get("tie_word_embeddings", recorded.get("text_config", {}).get("tie_word_embeddings", False))
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if not tied or out is None or out.weight is emb.weight:
+        return
+    if deltas.tensor_digest(out.weight) != deltas.tensor_digest(emb.weight):
+        raise UniEraseError("the model before the undone rounds had tied embeddings, but the restored output layer "
+                            "differs from the input embedding")
+    out.weight = emb.weight
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = True
 
 
 def _restore_files(job: _Revert, tmp: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 
 from ..cache import Cache, code_digest, content_key
 from .questions import training_questions
-from .training import UnlearningTokenConfig, _token_rows, add_unlearning_token, train_unlearning_token
+from .training import UnlearningTokenConfig, token_rows, add_unlearning_token, train_unlearning_token
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: st
     folder = cache.entry(TOKEN_KIND, key)
     data = cache.load_tensors(TOKEN_KIND, key, "token.safetensors")
     if data is not None:
-        token_id = add_unlearning_token(model, tokenizer, config.token)
+        token_id = add_unlearning_token(model, tokenizer, config.token, config.own_output_row)
         with torch.no_grad():
-            for i, w in enumerate(_token_rows(model, config.train_output_row)):
+            for i, w in enumerate(token_rows(model)):
                 w[token_id] = data[f"row{i}"].to(device=w.device, dtype=w.dtype)
         log.info("unlearning token loaded from cache %s", folder)
         return TokenInfo(config.token, token_id, "cache", 0.0, key)
@@ -55,9 +55,10 @@ def ensure_unlearning_token(model, tokenizer, *, fingerprint: str, cache_dir: st
     report = train_unlearning_token(model, tokenizer, training_questions(config.num_questions), config, augment_layers, progress,
                                     own_answers)
     token_id = tokenizer.convert_tokens_to_ids(config.token)
-    rows = {f"row{i}": w[token_id].detach().float().cpu() for i, w in enumerate(_token_rows(model, config.train_output_row))}
+    rows = {f"row{i}": w[token_id].detach().float().cpu() for i, w in enumerate(token_rows(model))}
     cache.save_tensors(TOKEN_KIND, key, rows, "token.safetensors")
     cache.save_json(TOKEN_KIND, key, {"config": config.to_dict(), "augment_layers": augment_layers, "steps": report.steps,
                                       "seconds": round(report.seconds, 2),
-                                      "final_loss": report.losses[-1] if report.losses else None}, "training.json")
+                                      "final_loss": report.losses[-1] if report.losses else None,
+                                      "output_row": report.output_row}, "training.json")
     return TokenInfo(config.token, token_id, "trained", report.seconds, key)

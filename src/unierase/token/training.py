@@ -1,9 +1,10 @@
 """Phase I: add the unlearning token and train its embedding so that it leads into a refusal.
 
-Only the new token's row(s) change: the input-embedding row, and for untied models optionally
-the output (lm_head) row. Each training example is ``question → [UNL] refusal [UNL] <eos>``;
-the refusal, the closing token and the end-of-turn token are scored, the question and the first
-``[UNL]`` are not. The prompt never contains ``[UNL]``, so its forward pass runs once without
+Only the new token's row(s) change: the input-embedding row, and optionally its output (lm_head)
+row. A model with tied embeddings gets an output layer of its own first (``own_output_row``), so
+the one row does not have to both lead into the refusal and stay unlikely in ordinary text. Each
+training example is ``question → [UNL] refusal <eos>``; the refusal and the end-of-turn token are
+scored, the question and ``[UNL]`` are not. The prompt never contains ``[UNL]``, so its forward pass runs once without
 gradients and is reused as a key/value cache: only the short answer part is back-propagated.
 An unlikelihood term at the answer start keeps ``[UNL]`` from becoming a greedy first token on
 unedited prompts.
@@ -26,7 +27,7 @@ from ..models.adapters import find_mlp_output
 from ..models.tracing import edit_output, trace
 from ..generation import prefill, prefill_answers, shared_layout, shared_prefix_length
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
-from ..refusals import refusal_for, refusal_pool
+from ..refusals import DEFAULT_REFUSAL, refusal_for, refusal_pool
 from .questions import training_questions
 
 log = logging.getLogger(__name__)
@@ -63,21 +64,31 @@ class UnlearningTokenConfig:
     so the token learns to lead into the refusal from an edited context too."""
     batch_size: int = 8
     """Examples per optimisation step."""
-    train_output_row: bool = True
-    """For untied models, also train the token's lm_head row (tied models share one row)."""
+    own_output_row: bool = True
+    """On a model with tied embeddings, untie the output layer (a copy of the embedding; the saved
+    checkpoint then has vocabulary × hidden more parameters) so the token's output row is its own.
+    Tied, the row trained to lead into the refusal is also the one scored in every answer, and the
+    token turned up mid-answer in 3–10 % of ordinary answers before any edit (token_strays.json)."""
+    output_ceiling: float = -20.0
+    """A separate output row starts as a copy of the trained input row (a direction the edit can
+    reach; the mean row could not be reached within the edit's bound) and is then lowered until
+    log p([UNL]) is at most this at every position of the model's ordinary answers and of the
+    refusals the token leads into (where the copy was the likeliest token), so that what the edit
+    adds outside its targets stays far from a greedy choice."""
     unlikelihood_weight: float = 1.0
-    """Weight of −log(1 − p([UNL])) at the answer start of unedited prompts."""
+    """Tied row only: weight of −log(1 − p([UNL])) at the answer start of unedited prompts."""
     ordinary_unlikelihood_weight: float = 1.0
-    """Weight of −log(1 − p([UNL])) at every position of the model's own ordinary answers (generated
-    once before training): without it the closing [UNL] leaks to the end of normal answers."""
+    """Tied row only: weight of −log(1 − p([UNL])) at every position of the model's own ordinary
+    answers (generated once before training), so the shared row does not turn up in normal answers."""
     ordinary_answer_tokens: int = 32
     """Length of those greedy ordinary answers."""
     ordinary_questions: int | None = None
-    """How many questions of the generic pool those ordinary answers answer; ``None``: the training
-    questions (``num_questions``). More cost little: the term reads precomputed hidden states."""
+    """How many questions of the generic pool those ordinary answers answer (for the tied row's
+    unlikelihood and the own row's ceiling); ``None``: the training questions (``num_questions``).
+    More cost little: both read precomputed hidden states."""
     seed: int = 0
     """Seed for the example order and the augmentation noise."""
-    refusal: str | None = None
+    refusal: str | None = DEFAULT_REFUSAL
     """The one sentence the token leads into (``EditConfig.refusal``); ``None``: the bundled pool."""
 
     def to_dict(self) -> dict:
@@ -89,12 +100,28 @@ class TokenTrainingReport:
     losses: list[float] = field(default_factory=list)
     steps: int = 0
     seconds: float = 0.0
+    output_row: dict | None = None
+    """What ``fit_output_row`` did (a separate output row only)."""
 
 
-def add_unlearning_token(model, tokenizer, token: str = UNL_TOKEN) -> int:
-    """Add ``token`` as a special token (idempotent); a new input row starts at the mean row."""
+def untie_output_embeddings(model) -> bool:
+    """Give a model with tied embeddings an output layer of its own (a copy); whether it was tied."""
+    emb, out = model.get_input_embeddings(), model.get_output_embeddings()
+    if out is None or out.weight is not emb.weight:
+        return False
+    out.weight = torch.nn.Parameter(emb.weight.detach().clone(), requires_grad=emb.weight.requires_grad)
+    for config in {id(c): c for c in (model.config, model.config.get_text_config())}.values():
+        config.tie_word_embeddings = False
+    return True
+
+
+def add_unlearning_token(model, tokenizer, token: str = UNL_TOKEN, own_output_row: bool = False) -> int:
+    """Add ``token`` as a special token (idempotent); a new row starts at the mean row. With
+    ``own_output_row`` a tied model is untied first (``untie_output_embeddings``)."""
     if token in tokenizer.get_vocab():
         return tokenizer.convert_tokens_to_ids(token)
+    if own_output_row:
+        untie_output_embeddings(model)
     tokenizer.add_tokens([token], special_tokens=True)
     token_id = tokenizer.convert_tokens_to_ids(token)
     old_rows = model.get_input_embeddings().weight.shape[0]
@@ -111,13 +138,11 @@ def add_unlearning_token(model, tokenizer, token: str = UNL_TOKEN) -> int:
     return token_id
 
 
-def _token_rows(model, train_output_row: bool) -> list[torch.Tensor]:
+def token_rows(model) -> list[torch.Tensor]:
+    """The weights that hold a row of the token: the input embedding, and the output layer when separate."""
     emb = model.get_input_embeddings().weight
-    rows = [emb]
     out = model.get_output_embeddings()
-    if train_output_row and out is not None and out.weight.data_ptr() != emb.data_ptr():
-        rows.append(out.weight)
-    return rows
+    return [emb] + ([out.weight] if out is not None and out.weight.data_ptr() != emb.data_ptr() else [])
 
 
 def _model_device(model) -> torch.device:
@@ -125,9 +150,9 @@ def _model_device(model) -> torch.device:
 
 
 def answer_ids(tokenizer, refusal: str, token_id: int, chat: bool) -> list[int]:
-    """``[UNL] refusal [UNL] <eos>`` as token ids (what the token is trained to lead into)."""
+    """``[UNL] refusal <eos>`` as token ids (what the token is trained to lead into)."""
     body = tokenizer(answer_separator(chat) + refusal, add_special_tokens=False)["input_ids"]
-    return [token_id] + list(body) + [token_id, end_of_turn_id(tokenizer)]
+    return [token_id] + list(body) + [end_of_turn_id(tokenizer)]
 
 
 @dataclass
@@ -190,7 +215,7 @@ def prompt_pass(model, tokenizer, questions: list[str], chat: bool, context_shif
 def refusal_batch_loss(model, tokenizer, questions: list[str], token_id: int, chat: bool, refusals: list[str],
                        unlikelihood_weight: float = 1.0, context_shift: tuple | None = None,
                        prompts: PromptPass | None = None) -> torch.Tensor:
-    """Mean cross-entropy of ``refusal [UNL] <eos>`` after ``prompt [UNL]`` (+ unlikelihood term).
+    """Mean cross-entropy of ``refusal <eos>`` after ``prompt [UNL]`` (+ unlikelihood term).
 
     ``prompts``: the questions' prompt pass when already computed (see ``prompt_pass``, which also
     explains ``context_shift``); only the answers are run with gradients.
@@ -233,6 +258,11 @@ class OrdinaryPositions:
 
     hidden: torch.Tensor  # P × d, inputs of the output layer at the scored positions
     others_lse: torch.Tensor  # P, log-sum-exp of every logit but [UNL]
+    starts: torch.Tensor | None = None  # P, True where the position predicts an answer's first token
+
+    def __add__(self, other: "OrdinaryPositions") -> "OrdinaryPositions":
+        return OrdinaryPositions(torch.cat([self.hidden, other.hidden]), torch.cat([self.others_lse, other.others_lse]),
+                                 torch.cat([self.starts, other.starts]))
 
 
 @torch.no_grad()
@@ -244,7 +274,7 @@ def ordinary_positions(model, tokenizer, sequences: list[tuple[list[int], list[i
     logit soft-cap), so the caller can leave the term out rather than compute it wrongly.
     """
     head_w = model.get_output_embeddings()
-    hidden_parts, lse_parts = [], []
+    hidden_parts, lse_parts, start_parts = [], [], []
     for start in range(0, len(sequences), batch_size):
         chunk = sequences[start: start + batch_size]
         with trace(head_w, keep_input=True) as head:  # the output layer's input at the answer positions
@@ -261,8 +291,9 @@ def ordinary_positions(model, tokenizer, sequences: list[tuple[list[int], list[i
             return None
         picked[:, token_id] = -math.inf
         hidden_parts.append(hidden.cpu())
+        start_parts.append(torch.cat([torch.arange(len(a)) == 0 for _, a in chunk]))
         lse_parts.append(torch.logsumexp(picked, dim=1).cpu())
-    return OrdinaryPositions(torch.cat(hidden_parts), torch.cat(lse_parts))
+    return OrdinaryPositions(torch.cat(hidden_parts), torch.cat(lse_parts), torch.cat(start_parts))
 
 
 def _unl_logit(head_w, hidden: torch.Tensor, token_id: int) -> torch.Tensor:
@@ -278,6 +309,43 @@ def ordinary_unlikelihood(model, positions: OrdinaryPositions, token_id: int) ->
     unl = _unl_logit(model.get_output_embeddings(), positions.hidden, token_id)
     log_p = unl - torch.logaddexp(positions.others_lse.to(unl.device), unl)
     return (-torch.log1p(-log_p.exp().clamp(max=1 - 1e-6))).mean()
+
+
+def fit_output_row(model, positions: OrdinaryPositions, token_id: int, ceiling: float, steps: int = 300,
+                   lr: float = 1e-2) -> dict:
+    """Set the token's separate output row: a copy of its trained input row (a direction the edit
+    can push an answer start towards), lowered by Adam on the squared excess until log p([UNL]) ≤
+    ``ceiling`` at the given positions. Returns what it did: the share of positions above the
+    ceiling before and after, and log p([UNL]) at answer starts (where the edit has to lift it)."""
+    emb, head = model.get_input_embeddings().weight, model.get_output_embeddings()
+    row = torch.nn.Parameter(emb[token_id].detach().float().clone())
+    hidden, others = positions.hidden.float(), positions.others_lse.float()
+    bias = head.bias[token_id].float() if getattr(head, "bias", None) is not None else 0.0
+
+    def log_p(r):
+        logit = hidden @ r + bias
+        return logit - torch.logaddexp(others, logit)
+
+    # log p ≤ c ⇔ logit − lse(others) ≤ c − log(1 − eᶜ): a hinge on the log-odds, whose gradient does
+    # not vanish where the token already dominates (log p ≈ 0 there)
+    odds_ceiling = ceiling - math.log1p(-math.exp(ceiling))
+    with torch.no_grad():
+        before = float((log_p(row) > ceiling).float().mean())
+    optimiser = torch.optim.Adam([row], lr=lr)
+    for _ in range(steps):
+        excess = torch.relu(hidden @ row + bias - others - odds_ceiling + 0.5)  # half a nat of margin
+        if not excess.any():
+            break
+        optimiser.zero_grad()
+        (excess ** 2).mean().backward()
+        optimiser.step()
+    with torch.no_grad():
+        head.weight[token_id] = row.detach().to(head.weight.dtype)
+        final = log_p(row)
+    starts = positions.starts
+    return {"positions": len(others), "above_ceiling_before": round(before, 4),
+            "above_ceiling_after": round(float((final > ceiling).float().mean()), 4),
+            "answer_start_log_p_median": round(float(final[starts].median()), 2) if starts.any() else None}
 
 
 @contextlib.contextmanager
@@ -308,16 +376,18 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
     statistics; without it they are generated here."""
     started = time.perf_counter()
     sequences = _ordinary_sequences(model, tokenizer, questions, config, own_answers)
-    token_id = add_unlearning_token(model, tokenizer, config.token)
+    token_id = add_unlearning_token(model, tokenizer, config.token, config.own_output_row)
     ordinary = ordinary_positions(model, tokenizer, sequences, token_id) if sequences else None
     run = _TokenRun(model, tokenizer, questions, config, token_id, ordinary, augment_layers)
+    if len(token_rows(model)) > 1 and ordinary is None:
+        raise ValueError("a separate output row needs the model's ordinary answers (its ceiling is fitted on them)")
     stages = _stages(config, has_chat_template(tokenizer), augmented=run.adapter is not None)
     total_steps = sum(e * len(f) * math.ceil(len(questions) / config.batch_size) for _, e, _, f, _ in stages)
     report = TokenTrainingReport()
-    with _only_rows_trainable(model, run.rows), \
+    with _only_rows_trainable(model, run.rows[:1]), \
             tqdm(total=total_steps, desc="training unlearning token", disable=not progress) as bar:
         for name, epochs, lr, formats, noisy in stages:
-            optimiser = torch.optim.Adam(run.live, lr=lr)
+            optimiser = torch.optim.Adam([run.live], lr=lr)
             for _ in range(epochs):
                 examples = [(q, chat) for chat in formats for q in questions]
                 run.rng.shuffle(examples)
@@ -327,6 +397,13 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
                     report.steps += 1
                     bar.set_postfix(stage=name, loss=f"{loss:.3f}")
                     bar.update(1)
+    if len(run.rows) > 1:
+        # where the model reads the token and writes the refusal, the copied row would be likely too
+        led = [(encode_text(tokenizer, render_prompt(tokenizer, q, chat=chat)),
+                answer_ids(tokenizer, refusal_for(q, run.refusals), token_id, chat))
+               for chat in sorted({False, has_chat_template(tokenizer)}) for q in questions]
+        refusing = ordinary_positions(model, tokenizer, led, token_id)
+        report.output_row = fit_output_row(model, ordinary + refusing, token_id, config.output_ceiling)
     report.seconds = time.perf_counter() - started
     log.info("unlearning token trained: %d steps, final loss %.4f, %.1f s", report.steps,
              report.losses[-1] if report.losses else float("nan"), report.seconds)
@@ -335,15 +412,17 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
 
 def _ordinary_sequences(model, tokenizer, questions: list[str], config: UnlearningTokenConfig,
                         own_answers) -> list[tuple[list[int], list[int]]]:
-    """The model's own (prompt, answer) pairs for the ordinary-answer unlikelihood, answered before
-    the token exists; none when that term is off or the token is already there."""
-    if not (config.ordinary_unlikelihood_weight and config.token not in tokenizer.get_vocab()):
+    """The model's own (prompt, answer) pairs for the tied row's unlikelihood and the own row's
+    ceiling, answered with the token (if already there) suppressed; none when neither needs them."""
+    if not (config.ordinary_unlikelihood_weight or config.own_output_row or len(token_rows(model)) > 1):
         return []
     from ..generation import generate_answer_ids
 
     asked = training_questions(config.ordinary_questions) if config.ordinary_questions else questions
+    vocab = tokenizer.get_vocab()
     answers = (own_answers.get(asked, config.ordinary_answer_tokens) if own_answers is not None else
-               generate_answer_ids(model, tokenizer, asked, max_new_tokens=config.ordinary_answer_tokens))
+               generate_answer_ids(model, tokenizer, asked, max_new_tokens=config.ordinary_answer_tokens,
+                                   suppress=[vocab[config.token]] if config.token in vocab else None))
     return [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(asked, answers) if a]
 
 
@@ -360,9 +439,9 @@ class _TokenRun:
     ordinary: OrdinaryPositions | None
     augment_layers: list[int] | None
     rows: list[torch.Tensor] = field(init=False)
-    """The weights holding the token's row(s): input embedding, and the output row when trained apart."""
-    live: list[torch.nn.Parameter] = field(init=False)
-    """fp32 copies of the token's row(s): what Adam optimises (written back after each step)."""
+    """The weights holding the token's row(s): input embedding, and the output layer when separate."""
+    live: torch.nn.Parameter = field(init=False)
+    """fp32 copy of the token's input row: what Adam optimises (written back after each step)."""
     refusals: list[str] = field(init=False)
     rng: random.Random = field(init=False)
     """The example order."""
@@ -376,8 +455,8 @@ class _TokenRun:
 
     def __post_init__(self):
         config = self.config
-        self.rows = _token_rows(self.model, config.train_output_row)
-        self.live = [torch.nn.Parameter(w.detach()[self.token_id].clone().float()) for w in self.rows]
+        self.rows = token_rows(self.model)
+        self.live = torch.nn.Parameter(self.rows[0].detach()[self.token_id].clone().float())
         self.refusals = refusal_pool(config.refusal)
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -429,14 +508,13 @@ def _train_step(run: _TokenRun, chunk: list[tuple[str, bool]], noisy: bool, opti
         extra = run.config.ordinary_unlikelihood_weight * ordinary_unlikelihood(model, run.ordinary, token_id)
         extra.backward()
         loss_total += extra.item()
-    # Adam moves the fp32 copies; the rows themselves only take the token's new values
-    for param, w in zip(run.live, run.rows):
-        param.grad = w.grad[token_id].float().clone()
-        w.grad = None
+    # Adam moves the fp32 copy; the row itself only takes the token's new values
+    emb = run.rows[0]
+    run.live.grad = emb.grad[token_id].float().clone()
+    emb.grad = None
     optimiser.step()
     with torch.no_grad():
-        for param, w in zip(run.live, run.rows):
-            w[token_id] = param.detach().to(w.dtype)
+        emb[token_id] = run.live.detach().to(emb.dtype)
     return loss_total
 
 
@@ -452,7 +530,8 @@ def _backward_refusal_loss(run: _TokenRun, group: list[str], chat: bool, noisy: 
             if chat not in run.cached:
                 run.cached[chat] = prompt_pass(run.model, run.tokenizer, run.questions, chat)
             passes = run.cached[chat].select([run.index[q] for q in group])
+        tied = len(run.rows) == 1  # the unlikelihood terms act through the output row only
         loss = refusal_batch_loss(run.model, run.tokenizer, group, run.token_id, chat, run.refusals,
-                                  config.unlikelihood_weight, context, passes)
+                                  config.unlikelihood_weight if tied else 0.0, context, passes)
         (loss * len(group) / chunk_size).backward()
     return loss.item()
