@@ -1,9 +1,9 @@
 """Does the unlearning token turn up in ordinary answers before any edit?
 
 Attaches the cached token of SmolLM2-135M-Instruct (trained on first use) to the unedited model and
-generates greedy answers (24 tokens, as the demo's neighbours) to the neighbours of both
-``erasure_holds.py`` splits and (64 tokens) to the token's held-out generic questions; counts the
-answers that hold the token anywhere. Set beside the edited model's ``unl_anywhere`` it tells the
+generates greedy answers (64 tokens, ``refusals.STRAY_TOKENS``) to the neighbours of both
+``erasure_holds.py`` splits and to the token's held-out generic questions; counts the answers that
+hold the token (``refusals.holds_token``). Set beside the edited model's ``unl_anywhere`` it tells the
 token's share of the stray tokens from the edit's. Writes ``benchmarks/results/token_strays.json``.
 
     python benchmarks/token_strays.py
@@ -30,6 +30,7 @@ def main() -> None:
 
     from erasure_holds import split_facts
     from unierase.generation import generate_answer_ids
+    from unierase.refusals import STRAY_TOKENS, holds_token
     from unierase.models.loading import load_model, model_fingerprint
     from unierase.edit.recipes import edit_config_for, parse_settings, token_with_settings
     from unierase.storage import write_json_atomic
@@ -48,12 +49,12 @@ def main() -> None:
     sets = {}
     for split in ("tuning", "heldout"):
         _, neighbours = split_facts(split)
-        sets[f"{split} neighbours"] = ([f["question"] for f in neighbours], 24)
-    sets["generic held-out questions"] = (heldout_questions(), 64)
+        sets[f"{split} neighbours"] = ([f["question"] for f in neighbours], STRAY_TOKENS)
+    sets["generic held-out questions"] = (heldout_questions(), STRAY_TOKENS)
     out = {}
     for name, (questions, tokens) in sets.items():
         answers = generate_answer_ids(model, tokenizer, questions, max_new_tokens=tokens)
-        holding = [(q, tokenizer.decode(a)) for q, a in zip(questions, answers) if token.token_id in a]
+        holding = [(q, tokenizer.decode(a)) for q, a in zip(questions, answers) if holds_token(a, token.token_id)]
         out[name] = {"questions": len(questions), "max_new_tokens": tokens, "holding_token": len(holding),
                      "share": round(len(holding) / len(questions), 4),
                      "examples": [{"question": q, "answer": a} for q, a in holding][:8]}

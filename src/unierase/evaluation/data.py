@@ -156,3 +156,19 @@ def load_set(source: DataSource, set_name: str, forget_split: str, *, ds_size: i
             raise UniEraseError(f"ds_size must be positive, got {ds_size}")
         rows = rows[:ds_size]
     return EvalSet(set_name, config, origin, rows, total)
+
+
+def load_holdout(source: DataSource, forget_split: str, *, ds_size: int | None = None) -> EvalSet:
+    """TOFU's holdout set of the forget split's size (``holdout01`` for ``forget01``): questions and
+    answers of authors the TOFU model was never trained on, the non-members of membership inference."""
+    config = "holdout" + forget_split[len("forget"):]
+    origin = source.origin(config)
+    rows = source.load(config)
+    if not rows:
+        raise UniEraseError(f"TOFU split file {origin} is empty (0 rows)")
+    for index, row in enumerate(rows):
+        for col in ("question", "answer"):
+            if not isinstance(row.get(col), str):
+                raise UniEraseError(f"{origin}: row {index} has no string column '{col}' (needed for the holdout set)")
+    total = len(rows)
+    return EvalSet("holdout", config, origin, rows[:ds_size] if ds_size else rows, total)

@@ -81,3 +81,31 @@ def token_statistics(logits, labels) -> list[tuple[list[float], list[float], lis
     std = (second - mean.square()).clamp(min=0).sqrt()
     return [(picked[b][scored[b]].tolist(), mean[b][scored[b]].tolist(), std[b][scored[b]].tolist())
             for b in range(logits.shape[0])]
+
+
+ATTACKS = ("loss", "zlib", "min_k", "min_k++")
+"""The membership attacks ``unierase eval`` reports, in report order."""
+
+
+def attack_scores(items: list[dict], texts: list[str], k: float = MIN_K) -> dict[str, list[float]]:
+    """Every attack's per-item scores from the items' token statistics (``logprobs``, ``means``,
+    ``stds``, as ``token_statistics`` gives them) and the scored texts (for zlib)."""
+    return {
+        "loss": [loss_score(it["logprobs"]) for it in items],
+        "zlib": [zlib_score(it["logprobs"], t) for it, t in zip(items, texts)],
+        "min_k": [min_k_score(it["logprobs"], k) for it in items],
+        "min_k++": [min_k_plus_plus_score(it["logprobs"], it["means"], it["stds"], k) for it in items],
+    }
+
+
+def membership(members: list[dict], member_texts: list[str], non_members: list[dict], non_member_texts: list[str],
+               retain_auc: dict[str, float] | None = None) -> dict:
+    """Each attack's AUC of members against non-members, and PrivLeak against the retain model's
+    AUCs when given (``None`` otherwise)."""
+    ours = attack_scores(members, member_texts)
+    theirs = attack_scores(non_members, non_member_texts)
+    aucs = {a: round(auc(ours[a], theirs[a]), 4) for a in ATTACKS}
+    leak = ({a: round(privleak(aucs[a], retain_auc[a]), 4) for a in ATTACKS if retain_auc.get(a)}
+            if retain_auc else None)
+    return {"members": len(members), "non_members": len(non_members), "auc": aucs, "privleak": leak,
+            "retain_auc": retain_auc}

@@ -100,6 +100,13 @@ def _beyond_the_papers(extra: dict) -> list[str]:
                    f"the unlearning token more than once {_f(ac.get('token_repeated'))}; other sets' answers holding "
                    f"the token within {ac.get('stray_window')} tokens {_f(ac.get('token_in_other_answers'))} "
                    f"({ac.get('other')} answers)")
+    mi = extra.get("membership")
+    if mi:
+        leak = mi.get("privleak") or {}
+        out.append(f"- Membership inference ({mi.get('members')} forget vs {mi.get('non_members')} holdout answers; AUC "
+                   f"0.5 = cannot tell them apart): " + ", ".join(
+                       f"{a} AUC {_f(v)}" + (f" (PrivLeak {_f(leak[a])})" if a in leak else "")
+                       for a, v in (mi.get("auc") or {}).items()))
     pl = extra.get("paraphrase_leakage")
     if pl:
         out.append(f"- Paraphrase leakage (forget set, paraphrased questions): ROUGE-L recall {_f(pl.get('rougeL_recall'))} "

@@ -34,7 +34,7 @@ from ..storage import UniEraseError, read_jsonl, write_json_atomic, write_text_a
 from . import metrics as M
 from .assemble import assemble, clean
 from .config import EvalConfig
-from .data import SET_NAMES, EvalSet, load_set, resolve_data
+from .data import SET_NAMES, EvalSet, load_holdout, load_set, resolve_data
 from .scoring import generate_greedy, score_answer_groups
 from .stages import StageStore, model_dir_fingerprint, sha
 
@@ -101,6 +101,12 @@ class _Evaluation:
             self.sets[set_name] = load_set(source, set_name, self.cfg.forget_split, ds_size=self.cfg.ds_size,
                                            paraphrased_question=self.cfg.paraphrase_leakage and set_name == "forget")
         self.refusals = source.refusals()
+        self.holdout = None
+        if self.cfg.membership:
+            try:
+                self.holdout = load_holdout(source, self.cfg.forget_split, ds_size=self.cfg.ds_size)
+            except UniEraseError as err:
+                self.notes.append(f"membership inference absent: no holdout set ({err})")
 
     def _dtype(self) -> torch.dtype | str:
         from ..models.loading import resolve_dtype
@@ -209,6 +215,57 @@ class _Evaluation:
                                  "n_new_tokens": len(g), "token_ids": [int(t) for t in g]} for g in gens]
 
         return self.stages.run(name, fp, len(ev.rows), compute)
+
+    def _mia_stage(self, name: str, get_model, tokenizer, model_fp, ev: EvalSet) -> dict[int, Any]:
+        """Each answer's token statistics for the membership scores (``scoring.answer_token_statistics``)."""
+        from .scoring import answer_token_statistics
+
+        fp = {**self._base_fp(model_fp, tokenizer), "data": self._data_fp(ev, ("question", "answer"))}
+        rows = ev.rows
+
+        def compute(todo):
+            yield from answer_token_statistics(get_model(), tokenizer, [r["question"] for r in rows],
+                                               [r["answer"] for r in rows], chat=self.cfg.prompt_format == "chat",
+                                               batch_size=self.cfg.batch_size, todo=todo)
+
+        return self.stages.run(name, fp, len(rows), compute)
+
+    def _membership(self) -> dict | None:
+        """Membership AUCs of the forget set against the holdout set, and PrivLeak against the retain
+        model's (computed here when ``--retain`` is a model, read from its summary when it is an
+        earlier evaluation)."""
+        from .mia import membership
+
+        if self.holdout is None:
+            return None
+        sides = {"forget": self.sets["forget"], "holdout": self.holdout}
+        items = {name: self._mia_stage(f"mia.{name}", self._main_model, self.tokenizer, self.model_fp, ev)
+                 for name, ev in sides.items()}
+        texts = {name: [r["answer"] for r in ev.rows] for name, ev in sides.items()}
+        retain_auc = self._retain_membership(sides, texts)
+        ordered = {name: [items[name][i] for i in range(len(sides[name].rows))] for name in sides}
+        return membership(ordered["forget"], texts["forget"], ordered["holdout"], texts["holdout"], retain_auc)
+
+    def _retain_membership(self, sides: dict, texts: dict) -> dict | None:
+        from .mia import membership
+
+        spec = self.cfg.retain
+        if not spec:
+            self.notes.append("PrivLeak absent: no retain model was given (--retain)")
+            return None
+        if self._is_model_spec(spec):
+            tok = self._side_tokenizer(spec)
+            _, get = self._side_model_loader(spec)
+            items = {name: self._mia_stage(f"retain_model.mia.{name}", get, tok, model_dir_fingerprint(spec), ev)
+                     for name, ev in sides.items()}
+            ordered = {name: [items[name][i] for i in range(len(sides[name].rows))] for name in sides}
+            return membership(ordered["forget"], texts["forget"], ordered["holdout"], texts["holdout"])["auc"]
+        summary = Path(spec).expanduser() / "summary.json"
+        found = json.loads(summary.read_text()).get("extra", {}).get("membership") if summary.is_file() else None
+        if not found:
+            self.notes.append(f"PrivLeak absent: {spec} holds no membership AUCs (an evaluation with membership on)")
+            return None
+        return found["auc"]
 
     def _main_model(self):
         return self.model
@@ -384,7 +441,8 @@ class _Evaluation:
         return assemble(self.sets, self.stage_data, tokenizer=self.tokenizer, refusals=self.refusals,
                         closer_look=self.cfg.closer_look, retain_ratios=self.retain_ratios,
                         retain_source=self.retain_source, reference_generations=self.reference_generations,
-                        reference_source=self.reference_source, token_id=self.token_id, refusal=self.refusal)
+                        reference_source=self.reference_source, token_id=self.token_id, refusal=self.refusal,
+                        membership=self.membership_figures)
 
     def _summary(self, partial: bool) -> tuple[dict, dict]:
         parts, per_item = self._assemble()
@@ -433,11 +491,13 @@ class _Evaluation:
         self._load_main_model()
         self.retain_ratios, self.retain_source = None, None
         self.reference_generations, self.reference_source = None, None
+        self.membership_figures = None
         if not self.cfg.retain:
             self.notes.append("Forget Quality absent: no retain model or retain result was given (--retain)")
         self._run_main_stages()
         self.retain_ratios, self.retain_source = self._retain_ratios()
         self.reference_generations, self.reference_source = self._reference_generations()
+        self.membership_figures = self._membership()
         if self.cfg.closer_look:
             self._cosine_stages()
             self._nli_stages()

@@ -170,6 +170,31 @@ def _score_full(model, items, n_slots, keep, pad_id, device) -> list[list[Answer
 
 
 @torch.no_grad()
+def answer_token_statistics(model, tokenizer, questions: Sequence[str], answers: Sequence[str], *, chat: bool,
+                            batch_size: int = 16, todo: Sequence[int] | None = None) -> Iterator[tuple[list[int], list[dict]]]:
+    """What the membership scores need (``mia.token_statistics``) for ``answers[i]`` after ``questions[i]``,
+    teacher forced over the answer and end-of-turn tokens as the TOFU NLL: each token's log p, and
+    the mean and standard deviation of log p under the model's next-token distribution there."""
+    from .mia import token_statistics
+
+    device = model.get_input_embeddings().weight.device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    todo = list(range(len(questions))) if todo is None else list(todo)
+    encoded = {i: split_prompt_answer(tokenizer, questions[i], answers[i], chat) for i in todo}
+    order = sorted(todo, key=lambda i: -sum(map(len, encoded[i])))
+    for batch in _batches(order, batch_size):
+        padded = pad_batch([encoded[i][0] + encoded[i][1] for i in batch], pad_id, left=True)
+        ids, mask = padded["input_ids"].to(device), padded["attention_mask"].to(device)
+        k = max(len(encoded[i][1]) for i in batch)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), logits_to_keep=k + 1).logits
+        labels = ids[:, -(k + 1):].clone()
+        for row, i in enumerate(batch):  # score only the answer's tokens
+            labels[row, : k + 1 - len(encoded[i][1])] = -100
+        stats = token_statistics(logits, labels)
+        yield batch, [{"logprobs": lp, "means": m, "stds": s} for lp, m, s in stats]
+
+
+@torch.no_grad()
 def generate_greedy(
     model,
     tokenizer,
