@@ -19,6 +19,8 @@ Cells, each cached as ``WORK/cells/<name>.json`` and skipped when present with t
 - ``eval/<model>``: ``unierase eval`` (forget01, every forget item; other sets capped at
   ``--ds-size``; ``--max-new-tokens``), plus the well-formed refusal share of the forget answers
   and, for UniErase, the forget ROUGE-L with the unlearning token banned at decode time.
+- ``audit/<method>``: ``unierase audit``'s quantization attack (plain, int8, int4) on the forget01
+  questions for UniErase and the two baselines of highest Forget Efficacy that keep Model Utility.
 - ``report``: ``RESULTS/bench.json`` (figures, settings, commit, machine, bars) and ``REPORT.md``
   with the tables and an FE-vs-MU scatter plot. ``--only report`` computes no cell: it reports the
   cached ones, or, where the target's cells are not cached (another machine), re-renders
@@ -323,6 +325,7 @@ def run(setting: Setting, work: Path, only: set[str] | None = None, results: Pat
         if cell := _baseline_cell(bench, method, figures["reference_nll"], generic_pairs, record):
             figures["methods"][method] = cell
     _evaluations(bench, figures)
+    _audits(bench, figures)
     _precise_and_sequential(bench, figures)
     figures["setting"]["methods_reported"] = list(figures["methods"])  # this run's and the cached ones
     figures["wall_times_s"] = _wall_times(figures, cells.seconds)
@@ -553,6 +556,45 @@ def _evaluations(bench: Bench, figures: dict) -> None:
             figures.setdefault("eval", {})[name] = bench.cells.get(f"eval/{name}", key)
 
 
+AUDIT_ATTACKS = ("plain", "int8", "int4")
+"""The quantization attack (Zhang et al., ICLR 2025: far more comes back at 4 bits than at 8)."""
+
+
+def audited_methods(figures: dict, count: int = 2) -> list[str]:
+    """UniErase and the ``count`` baselines with the highest Forget Efficacy among those keeping
+    Model Utility ≥ 0.9 × the target's (then the rest, by Forget Efficacy)."""
+    heads = {m: c.get("headline", {}) for m, c in figures.get("eval", {}).items()}
+    target_mu = (heads.get("target") or {}).get("model_utility") or 0.0
+    baselines = [m for m in heads if m in BASELINES and heads[m].get("forget_efficacy") is not None]
+    ranked = sorted(baselines, key=lambda m: ((heads[m].get("model_utility") or 0.0) < 0.9 * target_mu,
+                                              -heads[m]["forget_efficacy"]))
+    return (["unierase"] if "unierase" in heads else []) + ranked[:count]
+
+
+def _audits(bench: Bench, figures: dict) -> None:
+    """``audit/<method>``: the quantization attack on the forget01 questions (their TOFU answers the
+    references) for UniErase and the two best baselines, once their evaluations are there."""
+    for name in audited_methods(figures):
+        folder = figures["methods"][name]["run"]["dir"]
+        key = bench.setting.key("max_new_tokens") + "-" + figures["methods"][name]["run"]["_key"]
+        if bench.wanted("audit"):
+            cell = bench.cells.run(f"audit/{name}", key, lambda folder=folder: _audit(bench, folder))
+        else:
+            cell = bench.cells.get(f"audit/{name}", key)
+        if cell:
+            figures.setdefault("audit", {})[name] = cell
+
+
+def _audit(bench: Bench, folder: str) -> dict:
+    from unierase.audit import AuditConfig, audit
+
+    report = audit(folder, [{"question": r.question, "answer": r.answer} for r in bench.forget],
+                   config=AuditConfig(attacks=AUDIT_ATTACKS, max_new_tokens=bench.setting.max_new_tokens), progress=False)
+    return {"leak_rate": report.aggregate["leak_rate"], "requests": report.aggregate["requests"],
+            "chosen_refusal": report.aggregate.get("chosen_refusal"),
+            "well_formed_refusals": report.aggregate.get("well_formed_refusals")}
+
+
 def _score(bench: Bench, name: str, folder: str) -> dict:
     """One model's ``unierase eval``, its headline figures, and what differs from the target's."""
     from unierase.evaluation import evaluate
@@ -597,6 +639,9 @@ def _headline_figures(s: dict, out: Path) -> dict:
         "chosen_refusal": checks.get("chosen_refusal"),
         "token_repeated": checks.get("token_repeated"),
         "token_in_other_answers": checks.get("token_in_other_answers"),
+        # membership inference (forget vs holdout; PrivLeak against the retain model's evaluation)
+        **{f"mia_auc_{a}": v for a, v in ((s["extra"].get("membership") or {}).get("auc") or {}).items()},
+        **{f"privleak_{a}": v for a, v in ((s["extra"].get("membership") or {}).get("privleak") or {}).items()},
         "items": s.get("items"),
     }
 
@@ -1016,7 +1061,7 @@ def _report(figures: dict) -> str:
     """REPORT.md from the figures: one section after another."""
     columns = ("model_utility", "forget_quality", "forget_efficacy", "forget_rougeL", "paraphrased_forget_rougeL",
                "refusal_rate_forget", "refusal_rate_retain", "well_formed_refusals", "chosen_refusal",
-               "token_in_other_answers")
+               "token_in_other_answers", "mia_auc_min_k++", "privleak_min_k++")
     lines = ["# TOFU side by side", "", f"Setting: `{json.dumps(figures['setting'], default=str)}`", "",
              "| model | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, cell in figures.get("eval", {}).items():
@@ -1027,7 +1072,7 @@ def _report(figures: dict) -> str:
         lines += ["", "Greedy answers that differ from the target's (retain / real authors / world facts): "
                       + "; ".join(f"{m} " + " / ".join(f"{v['changed']} of {v['of']}" for v in c.values())
                                   for m, c in changed.items()) + "."]
-    for section in (_report_terms, _report_costs, _report_sweep, _report_precise, _report_sequential,
+    for section in (_report_terms, _report_costs, _report_sweep, _report_audit, _report_precise, _report_sequential,
                     _report_wall_times, _report_bars):
         lines += section(figures)
     lines += [""] + [f"![{p}]({p})" for p in figures.get("plots", [])]
@@ -1129,6 +1174,18 @@ def _report_sequential(figures: dict) -> list[str]:
     return lines
 
 
+def _report_audit(figures: dict) -> list[str]:
+    """The quantization attack on UniErase and the two best baselines."""
+    if not figures.get("audit"):
+        return []
+    lines = ["", "## Does it come back when the model is quantized?", "",
+             "Share of forget01 facts back (`unierase audit`, greedy; the reference is the TOFU answer): ",
+             "", "| method | plain | int8 | int4 |", "|---|---|---|---|"]
+    lines += [f"| {m} | " + " | ".join(f"{a['leak_rate'].get(k, float('nan')):.3f}" for k in AUDIT_ATTACKS) + " |"
+              for m, a in figures["audit"].items()]
+    return lines
+
+
 def _report_wall_times(figures: dict) -> list[str]:
     """The wall time of all cells (and of a run that sweeps again)."""
     lines: list[str] = []
@@ -1158,7 +1215,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default=None, help="cache of models and finished cells (default: <cache>/bench_tofu)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="cell families to run: target retain sweep forget eval precise sequential (default: all); "
+                        help="cell families to run: target retain sweep forget eval audit precise sequential (default: all); "
                              "report alone computes no cell: REPORT.md and its plots from the cached cells, or from "
                              "RESULTS/bench.json where the target's cells are not cached")
     parser.add_argument("--authors", type=int, default=20)

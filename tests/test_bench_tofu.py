@@ -171,3 +171,15 @@ def test_only_report_reproduces_the_committed_report(tmp_path):
     figures = _load().report_from_record(tmp_path)
     assert (tmp_path / "REPORT.md").read_text() == (committed / "REPORT.md").read_text()
     assert all((tmp_path / name).is_file() for name in figures["plots"])
+
+
+def test_the_audit_takes_unierase_and_the_two_best_baselines_that_keep_utility():
+    bench = _load()
+    names = bench.BASELINES
+    heads = {"target": {"model_utility": 0.5}, "unierase": {"forget_efficacy": 0.9, "model_utility": 0.5},
+             names[0]: {"forget_efficacy": 0.99, "model_utility": 0.1},  # best forgetting, utility lost
+             names[1]: {"forget_efficacy": 0.5, "model_utility": 0.48},
+             names[2]: {"forget_efficacy": 0.7, "model_utility": 0.46},
+             names[3]: {"forget_efficacy": 0.6, "model_utility": 0.45}}
+    figures = {"eval": {m: {"headline": h} for m, h in heads.items()}}
+    assert bench.audited_methods(figures) == ["unierase", names[2], names[3]]
