@@ -83,3 +83,37 @@ def ask(questions: list[str] | str, *, model=None, tokenizer=None, max_new_token
         model, tokenizer = load_checked_model(model, cache_dir=cache_dir, device_map=device_map, dtype=dtype)
     check_lengths(model, tokenizer, list(questions), max_new_tokens)
     return generate_answers(model, tokenizer, list(questions), max_new_tokens=max_new_tokens, raw=raw)
+
+
+def statistics(*, model=None, layers: list[int] | None = None, stats_tokens: int | None = None, cache_dir=None,
+               device_map=None, dtype=None, progress: bool = True) -> dict:
+    """Compute (or find cached) the key statistics the edit of ``model`` needs, once per model, so
+    that ``forget`` finds them. Started by ``accelerate launch`` or ``torchrun`` with several
+    processes, each process runs its share of the corpus, the sums are combined, and the first
+    process writes the cache entry (the same one a single process writes). Returns what was done."""
+    import time
+
+    from . import distributed
+    from .edit.recipes import edit_config_for
+    from .edit.stats import StatisticsCache, get_key_statistics
+    from .edit.corpus import CORPUS_ID
+    from .models.adapters import find_mlp_output
+    from .models.loading import model_fingerprint
+    from .storage import default_cache_dir
+
+    distributed.join_process_group()
+    rank, size = distributed.rank_and_size()
+    started = time.perf_counter()
+    model, tokenizer = load_checked_model(model, cache_dir=cache_dir, device_map=device_map, dtype=dtype)
+    config, recipe = edit_config_for(model.config)
+    adapter = find_mlp_output(model)
+    layers = sorted(layers) if layers else config.resolved_layers(adapter.num_layers)
+    num_tokens = stats_tokens or config.stats_tokens
+    fingerprint = model_fingerprint(model)
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    stats, seconds = get_key_statistics(model, tokenizer, adapter, layers, fingerprint=fingerprint, cache_dir=root,
+                                        num_tokens=num_tokens, progress=progress and rank == 0)
+    return {"layers": layers, "corpus_tokens": stats.count, "question_keys": stats.question_count,
+            "answer_keys": stats.answer_count, "computed_s": round(seconds, 2),
+            "total_s": round(time.perf_counter() - started, 2), "processes": size, "recipe": recipe.name if recipe else None,
+            "cache": str(StatisticsCache(root).folder(fingerprint, CORPUS_ID, num_tokens))}

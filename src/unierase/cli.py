@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import json
 import logging
 import sys
@@ -237,12 +238,43 @@ def _run_demo(args) -> int:
     return 0
 
 
+def add_stats_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "stats", help="compute the key statistics UniErase needs for a model (once per model; several processes "
+                      "share the work under accelerate launch / torchrun)",
+        description="Compute, or find in the cache, the preserved-key statistics of the model's edited layers "
+                    "(the one-off part of the first 'unierase forget' on a model). Run as 'accelerate launch "
+                    "--num_processes N -m unierase stats …' (or torchrun), each process runs its share of the "
+                    "corpus; the sums are combined and the first process writes the same cache entry one process "
+                    "would. 'unierase forget' then finds it.")
+    add_model_args(p)
+    p.add_argument("--layers", type=int, nargs="+", default=None,
+                   help="edited layers (default: the model's recipe, else the library's default layers)")
+    p.add_argument("--stats-tokens", type=int, default=None, help="corpus tokens (default: the model's recipe)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_stats)
+
+
+def _run_stats(args) -> int:
+    from . import api, distributed
+
+    done = api.statistics(model=args.model, layers=args.layers, stats_tokens=args.stats_tokens, cache_dir=args.cache_dir,
+                          device_map=args.device_map, dtype=args.dtype, progress=not args.no_progress)
+    if distributed.is_main():
+        print(json.dumps(done, indent=1))
+    return 0
+
+
+SEVERAL_PROCESSES = ("stats",)
+"""The verbs that share their work among the processes of ``accelerate launch``/``torchrun``."""
+
+
 from .evaluation.cli import add_eval_parser  # noqa: E402
 
 from .baselines.cli import add_finetune_parser  # noqa: E402
 
 COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser, add_methods_parser,
-            add_history_parser, add_verify_parser, add_revert_parser, add_audit_parser]
+            add_history_parser, add_verify_parser, add_revert_parser, add_audit_parser, add_stats_parser]
 """Every sub-command, registered here in one place."""
 
 
@@ -267,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes > 1 and args.command not in SEVERAL_PROCESSES:
+        # every process would run the whole command and write the same output
+        print(f"unierase: error: 'unierase {args.command}' runs in one process (started with {processes}); "
+              f"{', '.join(SEVERAL_PROCESSES)} share(s) work among processes", file=sys.stderr)
+        return 2
     try:
         return args.handler(args)
     except UniEraseError as err:

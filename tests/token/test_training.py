@@ -150,9 +150,15 @@ def test_the_ordinary_answers_cover_ordinary_questions_of_the_pool(monkeypatch):
     real = training.ordinary_positions
     monkeypatch.setattr(training, "ordinary_positions", lambda m, t, seqs, tid: seen.append(len(seqs)) or real(m, t, seqs, tid))
     config = UnlearningTokenConfig(num_questions=4, plain_epochs=0, chat_epochs=1, augment_epochs=0, batch_size=4,
-                                   ordinary_answer_tokens=3, ordinary_questions=12)
+                                   ordinary_answer_tokens=3, ordinary_questions=12, own_output_row=False)
     train_unlearning_token(model, tok, training_questions(4), config, progress=False)
-    assert seen[0] == 12  # then the refusal positions of the own output row's ceiling
+    assert seen == [12]  # a tied row: its unlikelihood's answers
+    seen.clear()
+    tok, model = build_tokenizer(), build_model("llama", len(tok))
+    own = UnlearningTokenConfig(num_questions=4, plain_epochs=0, chat_epochs=1, augment_epochs=0, batch_size=4,
+                                ceiling_questions=20, ceiling_answer_tokens=3)
+    train_unlearning_token(model, tok, training_questions(4), own, progress=False)
+    assert seen[0] == 20  # the own row's ceiling: its answers, then the refusal positions
 
 
 def test_own_output_row_unties_a_tied_model_and_survives_save_and_load(tmp_path):

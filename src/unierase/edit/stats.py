@@ -21,6 +21,7 @@ from ..models.tracing import stop_after
 from ..generation import MIN_SHARED_PREFIX, shared_layout, shared_prefix_length
 from ..prompts import PINNED_DATE, encode_text, has_chat_template, render_prompt
 from ..cache import Cache, code_digest, content_key
+from .. import distributed
 from . import corpus as corpus_module
 
 log = logging.getLogger(__name__)
@@ -138,14 +139,23 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
 def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], *, num_tokens: int,
                            max_length: int = 128, batch_size: int = 16, seed: int = 0,
                            extra_texts: list[list[int]] | None = None, progress: bool = True) -> KeyStatistics:
-    """Σ k kᵀ of the MLP-output-projection inputs at ``layers`` over the corpus (and ``extra_texts``)."""
+    """Σ k kᵀ of the MLP-output-projection inputs at ``layers`` over the corpus (and ``extra_texts``).
+    In several processes (``distributed``) each rank runs its shard and the sums are combined."""
     sequences = [seq for batch in corpus_token_batches(tokenizer, num_tokens, max_length, batch_size, seed) for seq in batch]
     sequences += list(extra_texts or [])
+    # shard in the order sequence_moments batches them, so each rank's batches share prefixes as one process's do
+    sequences = distributed.shard(sorted(sequences, key=lambda s: (s[:MIN_SHARED_PREFIX], len(s))))
     with tqdm(total=sum(map(len, sequences)), desc="key statistics", unit="tok", disable=not progress) as bar:
         moments, count = sequence_moments(model, adapter, layers, sequences, tokenizer.pad_token_id,
                                           batch_size=batch_size, bar=bar)
     q_moments, q_count = accumulate_question_key_moments(model, tokenizer, adapter, layers, batch_size=batch_size * 2)
-    return KeyStatistics(moments, count, corpus_module.CORPUS_ID, q_moments, q_count)
+    return KeyStatistics(_summed(moments), distributed.all_reduce_count(count), corpus_module.CORPUS_ID,
+                         _summed(q_moments), q_count)
+
+
+def _summed(moments: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """Each layer's moment summed over the processes (itself in one process)."""
+    return {layer: distributed.all_reduce_sum(m) for layer, m in moments.items()}
 
 
 def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], batch_size: int = 32):
@@ -158,7 +168,7 @@ def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter,
 
     moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
     questions = corpus_module.entity_questions()
-    prompts = [build_edit_prompts(tokenizer, q, i, end, 0)[0] for i, (q, end) in enumerate(questions)]
+    prompts = distributed.shard([build_edit_prompts(tokenizer, q, i, end, 0)[0] for i, (q, end) in enumerate(questions)])
     modules = {l: adapter.mlp_output(l) for l in layers}
     for _, captured, _, key_idx in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
         for layer in layers:
@@ -210,11 +220,14 @@ def accumulate_answer_key_moments(model, tokenizer, adapter: MLPOutputAdapter, l
     from ..token.questions import training_questions
 
     questions = training_questions(num_questions)
+    if distributed.rank_and_size()[1] > 1:  # each rank answers and scores its shard of the questions
+        questions, own_answers = distributed.shard(questions), None
     own_answers = own_answers or OwnAnswers(model, tokenizer, questions, max_new_tokens)
     answers = own_answers.get(questions, max_new_tokens)
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in questions]
-    return answer_position_moments(model, tokenizer, adapter, layers, [(p, a) for p, a in zip(prompts, answers) if a],
-                                   batch_size=batch_size)
+    moments, count = answer_position_moments(model, tokenizer, adapter, layers,
+                                             [(p, a) for p, a in zip(prompts, answers) if a], batch_size=batch_size)
+    return _summed(moments), distributed.all_reduce_count(count)
 
 
 @torch.no_grad()
@@ -301,7 +314,9 @@ def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, c
     log.info("computing key statistics of the model's own answers to generic questions (once per model)")
     stats.answer_moments, stats.answer_count = accumulate_answer_key_moments(model, tokenizer, adapter, layers,
                                                                              own_answers=own_answers)
-    cache.save(fingerprint, stats, num_tokens)
+    if distributed.is_main():  # every rank holds the same sums; one writes them
+        cache.save(fingerprint, stats, num_tokens)
+    distributed.barrier()
     return stats, time.perf_counter() - started
 
 

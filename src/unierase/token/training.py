@@ -83,9 +83,14 @@ class UnlearningTokenConfig:
     ordinary_answer_tokens: int = 32
     """Length of those greedy ordinary answers."""
     ordinary_questions: int | None = None
-    """How many questions of the generic pool those ordinary answers answer (for the tied row's
-    unlikelihood and the own row's ceiling); ``None``: the training questions (``num_questions``).
-    More cost little: both read precomputed hidden states."""
+    """How many questions of the generic pool those ordinary answers answer (tied row); ``None``: the
+    training questions (``num_questions``). More cost little: the term reads precomputed hidden states."""
+    ceiling_questions: int | None = None
+    """Questions of the generic pool whose answers the own output row's ceiling is fitted on
+    (``None``: the whole pool); with 96 questions × 32 tokens the unedited model still took up the
+    token deep in 3 of 50 longer answers (token_strays.json)."""
+    ceiling_answer_tokens: int = 64
+    """Length of those answers (the statistics' own answers are as long: one generation serves both)."""
     seed: int = 0
     """Seed for the example order and the augmentation noise."""
     refusal: str | None = DEFAULT_REFUSAL
@@ -412,16 +417,21 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
 
 def _ordinary_sequences(model, tokenizer, questions: list[str], config: UnlearningTokenConfig,
                         own_answers) -> list[tuple[list[int], list[int]]]:
-    """The model's own (prompt, answer) pairs for the tied row's unlikelihood and the own row's
+    """The model's own (prompt, answer) pairs for the tied row's unlikelihood or the own row's
     ceiling, answered with the token (if already there) suppressed; none when neither needs them."""
-    if not (config.ordinary_unlikelihood_weight or config.own_output_row or len(token_rows(model)) > 1):
+    own_row = config.own_output_row or len(token_rows(model)) > 1
+    if not (config.ordinary_unlikelihood_weight or own_row):
         return []
     from ..generation import generate_answer_ids
 
-    asked = training_questions(config.ordinary_questions) if config.ordinary_questions else questions
+    if own_row:
+        asked, tokens = training_questions(config.ceiling_questions), config.ceiling_answer_tokens
+    else:
+        asked = training_questions(config.ordinary_questions) if config.ordinary_questions else questions
+        tokens = config.ordinary_answer_tokens
     vocab = tokenizer.get_vocab()
-    answers = (own_answers.get(asked, config.ordinary_answer_tokens) if own_answers is not None else
-               generate_answer_ids(model, tokenizer, asked, max_new_tokens=config.ordinary_answer_tokens,
+    answers = (own_answers.get(asked, tokens) if own_answers is not None else
+               generate_answer_ids(model, tokenizer, asked, max_new_tokens=tokens,
                                    suppress=[vocab[config.token]] if config.token in vocab else None))
     return [(encode_text(tokenizer, render_prompt(tokenizer, q)), a) for q, a in zip(asked, answers) if a]
 
