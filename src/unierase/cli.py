@@ -265,7 +265,7 @@ def _run_stats(args) -> int:
     return 0
 
 
-SEVERAL_PROCESSES = ("stats",)
+SEVERAL_PROCESSES = ("stats", "eval")
 """The verbs that share their work among the processes of ``accelerate launch``/``torchrun``."""
 
 

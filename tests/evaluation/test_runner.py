@@ -158,3 +158,27 @@ def test_eval_flags_reach_the_config():
     assert config_from_args(build_parser().parse_args(base)).forget_scores is True
     lean = config_from_args(build_parser().parse_args(base + ["--no-forget-scores", "--no-paraphrase"]))
     assert lean.forget_scores is False and lean.paraphrase_leakage is False
+
+
+def test_an_evaluation_shared_among_two_processes_equals_one_process(tiny_model_dir, tiny_tofu, tmp_path):
+    """torchrun with 2 processes (gloo): each scores and generates its share of every stage, the
+    first merges them in item order and alone writes; the figures equal one process's."""
+    import os
+    import subprocess
+    import sys
+
+    args = ["--model", str(tiny_model_dir), "--data-dir", str(tiny_tofu), "--retain", str(tiny_model_dir),
+            "--batch-size", "1", "--max-new-tokens", "6", "--embedding-model", "none", "--no-plot"]
+    one = evaluate(config=runner.EvalConfig(model=str(tiny_model_dir), out=str(tmp_path / "one"), data=str(tiny_tofu),
+                                            retain=str(tiny_model_dir), batch_size=1, max_new_tokens=6,
+                                            embedding_model="none", plot=False)).summary
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "unierase", "-q", "eval", "--out", str(tmp_path / "two"), *args],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.count("TOFU forget10") == 1  # only the first process reports
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert not list((tmp_path / "two" / "stages").glob("*.rank*"))  # the shares were merged and removed
+    for part in ("tofu", "closer_look", "extra"):
+        assert json.dumps(two[part], sort_keys=True) == json.dumps(one[part], sort_keys=True), part
+    assert _rows(tmp_path / "two", "forget") == _rows(tmp_path / "one", "forget")

@@ -65,8 +65,10 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
 
 
 def _run_eval(args) -> int:
+    from .. import distributed
     from .runner import evaluate
 
     result = evaluate(config=config_from_args(args))
-    print(result.headline())
+    if distributed.is_main():
+        print(result.headline())
     return 0

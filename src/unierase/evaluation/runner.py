@@ -30,6 +30,7 @@ import torch
 
 from ..measure import peak_memory_mb
 from ..prompts import PINNED_DATE, has_chat_template, render_prompt
+from .. import distributed
 from ..storage import UniEraseError, read_jsonl, write_json_atomic, write_text_atomic
 from . import metrics as M
 from .assemble import assemble, clean
@@ -92,7 +93,6 @@ class _Evaluation:
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()
-        self.stages = StageStore(self.out / "stages")
 
     def _load_data(self) -> None:
         source = resolve_data(self.cfg.data)
@@ -478,14 +478,18 @@ class _Evaluation:
 
     def _write_summary(self, partial: bool) -> tuple[dict, dict]:
         summary, per_item = self._summary(partial)
-        write_json_atomic(self.out / "summary.json", clean(summary))
+        if distributed.is_main():  # several processes: each computes the same summary, the first writes it
+            write_json_atomic(self.out / "summary.json", clean(summary))
         return summary, per_item
 
     # ------------------------------------------------------------------ main
     def run(self) -> EvalResult:
         self._check_out()
         self._load_data()
-        self._prepare_out()
+        if distributed.is_main():
+            self._prepare_out()
+        distributed.barrier()
+        self.stages = StageStore(self.out / "stages")
         if self.cfg.threads:
             torch.set_num_threads(int(self.cfg.threads))
         self._load_main_model()
@@ -504,6 +508,8 @@ class _Evaluation:
         self.notes.append("refusal rate: a generation counts as a refusal when it contains a sentence of TOFU's "
                           "idontknow list or an 'I don't know'-style phrase (heuristic)")
         summary, per_item = self._write_summary(partial=False)
+        if not distributed.is_main():
+            return EvalResult(self.out, clean(summary), per_item)
         for set_name, rows in per_item.items():
             text = "".join(json.dumps(clean(r), ensure_ascii=False) + "\n" for r in rows)
             write_text_atomic(self.out / "per_item" / f"{set_name}.jsonl", text)
@@ -555,4 +561,5 @@ def evaluate(model=None, out: str | os.PathLike | None = None, *, tokenizer=None
         cfg = replace(cfg, out=str(out))
     if not cfg.out:
         raise UniEraseError("an output directory is required (--out)")
+    distributed.join_process_group()  # started by torchrun / accelerate launch: the items are shared
     return _Evaluation(cfg, loaded).run()

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .. import distributed
 from ..measure import peak_memory_mb
 from ..storage import UniEraseError, write_json_atomic
 
@@ -83,6 +84,8 @@ class StageStore:
             log.info("stage %s: already done", name)
             return items
         todo = [i for i in range(n_items) if i not in items]
+        if distributed.rank_and_size()[1] > 1:
+            return self._run_sharded(name, fingerprint, items, todo, compute)
         spent, cpu_spent = self.timings.get(name, 0.0), self.cpu_timings.get(name, 0.0)
         log.info("stage %s: %d of %d items to do%s", name, len(todo), n_items, " (resuming)" if items else "")
         t0, c0 = time.time(), time.process_time()
@@ -95,4 +98,30 @@ class StageStore:
         self.timings[name] = seconds
         self.cpu_timings[name] = cpu
         log.info("stage %s: done in %.1f s (peak memory %.0f MiB)", name, seconds, peak_memory_mb())
+        return items
+
+    def _run_sharded(self, name: str, fingerprint: dict, items: dict[int, Any], todo: list[int], compute) -> dict[int, Any]:
+        """Several processes: each runs its share of ``todo`` into a stage file of its own (resumed
+        like the whole stage), then every process merges all shares in item order and the first
+        writes the whole stage file, as one process would have."""
+        rank, size = distributed.rank_and_size()
+        own = f"{name}.rank{rank}-of-{size}"
+        mine, _ = self.load(own, fingerprint)
+        t0 = time.time()
+        rest = [i for i in todo[rank::size] if i not in mine]
+        for indices, values in compute(rest) if rest else ():
+            mine.update(zip(indices, values))
+            self.save(own, fingerprint, mine, False, time.time() - t0)
+        self.save(own, fingerprint, mine, True, time.time() - t0)
+        distributed.barrier()
+        for other in range(size):
+            items.update(self.load(f"{name}.rank{other}-of-{size}", fingerprint)[0])
+        seconds = self.timings.get(name, 0.0) + time.time() - t0
+        distributed.barrier()  # every process has read every share before the first removes them
+        if distributed.is_main():
+            self.save(name, fingerprint, items, True, seconds)
+            for other in range(size):
+                self._path(f"{name}.rank{other}-of-{size}").unlink(missing_ok=True)
+        distributed.barrier()
+        self.timings[name] = seconds
         return items
