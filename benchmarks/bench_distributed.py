@@ -38,6 +38,7 @@ def timed_stats(processes: int, cache: Path) -> dict:
     if run.returncode != 0:
         raise SystemExit(f"unierase stats with {processes} process(es) failed:\n{run.stderr[-3000:]}")
     report = json.loads(run.stdout[run.stdout.index("{"):])
+    report["cache"] = "<cache>/stats/" + Path(report["cache"]).name  # the temporary folder is gone afterwards
     return {"processes": processes, "threads_per_process": 1, "wall_s": round(seconds, 1), "report": report}
 
 

@@ -160,22 +160,18 @@ def audit_section(load) -> list[str]:
     return out
 
 
-def refusal_section(load) -> list[str]:
-    """A chosen refusal (``--refusal``) against the default pool, both splits, at the current code."""
-    data = load("chosen_refusal.json")
+def distributed_section(load) -> list[str]:
+    """Key statistics in one process and shared among several."""
+    data = load("distributed.json")
     if not data:
         return []
-    rows = [[c["split"], f"`{c['variant']}`", pct(c.get("chosen_refusal")), pct(c["well_formed_refusals"]),
-             pct(c["rewordings"]), pct(c["token_ban"]), pct(c["known_still_correct"]), pct(c["teacher_forced_agreement"]),
-             pct(c.get("neighbours_unl_anywhere")), num(c["edit_s"], 0)] for c in data["cells"]]
-    return ["## A chosen refusal", "",
-            source("chosen_refusal.json", "python benchmarks/erasure_holds.py --split SPLIT --variant NAME "
-                   "[--set edit.refusal=\"…\"] --results benchmarks/results/chosen_refusal.json", data)
-            + " The refusal sentence was tried on the tuning split only before these cells.", "",
-            *table(["split", "variant", "answered with exactly the refusal", "well-formed refusals", "rewordings leak",
-                    "token-ban leak", "known neighbours kept", "teacher-forced agreement",
-                    "neighbour answers holding the token", "edit s"], rows), "",
-            f"![chosen refusal cells](../benchmarks/results/{data['plot']}) (drawn by `python benchmarks/erasure_holds.py`)", ""]
+    rows = [[r["processes"], r["threads_per_process"], num(r["report"]["computed_s"], 1), num(r["wall_s"], 1)]
+            for r in data["runs"]]
+    return ["## Several processes", "",
+            source("distributed.json", "python benchmarks/bench_distributed.py", data) + f" {data['setting']}.", "",
+            *table(["processes", "threads each", "statistics s", "wall s (with loading)"], rows), "",
+            f"Speed-up of the statistics: {data['speedup_statistics']}× (wall {data['speedup_wall']}×); target: "
+            f"{data['target']}. The same cache entry: {data['same_cache_entry']}.", ""]
 
 
 def erasure_section(load) -> list[str]:
@@ -188,14 +184,15 @@ def erasure_section(load) -> list[str]:
             "split, `benchmarks/data/heldout_facts.jsonl`, is never used to choose one.", ""]
     t = data["targets"]
     bound = {k: ("≤ " if v["kind"] == "at most" else "≥ ") + pct(v["bound"]) for k, v in t.items()}
-    rows = [["target", "", bound["rewordings"], bound["token_ban"], bound["well_formed_refusals"],
+    rows = [["target", "", bound["rewordings"], bound["token_ban"], "", bound["well_formed_refusals"],
              bound["known_still_correct"], bound["teacher_forced_agreement"], "", ""]]
     for c in data["cells"]:
-        rows.append([c["split"], f"`{c['variant']}`", pct(c["rewordings"]), pct(c["token_ban"]), pct(c["well_formed_refusals"]),
-                     pct(c["known_still_correct"]), pct(c["teacher_forced_agreement"]),
+        rows.append([c["split"], f"`{c['variant']}`", pct(c["rewordings"]), pct(c["token_ban"]), pct(c.get("chosen_refusal")),
+                     pct(c["well_formed_refusals"]), pct(c["known_still_correct"]), pct(c["teacher_forced_agreement"]),
                      pct(c.get("neighbours_unl_anywhere")), num(c["edit_s"], 0)])
-    out += table(["split", "variant", "rewordings leak", "token-ban leak", "well-formed refusals", "known neighbours kept",
-                  "teacher-forced agreement", "neighbour answers holding the token", "edit s"], rows) + [""]
+    out += table(["split", "variant", "rewordings leak", "token-ban leak", "exactly the chosen refusal",
+                  "well-formed refusals", "known neighbours kept", "teacher-forced agreement",
+                  "neighbour answers holding the token (64 tokens)", "edit s"], rows) + [""]
     strays = load("token_strays.json")
     if strays:
         out += ["Before any edit, with the token attached ([`token_strays.json`](../benchmarks/results/token_strays.json), "
@@ -226,6 +223,11 @@ def erasure_section(load) -> list[str]:
 
 
 ARCHIVE = {
+    "edit_variants/refusal_mechanism_cells.json": "erasure_holds.py cells of the refusal mechanism's variants, in the "
+                                                  "order they were tried (one sentence, own output row, its ceiling, "
+                                                  "the whole refusal as the value target)",
+    "edit_variants/chosen_refusal_tied_row.json": "--refusal against the bundled pool while the token's one row was "
+                                                  "tied to the output layer (before the token had its own output row)",
     "edit_variants/continuation_without_refusal_keys.json": "the demo batch with the refusal keys left out of C₀",
     "edit_variants/sequential_greedy_continuation.json": "5 sequential rounds with values.greedy_continuation, measured "
                                                           "while the substitute pools overlapped the scored facts",
@@ -244,6 +246,10 @@ ARCHIVE = {
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
 ARCHIVE_MADE_BY = {
+    "edit_variants/refusal_mechanism_cells.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME "
+                                                  "[--set ...]` (cells gathered from its cache)",
+    "edit_variants/chosen_refusal_tied_row.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME "
+                                                  "--set edit.refusal=… --results FILE`",
     "edit_variants/answer_key_variants.json": "`python benchmarks/edit_quality.py --set …` (one run a row)",
     "edit_variants/continuation_without_refusal_keys.json": "`python benchmarks/edit_quality.py --result FILE`",
     "edit_variants/erasure_holds_overlapping_pools.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME`",
@@ -348,7 +354,7 @@ def build() -> str:
              "Generated by `python benchmarks/results_page.py` from the results files committed under "
              "`benchmarks/results/`; do not edit by hand. How the figures were reached, and what was tried on "
              "the way: [experiments.md](experiments.md).", ""]
-    for section in (demo_section, entity_section, tofu_section, audit_section, erasure_section, refusal_section,
+    for section in (demo_section, entity_section, tofu_section, audit_section, erasure_section, distributed_section,
                     ledger_section, archive_section, earlier_section):
         lines += section(load)
     if missing:
