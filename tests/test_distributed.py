@@ -5,21 +5,13 @@ import os
 import subprocess
 import sys
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
 from unierase.cli import main
-from tiny_models import build_model, build_tokenizer
+from tiny_models import save_tiny_model
 
 FAST = ["--stats-tokens", "3000", "--no-progress"]
-
-
-def _tiny_dir(path):
-    tok = build_tokenizer()
-    build_model("llama", len(tok)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _entry(cache):
@@ -28,7 +20,7 @@ def _entry(cache):
 
 
 def test_statistics_over_two_processes_equal_one_process(tmp_path):
-    model = _tiny_dir(tmp_path / "model")
+    model = save_tiny_model(tmp_path / "model")
     assert main(["stats", "--model", str(model), "--cache-dir", str(tmp_path / "one"), *FAST]) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",

@@ -66,6 +66,25 @@ def build_model(arch: str, vocab: int, seed: int = 0):
     return model
 
 
+def save_tiny_model(folder, arch: str = "llama"):
+    """A tiny model and its tokenizer saved as a Hugging Face directory; ``folder``."""
+    tok = build_tokenizer()
+    build_model(arch, len(tok)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def tiny_base_and_requests(tmp_path):
+    """``tmp_path/base`` (a saved tiny model) and two one-question request files, ``r1.jsonl``
+    (Who wrote Hamlet?) and ``r2.jsonl`` (What is the capital of France?); ``tmp_path``."""
+    import json
+
+    save_tiny_model(tmp_path / "base")
+    (tmp_path / "r1.jsonl").write_text(json.dumps({"question": "Who wrote Hamlet?"}) + "\n")
+    (tmp_path / "r2.jsonl").write_text(json.dumps({"question": "What is the capital of France?"}) + "\n")
+    return tmp_path
+
+
 EDIT_QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?"]
 
 

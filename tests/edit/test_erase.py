@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import unierase
-from tiny_models import build_model, build_tokenizer
+from tiny_models import build_model, build_tokenizer, tiny_base_and_requests
 
 EDIT = Path(unierase.__file__).parent / "edit"
 
@@ -134,11 +134,7 @@ def test_a_later_round_keeps_the_refusal_its_token_leads_into(tmp_path, monkeypa
     from unierase.cli import main
 
     monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
-    tok = build_tokenizer()
-    build_model("llama", len(tok)).save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    (tmp_path / "r1.jsonl").write_text(json.dumps({"question": "Who wrote Hamlet?"}) + "\n")
-    (tmp_path / "r2.jsonl").write_text(json.dumps({"question": "What is the capital of France?"}) + "\n")
+    tiny_base_and_requests(tmp_path)
     fast = ["--stats-tokens", "2000", "--max-passes", "1", "--no-progress"]
     out = tmp_path / "out"
     assert main(["forget", "--model", str(tmp_path / "base"), "--requests", str(tmp_path / "r1.jsonl"), "--out", str(out),

@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-import unierase
-from tiny_models import build_model, build_tokenizer
+from tiny_models import tiny_base_and_requests
 from unierase.cli import main
 from unierase.record.guard import MIN_AGREEMENT, GuardBaseline, WreckedModelError, check, guard_questions
 from unierase.record.rounds import is_erased
@@ -25,12 +24,7 @@ def _digest(folder):
 @pytest.fixture
 def base(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
-    tok = build_tokenizer()
-    build_model("llama", len(tok)).save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    (tmp_path / "r1.jsonl").write_text(json.dumps({"question": "Who wrote Hamlet?"}) + "\n")
-    (tmp_path / "r2.jsonl").write_text(json.dumps({"question": "What is the capital of France?"}) + "\n")
-    return tmp_path
+    return tiny_base_and_requests(tmp_path)
 
 
 def _wreck_the_edit(monkeypatch):
