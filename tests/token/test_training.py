@@ -197,3 +197,37 @@ def test_the_own_output_row_is_held_under_its_ceiling():
     logit = hidden @ model.get_output_embeddings().weight[token_id].detach()
     assert report["above_ceiling_before"] > 0 and report["above_ceiling_after"] == 0
     assert (logit - torch.logaddexp(torch.zeros(20), logit)).max() <= -6.0
+
+
+def test_two_chosen_refusals_come_out_verbatim():
+    """A tiny model taught to answer with one of two sentences (by question): a token trained on
+    either sentence makes the greedy answer after it exactly that sentence, for training and unseen
+    questions alike — also where the model itself would have said the other one."""
+    import copy
+
+    from unierase.generation import generate_answer_ids
+    from unierase.prompts import encode_qa, pad_batch
+    from tiny_models import build_model, build_tokenizer
+
+    first, second = "I'm sorry, but I don't know the answer to that.", "Please answer briefly."
+    tok, questions = build_tokenizer(), training_questions(16)
+    model = build_model("llama", len(tok))
+    encoded = [encode_qa(tok, q, second if i % 2 == 0 else first) for i, q in enumerate(questions)]
+    batch = pad_batch([e.input_ids for e in encoded], tok.pad_token_id, labels=[e.labels for e in encoded])
+    optimiser = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        optimiser.zero_grad()
+        model(**batch).loss.backward()
+        optimiser.step()
+    model.eval()
+    asked = questions[:8] + ["Who wrote Hamlet?", "Where was Elena Marsh born?", "What is gold used for?"]
+    for refusal in (first, second):
+        trained, tk = copy.deepcopy(model), build_tokenizer()
+        config = UnlearningTokenConfig(num_questions=16, plain_epochs=0, chat_epochs=10, augment_epochs=0, batch_size=8,
+                                       chat_lr=0.1, refusal=refusal, ceiling_questions=16, ceiling_answer_tokens=8)
+        train_unlearning_token(trained, tk, questions, config, progress=False)
+        token_id = tk.convert_tokens_to_ids(config.token)
+        answers = generate_answer_ids(trained, tk, asked, max_new_tokens=32, forced_prefix=[token_id])
+        assert [tk.decode(a, skip_special_tokens=True).strip() for a in answers] == [refusal] * len(asked)
+        assert all(a[-1] == tk.eos_token_id and a.count(token_id) <= 1 for a in answers)  # it ends, no token again
