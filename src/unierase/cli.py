@@ -77,7 +77,10 @@ def _run_forget(args) -> int:
                         record_texts=not args.no_texts, cache_dir=args.cache_dir, device_map=args.device_map,
                         seed=args.seed, progress=not args.no_progress, force=args.force, dtype=args.dtype,
                         options=options)
-    print(result.summary())
+    from . import distributed
+
+    if distributed.is_main():  # the first of several processes reports
+        print(result.summary())
     return 0
 
 
@@ -265,8 +268,9 @@ def _run_stats(args) -> int:
     return 0
 
 
-SEVERAL_PROCESSES = ("stats", "eval")
-"""The verbs that share their work among the processes of ``accelerate launch``/``torchrun``."""
+SEVERAL_PROCESSES = ("stats", "eval", "finetune")
+"""The verbs that share their work among the processes of ``accelerate launch``/``torchrun`` (and
+``forget`` with a fine-tuning baseline: its training loop is shared, the first process writes)."""
 
 
 from .evaluation.cli import add_eval_parser  # noqa: E402
@@ -300,10 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    if processes > 1 and args.command not in SEVERAL_PROCESSES:
+    shared = args.command in SEVERAL_PROCESSES or (args.command == "forget" and args.method != "unierase")
+    if processes > 1 and not shared:
         # every process would run the whole command and write the same output
         print(f"unierase: error: 'unierase {args.command}' runs in one process (started with {processes}); "
-              f"{', '.join(SEVERAL_PROCESSES)} share(s) work among processes", file=sys.stderr)
+              f"{', '.join(SEVERAL_PROCESSES)} and forget with a baseline share work among processes", file=sys.stderr)
         return 2
     try:
         return args.handler(args)

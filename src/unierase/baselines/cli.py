@@ -47,5 +47,6 @@ def _run_finetune(args) -> int:
                       forget_authors=args.forget_authors, split=args.split, data_dir=options.data_dir,
                       overwrite=args.overwrite, cache_dir=args.cache_dir, threads=options.threads,
                       dtype=args.dtype, device_map=args.device_map)
-    print(result.summary())
+    if result.manifest is not None:  # the first of several processes reports
+        print(result.summary())
     return 0

@@ -21,6 +21,7 @@ import torch
 
 from ..requests import ForgetRequest
 from ..record.ledger import non_finite
+from .. import distributed
 from ..record.rounds import MANIFEST_FILE
 from ..storage import UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic
 from .data import parse_data_spec, tofu_subset
@@ -154,11 +155,19 @@ def finetune(
     ``models.loading.DTYPES``, ``None`` the checkpoint's own)."""
     config = config or FinetuneConfig()
     config.validate()
+    distributed.join_process_group()  # started by torchrun / accelerate launch: the batches are shared
     out = check_output_dir(out, overwrite, cache_dir=cache_dir)
     spec_dir = model_spec if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
+    if not distributed.is_main():  # trains its share; the first process alone evaluates and writes
+        _finetune(model_spec, data, None, config, authors, forget_authors, split, data_dir, cache_dir, threads,
+                  dtype, device_map)
+        distributed.barrier()
+        return FinetuneResult(Path(out), None)
     with locked_run(out, [spec_dir]):  # held until the output is in place
-        return _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads,
-                         dtype, device_map)
+        result = _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads,
+                           dtype, device_map)
+    distributed.barrier()
+    return result
 
 
 def _finetune(model_spec, data, out, config, authors, forget_authors, split, data_dir, cache_dir, threads,
@@ -189,9 +198,11 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
             yield collate([encoded[i] for i in idx], tokenizer.pad_token_id, device)
 
     steps_per_epoch = -(-len(encoded) // config.batch_size)
-    result = train_loop(model, epoch_batches, lambda b: answer_nll_loss(model, b), config,
+    result = train_loop(model, epoch_batches, answer_nll_loss, config,
                         steps_per_epoch=steps_per_epoch, desc="finetune")
     model = unwrap_lora(model)
+    if out is None:  # another process's share of a run the first process writes
+        return None
     mem = None
     t_eval = 0.0
     if config.eval_items:
@@ -203,11 +214,13 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
         "data": data_info,
         "hyperparameters": config.to_dict(),
         "train": {"steps": result.steps, "final_loss": result.history[-1] if result.history else None,
-                  "loss_per_epoch": _per_epoch(result.history, steps_per_epoch, config.grad_accum)},
+                  "loss_per_epoch": _per_epoch(result.history, steps_per_epoch,
+                                                config.grad_accum * distributed.rank_and_size()[1])},
         "timings_s": {"load": round(t_load, 1), "train": round(result.seconds, 1), "memorisation_eval": round(t_eval, 1)},
         "peak_memory_mb": peak_memory_mb(),
         **runtime_info(model),
         "threads": torch.get_num_threads(),
+        "processes": distributed.rank_and_size()[1],
         "memorisation": mem,
     }).to_dict()
     bad = non_finite(model)

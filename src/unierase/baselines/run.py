@@ -10,6 +10,7 @@ disabled (no copy at all).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .. import distributed
 from ..requests import ForgetRequest, parse_requests
 from ..record.rounds import load_input, neighbour_questions, probe, save_round, start_round
 from ..storage import UniEraseError, check_output_dir, locked_run
@@ -158,25 +160,30 @@ def run_baseline(
     config = make_config(cls.name, config, **overrides)
     requests, retain = _checked_inputs(cls, requests, retain, data_dir)
     model_dir = Path(model_spec) if isinstance(model_spec, (str, os.PathLike)) and Path(model_spec).is_dir() else None
+    distributed.join_process_group()  # started by torchrun / accelerate launch: the batches are shared
     if out is not None:
         out = check_output_dir(out, overwrite, cache_dir=cache_dir)
-    with locked_run(out, [model_dir]):  # held until the output is in place
+    main = distributed.is_main()  # in several processes the first alone checks, records and writes
+    with locked_run(out, [model_dir]) if main else contextlib.nullcontext():  # held until the output is in place
         run = _Run(cls, config, requests, retain, source=load_input(model_dir), force=force)
         if threads:
             torch.set_num_threads(threads)
         _load_model(run, model_spec, tokenizer, cache_dir, device_map, dtype)
         # a baseline may change every weight; the guard's neighbours are retain questions
         run.start = (start_round(run.model, tokenizer=run.tokenizer, neighbours=[r.question for r in run.retain[:8]])
-                     if out is not None else None)
+                     if out is not None and main else None)
         _encode(run, data_dir)
         _reference_logprobs(run)
         _train(run)
+        if not main:
+            distributed.barrier()
+            return BaselineResult(cls.name, out, None, run.model)
         _forget_answer_nll(run)
         manifest = _manifest(run, record_texts)
-        if out is None:
-            return BaselineResult(cls.name, None, manifest, run.model)
-        _verify_and_save(run, out, manifest, record_texts)
-        return BaselineResult(cls.name, Path(out), manifest, run.model)
+        if out is not None:
+            _verify_and_save(run, out, manifest, record_texts)
+    distributed.barrier()
+    return BaselineResult(cls.name, Path(out) if out is not None else None, manifest, run.model)
 
 
 @dataclass
@@ -289,7 +296,7 @@ def _train(run: _Run) -> None:
     baseline = cls(config, ref_model=_reference_logits(run) if cls.needs_ref_model else None)
     model = run.model  # the (LoRA-wrapped) model being trained
     steps_per_epoch = -(-len(run.requests) // config.batch_size)
-    run.result = train_loop(model, _epoch_batches(run), lambda b: baseline.loss(model, b), config,
+    run.result = train_loop(model, _epoch_batches(run), baseline.loss, config,
                             steps_per_epoch=steps_per_epoch, desc=cls.name)
     run.timings["train"] = run.result.seconds
     run.reference = ("frozen copy of the start model" if run.frozen is not None

@@ -3,6 +3,12 @@
 A caller supplies the batches of one epoch and a loss function; the loop owns the optimiser
 (AdamW), the warm-up + linear-decay schedule, gradient accumulation and clipping, optional bf16
 autocast, an optional LoRA wrapper (peft), seeding and the progress bar.
+
+Started by ``torchrun``/``accelerate launch`` with several processes, the model and optimiser go
+through ``accelerate.Accelerator.prepare`` (DDP: the gradients are averaged over the processes
+in the backward pass); each process takes every size-th micro-batch of the same seeded order, so
+one optimiser step sees ``batch_size × grad_accum × processes`` examples — what one process sees
+with ``grad_accum × processes``.
 """
 
 from __future__ import annotations
@@ -153,7 +159,7 @@ class TrainResult:
 def train_loop(
     model,
     epoch_batches: Callable[[int], Iterable],
-    loss_fn: Callable[[object], tuple[torch.Tensor, dict]],
+    loss_fn: Callable[[object, object], tuple[torch.Tensor, dict]],
     config: TrainConfig,
     *,
     steps_per_epoch: int,
@@ -161,20 +167,28 @@ def train_loop(
 ) -> TrainResult:
     """Run ``config.epochs`` epochs; ``epoch_batches(e)`` yields the micro-batches of epoch ``e``.
 
-    A fractional number of epochs stops after that share of micro-batches. ``loss_fn`` returns the
-    scalar loss and a dict of floats to log.
+    A fractional number of epochs stops after that share of micro-batches. ``loss_fn(model, batch)``
+    returns the scalar loss and a dict of floats to log; the model it gets is the one to run
+    forward (in several processes, the engine's wrapper of ``model``).
     """
     from tqdm.auto import tqdm
 
+    from .. import distributed
+
     config.validate()
     params, optimiser = _optimiser(model, config)
+    rank, size = distributed.rank_and_size()
     micro_total = max(1, math.ceil(config.epochs * steps_per_epoch))
-    loop = _Loop(config, desc, params, optimiser, _schedule(config, steps_per_epoch, micro_total), micro_total)
+    if size > 1:  # every process must run as many backward passes (each one is a collective)
+        micro_total = max(size, micro_total - micro_total % size)
+    forward, optimiser = _prepared(model, optimiser) if size > 1 else (model, optimiser)
+    loop = _Loop(config, desc, params, optimiser, _schedule(config, steps_per_epoch, micro_total, size), micro_total)
     device = model_device(model)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.bf16 else None
     model.train()
     start = time.perf_counter()
-    loop.bar = tqdm(total=loop.schedule.total_steps, desc=desc, disable=not config.progress, dynamic_ncols=True)
+    loop.bar = tqdm(total=loop.schedule.total_steps, desc=desc, disable=not config.progress or rank > 0, dynamic_ncols=True)
+    group = config.grad_accum * size  # micro-batches of one optimiser step, over all processes
     try:
         epoch = 0
         while loop.micro < micro_total:
@@ -183,8 +197,11 @@ def train_loop(
                 if loop.micro >= micro_total:
                     break
                 seen += 1
-                _backward(loop, batch, loss_fn, autocast)
-                if loop.micro % config.grad_accum == 0 or loop.micro == micro_total:
+                if loop.micro % size == rank:  # this process's share of the step
+                    _backward(loop, batch, lambda b: loss_fn(forward, b), autocast)
+                else:
+                    loop.micro += 1
+                if loop.micro % group == 0 or loop.micro == micro_total:
                     _optimiser_step(loop)
             if not seen:
                 raise UniEraseError(f"{desc}: no training batches")
@@ -193,6 +210,15 @@ def train_loop(
         loop.bar.close()
         model.eval()
     return TrainResult(steps=loop.step, seconds=time.perf_counter() - start, history=loop.history)
+
+
+def _prepared(model, optimiser):
+    """The model and optimiser through ``accelerate`` (DDP over the launcher's processes: gloo on a
+    CPU, NCCL on GPUs); the original ``model`` keeps the trained weights."""
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=model_device(model).type == "cpu")
+    return accelerator.prepare(model, optimiser)
 
 
 @dataclass
@@ -240,9 +266,10 @@ def _optimiser(model, config: TrainConfig) -> tuple[list, torch.optim.Optimizer]
     return params, optimiser
 
 
-def _schedule(config: TrainConfig, steps_per_epoch: int, micro_total: int) -> _Schedule:
-    total_steps = max(1, math.ceil(micro_total / config.grad_accum))
-    warmup = min(total_steps - 1, round(config.warmup_epochs * steps_per_epoch / config.grad_accum)) if total_steps > 1 else 0
+def _schedule(config: TrainConfig, steps_per_epoch: int, micro_total: int, processes: int = 1) -> _Schedule:
+    per_step = config.grad_accum * processes
+    total_steps = max(1, math.ceil(micro_total / per_step))
+    warmup = min(total_steps - 1, round(config.warmup_epochs * steps_per_epoch / per_step)) if total_steps > 1 else 0
     return _Schedule(config.lr, total_steps, warmup)
 
 
@@ -262,6 +289,18 @@ def _backward(loop: _Loop, batch, loss_fn, autocast) -> None:
     loop.micro += 1
 
 
+def _mean_over_processes(values: dict) -> dict:
+    """Logged terms averaged over the processes (each logged the mean of its own micro-batches)."""
+    from .. import distributed
+
+    size = distributed.rank_and_size()[1]
+    if size == 1 or not values:
+        return values
+    keys = sorted(values)
+    summed = distributed.all_reduce_sum(torch.tensor([values[k] for k in keys], dtype=torch.float64))
+    return {k: float(v) / size for k, v in zip(keys, summed)}
+
+
 def _optimiser_step(loop: _Loop) -> None:
     """Set the scheduled learning rate, clip, step, and record the step's averaged loss terms."""
     lr = loop.schedule.lr_at(loop.step)
@@ -271,6 +310,7 @@ def _optimiser_step(loop: _Loop) -> None:
         torch.nn.utils.clip_grad_norm_(loop.params, loop.config.max_grad_norm)
     loop.optimiser.step()
     loop.optimiser.zero_grad(set_to_none=True)
+    loop.pending = _mean_over_processes(loop.pending)
     record = {"step": loop.step + 1, "lr": lr, **{k: round(v, 5) for k, v in loop.pending.items()}}
     loop.history.append(record)
     loop.bar.set_postfix({k: f"{v:.3f}" for k, v in loop.pending.items()})

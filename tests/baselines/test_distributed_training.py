@@ -1,0 +1,53 @@
+"""Fine-tuning shared among 2 processes (torchrun, gloo on the CPU) follows one process's loss curve
+at the same global batch, and only the first process writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+from unierase.cli import main
+from tiny_models import save_tiny_model
+
+QUESTIONS = ["Who wrote Hamlet?", "What is the capital of France?", "Where was Elena Marsh born?", "What is gold used for?",
+             "When did Tomas Varga die?", "Who painted the Mona Lisa?", "What is the capital of Peru?", "Name a colour."]
+
+
+def test_two_processes_follow_one_process_at_the_same_global_batch(tmp_path):
+    save_tiny_model(tmp_path / "base")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": f"Answer number {i}."}) + "\n"
+                            for i, q in enumerate(QUESTIONS)))
+    common = ["--model", str(tmp_path / "base"), "--data", str(data), "--epochs", "2", "--lr", "1e-3", "--batch-size", "2",
+              "--eval-items", "0", "--no-progress"]
+    # one process: 2 micro-batches of 2 per step; two processes: one micro-batch of 2 each per step
+    assert main(["finetune", *common, "--grad-accum", "2", "--out", str(tmp_path / "one")]) == 0
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "unierase", "-q", "finetune", *common, "--grad-accum", "1", "--out", str(tmp_path / "two")],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    one, two = (json.loads((tmp_path / name / "unierase_manifest.json").read_text()) for name in ("one", "two"))
+    assert two["processes"] == 2 and one["train"]["steps"] == two["train"]["steps"] == 4
+    # the same losses (the gradients are averaged in another order: float rounding only)
+    assert abs(one["train"]["final_loss"]["nll"] - two["train"]["final_loss"]["nll"]) < 1e-3
+    assert [round(x, 3) for x in one["train"]["loss_per_epoch"]] == [round(x, 3) for x in two["train"]["loss_per_epoch"]]
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]  # no half-written output left behind
+
+
+def test_a_baseline_over_two_processes_is_written_once_and_verifies(tmp_path):
+    from tiny_models import tiny_base_and_requests
+
+    tiny_base_and_requests(tmp_path)
+    retain = tmp_path / "retain.jsonl"
+    retain.write_text("".join(json.dumps({"question": q, "answer": "An answer."}) + "\n" for q in QUESTIONS[2:6]))
+    forget = tmp_path / "forget.jsonl"
+    forget.write_text("".join(json.dumps({"question": q, "answer": "Some fact."}) + "\n" for q in QUESTIONS[:4]))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "unierase", "-q", "forget", "--method", "ga+gd", "--model", str(tmp_path / "base"),
+                          "--requests", str(forget), "--retain", str(retain), "--out", str(tmp_path / "out"),
+                          "--epochs", "1", "--batch-size", "2", "--lr", "1e-4", "--no-progress", "--force"],
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    manifest = json.loads((tmp_path / "out" / "unierase_manifest.json").read_text())
+    assert manifest["method"] == "ga+gd"
+    assert main(["verify", str(tmp_path / "out")]) == 0  # one ledger, written once, that holds
