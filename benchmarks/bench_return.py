@@ -1,0 +1,169 @@
+"""RETURN for the model at hand: erase real people it knows, keep the people it knows beside them.
+
+Steps, each cached under ``--work`` (default ``<cache>/bench_return``; a killed run continues):
+
+- ``answers``: the model's greedy answers to all 20 questions of every RETURN person (9,320
+  questions), judged against the gold answers (``evaluation.return_set.judge``); the judge's
+  agreement with the file's NLI labels on Llama-3-8B's answers is recorded beside it.
+- ``known``: the people the model answers at least ``--min-accuracy`` of the questions of, split
+  into forget and neighbour people (``split_people``: every other one, in file order).
+- ``unierase``: the forget people erased with entity scope (questions only, each person's name as
+  the subject), then every known person's questions and a reworded copy of the forget people's
+  questions (the audit's first rewording frame) asked again.
+- ``<baseline>``: the two baselines of highest Forget Efficacy that keep Model Utility in the TOFU
+  benchmark's record (``results/tofu/bench.json``), at its recorded settings, forget = the forget
+  people's questions with their gold answers, retain = the neighbour people's.
+
+Writes ``benchmarks/results/return.json``: the number of known people, the judge rule and its
+agreement, per method the share of the forget people's questions refused (answer starts with the
+token or is a refusal) and of their rewordings, the neighbour people's accuracy before and after,
+with 95 % Wilson intervals, and per person the same.
+
+    python benchmarks/bench_return.py [--min-accuracy 0.5] [--max-people N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESULTS = HERE / "results" / "return.json"
+TOFU_RECORD = HERE / "results" / "tofu" / "bench.json"
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
+    """The 95 % Wilson score interval of a share (few people: the interval says how little is known)."""
+    if n == 0:
+        return None
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return [round(centre - half, 4), round(centre + half, 4)]
+
+
+def share(flags: list[bool]) -> dict:
+    return {"value": round(sum(flags) / len(flags), 4) if flags else None, "n": len(flags),
+            "ci95": wilson(sum(flags), len(flags))}
+
+
+def _cached(path: Path, compute):
+    from unierase.storage import write_json_atomic
+
+    if path.is_file():
+        print(f"[cached] {path.name}", flush=True)
+        return json.loads(path.read_text())
+    print(f"[run] {path.name}", flush=True)
+    data = compute()
+    write_json_atomic(path, data)
+    return data
+
+
+def best_baselines(record: Path, count: int = 2) -> list[tuple[str, dict]]:
+    """The TOFU benchmark's baselines of highest Forget Efficacy among those keeping Model Utility
+    ≥ 0.9 × the target's (then the rest), with the settings it chose for them."""
+    figures = json.loads(record.read_text())
+    heads = {m: c.get("headline", {}) for m, c in figures.get("eval", {}).items()}
+    target_mu = (heads.get("target") or {}).get("model_utility") or 0.0
+    ranked = sorted((m for m in figures.get("methods", {}) if m != "unierase" and heads.get(m, {}).get("forget_efficacy")
+                     is not None), key=lambda m: ((heads[m].get("model_utility") or 0) < 0.9 * target_mu,
+                                                  -heads[m]["forget_efficacy"]))
+    return [(m, {k: figures["methods"][m]["run"][k] for k in ("lr", "epochs")}) for m in ranked[:count]]
+
+
+def _asked(model_dir, people, max_new_tokens: int) -> list[list[str]]:
+    from unierase.evaluation.return_set import ask_people
+    from unierase.record.rounds import load_checked_model
+
+    model, tokenizer = load_checked_model(model_dir)
+    return ask_people(model, tokenizer, people, max_new_tokens=max_new_tokens)
+
+
+def _measure(model_dir, forget, neighbours, max_new_tokens: int) -> dict:
+    """Per person, on ``model_dir``: forget people's questions refused (and reworded ones); neighbour people's accuracy."""
+    from unierase.audit import REWORDING_FRAMES
+    from unierase.evaluation.return_set import Person, accuracy
+    from unierase.refusals import is_refusal
+
+    frame = REWORDING_FRAMES[0]
+    reworded = [Person(p.name, [frame.format(q=q) for q in p.questions], p.gold) for p in forget]
+    answers = _asked(model_dir, forget + reworded + neighbours, max_new_tokens)
+    n = len(forget)
+    refused = lambda texts: [is_refusal(t) or not t.strip() for t in texts]  # noqa: E731 (the token is hidden: empty)
+    return {"forget": {p.name: refused(a) for p, a in zip(forget, answers[:n])},
+            "reworded": {p.name: refused(a) for p, a in zip(forget, answers[n:2 * n])},
+            "neighbours": {p.name: accuracy(a, p) for p, a in zip(neighbours, answers[2 * n:])}}
+
+
+def main() -> None:
+    import unierase
+    from unierase.evaluation.return_set import JUDGE_RECALL, judge_agreement, known_people, load_return, split_people
+    from unierase.models.loading import default_model_dir
+    from unierase.storage import default_cache_dir, write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
+    parser.add_argument("--min-accuracy", type=float, default=0.5)
+    parser.add_argument("--max-people", type=int, default=None, help="only the first N people of the file (a quick run)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--work", default=None)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+    work = Path(args.work) if args.work else default_cache_dir() / "bench_return"
+    work.mkdir(parents=True, exist_ok=True)
+    people = load_return(args.data_dir)[: args.max_people]
+    lines = Path(args.data_dir, "return", "RETURN_llama3-8b_acc80%.jsonl").read_text(encoding="utf-8").splitlines()
+    llama = [[item.get("pred_answer", "") for item in json.loads(line)["data"]] for line in lines if line.strip()]
+    agreement = judge_agreement(people, llama[: len(people)])
+    model = str(default_model_dir(None))
+    answers = _cached(work / f"answers-{len(people)}.json", lambda: _asked(model, people, args.max_new_tokens))
+    known = known_people(people, answers, args.min_accuracy)
+    forget, neighbours = split_people([p for p, _ in known])
+    print(f"{len(known)} of {len(people)} people known (accuracy ≥ {args.min_accuracy}); forget {len(forget)}, "
+          f"neighbours {len(neighbours)}", flush=True)
+    before = {p.name: acc for p, acc in known}
+    methods = {}
+    if forget:
+        requests = [{"question": q, "scope": "entity", **({"subject": p.name} if p.name in q else {})}
+                    for p in forget for q in p.questions]
+        out = work / "unierase"
+
+        def erase():
+            unierase.forget(requests, out, overwrite=True, progress=False)
+            return _measure(str(out), forget, neighbours, args.max_new_tokens)
+
+        methods["unierase"] = _cached(work / "unierase.json", erase)
+        if TOFU_RECORD.is_file():
+            for method, chosen in best_baselines(TOFU_RECORD):
+                qa = lambda group: [{"question": q, "answer": g} for p in group for q, g in zip(p.questions, p.gold)]  # noqa: E731
+
+                def train(method=method, chosen=chosen):
+                    target = work / method
+                    unierase.forget(qa(forget), target, method=method, retain=qa(neighbours) or None, overwrite=True,
+                                    progress=False, force=True, **chosen)
+                    return _measure(str(target), forget, neighbours, args.max_new_tokens)
+
+                methods[method] = _cached(work / f"{method}.json", train)
+    summary = {m: {"forget_refused": share([x for v in r["forget"].values() for x in v]),
+                   "reworded_refused": share([x for v in r["reworded"].values() for x in v]),
+                   "neighbour_accuracy_after": round(sum(r["neighbours"].values()) / len(r["neighbours"]), 4)
+                   if r["neighbours"] else None} for m, r in methods.items()}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    write_json_atomic(Path(args.results), {
+        "description": __doc__.split("\n\n")[0],
+        "setting": f"SmolLM2-135M-Instruct fp32 CPU; {len(people)} RETURN people; greedy answers of "
+                   f"{args.max_new_tokens} tokens; known = accuracy ≥ {args.min_accuracy}",
+        "judge": {"rule": f"an answer is right when it holds ≥ {JUDGE_RECALL} of the gold answer's content words "
+                          "(not in the question, not function words)", "agreement_with_file_nli": agreement},
+        "people": len(people), "known": len(known), "forget_people": [p.name for p in forget],
+        "neighbour_people": [p.name for p in neighbours],
+        "neighbour_accuracy_before": round(sum(before[p.name] for p in neighbours) / len(neighbours), 4) if neighbours else None,
+        "methods": summary, "per_person": methods, "commit": commit,
+    })
+
+
+if __name__ == "__main__":
+    main()
