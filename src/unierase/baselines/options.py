@@ -23,6 +23,8 @@ class TrainOptions(MethodOptions):
     grad_accum: int | None = option("forward passes per optimiser step", type=int)
     max_length: int | None = option("token limit per example", type=int)
     bf16: bool | None = option("bf16 autocast", type=bool)
+    gradient_checkpointing: bool | None = option("recompute activations in the backward pass (less memory, more "
+                                                 "compute)", type=bool)
     lora: bool | None = option("train LoRA adapters (peft) and merge them into the saved model", type=bool)
     lora_r: int | None = option("LoRA rank", type=int)
     threads: int | None = option("torch CPU threads (default: torch's choice)", type=int)
