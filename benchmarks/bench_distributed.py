@@ -1,12 +1,13 @@
-"""Key statistics in one process and shared among several (torch.distributed, gloo on this CPU).
+"""Key statistics and a baseline epoch in one process and shared among several (torch.distributed, gloo on this CPU).
 
-Runs ``unierase stats`` on the default model (SmolLM2-135M-Instruct, its recipe's layers and corpus
-size) into a fresh cache directory, once as one process and once as N processes started by
-``torch.distributed.run`` (what ``accelerate launch`` starts), every process with one thread, and
-records the wall times, their ratio and whether both wrote the same cache entry. Writes
-``benchmarks/results/distributed.json``.
+``stats``: ``unierase stats`` on the default model (SmolLM2-135M-Instruct, its recipe's layers and
+corpus size) into a fresh cache directory. ``baseline``: one epoch of GA+GD on TOFU's forget01
+(40 questions, 40 retain questions of authors 0–1), batch 4, at the same global batch (one process
+``--grad-accum N``, N processes ``--grad-accum 1``). Each once as one process and once as N
+processes started by ``torch.distributed.run`` (what ``accelerate launch`` starts), every process
+with one thread; records the wall times and their ratios. Writes ``benchmarks/results/distributed.json``.
 
-    python benchmarks/bench_distributed.py [--processes 2]
+    python benchmarks/bench_distributed.py [--processes 2] [--phases stats baseline]
 
 Run it alone: another job on the same cores makes both timings meaningless.
 """
@@ -42,13 +43,51 @@ def timed_stats(processes: int, cache: Path) -> dict:
     return {"processes": processes, "threads_per_process": 1, "wall_s": round(seconds, 1), "report": report}
 
 
+def timed_baseline(processes: int, total: int, out: Path, data_dir: str) -> dict:
+    """One GA+GD epoch on forget01 at the global batch of ``total`` processes (batch 4 each)."""
+    from unierase.baselines.data import load_tofu
+
+    requests = out.parent / "forget01.jsonl"
+    requests.write_text("".join(json.dumps({"question": r.question, "answer": r.answer}) + "\n"
+                                for r in load_tofu("forget01", data_dir)))
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+                if processes > 1 else [sys.executable])
+    command = launcher + ["-m", "unierase", "-q", "forget", "--method", "ga+gd", "--requests", str(requests),
+                          "--retain", "tofu:full[0:40]", "--data-dir", data_dir, "--epochs", "1", "--batch-size", "4",
+                          "--grad-accum", str(total // processes), "--lr", "1e-5", "--out", str(out), "--overwrite",
+                          "--no-progress", "--force"]
+    started = time.perf_counter()
+    run = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if run.returncode != 0:
+        raise SystemExit(f"the GA+GD epoch with {processes} process(es) failed:\n{run.stderr[-3000:]}")
+    manifest = json.loads((out / "unierase_manifest.json").read_text())
+    train = manifest.get("timings_s", {}).get("train")
+    return {"processes": processes, "threads_per_process": 1, "wall_s": round(seconds, 1), "train_s": train,
+            "steps": (manifest.get("train") or {}).get("steps")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--phases", nargs="+", default=["stats", "baseline"], choices=["stats", "baseline"])
+    parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
     from unierase.storage import default_cache_dir, write_json_atomic
 
+    previous = json.loads(Path(args.results).read_text()) if Path(args.results).is_file() else {}
+    baseline = previous.get("baseline")
+    if "baseline" in args.phases:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = [timed_baseline(n, args.processes, Path(tmp) / f"p{n}", args.data_dir) for n in (1, args.processes)]
+        baseline = {"runs": runs, "speedup_train": round(runs[0]["train_s"] / runs[1]["train_s"], 2)
+                    if runs[0]["train_s"] and runs[1]["train_s"] else None,
+                    "speedup_wall": round(runs[0]["wall_s"] / runs[1]["wall_s"], 2)}
+        print(f"GA+GD epoch: {runs[0]['wall_s']} s in 1 process, {runs[1]['wall_s']} s in {args.processes}")
+    if "stats" not in args.phases:
+        write_json_atomic(Path(args.results), {**previous, "baseline": baseline})
+        return
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, args.processes):
@@ -70,6 +109,7 @@ def main() -> None:
         "speedup_wall": round(one["wall_s"] / many["wall_s"], 2),
         "same_cache_entry": Path(one["report"]["cache"]).name == Path(many["report"]["cache"]).name,
         "target": "statistics with 2 processes x 1 thread at least 1.6x faster than 1 process x 1 thread",
+        "baseline": baseline,
     })
 
 
