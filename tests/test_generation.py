@@ -152,3 +152,26 @@ def test_own_answers_suppressing_the_token_are_the_same_before_and_after_it_is_a
         model.get_output_embeddings().weight[token_id] = 50 * model.get_output_embeddings().weight[:token_id].mean(0) + 50
     assert any(token_id in a for a in generation.OwnAnswers(model, tok, questions, 6).get(questions, 6))
     assert generation.OwnAnswers(model, tok, questions, 6, suppress=("<|unl|>",)).get(questions, 6) == before
+
+
+def test_end_of_turn_is_the_templates_not_always_the_eos():
+    """A Llama-3-style template closes a turn with <|eot_id|> while EOS is <|end_of_text|>: answers
+    are trained to end, and generation stops, at the template's token."""
+    from unierase.generation import stop_token_ids
+    from unierase.prompts import encode_qa, end_of_turn_id
+    from tiny_models import build_model, build_tokenizer
+
+    tok = build_tokenizer()
+    assert end_of_turn_id(tok) == tok.convert_tokens_to_ids("<|im_end|>") == tok.eos_token_id  # ChatML: the same
+    tok = build_tokenizer()
+    tok.add_special_tokens({"additional_special_tokens": ["<|start|>", "<|eot_id|>", "<|end_of_text|>"]})
+    tok.eos_token = "<|end_of_text|>"
+    tok.chat_template = ("{% for m in messages %}<|start|>{{ m['role'] }}\n{{ m['content'] }}<|eot_id|>{% endfor %}"
+                         "{% if add_generation_prompt %}<|start|>assistant\n{% endif %}")
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert end_of_turn_id(tok) == eot != tok.eos_token_id
+    assert encode_qa(tok, "Who wrote Hamlet?", "Shakespeare.").input_ids[-1] == eot
+    assert eot in stop_token_ids(build_model("llama", len(tok)), tok)
+    plain = build_tokenizer()
+    plain.chat_template = None
+    assert end_of_turn_id(plain) == plain.eos_token_id

@@ -41,10 +41,11 @@ def check_lengths(model, tokenizer, questions: list[str], max_new_tokens: int, *
 
 
 def stop_token_ids(model, tokenizer) -> set[int]:
-    """End-of-turn / EOS ids of the tokenizer and the model's generation config."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
+    """End-of-turn / EOS ids of the tokenizer (its chat template's end of turn too) and the model's
+    generation config."""
+    from .prompts import end_of_turn_id
+
+    ids = {int(t) for t in (tokenizer.eos_token_id, end_of_turn_id(tokenizer)) if t is not None}
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if isinstance(gen_eos, int):
         ids.add(gen_eos)

@@ -45,6 +45,32 @@ def encode_text(tokenizer, text: str) -> list[int]:
 
 
 def end_of_turn_id(tokenizer) -> int:
+    """The token that closes an answer: the first special token the chat template writes after an
+    assistant message (Llama-3's ``<|eot_id|>``, ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``),
+    which need not be the tokenizer's EOS; the EOS without a template. Found once per tokenizer and
+    template (kept on the tokenizer)."""
+    key = (getattr(tokenizer, "chat_template", None), tokenizer.eos_token_id)
+    found = getattr(tokenizer, "_unierase_end_of_turn", None)
+    if found is None or found[0] != key:
+        found = (key, _end_of_turn_from_template(tokenizer))
+        setattr(tokenizer, "_unierase_end_of_turn", found)
+    return found[1]
+
+
+def _end_of_turn_from_template(tokenizer) -> int:
+    if not has_chat_template(tokenizer):
+        return tokenizer.eos_token_id
+    marker = "Zq7 answer text"
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "Q?"}, {"role": "assistant", "content": marker}],
+                                             tokenize=False, date_string=PINNED_DATE)
+    except Exception:  # noqa: BLE001 - a template that cannot render an assistant turn: fall back to EOS
+        return tokenizer.eos_token_id
+    after = text[text.find(marker) + len(marker):] if marker in text else ""
+    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    for token in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if token in special:
+            return int(token)
     return tokenizer.eos_token_id
 
 
