@@ -54,6 +54,13 @@ def stop_token_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def select_cache_rows(cache, idx: torch.Tensor) -> None:
+    """Keep only the batch rows ``idx`` of a key/value cache, in place. The index goes to each
+    layer on the CPU: a model spread over devices (``device_map``) keeps each layer's cache on that
+    layer's device, and a CPU index selects rows on any device where another device's would fail."""
+    cache.batch_select_indices(idx.cpu())
+
+
 MIN_SHARED_PREFIX = 4
 """Shortest common prompt prefix worth a prefill of its own (a chat template's system turn is ~20)."""
 
@@ -150,7 +157,7 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
             break
         if len(keep) < len(active):
             idx = torch.tensor(keep, device=device)
-            cache.batch_select_indices(idx)
+            select_cache_rows(cache, idx)
             mask, nxt, cur = mask[idx], nxt[idx], cur[idx]
             active = [active[r] for r in keep]
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

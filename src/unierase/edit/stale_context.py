@@ -22,6 +22,7 @@ import copy
 
 import torch
 
+from ..generation import select_cache_rows
 from ..models.tracing import head_at, replay_blocks
 
 
@@ -67,7 +68,7 @@ class StaleContext:
             t[idx] for t in (self.middle_len, self.middle_mask, self.ids, self.pos, self.block_out, self.mask, self.where))
         if self.context is not None:
             sub.context = copy.deepcopy(self.context)
-            sub.context.batch_select_indices(idx)
+            select_cache_rows(sub.context, idx)
         return sub
 
     def refresh(self, group, cache, prefix_len: int) -> None:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
 from ..models.tracing import edit_output, frozen_parameters, head_at, replay_blocks, stop_after, trace
-from ..generation import prefill
+from ..generation import prefill, select_cache_rows
 from ..prompts import pad_batch
 from .prompts import EditPrompt
 from .stale_context import StaleContext
@@ -228,7 +228,7 @@ class PromptGroup:
         sub.members, sub.suf, sub.last, sub.mask, sub.pos, sub.positions = (
             t[idx] for t in (self.members, self.suf, self.last, self.mask, self.pos, self.positions))
         sub.cache = copy.deepcopy(self.cache)
-        sub.cache.batch_select_indices(idx)
+        select_cache_rows(sub.cache, idx)
         if self.tail is not None:
             sub.tail = tuple(t[idx] for t in self.tail)
         if self.block_out is not None:

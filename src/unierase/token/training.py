@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..models.adapters import find_mlp_output
 from ..models.tracing import edit_output, trace
-from ..generation import prefill, prefill_answers, shared_layout, shared_prefix_length
+from ..generation import prefill, prefill_answers, select_cache_rows, shared_layout, shared_prefix_length
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
 from ..refusals import DEFAULT_REFUSAL, refusal_for, refusal_pool
 from .questions import training_questions
@@ -173,7 +173,7 @@ class PromptPass:
     def select(self, rows: list[int]) -> "PromptPass":
         idx = torch.tensor(rows, device=self.mask.device)
         cache = copy.deepcopy(self.cache)
-        cache.batch_select_indices(idx)
+        select_cache_rows(cache, idx)
         return PromptPass(cache, self.mask[idx], self.start_logits[idx.to(self.start_logits.device)],
                           self.start_hidden[idx.to(self.start_hidden.device)])
 
