@@ -60,12 +60,30 @@ class KeyStatistics:
         return cov
 
 
+def moment_accumulators(adapter: MLPOutputAdapter, layers: list[int]) -> dict[int, torch.Tensor]:
+    """A zero m × m running sum per layer, on the device of that layer's weight, in fp64 (fp32 on a
+    device without fp64, such as Apple's MPS: a stated loss of precision in the sums). Summing
+    where the keys are moves each m × m product nowhere; ``on_cpu`` moves the sums once at the end."""
+    out = {}
+    for layer in layers:
+        device = adapter.mlp_output(layer).weight.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        out[layer] = torch.zeros(adapter.key_dim(layer), adapter.key_dim(layer), dtype=dtype, device=device)
+    return out
+
+
+def on_cpu(moments: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
+    """The sums on the CPU in fp64 (where C₀ is assembled and cached), moved once."""
+    return {layer: m.to(device="cpu", dtype=torch.float64) for layer, m in moments.items()}
+
+
 def add_moment(accumulator: torch.Tensor, keys: torch.Tensor, weight: float = 1.0) -> None:
-    """``accumulator += weight · keysᵀ keys``: each batch's product in fp32 (where the keys are), the
-    running sum in fp64 on the CPU. fp32 is ample within one batch (its rounding is ~1e-7 of the
-    largest eigenvalue; the null space starts at 3e-3 of it) and twice as fast as fp64."""
-    keys = keys.float()
-    product = (keys.T @ keys).to(device="cpu", dtype=torch.float64)
+    """``accumulator += weight · keysᵀ keys``: each batch's product in fp32 where the keys are, the
+    running sum in the accumulator's dtype on its device (``moment_accumulators``). fp32 is ample
+    within one batch (its rounding is ~1e-7 of the largest eigenvalue; the null space starts at
+    3e-3 of it) and twice as fast as fp64."""
+    keys = keys.float().to(accumulator.device)
+    product = (keys.T @ keys).to(accumulator.dtype)
     accumulator.add_(product if weight == 1.0 else weight * product)
 
 
@@ -104,7 +122,7 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
     turn, ~20 tokens of every chat document) runs once and counts once per row. The pass stops
     after the deepest layer.
     """
-    moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
+    moments = moment_accumulators(adapter, layers)
     current: dict = {}
 
     def make_hook(layer):
@@ -133,7 +151,7 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
     finally:
         for h in handles:
             h.remove()
-    return moments, count
+    return on_cpu(moments), count
 
 
 def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], *, num_tokens: int,
@@ -166,14 +184,14 @@ def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter,
     from .keys import at_key, capture_prompts
     from .prompts import build_edit_prompts
 
-    moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
+    moments = moment_accumulators(adapter, layers)
     questions = corpus_module.entity_questions()
     prompts = distributed.shard([build_edit_prompts(tokenizer, q, i, end, 0)[0] for i, (q, end) in enumerate(questions)])
     modules = {l: adapter.mlp_output(l) for l in layers}
     for _, captured, _, key_idx in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
         for layer in layers:
             add_moment(moments[layer], at_key(captured[layer], key_idx))
-    return moments, len(questions)
+    return on_cpu(moments), len(questions)
 
 
 def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], token_id: int,
@@ -238,7 +256,7 @@ def answer_position_moments(model, tokenizer, adapter: MLPOutputAdapter, layers:
     from .prompts import EditPrompt
 
     prompts = [EditPrompt(i, 0, list(p) + list(a), len(p), (0, len(p))) for i, (p, a) in enumerate(texts)]
-    moments = {l: torch.zeros(adapter.key_dim(l), adapter.key_dim(l), dtype=torch.float64) for l in layers}
+    moments = moment_accumulators(adapter, layers)
     count = 0
     modules = {l: adapter.mlp_output(l) for l in layers}
     for chunk, captured, starts, _ in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
@@ -248,7 +266,7 @@ def answer_position_moments(model, tokenizer, adapter: MLPOutputAdapter, layers:
         for layer in layers:
             add_moment(moments[layer], captured[layer][answer.to(captured[layer].device)])
         count += int(answer.sum())
-    return moments, count
+    return on_cpu(moments), count
 
 
 class StatisticsCache:
