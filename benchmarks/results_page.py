@@ -214,7 +214,7 @@ def erasure_section(load) -> list[str]:
                         "other answers holding the token", "seconds per round"],
                        [[f"`{name}`", d.get("commit") or "—", pct(min(d["starts_with_unl_by_round_after_last"])),
                          pct(d["others"]["known_still_correct"]), pct(d["others"]["teacher_forced_agreement"]),
-                         pct(d["others"].get("unl_anywhere")),
+                         pct(d["others"].get("token_in_other_answers", d["others"].get("unl_anywhere"))),
                          ", ".join(f"{r['seconds']:.0f}" for r in d["rounds"])] for name, _, d in seq]), ""]
     out += ["Variants (overrides of the SmolLM2 recipe): " + "; ".join(
         f"`{c['variant']}` = " + (", ".join(f"{sec}.{k}={v}" for sec, kv in c["overrides"].items() for k, v in kv.items())

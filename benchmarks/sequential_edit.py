@@ -38,7 +38,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from unierase.demo import pick_neighbours
-    from unierase.edit_checks import load_demo_facts, retain_metrics, snapshot
+    from unierase.edit_checks import extend_answers, load_demo_facts, retain_metrics, snapshot
+    from unierase.refusals import STRAY_TOKENS, answer_checks
     from unierase.generation import first_token_ids
     from unierase.models.loading import load_model
 
@@ -88,7 +89,11 @@ def main() -> None:
         "hyperparameters": json.loads((out / "unierase_manifest.json").read_text())["rounds"][-1]["hyperparameters"],
         "rounds": rounds,
         "starts_with_unl_by_round_after_last": per_round,
-        "others": retain_metrics(model, tok, before, after, [f["answer"] for f in others], token_id),
+        "others": {**retain_metrics(model, tok, before, after, [f["answer"] for f in others], token_id),
+                   # the shared check: the token within STRAY_TOKENS tokens of the other answers
+                   "token_in_other_answers": answer_checks(
+                       [], other_ids=extend_answers(model, tok, after.questions, after.answer_ids, STRAY_TOKENS),
+                       token_id=token_id)["token_in_other_answers"]},
     }
     print(json.dumps(figures, indent=2))
     result = Path(args.result)
