@@ -41,16 +41,19 @@ def _target(path: Path, data_dir: str | None) -> None:
     subprocess.run(cmd + (["--data-dir", data_dir] if data_dir else []), check=True)
 
 
-def _ask(model, tokenizer, questions: list[str], token: str) -> list[dict]:
-    from unierase.generation import generate_answers
-    from unierase.refusals import is_refusal
+def _ask(model, tokenizer, questions: list[str], token: str, refusal: str | None = None) -> list[dict]:
+    """Greedy answers (``refusals.STRAY_TOKENS`` tokens) and the shared checks of each one."""
+    from unierase.generation import generate_answer_ids
+    from unierase.refusals import STRAY_TOKENS, holds_token, is_chosen_refusal, is_refusal
 
-    raw = generate_answers(model, tokenizer, questions, max_new_tokens=48, raw=True)
+    token_id = tokenizer.get_vocab().get(token)
     out = []
-    for question, text in zip(questions, raw):
-        clean = text.replace(token, "").replace(tokenizer.eos_token or "", "").strip()
-        out.append({"question": question, "answer": clean, "token_first": text.lstrip().startswith(token),
-                    "refused": text.lstrip().startswith(token) or is_refusal(clean), "token_anywhere": token in text})
+    for question, ids in zip(questions, generate_answer_ids(model, tokenizer, questions, max_new_tokens=STRAY_TOKENS)):
+        clean = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        first = bool(ids) and ids[0] == token_id
+        out.append({"question": question, "answer": clean, "token_first": first,
+                    "refused": first or is_refusal(clean), "token_anywhere": holds_token(ids, token_id),
+                    "chosen_refusal": bool(refusal) and is_chosen_refusal(clean, refusal)})
     return out
 
 
@@ -83,14 +86,15 @@ def main() -> None:
     edit_s = time.perf_counter() - started
     last = result.manifest["rounds"][-1]
     token = result.manifest["token"]["string"]
+    refusal = last["hyperparameters"].get("refusal")
 
     before_model, before_tok = load_model(str(target))
     before = _ask(before_model, before_tok, [m["question"] for m in mentions], token)
     del before_model
     model, tok = load_model(str(work / "erased"))
     after = _ask(model, tok, [m["question"] for m in mentions], token)
-    forget = _ask(model, tok, [r["question"] for r in rows], token)
-    paraphrases = _ask(model, tok, [r["paraphrased_question"] for r in rows], token)
+    forget = _ask(model, tok, [r["question"] for r in rows], token, refusal)
+    paraphrases = _ask(model, tok, [r["paraphrased_question"] for r in rows], token, refusal)
 
     general = [dict(m, before=b, after=a) for m, b, a in zip(mentions, before, after) if m["role"] == "general"]
     answered = [g for g in general if not g["before"]["refused"]]
@@ -113,6 +117,10 @@ def main() -> None:
         "open_refused_before": _share([o["before"] for o in opened]),
         "forget_token_first": _share(forget, "token_first"),
         "paraphrases_token_first": _share(paraphrases, "token_first"),
+        "refusal": refusal,
+        "forget_chosen_refusal": _share(forget, "chosen_refusal"),
+        "paraphrases_chosen_refusal": _share(paraphrases, "chosen_refusal"),
+        "stray_window": 64,
         "scope": {"entities": [{k: e[k] for k in ("entity", "from", "person", "requests", "attributed", "added")}
                                for e in last["scope"]["entities"]],
                   "unattributed": [rows[i]["question"] for i in last["scope"]["unattributed"]]},
