@@ -50,18 +50,6 @@ def share(flags: list[bool]) -> dict:
             "ci95": wilson(sum(flags), len(flags))}
 
 
-def _cached(path: Path, compute):
-    from unierase.storage import write_json_atomic
-
-    if path.is_file():
-        print(f"[cached] {path.name}", flush=True)
-        return json.loads(path.read_text())
-    print(f"[run] {path.name}", flush=True)
-    data = compute()
-    write_json_atomic(path, data)
-    return data
-
-
 def best_baselines(record: Path, count: int = 2) -> list[tuple[str, dict]]:
     """The TOFU benchmark's baselines of highest Forget Efficacy among those keeping Model Utility
     ≥ 0.9 × the target's (then the rest), with the settings it chose for them."""
@@ -100,6 +88,7 @@ def _measure(model_dir, forget, neighbours, max_new_tokens: int) -> dict:
 
 def main() -> None:
     import unierase
+    from entity_scope import _cached  # the same finished-step cache as the entity-scope benchmark
     from unierase.evaluation.return_set import JUDGE_RECALL, judge_agreement, known_people, load_return, split_people
     from unierase.models.loading import default_model_dir
     from unierase.storage import default_cache_dir, write_json_atomic

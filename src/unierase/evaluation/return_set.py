@@ -14,12 +14,11 @@ has a content word; measured once, see docs/method.md).
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..storage import UniEraseError
+from ..storage import UniEraseError, read_jsonl
 
 RETURN_FILE = "RETURN_llama3-8b_acc80%.jsonl"
 """The RETURN subset shipped in the shared data (466 people × 20 questions)."""
@@ -50,13 +49,7 @@ def load_return(path: str | Path) -> list[Person]:
     if not path.is_file():
         raise UniEraseError(f"RETURN file {path} not found (expected {RETURN_FILE} in the data directory or its return/)")
     people = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UniEraseError(f"{path}:{number}: not JSON ({err.msg})") from None
+    for number, row in read_jsonl(path, what="RETURN file"):
         if not isinstance(row.get("name"), str) or not isinstance(row.get("data"), list) or not row["data"]:
             raise UniEraseError(f"{path}:{number}: needs a string 'name' and a non-empty list 'data'")
         for k, item in enumerate(row["data"]):
