@@ -53,7 +53,7 @@ def main() -> None:
     import unierase
     from unierase.baselines.data import load_tofu
     from unierase.evaluation.metrics import rouge_recall
-    from unierase.refusals import is_well_formed_refusal
+    from unierase.refusals import answer_checks, is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -128,16 +128,21 @@ def main() -> None:
             firsts = {name: first_token_ids(model, tok, qs) for name, qs in
                       (("forget", [r.question for r in forget]), ("paraphrased", paraphrases),
                        ("retain", [r.question for r in retain]))}
-            texts = {}
-            for name, qs in (("forget", [r.question for r in forget]), ("retain", [r.question for r in retain[:args.retain_rouge]])):
-                ids = generate_answer_ids(model, tok, qs, max_new_tokens=args.max_new_tokens)
-                texts[name] = [tok.decode(a, skip_special_tokens=True) for a in ids]
+            texts, answer_ids = {}, {}
+            for name, qs in (("forget", [r.question for r in forget]), ("paraphrased", paraphrases),
+                             ("retain", [r.question for r in retain[:args.retain_rouge]])):
+                answer_ids[name] = generate_answer_ids(model, tok, qs, max_new_tokens=args.max_new_tokens)
+                texts[name] = [tok.decode(a, skip_special_tokens=True) for a in answer_ids[name]]
             starts = {name: (sum(f == token_id for f in ids) / len(ids) if token_id is not None else 0.0)
                       for name, ids in firsts.items()}
-            return {"starts_with_token": starts, "texts": texts}
+            refusal = json.loads(manifest.read_text())["rounds"][-1]["hyperparameters"].get("refusal") if token else None
+            checks = {name: answer_checks(texts[name], refusal=refusal, erased_ids=answer_ids[name],
+                                          other_ids=answer_ids["retain"], token_id=token_id)
+                      for name in ("forget", "paraphrased")}
+            return {"starts_with_token": starts, "texts": texts, "answer_checks": checks}
         return compute
 
-    texts_key = f"{args.max_new_tokens}x{args.retain_rouge}"
+    texts_key = f"{args.max_new_tokens}x{args.retain_rouge}-checks"
     target_m = _cached(work / f"measure-target-{target_key}-{texts_key}.json", measure(args.target))
     erased_m = _cached(work / f"measure-{tag}-{texts_key}.json", measure(str(out)))
     forget_rouge = rouge_recall(erased_m["texts"]["forget"], [r.answer for r in forget]).value
@@ -183,6 +188,7 @@ def main() -> None:
         "forget_rougeL": round(forget_rouge, 4),
         "well_formed_refusals": round(sum(map(is_well_formed_refusal, erased_m["texts"]["forget"]))
                                       / len(erased_m["texts"]["forget"]), 4),
+        "answer_checks": erased_m.get("answer_checks"),
         "retain_rougeL": round(retain_rouge, 4),
         "retain_rougeL_target": round(retain_rouge_target, 4),
         "retain_rougeL_ratio": round(retain_rouge / retain_rouge_target, 4) if retain_rouge_target else None,
