@@ -223,6 +223,10 @@ def erasure_section(load) -> list[str]:
 
 
 ARCHIVE = {
+    "edit_variants/entity_scope_chosen_refusal.json": "entity_scope.py at the chosen-refusal defaults on the TOFU "
+                                                      "benchmark target (forget01, held out): the shared answer checks "
+                                                      "on forget questions, paraphrases and 100 retain answers; no "
+                                                      "timing or baseline cells",
     "edit_variants/refusal_mechanism_cells.json": "erasure_holds.py cells of the refusal mechanism's variants, in the "
                                                   "order they were tried (one sentence, own output row, its ceiling, "
                                                   "the whole refusal as the value target)",
@@ -246,6 +250,8 @@ ARCHIVE = {
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
 ARCHIVE_MADE_BY = {
+    "edit_variants/entity_scope_chosen_refusal.json": "`python benchmarks/entity_scope.py --timing-sizes --baselines "
+                                                      "--results FILE`",
     "edit_variants/refusal_mechanism_cells.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME "
                                                   "[--set ...]` (cells gathered from its cache)",
     "edit_variants/chosen_refusal_tied_row.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME "
