@@ -76,9 +76,7 @@ class ValueConfig:
     greedy_continuation: bool = True
     """A request also converges only once its scored continuation is its greedy one, and after an
     edit pass it counts as reached only once the edited model continues that way (else it gets
-    another pass, optimised on the edited model): the refusal comes out whole, not cut. Measured
-    with the token's own output row: exactly the chosen refusal on 24 of 24 tuning and 16 of 16
-    held-out facts (erasure_holds.json)."""
+    another pass, optimised on the edited model): the refusal comes out whole, not cut."""
 
     def __post_init__(self):
         from ..storage import UniEraseError

@@ -7,9 +7,7 @@ answers right at least ``min_accuracy`` of the time are the ones it *knows*: onl
 erased and only they say whether an erasure spared the others. ``split_people`` parts the known
 people into forget and neighbour people, the same way every time.
 
-Agreement of the judge with the file's own NLI labels on Llama-3-8B's answers (what the file was
-filtered with): 73.6 % with "entailment", 51 % with "not a contradiction" (9,304 answers whose gold
-has a content word; measured once, see docs/method.md).
+How often the judge agrees with the file's own NLI labels: ``judge_agreement`` (figures in docs/method.md).
 """
 
 from __future__ import annotations

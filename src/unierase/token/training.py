@@ -66,15 +66,11 @@ class UnlearningTokenConfig:
     """Examples per optimisation step."""
     own_output_row: bool = True
     """On a model with tied embeddings, untie the output layer (a copy of the embedding; the saved
-    checkpoint then has vocabulary × hidden more parameters) so the token's output row is its own.
-    Tied, the row trained to lead into the refusal is also the one scored in every answer, and the
-    token turned up mid-answer in 3–10 % of ordinary answers before any edit (token_strays.json)."""
+    checkpoint then has vocabulary × hidden more parameters) so the token's output row is its own:
+    tied, the row that leads into the refusal is also scored in every answer and turns up mid-answer."""
     output_ceiling: float = -20.0
-    """A separate output row starts as a copy of the trained input row (a direction the edit can
-    reach; the mean row could not be reached within the edit's bound) and is then lowered until
-    log p([UNL]) is at most this at every position of the model's ordinary answers and of the
-    refusals the token leads into (where the copy was the likeliest token), so that what the edit
-    adds outside its targets stays far from a greedy choice."""
+    """log p([UNL]) the separate output row is lowered to at every position of the model's ordinary
+    answers and of its refusals (``fit_output_row``): what the edit adds elsewhere stays far from greedy."""
     unlikelihood_weight: float = 1.0
     """Tied row only: weight of −log(1 − p([UNL])) at the answer start of unedited prompts."""
     ordinary_unlikelihood_weight: float = 1.0
@@ -87,8 +83,7 @@ class UnlearningTokenConfig:
     training questions (``num_questions``). More cost little: the term reads precomputed hidden states."""
     ceiling_questions: int | None = None
     """Questions of the generic pool whose answers the own output row's ceiling is fitted on
-    (``None``: the whole pool); with 96 questions × 32 tokens the unedited model still took up the
-    token deep in 3 of 50 longer answers (token_strays.json)."""
+    (``None``: the whole pool; fewer left the token likely deep in longer answers)."""
     ceiling_answer_tokens: int = 64
     """Length of those answers (the statistics' own answers are as long: one generation serves both)."""
     seed: int = 0
