@@ -234,32 +234,30 @@ class _Evaluation:
         """Membership AUCs of the forget set against the holdout set, and PrivLeak against the retain
         model's (computed here when ``--retain`` is a model, read from its summary when it is an
         earlier evaluation)."""
-        from .mia import membership
-
         if self.holdout is None:
             return None
-        sides = {"forget": self.sets["forget"], "holdout": self.holdout}
-        items = {name: self._mia_stage(f"mia.{name}", self._main_model, self.tokenizer, self.model_fp, ev)
-                 for name, ev in sides.items()}
-        texts = {name: [r["answer"] for r in ev.rows] for name, ev in sides.items()}
-        retain_auc = self._retain_membership(sides, texts)
-        ordered = {name: [items[name][i] for i in range(len(sides[name].rows))] for name in sides}
-        return membership(ordered["forget"], texts["forget"], ordered["holdout"], texts["holdout"], retain_auc)
+        retain_auc = self._retain_membership()
+        return self._membership_of("", self._main_model, self.tokenizer, self.model_fp, retain_auc)
 
-    def _retain_membership(self, sides: dict, texts: dict) -> dict | None:
+    def _membership_of(self, prefix: str, get_model, tokenizer, model_fp, retain_auc: dict | None = None) -> dict:
+        """One model's membership figures from its ``{prefix}mia.forget`` and ``…holdout`` stages."""
         from .mia import membership
 
+        sides = {"forget": self.sets["forget"], "holdout": self.holdout}
+        parts = {}
+        for name, ev in sides.items():
+            items = self._mia_stage(f"{prefix}mia.{name}", get_model, tokenizer, model_fp, ev)
+            parts[name] = ([items[i] for i in range(len(ev.rows))], [r["answer"] for r in ev.rows])
+        return membership(*parts["forget"], *parts["holdout"], retain_auc)
+
+    def _retain_membership(self) -> dict | None:
         spec = self.cfg.retain
         if not spec:
             self.notes.append("PrivLeak absent: no retain model was given (--retain)")
             return None
         if self._is_model_spec(spec):
-            tok = self._side_tokenizer(spec)
             _, get = self._side_model_loader(spec)
-            items = {name: self._mia_stage(f"retain_model.mia.{name}", get, tok, model_dir_fingerprint(spec), ev)
-                     for name, ev in sides.items()}
-            ordered = {name: [items[name][i] for i in range(len(sides[name].rows))] for name in sides}
-            return membership(ordered["forget"], texts["forget"], ordered["holdout"], texts["holdout"])["auc"]
+            return self._membership_of("retain_model.", get, self._side_tokenizer(spec), model_dir_fingerprint(spec))["auc"]
         summary = Path(spec).expanduser() / "summary.json"
         found = json.loads(summary.read_text()).get("extra", {}).get("membership") if summary.is_file() else None
         if not found:
