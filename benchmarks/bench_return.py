@@ -51,15 +51,13 @@ def share(flags: list[bool]) -> dict:
 
 
 def best_baselines(record: Path, count: int = 2) -> list[tuple[str, dict]]:
-    """The TOFU benchmark's baselines of highest Forget Efficacy among those keeping Model Utility
-    ≥ 0.9 × the target's (then the rest), with the settings it chose for them."""
+    """The baselines the TOFU benchmark audits (``bench_tofu.audited_methods``: highest Forget
+    Efficacy among those keeping Model Utility), with the learning rate and epochs it chose."""
+    from bench_tofu import audited_methods
+
     figures = json.loads(record.read_text())
-    heads = {m: c.get("headline", {}) for m, c in figures.get("eval", {}).items()}
-    target_mu = (heads.get("target") or {}).get("model_utility") or 0.0
-    ranked = sorted((m for m in figures.get("methods", {}) if m != "unierase" and heads.get(m, {}).get("forget_efficacy")
-                     is not None), key=lambda m: ((heads[m].get("model_utility") or 0) < 0.9 * target_mu,
-                                                  -heads[m]["forget_efficacy"]))
-    return [(m, {k: figures["methods"][m]["run"][k] for k in ("lr", "epochs")}) for m in ranked[:count]]
+    chosen = [m for m in audited_methods(figures, count) if m != "unierase"]
+    return [(m, {k: figures["methods"][m]["run"][k] for k in ("lr", "epochs")}) for m in chosen]
 
 
 def _asked(model_dir, people, max_new_tokens: int) -> list[list[str]]:

@@ -298,14 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shares_work(args) -> bool:
+    """Whether the command shares its work among several processes (a fine-tuning method's training does)."""
+    if args.command in SEVERAL_PROCESSES:
+        return True
+    return args.command == "forget" and args.method in methods() and get_method(args.method).family == "fine-tuning"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     processes = int(os.environ.get("WORLD_SIZE", "1"))
-    shared = args.command in SEVERAL_PROCESSES or (args.command == "forget" and args.method != "unierase")
-    if processes > 1 and not shared:
+    if processes > 1 and not _shares_work(args):
         # every process would run the whole command and write the same output
         print(f"unierase: error: 'unierase {args.command}' runs in one process (started with {processes}); "
               f"{', '.join(SEVERAL_PROCESSES)} and forget with a baseline share work among processes", file=sys.stderr)
