@@ -22,6 +22,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from .. import distributed
 from ..prompts import encode_qa, pad_batch
 from ..storage import UniEraseError
 
@@ -176,8 +177,6 @@ def train_loop(
     """
     from tqdm.auto import tqdm
 
-    from .. import distributed
-
     config.validate()
     params, optimiser = _optimiser(model, config)
     rank, size = distributed.rank_and_size()
@@ -298,8 +297,6 @@ def _backward(loop: _Loop, batch, loss_fn, autocast) -> None:
 
 def _mean_over_processes(values: dict) -> dict:
     """Logged terms averaged over the processes (each logged the mean of its own micro-batches)."""
-    from .. import distributed
-
     size = distributed.rank_and_size()[1]
     if size == 1 or not values:
         return values

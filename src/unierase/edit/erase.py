@@ -179,10 +179,9 @@ def _settle_settings(run: _Round) -> None:
     options = run.options
     token_config = options.token_config or UnlearningTokenConfig(seed=run.context.seed)
     run.config, run.recipe = _resolve_config(run.model, options)
-    run.token_config = token_with_settings(token_config, options.settings)
-    if run.config.refusal and run.token_config.refusal != run.config.refusal:  # the token leads into the chosen one
-        run.token_config = dataclasses.replace(run.token_config, refusal=run.config.refusal)
     _keep_earlier_refusal(run)
+    # the token leads into the round's refusal, whichever set it (option, recipe, --set, an earlier round)
+    run.token_config = dataclasses.replace(token_with_settings(token_config, options.settings), refusal=run.config.refusal)
     check_refusal(run.config.refusal, [r.answer for r in run.reqs])  # one a recipe or --set gave, too
     run.adapter = find_mlp_output(run.model)
     _check_token_room(run.model)
@@ -219,7 +218,6 @@ def _keep_earlier_refusal(run: _Round) -> None:
                             f"{earlier if earlier else 'the bundled refusals'!r}; a later round cannot answer with "
                             f"{run.options.refusal!r} (leave --refusal out, or start from the base model)")
     run.config = dataclasses.replace(run.config, refusal=earlier)
-    run.token_config = dataclasses.replace(run.token_config, refusal=earlier)
 
 
 def _check_token_room(model) -> None:
