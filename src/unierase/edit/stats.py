@@ -112,6 +112,11 @@ def corpus_token_batches(tokenizer, num_tokens: int, max_length: int, batch_size
             return
 
 
+def _batch_order(sequence: list[int]):
+    """Sequences sorted by this are batched with those sharing their first tokens and length."""
+    return sequence[:MIN_SHARED_PREFIX], len(sequence)
+
+
 @torch.no_grad()
 def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequences: list[list[int]], pad_id: int, *,
                      batch_size: int = 16, bar=None) -> tuple[dict[int, torch.Tensor], int]:
@@ -131,7 +136,7 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
             add_moment(moments[layer], keys[current["mask"].to(keys.device).bool()], current["weight"])
         return hook
 
-    order = sorted(range(len(sequences)), key=lambda i: (sequences[i][:MIN_SHARED_PREFIX], len(sequences[i])))
+    order = sorted(range(len(sequences)), key=lambda i: _batch_order(sequences[i]))
     count = 0
     handles = [adapter.mlp_output(l).register_forward_pre_hook(make_hook(l)) for l in layers]
     try:
@@ -162,7 +167,7 @@ def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: 
     sequences = [seq for batch in corpus_token_batches(tokenizer, num_tokens, max_length, batch_size, seed) for seq in batch]
     sequences += list(extra_texts or [])
     # shard in the order sequence_moments batches them, so each rank's batches share prefixes as one process's do
-    sequences = distributed.shard(sorted(sequences, key=lambda s: (s[:MIN_SHARED_PREFIX], len(s))))
+    sequences = distributed.shard(sorted(sequences, key=_batch_order))
     with tqdm(total=sum(map(len, sequences)), desc="key statistics", unit="tok", disable=not progress) as bar:
         moments, count = sequence_moments(model, adapter, layers, sequences, tokenizer.pad_token_id,
                                           batch_size=batch_size, bar=bar)

@@ -108,7 +108,7 @@ class StageStore:
         own = f"{name}.rank{rank}-of-{size}"
         mine, _ = self.load(own, fingerprint)
         t0 = time.time()
-        rest = [i for i in todo[rank::size] if i not in mine]
+        rest = [i for i in distributed.shard(todo) if i not in mine]
         for indices, values in compute(rest) if rest else ():
             mine.update(zip(indices, values))
             self.save(own, fingerprint, mine, False, time.time() - t0)
