@@ -57,7 +57,7 @@ def test_edit_round_writes_the_target_values(arch, key_position, solver):
     assert report.residual_left < 0.5, report
     if key_position == "last":
         assert (after > before + 0.1).all(), (before, after)
-    assert set(state.previous_keys) == set(layers)
+    assert set(state.layers) == set(layers)
     assert report.layers == layers and len(report.key_tokens) == 2
     if key_position == "subject":
         assert report.key_tokens[0].strip() and report.key_tokens[0].strip() in "France"
@@ -127,7 +127,7 @@ def test_edit_passes_preserve_each_requests_keys_once():
     # layer 1's keys do not depend on the edits (its own projection's input, nothing edited below)
     keys = result.last.keys[1].double()
     torch.testing.assert_close(state.get(1), keys @ keys.T)  # the last pass's keys, once
-    assert set(state.previous_keys) == {1, 2}
+    assert set(state.layers) == {1, 2}
 
 
 def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():

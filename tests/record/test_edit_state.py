@@ -18,3 +18,62 @@ def test_the_projected_state_follows_added_keys():
     for got, keys in ((before, first), (state.projected(3, basis), torch.cat([first, second], 1))):
         k = keys.double()
         torch.testing.assert_close(got, basis.T @ (k @ k.T) @ basis)
+
+
+def _sum(keys: torch.Tensor) -> torch.Tensor:
+    k = keys.double()
+    return k @ k.T
+
+
+def test_keys_are_kept_as_rows_until_they_outnumber_the_dimensions(tmp_path):
+    """The state's size follows what was erased: n × m key rows while n ≤ m, then the m × m sum;
+    either form gives the same Σ k kᵀ and survives save/load."""
+    g = torch.Generator().manual_seed(1)
+    first, second = torch.randn(8, 5, generator=g), torch.randn(8, 6, generator=g)
+    state = EditState()
+    state.add(2, first)
+    assert 2 in state.key_rows and not state.previous_keys and state.key_rows[2].shape == (5, 8)
+    torch.testing.assert_close(state.get(2), _sum(first))
+    state.save(tmp_path)
+    assert torch.equal(EditState.load(tmp_path).key_rows[2], state.key_rows[2])
+    state.add(2, second)  # 11 keys > 8 dimensions
+    assert 2 in state.previous_keys and not state.key_rows
+    torch.testing.assert_close(state.get(2), _sum(torch.cat([first, second], 1)))
+    state.save(tmp_path)
+    assert torch.equal(EditState.load(tmp_path).previous_keys[2], state.previous_keys[2])
+
+
+def test_the_projected_state_of_key_rows():
+    g = torch.Generator().manual_seed(2)
+    basis = torch.linalg.qr(torch.randn(12, 5, generator=g, dtype=torch.float64))[0]
+    keys = torch.randn(12, 3, generator=g)
+    state = EditState()
+    state.add(0, keys)
+    torch.testing.assert_close(state.projected(0, basis), basis.T @ _sum(keys) @ basis)
+
+
+def test_revert_data_of_the_state_is_a_row_count_and_gives_it_back_bit_for_bit():
+    """A round that appends key rows records no tensor; one that turns rows into the sum keeps the old
+    rows whole; one that adds to the sum records the difference. Each undoes to the exact bits."""
+    from types import SimpleNamespace
+
+    from unierase.record.rounds import _state_deltas
+    from unierase.record.trail import undo_state
+
+    g = torch.Generator().manual_seed(3)
+    state = EditState()
+    snapshots = [state.tensors()]
+    for n in (3, 2, 7, 4):  # rows, rows, rows → sum (12 > 8), sum
+        state.add(1, torch.randn(8, n, generator=g))
+        snapshots.append(state.tensors())
+    kinds = []
+    for before, after in zip(snapshots, snapshots[1:]):
+        data, info = _state_deltas(SimpleNamespace(state=before), EditState.from_tensors(after))
+        kinds.append(sorted(item["kind"] for item in info.values()))
+        restored = dict(after)
+        undo_state(restored, info, data)
+        assert set(restored) == set(before)
+        assert all(torch.equal(restored[n], before[n]) for n in before)
+    assert kinds[0] == ["absent"] and kinds[1] == ["rows_appended"]
+    assert kinds[2] == ["absent", "dense"]  # the sum appears (absent before); the old rows kept whole
+    assert "rows_appended" not in kinds[3] and len(kinds[3]) == 1

@@ -410,6 +410,9 @@ def _round_record(number: int, run: _Round) -> dict:
         "passes": result.passes,
         "not_reached": [r.digest() for r in not_reached],
         "null_space_dims": result.last.null_dims,
+        "state": {"mb": round(run.preserved.state.nbytes() / 2 ** 20, 2), "key_rows": {
+            l: int(r.shape[0]) for l, r in run.preserved.state.key_rows.items()},
+                  "summed_layers": sorted(run.preserved.state.previous_keys)},
         "update_norms": result.last.update_norms,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

@@ -1,8 +1,13 @@
 """The sequential edit state saved beside an edited checkpoint.
 
-``unierase_state.safetensors`` holds, per edited layer, K_p K_pᵀ: the summed outer products of all
-keys edited so far (and of the rounds' softly preserved keys,
-weighted). A later round adds it to its system so it does not undo earlier edits.
+A later round adds Σ k kᵀ over every key edited so far (and over the rounds' softly preserved keys,
+weighted) to its system so it does not undo earlier edits. ``unierase_state.safetensors`` holds it
+per edited layer in whichever form is smaller, so that its size follows what was erased:
+
+- ``layer<l>.key_rows``: the keys themselves, one per row (n × m, fp64), while n ≤ m. A round
+  appends rows, so its revert data is a row count (``deltas`` "rows_appended"), not an m × m matrix.
+- ``layer<l>.previous_keys``: the sum K Kᵀ (m × m, fp64) once the keys outnumber the dimensions
+  (a small model after a round or two; an 8B model's m = 14,336 takes thousands of keys).
 """
 
 from __future__ import annotations
@@ -22,52 +27,105 @@ STATE_FILE = "unierase_state.safetensors"
 @dataclass
 class EditState:
     previous_keys: dict[int, torch.Tensor] = field(default_factory=dict)
-    """Layer → Σ k kᵀ (m × m, fp64) over every key edited (or softly preserved) in earlier rounds."""
+    """Layer → Σ k kᵀ (m × m, fp64), for the layers whose keys outnumber their dimensions."""
+    key_rows: dict[int, torch.Tensor] = field(default_factory=dict)
+    """Layer → the keys, one per row (n × m, fp64), for the other layers; Σ k kᵀ = Rᵀ R."""
     _projected: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     """Layer → (Û, Ûᵀ Σ k kᵀ Û) for the null-space basis last asked for (not saved)."""
 
+    def __bool__(self) -> bool:
+        return bool(self.previous_keys or self.key_rows)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(set(self.previous_keys) | set(self.key_rows))
+
     def get(self, layer: int) -> torch.Tensor | None:
+        """Σ k kᵀ (m × m, fp64) of ``layer``, or ``None`` where nothing was edited."""
+        if layer in self.key_rows:
+            rows = self.key_rows[layer]
+            return rows.T @ rows
         return self.previous_keys.get(layer)
 
     def projected(self, layer: int, basis: torch.Tensor) -> torch.Tensor | None:
         """Ûᵀ (Σ k kᵀ) Û (r × r, fp64) for ``basis`` Û (m × r): computed once per basis, then kept up
         to date by ``add`` with rank-N updates instead of m × m × r products every pass."""
-        if layer not in self.previous_keys:
+        if layer not in self.previous_keys and layer not in self.key_rows:
             return None
         cached = self._projected.get(layer)
         if cached is None or cached[0] is not basis:
             u = basis.to(torch.float64)
-            cached = (basis, u.T @ self.previous_keys[layer] @ u)
+            if layer in self.key_rows:
+                in_basis = self.key_rows[layer] @ u
+                cached = (basis, in_basis.T @ in_basis)
+            else:
+                cached = (basis, u.T @ self.previous_keys[layer] @ u)
             self._projected[layer] = cached
         return cached[1]
 
     def add(self, layer: int, keys: torch.Tensor) -> None:
+        """Add the keys ``keys`` (m × n, one per column) of ``layer``."""
         k = keys.to(torch.float64)
-        outer = k @ k.T
-        self.previous_keys[layer] = outer if layer not in self.previous_keys else self.previous_keys[layer] + outer
+        dim = k.shape[0]
+        if layer in self.previous_keys:
+            self.previous_keys[layer] = self.previous_keys[layer] + k @ k.T
+        else:
+            rows = k.T.contiguous() if layer not in self.key_rows else torch.cat([self.key_rows[layer], k.T])
+            if rows.shape[0] <= dim:
+                self.key_rows[layer] = rows
+            else:  # more keys than dimensions: the m × m sum is the smaller form from now on
+                self.key_rows.pop(layer, None)
+                self.previous_keys[layer] = rows.T @ rows
         if layer in self._projected:
             basis, projected = self._projected[layer]
             k_u = basis.to(torch.float64).T @ k
             self._projected[layer] = (basis, projected + k_u @ k_u.T)
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The state as named tensors, ``state.layer<l>`` (Σ k kᵀ) or ``state.layer<l>.rows`` (the keys):
+        what a round's revert data records and ``from_tensors`` reads back."""
+        return {**{f"state.layer{l}": v for l, v in self.previous_keys.items()},
+                **{f"state.layer{l}.rows": v for l, v in self.key_rows.items()}}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "EditState":
+        state = cls()
+        for name, value in tensors.items():
+            match = re.fullmatch(r"state\.layer(\d+)(\.rows)?", name)
+            if match is None:
+                raise UniEraseError(f"unexpected edit-state tensor {name!r}")
+            (state.key_rows if match.group(2) else state.previous_keys)[int(match.group(1))] = value
+        return state
+
     def save(self, folder: str | Path) -> None:
-        tensors = {f"layer{l}.previous_keys": v.contiguous() for l, v in self.previous_keys.items()}
+        tensors = {**{f"layer{l}.previous_keys": v.contiguous() for l, v in self.previous_keys.items()},
+                   **{f"layer{l}.key_rows": v.contiguous() for l, v in self.key_rows.items()}}
         if tensors:
             save_file(tensors, str(Path(folder) / STATE_FILE))
 
     def validate(self, layers: list[int] | None, key_dim: int | None, *, source: object = "the edit state") -> None:
         """Refuse a state that cannot be the one of this model: other layers, other shapes, a
         dtype other than fp64, or any NaN / infinity (it would turn the edited weights into NaN)."""
-        for layer, value in self.previous_keys.items():
-            where = f"{source}: layer {layer}"
-            if layers is not None and layer not in layers:
-                raise UniEraseError(f"{where} is not one of the edited layers {layers}")
-            if value.dtype != torch.float64 or value.dim() != 2 or value.shape[0] != value.shape[1]:
-                raise UniEraseError(f"{where}: expected a square fp64 matrix, got {str(value.dtype)} {tuple(value.shape)}")
-            if key_dim is not None and value.shape[0] != key_dim:
-                raise UniEraseError(f"{where}: {value.shape[0]} × {value.shape[1]}, but the model's keys have {key_dim} dimensions")
-            if not torch.isfinite(value).all():
-                raise UniEraseError(f"{where} holds NaN or infinite values; the state is corrupt")
+        both = set(self.previous_keys) & set(self.key_rows)
+        if both:
+            raise UniEraseError(f"{source}: layer {min(both)} is stored twice (as a sum and as key rows)")
+        for form, values in (("sum", self.previous_keys), ("rows", self.key_rows)):
+            for layer, value in values.items():
+                where = f"{source}: layer {layer}"
+                if layers is not None and layer not in layers:
+                    raise UniEraseError(f"{where} is not one of the edited layers {layers}")
+                square = value.dim() == 2 and value.shape[0] == value.shape[1]
+                if value.dtype != torch.float64 or value.dim() != 2 or (form == "sum" and not square):
+                    expected = "a square fp64 matrix" if form == "sum" else "an fp64 matrix of key rows"
+                    raise UniEraseError(f"{where}: expected {expected}, got {str(value.dtype)} {tuple(value.shape)}")
+                if key_dim is not None and value.shape[1] != key_dim:
+                    raise UniEraseError(f"{where}: {value.shape[0]} × {value.shape[1]}, but the model's keys have "
+                                        f"{key_dim} dimensions")
+                if not torch.isfinite(value).all():
+                    raise UniEraseError(f"{where} holds NaN or infinite values; the state is corrupt")
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.previous_keys.values(), *self.key_rows.values()))
 
     @classmethod
     def load(cls, folder: str | Path) -> "EditState":
@@ -78,12 +136,12 @@ class EditState:
             data = load_file(str(path))
         except Exception as err:  # safetensors raises its own error type for truncated or foreign files
             raise UniEraseError(f"{path}: unreadable edit state ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-        layers = {}
+        state = cls()
         for name, value in data.items():
-            match = re.fullmatch(r"layer(\d+)\.previous_keys", name)
+            match = re.fullmatch(r"layer(\d+)\.(previous_keys|key_rows)", name)
             if match is None:
                 raise UniEraseError(f"{path}: unexpected tensor {name!r} in the edit state")
-            layers[int(match.group(1))] = value
-        if not layers:
+            (state.key_rows if match.group(2) == "key_rows" else state.previous_keys)[int(match.group(1))] = value
+        if not state:
             raise UniEraseError(f"{path}: the edit state is empty")
-        return cls(layers)
+        return state

@@ -161,7 +161,7 @@ def start_round(model, state: EditState | None = None, *, changes: Iterable[str]
     return RoundStart({n: deltas.tensor_digest(t) for n, t in tensors.items()},
                       {n: tuple(t.shape) for n, t in tensors.items()},
                       {n: tensors[n].detach().clone() for n in names},
-                      dict(state.previous_keys) if state is not None else {},
+                      state.tensors() if state is not None else {},
                       guard.take_baseline(model, tokenizer, list(neighbours)) if tokenizer is not None else None)
 
 
@@ -250,12 +250,12 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _state_changes(before: dict[int, torch.Tensor], after: dict[int, torch.Tensor]):
-    for layer in sorted(set(before) | set(after)):
-        old, new = before.get(layer), after.get(layer)
+def _state_changes(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]):
+    for name in sorted(set(before) | set(after)):
+        old, new = before.get(name), after.get(name)
         if old is not None and new is not None and old is new:
             continue
-        yield f"state.layer{layer}", old, new
+        yield name, old, new
 
 
 def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, source: ModelInput, *, manifest: dict,
@@ -275,7 +275,7 @@ def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, sour
     with atomic_directory(Path(out)) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if state is not None and state.previous_keys:
+        if state:
             state.save(tmp)
         fault_point("after-weights")
         if source.folder is not None and (source.folder / DELTA_DIR).is_dir():
@@ -350,11 +350,12 @@ def _state_deltas(start: RoundStart, state: EditState | None) -> tuple[dict, dic
     """The revert data of the edit state (the preserved keys K_p K_pᵀ per layer)."""
     state_data, state_info = {}, {}
     if state is not None:
-        for name, old, new in _state_changes(start.state, state.previous_keys):
+        for name, old, new in _state_changes(start.state, state.tensors()):
             if old is None:
                 state_info[name] = {"kind": "absent"}
-            else:
-                data, info = deltas.encode({name: (old, new)})
+            else:  # gone after the round (its keys now summed under another name): kept whole
+                gone = torch.empty(0, dtype=old.dtype)
+                data, info = deltas.encode({name: (old, new if new is not None else gone)})
                 state_data.update(data)
                 state_info.update(info)
     return state_data, state_info

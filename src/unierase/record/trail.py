@@ -86,8 +86,9 @@ def _delta_tensors(folder: Path, entry: dict) -> dict[str, torch.Tensor]:
         raise UniEraseError(f"{path}: unreadable revert data ({err})") from None
 
 
-def _undo(folder: Path, entry: dict, weights: dict[str, torch.Tensor], state: dict[int, torch.Tensor]) -> None:
-    """Turn ``weights`` and ``state`` (after ``entry``) into what they were before it, in place."""
+def _undo(folder: Path, entry: dict, weights: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """Turn ``weights`` and ``state`` (``EditState.tensors()``, after ``entry``) into what they were
+    before it, in place."""
     tensors = _delta_tensors(folder, entry)
     info = entry["delta"]
     for name, item in info["tensors"].items():
@@ -96,12 +97,17 @@ def _undo(folder: Path, entry: dict, weights: dict[str, torch.Tensor], state: di
         if name not in weights:
             raise UniEraseError(f"the model has no tensor {name}, which round {entry.get('round')} changed")
         weights[name] = deltas.decode(name, weights[name], item, tensors)
-    for name, item in info.get("state", {}).items():
-        layer = int(name[len("state.layer"):])
+    undo_state(state, info.get("state", {}), tensors)
+
+
+def undo_state(state: dict[str, torch.Tensor], info: dict[str, dict], tensors: dict[str, torch.Tensor]) -> None:
+    """Turn ``state`` (``EditState.tensors()`` after a round) into what it was before, in place, from
+    the round's state revert data (``info``, ``tensors``)."""
+    for name, item in info.items():
         if item.get("kind") == "absent":
-            state.pop(layer, None)
-        else:
-            state[layer] = deltas.decode(name, state[layer], item, tensors)
+            state.pop(name, None)
+        else:  # a form the round replaced (key rows summed into K Kᵀ) was kept whole: nothing to start from
+            state[name] = deltas.decode(name, state.get(name, torch.empty(0)), item, tensors)
 
 
 def _tied_groups(model) -> list[list[str]]:
@@ -164,7 +170,7 @@ def revert(folder, undo_from: int, out, *, overwrite: bool = False, cache_dir=No
             model.save_pretrained(tmp)
             _restore_files(job, tmp)
             if job.state:
-                EditState(job.state).save(tmp)
+                EditState.from_tensors(job.state).save(tmp)
             _copy_kept_deltas(job, tmp)
             write_text_atomic(tmp / LEDGER_FILE, ledger_text(new_entries))
             _write_reverted_manifest(job, tmp, new_entries, revert_entry)
@@ -181,7 +187,8 @@ class _Revert:
     live: list[dict]
     """The rounds in force, in order; ``live[undo_from - 1:]`` are undone."""
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
-    state: dict[int, torch.Tensor] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] = field(default_factory=dict)
+    """``EditState.tensors()``, rolled back."""
     current: str = ""
     """Digest of the weights before the revert."""
     restored: str = ""
@@ -214,7 +221,7 @@ def _roll_back(job: _Revert, model) -> None:
     if job.current != job.entries[-1]["weights_after"]:
         raise UniEraseError(f"the weights in {folder} differ from those the ledger recorded after its last entry "
                             "(changed outside unierase); run unierase verify to see which")
-    job.state = dict(EditState.load(folder).previous_keys) if (folder / STATE_FILE).exists() else {}
+    job.state = EditState.load(folder).tensors() if (folder / STATE_FILE).exists() else {}
     for entry in reversed(job.undo):
         _undo(folder, entry, job.weights, job.state)
     job.restored = combined_digest({n: deltas.tensor_digest(t) for n, t in job.weights.items()})
@@ -322,7 +329,7 @@ def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True)
         token_id = (manifest.get("token") or {}).get("id")
         # the weights are rolled back round by round only when they are the ones the ledger recorded
         weights = {n: t.detach().clone() for n, t in model.state_dict().items()} if report.weights["match"] else None
-        state = dict(EditState.load(folder).previous_keys) if (folder / STATE_FILE).exists() else {}
+        state = EditState.load(folder).tensors() if (folder / STATE_FILE).exists() else {}
         v = _Verification(folder, model, tokenizer, report, token_id, given, weights, state)
         for entry in reversed(live):
             row = {"round": entry["round"], "entry": entry["index"], "method": entry.get("method")}
@@ -350,7 +357,7 @@ class _Verification:
     given: dict[str, ForgetRequest]
     weights: dict[str, torch.Tensor] | None
     """The weights rolled back so far; None once they no longer match the ledger (no further check)."""
-    state: dict[int, torch.Tensor]
+    state: dict[str, torch.Tensor]
 
 
 def _weights_report(folder: Path, digests: dict[str, str], entries: list[dict], live: list[dict]) -> VerifyReport:
