@@ -5,7 +5,8 @@ benchmark's target (``bench_tofu.py``: authors 0–19 + 198–199) and measures,
 the share of the 40 forget questions and of their ``paraphrased_question``s whose greedy answer
 starts with the unlearning token, the forget ROUGE-L recall (64-token greedy answers), the share of
 retain-author questions (``retain_perturbed``: authors 0–19) that start with the token and their
-ROUGE-L against the target's; the edit's time (token and statistics cached) and peak memory; and
+ROUGE-L against the target's, the share of 100 retain-author and ``--world-facts`` TOFU world-fact
+answers holding the token within 64 tokens; the edit's time (token and statistics cached) and peak memory; and
 the edit time at ``--timing-sizes`` requests (forget05's first questions); and, in the same run, the
 unlearning step of the ``--baselines`` on the same target (forget01 with its answers, the retain
 authors' QA as retain data), the edit's time over the fastest of them.
@@ -53,7 +54,7 @@ def main() -> None:
     import unierase
     from unierase.baselines.data import load_tofu
     from unierase.evaluation.metrics import rouge_recall
-    from unierase.refusals import answer_checks, is_well_formed_refusal
+    from unierase.refusals import STRAY_TOKENS, answer_checks, is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -64,6 +65,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--retain-rouge", type=int, default=100,
                         help="retain questions whose 64-token answers are scored with ROUGE-L (all 400 get the first-token check)")
+    parser.add_argument("--world-facts", type=int, default=40,
+                        help="TOFU world-fact questions whose answers must not hold the token (the first N)")
     parser.add_argument("--timing-sizes", type=int, nargs="*", default=[40, 100])
     parser.add_argument("--baselines", nargs="*", default=["ga+gd", "npo+gd"],
                         help="fine-tuning baselines timed on the same target in this run (forget01 with answers and the "
@@ -82,6 +85,7 @@ def main() -> None:
     rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "forget01_perturbed.jsonl").read_text()
             .splitlines() if x.strip()]
     paraphrases = [r["paraphrased_question"] for r in rows]
+    world = [r.question for r in load_tofu("world_facts", args.data_dir)[:args.world_facts]]
     retain = load_tofu("retain_perturbed", args.data_dir)
     from bench_tofu import portable, unierase_defaults_key  # the sibling script's helpers
 
@@ -130,7 +134,7 @@ def main() -> None:
                        ("retain", [r.question for r in retain]))}
             texts, answer_ids = {}, {}
             for name, qs in (("forget", [r.question for r in forget]), ("paraphrased", paraphrases),
-                             ("retain", [r.question for r in retain[:args.retain_rouge]])):
+                             ("retain", [r.question for r in retain[:args.retain_rouge]]), ("world", world)):
                 answer_ids[name] = generate_answer_ids(model, tok, qs, max_new_tokens=args.max_new_tokens)
                 texts[name] = [tok.decode(a, skip_special_tokens=True) for a in answer_ids[name]]
             starts = {name: (sum(f == token_id for f in ids) / len(ids) if token_id is not None else 0.0)
@@ -139,10 +143,13 @@ def main() -> None:
             checks = {name: answer_checks(texts[name], refusal=refusal, erased_ids=answer_ids[name],
                                           other_ids=answer_ids["retain"], token_id=token_id)
                       for name in ("forget", "paraphrased")}
-            return {"starts_with_token": starts, "texts": texts, "answer_checks": checks}
+            # the answers that must not hold the token: retain authors and world facts, each counted apart
+            strays = {name: answer_checks([], other_ids=answer_ids[name], token_id=token_id)["token_in_other_answers"]
+                      for name in ("retain", "world")}
+            return {"starts_with_token": starts, "texts": texts, "answer_checks": checks, "token_in_answers": strays}
         return compute
 
-    texts_key = f"{args.max_new_tokens}x{args.retain_rouge}-checks"
+    texts_key = f"{args.max_new_tokens}x{args.retain_rouge}x{args.world_facts}-checks"
     target_m = _cached(work / f"measure-target-{target_key}-{texts_key}.json", measure(args.target))
     erased_m = _cached(work / f"measure-{tag}-{texts_key}.json", measure(str(out)))
     forget_rouge = rouge_recall(erased_m["texts"]["forget"], [r.answer for r in forget]).value
@@ -189,6 +196,8 @@ def main() -> None:
         "well_formed_refusals": round(sum(map(is_well_formed_refusal, erased_m["texts"]["forget"]))
                                       / len(erased_m["texts"]["forget"]), 4),
         "answer_checks": erased_m.get("answer_checks"),
+        "token_in_answers": {**erased_m.get("token_in_answers", {}), "window": STRAY_TOKENS,
+                             "questions": {"retain": args.retain_rouge, "world": len(world)}},
         "retain_rougeL": round(retain_rouge, 4),
         "retain_rougeL_target": round(retain_rouge_target, 4),
         "retain_rougeL_ratio": round(retain_rouge / retain_rouge_target, 4) if retain_rouge_target else None,

@@ -6,8 +6,9 @@ their questions only. Scored on: the share of their 40 questions and 40 paraphra
 greedy first answer token is the unlearning token, the share of the other 18 retain authors'
 questions (rows 40–399) that start with it, and the teacher-forced agreement with the target's own
 greedy answers (32 tokens) on 100 of those questions, the share of the 40 forget answers (40 tokens)
-that are a well-formed refusal; plus the edit's time (token and statistics
-cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
+that are a well-formed refusal, and the shared answer checks (``refusals.answer_checks``: exactly the
+chosen refusal, the token repeated) of the forget and paraphrased answers (64 tokens); plus the
+edit's time (token and statistics cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
 
     python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--split 2] [--results FILE]
 
@@ -41,7 +42,7 @@ def main() -> None:
     from unierase.generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
     from unierase.models.loading import load_model
     from unierase.edit.recipes import edit_config_for, parse_settings, with_settings
-    from unierase.refusals import is_well_formed_refusal
+    from unierase.refusals import STRAY_TOKENS, answer_checks, is_chosen_refusal, is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -93,6 +94,13 @@ def main() -> None:
         agreement = teacher_forced_agreement(model, tok, agree_questions, reference)
         answers = generate_answer_ids(model, tok, [r["question"] for r in forget], max_new_tokens=40)
         texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
+        refusal = config.refusal
+        checks, check_texts = {}, {}
+        for name, questions in (("forget", [r["question"] for r in forget]),
+                                ("paraphrased", [r["paraphrased_question"] for r in forget])):
+            ids = generate_answer_ids(model, tok, questions, max_new_tokens=STRAY_TOKENS)
+            check_texts[name] = [tok.decode(a, skip_special_tokens=True) for a in ids]
+            checks[name] = answer_checks(check_texts[name], refusal=refusal, erased_ids=ids, token_id=token_id)
         record = {
             "variant": args.variant, "split": args.split, "overrides": overrides, "config": config.to_dict(),
             "edit_s": last["timings_s"]["edit"], "wall_s": round(wall, 1),
@@ -103,6 +111,9 @@ def main() -> None:
             "other_authors_start": share([r["question"] for r in others]),
             "other_authors_agreement": round(sum(agreement) / len(agreement), 4),
             "well_formed_refusals": round(sum(map(is_well_formed_refusal, texts)) / len(texts), 4),
+            "answer_checks": checks,
+            "not_the_refusal": {name: [[i, t] for i, t in enumerate(ts) if not is_chosen_refusal(t, refusal)]
+                                for name, ts in check_texts.items()},
             "examples": texts[:4],
             "entities": [e["entity"] for e in last["scope"]["entities"]],
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
