@@ -155,8 +155,9 @@ def test_own_answers_suppressing_the_token_are_the_same_before_and_after_it_is_a
 
 
 def test_end_of_turn_is_the_templates_not_always_the_eos():
-    """A Llama-3-style template closes a turn with <|eot_id|> while EOS is <|end_of_text|>: answers
-    are trained to end, and generation stops, at the template's token."""
+    """A Llama-3-style template closes a turn with <|eot_id|> while EOS is <|end_of_text|>, a
+    Qwen-style one with <|im_end|> while EOS is <|endoftext|>: answers are trained to end, and
+    generation stops, at the template's token."""
     from unierase.generation import stop_token_ids
     from unierase.prompts import encode_qa, end_of_turn_id
     from tiny_models import build_model, build_tokenizer
@@ -172,6 +173,11 @@ def test_end_of_turn_is_the_templates_not_always_the_eos():
     assert end_of_turn_id(tok) == eot != tok.eos_token_id
     assert encode_qa(tok, "Who wrote Hamlet?", "Shakespeare.").input_ids[-1] == eot
     assert eot in stop_token_ids(build_model("llama", len(tok)), tok)
+    qwen = build_tokenizer()  # Qwen2.5: ChatML turns (<|im_end|>), EOS <|endoftext|>
+    qwen.add_special_tokens({"additional_special_tokens": ["<|endoftext|>"]})
+    qwen.eos_token = "<|endoftext|>"
+    assert end_of_turn_id(qwen) == qwen.convert_tokens_to_ids("<|im_end|>") != qwen.eos_token_id
+    assert encode_qa(qwen, "Who wrote Hamlet?", "Shakespeare.").input_ids[-1] == qwen.convert_tokens_to_ids("<|im_end|>")
     plain = build_tokenizer()
     plain.chat_template = None
     assert end_of_turn_id(plain) == plain.eos_token_id
