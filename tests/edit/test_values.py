@@ -382,3 +382,28 @@ def test_a_minibatch_takes_a_groups_questions_in_turn_and_the_group_leaves_once_
     assert all(x is not None for x in report.initial_nll) and all(report.converged)
     move = z - h0
     torch.testing.assert_close(move[:, 0], move[:, 2])
+
+
+def test_micro_batches_give_the_same_targets_as_one_batch():
+    """``micro_batch``: the gradient accumulated over batches of 2 requests (prefixed variants, a
+    shared δ split across batches, a scored continuation) gives the targets of one batch."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "Where is Rome?", "Who painted it?",
+                 "What is two and two?"]
+    prompts = [p for i, q in enumerate(questions) for p in build_edit_prompts(tok, q, i, len(q) - 1, 1)]
+    refusal = [[11, 12, 13]] * len(questions)
+    results = {}
+    for size in (None, 2):
+        config = ValueConfig(steps=4, lr=0.1, stop_loss=0.0, micro_batch=size)
+        z, h0, report = compute_target_values(model, adapter, 1, prompts, len(questions), 7, tok.pad_token_id, config,
+                                              progress=False, continuations=refusal, groups=[0, 1, 1, 2, 1])
+        results[size] = (z, h0, report)
+    (z, h0, report), (z_micro, _, report_micro) = results[None], results[2]
+    assert report.steps == report_micro.steps == 4 and (z - h0).norm() > 1e-2  # δ moved
+    torch.testing.assert_close(z_micro, z, atol=1e-5, rtol=1e-4)
+    assert all(abs(a - b) < 1e-3 for a, b in zip(report_micro.final_nll, report.final_nll))

@@ -73,6 +73,10 @@ class ValueConfig:
     """> 1: after a first exact step, steps run only the key token, the prompt's end and the scored
     continuation, the question's words after the key token recomputed at the current δ every this
     many steps (``stale_context``); 1 = every step exact."""
+    micro_batch: int | None = None
+    """Requests whose prompts run forward and backward together; each step accumulates the gradient
+    over such micro-batches, so memory is that of one (a 400-request round fits where 40 do) at the
+    same δ up to rounding. ``None`` = all at once."""
     greedy_continuation: bool = True
     """A request also converges only once its scored continuation is its greedy one, and after an
     edit pass it counts as reached only once the edited model continues that way (else it gets
@@ -92,6 +96,7 @@ class ValueConfig:
             ("continuation_weight", "≥ 0", self.continuation_weight >= 0),
             ("banned_weight", "≥ 0", self.banned_weight >= 0),
             ("continuation_tokens", "None or ≥ 0", self.continuation_tokens is None or self.continuation_tokens >= 0),
+            ("micro_batch", "None or at least 1", self.micro_batch is None or self.micro_batch >= 1),
         ) if not ok]
         if problems:
             raise UniEraseError("ValueConfig: " + "; ".join(problems))
@@ -566,11 +571,19 @@ class _ValueSteps:
         """Steps until every active request reached its target or ``config.steps`` ran; the last
         step's index (−1: none ran)."""
         active = self.layout.active
+        batches = self._micro_batches(groups, active)
         step = -1
         for step in range(self.config.steps if active else 0):
             self.optimiser.zero_grad()
-            chosen, step_groups = self._choose(groups)
-            nll, kl, measured = self._forward(step_groups, step)
+            if self.minibatch:
+                chosen, step_groups = self._choose(groups)
+                step_batches = self._micro_batches(step_groups, chosen)
+            else:
+                chosen, step_batches = active, batches
+            nll, kl, measured = self._forward(step_batches[0], step, backward=len(step_batches) > 1)
+            for more in step_batches[1:]:  # gradient accumulated in δ.grad; the graph freed after each
+                parts = self._forward(more, step, backward=True)
+                nll, kl, measured = nll + parts[0], kl + parts[1], measured + parts[2]
             done = self._record(measured, chosen, step)
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
@@ -580,6 +593,7 @@ class _ValueSteps:
             if done:  # they keep their δ; the remaining steps only pay for the requests still moving
                 active -= done
                 groups = _restrict(groups, self.prompts, active)
+                batches = self._micro_batches(groups, active)
             self._show(bar, len(active))
         return step
 
@@ -597,8 +611,18 @@ class _ValueSteps:
             chosen.update(ms)
         return chosen, _restrict(groups, self.prompts, chosen)
 
-    def _forward(self, step_groups: list[PromptGroup], step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Run the groups with δ: the step's NLL and KL terms, and each request's weighted −log p(target)."""
+    def _micro_batches(self, groups: list[PromptGroup], requests: set[int]) -> list[list[PromptGroup]]:
+        """``groups`` as one batch, or (``config.micro_batch``) split into batches of that many requests."""
+        size = self.config.micro_batch
+        if not size or len(requests) <= size:
+            return [groups]
+        ordered = sorted(requests)
+        return [_restrict(groups, self.prompts, set(ordered[i:i + size])) for i in range(0, len(ordered), size)]
+
+    def _forward(self, step_groups: list[PromptGroup], step: int, backward: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Run the groups with δ: the step's NLL and KL terms, and each request's weighted −log p(target).
+        ``backward``: a micro-batch, whose terms are back-propagated here and returned detached."""
         config, device = self.config, self.delta.device
         nll = torch.zeros((), device=device)
         measured = torch.zeros(self.layout.num_requests, device=device)
@@ -622,6 +646,9 @@ class _ValueSteps:
                                                 reduction="sum")
                 if g.tail is not None:
                     nll = self._add_tail_terms(nll, g, logits, rows, w)
+        if backward:
+            (nll + config.kl_weight * kl).backward()
+            nll, kl = nll.detach(), kl.detach()
         return nll, kl, measured
 
     def _add_tail_terms(self, nll: torch.Tensor, g: PromptGroup, logits: torch.Tensor, rows: torch.Tensor,
