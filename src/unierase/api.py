@@ -117,3 +117,25 @@ def statistics(*, model=None, layers: list[int] | None = None, stats_tokens: int
             "answer_keys": stats.answer_count, "computed_s": round(seconds, 2),
             "total_s": round(time.perf_counter() - started, 2), "processes": size, "recipe": recipe.name if recipe else None,
             "cache": str(StatisticsCache(root).folder(fingerprint, CORPUS_ID, num_tokens))}
+
+
+def plan(*, model=None, requests: int = 40, dtype=None, device: str | None = None, statistics_cached: bool = False,
+         cache_dir=None):
+    """What a UniErase round of ``requests`` requests will need on ``model`` (a directory, hub id or
+    ``config.json``; ``None``: the default model), phase by phase, from its config alone: an
+    ``edit.plan.Plan`` (``.table()``, ``.to_dict()``). ``dtype``: the weights' (``None``/"auto": the
+    config's); ``device``: "cpu" or an accelerator ("cuda"; ``None``: cuda when present)."""
+    import torch
+
+    from .edit.plan import Shape, load_config, plan_round
+    from .edit.recipes import edit_config_for
+    from .models.loading import resolve_dtype
+
+    config = load_config(model, cache_dir)
+    if dtype in (None, "auto"):
+        dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or torch.float32
+    dtype = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    edit_config, _ = edit_config_for(config)
+    return plan_round(Shape.of(config), dtype=dtype, device=device, requests=requests, config=edit_config,
+                      statistics_cached=statistics_cached, model=str(model or "default"))

@@ -268,6 +268,52 @@ def _run_stats(args) -> int:
     return 0
 
 
+def add_plan_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="what a UniErase round will need (device memory, host memory, disk), phase by phase, "
+                     "from the model's config alone",
+        description="Work out, from the model's config alone (a meta-device skeleton: no weights are read), the "
+                    "memory and disk each phase of a UniErase round needs (load, token, statistics, edit, solve, save) "
+                    "and whether it fits this machine. 'unierase forget' makes the same plan and refuses a round "
+                    "that will not fit, before any work. --model takes a model directory, a hub id or a config.json.")
+    p.add_argument("--model", default=None,
+                   help="model directory, hub id or config.json (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--cache-dir", default=None, help="cache of the converted default model")
+    p.add_argument("--requests", type=int, default=40, help="requests in the round (default: 40)")
+    add_dtype_arg(p)
+    p.add_argument("--device", default=None,
+                   help="where the model will run: cpu, or cuda for a GPU (default: cuda when present, else cpu)")
+    p.add_argument("--statistics-cached", action="store_true",
+                   help="the model's key statistics are cached already (a later round): no statistics phase")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(handler=_run_plan)
+
+
+def _run_plan(args) -> int:
+    from . import api
+    from .edit.plan import available, check
+
+    if args.requests < 1:
+        raise UniEraseError(f"--requests must be at least 1 (got {args.requests})")
+    plan = api.plan(model=args.model, requests=args.requests, dtype=args.dtype, device=args.device,
+                    statistics_cached=args.statistics_cached, cache_dir=args.cache_dir)
+    free = available(plan.device)
+    verdict = "fits this machine"
+    try:
+        check(plan, free)
+    except UniEraseError as err:
+        verdict = f"does not fit this machine: {err}"
+    if args.json:
+        print(json.dumps({**plan.to_dict(), "free_gib": {k: round(v, 2) for k, v in free.items()}, "verdict": verdict},
+                         indent=1))
+    else:
+        print(f"{plan.model}: a round of {plan.requests} requests, {plan.dtype} on {plan.device}")
+        print(plan.table())
+        print("free now: " + ", ".join(f"{k.replace('_gib', '')} {v:.1f} GiB" for k, v in free.items()))
+        print(verdict)
+    return 0
+
+
 SEVERAL_PROCESSES = ("stats", "eval", "finetune")
 """The verbs that share their work among the processes of ``accelerate launch``/``torchrun`` (and
 ``forget`` with a fine-tuning baseline: its training loop is shared, the first process writes)."""
@@ -278,7 +324,7 @@ from .evaluation.cli import add_eval_parser  # noqa: E402
 from .baselines.cli import add_finetune_parser  # noqa: E402
 
 COMMANDS = [add_demo_parser, add_forget_parser, add_ask_parser, add_eval_parser, add_finetune_parser, add_methods_parser,
-            add_history_parser, add_verify_parser, add_revert_parser, add_audit_parser, add_stats_parser]
+            add_history_parser, add_verify_parser, add_revert_parser, add_audit_parser, add_stats_parser, add_plan_parser]
 """Every sub-command, registered here in one place."""
 
 

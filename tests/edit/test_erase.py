@@ -40,8 +40,8 @@ def test_each_stage_is_entered_once(tmp_path):
         [{"question": "Who wrote Hamlet?"}, {"question": "Where was Elena Marsh born?"}], tmp_path / "out",
         model=tmp_path / "base", cache_dir=tmp_path / "cache", stats_tokens=2000, max_passes=1, progress=False))
     assert len(seen) == len(set(seen)), f"a stage entered twice: {seen}"
-    order = [name for name in ("options.py", "recipes/__init__.py", "config.py", "prompts.py", "preserved.py", "scope.py",
-                               "editor.py") if name in seen]
+    order = [name for name in ("options.py", "recipes/__init__.py", "config.py", "prompts.py", "stats.py", "plan.py",
+                               "preserved.py", "scope.py", "editor.py") if name in seen]
     assert seen == order, seen
 
 
@@ -147,3 +147,24 @@ def test_a_later_round_keeps_the_refusal_its_token_leads_into(tmp_path, monkeypa
                  "--refusal", "Something else.", *fast]) != 0
     err = capsys.readouterr().err
     assert "leads into 'No comment.'" in err and not (tmp_path / "o2").exists()
+
+
+def test_a_round_that_will_not_fit_is_refused_before_any_work_unless_forced(tmp_path, monkeypatch):
+    """The plan (``edit/plan.py``) is checked against what the devices have free: a phase that will
+    not fit stops the round before the token is trained, naming the phase and the figure; with
+    ``force`` the round runs and its manifest records the plan's peaks."""
+    import pytest
+
+    from unierase.edit import plan
+    from unierase.storage import UniEraseError
+
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    monkeypatch.setattr(plan, "available", lambda device, out=None: {"host_gib": 1e-4, "disk_gib": 100.0})
+    with pytest.raises(UniEraseError, match=r"the token phase needs about .* GiB of host memory .*--force runs anyway"):
+        unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=build_model("llama", len(tok)), tokenizer=tok,
+                        stats_tokens=2000, max_passes=1, progress=False)
+    assert not (tmp_path / "cache" / "tokens").exists()
+    result = unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=build_model("llama", len(tok)),
+                             tokenizer=tok, stats_tokens=2000, max_passes=1, progress=False, force=True)
+    assert result.manifest["rounds"][-1]["plan"]["peak_device_gib"] > 0

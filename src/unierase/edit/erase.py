@@ -102,6 +102,7 @@ def erase(reqs: list[ForgetRequest], source: str, out, context: RunContext, opti
         torch.manual_seed(context.seed)
         run = _load_round(reqs, source, out, context, options)
         _settle_settings(run)
+        _check_plan(run)
         _add_unlearning_token(run)
         _build_preserved_keys(run)
         _edit(run)
@@ -143,6 +144,8 @@ class _Round:
     preserved: object = None
     scoped: object = None
     result: object = None
+    plan: dict = field(default_factory=dict)
+    """The round's planned peaks (``plan.py``), for the manifest."""
 
     def timed(self, name: str, started: float) -> None:
         self.timings[name] = time.perf_counter() - started
@@ -218,6 +221,32 @@ def _keep_earlier_refusal(run: _Round) -> None:
                             f"{earlier if earlier else 'the bundled refusals'!r}; a later round cannot answer with "
                             f"{run.options.refusal!r} (leave --refusal out, or start from the base model)")
     run.config = dataclasses.replace(run.config, refusal=earlier)
+
+
+def _check_plan(run: _Round) -> None:
+    """The round's plan (``plan.py``): refused before any work when a phase will not fit the devices
+    it runs on (unless ``force``); its peaks go into the manifest."""
+    from .plan import Shape, available, check, plan_round
+    from .stats import StatisticsCache
+    from .corpus import CORPUS_ID
+
+    weight = next(run.model.parameters())
+    device = "cpu" if weight.device.type == "cpu" else str(weight.device)
+    folder = StatisticsCache(run.cache_dir).folder(run.fingerprint, CORPUS_ID, run.config.stats_tokens)
+    cached = all((folder / f"layer{layer}.safetensors").is_file() for layer in run.layers)
+    plan = plan_round(Shape.of(run.model.config), dtype=weight.dtype, device=device, requests=len(run.reqs),
+                      config=run.config, statistics_cached=cached)
+    run.plan = {"peak_device_gib": plan.peak("device_gib").device_gib, "peak_host_gib": plan.peak("host_gib").host_gib,
+                "disk_gib": round(sum(p.disk_gib for p in plan.phases), 2),
+                "state_and_revert_gib": plan.state_and_revert_gib}
+    log.info("plan: %s", run.plan)
+    resident = plan.phases[0].device_gib  # the weights, loaded already
+    try:
+        check(plan, available(device, run.out), resident_gib=resident)
+    except UniEraseError as err:
+        if not run.context.force:
+            raise UniEraseError(f"{err}; --force runs anyway") from None
+        log.warning("%s; running anyway (--force)", err)
 
 
 def _check_token_room(model) -> None:
@@ -409,6 +438,7 @@ def _round_record(number: int, run: _Round) -> dict:
         **runtime_info(run.model),
         "passes": result.passes,
         "not_reached": [r.digest() for r in not_reached],
+        "plan": run.plan,
         "null_space_dims": result.last.null_dims,
         "state": {"mb": round(run.preserved.state.nbytes() / 2 ** 20, 2), "key_rows": {
             l: int(r.shape[0]) for l, r in run.preserved.state.key_rows.items()},

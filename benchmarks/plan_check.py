@@ -1,0 +1,136 @@
+"""The plan (``unierase plan``) against what a round measures, and the plans of large models.
+
+Runs one UniErase round of the demo's 24 facts on SmolLM2-135M-Instruct (fp32, CPU) from a cache
+holding only the converted model, so every phase runs (token, statistics, edit, save), while a
+thread samples this process's resident memory; each phase's measured peak (the samples inside its
+time span, from the manifest's timings) and the sizes written (checkpoint, sequential state, revert
+data) are set beside the plan's figures. Then the plans of the shipped Llama-3.1-8B, Qwen2.5-7B and
+Llama-3.1-70B configs (bf16 on a GPU; 40 and 100 requests; statistics computed and cached).
+
+    python benchmarks/plan_check.py [--threads 2]
+
+Writes benchmarks/results/plan_check.json. The plan counts tensors, not the Python/torch runtime
+(~0.4 GiB resident before any model), which the ratio leaves in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results" / "plan_check.json"
+CONFIGS = Path(__file__).resolve().parent.parent / "tests" / "data" / "configs"
+PHASES = ("load", "token", "statistics", "edit", "save")
+
+
+class Sampler(threading.Thread):
+    """This process's resident memory (GiB) every ``every`` seconds, with the time it was taken."""
+
+    def __init__(self, every: float = 0.05):
+        super().__init__(daemon=True)
+        self.every, self.samples, self.stop = every, [], threading.Event()
+
+    def run(self):
+        page = 4096
+        while not self.stop.is_set():
+            resident = int(Path("/proc/self/statm").read_text().split()[1]) * page
+            self.samples.append((time.perf_counter(), resident / 2 ** 30))
+            time.sleep(self.every)
+
+    def peak(self, start: float, end: float) -> float | None:
+        inside = [gib for t, gib in self.samples if start <= t <= end]
+        return round(max(inside), 3) if inside else None
+
+
+def _size_gib(*paths: Path) -> float:
+    return round(sum(p.stat().st_size for path in paths for p in ([path] if path.is_file() else path.rglob("*"))
+                     if p.is_file()) / 2 ** 30, 4)
+
+
+def measured_round(threads: int) -> dict:
+    import torch
+
+    import unierase
+    from unierase.edit_checks import load_demo_facts
+    from unierase.storage import default_cache_dir
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "cache"
+        (cache / "models").mkdir(parents=True)
+        for model in (default_cache_dir() / "models").iterdir():  # the converted model only: every phase runs
+            (cache / "models" / model.name).symlink_to(model)
+        facts = [{"question": f["question"]} for f in load_demo_facts() if f["role"] == "forget"]
+        sampler = Sampler()
+        sampler.start()
+        started = time.perf_counter()
+        result = unierase.forget(facts, Path(tmp) / "out", cache_dir=cache, progress=False)
+        ended = time.perf_counter()
+        sampler.stop.set()
+        sampler.join()
+        timings = result.manifest["rounds"][-1]["timings_s"]
+        spans, at = {}, started
+        for name in PHASES[:-1]:
+            spans[name] = (at, at + timings.get(name, 0.0))
+            at = spans[name][1]
+        spans["save"] = (at, ended)
+        out = Path(tmp) / "out"
+        return {"requests": len(facts), "timings_s": {k: v for k, v in timings.items() if "." not in k},
+                "peak_resident_gib": {name: sampler.peak(*span) for name, span in spans.items()},
+                "baseline_resident_gib": round(sampler.samples[0][1], 3),
+                "written_gib": {"checkpoint": _size_gib(out / "model.safetensors"),
+                                "state": _size_gib(out / "unierase_state.safetensors"),
+                                "revert_data": _size_gib(out / "unierase_deltas"),
+                                "statistics_cache": _size_gib(cache / "stats")},
+                "manifest_plan": result.manifest["rounds"][-1].get("plan"),
+                "state": result.manifest["rounds"][-1].get("state")}
+
+
+def large_plans() -> dict:
+    from unierase import api
+
+    plans = {}
+    for path in sorted(CONFIGS.glob("*.json")):
+        for requests in (40, 100):
+            for cached in (False, True):
+                plan = api.plan(model=str(path), requests=requests, dtype="bfloat16", device="cuda",
+                                statistics_cached=cached)
+                plans[f"{path.stem}/{requests}{'/statistics-cached' if cached else ''}"] = plan.to_dict()
+    return plans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+    from unierase import api
+    from unierase.storage import write_json_atomic
+
+    measured = measured_round(args.threads)
+    plan = api.plan(requests=measured["requests"], device="cpu").to_dict()
+    planned = {p["name"]: p["device_gib"] for p in plan["phases"]}
+    ratios = {name: round(gib / planned[name], 2) for name, gib in measured["peak_resident_gib"].items()
+              if gib and planned.get(name)}
+    record = {
+        "smollm2": {"measured": measured, "plan": plan, "measured_over_planned": ratios,
+                    "written_over_planned": {"state_and_revert": round(
+                        (measured["written_gib"]["state"] + measured["written_gib"]["revert_data"])
+                        / plan["state_and_revert_gib"], 2)}},
+        "large": large_plans(),
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                 cwd=Path(__file__).parent).stdout.strip() or None,
+    }
+    write_json_atomic(Path(args.results), record)
+    print(json.dumps({"measured": measured["peak_resident_gib"], "planned": planned, "ratios": ratios,
+                      "written": measured["written_gib"], "state_and_revert_planned_gib": plan["state_and_revert_gib"]},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""edit/plan.py: the memory and disk of each phase of a round, from the model's config alone."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from unierase.edit.config import EditConfig
+from unierase.edit.plan import GIB, Shape, check, load_config, plan_round
+from unierase.edit.values import ValueConfig
+from unierase.storage import UniEraseError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "data" / "configs"
+
+
+def test_the_shape_of_a_real_config_comes_from_a_meta_skeleton():
+    shape = Shape.of(load_config(CONFIGS / "llama-3.1-8b.json"))
+    assert shape.parameters == 8_030_261_248 and shape.key_dim == 14336 and shape.layers == 32
+    assert shape.kv_dim == 1024 and not shape.tied and shape.vocab == 128256
+
+
+def test_the_figures_follow_their_formulas():
+    """Hand-computed: a tied 2-layer model, m = 8, fp32 on the CPU; the statistics' moment sums are
+    3 m × m fp64 matrices per edited layer and the state holds the keys as rows while they are fewer than m."""
+    shape = Shape(parameters=1000, hidden=4, key_dim=8, layers=2, vocab=10, kv_dim=4, tied=True)
+    config = EditConfig(layers=[1], num_prefixes=0)
+    plan = plan_round(shape, dtype=torch.float32, device="cpu", requests=1, config=config)
+    phases = {p.name: p for p in plan.phases}
+    weights = (1000 + 10 * 4) * 4
+    assert phases["load"].device_gib == round(weights / GIB, 2)
+    assert phases["statistics"].disk_gib == round((3 * 64 * 8 + 2 * 64 * 8) / GIB, 2)
+    state = min(1 + 0 + 104, 8) * 8 * 8  # 105 keys > m: the m × m form
+    revert = 8 * 4 * 4 + 2 * 4 * 4 + state
+    assert plan.state_and_revert_gib == round((state + revert) / GIB, 3)
+    assert phases["load"].host_gib == 0  # on the CPU, one memory
+
+
+def test_micro_batches_and_cached_statistics_shrink_the_plan():
+    shape = Shape.of(load_config(CONFIGS / "qwen2.5-7b.json"))
+    whole = plan_round(shape, dtype=torch.bfloat16, device="cuda", requests=400)
+    batched = plan_round(shape, dtype=torch.bfloat16, device="cuda", requests=400,
+                         config=EditConfig(values=ValueConfig(micro_batch=8)))
+    edit = {p.name: p for p in whole.phases}["edit"].device_gib
+    assert {p.name: p for p in batched.phases}["edit"].device_gib < edit / 10
+    cached = plan_round(shape, dtype=torch.bfloat16, device="cuda", requests=40, statistics_cached=True)
+    assert "statistics" not in [p.name for p in cached.phases]
+
+
+def test_a_phase_that_will_not_fit_is_named_with_its_figure():
+    shape = Shape.of(load_config(CONFIGS / "llama-3.1-70b.json"))
+    plan = plan_round(shape, dtype=torch.bfloat16, device="cuda", requests=40)
+    with pytest.raises(UniEraseError, match=r"the load phase needs about 131\.4 GiB of cuda memory"):
+        check(plan, {"device_gib": 80.0, "host_gib": 1000.0, "disk_gib": 1000.0})
+    check(plan, {"device_gib": 1000.0, "host_gib": 1000.0, "disk_gib": 1000.0})
+    # the weights already loaded are not needed a second time
+    check(plan_round(shape, dtype=torch.bfloat16, device="cpu", requests=1, statistics_cached=True),
+          {"host_gib": 300.0, "disk_gib": 1000.0}, resident_gib=131.5)
+
+
+def test_unierase_plan_prints_every_phase_for_a_config_file(capsys):
+    from unierase.cli import main
+
+    assert main(["plan", "--model", str(CONFIGS / "llama-3.1-8b.json"), "--device", "cuda", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [p["name"] for p in out["phases"]] == ["load", "token", "statistics", "edit", "solve", "save"]
+    assert out["dtype"] == "bfloat16" and out["requests"] == 40 and "verdict" in out
+    assert main(["plan", "--model", str(CONFIGS / "llama-3.1-8b.json"), "--requests", "0"]) == 2
