@@ -50,7 +50,8 @@ def add_forget_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed of the round (token training, baselines' shuffling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--force", action="store_true",
-                   help="save the round even when the changed model no longer gives its own answers to generic and "
+                   help="run a round the plan says will not fit this machine's memory or disk ('unierase plan'), and "
+                        "save it even when the changed model no longer gives its own answers to generic and "
                         "neighbour questions (the guard refuses it otherwise, exit status 2); recorded in the ledger")
     for options_class, names in _option_groups():
         shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")

@@ -36,7 +36,8 @@ class RunContext:
     seed: int = 0
     progress: bool = True
     force: bool = False
-    """Save a round the guard against a wrecked model refuses (``record.guard``; recorded)."""
+    """Run a round its plan says will not fit (``edit.plan``), and save one the guard against a
+    wrecked model refuses (``record.guard``; recorded)."""
     dtype: object = None
     """The dtype to load the model in (``models.loading.DTYPES``; ``None``: the checkpoint's own)."""
 
