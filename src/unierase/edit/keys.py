@@ -218,7 +218,7 @@ def _most_distinct_token(model, tokenizer, adapter, question: str, layer: int, b
     """
     ids, offsets, q_start = render_variants(tokenizer, question, num_prefixes=0)[0]
     keys = token_keys(model, adapter, layer, [EditPrompt(0, 0, ids, len(ids) - 1, (0, len(ids)))], tokenizer.pad_token_id)[0]
-    u = basis.to(torch.float32)
+    u = basis.to(keys.device, torch.float32)
     best, best_score = None, -1.0
     first_word_end = q_start + (question.find(" ") if " " in question else len(question))
     for t, (s, e) in enumerate(offsets):

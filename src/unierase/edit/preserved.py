@@ -21,7 +21,7 @@ from .keys import answer_position_keys, request_keys_at
 from .prompts import neutral_questions, plain_prompts, substitute_answers
 from .solve import SOLVERS
 from ..record.edit_state import EditState
-from .stats import null_space_basis
+from .stats import linalg_device, null_space_basis
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,23 @@ class PreservedKeys:
     """The current round's soft constraint (``begin_round``)."""
 
     @classmethod
-    def from_statistics(cls, stats, layers: list[int], config, state: EditState | None = None) -> "PreservedKeys":
-        """From key statistics (``stats.KeyStatistics``, with refusal moments when the config weighs them)."""
-        covariances = {l: stats.covariance(l, config.question_key_weight, config.refusal_key_weight,
-                                           config.answer_key_weight).to(device="cpu", dtype=torch.float64).contiguous()
-                       for l in layers}
-        bases = ({l: null_space_basis(c, relative_threshold=config.null_space_threshold) for l, c in covariances.items()}
-                 if needs_bases(config) else {})
-        return cls(list(layers), covariances, bases, state if state is not None else EditState(),
-                   {"corpus": stats.corpus, "tokens": stats.count})
+    def from_statistics(cls, stats, layers: list[int], config, state: EditState | None = None, *,
+                        devices: dict[int, torch.device] | None = None, free_moments: bool = False) -> "PreservedKeys":
+        """From key statistics (``stats.KeyStatistics``, with refusal moments when the config weighs them).
+        C₀ and its eigendecomposition are built layer by layer on ``devices[l]`` (the edited weight's:
+        ``stats.linalg_device``; the CPU without it); ``free_moments`` frees each layer's moment sums
+        once its C₀ is built, so they and every C₀ are never all held at once."""
+        record = {"corpus": stats.corpus, "tokens": stats.count}
+        covariances, bases = {}, {}
+        for l in layers:
+            device = linalg_device(devices[l]) if devices else torch.device("cpu")
+            covariances[l] = stats.covariance(l, config.question_key_weight, config.refusal_key_weight,
+                                              config.answer_key_weight).to(device=device, dtype=torch.float64).contiguous()
+            if free_moments:
+                stats.drop(l)
+            if needs_bases(config):
+                bases[l] = null_space_basis(covariances[l], relative_threshold=config.null_space_threshold)
+        return cls(list(layers), covariances, bases, state if state is not None else EditState(), record)
 
     def basis(self, layer: int) -> torch.Tensor | None:
         return self.bases.get(layer)
@@ -99,24 +107,42 @@ def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: li
                                               "null_space_threshold", "stats_tokens")}
     key = content_key(fingerprint, token_key, layers, weights, needs_bases(config),
                       code_digest(stats_module, corpus, preserved)) if token_key else None
-    data = cache.load_tensors(PRESERVED_KIND, key) if key else None
-    info = cache.load_json(PRESERVED_KIND, key) if data is not None else None
-    if data is not None and info is not None and all(f"c{l}" in data for l in layers):
+    devices = {l: linalg_device(adapter.mlp_output(l).weight.device) for l in layers}
+    cached = _load_preserved(cache, key, layers, devices) if key else None
+    if cached is not None:
         log.info("preserved keys (C₀ and null space) loaded from cache %s", cache.entry(PRESERVED_KIND, key))
-        return PreservedKeys(list(layers), {l: data[f"c{l}"] for l in layers},
-                             {l: data[f"u{l}"] for l in layers if f"u{l}" in data}, state, info)
+        return PreservedKeys(list(layers), *cached[:2], state, cached[2])
     stats, _ = stats_module.get_key_statistics(model, tokenizer, adapter, layers, fingerprint=fingerprint,
                                                cache_dir=cache.root, num_tokens=config.stats_tokens,
                                                progress=progress, own_answers=own_answers)
     if config.refusal_key_weight:
         stats.refusal_moments, stats.refusal_count = stats_module.accumulate_refusal_key_moments(
             model, tokenizer, adapter, layers, token_id, refusal=config.refusal)
-    result = PreservedKeys.from_statistics(stats, layers, config, state)
+    result = PreservedKeys.from_statistics(stats, layers, config, state, devices=devices, free_moments=True)
     if key:
-        cache.save_tensors(PRESERVED_KIND, key, {**{f"c{l}": c for l, c in result.covariances.items()},
-                                                 **{f"u{l}": u.contiguous() for l, u in result.bases.items()}})
+        for l in layers:  # one layer's C₀ and Û on the host at a time
+            tensors = {"c": result.covariances[l].cpu(), **({"u": result.bases[l].cpu()} if l in result.bases else {})}
+            cache.save_tensors(PRESERVED_KIND, key, tensors, f"layer{l}.safetensors")
+            del tensors
         cache.save_json(PRESERVED_KIND, key, result.statistics)
     return result
+
+
+def _load_preserved(cache: Cache, key: str, layers: list[int], devices: dict[int, torch.device]):
+    """(C₀ per layer, Û per layer, the statistics record) from the cache, each on its layer's device;
+    ``None`` when a layer or the record is missing."""
+    info = cache.load_json(PRESERVED_KIND, key)
+    if info is None:
+        return None
+    covariances, bases = {}, {}
+    for l in layers:
+        data = cache.load_tensors(PRESERVED_KIND, key, f"layer{l}.safetensors")
+        if data is None:
+            return None
+        covariances[l] = data["c"].to(devices[l])
+        if "u" in data:
+            bases[l] = data["u"].to(devices[l])
+    return covariances, bases, info
 
 
 def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
@@ -185,7 +211,8 @@ class SoftConstraint:
     def __init__(self, per_request: list[dict[int, torch.Tensor]], weight: float,
                  bases: dict[int, torch.Tensor] | None = None):
         self.keys = per_request  # as measured (m × n per layer), for the sequential state
-        self.columns = [{layer: (bases[layer].double().T @ k.double() if bases else k.double()) * weight ** 0.5
+        self.columns = [{layer: (bases[layer].double().T @ k.to(bases[layer].device, torch.float64) if bases
+                                 else k.double()) * weight ** 0.5
                          for layer, k in keys.items()} for keys in per_request]
         self.active = list(range(len(per_request)))
         self.grams = {}

@@ -18,13 +18,13 @@ def alphaedit_update(keys: torch.Tensor, residuals: torch.Tensor, projector: tor
 
     Any key k with P k = 0 (inside the preserved subspace) gives ΔW k = 0 exactly.
     """
-    k = keys.to(torch.float64)
-    r = residuals.to(torch.float64)
     p = projector.to(torch.float64)
+    k = keys.to(p.device, torch.float64)
+    r = residuals.to(p.device, torch.float64)
     m = k.shape[0]
-    system = k @ k.T @ p + ridge * torch.eye(m, dtype=torch.float64)
+    system = k @ k.T @ p + ridge * torch.eye(m, dtype=torch.float64, device=p.device)
     if previous is not None:
-        system = system + previous.to(torch.float64) @ p
+        system = system + previous.to(p.device, torch.float64) @ p
     rhs = r @ k.T @ p  # ΔW · system = rhs  ⇔  systemᵀ ΔWᵀ = rhsᵀ
     return torch.linalg.solve(system.T, rhs.T).T
 
@@ -37,12 +37,12 @@ def alphaedit_update_in_basis(keys: torch.Tensor, residuals: torch.Tensor, basis
     The same update (substitute ΔW = Y Ûᵀ into ΔW (A P + λ I) = R Kᵀ P), at O(m r N + r³) instead
     of O(m³). ``previous_in_basis`` is Ûᵀ K_p K_pᵀ Û (r × r; ``EditState.projected`` keeps it).
     """
-    u = basis.to(torch.float64)
-    k = u.T @ keys.to(torch.float64)  # r × N
-    system = k @ k.T + ridge * torch.eye(u.shape[1], dtype=torch.float64)
+    u = basis.to(torch.float64)  # on the edited weight's device (``stats.linalg_device``): so is the solve
+    k = u.T @ keys.to(u.device, torch.float64)  # r × N
+    system = k @ k.T + ridge * torch.eye(u.shape[1], dtype=torch.float64, device=u.device)
     if previous_in_basis is not None:
-        system = system + previous_in_basis.to(torch.float64)
-    y = torch.linalg.solve(system, (residuals.to(torch.float64) @ k.T).T).T  # system is symmetric
+        system = system + previous_in_basis.to(u.device, torch.float64)
+    y = torch.linalg.solve(system, (residuals.to(u.device, torch.float64) @ k.T).T).T  # system is symmetric
     return y @ u.T
 
 
@@ -54,11 +54,12 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.
     earlier edits' keys (K_p K_pᵀ, the sequential state) as little as possible while writing R:
     a soft, variance-weighted version of the null-space constraint.
     """
-    k = keys.to(torch.float64)
-    r = residuals.to(torch.float64)
-    system = weight * covariance.to(torch.float64) + k @ k.T
+    c = covariance.to(torch.float64)  # on the edited weight's device: so is the solve
+    k = keys.to(c.device, torch.float64)
+    r = residuals.to(c.device, torch.float64)
+    system = weight * c + k @ k.T
     if previous is not None:
-        system = system + previous.to(torch.float64)
+        system = system + previous.to(c.device, torch.float64)
     return torch.linalg.solve(system, (r @ k.T).T).T  # system is symmetric
 
 
@@ -88,7 +89,7 @@ def _alphaedit(keys, residuals, *, layer, config, preserved, soft):
 def _memit(keys, residuals, *, layer, config, preserved, soft):
     kept = preserved.state.get(layer)
     if soft is not None:
-        kept = soft if kept is None else kept.double() + soft
+        kept = soft if kept is None else kept.double().to(soft.device) + soft
     return memit_update(keys, residuals, preserved.covariance(layer), config.memit_weight, kept)
 
 

@@ -45,6 +45,12 @@ class KeyStatistics:
     """Σ k kᵀ over the answer positions of the model's own greedy answers to generic questions."""
     answer_count: int = 0
 
+    def drop(self, layer: int) -> None:
+        """Free ``layer``'s moment sums (once its C₀ is built: four m × m matrices per layer)."""
+        for family in (self.moments, self.question_moments, self.refusal_moments, self.answer_moments):
+            if family:
+                family.pop(layer, None)
+
     def covariance(self, layer: int, question_weight: float = 0.0, refusal_weight: float = 0.0,
                    answer_weight: float = 0.0) -> torch.Tensor:
         """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys
@@ -63,7 +69,8 @@ class KeyStatistics:
 def moment_accumulators(adapter: MLPOutputAdapter, layers: list[int]) -> dict[int, torch.Tensor]:
     """A zero m × m running sum per layer, on the device of that layer's weight, in fp64 (fp32 on a
     device without fp64, such as Apple's MPS: a stated loss of precision in the sums). Summing
-    where the keys are moves each m × m product nowhere; ``on_cpu`` moves the sums once at the end."""
+    where the keys are moves each m × m product nowhere; the sums stay there (C₀ is built and
+    decomposed on that device) and go to the host one layer at a time, to be cached."""
     out = {}
     for layer in layers:
         device = adapter.mlp_output(layer).weight.device
@@ -72,9 +79,11 @@ def moment_accumulators(adapter: MLPOutputAdapter, layers: list[int]) -> dict[in
     return out
 
 
-def on_cpu(moments: dict[int, torch.Tensor]) -> dict[int, torch.Tensor]:
-    """The sums on the CPU in fp64 (where C₀ is assembled and cached), moved once."""
-    return {layer: m.to(device="cpu", dtype=torch.float64) for layer, m in moments.items()}
+def linalg_device(device) -> torch.device:
+    """Where C₀'s eigendecomposition and the solves run in fp64: the edited weight's own device, or
+    the CPU for one without fp64 (Apple's MPS)."""
+    device = torch.device(device)
+    return torch.device("cpu") if device.type == "mps" else device
 
 
 def add_moment(accumulator: torch.Tensor, keys: torch.Tensor, weight: float = 1.0) -> None:
@@ -156,7 +165,7 @@ def sequence_moments(model, adapter: MLPOutputAdapter, layers: list[int], sequen
     finally:
         for h in handles:
             h.remove()
-    return on_cpu(moments), count
+    return moments, count
 
 
 def accumulate_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], *, num_tokens: int,
@@ -196,7 +205,7 @@ def accumulate_question_key_moments(model, tokenizer, adapter: MLPOutputAdapter,
     for _, captured, _, key_idx in capture_prompts(model, modules, prompts, tokenizer.pad_token_id, batch_size=batch_size):
         for layer in layers:
             add_moment(moments[layer], at_key(captured[layer], key_idx))
-    return on_cpu(moments), len(questions)
+    return moments, len(questions)
 
 
 def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], token_id: int,
@@ -271,7 +280,7 @@ def answer_position_moments(model, tokenizer, adapter: MLPOutputAdapter, layers:
         for layer in layers:
             add_moment(moments[layer], captured[layer][answer.to(captured[layer].device)])
         count += int(answer.sum())
-    return on_cpu(moments), count
+    return moments, count
 
 
 class StatisticsCache:
@@ -313,13 +322,15 @@ class StatisticsCache:
     def save(self, fingerprint: str, stats: KeyStatistics, num_tokens: int) -> None:
         key = self._key(fingerprint, stats.corpus, num_tokens)
         for layer, moment in stats.moments.items():
-            tensors = {"moment": moment, "count": torch.tensor([stats.count]),
-                       "question_moment": stats.question_moments[layer],
+            # one layer's sums on the host at a time
+            tensors = {"moment": moment.cpu(), "count": torch.tensor([stats.count]),
+                       "question_moment": stats.question_moments[layer].cpu(),
                        "question_count": torch.tensor([stats.question_count])}
             if stats.answer_moments:
-                tensors["answer_moment"] = stats.answer_moments[layer]
+                tensors["answer_moment"] = stats.answer_moments[layer].cpu()
                 tensors["answer_count"] = torch.tensor([stats.answer_count])
             self.cache.save_tensors(self.KIND, key, tensors, f"layer{layer}.safetensors")
+            del tensors
 
 
 def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, cache_dir, num_tokens: int,

@@ -53,19 +53,19 @@ class EditState:
         if layer not in self.previous_keys and layer not in self.key_rows:
             return None
         cached = self._projected.get(layer)
-        if cached is None or cached[0] is not basis:
+        if cached is None or cached[0] is not basis:  # on the basis' device (the edited weight's)
             u = basis.to(torch.float64)
             if layer in self.key_rows:
-                in_basis = self.key_rows[layer] @ u
+                in_basis = self.key_rows[layer].to(u.device) @ u
                 cached = (basis, in_basis.T @ in_basis)
             else:
-                cached = (basis, u.T @ self.previous_keys[layer] @ u)
+                cached = (basis, u.T @ self.previous_keys[layer].to(u.device) @ u)
             self._projected[layer] = cached
         return cached[1]
 
     def add(self, layer: int, keys: torch.Tensor) -> None:
-        """Add the keys ``keys`` (m × n, one per column) of ``layer``."""
-        k = keys.to(torch.float64)
+        """Add the keys ``keys`` (m × n, one per column) of ``layer`` (kept on the host, saved with the checkpoint)."""
+        k = keys.to("cpu", torch.float64)
         dim = k.shape[0]
         if layer in self.previous_keys:
             self.previous_keys[layer] = self.previous_keys[layer] + k @ k.T
@@ -78,7 +78,7 @@ class EditState:
                 self.previous_keys[layer] = rows.T @ rows
         if layer in self._projected:
             basis, projected = self._projected[layer]
-            k_u = basis.to(torch.float64).T @ k
+            k_u = basis.to(torch.float64).T @ k.to(basis.device)
             self._projected[layer] = (basis, projected + k_u @ k_u.T)
 
     def tensors(self) -> dict[str, torch.Tensor]:
