@@ -32,7 +32,8 @@ PRESERVED_KIND = "preserved"
 class PreservedKeys:
     layers: list[int]
     covariances: dict[int, torch.Tensor]
-    """C₀ per layer (m × m, fp64), weighted as the config asks (``KeyStatistics.covariance``)."""
+    """C₀ per layer (m × m, fp64), weighted as the config asks (``KeyStatistics.covariance``); empty
+    in a round whose solver needs only the null space (``needs_covariances``)."""
     bases: dict[int, torch.Tensor]
     """Û (m × r) per layer: eigen-directions of C₀ below ``null_space_threshold`` × its largest
     eigenvalue; empty when neither the solver nor the key choice needs them."""
@@ -94,6 +95,11 @@ def needs_bases(config) -> bool:
     return SOLVERS[config.solver].needs_null_space or config.key_position == "distinct"
 
 
+def needs_covariances(config) -> bool:
+    """Whether the solve reads C₀ itself (MEMIT); AlphaEdit needs only its null space Û."""
+    return not SOLVERS[config.solver].needs_null_space
+
+
 def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], config, *, fingerprint: str,
                          token_id: int, token_key: str | None, state: EditState, cache_dir=None, own_answers=None,
                          progress: bool = True) -> PreservedKeys:
@@ -108,7 +114,7 @@ def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: li
     key = content_key(fingerprint, token_key, layers, weights, needs_bases(config),
                       code_digest(stats_module, corpus, preserved)) if token_key else None
     devices = {l: linalg_device(adapter.mlp_output(l).weight.device) for l in layers}
-    cached = _load_preserved(cache, key, layers, devices) if key else None
+    cached = _load_preserved(cache, key, layers, devices, needs_covariances(config)) if key else None
     if cached is not None:
         log.info("preserved keys (C₀ and null space) loaded from cache %s", cache.entry(PRESERVED_KIND, key))
         return PreservedKeys(list(layers), *cached[:2], state, cached[2])
@@ -125,24 +131,27 @@ def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: li
             cache.save_tensors(PRESERVED_KIND, key, tensors, f"layer{l}.safetensors")
             del tensors
         cache.save_json(PRESERVED_KIND, key, result.statistics)
+    if not needs_covariances(config):  # cached for a later MEMIT round; this one needs only Û
+        result.covariances = {}
     return result
 
 
-def _load_preserved(cache: Cache, key: str, layers: list[int], devices: dict[int, torch.device]):
-    """(C₀ per layer, Û per layer, the statistics record) from the cache, each on its layer's device;
-    ``None`` when a layer or the record is missing."""
+def _load_preserved(cache: Cache, key: str, layers: list[int], devices: dict[int, torch.device], covariances: bool):
+    """(C₀ per layer — with ``covariances`` only, else empty —, Û per layer, the statistics record)
+    from the cache, each on its layer's device; ``None`` when a layer or the record is missing."""
     info = cache.load_json(PRESERVED_KIND, key)
     if info is None:
         return None
-    covariances, bases = {}, {}
+    found, bases = {}, {}
     for l in layers:
         data = cache.load_tensors(PRESERVED_KIND, key, f"layer{l}.safetensors")
         if data is None:
             return None
-        covariances[l] = data["c"].to(devices[l])
+        if covariances:
+            found[l] = data["c"].to(devices[l])
         if "u" in data:
             bases[l] = data["u"].to(devices[l])
-    return covariances, bases, info
+    return found, bases, info
 
 
 def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], layers: list[int],
