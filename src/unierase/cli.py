@@ -300,6 +300,8 @@ def _run_plan(args) -> int:
                     statistics_cached=args.statistics_cached, cache_dir=args.cache_dir)
     free = available(plan.device)
     verdict = "fits this machine"
+    if plan.device != "cpu" and "device_gib" not in free:
+        verdict = f"no {plan.device} device here: only host memory and disk were checked; they fit"
     try:
         check(plan, free)
     except UniEraseError as err:

@@ -36,8 +36,9 @@ VALUE_PREFIX = 24
 """Tokens before the key token whose key/value cache a value step reuses."""
 STATS_SEQUENCE, STATS_BATCH = 128, 16
 """Corpus sequences of the statistics pass (``stats.accumulate_key_moments``)."""
-MOMENT_FAMILIES = 3
-"""Moment sums held on the device while the statistics run: corpus, question and own-answer keys."""
+MOMENT_FAMILIES = 4
+"""Moment sums on the device when C₀ is built: corpus, question, own-answer and refusal keys (the
+first three are cached, one layer at a time through the host)."""
 SOFT_KEYS_PER_REQUEST = 4 + 4 * (1 + 24)
 """Keys per request the round's soft constraint adds to the sequential state at the defaults
 (4 neutral questions, 4 substitutes with 24 answer tokens each)."""
@@ -155,26 +156,28 @@ def plan_round(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str 
         tokens = token_batch * TOKEN_SEQUENCE
         phases.append(phase("token", weights + tokens * n_layers * saved * b + 2 * tokens * vocab * 4, 0, 0,
                             "activations kept for the backward pass through every layer, fp32 logits"))
+    basis = edited * square  # Û per edited layer (at most m columns)
     if not statistics_cached:
         moments = MOMENT_FAMILIES * edited * square
         phases.append(phase(
-            "statistics", weights + moments + STATS_BATCH * STATS_SEQUENCE * forward * b,
-            moments + edited * square + 2 * square, moments + 2 * edited * square,
-            f"{MOMENT_FAMILIES} m × m fp64 moment sums per edited layer (moved to the host once), C₀ and its eigh"))
+            "statistics", weights + moments + 3 * square + STATS_BATCH * STATS_SEQUENCE * forward * b,
+            (MOMENT_FAMILIES - 1) * square, (MOMENT_FAMILIES - 1 + 2) * edited * square,
+            f"{MOMENT_FAMILIES} m × m fp64 moment sums per edited layer, then C₀ and its eigh layer by layer "
+            "(cached through the host one layer at a time)"))
     rows = min(requests, config.values.micro_batch or requests) * (1 + config.num_prefixes + config.num_suffixes)
     z_layer = max(config.resolved_layers(n_layers))
     value_graph = rows * VALUE_SEQUENCE * (n_layers - z_layer) * saved * b
     prefix_cache = rows * VALUE_PREFIX * n_layers * 2 * shape.kv_dim * b
     logits = rows * (2 + VALUE_SEQUENCE // 2) * vocab * 4
-    preserved = edited * (square + m * m * 8)  # C₀ and Û (at most m columns) per layer
-    phases.append(phase("edit", weights + value_graph + prefix_cache + logits, preserved, 0,
-                        "the value optimisation's graph through the layers above the edit, C₀ and Û on the host"))
+    held = basis + (edited * square if config.solver == "memit" else 0)  # Û (and C₀ for MEMIT) per layer
     state_rows = requests * (1 + config.num_prefixes + SOFT_KEYS_PER_REQUEST)
     state = edited * min(state_rows * m, m * m) * 8
+    phases.append(phase("edit", weights + held + value_graph + prefix_cache + logits, state, 0,
+                        "the value optimisation's graph through the layers above the edit, Û per layer"))
+    phases.append(phase("solve", weights + held + 2 * square, state, 0,
+                        "Û and the r × r system of one layer (fp64), the sequential state on the host"))
     revert = edited * m * h * b + (2 * h * b) + (state if state_rows > m else 0)  # ΔW, the token's rows, the old state
-    checkpoint = weights
-    phases.append(phase("solve", 0, preserved + 2 * square, 0, "C₀, Û and the r × r system per layer (fp64)"))
-    phases.append(phase("save", weights + edited * m * h * b, state, checkpoint + state + revert,
+    phases.append(phase("save", weights, state + edited * m * h * b + 2 * vocab * h * b, weights + state + revert,
                         "the checkpoint, the sequential state and the round's revert data"))
     return Plan(model, str(dtype).replace("torch.", ""), device, requests, phases, round((state + revert) / GIB, 3))
 
