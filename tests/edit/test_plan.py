@@ -66,3 +66,23 @@ def test_unierase_plan_prints_every_phase_for_a_config_file(capsys):
     assert [p["name"] for p in out["phases"]] == ["load", "token", "statistics", "edit", "solve", "save"]
     assert out["dtype"] == "bfloat16" and out["requests"] == 40 and "verdict" in out
     assert main(["plan", "--model", str(CONFIGS / "llama-3.1-8b.json"), "--requests", "0"]) == 2
+
+
+def test_the_largest_micro_batch_that_fits_is_found():
+    """A round too large for the device's memory at once runs its value optimisation in the largest
+    micro-batches that fit (``forget`` chooses it when ``values.micro_batch`` is not set)."""
+    from unierase.edit.plan import fitting_micro_batch
+
+    shape = Shape.of(load_config(CONFIGS / "llama-3.1-8b.json"))
+
+    def plan_for(size):
+        config = EditConfig(values=ValueConfig(micro_batch=size))
+        return plan_round(shape, dtype=torch.bfloat16, device="cuda", requests=400, config=config)
+
+    def edit(size):
+        return {p.name: p for p in plan_for(size).phases}["edit"].device_gib
+
+    size = fitting_micro_batch(plan_for, 400, 40.0)
+    assert size is not None and edit(size) <= 40.0 < edit(size + 1)
+    assert fitting_micro_batch(plan_for, 400, 1e4) is None  # all at once fits
+    assert fitting_micro_batch(plan_for, 400, 1.0) is None  # not even one request fits: the check refuses

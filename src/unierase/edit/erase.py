@@ -226,7 +226,7 @@ def _keep_earlier_refusal(run: _Round) -> None:
 def _check_plan(run: _Round) -> None:
     """The round's plan (``plan.py``): refused before any work when a phase will not fit the devices
     it runs on (unless ``force``); its peaks go into the manifest."""
-    from .plan import Shape, available, check, plan_round
+    from .plan import Shape, available, check, fitting_micro_batch, plan_round
     from .stats import StatisticsCache
     from .corpus import CORPUS_ID
 
@@ -234,19 +234,38 @@ def _check_plan(run: _Round) -> None:
     device = "cpu" if weight.device.type == "cpu" else str(weight.device)
     folder = StatisticsCache(run.cache_dir).folder(run.fingerprint, CORPUS_ID, run.config.stats_tokens)
     cached = all((folder / f"layer{layer}.safetensors").is_file() for layer in run.layers)
-    plan = plan_round(Shape.of(run.model.config), dtype=weight.dtype, device=device, requests=len(run.reqs),
-                      config=run.config, statistics_cached=cached)
+    shape, free = Shape.of(run.model.config), available(device, run.out)
+
+    def plan_for(config):
+        return plan_round(shape, dtype=weight.dtype, device=device, requests=len(run.reqs), config=config,
+                          statistics_cached=cached)
+
+    plan = plan_for(run.config)
+    room = free.get("device_gib" if device != "cpu" else "host_gib")
+    if run.config.values.micro_batch is None and room is not None:
+        size = fitting_micro_batch(lambda n: plan_for(_with_micro_batch(run.config, n)), len(run.reqs),
+                                   room + plan.phases[0].device_gib)
+        if size is not None:  # the value optimisation in micro-batches that fit, rather than a refusal
+            log.info("plan: the value optimisation runs in micro-batches of %d requests to fit %.1f GiB", size, room)
+            run.config = _with_micro_batch(run.config, size)
+            run.hyperparameters = run.config.to_dict()
+            plan = plan_for(run.config)
     run.plan = {"peak_device_gib": plan.peak("device_gib").device_gib, "peak_host_gib": plan.peak("host_gib").host_gib,
                 "disk_gib": round(sum(p.disk_gib for p in plan.phases), 2),
                 "state_and_revert_gib": plan.state_and_revert_gib}
     log.info("plan: %s", run.plan)
     resident = plan.phases[0].device_gib  # the weights, loaded already
     try:
-        check(plan, available(device, run.out), resident_gib=resident)
+        check(plan, free, resident_gib=resident)
     except UniEraseError as err:
         if not run.context.force:
             raise UniEraseError(f"{err}; --force runs anyway") from None
         log.warning("%s; running anyway (--force)", err)
+
+
+def _with_micro_batch(config: EditConfig, size: int | None) -> EditConfig:
+    return dataclasses.replace(config, values=dataclasses.replace(config.values, micro_batch=size),
+                               entity_values=dataclasses.replace(config.entity_values, micro_batch=size))
 
 
 def _check_token_room(model) -> None:

@@ -197,6 +197,22 @@ def available(device: str, out: str | os.PathLike | None = None) -> dict[str, fl
     return free
 
 
+def fitting_micro_batch(plan_for, requests: int, free_gib: float) -> int | None:
+    """The largest value-optimisation micro-batch (``ValueConfig.micro_batch``) whose edit phase fits
+    ``free_gib``, for ``plan_for(micro_batch) → Plan``; ``None`` when all requests fit at once or
+    not even one does."""
+    def edit_gib(size):
+        return next(p.device_gib for p in plan_for(size).phases if p.name == "edit")
+
+    if edit_gib(None) <= free_gib or edit_gib(1) > free_gib:
+        return None
+    low, high = 1, requests  # edit_gib(low) fits, edit_gib(high) does not
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if edit_gib(mid) <= free_gib else (low, mid)
+    return low
+
+
 def _available_host_bytes() -> int | None:
     """Memory the system can give without swapping (Linux: MemAvailable, counting reclaimable caches)."""
     try:
