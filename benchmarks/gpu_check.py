@@ -180,7 +180,7 @@ def baseline_step(config_path: Path | None, device: str, dtype: torch.dtype, tok
     loss.backward()
     optimiser.step()
     seconds = time.perf_counter() - started
-    return {"seconds": round(seconds, 2), "loss": round(float(loss), 4),
+    return {"seconds": round(seconds, 2), "loss": round(float(loss.detach()), 4),
             "peak_gib": round((torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0) / 2 ** 30, 2)}
 
 
