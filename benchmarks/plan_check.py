@@ -92,7 +92,12 @@ def measured_round(threads: int) -> dict:
 
 
 def large_plans() -> dict:
+    """Each shipped config's plan (bf16 on a GPU; 40 and 100 requests; statistics computed or cached),
+    and the micro-batch ``forget`` would choose for the edit on a 40 GiB GPU (weights included)."""
     from unierase import api
+    from unierase.edit.config import EditConfig
+    from unierase.edit.plan import Shape, fitting_micro_batch, load_config, plan_round
+    from unierase.edit.values import ValueConfig
 
     plans = {}
     for path in sorted(CONFIGS.glob("*.json")):
@@ -101,6 +106,15 @@ def large_plans() -> dict:
                 plan = api.plan(model=str(path), requests=requests, dtype="bfloat16", device="cuda",
                                 statistics_cached=cached)
                 plans[f"{path.stem}/{requests}{'/statistics-cached' if cached else ''}"] = plan.to_dict()
+            shape = Shape.of(load_config(path))
+
+            def plan_for(size, requests=requests, shape=shape):
+                return plan_round(shape, dtype=__import__("torch").bfloat16, device="cuda", requests=requests,
+                                  config=EditConfig(values=ValueConfig(micro_batch=size)), statistics_cached=True)
+            size = fitting_micro_batch(plan_for, requests, 40.0)
+            plans[f"{path.stem}/{requests}/micro-batch-for-a-40GiB-gpu"] = {
+                "micro_batch": size, "edit_device_gib": next(p.device_gib for p in plan_for(size).phases
+                                                             if p.name == "edit")}
     return plans
 
 
@@ -108,10 +122,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--large-only", action="store_true",
+                        help="recompute only the large models' plans (no run) in the existing results file")
     args = parser.parse_args()
     from unierase import api
     from unierase.storage import write_json_atomic
 
+    if args.large_only:
+        record = json.loads(Path(args.results).read_text())
+        record["large"] = large_plans()
+        write_json_atomic(Path(args.results), record)
+        return
     measured = measured_round(args.threads)
     plan = api.plan(requests=measured["requests"], device="cpu").to_dict()
     planned = {p["name"]: p["device_gib"] for p in plan["phases"]}
