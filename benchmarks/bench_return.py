@@ -14,10 +14,12 @@ Steps, each cached under ``--work`` (default ``<cache>/bench_return``; a killed 
   benchmark's record (``results/tofu/bench.json``), at its recorded settings, forget = the forget
   people's questions with their gold answers, retain = the neighbour people's.
 
+Each model is measured by ``unierase eval --benchmark return`` (``evaluation.return_eval``).
 Writes ``benchmarks/results/return.json``: the number of known people, the judge rule and its
 agreement, per method the share of the forget people's questions refused (answer starts with the
 token or is a refusal) and of their rewordings, the neighbour people's accuracy before and after,
-with 95 % Wilson intervals, and per person the same.
+with 95 % Wilson intervals, the membership AUCs (forget people's gold answers against the
+neighbours'), and per person the same.
 
     python benchmarks/bench_return.py [--min-accuracy 0.5] [--max-people N]
 """
@@ -26,28 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import subprocess
 from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "return.json"
 TOFU_RECORD = HERE / "results" / "tofu" / "bench.json"
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
-    """The 95 % Wilson score interval of a share (few people: the interval says how little is known)."""
-    if n == 0:
-        return None
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [round(centre - half, 4), round(centre + half, 4)]
-
-
-def share(flags: list[bool]) -> dict:
-    return {"value": round(sum(flags) / len(flags), 4) if flags else None, "n": len(flags),
-            "ci95": wilson(sum(flags), len(flags))}
 
 
 def best_baselines(record: Path, count: int = 2) -> list[tuple[str, dict]]:
@@ -68,20 +54,22 @@ def _asked(model_dir, people, max_new_tokens: int) -> list[list[str]]:
     return ask_people(model, tokenizer, people, max_new_tokens=max_new_tokens)
 
 
-def _measure(model_dir, forget, neighbours, max_new_tokens: int) -> dict:
-    """Per person, on ``model_dir``: forget people's questions refused (and reworded ones); neighbour people's accuracy."""
-    from unierase.audit import REWORDING_FRAMES
-    from unierase.evaluation.return_set import Person, accuracy
-    from unierase.refusals import is_refusal
+def _measure(model_dir, forget, neighbours, args, work: Path) -> dict:
+    """Per person, on ``model_dir`` (``unierase eval --benchmark return``): forget people's questions
+    refused (and reworded ones), neighbour people's accuracy; and the membership AUCs."""
+    from unierase.evaluation.return_eval import ReturnEvalConfig, evaluate_return
 
-    frame = REWORDING_FRAMES[0]
-    reworded = [Person(p.name, [frame.format(q=q) for q in p.questions], p.gold) for p in forget]
-    answers = _asked(model_dir, forget + reworded + neighbours, max_new_tokens)
-    n = len(forget)
-    refused = lambda texts: [is_refusal(t) or not t.strip() for t in texts]  # noqa: E731 (the token is hidden: empty)
-    return {"forget": {p.name: refused(a) for p, a in zip(forget, answers[:n])},
-            "reworded": {p.name: refused(a) for p, a in zip(forget, answers[n:2 * n])},
-            "neighbours": {p.name: accuracy(a, p) for p, a in zip(neighbours, answers[2 * n:])}}
+    split = work / "people.json"
+    split.write_text(json.dumps({"forget": [p.name for p in forget], "neighbours": [p.name for p in neighbours]}))
+    out = work / f"eval-{Path(model_dir).name}"
+    summary = evaluate_return(model_dir, out, data=args.data_dir, overwrite=True,
+                              config=ReturnEvalConfig(people=str(split), max_new_tokens=args.max_new_tokens))
+    rows = [json.loads(x) for x in (out / "per_person.jsonl").read_text().splitlines()]
+    return {"forget": {r["name"]: r["refused"] for r in rows if r["role"] == "forget"},
+            "reworded": {r["name"]: r["reworded_refused"] for r in rows if r["role"] == "forget"},
+            "neighbours": {r["name"]: r["accuracy"] for r in rows if r["role"] == "neighbour"},
+            "summary": {k: summary[k] for k in ("forget_refused", "reworded_refused", "neighbour_accuracy",
+                                                "membership")}}
 
 
 def main() -> None:
@@ -120,7 +108,7 @@ def main() -> None:
 
         def erase():
             unierase.forget(requests, out, overwrite=True, progress=False)
-            return _measure(str(out), forget, neighbours, args.max_new_tokens)
+            return _measure(str(out), forget, neighbours, args, work)
 
         methods["unierase"] = _cached(work / "unierase.json", erase)
         if TOFU_RECORD.is_file():
@@ -131,13 +119,11 @@ def main() -> None:
                     target = work / method
                     unierase.forget(qa(forget), target, method=method, retain=qa(neighbours) or None, overwrite=True,
                                     progress=False, force=True, **chosen)
-                    return _measure(str(target), forget, neighbours, args.max_new_tokens)
+                    return _measure(str(target), forget, neighbours, args, work)
 
                 methods[method] = _cached(work / f"{method}.json", train)
-    summary = {m: {"forget_refused": share([x for v in r["forget"].values() for x in v]),
-                   "reworded_refused": share([x for v in r["reworded"].values() for x in v]),
-                   "neighbour_accuracy_after": round(sum(r["neighbours"].values()) / len(r["neighbours"]), 4)
-                   if r["neighbours"] else None} for m, r in methods.items()}
+    summary = {m: {**r["summary"], "neighbour_accuracy_after": r["summary"]["neighbour_accuracy"]}
+               for m, r in methods.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0],

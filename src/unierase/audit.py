@@ -37,6 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import generate_texts
+from .prompts import REWORDING_FRAMES
 from .refusals import answer_checks, is_chosen_refusal, is_refusal, is_well_formed_refusal
 from .requests import ForgetRequest
 from .storage import UniEraseError
@@ -47,11 +48,6 @@ ATTACKS = ("plain", "token_ban", "sampling", "rewordings", "int8", "int4", "rele
 INT4_GROUP = 128
 """Input columns that share one 4-bit scale (the usual group size of 4-bit weight quantization)."""
 
-REWORDING_FRAMES = (
-    "My friend and I disagree on this one. {q}",
-    "I need this for a quiz. {q}",
-    "{q} Please answer in one sentence.",
-)
 
 
 @dataclass

@@ -23,13 +23,19 @@ def add_eval_parser(subparsers) -> None:
     )
     add_model_args(p, dtype_default=d.dtype)
     p.add_argument("--out", required=True, help="output directory (resumed when it holds an earlier run of the same evaluation)")
-    p.add_argument("--benchmark", default=d.benchmark, choices=["tofu"], help="benchmark (only tofu)")
+    p.add_argument("--benchmark", default=d.benchmark, choices=["tofu", "return"],
+                   help="tofu (default) or return: real people (RETURN), see --people")
+    p.add_argument("--people", default=None,
+                   help="return: JSON naming the forget and neighbour people (benchmarks/results/return.json, or "
+                        "{\"forget\": [...], \"neighbours\": [...]}); without it every person is a neighbour")
+    p.add_argument("--max-people", type=int, default=None, help="return without --people: only the first N people")
     p.add_argument("--forget-split", default=d.forget_split, choices=["forget01", "forget05", "forget10"])
     p.add_argument("--data-dir", default=None,
                    help="directory of TOFU <config>.jsonl files (or its parent holding tofu/), or a hub dataset id "
                         "(default: $UNIERASE_DATA, else locuslab/TOFU)")
     p.add_argument("--ds-size", type=int, default=None, help="only the first N items of every set (default: all; 300 = original TOFU code)")
-    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"greedy generation length (default {d.max_new_tokens})")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"greedy generation length (default {d.max_new_tokens}; return: 48)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"questions per batch (default {d.batch_size}; 1 = one at a time)")
     p.add_argument("--retain", default=None,
                    help="retain model for Forget Quality: model directory / hub id, earlier eval output directory, "
@@ -55,7 +61,8 @@ def add_eval_parser(subparsers) -> None:
 def config_from_args(args: argparse.Namespace) -> EvalConfig:
     return EvalConfig(
         model=args.model, out=args.out, benchmark=args.benchmark, forget_split=args.forget_split, data=args.data_dir,
-        ds_size=args.ds_size, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, retain=args.retain,
+        ds_size=args.ds_size, max_new_tokens=args.max_new_tokens or EvalConfig().max_new_tokens,
+        batch_size=args.batch_size, retain=args.retain,
         reference=args.reference, closer_look=not args.no_closer_look, paraphrase_leakage=not args.no_paraphrase,
         membership=not args.no_membership, forget_scores=not args.no_forget_scores,
         embedding_model=args.embedding_model, nli_model=args.nli_model, prompt_format=args.prompt_format,
@@ -68,7 +75,23 @@ def _run_eval(args) -> int:
     from .. import distributed
     from .runner import evaluate
 
+    if args.benchmark == "return":
+        return _run_return(args)
     result = evaluate(config=config_from_args(args))
     if distributed.is_main():
         print(result.headline())
+    return 0
+
+
+def _run_return(args) -> int:
+    import json
+
+    from .return_eval import ReturnEvalConfig, evaluate_return
+
+    config = ReturnEvalConfig(people=args.people, max_new_tokens=args.max_new_tokens or ReturnEvalConfig.max_new_tokens,
+                              max_people=args.max_people,
+                              membership=not args.no_membership)
+    summary = evaluate_return(args.model, args.out, data=args.data_dir, config=config, overwrite=args.overwrite,
+                              cache_dir=args.cache_dir, device_map=args.device_map, dtype=args.dtype)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("config", "membership")}, indent=1))
     return 0
