@@ -34,6 +34,8 @@ from pathlib import Path
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "return.json"
 TOFU_RECORD = HERE / "results" / "tofu" / "bench.json"
+ANSWER_CHUNK = 40
+"""People asked per cached step of the ``answers`` step (800 questions)."""
 
 
 def best_baselines(record: Path, count: int = 2) -> list[tuple[str, dict]]:
@@ -94,7 +96,11 @@ def main() -> None:
     llama = [[item.get("pred_answer", "") for item in json.loads(line)["data"]] for line in lines if line.strip()]
     agreement = judge_agreement(people, llama[: len(people)])
     model = str(default_model_dir(None))
-    answers = _cached(work / f"answers-{len(people)}.json", lambda: _asked(model, people, args.max_new_tokens))
+    answers = []  # asked in chunks of people, each cached: a stopped run keeps what it asked
+    for start in range(0, len(people), ANSWER_CHUNK):
+        chunk = people[start:start + ANSWER_CHUNK]
+        answers += _cached(work / f"answers-{args.max_new_tokens}-{start}-{start + len(chunk)}.json",
+                           lambda chunk=chunk: _asked(model, chunk, args.max_new_tokens))
     known = known_people(people, answers, args.min_accuracy)
     forget, neighbours = split_people([p for p, _ in known])
     print(f"{len(known)} of {len(people)} people known (accuracy ≥ {args.min_accuracy}); forget {len(forget)}, "
