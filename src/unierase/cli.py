@@ -370,6 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     except UniEraseError as err:
         print(f"unierase: error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # one of several processes: say which, then fail as Python would
+        if processes > 1:
+            print(f"unierase: error: process {os.environ.get('RANK', '?')} of {processes} failed: "
+                  f"{type(err).__name__}: {err}", file=sys.stderr)
+        raise
     except KeyboardInterrupt:
         print("unierase: interrupted; no output was written", file=sys.stderr)
         return 130

@@ -9,10 +9,13 @@ process writes, after a ``barrier``. No engine of our own: torch.distributed doe
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import torch.distributed as dist
+
+from .storage import UniEraseError
 
 
 def join_process_group() -> bool:
@@ -64,3 +67,25 @@ def all_reduce_count(count: int) -> int:
 def barrier() -> None:
     if rank_and_size()[1] > 1:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def shared_step(what: str):
+    """Work every process does together (``what``: "training", …): when another process fails or is
+    killed, this one's collective fails; the error then says which process stopped, during what, and
+    that nothing was written (the first process writes only after every one has come through)."""
+    rank, size = rank_and_size()
+    try:
+        yield
+    except RuntimeError as err:  # torch.distributed's errors (gloo/NCCL) are RuntimeErrors
+        if size == 1 or isinstance(err, UniEraseError):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UniEraseError(f"process {rank} of {size} stopped while {what}: another process failed or was killed "
+                            f"({first}); nothing was written") from None
+
+
+def everyone_done(what: str) -> None:
+    """Every process has come through ``what`` (the first process writes only after this)."""
+    with shared_step(f"waiting for every process to finish {what}"):
+        barrier()

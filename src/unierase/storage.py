@@ -29,7 +29,8 @@ def fault_point(name: str) -> None:
     Only the fault-injection tests set it: they start a writer in a subprocess and check that a
     kill at each point of a save leaves the previous output (and its ledger) intact.
     """
-    if os.environ.get("UNIERASE_TEST_KILL_AT") == name:
+    wanted = os.environ.get("UNIERASE_TEST_KILL_AT")
+    if wanted in (name, f"{name}@rank{os.environ.get('RANK', '0')}"):  # "point@rankN": one process of several
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -51,3 +51,22 @@ def test_a_baseline_over_two_processes_is_written_once_and_verifies(tmp_path):
     manifest = json.loads((tmp_path / "out" / "unierase_manifest.json").read_text())
     assert manifest["method"] == "ga+gd"
     assert main(["verify", str(tmp_path / "out")]) == 0  # one ledger, written once, that holds
+
+
+def test_a_killed_process_stops_the_others_and_nothing_is_written(tmp_path):
+    """The second process is killed at its third micro-batch: the first stops with an error that says
+    which process it is, what it was doing and that nothing was written, and no output appears."""
+    save_tiny_model(tmp_path / "base")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": f"Answer number {i}."}) + "\n"
+                            for i, q in enumerate(QUESTIONS)))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "unierase", "-q", "finetune", "--model", str(tmp_path / "base"), "--data", str(data),
+                          "--epochs", "2", "--batch-size", "2", "--eval-items", "0", "--no-progress",
+                          "--out", str(tmp_path / "out")],
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "UNIERASE_TEST_KILL_AT": "train-micro-batch-3@rank1"},
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode != 0
+    assert "process 0 of 2 stopped while training: another process failed or was killed" in run.stderr, run.stderr[-2000:]
+    assert "nothing was written" in run.stderr
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if "tmp" in p.name]

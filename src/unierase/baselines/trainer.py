@@ -24,7 +24,7 @@ import torch
 
 from .. import distributed
 from ..prompts import encode_qa, pad_batch
-from ..storage import UniEraseError
+from ..storage import UniEraseError, fault_point
 
 log = logging.getLogger(__name__)
 
@@ -193,28 +193,31 @@ def train_loop(
     start = time.perf_counter()
     loop.bar = tqdm(total=loop.schedule.total_steps, desc=desc, disable=not config.progress or rank > 0, dynamic_ncols=True)
     group = config.grad_accum * size  # micro-batches of one optimiser step, over all processes
-    try:
-        epoch = 0
-        while loop.micro < micro_total:
-            seen = 0
-            for batch in epoch_batches(epoch):
-                if loop.micro >= micro_total:
-                    break
-                seen += 1
-                if loop.micro % size == rank:  # this process's share of the step
-                    _backward(loop, batch, lambda b: loss_fn(forward, b), autocast)
-                else:
-                    loop.micro += 1
-                if loop.micro % group == 0 or loop.micro == micro_total:
-                    _optimiser_step(loop)
-            if not seen:
-                raise UniEraseError(f"{desc}: no training batches")
-            epoch += 1
-    finally:
-        loop.bar.close()
-        if config.gradient_checkpointing:
-            model.gradient_checkpointing_disable()
-        model.eval()
+    with distributed.shared_step("training"):  # another process failing stops this one with a clear error
+        try:
+            epoch = 0
+            while loop.micro < micro_total:
+                seen = 0
+                for batch in epoch_batches(epoch):
+                    if loop.micro >= micro_total:
+                        break
+                    seen += 1
+                    fault_point(f"train-micro-batch-{loop.micro}")
+                    if loop.micro % size == rank:  # this process's share of the step
+                        _backward(loop, batch, lambda b: loss_fn(forward, b), autocast)
+                    else:
+                        loop.micro += 1
+                    if loop.micro % group == 0 or loop.micro == micro_total:
+                        _optimiser_step(loop)
+                if not seen:
+                    raise UniEraseError(f"{desc}: no training batches")
+                epoch += 1
+        finally:
+            loop.bar.close()
+            if config.gradient_checkpointing:
+                model.gradient_checkpointing_disable()
+            model.eval()
+    distributed.everyone_done("training")  # nothing is written before every process trained its share
     return TrainResult(steps=loop.step, seconds=time.perf_counter() - start, history=loop.history)
 
 
