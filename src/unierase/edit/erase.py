@@ -234,7 +234,16 @@ def _check_plan(run: _Round) -> None:
     device = "cpu" if weight.device.type == "cpu" else str(weight.device)
     folder = StatisticsCache(run.cache_dir).folder(run.fingerprint, CORPUS_ID, run.config.stats_tokens)
     cached = all((folder / f"layer{layer}.safetensors").is_file() for layer in run.layers)
-    shape, free = Shape.of(run.model.config), available(device, run.out)
+    try:
+        shape = Shape.of_model(run.model)
+    except Exception as err:  # an architecture the plan cannot read: the round runs unplanned, and says so
+        log.warning("no plan for this model (%s: %s); the round is not checked against free memory",
+                    type(err).__name__, err)
+        return
+    free = available(device, run.out)
+    if len({p.device for p in run.model.parameters()}) > 1:  # spread by a device map: one device's free memory says little
+        free.pop("device_gib", None)
+        log.info("plan: the model is spread over several devices; their memory is not checked")
 
     def plan_for(config):
         return plan_round(shape, dtype=weight.dtype, device=device, requests=len(run.reqs), config=config,

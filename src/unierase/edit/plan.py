@@ -59,12 +59,19 @@ class Shape:
 
     @classmethod
     def of(cls, config) -> "Shape":
+        """From a config alone: its model built on the ``meta`` device (no memory, no weights)."""
         from transformers import AutoModelForCausalLM
-
-        from ..models.adapters import find_mlp_output
 
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
+        return cls.of_model(model)
+
+    @classmethod
+    def of_model(cls, model) -> "Shape":
+        """From a model (loaded, or a ``meta`` skeleton)."""
+        from ..models.adapters import find_mlp_output
+
+        config = model.config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         heads = getattr(text, "num_attention_heads", 1)
         head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
