@@ -37,7 +37,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .generation import generate_texts
-from .prompts import REWORDING_FRAMES
+from .rewordings import REWORDING_FRAMES
 from .refusals import answer_checks, is_chosen_refusal, is_refusal, is_well_formed_refusal
 from .requests import ForgetRequest
 from .storage import UniEraseError

@@ -117,12 +117,3 @@ def pad_batch(sequences: list[list[int]], pad_id: int, *, labels: list[list[int]
     if lab is not None:
         out["labels"] = lab
     return out
-
-
-REWORDING_FRAMES = (
-    "My friend and I disagree on this one. {q}",
-    "I need this for a quiz. {q}",
-    "{q} Please answer in one sentence.",
-)
-"""Fixed frames around an unchanged question: a cheap stand-in for a paraphrase that keeps its
-entity and relation words (the audit's rewordings; RETURN's reworded questions)."""

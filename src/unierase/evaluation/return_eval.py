@@ -5,7 +5,7 @@ Given the people erased and their neighbours (``--people``: the ``forget_people`
 "neighbours": […]}``), each person's 20 questions are asked; a forget person's question counts as
 refused when the answer is a refusal (or the unlearning token alone), a neighbour's as right by the
 content-word judge (``return_set.judge``). The forget people's questions are also asked in a
-rewording (``prompts.REWORDING_FRAMES[0]``: RETURN has no paraphrases), and membership inference
+rewording (``rewordings.REWORDING_FRAMES[0]``: RETURN has no paraphrases), and membership inference
 compares the forget people's gold answers with the neighbours' (LOSS, zlib, Min-K, Min-K++ AUCs).
 Without ``--people`` every person is a neighbour: how many people the model knows.
 
@@ -105,7 +105,7 @@ def evaluate_return(model=None, out=None, *, tokenizer=None, data=None, config: 
                     overwrite: bool = False, cache_dir=None, device_map=None, dtype=None) -> dict:
     """The RETURN figures of ``model`` (a directory, or in memory with ``tokenizer``); written to
     ``out`` when given. Returns the summary."""
-    from ..prompts import REWORDING_FRAMES
+    from ..rewordings import REWORDING_FRAMES
     from ..record.rounds import load_checked_model
     from .data import DATA_ENV
 
