@@ -177,7 +177,12 @@ def plan_section(load) -> list[str]:
             large.append([key, num(phases["statistics"]["device_gib"], 1), num(phases["statistics"]["host_gib"], 1),
                           num(phases["edit"]["device_gib"], 1), fit.get("micro_batch") or "—",
                           num(fit.get("edit_device_gib"), 1), num(plan["state_and_revert_gib"], 2)])
-    return ["## Large models: the plan", "",
+    unchanged = load("cpu_path_unchanged.json")
+    same = ([source("cpu_path_unchanged.json", "python benchmarks/cpu_path_check.py --before COMMIT", unchanged)
+             + f" The default CPU fp32 path after this memory work: `unierase demo` printed "
+             f"{'the same' if unchanged['tables_identical'] else 'different'} tables at {unchanged['after_commit']} as at "
+             f"{unchanged['before_commit']} (every line but the timing).", ""] if unchanged else [])
+    return ["## Large models: the plan", "", *same,
             source("plan_check.json", "python benchmarks/plan_check.py", data)
             + f" SmolLM2-135M, fp32 on the CPU, {small['measured']['requests']} requests, every phase computed:"
             " the resident memory measured during each phase against the plan (GiB).", "",
