@@ -77,7 +77,9 @@ def _measure(model_dir, forget, neighbours, args, work: Path) -> dict:
 def main() -> None:
     import unierase
     from entity_scope import _cached  # the same finished-step cache as the entity-scope benchmark
-    from unierase.evaluation.return_set import JUDGE_RECALL, judge_agreement, known_people, load_return, split_people
+    from unierase.evaluation.return_eval import share
+    from unierase.evaluation.return_set import (JUDGE_RECALL, accuracy, judge_agreement, known_people, load_return,
+                                                split_people)
     from unierase.models.loading import default_model_dir
     from unierase.storage import default_cache_dir, write_json_atomic
 
@@ -102,6 +104,8 @@ def main() -> None:
         answers += _cached(work / f"answers-{args.max_new_tokens}-{start}-{start + len(chunk)}.json",
                            lambda chunk=chunk: _asked(model, chunk, args.max_new_tokens))
     known = known_people(people, answers, args.min_accuracy)
+    scored = [(accuracy(a, p), p) for a, p in zip(answers, people)]
+    judged, judged_people = [acc for acc, _ in scored if acc is not None], [p for acc, p in scored if acc is not None]
     forget, neighbours = split_people([p for p, _ in known])
     print(f"{len(known)} of {len(people)} people known (accuracy ≥ {args.min_accuracy}); forget {len(forget)}, "
           f"neighbours {len(neighbours)}", flush=True)
@@ -137,7 +141,11 @@ def main() -> None:
                    f"{args.max_new_tokens} tokens; known = accuracy ≥ {args.min_accuracy}",
         "judge": {"rule": f"an answer is right when it holds ≥ {JUDGE_RECALL} of the gold answer's content words "
                           "(not in the question, not function words)", "agreement_with_file_nli": agreement},
-        "people": len(people), "known": len(known), "forget_people": [p.name for p in forget],
+        "people": len(people), "known": len(known), "known_share": share([acc >= args.min_accuracy for acc in judged]),
+        "accuracy_distribution": {f"≥ {t}": sum(acc >= t for acc in judged) for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.8)},
+        "best_known": [{"name": p.name, "accuracy": round(acc, 4)}
+                       for acc, p in sorted(zip(judged, judged_people), key=lambda x: -x[0])[:10]],
+        "forget_people": [p.name for p in forget],
         "neighbour_people": [p.name for p in neighbours],
         "neighbour_accuracy_before": round(sum(before[p.name] for p in neighbours) / len(neighbours), 4) if neighbours else None,
         "methods": summary, "per_person": methods, "commit": commit,
