@@ -285,6 +285,9 @@ ARCHIVE = {
                                                       "benchmark target (forget01, held out): the shared answer checks "
                                                       "on forget questions, paraphrases and 100 retain answers; no "
                                                       "timing or baseline cells",
+    "edit_variants/entity_scope_timing_40.json": "the edit of 40 TOFU questions (forget05's first) at the current "
+                                                 "defaults on 2 idle cores, beside GA+GD's and NPO+GD's training step "
+                                                 "in the same run",
     "edit_variants/refusal_mechanism_cells.json": "erasure_holds.py cells of the refusal mechanism's variants, in the "
                                                   "order they were tried (one sentence, own output row, its ceiling, "
                                                   "the whole refusal as the value target)",
@@ -312,6 +315,8 @@ ARCHIVE_MADE_BY = {
                                                       "--results FILE`",
     "edit_variants/refusal_mechanism_cells.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME "
                                                   "[--set ...]` (cells gathered from its cache)",
+    "edit_variants/entity_scope_timing_40.json": "`python benchmarks/entity_scope.py --timing-sizes 40 --baselines "
+                                                 "npo+gd ga+gd --results FILE`",
     "edit_variants/chosen_refusal_tied_row.json": "`python benchmarks/erasure_holds.py --split SPLIT --variant NAME "
                                                   "--set edit.refusal=… --results FILE`",
     "edit_variants/answer_key_variants.json": "`python benchmarks/edit_quality.py --set …` (one run a row)",
