@@ -229,7 +229,17 @@ def distributed_section(load) -> list[str]:
             source("distributed.json", "python benchmarks/bench_distributed.py", data) + f" {data['setting']}.", "",
             *table(["processes", "threads each", "statistics s", "wall s (with loading)"], rows), "",
             f"Speed-up of the statistics: {data['speedup_statistics']}× (wall {data['speedup_wall']}×); target: "
-            f"{data['target']}. The same cache entry: {data['same_cache_entry']}.", ""]
+            f"{data['target']}. The same cache entry: {data['same_cache_entry']}.", "",
+            *_baseline_epoch(data.get("baseline"))]
+
+
+def _baseline_epoch(baseline: dict | None) -> list[str]:
+    if not baseline:
+        return []
+    one, many = baseline["runs"]
+    return [f"One GA+GD epoch (forget01, batch 4, the same global batch): training {num(one['train_s'], 1)} s in 1 "
+            f"process, {num(many['train_s'], 1)} s in {many['processes']} ({baseline['speedup_train']}×; wall with "
+            f"loading {num(one['wall_s'], 1)} s and {num(many['wall_s'], 1)} s, {baseline['speedup_wall']}×).", ""]
 
 
 def erasure_section(load) -> list[str]:
