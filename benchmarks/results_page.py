@@ -207,6 +207,11 @@ def plan_section(load) -> list[str]:
              + f" The default CPU fp32 path after this memory work: `unierase demo` printed "
              f"{'the same' if unchanged['tables_identical'] else 'different'} tables at {unchanged['after_commit']} as at "
              f"{unchanged['before_commit']} (every line but the timing).", ""] if unchanged else [])
+    dtype = load("dtype_demo.json")
+    same += ([source("dtype_demo.json", "python benchmarks/dtype_demo.py", dtype) + " `unierase demo` in bf16 beside "
+              "fp32 on this CPU:", "", *table(["dtype", "demo summary"], [[k, " / ".join(r["summary"])]
+                                                                          for k, r in dtype["runs"].items()]), "",
+              dtype["what_moved"] + ".", ""] if dtype else [])
     return ["## Large models: the plan", "", *same,
             source("plan_check.json", "python benchmarks/plan_check.py", data)
             + f" SmolLM2-135M, fp32 on the CPU, {small['measured']['requests']} requests, every phase computed:"
