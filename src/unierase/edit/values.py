@@ -580,10 +580,9 @@ class _ValueSteps:
                 step_batches = self._micro_batches(step_groups, chosen)
             else:
                 chosen, step_batches = active, batches
-            nll, kl, measured = self._forward(step_batches[0], step, backward=len(step_batches) > 1)
-            for more in step_batches[1:]:  # gradient accumulated in δ.grad; the graph freed after each
-                parts = self._forward(more, step, backward=True)
-                nll, kl, measured = nll + parts[0], kl + parts[1], measured + parts[2]
+            # several micro-batches: each back-propagates at once (the gradient accumulates in δ.grad)
+            terms = [self._forward(batch, step, backward=len(step_batches) > 1) for batch in step_batches]
+            nll, kl, measured = (sum(t[i] for t in terms) for i in range(3))
             done = self._record(measured, chosen, step)
             if done == active:
                 bar.total = step + 1  # all reached: the bar ends full, not at "0/20"
