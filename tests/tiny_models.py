@@ -36,6 +36,18 @@ def build_tokenizer():
     return fast
 
 
+def build_plain_tokenizer():
+    """The tiny tokenizer without a chat template that adds a BOS to every text, as Gemma's base
+    model does (the plain Question/Answer format)."""
+    from tokenizers.processors import TemplateProcessing
+
+    fast = build_tokenizer()
+    bos = fast.bos_token_id
+    fast.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", bos)])
+    fast.chat_template = None
+    return fast
+
+
 def _configs(vocab: int) -> dict:
     from transformers import (GPT2Config, GPTNeoXConfig, Gemma2Config, LlamaConfig, MistralConfig, PhiConfig, Qwen2Config)
 

@@ -36,12 +36,16 @@ def render_prompt(tokenizer, question: str, *, chat: bool | None = None) -> str:
     )
 
 
+def adds_special_tokens(tokenizer, text: str) -> bool:
+    """Whether rendered ``text`` is tokenised with the tokenizer's special tokens (its BOS): yes in
+    the plain format, no when a chat template wrote them or the text starts with the BOS already."""
+    bos = tokenizer.bos_token
+    return not (bos and text.startswith(bos)) and not has_chat_template(tokenizer)
+
+
 def encode_text(tokenizer, text: str) -> list[int]:
     """Tokenise rendered text without adding a second BOS when the template already has one."""
-    bos = tokenizer.bos_token
-    add_special = not (bos and text.startswith(bos)) and not has_chat_template(tokenizer)
-    ids = tokenizer(text, add_special_tokens=add_special)["input_ids"]
-    return list(ids)
+    return list(tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, text))["input_ids"])
 
 
 def end_of_turn_id(tokenizer) -> int:

@@ -15,7 +15,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from ..prompts import encode_text, render_prompt
+from ..prompts import adds_special_tokens, encode_text, render_prompt
 from ..requests import ForgetRequest
 from ..storage import UniEraseError
 from .corpus import KNOWN_KINDS, SUBSTITUTE_GROUPS
@@ -58,7 +58,9 @@ class EditPrompt:
 
 
 def _token_spans(tokenizer, text: str):
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    """Token ids of rendered ``text`` exactly as ``encode_text`` makes them (the BOS of the plain
+    format included: the edit must see the prompt that is answered), with character offsets."""
+    enc = tokenizer(text, add_special_tokens=adds_special_tokens(tokenizer, text), return_offsets_mapping=True)
     return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
 
 
