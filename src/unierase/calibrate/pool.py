@@ -1,0 +1,52 @@
+"""The calibration pool: generic questions with a keyword answer, of which a model's own known
+facts are mined by asking it.
+
+The pool (``data/calibration_pool.jsonl``) shares no question with the demo's facts,
+``benchmarks/data/heldout_facts.jsonl`` or any TOFU set (a test checks the first two), so a
+recipe calibrated on it is scored on facts it never saw.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+from ..edit_checks import answer_matches
+from ..generation import generate_answers
+
+POOL_FIELDS = ("question", "answer", "subject", "relation", "paraphrase")
+
+
+def load_pool() -> list[dict]:
+    """The packaged calibration pool: rows with ``POOL_FIELDS``."""
+    text = resources.files("unierase").joinpath("data/calibration_pool.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def known_facts(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 24) -> list[dict]:
+    """The rows whose answer keyword the model's greedy answer contains (each with its ``base_answer``)."""
+    answers = generate_answers(model, tokenizer, [r["question"] for r in rows], max_new_tokens=max_new_tokens)
+    return [dict(r, base_answer=a) for r, a in zip(rows, answers) if answer_matches(a, r["answer"])]
+
+
+def split_facts(known: list[dict], forget: int, neighbours: int) -> tuple[list[dict], list[dict]]:
+    """(facts to erase, neighbours to keep): the erased facts taken in turn from each relation, so
+    every kind of question is edited; the neighbours the rest, in the same turn, so every kind is
+    checked. Deterministic: the pool's order decides."""
+    by_relation: dict[str, list[dict]] = {}
+    for row in known:
+        by_relation.setdefault(row["relation"], []).append(row)
+    order = _round_robin(list(by_relation.values()))
+    # every other known fact of a relation goes to the erased side until it has its count
+    erased = order[::2][:forget]
+    taken = {id(r) for r in erased}
+    rest = [r for r in order if id(r) not in taken]
+    return erased, rest[:neighbours]
+
+
+def _round_robin(groups: list[list[dict]]) -> list[dict]:
+    out, index = [], 0
+    while any(index < len(g) for g in groups):
+        out += [g[index] for g in groups if index < len(g)]
+        index += 1
+    return out

@@ -1,0 +1,28 @@
+from unierase.calibrate.search import MARGIN, better, merged, score, stages
+
+GOOD = {"forget": 1.0, "known_still_correct": 1.0, "teacher_forced_agreement": 0.97, "rewordings": 0.5, "token_ban": 0.1,
+        "well_formed_refusals": 1.0, "token_in_other_answers": 0.0, "seconds_per_request": 2.0}
+
+
+def trial(**changes):
+    fig = {**GOOD, **changes}
+    return {"figures": fig, "score": score(fig)}
+
+
+def test_keeping_the_rest_of_the_model_comes_before_a_higher_score():
+    wrecks = trial(teacher_forced_agreement=0.5, rewordings=0.0, token_ban=0.0)
+    assert wrecks["score"] > trial()["score"] - 1  # it may even score near the careful one
+    assert not better(wrecks, trial()) and better(trial(), wrecks)
+
+
+def test_a_change_must_beat_the_current_recipe_by_more_than_the_margin():
+    current = trial()
+    assert not better(trial(rewordings=0.5 - MARGIN / 2), current)
+    assert better(trial(rewordings=0.5 - 2 * MARGIN), current)
+
+
+def test_candidates_merge_over_the_best_so_far_and_layers_are_tried_only_when_tracing_differs():
+    assert merged({"values": {"steps": 20}, "ridge": 0.2}, {"values": {"lr": 0.5}}) == \
+        {"values": {"steps": 20, "lr": 0.5}, "ridge": 0.2}
+    assert stages([4, 5, 6], [4, 5, 6])[0].candidates == []
+    assert stages([2, 3, 4], [4, 5, 6])[0].candidates == [{"layers": [2, 3, 4]}]
