@@ -105,7 +105,7 @@ def statistics(*, model=None, layers: list[int] | None = None, stats_tokens: int
     rank, size = distributed.rank_and_size()
     started = time.perf_counter()
     model, tokenizer = load_checked_model(model, cache_dir=cache_dir, device_map=device_map, dtype=dtype)
-    config, recipe = edit_config_for(model.config)
+    config, recipe = edit_config_for(model.config, cache_dir=cache_dir)
     adapter = find_mlp_output(model)
     layers = sorted(layers) if layers else config.resolved_layers(adapter.num_layers)
     num_tokens = stats_tokens or config.stats_tokens
@@ -136,6 +136,18 @@ def plan(*, model=None, requests: int = 40, dtype=None, device: str | None = Non
         dtype = getattr(config, "torch_dtype", None) or getattr(config, "dtype", None) or torch.float32
     dtype = resolve_dtype(dtype) if isinstance(dtype, str) else dtype
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    edit_config, _ = edit_config_for(config)
+    edit_config, _ = edit_config_for(config, cache_dir=cache_dir)
     return plan_round(Shape.of(config), dtype=dtype, device=device, requests=requests, config=edit_config,
                       statistics_cached=statistics_cached, model=str(model or "default"))
+
+
+def calibrate(*, model=None, tokenizer=None, out=None, overwrite: bool = False, cache_dir=None, dtype=None,
+              device_map=None, config=None, progress: bool = True, pool: list[dict] | None = None):
+    """Measure the edit settings for ``model`` and write them as a recipe that ``forget`` uses for
+    every model of its configuration (``calibrate.run.calibrate``; ``config``: a
+    ``calibrate.CalibrationConfig``; ``pool``: questions instead of the packaged calibration pool).
+    Returns a ``CalibrationResult`` (``.path``, ``.recipe``)."""
+    from .calibrate import calibrate as run
+
+    return run(model, tokenizer=tokenizer, out=out, overwrite=overwrite, cache_dir=cache_dir, dtype=dtype,
+               device_map=device_map, config=config, progress=progress, pool=pool)

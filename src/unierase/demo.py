@@ -77,7 +77,7 @@ class Measured:
 
 def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: list[dict], *, cache_dir=None, out=None,
                       overwrite: bool = False, progress: bool = True,
-                      settings: dict[str, dict] | None = None) -> Measured:
+                      settings: dict[str, dict] | None = None, edit_config=None) -> Measured:
     """Erase ``forget_rows`` (questions only) from ``model`` in place and measure the demo's figures:
     forget questions starting with ``[UNL]``, reworded ones still answered, neighbour facts kept,
     teacher-forced agreement, and the audit's headline attacks (token ban, rewordings, well-formed
@@ -92,7 +92,7 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
     # the unedited answers to the forget questions serve the edit's substitute answers too
     result = forget([{"question": f["question"]} for f in forget_rows], out, model=model, tokenizer=tokenizer,
                     cache_dir=cache_dir, progress=progress, overwrite=overwrite, answer_ids=before.answer_ids[:n],
-                    settings=settings)
+                    settings=settings, edit_config=edit_config)
     token_id = result.manifest["token"]["id"]
     # the neighbours' unedited answers serve as drafts: the teacher-forced pass that measures the
     # agreement also gives each edited answer up to its first change, and only the rest is generated

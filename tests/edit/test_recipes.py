@@ -10,6 +10,11 @@ from unierase.edit.config import EditConfig
 from unierase.edit.recipes import apply_recipe, edit_config_for, load_recipes, recipe_for
 from unierase.storage import UniEraseError
 
+@pytest.fixture(autouse=True)
+def _no_calibrated_recipes(isolated_cache):
+    """The user's own calibrated recipes (``<cache>/recipes``) must not change what these tests see."""
+
+
 SMOLLM2_135M = SimpleNamespace(model_type="llama", num_hidden_layers=30, hidden_size=576, intermediate_size=1536,
                                _name_or_path="some/renamed-checkpoint")
 
@@ -97,3 +102,16 @@ def test_token_settings_apply_to_the_token_config_only():
     assert with_settings(base, settings).answer_key_weight == 4  # the token section leaves the edit alone
     with pytest.raises(UniEraseError, match="ordinary_answer_tokenz"):
         token_with_settings(UnlearningTokenConfig(), {"token": {"ordinary_answer_tokenz": 3}})
+
+
+def test_a_calibrated_recipe_in_the_cache_wins_over_the_packaged_one(isolated_cache):
+    folder = isolated_cache / "recipes"
+    folder.mkdir(parents=True)
+    (folder / "mine.json").write_text(json.dumps({
+        "name": "calibrated-llama-30x576", "match": {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576},
+        "edit": {"ridge": 0.3}, "why": {"ridge": "measured"}, "calibration": {"trials": []}}), encoding="utf-8")
+    config, used = edit_config_for(SMOLLM2_135M)
+    assert used.name == "calibrated-llama-30x576" and used.source == str(folder / "mine.json")
+    assert config.ridge == 0.3 and config.stats_tokens == EditConfig().stats_tokens  # nothing of the packaged one
+    other_cache = isolated_cache.parent / "elsewhere"
+    assert recipe_for(SMOLLM2_135M, cache_dir=other_cache).name == "smollm2-135m"

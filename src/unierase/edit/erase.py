@@ -181,7 +181,7 @@ def _settle_settings(run: _Round) -> None:
     """The edit's settings (recipe, options, ``--set``), its layers, and what the round may change."""
     options = run.options
     token_config = options.token_config or UnlearningTokenConfig(seed=run.context.seed)
-    run.config, run.recipe = _resolve_config(run.model, options)
+    run.config, run.recipe = _resolve_config(run.model, options, run.cache_dir)
     _keep_earlier_refusal(run)
     # the token leads into the round's refusal, whichever set it (option, recipe, --set, an earlier round)
     run.token_config = dataclasses.replace(token_with_settings(token_config, options.settings), refusal=run.config.refusal)
@@ -354,7 +354,7 @@ def _resolve_scope(run: _Round):
 def _dry_run(reqs, source, context: RunContext, options: EraseOptions) -> ForgetResult:
     """What the round would erase (``--dry-run``): the scope and key tokens, nothing trained or written."""
     run = _load_round(reqs, source, None, context, options)
-    run.config, run.recipe = _resolve_config(run.model, options)
+    run.config, run.recipe = _resolve_config(run.model, options, run.cache_dir)
     scoped = _resolve_scope(run)
     adapter = find_mlp_output(run.model)
     shared = shared_rows(scoped.groups, len(scoped.requests))
@@ -417,9 +417,10 @@ def _check_and_save(run: _Round, out, manifest: dict) -> Path:
     return out_path
 
 
-def _resolve_config(model, options: EraseOptions):
+def _resolve_config(model, options: EraseOptions, cache_dir):
     """(EditConfig, recipe or None): a caller's own config as given (copied and validated by
-    ``replace``), else the neutral defaults with the recipe matching this model's config; the
+    ``replace``), else the neutral defaults with the recipe matching this model's config (one
+    ``calibrate`` wrote into ``cache_dir`` first); the
     round's options (layers, statistics tokens, passes, key position, solver) and the caller's
     individual ``settings`` over either."""
     changes = {"layers": list(options.layers) if options.layers is not None else None,
@@ -427,7 +428,7 @@ def _resolve_config(model, options: EraseOptions):
                "key_position": options.key_position, "solver": options.solver, "refusal": options.refusal}
     changes = {k: v for k, v in changes.items() if v is not None}
     if options.edit_config is None:
-        config, recipe = edit_config_for(model.config, **changes)
+        config, recipe = edit_config_for(model.config, cache_dir=cache_dir, **changes)
     else:
         config, recipe = dataclasses.replace(copy.deepcopy(options.edit_config), **changes), None
     config = with_settings(config, options.settings)
@@ -459,6 +460,7 @@ def _round_record(number: int, run: _Round) -> dict:
                   "unattributed": scoped.unattributed,
                   "added_not_reached": sum(1 for i in result.not_reached_indices if i >= len(reqs))},
         "recipe": run.recipe.name if run.recipe else None,
+        "recipe_source": run.recipe.source if run.recipe else None,
         "settings": {k: v for k, v in (run.options.settings or {}).items() if v},
         "hyperparameters": run.hyperparameters,
         "timings_s": {k: round(v, 3) for k, v in run.timings.items()},

@@ -28,6 +28,8 @@ class Recipe:
     description: str = ""
     why: dict = field(default_factory=dict)
     source: str = ""
+    calibration: dict = field(default_factory=dict)
+    """What ``unierase calibrate`` measured to choose the settings (a calibrated recipe only)."""
 
     def matches(self, model_config) -> bool:
         return all(getattr(model_config, key, None) == value for key, value in self.match.items())
@@ -45,10 +47,11 @@ def _parse(text: str, source: str) -> Recipe:
             raise UniEraseError(f"{source}: field {key!r} must be a {kind.__name__}")
     if not data["match"]:
         raise UniEraseError(f"{source}: field 'match' must name at least one config field")
-    unknown = set(data) - {"name", "match", "edit", "description", "why"}
+    unknown = set(data) - {"name", "match", "edit", "description", "why", "calibration"}
     if unknown:
         raise UniEraseError(f"{source}: unknown field(s) {sorted(unknown)}")
-    recipe = Recipe(data["name"], data["match"], data["edit"], data.get("description", ""), data.get("why", {}), source)
+    recipe = Recipe(data["name"], data["match"], data["edit"], data.get("description", ""), data.get("why", {}), source,
+                    data.get("calibration", {}))
     apply_recipe(recipe, {})  # the edit fields must make a valid EditConfig
     return recipe
 
@@ -63,9 +66,17 @@ def load_recipes(folder: str | Path | None = None) -> list[Recipe]:
     return sorted((_parse(text, source) for text, source in files), key=lambda r: r.name)
 
 
-def recipe_for(model_config, recipes: list[Recipe] | None = None) -> Recipe | None:
-    """The recipe whose ``match`` the config meets; ``None`` for a model no recipe knows."""
-    found = [r for r in (load_recipes() if recipes is None else recipes) if r.matches(model_config)]
+def recipe_for(model_config, recipes: list[Recipe] | None = None, *, cache_dir=None) -> Recipe | None:
+    """The recipe whose ``match`` the config meets; ``None`` for a model no recipe knows. Without
+    ``recipes``: a recipe ``unierase calibrate`` wrote into the cache wins over the packaged ones
+    (the user measured it for this model)."""
+    if recipes is None:
+        from ...calibrate.run import recipes_dir
+
+        folder = recipes_dir(cache_dir)
+        calibrated = load_recipes(folder) if folder.is_dir() else []
+        return recipe_for(model_config, calibrated) or recipe_for(model_config, load_recipes())
+    found = [r for r in recipes if r.matches(model_config)]
     if len(found) > 1:
         raise UniEraseError(f"several recipes match this model: {', '.join(r.source for r in found)}")
     return found[0] if found else None
@@ -90,10 +101,10 @@ def apply_recipe(recipe: Recipe | None, overrides: dict):
         raise UniEraseError(f"{where}: {e}") from None
 
 
-def edit_config_for(model_config, **overrides):
+def edit_config_for(model_config, *, cache_dir=None, **overrides):
     """(``EditConfig`` for this model, the recipe used or ``None``): neutral defaults, the matching
-    recipe, then the caller's ``overrides``."""
-    recipe = recipe_for(model_config)
+    recipe (``recipe_for``), then the caller's ``overrides``."""
+    recipe = recipe_for(model_config, cache_dir=cache_dir)
     return apply_recipe(recipe, overrides), recipe
 
 
