@@ -30,23 +30,22 @@ def known_facts(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 24)
 
 
 def split_facts(known: list[dict], forget: int, neighbours: int) -> tuple[list[dict], list[dict]]:
-    """(facts to erase, neighbours to keep): the erased facts taken in turn from each relation, so
-    every kind of question is edited; the neighbours the rest, in the same turn, so every kind is
-    checked. Deterministic: the pool's order decides."""
-    by_relation: dict[str, list[dict]] = {}
-    for row in known:
-        by_relation.setdefault(row["relation"], []).append(row)
-    order = _round_robin(list(by_relation.values()))
-    # every other known fact of a relation goes to the erased side until it has its count
+    """(facts to erase, neighbours to keep): the erased facts every other one of ``in_turn``, so
+    every kind of question is edited; the neighbours the rest, so every kind is checked.
+    Deterministic: the pool's order decides."""
+    order = in_turn(known)
     erased = order[::2][:forget]
     taken = {id(r) for r in erased}
-    rest = [r for r in order if id(r) not in taken]
-    return erased, rest[:neighbours]
+    return erased, [r for r in order if id(r) not in taken][:neighbours]
 
 
-def _round_robin(groups: list[list[dict]]) -> list[dict]:
+def in_turn(rows: list[dict]) -> list[dict]:
+    """``rows`` reordered to take one of each relation in turn (first of each, then second…)."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["relation"], []).append(row)
     out, index = [], 0
-    while any(index < len(g) for g in groups):
-        out += [g[index] for g in groups if index < len(g)]
+    while any(index < len(g) for g in groups.values()):
+        out += [g[index] for g in groups.values() if index < len(g)]
         index += 1
     return out

@@ -35,7 +35,10 @@ class CalibrationConfig:
     """Known calibration facts erased in every trial (questions only, one batch)."""
     neighbours: int = 28
     """Known calibration facts that must keep their answers in every trial."""
-    trace_samples: int = 3
+    trace_facts: int = 16
+    """Known facts traced (taken in turn from each relation; each costs ``trace_samples`` forward
+    passes of one prompt per layer window)."""
+    trace_samples: int = 2
     """Noise draws per fact in the causal tracing."""
     trace_noise: float = 3.0
     """σ of the tracing's corruption, in standard deviations of the input embeddings (ROME's 3)."""
@@ -178,7 +181,9 @@ def _tracing(cache: Cache, model, tokenizer, adapter, known: list[dict], window:
              config: CalibrationConfig) -> dict:
     from . import tracing
 
-    rows = [{"question": r["question"], "subject": r["subject"]} for r in known]
+    from .pool import in_turn
+
+    rows = [{"question": r["question"], "subject": r["subject"]} for r in in_turn(known)[:config.trace_facts]]
     key = content_key(fingerprint, rows, window, config.trace_noise, config.trace_samples, code_digest(tracing))
     found = cache.load_json(CALIBRATION_KIND, key, "tracing.json")
     if found is None:
