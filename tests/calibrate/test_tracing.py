@@ -25,5 +25,7 @@ def test_tracing_reports_one_effect_per_window():
     assert window_effects(model, tok, adapter, ROWS, window=2, samples=1, noise=0.0)["facts"] == 0
 
 
-def test_the_best_window_is_the_largest_effect_and_the_earliest_of_equals():
+def test_the_best_window_is_the_largest_effect_and_the_earliest_of_equals_past_the_first_layer():
     assert best_window({"window": 3, "starts": [0, 1, 2, 3], "effects": [0.1, 0.4, 0.4, 0.2]}) == [1, 2, 3]
+    assert best_window({"window": 3, "starts": [0, 1, 2, 3], "effects": [0.9, 0.4, 0.4, 0.2]}) == [1, 2, 3]
+    assert best_window({"window": 3, "starts": [0, 1, 2, 3], "effects": [0.9, 0.4, 0.4, 0.2]}, first=0) == [0, 1, 2]

@@ -117,8 +117,12 @@ def _corrupted_run(model, adapter, batch: torch.Tensor, span: list[int], draw: t
         return _last_probs(model, batch)
 
 
-def best_window(effects: dict) -> list[int]:
-    """The layers of the window with the largest effect (the earliest of equals)."""
+def best_window(effects: dict, first: int = 1) -> list[int]:
+    """The layers of the window with the largest effect (the earliest of equals) among those
+    starting at layer ``first`` or later. The first layer's MLP reads the corrupted embedding almost
+    directly, so restoring it undoes much of the corruption itself wherever the recall happens:
+    a window that includes it measures the token's identity more than its recall."""
     values = effects["effects"]
-    start = effects["starts"][max(range(len(values)), key=lambda i: (values[i], -i))]
+    allowed = [i for i, s in enumerate(effects["starts"]) if s >= first] or list(range(len(values)))
+    start = effects["starts"][max(allowed, key=lambda i: (values[i], -i))]
     return list(range(start, start + effects["window"]))
