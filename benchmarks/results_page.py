@@ -375,6 +375,38 @@ EXCLUDED: dict[str, str] = {}
 """Results files deliberately not linked from the page, each with the reason."""
 
 
+def models_section(load) -> list[str]:
+    """Per model (``results/models/<name>.json``): the held-out figures under each recipe variant;
+    then the guard's cells (``models/guard.json``)."""
+    out = ["## Any model: neutral defaults, calibrated recipe, hand recipe", ""]
+    names = sorted(p.name for p in (RESULTS / "models").glob("*.json") if p.name != "guard.json")
+    rows = []
+    for name in names:
+        data = load(f"models/{name}")
+        for c in data["cells"]:
+            rows.append([f"[{data['model']}](../benchmarks/results/models/{name})", c["split"], c["variant"],
+                         f"{c['forget_facts']} / {c['known_neighbours']}", pct(c["forget"]), pct(c["known_still_correct"]),
+                         pct(c["teacher_forced_agreement"]), pct(c["rewordings"]), pct(c["token_ban"]),
+                         pct(c["well_formed_refusals"]), pct(c["token_in_other_answers"]), num(c["seconds_per_request"], 1)])
+    if rows:
+        out += ["Made by `python benchmarks/model_recipes.py --model M --variant V [--recipe PATH] [--split S]`: the "
+                "split's facts the unedited model answers, erased in one batch (questions only) as the demo does. "
+                "The calibrated recipe is `unierase calibrate`'s, chosen on its own pool, which shares no question "
+                "with either split.", "",
+                *table(["model", "split", "recipe", "erased / known neighbours", "forget", "known kept",
+                        "teacher-forced agreement", "rewordings back", "token ban back", "well-formed refusals",
+                        "token in other answers", "edit s / request"], rows), ""]
+    guard = load("models/guard.json")
+    if guard:
+        out += ["The guard ([`models/guard.json`](../benchmarks/results/models/guard.json), made by "
+                "`python benchmarks/model_guard.py --model M [--label L] [--set ...]`): `unierase forget` on three facts "
+                "the model knows, as a new user runs it.", "",
+                *table(["model", "settings", "commit", "exit status", "saved", "what it said"],
+                       [[c["model"], c["label"], f"`{c['commit']}`", c["exit_status"], c["saved"],
+                         (c["error"] or c["summary"] or "").replace("|", "/")[:300]] for c in guard["cells"]]), ""]
+    return out
+
+
 def archive_section(load) -> list[str]:
     rows = []
     for path in sorted(RESULTS.glob("edit_variants/*.json")):
@@ -439,7 +471,7 @@ def build() -> str:
              "`benchmarks/results/`; do not edit by hand. How the figures were reached, and what was tried on "
              "the way: [experiments.md](experiments.md).", ""]
     for section in (demo_section, entity_section, tofu_section, audit_section, erasure_section, return_section,
-                    plan_section,
+                    plan_section, models_section,
                     distributed_section,
                     ledger_section, archive_section, earlier_section):
         lines += section(load)

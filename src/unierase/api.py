@@ -140,14 +140,3 @@ def plan(*, model=None, requests: int = 40, dtype=None, device: str | None = Non
     return plan_round(Shape.of(config), dtype=dtype, device=device, requests=requests, config=edit_config,
                       statistics_cached=statistics_cached, model=str(model or "default"))
 
-
-def calibrate(*, model=None, tokenizer=None, out=None, overwrite: bool = False, cache_dir=None, dtype=None,
-              device_map=None, config=None, progress: bool = True, pool: list[dict] | None = None):
-    """Measure the edit settings for ``model`` and write them as a recipe that ``forget`` uses for
-    every model of its configuration (``calibrate.run.calibrate``; ``config``: a
-    ``calibrate.CalibrationConfig``; ``pool``: questions instead of the packaged calibration pool).
-    Returns a ``CalibrationResult`` (``.path``, ``.recipe``)."""
-    from .calibrate import calibrate as run
-
-    return run(model, tokenizer=tokenizer, out=out, overwrite=overwrite, cache_dir=cache_dir, dtype=dtype,
-               device_map=device_map, config=config, progress=progress, pool=pool)

@@ -340,12 +340,11 @@ def add_calibrate_parser(subparsers) -> None:
 
 
 def _run_calibrate(args) -> int:
-    from . import api
-    from .calibrate import CalibrationConfig
+    from .calibrate import CalibrationConfig, calibrate
 
     if args.forget < 1 or args.neighbours < 1:
         raise UniEraseError("--forget and --neighbours must be at least 1")
-    result = api.calibrate(model=args.model, out=args.out, overwrite=args.overwrite, cache_dir=args.cache_dir,
+    result = calibrate(args.model, out=args.out, overwrite=args.overwrite, cache_dir=args.cache_dir,
                            dtype=args.dtype, device_map=args.device_map, progress=not args.no_progress,
                            config=CalibrationConfig(forget=args.forget, neighbours=args.neighbours))
     print(result.summary())

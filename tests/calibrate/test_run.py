@@ -8,7 +8,7 @@ import pytest
 
 from tiny_models import build_model, build_tokenizer
 from unierase import api
-from unierase.calibrate import CalibrationConfig
+from unierase.calibrate import CalibrationConfig, calibrate
 from unierase.calibrate.pool import load_pool
 from unierase.generation import generate_answers
 from unierase.storage import UniEraseError
@@ -40,7 +40,7 @@ def test_calibrate_writes_a_recipe_that_forget_then_uses_and_resumes_from_its_ca
     pool = own_pool(model, tok)
     assert len(pool) >= 12
 
-    result = api.calibrate(model=tmp_path / "base", cache_dir=cache, config=TINY, pool=pool, progress=False)
+    result = calibrate(tmp_path / "base", cache_dir=cache, config=TINY, pool=pool, progress=False)
     recipe = json.loads(result.path.read_text(encoding="utf-8"))
     assert result.path.parent == cache / "recipes" and recipe["name"].startswith("calibrated-llama-")
     trials = recipe["calibration"]["trials"]
@@ -60,14 +60,14 @@ def test_calibrate_writes_a_recipe_that_forget_then_uses_and_resumes_from_its_ca
 
     # an existing recipe is kept unless overwrite; a second run measures nothing again
     with pytest.raises(UniEraseError, match="exists"):
-        api.calibrate(model=tmp_path / "base", cache_dir=cache, config=TINY, pool=pool, progress=False)
+        calibrate(tmp_path / "base", cache_dir=cache, config=TINY, pool=pool, progress=False)
     import unierase.demo
 
     def fail(*args, **kwargs):
         raise AssertionError("a cached trial was measured again")
 
     monkeypatch.setattr(unierase.demo, "erase_and_measure", fail)
-    again = api.calibrate(model=tmp_path / "base", cache_dir=cache, config=TINY, pool=pool, progress=False, overwrite=True)
+    again = calibrate(tmp_path / "base", cache_dir=cache, config=TINY, pool=pool, progress=False, overwrite=True)
     assert again.recipe["edit"] == recipe["edit"] and again.recipe["calibration"]["trials"] == trials
 
 
@@ -75,4 +75,4 @@ def test_a_model_that_knows_too_few_pool_facts_is_refused_with_the_count(tmp_pat
     tok = build_tokenizer()
     model = build_model("llama", len(tok))
     with pytest.raises(UniEraseError, match=r"answers only 0 of the calibration pool's \d+ questions"):
-        api.calibrate(model=model, tokenizer=tok, cache_dir=tmp_path, config=TINY, progress=False)
+        calibrate(model, tokenizer=tok, cache_dir=tmp_path, config=TINY, progress=False)

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..cache import Cache, code_digest, content_key
+from ..edit.recipes import recipes_dir
 from ..storage import UniEraseError, default_cache_dir, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,6 @@ class CalibrationResult:
 
 def _share(value) -> str:
     return "n/a" if value is None else f"{value:.0%}"
-
-
-def recipes_dir(cache_dir=None) -> Path:
-    """Where calibrated recipes live (``forget`` looks there before the packaged recipes)."""
-    return Path(cache_dir or default_cache_dir()) / "recipes"
 
 
 def recipe_name(model_config) -> str:

@@ -56,6 +56,13 @@ def _parse(text: str, source: str) -> Recipe:
     return recipe
 
 
+def recipes_dir(cache_dir=None) -> Path:
+    """Where ``unierase calibrate`` writes the recipes it measures (``recipe_for`` looks there first)."""
+    from ...storage import default_cache_dir
+
+    return Path(cache_dir or default_cache_dir()) / "recipes"
+
+
 def load_recipes(folder: str | Path | None = None) -> list[Recipe]:
     """The recipes shipped with the package (or the ``*.json`` of ``folder``), sorted by name."""
     if folder is None:
@@ -71,8 +78,6 @@ def recipe_for(model_config, recipes: list[Recipe] | None = None, *, cache_dir=N
     ``recipes``: a recipe ``unierase calibrate`` wrote into the cache wins over the packaged ones
     (the user measured it for this model)."""
     if recipes is None:
-        from ...calibrate.run import recipes_dir
-
         folder = recipes_dir(cache_dir)
         calibrated = load_recipes(folder) if folder.is_dir() else []
         return recipe_for(model_config, calibrated) or recipe_for(model_config, load_recipes())
