@@ -85,6 +85,23 @@ def test_a_model_without_room_for_the_token_is_refused_up_front(tmp_path, monkey
     assert not (tmp_path / "cache" / "tokens").exists()
 
 
+def test_a_model_whose_mlp_output_cannot_be_found_is_refused_up_front(tmp_path, monkeypatch):
+    import pytest
+    from torch import nn
+
+    from unierase.storage import UniEraseError
+
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    for block in model.model.layers:  # an MLP whose output projection has a name no adapter knows
+        block.mlp.proj_out = block.mlp.down_proj
+        block.mlp.down_proj = nn.Identity()
+    with pytest.raises(UniEraseError, match="no MLP output projection found .*searched mlp.down_proj"):
+        unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=model, tokenizer=tok, progress=False)
+    assert not (tmp_path / "cache" / "tokens").exists()
+
+
 def test_the_manifest_records_the_prompt_format(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
     tok = build_tokenizer()
