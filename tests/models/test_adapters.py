@@ -74,3 +74,36 @@ def test_head_at_gives_each_rows_logits_at_its_own_positions(arch, tiny_tokenize
             picked = model(input_ids=ids, logits_to_keep=0).logits
     assert picked.shape == (2, 3, full.shape[-1])
     torch.testing.assert_close(picked, full[torch.arange(2)[:, None], positions])
+
+
+def test_through_a_post_mlp_norm_the_write_reaches_the_residual_change_it_was_asked_for():
+    """Gemma adds RMSNorm(MLP output) to the residual stream: the change written into the output
+    projection must be the pre-norm change whose normalised form moves by the wanted amount (a
+    reachable target: another key's normalised output), not the wanted change itself."""
+    from tiny_models import build_model, build_tokenizer
+
+    model = build_model("gemma2", len(build_tokenizer()))
+    adapter = find_mlp_output(model)
+    assert adapter.post_norm_path == "post_feedforward_layernorm"
+    layer, m = 1, adapter.key_dim(1)
+    with torch.no_grad():  # a norm with a non-trivial scale, as a trained model has
+        adapter.block(layer).post_feedforward_layernorm.weight.normal_(0, 0.3)
+    norm, proj = adapter.block(layer).post_feedforward_layernorm, adapter.mlp_output(layer)
+    keys, others = torch.randn(m, 5), torch.randn(m, 5)
+    with torch.no_grad():
+        wanted = (norm(proj(others.T)) - norm(proj(keys.T))).T
+        write = adapter.output_change(layer, keys, wanted)
+        reached = (norm(proj(keys.T) + write.T) - norm(proj(keys.T))).T
+    torch.testing.assert_close(reached, wanted, atol=1e-4, rtol=1e-3)
+    # writing the wanted change itself does not reach it
+    with torch.no_grad():
+        naive = (norm(proj(keys.T) + wanted.T) - norm(proj(keys.T))).T
+    assert (naive - wanted).norm() > 0.1 * wanted.norm()
+
+
+def test_without_a_post_mlp_norm_the_write_is_the_residual_change():
+    from tiny_models import build_model, build_tokenizer
+
+    adapter = find_mlp_output(build_model("llama", len(build_tokenizer())))
+    change = torch.randn(adapter.weight(0).shape[0], 3)
+    assert adapter.post_norm_path is None and adapter.output_change(0, torch.randn(adapter.key_dim(0), 3), change) is change

@@ -281,7 +281,9 @@ def _solve_layers(model, tokenizer, adapter: MLPOutputAdapter, requests: list[Fo
         keys, current = request_keys_and_values(model, adapter, layer, z_layer, prompts, len(requests), pad, lower=lower)
         initial = current if initial is None else initial
         residual = (targets - current) / (len(layers) - i)
-        delta = SOLVERS[config.solver].update(keys, residual, layer=layer, config=config, preserved=preserved,
+        # what the MLP output must change by for the residual stream to change by ``residual``
+        write = adapter.output_change(layer, keys, residual)
+        delta = SOLVERS[config.solver].update(keys, write, layer=layer, config=config, preserved=preserved,
                                               soft=soft.grams[layer] if soft is not None else None)
         adapter.add_to_weight(layer, delta)
         round_keys[layer] = keys

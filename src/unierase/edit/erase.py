@@ -417,7 +417,7 @@ def _check_and_save(run: _Round, out, manifest: dict) -> Path:
     return out_path
 
 
-def _resolve_config(model, options: EraseOptions, cache_dir):
+def _resolve_config(model, options: EraseOptions, cache_dir=None):
     """(EditConfig, recipe or None): a caller's own config as given (copied and validated by
     ``replace``), else the neutral defaults with the recipe matching this model's config (one
     ``calibrate`` wrote into ``cache_dir`` first); the

@@ -20,6 +20,9 @@ MLP_OUTPUT_PATHS: tuple[str, ...] = (
     "mlp.dense_4h_to_h",  # GPT-NeoX
     "mlp.fc2",  # Phi
 )
+POST_MLP_NORM_PATHS: tuple[str, ...] = (
+    "post_feedforward_layernorm",  # Gemma 2 and 3, OLMo 2: a norm between the MLP and the residual stream
+)
 
 
 def _get(module: nn.Module, path: str) -> nn.Module | None:
@@ -60,6 +63,8 @@ class MLPOutputAdapter:
     blocks: nn.ModuleList
     mlp_output_path: str
     transposed: bool
+    post_norm_path: str | None = None
+    """The norm a block applies to its MLP's output before adding it to the residual stream (None: none)."""
 
     @property
     def num_layers(self) -> int:
@@ -70,6 +75,24 @@ class MLPOutputAdapter:
 
     def mlp_output(self, layer: int) -> nn.Module:
         return _get(self.blocks[layer], self.mlp_output_path)
+
+    @torch.no_grad()
+    def output_change(self, layer: int, keys: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """The change of layer ``layer``'s MLP output at ``keys`` (m × N) that changes what the block
+        adds to the residual stream by ``change`` (d × N, fp32): ``change`` itself where the output is
+        added as it is (the closed forms' assumption). Through a post-MLP RMSNorm (Gemma), which
+        keeps only the output's direction, it is the pre-norm vector whose normalised form points at
+        (normalised output + change), at the output's own scale: writing ``change`` itself there is
+        rescaled away, so the targets are never reached and each pass writes more."""
+        if self.post_norm_path is None:
+            return change
+        norm, module = _get(self.blocks[layer], self.post_norm_path), self.mlp_output(layer)
+        weight = module.weight
+        before = module(keys.T.to(device=weight.device, dtype=weight.dtype)).float()
+        scale = norm(torch.ones_like(before[:1])).float()  # the norm's elementwise scale (at rms 1)
+        wanted = (norm(before.to(weight.dtype)).float() + change.T.to(before.device)) / scale.clamp_min(1e-6)
+        rms = lambda x: x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)  # noqa: E731
+        return (wanted * rms(before) / rms(wanted) - before).T.to(change.device)
 
     def module_name(self, layer: int) -> str:
         return f"{self.blocks_path}.{layer}.{self.mlp_output_path}"
@@ -99,10 +122,11 @@ class MLPOutputAdapter:
 def find_mlp_output(model: nn.Module) -> MLPOutputAdapter:
     """Locate the blocks and their MLP output projection, or say clearly what was searched for."""
     blocks_path, blocks = _find_blocks(model)
+    post_norm = next((p for p in POST_MLP_NORM_PATHS if _get(blocks[0], p) is not None), None)
     for path in MLP_OUTPUT_PATHS:
         module = _get(blocks[0], path)
         if module is not None and hasattr(module, "weight"):
-            return MLPOutputAdapter(blocks_path, blocks, path, _is_transposed(module))
+            return MLPOutputAdapter(blocks_path, blocks, path, _is_transposed(module), post_norm)
     raise UniEraseError(
         f"unsupported model {type(model).__name__}: no MLP output projection found in {blocks_path}[0] "
         f"(searched {', '.join(MLP_OUTPUT_PATHS)})"
