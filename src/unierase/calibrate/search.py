@@ -39,8 +39,10 @@ def stages(traced_layers: list[int], default: list[int]) -> list[Stage]:
                         "(causal tracing), against the depth-based default", layer_candidates),
         Stage("step", "a smaller write per pass in more steps (δ bound 0.35 ‖h‖, 20 steps at lr 0.5) moves unrelated "
                       "answers less", [{"values": {"clamp_factor": 0.35, "steps": 20, "lr": 0.5}}]),
-        Stage("null space", "a smaller null-space threshold (3e-3 of the largest eigenvalue) leaves the edit more "
-                            "room", [{"null_space_threshold": 3e-3}]),
+        Stage("null space", "a smaller null-space threshold (3e-3 or 1e-3 of the largest eigenvalue) protects more "
+                            "key directions: a heavy-tailed key spectrum (Gemma 3 270M) leaves 15-28 % of the keys' "
+                            "energy in the directions the default 1e-2 frees",
+              [{"null_space_threshold": 3e-3}, {"null_space_threshold": 1e-3}]),
         Stage("locality", "the model's own answers held twice as hard and a larger ridge: each pass writes less "
                           "where ordinary answers live", [{"answer_key_weight": 2.0, "ridge": 0.2}]),
     ]
