@@ -46,36 +46,54 @@ def spectrum(model, tokenizer, layers: list[int]) -> dict:
     C₀'s trace they hold, and λ_max over the mean Rayleigh quotient of the facts' keys (C₀ from
     the cached key statistics, without the token's refusal keys)."""
     from unierase.edit.config import EditConfig
-    from unierase.edit.prompts import build_edit_prompts
     from unierase.edit.stats import get_key_statistics
     from unierase.models.adapters import find_mlp_output
     from unierase.models.loading import model_fingerprint
     from unierase.storage import default_cache_dir
 
+    from unierase.edit.stats import accumulate_refusal_key_moments
+    from unierase.token.cache import ensure_unlearning_token
+    from unierase.token.training import UnlearningTokenConfig
+
     adapter = find_mlp_output(model)
     config = EditConfig(layers=layers)
-    stats, _ = get_key_statistics(model, tokenizer, adapter, layers, fingerprint=model_fingerprint(model),
+    fingerprint = model_fingerprint(model)
+    stats, _ = get_key_statistics(model, tokenizer, adapter, layers, fingerprint=fingerprint,
                                   cache_dir=default_cache_dir(), num_tokens=config.stats_tokens, progress=False)
+    # the refusal keys need the unlearning token (the one a default round trains, from the cache)
+    token = ensure_unlearning_token(model, tokenizer, fingerprint=fingerprint, cache_dir=default_cache_dir(),
+                                    config=UnlearningTokenConfig(refusal=config.refusal), augment_layers=layers,
+                                    progress=False)
+    stats.refusal_moments, stats.refusal_count = accumulate_refusal_key_moments(model, tokenizer, adapter, layers,
+                                                                                token.token_id, refusal=config.refusal)
     out = {}
     for layer in layers:
-        # C₀ as the edit weights it, less the unlearning token's refusal keys (they need the token)
-        c = stats.covariance(layer, config.question_key_weight, 0.0, config.answer_key_weight).double()
-        eig = torch.linalg.eigvalsh(c)
-        free = eig < config.null_space_threshold * eig[-1]
-        quotients = []
-        for question, subject in FACTS:
-            prompt = build_edit_prompts(tokenizer, question, 0, question.index(subject) + len(subject), 0)[0]
-            captured = []
-            handle = adapter.mlp_output(layer).register_forward_pre_hook(lambda m, a: captured.append(a[0][0]))
-            with torch.no_grad():
-                model(input_ids=torch.tensor([prompt.input_ids]))
-            handle.remove()
-            k = captured[0][prompt.key_index].double()
-            quotients.append(float(k @ c @ k / (k @ k)))
-        out[str(layer)] = {"dims": len(eig), "free_at_default_threshold": int(free.sum()),
-                           "trace_share_free": round(float(eig[free].sum() / eig.sum()), 4),
-                           "lambda_max_over_key_quotient": round(float(eig[-1]) / (sum(quotients) / len(quotients)), 1)}
+        out[str(layer)] = {family: _spectrum_of(stats.covariance(layer, config.question_key_weight, weight,
+                                                                 config.answer_key_weight).double(),
+                                                model, tokenizer, adapter, layer, config)
+                           for family, weight in (("without_refusal_keys", 0.0),
+                                                  ("as_edited", config.refusal_key_weight))}
     return out
+
+
+def _spectrum_of(c, model, tokenizer, adapter, layer: int, config) -> dict:
+    from unierase.edit.prompts import build_edit_prompts
+
+    eig = torch.linalg.eigvalsh(c)
+    free = eig < config.null_space_threshold * eig[-1]
+    quotients = []
+    for question, subject in FACTS:
+        prompt = build_edit_prompts(tokenizer, question, 0, question.index(subject) + len(subject), 0)[0]
+        captured = []
+        handle = adapter.mlp_output(layer).register_forward_pre_hook(lambda m, a: captured.append(a[0][0]))
+        with torch.no_grad():
+            model(input_ids=torch.tensor([prompt.input_ids]))
+        handle.remove()
+        k = captured[0][prompt.key_index].double()
+        quotients.append(float(k @ c @ k / (k @ k)))
+    return {"dims": len(eig), "free_at_default_threshold": int(free.sum()),
+            "trace_share_free": round(float(eig[free].sum() / eig.sum()), 4),
+            "lambda_max_over_key_quotient": round(float(eig[-1]) / (sum(quotients) / len(quotients)), 1)}
 
 
 def passes(model_name: str, edit: dict) -> dict:

@@ -107,3 +107,19 @@ def test_without_a_post_mlp_norm_the_write_is_the_residual_change():
     adapter = find_mlp_output(build_model("llama", len(build_tokenizer())))
     change = torch.randn(adapter.weight(0).shape[0], 3)
     assert adapter.post_norm_path is None and adapter.output_change(0, torch.randn(adapter.key_dim(0), 3), change) is change
+
+
+def test_the_closest_normalised_output_is_exact_when_reachable_and_best_otherwise():
+    from unierase.models.adapters import _closest_unit_rms
+
+    torch.manual_seed(0)
+    scale = torch.rand(1, 16, dtype=torch.float64) * 5 + 0.05
+    x = torch.randn(3, 16, dtype=torch.float64)
+    x = x / x.pow(2).mean(-1, keepdim=True).sqrt()
+    torch.testing.assert_close(_closest_unit_rms(scale, scale * x), x)
+    wanted = torch.randn(3, 16, dtype=torch.float64) * 4  # not reachable: rms(wanted / scale) != 1
+    best = _closest_unit_rms(scale, wanted)
+    torch.testing.assert_close(best.pow(2).mean(-1), torch.ones(3, dtype=torch.float64))
+    naive = wanted / scale
+    naive = naive / naive.pow(2).mean(-1, keepdim=True).sqrt()
+    assert ((scale * best - wanted).norm(dim=-1) <= (scale * naive - wanted).norm(dim=-1) + 1e-9).all()

@@ -42,6 +42,26 @@ def _is_transposed(module: nn.Module) -> bool:
     raise UniEraseError(f"unsupported MLP output module type {type(module).__name__}")
 
 
+def _closest_unit_rms(scale: torch.Tensor, wanted: torch.Tensor, iterations: int = 100) -> torch.Tensor:
+    """Per row: the x with rms(x) = 1 that minimises ‖scale ⊙ x − wanted‖ (the best an RMSNorm with
+    elementwise ``scale`` can output): x = scale ⊙ wanted / (scale² + μ), μ found by bisection so
+    that rms(x) = 1 (rms(x) falls as μ grows above −min scale²)."""
+    s2 = scale.pow(2)
+    top = s2.min(-1, keepdim=True).values
+    lo = -top + 1e-9 * (1 + top)  # just above the pole
+    hi = torch.ones_like(wanted[:, :1]) * (s2.max() + (scale * wanted).pow(2).sum(-1, keepdim=True).sqrt())
+
+    def rms_at(mu):
+        return (scale * wanted / (s2 + mu)).pow(2).mean(-1, keepdim=True).sqrt()
+
+    lo = lo.expand_as(hi).clone()
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        big = rms_at(mid) > 1
+        lo, hi = torch.where(big, mid, lo), torch.where(big, hi, mid)
+    return scale * wanted / (s2 + (lo + hi) / 2)
+
+
 def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The ModuleList of decoder blocks: the longest ModuleList whose length is the layer count."""
     n_layers = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
@@ -81,19 +101,20 @@ class MLPOutputAdapter:
         """The change of layer ``layer``'s MLP output at ``keys`` (m × N) that changes what the block
         adds to the residual stream by ``change`` (d × N, fp32): ``change`` itself where the output is
         added as it is (the closed forms' assumption). Through a post-MLP RMSNorm (Gemma), which
-        keeps only the output's direction, it is the pre-norm vector whose normalised form points at
-        (normalised output + change), at the output's own scale: writing ``change`` itself there is
-        rescaled away, so the targets are never reached and each pass writes more."""
+        keeps only the output's direction, written ``change`` itself would be rescaled away (the
+        targets never reached, each pass writing more); instead, the pre-norm output whose
+        normalised form comes closest to (normalised output + change) — exactly it where that is
+        reachable — at the output's own scale."""
         if self.post_norm_path is None:
             return change
         norm, module = _get(self.blocks[layer], self.post_norm_path), self.mlp_output(layer)
         weight = module.weight
         before = module(keys.T.to(device=weight.device, dtype=weight.dtype)).float()
-        scale = norm(torch.ones_like(before[:1])).float()  # the norm's elementwise scale (at rms 1)
-        wanted = (norm(before.to(weight.dtype)).float() + change.T.to(before.device)) / scale.clamp_min(1e-6)
-        rms = lambda x: x.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)  # noqa: E731
-        return (wanted * rms(before) / rms(wanted) - before).T.to(change.device)
-
+        scale = norm(torch.ones_like(before[:1])).float()  # the norm's elementwise scale γ (at rms 1)
+        wanted = norm(before.to(weight.dtype)).float() + change.T.to(before.device)
+        unit = _closest_unit_rms(scale.double(), wanted.double()).float()
+        rms = before.pow(2).mean(-1, keepdim=True).sqrt()
+        return (unit * rms - before).T.to(change.device)
     def module_name(self, layer: int) -> str:
         return f"{self.blocks_path}.{layer}.{self.mlp_output_path}"
 
