@@ -407,3 +407,27 @@ def test_micro_batches_give_the_same_targets_as_one_batch():
     assert report.steps == report_micro.steps == 4 and (z - h0).norm() > 1e-2  # δ moved
     torch.testing.assert_close(z_micro, z, atol=1e-5, rtol=1e-4)
     assert all(abs(a - b) < 1e-3 for a, b in zip(report_micro.final_nll, report.final_nll))
+
+
+def test_steps_in_the_states_unit_move_delta_by_the_same_share_of_the_state_on_any_model():
+    """lr_unit 'state': Adam's first step moves every coordinate of δ by lr × rms(h₀), so ‖δ‖/‖h₀‖ is
+    lr on a model whose residual stream is larger or smaller alike; 'absolute' moves it by lr."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    for scale in (1.0, 30.0):
+        torch.manual_seed(0)
+        model = build_model("llama", len(tok))
+        with torch.no_grad():  # another scale of the residual stream
+            model.get_input_embeddings().weight.mul_(scale)
+        adapter = find_mlp_output(model)
+        prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+        for unit in ("state", "absolute"):
+            config = ValueConfig(steps=1, lr=0.05, lr_unit=unit, stop_loss=0.0, continuation_weight=0.0,
+                                 weight_decay=0.0, kl_weight=0.0, clamp_factor=10.0)
+            _, h0, report = compute_target_values(model, adapter, 1, prompts, 2, 5, tok.pad_token_id, config,
+                                                  progress=False)
+            expected = [0.05] * 2 if unit == "state" else (0.05 * h0.shape[0] ** 0.5 / h0.norm(dim=0)).tolist()
+            assert report.delta_norm_ratio == pytest.approx(expected, rel=0.02), (unit, scale)

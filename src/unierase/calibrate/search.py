@@ -37,8 +37,8 @@ def stages(traced_layers: list[int], default: list[int]) -> list[Stage]:
     return [
         Stage("layers", "the window where restoring the MLP outputs at the subject brings the answer back most "
                         "(causal tracing), against the depth-based default", layer_candidates),
-        Stage("step", "a smaller write per pass in more steps (δ bound 0.35 ‖h‖, 20 steps at lr 0.5) moves unrelated "
-                      "answers less", [{"values": {"clamp_factor": 0.35, "steps": 20, "lr": 0.5}}]),
+        Stage("step", "a smaller write per pass in more steps (δ bound 0.35 ‖h‖, 20 steps) moves unrelated answers less",
+              [{"values": {"clamp_factor": 0.35, "steps": 20}}]),
         Stage("null space", "a smaller null-space threshold (3e-3 or 1e-3 of the largest eigenvalue) protects more "
                             "key directions: a heavy-tailed key spectrum (Gemma 3 270M) leaves 15-28 % of the keys' "
                             "energy in the directions the default 1e-2 frees",

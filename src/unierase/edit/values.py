@@ -46,7 +46,12 @@ class ValueConfig:
     steps: int = 10
     """Maximum Adam steps."""
     lr: float = 0.1
-    """Adam learning rate on δ (a small model converges in fewer steps at a higher rate)."""
+    """Adam learning rate on δ, in ``lr_unit``s (a small model converges in fewer steps at a higher rate)."""
+    lr_unit: str = "state"
+    """'state': each Adam step moves δ by about ``lr`` × the RMS of the hidden state at the key token
+    per coordinate, so the same settings move δ alike on models whose residual streams differ in
+    scale (Gemma 3 270M's is ~14× SmolLM2's); 'absolute': in the state's own units, as the
+    official method (0.1 there)."""
     kl_weight: float = 0.0625
     """Weight of the KL term that keeps the key token's own next-token distribution."""
     weight_decay: float = 0.5
@@ -89,6 +94,7 @@ class ValueConfig:
             ("steps", "at least 1", self.steps >= 1),
             ("context_refresh", "at least 1", self.context_refresh >= 1),
             ("lr", "positive", self.lr > 0),
+            ("lr_unit", "'state' or 'absolute'", self.lr_unit in ("state", "absolute")),
             ("clamp_factor", "positive", self.clamp_factor > 0),
             ("kl_weight", "≥ 0", self.kl_weight >= 0),
             ("weight_decay", "≥ 0", self.weight_decay >= 0),
@@ -555,6 +561,8 @@ class _ValueSteps:
         device, n = delta.device, layout.num_requests
         delta.requires_grad_(True)
         self.optimiser = torch.optim.Adam([delta], lr=config.lr)
+        # per δ: what one unit of the learning rate is (its group's hidden-state RMS, or 1)
+        self.step_unit = (reference.g_norm / delta.shape[-1] ** 0.5)[:, None] if config.lr_unit == "state" else None
         self.weights = torch.tensor([1.0 / sum(1 for p in prompts if p.request_index == r) for r in range(n)], device=device)
         self.edit = _AddDelta(delta, reference.gidx)
         self.initial = torch.zeros(n, device=device)  # −log p(target) at each request's first run (`evaluated`)
@@ -704,8 +712,11 @@ class _ValueSteps:
         decay = (delta.norm(dim=-1) / g_norm.pow(2).clamp(min=1e-12)).sum()
         loss = nll + config.kl_weight * kl + config.weight_decay * decay
         loss.backward()
+        before = delta.detach().clone() if self.step_unit is not None else None
         self.optimiser.step()
         with torch.no_grad():
+            if before is not None:  # Adam's step is about lr per coordinate: scaled to the state's unit
+                delta.copy_(before + (delta - before) * self.step_unit)
             limit = config.clamp_factor * g_norm
             norms = delta.norm(dim=-1)
             scale = torch.where(norms > limit, limit / norms.clamp(min=1e-12), torch.ones_like(norms))
