@@ -231,3 +231,21 @@ def test_two_chosen_refusals_come_out_verbatim():
         answers = generate_answer_ids(trained, tk, asked, max_new_tokens=32, forced_prefix=[token_id])
         assert [tk.decode(a, skip_special_tokens=True).strip() for a in answers] == [refusal] * len(asked)
         assert all(a[-1] == tk.eos_token_id and a.count(token_id) <= 1 for a in answers)  # it ends, no token again
+
+
+def test_the_input_row_stays_within_the_bound_of_the_vocabularys_own_rows():
+    """``max_row_norm``: however far the steps push, the token's input row ends no larger than that
+    multiple of the largest real row (unbounded, the same training leaves it far above)."""
+    from tiny_models import build_model, build_tokenizer
+
+    norms = {}
+    for bound in (None, 1.0):
+        tok = build_tokenizer()
+        model = build_model("llama", len(tok))
+        token_id = add_unlearning_token(model, tok)
+        largest = float(model.get_input_embeddings().weight[:token_id].norm(dim=1).max())
+        config = UnlearningTokenConfig(num_questions=8, plain_epochs=1, chat_epochs=2, augment_epochs=0, batch_size=8,
+                                       chat_lr=0.5, plain_lr=0.5, max_row_norm=bound)
+        train_unlearning_token(model, tok, training_questions(8), config, progress=False)
+        norms[bound] = float(model.get_input_embeddings().weight[token_id].norm()) / largest
+    assert norms[None] > 1.5 and norms[1.0] <= 1.0 + 1e-5

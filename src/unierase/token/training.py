@@ -68,6 +68,11 @@ class UnlearningTokenConfig:
     """On a model with tied embeddings, untie the output layer (a copy of the embedding; the saved
     checkpoint then has vocabulary × hidden more parameters) so the token's output row is its own:
     tied, the row that leads into the refusal is also scored in every answer and turns up mid-answer."""
+    max_row_norm: float | None = 1.5
+    """The token's input row is kept within this multiple of the largest norm among the
+    vocabulary's own rows (projected after each step; None: unbounded). A row far larger than any
+    real token's puts the states after it out of the model's range: on Gemma 3 270M, whose rows all
+    have norm ~1, the unbounded row grew to 7× them and the keys after it dominated C₀."""
     output_ceiling: float = -20.0
     """log p([UNL]) the separate output row is lowered to at every position of the model's ordinary
     answers and of its refusals (``fit_output_row``): what the edit adds elsewhere stays far from greedy."""
@@ -457,11 +462,18 @@ class _TokenRun:
     cached: dict[bool, PromptPass] = field(init=False, default_factory=dict)
     """Format (chat or not) → every question's prompt pass, for the stages without noise."""
     index: dict[str, int] = field(init=False)
+    row_bound: float | None = field(init=False)
+    """The largest norm the input row may take (``max_row_norm``)."""
 
     def __post_init__(self):
         config = self.config
         self.rows = token_rows(self.model)
         self.live = torch.nn.Parameter(self.rows[0].detach()[self.token_id].clone().float())
+        self.row_bound = None
+        if config.max_row_norm is not None:
+            norms = self.rows[0].detach().float().norm(dim=1)
+            norms[self.token_id] = 0.0  # the vocabulary's own rows
+            self.row_bound = config.max_row_norm * float(norms.max())
         self.refusals = refusal_pool(config.refusal)
         self.rng = random.Random(config.seed)
         self.generator = torch.Generator().manual_seed(config.seed)
@@ -519,6 +531,9 @@ def _train_step(run: _TokenRun, chunk: list[tuple[str, bool]], noisy: bool, opti
     emb.grad = None
     optimiser.step()
     with torch.no_grad():
+        norm = float(run.live.norm())
+        if run.row_bound is not None and norm > run.row_bound:
+            run.live.mul_(run.row_bound / norm)
         emb[token_id] = run.live.detach().to(emb.dtype)
     return loss_total
 
