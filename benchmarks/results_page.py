@@ -379,7 +379,7 @@ def models_section(load) -> list[str]:
     """Per model (``results/models/<name>.json``): the held-out figures under each recipe variant;
     then the guard's cells (``models/guard.json``)."""
     out = ["## Any model: neutral defaults, calibrated recipe, hand recipe", ""]
-    names = sorted(p.name for p in (RESULTS / "models").glob("*.json") if p.name != "guard.json")
+    names = sorted(p.name for p in (RESULTS / "models").glob("*.json") if p.name not in ("guard.json", "diagnosis.json"))
     rows = []
     for name in names:
         data = load(f"models/{name}")
@@ -404,6 +404,12 @@ def models_section(load) -> list[str]:
                 *table(["model", "settings", "commit", "exit status", "saved", "what it said"],
                        [[c["model"], c["label"], f"`{c['commit']}`", c["exit_status"], c["saved"],
                          (c["error"] or c["summary"] or "").replace("|", "/")[:300]] for c in guard["cells"]]), ""]
+    if load("models/diagnosis.json"):
+        out += ["Why the neutral settings fell short on Gemma 3 270M, measured (residual-stream scale by layer, the "
+                "preserved keys' spectrum with and without the token's refusal keys, the edit's pass records per "
+                "setting): [`models/diagnosis.json`](../benchmarks/results/models/diagnosis.json), made by "
+                "`python benchmarks/model_diagnosis.py --model gemma3-270m --variant JSON ...`; read in "
+                "[design.md](design.md#any-model-what-gemma-3-270m-showed-and-unierase-calibrate).", ""]
     return out
 
 

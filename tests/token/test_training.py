@@ -234,8 +234,8 @@ def test_two_chosen_refusals_come_out_verbatim():
 
 
 def test_the_input_row_stays_within_the_bound_of_the_vocabularys_own_rows():
-    """``max_row_norm``: however far the steps push, the token's input row ends no larger than that
-    multiple of the largest real row (unbounded, the same training leaves it far above)."""
+    """``max_row_norm`` (an option, off by default): however far the steps push, the token's input
+    row ends no larger than that multiple of the largest real row (unbounded, it ends far above)."""
     from tiny_models import build_model, build_tokenizer
 
     norms = {}
