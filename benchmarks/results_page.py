@@ -389,10 +389,11 @@ def models_section(load) -> list[str]:
                          pct(c["teacher_forced_agreement"]), pct(c["rewordings"]), pct(c["token_ban"]),
                          pct(c["well_formed_refusals"]), pct(c["token_in_other_answers"]), num(c["seconds_per_request"], 1)])
     if rows:
-        out += ["Made by `python benchmarks/model_recipes.py --model M --variant V [--recipe PATH] [--split S]`: the "
-                "split's facts the unedited model answers, erased in one batch (questions only) as the demo does. "
-                "The calibrated recipe is `unierase calibrate`'s, chosen on its own pool, which shares no question "
-                "with either split.", "",
+        files = ", ".join(f"[`models/{n}`](../benchmarks/results/models/{n})" for n in names)
+        out += [f"From {files}; made by `python benchmarks/model_recipes.py --model M --variant V [--recipe PATH] "
+                "[--split S]`: the split's facts the unedited model answers, erased in one batch (questions only) as "
+                "the demo does. The calibrated recipe is `unierase calibrate`'s, chosen on its own pool, which "
+                "shares no question with either split.", "",
                 *table(["model", "split", "recipe", "erased / known neighbours", "forget", "known kept",
                         "teacher-forced agreement", "rewordings back", "token ban back", "well-formed refusals",
                         "token in other answers", "edit s / request"], rows), ""]

@@ -327,8 +327,8 @@ def add_calibrate_parser(subparsers) -> None:
                     "how hard ordinary answers are held), keeping a change only when it scores better. The recipe, "
                     "with every trial's figures, goes into <cache>/recipes/, where 'forget' uses it for every model of "
                     "the same configuration and says so. Each step is cached: an interrupted run resumes. About 20 "
-                    "minutes for a 135M model on 2 CPU cores, 45 for a 270M one (the first run trains the token and "
-                    "computes the statistics the chosen recipe then reuses).")
+                    "minutes for SmolLM2-135M on one CPU core, most of it the first trials' token training and key "
+                    "statistics, which the chosen recipe's forget then reuses.")
     add_model_args(p)
     p.add_argument("--out", default=None,
                    help="where to write the recipe (default: <cache>/recipes/<name>.json, where forget finds it)")
