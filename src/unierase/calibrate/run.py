@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,8 +76,8 @@ def _share(value) -> str:
 
 
 def recipe_name(model_config) -> str:
-    layers, hidden = _match(model_config).get("num_hidden_layers"), _match(model_config).get("hidden_size")
-    return f"calibrated-{model_config.model_type}-{layers}x{hidden}"
+    match = _match(model_config)
+    return f"calibrated-{match.get('model_type')}-{match.get('num_hidden_layers')}x{match.get('hidden_size')}"
 
 
 def _match(model_config) -> dict:
@@ -103,7 +104,7 @@ def calibrate(model=None, *, tokenizer=None, out=None, overwrite: bool = False, 
     config = config or CalibrationConfig()
     started = time.perf_counter()
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    if model is None or isinstance(model, (str, Path)):
+    if model is None or isinstance(model, (str, os.PathLike)):
         model, tokenizer = load_checked_model(model, cache_dir=root, device_map=device_map, dtype=dtype)
     elif tokenizer is None:
         raise UniEraseError("pass the tokenizer together with an in-memory model")
@@ -134,7 +135,7 @@ def calibrate(model=None, *, tokenizer=None, out=None, overwrite: bool = False, 
     trials = [_trial(cache, model, tokenizer, dict(config.fixed), "neutral defaults", forget_rows, neighbours, fingerprint,
                      root, progress)]
     bar.update(1)
-    best, why = 0, {}
+    best, why = 0, {name: "given by the caller (CalibrationConfig.fixed), not measured" for name in config.fixed}
     for stage in search:
         for change in stage.candidates:
             trial = _trial(cache, model, tokenizer, merged(trials[best]["edit"], change), stage.name, forget_rows,
