@@ -93,7 +93,8 @@ class EraseOptions(MethodOptions):
         flag="--set", append=True, parse=parse_settings, metavar="SECTION.FIELD=VALUE")
     refusal: str | None = option(
         "the sentence the erased model answers erased questions with (recorded in the manifest; default: the "
-        "recipe's, else one of the bundled refusals per question)", metavar="TEXT")
+        "recipe's, else \"I'm sorry, I can't help with that.\"; a recipe may set null for one of the bundled "
+        "refusals per question)", metavar="TEXT")
     dry_run: bool = option(
         "print what the round would erase — each entity with its requests, key tokens and scope, and the requests "
         "entity scope could not attribute — without training, editing or writing anything", type=bool, default=False)
