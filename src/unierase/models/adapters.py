@@ -115,6 +115,7 @@ class MLPOutputAdapter:
         unit = _closest_unit_rms(scale.double(), wanted.double()).float()
         rms = before.pow(2).mean(-1, keepdim=True).sqrt()
         return (unit * rms - before).T.to(change.device)
+
     def module_name(self, layer: int) -> str:
         return f"{self.blocks_path}.{layer}.{self.mlp_output_path}"
 

@@ -532,9 +532,8 @@ def _train_step(run: _TokenRun, chunk: list[tuple[str, bool]], noisy: bool, opti
     emb.grad = None
     optimiser.step()
     with torch.no_grad():
-        norm = float(run.live.norm())
-        if run.row_bound is not None and norm > run.row_bound:
-            run.live.mul_(run.row_bound / norm)
+        if run.row_bound is not None and float(run.live.norm()) > run.row_bound:
+            run.live.mul_(run.row_bound / float(run.live.norm()))
         emb[token_id] = run.live.detach().to(emb.dtype)
     return loss_total
 
