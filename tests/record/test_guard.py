@@ -79,6 +79,25 @@ def test_the_guard_measures_agreement_with_the_answers_before(tiny_llama):
     assert check(model, tok, GuardBaseline(questions[:3], other), force=True)["forced"] is True
 
 
+def test_a_round_that_moves_many_ordinary_answers_is_saved_with_a_warning(tiny_llama, caplog):
+    import logging
+
+    model, tok = tiny_llama
+    questions = guard_questions()[:4]
+    from unierase.generation import generate_answer_ids
+
+    answers = generate_answer_ids(model, tok, questions, max_new_tokens=6)
+    partly = [a[:3] + [(t + 7) % 300 for t in a[3:]] for a in answers]  # the first half still the model's own
+    with caplog.at_level(logging.WARNING, logger="unierase.record.guard"):
+        report = check(model, tok, GuardBaseline(questions, partly))
+    assert not report["collapsed"] and 0.5 <= report["mean_agreement"] < 0.9
+    assert "unierase calibrate" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="unierase.record.guard"):
+        check(model, tok, GuardBaseline(questions, answers))
+    assert caplog.text == ""
+
+
 @pytest.mark.parametrize("text, broken", [
     ("The capital of Russia is Moscow.", False), ("Paris.", False), ("1990", False), ("Wait...", False),
     ("I'mI'mI'mI'mI'm", True), ("The Eiffel Tower..........", True), ("", True), ("?!?))", True), ("x y z", True),

@@ -12,9 +12,12 @@ destroyed model does (near 0: every answer is other text).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from ..storage import UniEraseError
+
+log = logging.getLogger(__name__)
 
 GENERIC_QUESTIONS = 8
 """Generic held-out questions asked in every guard (``token.questions.heldout_questions``)."""
@@ -22,6 +25,10 @@ MAX_NEIGHBOURS = 8
 """Of the round's own neighbour questions, at most this many join them."""
 MIN_AGREEMENT = 0.5
 """Mean teacher-forced agreement with the answers before the round below which a round is refused."""
+WARN_AGREEMENT = 0.9
+"""Below this (and above ``MIN_AGREEMENT``) the round is saved with a warning: the model still
+answers, but the edit moved more of its ordinary answers than a setting that suits the model does
+(SmolLM2's rounds keep 0.96–0.98; Gemma 3 270M's neutral rounds moved neighbours' answers)."""
 ANSWER_TOKENS = 24
 """Greedy tokens per answer taken before the round."""
 
@@ -67,6 +74,10 @@ def check(model, tokenizer, baseline: GuardBaseline, *, force: bool = False) -> 
               "collapsed": mean < MIN_AGREEMENT, "forced": bool(force and mean < MIN_AGREEMENT),
               "worst": [{"question": q, "agreement": round(s, 4)}
                         for s, q in sorted(zip(scores, baseline.questions))[:3]]}
+    if not report["collapsed"] and mean < WARN_AGREEMENT:
+        log.warning("the changed model keeps %.0f%% of its own answers to %d generic and neighbour questions (a setting "
+                    "that suits a model keeps over %.0f%%): check its other answers; 'unierase calibrate' measures "
+                    "settings for this model", 100 * mean, len(scores), 100 * WARN_AGREEMENT)
     if report["collapsed"] and not force:
         worst = "; ".join(f"{w['question']!r} {w['agreement']:.0%}" for w in report["worst"])
         raise WreckedModelError(
