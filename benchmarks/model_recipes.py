@@ -44,13 +44,11 @@ def split_rows(split: str) -> list[dict]:
 
 def known_split(model, tokenizer, split: str) -> tuple[list[dict], list[dict], int]:
     """(forget facts the model answers, neighbours it answers, facts in the split)."""
+    from unierase.calibrate.pool import known_facts
     from unierase.demo import pick_neighbours
-    from unierase.edit_checks import answer_matches
-    from unierase.generation import generate_answers
 
     rows = split_rows(split)
-    answers = generate_answers(model, tokenizer, [r["question"] for r in rows], max_new_tokens=24)
-    known = [r for r, a in zip(rows, answers) if answer_matches(a, r["answer"])]
+    known = known_facts(model, tokenizer, rows)
     forget = [r for r in known if r["role"] == "forget"]
     return forget, pick_neighbours(known, forget, len(known)), len(rows)
 

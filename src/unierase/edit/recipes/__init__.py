@@ -58,9 +58,9 @@ def _parse(text: str, source: str) -> Recipe:
 
 def recipes_dir(cache_dir=None) -> Path:
     """Where ``unierase calibrate`` writes the recipes it measures (``recipe_for`` looks there first)."""
-    from ...storage import default_cache_dir
+    from ...cache import Cache
 
-    return Path(cache_dir or default_cache_dir()) / "recipes"
+    return Cache(cache_dir).root / "recipes"
 
 
 def load_recipes(folder: str | Path | None = None) -> list[Recipe]:
