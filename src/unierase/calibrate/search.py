@@ -40,8 +40,7 @@ def stages(traced_layers: list[int], default: list[int]) -> list[Stage]:
         Stage("step", "a smaller write per pass in more steps (δ bound 0.35 ‖h‖, 20 steps) moves unrelated answers less",
               [{"values": {"clamp_factor": 0.35, "steps": 20}}]),
         Stage("null space", "a smaller null-space threshold (3e-3 down to 1e-5 of the largest eigenvalue) protects "
-                            "more key directions: where a few keys dominate C0 (the token's refusal keys on Gemma 3 "
-                            "270M, 42-1,200 x a request key's energy) the default 1e-2 frees nearly all of them",
+                            "more key directions: where a few keys dominate C0, the default 1e-2 frees nearly all",
               [{"null_space_threshold": t} for t in (3e-3, 1e-3, 1e-4, 1e-5)]),
         Stage("locality", "the model's own answers held twice as hard and a larger ridge: each pass writes less "
                           "where ordinary answers live", [{"answer_key_weight": 2.0, "ridge": 0.2}]),

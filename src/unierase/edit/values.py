@@ -50,8 +50,7 @@ class ValueConfig:
     lr_unit: str = "state"
     """'state': each Adam step moves δ by about ``lr`` × the RMS of the hidden state at the key token
     per coordinate, so the same settings move δ alike on models whose residual streams differ in
-    scale (Gemma 3 270M's is ~14× SmolLM2's); 'absolute': in the state's own units, as the
-    official method (0.1 there)."""
+    scale; 'absolute': in the state's own units, as the official method."""
     kl_weight: float = 0.0625
     """Weight of the KL term that keeps the key token's own next-token distribution."""
     weight_decay: float = 0.5

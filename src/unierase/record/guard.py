@@ -27,8 +27,7 @@ MIN_AGREEMENT = 0.5
 """Mean teacher-forced agreement with the answers before the round below which a round is refused."""
 WARN_AGREEMENT = 0.9
 """Below this (and above ``MIN_AGREEMENT``) the round is saved with a warning: the model still
-answers, but the edit moved more of its ordinary answers than a setting that suits the model does
-(SmolLM2's rounds keep 0.96–0.98; Gemma 3 270M's neutral rounds moved neighbours' answers)."""
+answers, but the edit moved more of its ordinary answers than a setting that suits the model does."""
 ANSWER_TOKENS = 24
 """Greedy tokens per answer taken before the round."""
 

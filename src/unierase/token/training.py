@@ -70,10 +70,8 @@ class UnlearningTokenConfig:
     tied, the row that leads into the refusal is also scored in every answer and turns up mid-answer."""
     max_row_norm: float | None = None
     """The token's input row is kept within this multiple of the largest norm among the
-    vocabulary's own rows (projected after each step; None: unbounded). Unbounded on Gemma 3 270M
-    (rows of norm ~1) the row grows to 7× them and the keys after it dominate C₀; bounded at 1.5×,
-    the edit reached none of three facts where unbounded it reached two (models/guard.json), so
-    it stays off by default."""
+    vocabulary's own rows (projected after each step; None: unbounded, the default — measured in
+    docs/design.md, "Any model")."""
     output_ceiling: float = -20.0
     """log p([UNL]) the separate output row is lowered to at every position of the model's ordinary
     answers and of its refusals (``fit_output_row``): what the edit adds elsewhere stays far from greedy."""
