@@ -10,7 +10,8 @@ edit seconds per request.
 
 Splits (neither is ever looked at by ``unierase calibrate``, whose pool shares no question with
 them): ``heldout`` — ``benchmarks/data/heldout_facts.jsonl``; ``demo`` — the demo's facts (the
-SmolLM2 hand recipe was tuned on them, so they are reported for other models only).
+SmolLM2 hand recipe was tuned on them, and the Gemma diagnosis ran on three of them,
+``model_guard.py``'s; the held-out split is the clean one).
 
     python benchmarks/model_recipes.py --model gemma3-270m --variant neutral|calibrated|hand \
         [--recipe PATH] [--split heldout]

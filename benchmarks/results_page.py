@@ -393,7 +393,8 @@ def models_section(load) -> list[str]:
         out += [f"From {files}; made by `python benchmarks/model_recipes.py --model M --variant V [--recipe PATH] "
                 "[--split S]`: the split's facts the unedited model answers, erased in one batch (questions only) as "
                 "the demo does. The calibrated recipe is `unierase calibrate`'s, chosen on its own pool, which "
-                "shares no question with either split.", "",
+                "shares no question with either split. The demo split holds the three facts the Gemma diagnosis "
+                "ran on (`model_guard.py`'s), so for Gemma the held-out split is the clean one.", "",
                 *table(["model", "split", "recipe", "erased / known neighbours", "forget", "known kept",
                         "teacher-forced agreement", "rewordings back", "token ban back", "well-formed refusals",
                         "token in other answers", "edit s / request"], rows), ""]
