@@ -31,6 +31,10 @@ def test_from_statistics_weights_c0_as_the_config_asks_and_takes_its_null_space(
     torch.testing.assert_close(preserved.covariance(1), expected.double())
     assert torch.equal(preserved.basis(2), null_space_basis(preserved.covariance(2), relative_threshold=0.05))
     assert preserved.statistics == {"corpus": stats.corpus, "tokens": stats.count}
+    family = EditConfig(layers=[1, 2], null_space_threshold=0.05, stats_tokens=1000, null_space_scale="family")
+    scaled = stats.covariance(2, 1.0, 1.0, 1.0, per_family=True).double()
+    assert torch.equal(PreservedKeys.from_statistics(stats, [1, 2], family).basis(2),
+                       null_space_basis(scaled, relative_threshold=0.05))
     # MEMIT with a given key position needs no basis
     assert PreservedKeys.from_statistics(stats, [1, 2], EditConfig(solver="memit", key_position="entity")).bases == {}
 
@@ -60,4 +64,5 @@ def test_one_artefact_per_model_token_and_weighting(tiny, tmp_path, monkeypatch)
     assert set(build(EditConfig(layers=[1, 2], stats_tokens=1000, solver="memit")).covariances) == {1, 2}
     build(EditConfig(layers=[1, 2], null_space_threshold=0.1, stats_tokens=1000))  # another threshold
     build(token_key="token-b")  # another token: other refusal keys
-    assert len(entries()) == 4  # and MEMIT's (no null space)
+    build(EditConfig(layers=[1, 2], stats_tokens=1000, null_space_scale="family"))  # another scale
+    assert len(entries()) == 5  # and MEMIT's (no null space)

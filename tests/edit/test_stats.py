@@ -1,10 +1,10 @@
-"""Preserved-key statistics: answer-position moments and the cache round trip."""
+"""Preserved-key statistics: answer-position moments, the cache round trip, C₀ per family."""
 
 import torch
 
 from tiny_models import build_model, build_tokenizer
-from unierase.edit.stats import (StatisticsCache, accumulate_answer_key_moments, answer_position_moments,
-                                 get_key_statistics)
+from unierase.edit.stats import (KeyStatistics, StatisticsCache, accumulate_answer_key_moments,
+                                 answer_position_moments, get_key_statistics, largest_eigenvalue, null_space_basis)
 from unierase.edit.keys import position_ids
 from unierase.models.adapters import find_mlp_output
 from unierase.models.tracing import trace
@@ -66,3 +66,22 @@ def test_sequence_moments_equal_a_forward_pass_per_sequence():
             keys = rec.input[0].to(torch.float64)
             expected += keys.T @ keys
         torch.testing.assert_close(moments[layer], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_largest_eigenvalue_matches_eigh():
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(40, 40, generator=g, dtype=torch.float64)
+    psd = a @ a.T
+    assert abs(largest_eigenvalue(psd) - torch.linalg.eigvalsh(psd).max().item()) < 1e-6 * largest_eigenvalue(psd)
+    assert largest_eigenvalue(torch.zeros(3, 3, dtype=torch.float64)) == 1.0
+
+
+def test_per_family_scaling_keeps_a_small_family_protected():
+    # corpus keys span e0 at unit scale; refusal keys span e1 at 1e6: jointly, e0 falls under 1e-2 · λ_max
+    corpus = torch.diag(torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64))
+    refusal = torch.diag(torch.tensor([0.0, 1e6, 0.0], dtype=torch.float64))
+    stats = KeyStatistics(moments={0: corpus}, count=1, corpus="c", refusal_moments={0: refusal}, refusal_count=1)
+    joint = null_space_basis(stats.covariance(0, refusal_weight=1.0), relative_threshold=1e-2)
+    family = null_space_basis(stats.covariance(0, refusal_weight=1.0, per_family=True), relative_threshold=1e-2)
+    assert joint.shape[1] == 2  # e0 and e2 free: the corpus direction is lost
+    assert family.shape[1] == 1 and abs(family[2, 0].item()) == 1.0  # only e2 free

@@ -31,14 +31,17 @@ class Stage:
 
 def stages(traced_layers: list[int], default: list[int]) -> list[Stage]:
     """The search, in order. Layers first (every later stage depends on where the edit writes),
-    then the size of each pass's write, then how much room the null space leaves, then how hard
-    the model's own answers are held."""
+    then the size of each pass's write, then what the null space is measured against and how much
+    room it leaves, then how hard the model's own answers are held."""
     layer_candidates = [{"layers": traced_layers}] if traced_layers != default else []
     return [
         Stage("layers", "the window where restoring the MLP outputs at the subject brings the answer back most "
                         "(causal tracing), against the depth-based default", layer_candidates),
         Stage("step", "a smaller write per pass in more steps (δ bound 0.35 ‖h‖, 20 steps) moves unrelated answers less",
               [{"values": {"clamp_factor": 0.35, "steps": 20}}]),
+        Stage("null space scale", "the threshold taken per family of preserved keys: where one family (such as the "
+                                  "keys after an outsized token row) dominates C0, the joint threshold frees the "
+                                  "others' directions", [{"null_space_scale": "family"}]),
         Stage("null space", "a smaller null-space threshold (3e-3 down to 1e-5 of the largest eigenvalue) protects "
                             "more key directions: where a few keys dominate C0, the default 1e-2 frees nearly all",
               [{"null_space_threshold": t} for t in (3e-3, 1e-3, 1e-4, 1e-5)]),

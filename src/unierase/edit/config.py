@@ -37,6 +37,10 @@ class EditConfig:
     """'alphaedit' (null-space constrained, keeps the sequential state) or 'memit'."""
     null_space_threshold: float = 1e-2
     """Eigen-directions of C₀ below this fraction of its largest eigenvalue are free to edit."""
+    null_space_scale: str = "joint"
+    """What the threshold is relative to: 'joint' (C₀ as weighted) or 'family' (each family of keys —
+    corpus, questions, refusals, own answers — scaled to its own largest eigenvalue first, so one
+    family of much larger keys, such as those after an outsized token row, frees no one else's)."""
     question_key_weight: float = 1.0
     """Weight in C₀ of the entity keys of synthetic questions: the edit keys on what is specific to a request."""
     refusal_key_weight: float = 1.0
@@ -87,6 +91,7 @@ class EditConfig:
             ("solver", " or ".join(map(repr, SOLVER_NAMES)), self.solver in SOLVER_NAMES),
             ("key_position", "one of " + ", ".join(KEY_POSITIONS), self.key_position in KEY_POSITIONS),
             ("null_space_threshold", "in (0, 1)", 0 < self.null_space_threshold < 1),
+            ("null_space_scale", "'joint' or 'family'", self.null_space_scale in ("joint", "family")),
             ("ridge", "≥ 0", self.ridge >= 0),
             ("max_passes", "at least 1", self.max_passes >= 1),
             ("num_prefixes", "≥ 0", self.num_prefixes >= 0),

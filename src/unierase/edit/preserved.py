@@ -55,12 +55,15 @@ class PreservedKeys:
         covariances, bases = {}, {}
         for l in layers:
             device = linalg_device(devices[l]) if devices else torch.device("cpu")
-            covariances[l] = stats.covariance(l, config.question_key_weight, config.refusal_key_weight,
-                                              config.answer_key_weight).to(device=device, dtype=torch.float64).contiguous()
+            weights = (config.question_key_weight, config.refusal_key_weight, config.answer_key_weight)
+            covariances[l] = stats.covariance(l, *weights).to(device=device, dtype=torch.float64).contiguous()
+            if needs_bases(config):
+                scaled = covariances[l] if config.null_space_scale == "joint" else \
+                    stats.covariance(l, *weights, per_family=True).to(device=device, dtype=torch.float64)
+                bases[l] = null_space_basis(scaled, relative_threshold=config.null_space_threshold)
+                del scaled
             if free_moments:
                 stats.drop(l)
-            if needs_bases(config):
-                bases[l] = null_space_basis(covariances[l], relative_threshold=config.null_space_threshold)
         return cls(list(layers), covariances, bases, state if state is not None else EditState(), record)
 
     def basis(self, layer: int) -> torch.Tensor | None:
@@ -110,7 +113,7 @@ def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: li
 
     cache = Cache(cache_dir)
     weights = {k: getattr(config, k) for k in ("question_key_weight", "refusal_key_weight", "answer_key_weight",
-                                              "null_space_threshold", "stats_tokens")}
+                                              "null_space_threshold", "null_space_scale", "stats_tokens")}
     key = content_key(fingerprint, token_key, layers, weights, needs_bases(config),
                       code_digest(stats_module, corpus, preserved)) if token_key else None
     devices = {l: linalg_device(adapter.mlp_output(l).weight.device) for l in layers}

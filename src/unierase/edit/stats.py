@@ -52,17 +52,23 @@ class KeyStatistics:
                 family.pop(layer, None)
 
     def covariance(self, layer: int, question_weight: float = 0.0, refusal_weight: float = 0.0,
-                   answer_weight: float = 0.0) -> torch.Tensor:
+                   answer_weight: float = 0.0, *, per_family: bool = False) -> torch.Tensor:
         """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys
         + ``refusal_weight`` · E[k kᵀ] over the token's refusal answers + ``answer_weight`` · E[k kᵀ]
-        over the model's own answers."""
-        cov = self.moments[layer] / max(self.count, 1)
-        if question_weight and self.question_moments:
-            cov = cov + question_weight * self.question_moments[layer] / max(self.question_count, 1)
-        if refusal_weight and self.refusal_moments:
-            cov = cov + refusal_weight * self.refusal_moments[layer] / max(self.refusal_count, 1)
-        if answer_weight and self.answer_moments:
-            cov = cov + answer_weight * self.answer_moments[layer] / max(self.answer_count, 1)
+        over the model's own answers. ``per_family``: each family's E[k kᵀ] divided by its own
+        largest eigenvalue first, so a family of much larger keys cannot push the others' directions
+        under a threshold relative to the whole's largest eigenvalue."""
+        families = [(1.0, self.moments, self.count), (question_weight, self.question_moments, self.question_count),
+                    (refusal_weight, self.refusal_moments, self.refusal_count),
+                    (answer_weight, self.answer_moments, self.answer_count)]
+        cov = None
+        for weight, moments, count in families:
+            if not weight or not moments:
+                continue
+            part = moments[layer] / max(count, 1)
+            if per_family:
+                part = part / largest_eigenvalue(part)
+            cov = weight * part if cov is None else cov + weight * part
         return cov
 
 
@@ -352,6 +358,21 @@ def get_key_statistics(model, tokenizer, adapter, layers, *, fingerprint: str, c
         cache.save(fingerprint, stats, num_tokens)
     distributed.barrier()
     return stats, time.perf_counter() - started
+
+
+def largest_eigenvalue(matrix: torch.Tensor, iterations: int = 100) -> float:
+    """λ_max of a symmetric PSD matrix by power iteration: O(m²) per step where ``eigh`` is O(m³),
+    and a threshold relative to it needs no more than a few digits."""
+    start = torch.randn(matrix.shape[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    vector = start.to(device=matrix.device, dtype=matrix.dtype)  # random: no fixed vector is safe from ⟂
+    value = 0.0
+    for _ in range(iterations):
+        product = matrix @ vector
+        norm = torch.linalg.vector_norm(product)
+        if norm == 0:
+            return 1.0  # an all-zero family contributes nothing whatever it is divided by
+        vector, value = product / norm, float(norm)
+    return value
 
 
 def null_space_basis(covariance: torch.Tensor, *, relative_threshold: float) -> torch.Tensor:
