@@ -21,8 +21,13 @@ def test_a_change_must_beat_the_current_recipe_by_more_than_the_margin():
     assert better(trial(rewordings=0.5 - 2 * MARGIN), current)
 
 
-def test_candidates_merge_over_the_best_so_far_and_layers_are_tried_only_when_tracing_differs():
+def test_candidates_merge_over_the_best_so_far_and_layers_are_tried_only_when_they_differ():
     assert merged({"values": {"steps": 20}, "ridge": 0.2}, {"values": {"lr": 0.5}}) == \
         {"values": {"steps": 20, "lr": 0.5}, "ridge": 0.2}
-    assert stages([4, 5, 6], [4, 5, 6])[0].candidates == []
-    assert stages([2, 3, 4], [4, 5, 6])[0].candidates == [{"layers": [2, 3, 4]}]
+    five = [4, 5, 6, 7, 8]
+    assert stages(five, five, 30)[0].candidates == []
+    assert stages([2, 3, 4, 5, 6], five, 30)[0].candidates == [{"layers": [2, 3, 4, 5, 6]}]
+    # a default narrower than five layers is also tried widened, within the model's depth
+    assert stages([3, 4, 5], [2, 3, 4], 18)[0].candidates == [{"layers": [3, 4, 5]}, {"layers": [2, 3, 4, 5, 6]}]
+    assert stages([2, 3], [2, 3], 4)[0].candidates == []  # no room below the last layer
+    assert stages([1, 2], [1, 2], 6)[0].candidates == [{"layers": [1, 2, 3, 4, 5]}]

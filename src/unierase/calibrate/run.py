@@ -129,7 +129,7 @@ def calibrate(model=None, *, tokenizer=None, out=None, overwrite: bool = False, 
     traced = best_window(tracing)
     log.info("calibration: causal tracing puts the recall at layers %s (default %s)", traced, default)
 
-    search = [s for s in stages(traced, default) if config.stages is None or s.name in config.stages]
+    search = [s for s in stages(traced, default, adapter.num_layers) if config.stages is None or s.name in config.stages]
     total = 1 + sum(len(s.candidates) for s in search)
     bar = _bar(total, progress)
     trials = [_trial(cache, model, tokenizer, dict(config.fixed), "neutral defaults", forget_rows, neighbours, fingerprint,

@@ -29,14 +29,22 @@ class Stage:
     candidates: list[dict] = field(default_factory=list)
 
 
-def stages(traced_layers: list[int], default: list[int]) -> list[Stage]:
+WIDE_WINDOW = 5
+"""Layers of the wider window tried where the default has fewer (the official recipes edit five)."""
+
+
+def stages(traced_layers: list[int], default: list[int], num_layers: int) -> list[Stage]:
     """The search, in order. Layers first (every later stage depends on where the edit writes),
     then the size of each pass's write, then what the null space is measured against and how much
     room it leaves, then how hard the model's own answers are held."""
     layer_candidates = [{"layers": traced_layers}] if traced_layers != default else []
+    wide = list(range(default[0], min(num_layers, default[0] + WIDE_WINDOW)))
+    if len(wide) > len(default):
+        layer_candidates.append({"layers": wide})
     return [
         Stage("layers", "the window where restoring the MLP outputs at the subject brings the answer back most "
-                        "(causal tracing), against the depth-based default", layer_candidates),
+                        "(causal tracing), or the default window widened to five layers (each layer then writes "
+                        "less of the change), against the depth-based default", layer_candidates),
         Stage("step", "a smaller write per pass in more steps (δ bound 0.35 ‖h‖, 20 steps) moves unrelated answers less",
               [{"values": {"clamp_factor": 0.35, "steps": 20}}]),
         Stage("null space scale", "the threshold taken per family of preserved keys: where one family (such as the "
