@@ -74,6 +74,15 @@ def edit_config_of(variant: str, model, recipe_path: str | None):
     return apply_recipe(recipe, {}), recipe.source
 
 
+def calibration_trials(recipe_path: str) -> dict:
+    """The calibrated recipe's trials on its calibration facts: each stage's change, figures and score,
+    and which one was chosen."""
+    cal = json.loads(Path(recipe_path).expanduser().read_text())["calibration"]
+    return {"forget": cal["forget"], "neighbours": cal["neighbours"], "known": cal["known"], "seconds": cal["seconds"],
+            "chosen": cal["chosen"], "trials": [{k: t[k] for k in ("stage", "edit", "figures", "score")}
+                                                for t in cal["trials"]]}
+
+
 def main() -> None:
     import torch
 
@@ -116,6 +125,8 @@ def main() -> None:
                 **figures(measured.summary), "timings_s": measured.summary["timings_s"],
                 "wall_s": round(time.perf_counter() - started, 1),
                 "examples": [{"question": f["question"], "after": measured.after.texts[i]} for i, f in enumerate(forget)][:6]}
+        if args.variant == "calibrated":  # what chose the recipe, on the calibration facts (none of this split's)
+            cell["calibration"] = calibration_trials(args.recipe)
         cache.save_json("model_recipes", key, cell)
     print(json.dumps({k: v for k, v in cell.items() if k not in ("edit_config", "examples")}, indent=1))
 
