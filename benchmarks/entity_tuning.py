@@ -5,7 +5,8 @@ Akabueze), erased from the TOFU benchmark target (``bench_tofu.py``: authors 0�
 their questions only. Scored on: the share of their 40 questions and 40 paraphrased questions whose
 greedy first answer token is the unlearning token, the share of the other 18 retain authors'
 questions (rows 40–399) that start with it, and the teacher-forced agreement with the target's own
-greedy answers (32 tokens) on 100 of those questions, the share of the 40 forget answers (40 tokens)
+greedy answers (32 tokens) on 100 of those questions and the share of their answers holding the token
+within ``refusals.STRAY_TOKENS`` tokens, the share of the 40 forget answers (40 tokens)
 that are a well-formed refusal, and the shared answer checks (``refusals.answer_checks``: exactly the
 chosen refusal, the token repeated) of the forget and paraphrased answers (64 tokens); plus the
 edit's time (token and statistics cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
@@ -13,7 +14,9 @@ edit's time (token and statistics cached). The held-out split — the ``forget01
     python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--split 2] [--results FILE]
 
 ``--split 2`` erases the next two retain authors instead (rows 40–79: a second tuning split, for a
-choice the first cannot settle), the others being every retain row outside it.
+choice the first cannot settle), the others being every retain row outside it. Another target
+(``--target``; its own ``--work``): ``--others-rows`` says how many retain rows it was trained on
+(80 for a 6-author target, authors 0–3), so the other authors are ones it knows.
 
 Each variant is one in-memory edit of a fresh copy of the target; a finished variant is cached under
 ``<cache>/entity_tuning`` and a re-run only adds the new ones to the results file.
@@ -44,25 +47,31 @@ def main() -> None:
     from unierase.edit.recipes import edit_config_for, parse_settings, with_settings
     from unierase.refusals import STRAY_TOKENS, answer_checks, is_chosen_refusal, is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
+    from bench_tofu import portable  # the sibling script's helper
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default=str(default_cache_dir() / "bench_tofu" / "models" / "full"))
     parser.add_argument("--variant", required=True, help="name of this variant in the results")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. entity_values.clamp_factor=0.5")
     parser.add_argument("--split", type=int, choices=(1, 2), default=1, help="which two retain authors to erase")
+    parser.add_argument("--others-rows", type=int, default=RETAIN_ROWS,
+                        help="retain_perturbed rows the target was trained on (default: all 400; 80 for a "
+                             "6-author target): the other authors are those rows outside the split")
+    parser.add_argument("--work", default=None, help="cache of the variants and the target's answers "
+                                                      "(default: <cache>/entity_tuning; one per target)")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
     overrides = parse_settings(args.set)
 
-    work = default_cache_dir() / "entity_tuning"
+    work = Path(args.work) if args.work else default_cache_dir() / "entity_tuning"
     work.mkdir(parents=True, exist_ok=True)
     rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "retain_perturbed.jsonl").read_text()
             .splitlines() if x.strip()]
     tuning = range((args.split - 1) * SPLIT_ROWS, args.split * SPLIT_ROWS)
     forget = [rows[i] for i in tuning]
-    others = [rows[i] for i in range(RETAIN_ROWS) if i not in tuning]
-    agree_questions = [r["question"] for r in others[::len(others) // AGREEMENT_QUESTIONS][:AGREEMENT_QUESTIONS]]
+    others = [rows[i] for i in range(args.others_rows) if i not in tuning]
+    agree_questions = [r["question"] for r in others[::max(1, len(others) // AGREEMENT_QUESTIONS)][:AGREEMENT_QUESTIONS]]
 
     torch.manual_seed(0)
     target, tok = load_model(args.target)
@@ -92,6 +101,7 @@ def main() -> None:
             return round(sum(f == token_id for f in firsts) / len(firsts), 4)
 
         agreement = teacher_forced_agreement(model, tok, agree_questions, reference)
+        other_ids = generate_answer_ids(model, tok, agree_questions, max_new_tokens=STRAY_TOKENS)
         answers = generate_answer_ids(model, tok, [r["question"] for r in forget], max_new_tokens=40)
         texts = [tok.decode(a, skip_special_tokens=True) for a in answers]
         refusal = config.refusal
@@ -110,6 +120,8 @@ def main() -> None:
             "paraphrased_starts": share([r["paraphrased_question"] for r in forget]),
             "other_authors_start": share([r["question"] for r in others]),
             "other_authors_agreement": round(sum(agreement) / len(agreement), 4),
+            "other_authors_token_in_answers": answer_checks([], other_ids=other_ids,
+                                                            token_id=token_id)["token_in_other_answers"],
             "well_formed_refusals": round(sum(map(is_well_formed_refusal, texts)) / len(texts), 4),
             "answer_checks": checks,
             "not_the_refusal": {name: [[i, t] for i, t in enumerate(ts) if not is_chosen_refusal(t, refusal)]
@@ -122,8 +134,9 @@ def main() -> None:
         write_json_atomic(cell, record)
     results_path = Path(args.results)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {
-        "setting": {"target": "bench_tofu target (authors 0-19 + 198-199)", "split": "retain_perturbed rows 0-39 "
-                    "(two authors), questions only", "others": "retain_perturbed rows 40-399",
+        "setting": {"target": portable(str(Path(args.target).resolve()), default_cache_dir(), "<cache>"),
+                    "split": f"retain_perturbed rows {tuning.start}-{tuning.stop - 1} (two authors), questions only",
+                    "others": f"retain_perturbed rows 0-{args.others_rows - 1} outside the split",
                     "agreement": f"{AGREEMENT_QUESTIONS} other-author questions, 32-token target answers"},
         "variants": {}}
     results["variants"][args.variant] = record

@@ -379,11 +379,14 @@ def models_section(load) -> list[str]:
     """Per model (``results/models/<name>.json``): the held-out figures under each recipe variant;
     then the guard's cells (``models/guard.json``)."""
     out = ["## Any model: neutral defaults, calibrated recipe, hand recipe", ""]
-    names = sorted(p.name for p in (RESULTS / "models").glob("*.json") if p.name not in ("guard.json", "diagnosis.json"))
-    rows = []
+    names = sorted(p.name for p in (RESULTS / "models").glob("*.json")
+                   if p.name not in ("guard.json", "diagnosis.json") and "cells" in (load(f"models/{p.name}") or {}))
+    rows, trials = [], []
     for name in names:
         data = load(f"models/{name}")
         for c in data["cells"]:
+            if c.get("calibration") and c["split"] == "heldout":
+                trials += calibration_rows(data["model"], c["calibration"])
             rows.append([f"[{data['model']}](../benchmarks/results/models/{name})", c["split"], c["variant"],
                          f"{c['forget_facts']} / {c['known_neighbours']}", pct(c["forget"]), pct(c["known_still_correct"]),
                          pct(c["teacher_forced_agreement"]), pct(c["rewordings"]), pct(c["token_ban"]),
@@ -398,6 +401,43 @@ def models_section(load) -> list[str]:
                 *table(["model", "split", "recipe", "erased / known neighbours", "forget", "known kept",
                         "teacher-forced agreement", "rewordings back", "token ban back", "well-formed refusals",
                         "token in other answers", "edit s / request"], rows), ""]
+    if trials:
+        out += ["What chose each calibrated recipe: `unierase calibrate`'s trials on the model's calibration facts "
+                "(the `calibration` field of the calibrated cells; each change is merged over the best trial before "
+                "it; a trial replaces the best when it keeps the neighbours' bounds and scores more than 0.05 higher).",
+                "", *table(["model", "stage", "settings off the neutral defaults", "forget", "known kept",
+                            "teacher-forced agreement", "rewordings back", "token ban back", "score", "chosen"], trials), ""]
+    tofu = load("models/tofu/gemma3-270m.json")
+    if tofu:
+        acc = tofu["acceptance"]
+        out += ["Gemma 3 270M on its own TOFU target ([`models/tofu/gemma3-270m.json`](../benchmarks/results/models/tofu/gemma3-270m.json), "
+                "made by `python benchmarks/entity_scope.py --target <cache>/targets/gemma-tofu6 --scope entity "
+                "--retain-rouge 80 --timing-sizes --baselines --results benchmarks/results/models/tofu/gemma3-270m.json`): "
+                "the target fine-tuned on TOFU authors 0–3 and the two forget01 authors (`unierase finetune --model "
+                "gemma3-270m --data tofu:full --authors 6 --forget-authors 2 --bf16`), erased with entity scope from the "
+                "40 forget01 questions only, with the calibrated recipe.", "",
+                *table(["forget questions refused", "paraphrases refused", "forget ROUGE-L", "retain questions starting with the token",
+                        "retain ROUGE-L (authors 0–3)", "× the target's", "well-formed refusals", "edit s"],
+                       [[pct(tofu["forget_starts_with_token"]), pct(tofu["paraphrased_starts_with_token"]),
+                         num(tofu["forget_rougeL"], 3), pct(tofu["retain_starts_with_token"]), num(tofu["retain_rougeL"], 3),
+                         num(tofu["retain_rougeL_ratio"], 3), pct(tofu["well_formed_refusals"]),
+                         num(tofu["edit"]["timings_s"]["edit"], 0)]]),
+                "", "Acceptance lines: " + ", ".join(f"{k} {'met' if v else 'not met'}" for k, v in acc.items()
+                                                      if v is not None) + ".", ""]
+    tuning = load("models/tofu/gemma3-270m_tuning.json")
+    if tuning:
+        out += ["Choosing entity scope's settings for Gemma on a tuning split of the same target "
+                "([`models/tofu/gemma3-270m_tuning.json`](../benchmarks/results/models/tofu/gemma3-270m_tuning.json), made by "
+                "`python benchmarks/entity_tuning.py --target <cache>/targets/gemma-tofu6 --work <cache>/entity_tuning_gemma "
+                "--others-rows 80 --split 2 --variant V [--set ...]`): TOFU authors 2–3 erased (questions only), authors "
+                "0–1 the others; the forget01 authors are not part of it.", "",
+                *table(["variant", "settings over the recipe", "forget refused", "paraphrases refused",
+                        "other authors' first token", "other authors' teacher-forced agreement",
+                        "other answers holding the token", "well-formed refusals", "edit s"],
+                       [[name, ", ".join(f"{k}={v}" for k, v in v["overrides"].items()) or "—", pct(v["forget_starts"]),
+                         pct(v["paraphrased_starts"]), pct(v["other_authors_start"]), pct(v["other_authors_agreement"]),
+                         pct(v.get("other_authors_token_in_answers")), pct(v["well_formed_refusals"]), num(v["edit_s"], 0)]
+                        for name, v in tuning["variants"].items()]), ""]
     guard = load("models/guard.json")
     if guard:
         out += ["The guard ([`models/guard.json`](../benchmarks/results/models/guard.json), made by "
@@ -413,6 +453,18 @@ def models_section(load) -> list[str]:
                 "`python benchmarks/model_diagnosis.py --model gemma3-270m --variant JSON ...`; read in "
                 "[design.md](design.md#any-model-what-gemma-3-270m-showed-and-unierase-calibrate).", ""]
     return out
+
+
+def calibration_rows(model: str, cal: dict) -> list[list]:
+    """One row per calibration trial of a calibrated cell (``model_recipes.calibration_trials``)."""
+    rows = []
+    for i, t in enumerate(cal["trials"]):
+        f = t["figures"]
+        change = ", ".join(f"{k} {json.dumps(v)}" for k, v in t["edit"].items()) or "none"
+        rows.append([model, t["stage"], change.replace("|", "/"), pct(f["forget"]), pct(f["known_still_correct"]),
+                     pct(f["teacher_forced_agreement"]), pct(f["rewordings"]), pct(f["token_ban"]), num(t["score"], 3),
+                     "**yes**" if i == cal["chosen"] else ""])
+    return rows
 
 
 def archive_section(load) -> list[str]:
