@@ -44,7 +44,8 @@ def main() -> None:
     from unierase.baselines.data import require_data_dir
     from unierase.generation import first_token_ids, generate_answer_ids, teacher_forced_agreement
     from unierase.models.loading import load_model
-    from unierase.edit.recipes import edit_config_for, parse_settings, with_settings
+    from unierase.edit.recipes import edit_config_for, parse_settings, token_with_settings, with_settings
+    from unierase.token.training import UnlearningTokenConfig
     from unierase.refusals import STRAY_TOKENS, answer_checks, is_chosen_refusal, is_well_formed_refusal
     from unierase.storage import default_cache_dir, write_json_atomic
     from bench_tofu import portable  # the sibling script's helper
@@ -88,10 +89,11 @@ def main() -> None:
         record = json.loads(cell.read_text())
     else:
         config = with_settings(edit_config_for(target.config)[0], overrides)  # variants start from the model's recipe
+        token_config = token_with_settings(UnlearningTokenConfig(), overrides) if overrides.get("token") else None
         model = copy.deepcopy(target)
         started = time.perf_counter()
         result = unierase.forget([{"question": r["question"]} for r in forget], None, model=model, tokenizer=tok,
-                                 edit_config=config, progress=False)
+                                 edit_config=config, token_config=token_config, progress=False)
         wall = time.perf_counter() - started
         last = result.manifest["rounds"][-1]
         token_id = result.manifest["token"]["id"]

@@ -1,11 +1,12 @@
 """The substitute pools are disjoint from every scored fact: a substitute's question is preserved
-by the edit, so a scored neighbour among them would be kept by construction."""
+by the edit, so a scored neighbour among them would be kept by construction. The invented names
+are names no list of the corpus holds."""
 
 import json
 import re
 from pathlib import Path
 
-from unierase.edit.corpus import ENTITY_GROUPS, KNOWN_KINDS, SUBSTITUTE_GROUPS
+from unierase.edit.corpus import ENTITY_GROUPS, KNOWN_KINDS, SUBSTITUTE_GROUPS, invented_names, rare_name_answers
 from unierase.edit.prompts import substitute_entities
 from unierase.edit_checks import load_demo_facts
 
@@ -39,3 +40,12 @@ def test_a_scored_entity_draws_substitutes_of_its_kind_from_the_pool_only():
     others = substitute_entities("France", set(), 8, "What is the capital of France?")
     assert len(others) == 8 and set(others) <= set(SUBSTITUTE_GROUPS["country"])
     assert not {"Japan", "Germany", "Italy"} & set(substitute_entities("France", set(), 50, "x"))
+
+
+def test_invented_names_are_deterministic_distinct_and_unknown_to_the_corpus():
+    names = invented_names(50)
+    assert names == invented_names(50) and len(set(names)) == 50
+    assert all(len(n.split()) == 2 for n in names)
+    assert not set(names) & {x for group in ENTITY_GROUPS.values() for x in group}
+    pairs = rare_name_answers(10)
+    assert len(pairs) == 10 and all(name in q and name in a for (q, a), name in zip(pairs, invented_names(10)))

@@ -65,4 +65,7 @@ def test_one_artefact_per_model_token_and_weighting(tiny, tmp_path, monkeypatch)
     build(EditConfig(layers=[1, 2], null_space_threshold=0.1, stats_tokens=1000))  # another threshold
     build(token_key="token-b")  # another token: other refusal keys
     build(EditConfig(layers=[1, 2], stats_tokens=1000, null_space_scale="family"))  # another scale
-    assert len(entries()) == 5  # and MEMIT's (no null space)
+    rare = build(EditConfig(layers=[1, 2], stats_tokens=1000, solver="memit", rare_name_key_weight=1.0))
+    assert len(entries()) == 6  # invented people's answers weighed in: another C₀
+    assert not torch.equal(rare.covariance(1), build(EditConfig(layers=[1, 2], stats_tokens=1000,
+                                                                solver="memit")).covariance(1))  # and MEMIT's (no null space)

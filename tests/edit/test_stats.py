@@ -85,3 +85,23 @@ def test_per_family_scaling_keeps_a_small_family_protected():
     family = null_space_basis(stats.covariance(0, refusal_weight=1.0, per_family=True), relative_threshold=1e-2)
     assert joint.shape[1] == 2  # e0 and e2 free: the corpus direction is lost
     assert family.shape[1] == 1 and abs(family[2, 0].item()) == 1.0  # only e2 free
+
+
+def test_rare_name_moments_cover_every_answer_position():
+    from unierase.edit.corpus import rare_name_answers
+    from unierase.edit.stats import accumulate_rare_name_key_moments
+    from unierase.prompts import answer_separator, encode_text, has_chat_template, render_prompt
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    moments, count = accumulate_rare_name_key_moments(model, tok, adapter, [1], 6)
+    chat = has_chat_template(tok)
+    expected = sum(len(tok(answer_separator(chat) + a, add_special_tokens=False)["input_ids"])
+                   for _, a in rare_name_answers(6))
+    assert count == expected and moments[1].shape == (adapter.key_dim(1),) * 2
+    assert torch.linalg.matrix_rank(moments[1]) > 0
+    stats = KeyStatistics(moments={1: torch.eye(adapter.key_dim(1), dtype=torch.float64)}, count=1, corpus="c",
+                          rare_name_moments=moments, rare_name_count=count)
+    torch.testing.assert_close(stats.covariance(1, rare_name_weight=2.0),
+                               torch.eye(adapter.key_dim(1), dtype=torch.float64) + 2.0 * moments[1] / count)

@@ -47,6 +47,9 @@ class EditConfig:
     """Weight in C₀ of the keys of ``question → [UNL] refusal``: the token's own continuation is left alone."""
     answer_key_weight: float = 1.0
     """Weight in C₀ of the keys of the model's own answers to generic questions: ordinary answering is left alone."""
+    rare_name_key_weight: float = 0.0
+    """Weight in C₀ of the keys of answers naming invented people (``corpus.rare_name_answers``), so
+    the edit does not fire inside other unfamiliar names mid-answer (0 = off)."""
     neutral_key_weight: float = 1.0
     """Weight of the round's soft constraint (neutral questions about each request's entity and its
     substitutes), so the edit does not fire on the entity alone or on the question's shape (0 = off)."""
@@ -103,7 +106,8 @@ class EditConfig:
                 len(set(self.layers)) == len(self.layers) and all(isinstance(l, int) and l >= 0 for l in self.layers))),
         ) if not ok]
         problems += [f"{name} must be ≥ 0 (got {getattr(self, name)!r})" for name in (
-            "question_key_weight", "refusal_key_weight", "answer_key_weight", "neutral_key_weight", "substitute_answer_weight")
+            "question_key_weight", "refusal_key_weight", "answer_key_weight", "rare_name_key_weight", "neutral_key_weight",
+            "substitute_answer_weight")
             if getattr(self, name) < 0]
         if problems:
             raise UniEraseError("EditConfig: " + "; ".join(problems))

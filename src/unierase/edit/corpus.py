@@ -182,6 +182,42 @@ def documents(seed: int = 0) -> Iterator[tuple[str, str | None]]:
             yield " ".join(sentences), None
 
 
+_ONSETS = ["b", "ch", "d", "f", "g", "h", "j", "k", "kw", "l", "m", "n", "p", "r", "s", "sh", "t", "v", "y", "z",
+           "dr", "br", "", ""]
+_VOWELS = ["a", "e", "i", "o", "u", "a", "e", "i", "o", "ia", "ue", "ou"]
+_CODAS = ["", "", "", "", "", "", "n", "r", "l", "s", "v", "k", "m"]
+_RARE_NAME_QA = [
+    ("Who is {x}?", "{x} is a writer whose novels have been translated into several languages."),
+    ("Where was {x} born?", "{x} was born in a small coastal town and moved to the capital as a student."),
+    ("What is {x} known for?", "{x} is known for a series of books about family, memory and migration."),
+    ("Which award did {x} receive?", "{x} received a national prize for literature for a debut novel."),
+    ("What do {x}'s parents do?", "{x}'s father was a teacher and {x}'s mother worked as an architect."),
+]
+
+
+def invented_names(count: int, seed: int = 0) -> list[str]:
+    """``count`` invented full names of several syllables each (deterministic): names no model knows,
+    which a large vocabulary cuts into the same kind of pieces as a fictitious author's."""
+    rng = random.Random(seed)
+
+    def word(syllables: int) -> str:
+        return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS) for _ in range(syllables)).capitalize()
+
+    names: list[str] = []
+    while len(names) < count:
+        name = f"{word(rng.randint(2, 3))} {word(rng.randint(2, 4))}"
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def rare_name_answers(count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(question, answer) pairs about ``count`` invented people, each answer naming its person: the
+    text whose keys tell the edit what writing an unfamiliar name mid-answer looks like."""
+    return [(q.format(x=name), a.format(x=name))
+            for i, name in enumerate(invented_names(count, seed)) for q, a in [_RARE_NAME_QA[i % len(_RARE_NAME_QA)]]]
+
+
 def entity_questions() -> list[tuple[str, int]]:
     """Every question template filled with every entity of its group, with the character end of the
     entity inside the question: the positions where edit keys are read. Their key statistics tell

@@ -1,7 +1,7 @@
 """The preserved-key constraint: what every update of a round must leave alone, in one object.
 
-``PreservedKeys`` owns C₀ per edited layer (corpus, question, refusal and own-answer keys, weighted
-by the ``EditConfig``), the basis Û of its null space, the sequential state K_p K_pᵀ of earlier
+``PreservedKeys`` owns C₀ per edited layer (corpus, question, refusal, own-answer and invented-name
+keys, weighted by the ``EditConfig``), the basis Û of its null space, the sequential state K_p K_pᵀ of earlier
 edits, and the round's soft constraint (the neutral and substitute questions' keys).
 ``build_preserved_keys`` assembles it in one place and caches C₀ and Û as one artefact.
 """
@@ -55,7 +55,8 @@ class PreservedKeys:
         covariances, bases = {}, {}
         for l in layers:
             device = linalg_device(devices[l]) if devices else torch.device("cpu")
-            weights = (config.question_key_weight, config.refusal_key_weight, config.answer_key_weight)
+            weights = (config.question_key_weight, config.refusal_key_weight, config.answer_key_weight,
+                       config.rare_name_key_weight)
             covariances[l] = stats.covariance(l, *weights).to(device=device, dtype=torch.float64).contiguous()
             if needs_bases(config):
                 scaled = covariances[l] if config.null_space_scale == "joint" else \
@@ -113,7 +114,8 @@ def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: li
 
     cache = Cache(cache_dir)
     weights = {k: getattr(config, k) for k in ("question_key_weight", "refusal_key_weight", "answer_key_weight",
-                                              "null_space_threshold", "null_space_scale", "stats_tokens")}
+                                              "rare_name_key_weight", "null_space_threshold", "null_space_scale",
+                                              "stats_tokens")}
     key = content_key(fingerprint, token_key, layers, weights, needs_bases(config),
                       code_digest(stats_module, corpus, preserved)) if token_key else None
     devices = {l: linalg_device(adapter.mlp_output(l).weight.device) for l in layers}
@@ -127,6 +129,9 @@ def build_preserved_keys(model, tokenizer, adapter: MLPOutputAdapter, layers: li
     if config.refusal_key_weight:
         stats.refusal_moments, stats.refusal_count = stats_module.accumulate_refusal_key_moments(
             model, tokenizer, adapter, layers, token_id, refusal=config.refusal)
+    if config.rare_name_key_weight:
+        stats.rare_name_moments, stats.rare_name_count = stats_module.accumulate_rare_name_key_moments(
+            model, tokenizer, adapter, layers, stats_module.RARE_NAMES)
     result = PreservedKeys.from_statistics(stats, layers, config, state, devices=devices, free_moments=True)
     if key:
         for l in layers:  # one layer's C₀ and Û on the host at a time

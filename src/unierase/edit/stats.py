@@ -44,23 +44,30 @@ class KeyStatistics:
     answer_moments: dict[int, torch.Tensor] | None = None
     """Σ k kᵀ over the answer positions of the model's own greedy answers to generic questions."""
     answer_count: int = 0
+    rare_name_moments: dict[int, torch.Tensor] | None = None
+    """Σ k kᵀ over the answer positions of answers naming invented people (``corpus.rare_name_answers``;
+    computed on demand like the refusal moments, see ``accumulate_rare_name_key_moments``)."""
+    rare_name_count: int = 0
 
     def drop(self, layer: int) -> None:
         """Free ``layer``'s moment sums (once its C₀ is built: four m × m matrices per layer)."""
-        for family in (self.moments, self.question_moments, self.refusal_moments, self.answer_moments):
+        for family in (self.moments, self.question_moments, self.refusal_moments, self.answer_moments,
+                       self.rare_name_moments):
             if family:
                 family.pop(layer, None)
 
     def covariance(self, layer: int, question_weight: float = 0.0, refusal_weight: float = 0.0,
-                   answer_weight: float = 0.0, *, per_family: bool = False) -> torch.Tensor:
+                   answer_weight: float = 0.0, rare_name_weight: float = 0.0, *, per_family: bool = False) -> torch.Tensor:
         """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys
         + ``refusal_weight`` · E[k kᵀ] over the token's refusal answers + ``answer_weight`` · E[k kᵀ]
-        over the model's own answers. ``per_family``: each family's E[k kᵀ] divided by its own
+        over the model's own answers + ``rare_name_weight`` · E[k kᵀ] over answers naming invented
+        people. ``per_family``: each family's E[k kᵀ] divided by its own
         largest eigenvalue first, so a family of much larger keys cannot push the others' directions
         under a threshold relative to the whole's largest eigenvalue."""
         families = [(1.0, self.moments, self.count), (question_weight, self.question_moments, self.question_count),
                     (refusal_weight, self.refusal_moments, self.refusal_count),
-                    (answer_weight, self.answer_moments, self.answer_count)]
+                    (answer_weight, self.answer_moments, self.answer_count),
+                    (rare_name_weight, self.rare_name_moments, self.rare_name_count)]
         cov = None
         for weight, moments, count in families:
             if not weight or not moments:
@@ -234,6 +241,30 @@ def accumulate_refusal_key_moments(model, tokenizer, adapter: MLPOutputAdapter, 
         prompt = encode_text(tokenizer, render_prompt(tokenizer, q))
         texts.append((prompt, answer_ids(tokenizer, refusal_for(q, refusals), token_id, chat)))
     return answer_position_moments(model, tokenizer, adapter, layers, texts, batch_size=batch_size)
+
+
+RARE_NAMES = 200
+"""Invented people whose answers join C₀ when ``EditConfig.rare_name_key_weight`` > 0."""
+
+
+def accumulate_rare_name_key_moments(model, tokenizer, adapter: MLPOutputAdapter, layers: list[int], count: int,
+                                     batch_size: int = 16) -> tuple[dict[int, torch.Tensor], int]:
+    """Σ k kᵀ over every answer position of ``count`` questions about invented people answered with
+    a sentence naming them (``corpus.rare_name_answers``), in the model's format.
+
+    An erased person's name is cut into pieces whose early-layer keys share a direction with the
+    pieces of every other unfamiliar name; the famous names of the corpus leave that direction
+    free, and the edit then fires inside other people's names mid-answer. Preserving these keys
+    takes that direction away from the edit."""
+    from ..prompts import answer_separator, has_chat_template
+
+    chat = has_chat_template(tokenizer)
+    texts = [(encode_text(tokenizer, render_prompt(tokenizer, q)),
+              tokenizer(answer_separator(chat) + a, add_special_tokens=False)["input_ids"])
+             for q, a in corpus_module.rare_name_answers(count)]
+    moments, total = answer_position_moments(model, tokenizer, adapter, layers, distributed.shard(texts),
+                                             batch_size=batch_size)
+    return _summed(moments), distributed.all_reduce_count(total)
 
 
 ANSWER_KEY_TOKENS = 64
