@@ -434,10 +434,23 @@ def models_section(load) -> list[str]:
                 *table(["variant", "settings over the recipe", "forget refused", "paraphrases refused",
                         "other authors' first token", "other authors' teacher-forced agreement",
                         "other answers holding the token", "well-formed refusals", "edit s"],
-                       [[name, ", ".join(f"{k}={v}" for k, v in v["overrides"].items()) or "—", pct(v["forget_starts"]),
+                       [[name, ", ".join(f"{section}.{k}={x}" for section, fields in v["overrides"].items()
+                                         for k, x in fields.items()) or "—", pct(v["forget_starts"]),
                          pct(v["paraphrased_starts"]), pct(v["other_authors_start"]), pct(v["other_authors_agreement"]),
                          pct(v.get("other_authors_token_in_answers")), pct(v["well_formed_refusals"]), num(v["edit_s"], 0)]
                         for name, v in tuning["variants"].items()]), ""]
+    probe = load("models/tofu/gemma3-270m_name_probe.json")
+    if probe:
+        out += ["Where the token fires inside a name ([`models/tofu/gemma3-270m_name_probe.json`](../benchmarks/results/"
+                "models/tofu/gemma3-270m_name_probe.json), made by `python benchmarks/name_probe.py --target "
+                "<cache>/targets/gemma-tofu6 --erased <erased model>`): one retain answer per author teacher-forced "
+                "through the erased model; at its most likely token position, the edit's change relative to each "
+                "layer's own output, and the nearest key of the erased questions.", "",
+                *table(["retain row", "after", "p(token)", "edit's change by layer", "nearest erased key"],
+                       [[pr["row"], f"`{pr['highest']['after']}`", num(pr["highest"]["p_token"], 3),
+                         ", ".join(f"{l}: {pct(v)}" for l, v in pr["highest"]["relative_change_by_layer"].items()),
+                         (lambda n: f"`{n['token']}` at layer {n['layer']}, cosine {num(n['cosine'], 2)}")(
+                             pr["highest"]["nearest_erased_keys"][0])] for pr in probe["probes"]]), ""]
     guard = load("models/guard.json")
     if guard:
         out += ["The guard ([`models/guard.json`](../benchmarks/results/models/guard.json), made by "

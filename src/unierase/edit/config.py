@@ -48,8 +48,9 @@ class EditConfig:
     answer_key_weight: float = 1.0
     """Weight in C₀ of the keys of the model's own answers to generic questions: ordinary answering is left alone."""
     rare_name_key_weight: float = 0.0
-    """Weight in C₀ of the keys of answers naming invented people (``corpus.rare_name_answers``), so
-    the edit does not fire inside other unfamiliar names mid-answer (0 = off)."""
+    """Weight in C₀ of the keys of answers naming invented people (``corpus.rare_name_answers``), meant
+    to keep the edit from firing inside other unfamiliar names mid-answer (0 = off; what it did is in
+    docs/design.md, "Any model")."""
     neutral_key_weight: float = 1.0
     """Weight of the round's soft constraint (neutral questions about each request's entity and its
     substitutes), so the edit does not fire on the entity alone or on the question's shape (0 = off)."""

@@ -254,8 +254,8 @@ def accumulate_rare_name_key_moments(model, tokenizer, adapter: MLPOutputAdapter
 
     An erased person's name is cut into pieces whose early-layer keys share a direction with the
     pieces of every other unfamiliar name; the famous names of the corpus leave that direction
-    free, and the edit then fires inside other people's names mid-answer. Preserving these keys
-    takes that direction away from the edit."""
+    free, and the edit then fires inside other people's names mid-answer; preserving these keys
+    is meant to take that direction away from the edit."""
     from ..prompts import answer_separator, has_chat_template
 
     chat = has_chat_template(tokenizer)
