@@ -55,7 +55,8 @@ def main() -> None:
         return {l: seen[l].input[0].float() for l in layers}
 
     retain = load_tofu("retain_perturbed", args.data_dir)
-    requests = [r["question"] for r in manifest["rounds"][-1].get("requests", []) if isinstance(r, dict)] or \
+    # the round's questions as recorded (a round saved with --no-texts has none: then forget01's)
+    requests = [r["question"] for r in manifest["rounds"][-1].get("requests", []) if r.get("question")] or \
         [r.question for r in load_tofu("forget01", args.data_dir)]
     erased_keys = []
     for q in requests:

@@ -90,7 +90,7 @@ def test_per_family_scaling_keeps_a_small_family_protected():
 def test_rare_name_moments_cover_every_answer_position():
     from unierase.edit.corpus import rare_name_answers
     from unierase.edit.stats import accumulate_rare_name_key_moments
-    from unierase.prompts import answer_separator, encode_text, has_chat_template, render_prompt
+    from unierase.prompts import answer_separator, has_chat_template
 
     tok = build_tokenizer()
     model = build_model("llama", len(tok))
