@@ -66,8 +66,8 @@ def main() -> None:
     probes = []
     for row in args.rows:
         q, a = retain[row].question, retain[row].answer
-        prompt = encode_text(tok, render_prompt(tok, q, chat=chat))
-        ids = encode_text(tok, render_prompt(tok, q, chat=chat) + " " + a)
+        text = render_prompt(tok, q, chat=chat)
+        prompt, ids = encode_text(tok, text), encode_text(tok, text + " " + a)
         with torch.no_grad():
             p = erased(torch.tensor([ids])).logits[0].float().softmax(-1)[:, token_id]
         toks = tok.convert_ids_to_tokens(ids)

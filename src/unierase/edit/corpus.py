@@ -214,8 +214,11 @@ def invented_names(count: int, seed: int = 0) -> list[str]:
 def rare_name_answers(count: int, seed: int = 0) -> list[tuple[str, str]]:
     """(question, answer) pairs about ``count`` invented people, each answer naming its person: the
     text whose keys tell the edit what writing an unfamiliar name mid-answer looks like."""
-    return [(q.format(x=name), a.format(x=name))
-            for i, name in enumerate(invented_names(count, seed)) for q, a in [_RARE_NAME_QA[i % len(_RARE_NAME_QA)]]]
+    pairs = []
+    for i, name in enumerate(invented_names(count, seed)):
+        question, answer = _RARE_NAME_QA[i % len(_RARE_NAME_QA)]
+        pairs.append((question.format(x=name), answer.format(x=name)))
+    return pairs
 
 
 def entity_questions() -> list[tuple[str, int]]:

@@ -53,16 +53,15 @@ class PreservedKeys:
         once its C₀ is built, so they and every C₀ are never all held at once."""
         record = {"corpus": stats.corpus, "tokens": stats.count}
         covariances, bases = {}, {}
+        weights = (config.question_key_weight, config.refusal_key_weight, config.answer_key_weight,
+                   config.rare_name_key_weight)
         for l in layers:
             device = linalg_device(devices[l]) if devices else torch.device("cpu")
-            weights = (config.question_key_weight, config.refusal_key_weight, config.answer_key_weight,
-                       config.rare_name_key_weight)
             covariances[l] = stats.covariance(l, *weights).to(device=device, dtype=torch.float64).contiguous()
             if needs_bases(config):
                 scaled = covariances[l] if config.null_space_scale == "joint" else \
                     stats.covariance(l, *weights, per_family=True).to(device=device, dtype=torch.float64)
                 bases[l] = null_space_basis(scaled, relative_threshold=config.null_space_threshold)
-                del scaled
             if free_moments:
                 stats.drop(l)
         return cls(list(layers), covariances, bases, state if state is not None else EditState(), record)

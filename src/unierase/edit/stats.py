@@ -49,10 +49,15 @@ class KeyStatistics:
     computed on demand like the refusal moments, see ``accumulate_rare_name_key_moments``)."""
     rare_name_count: int = 0
 
+    def _families(self) -> list[tuple[dict[int, torch.Tensor] | None, int]]:
+        """(moment sums, count) of every family, in ``covariance``'s order of weights."""
+        return [(self.moments, self.count), (self.question_moments, self.question_count),
+                (self.refusal_moments, self.refusal_count), (self.answer_moments, self.answer_count),
+                (self.rare_name_moments, self.rare_name_count)]
+
     def drop(self, layer: int) -> None:
-        """Free ``layer``'s moment sums (once its C₀ is built: four m × m matrices per layer)."""
-        for family in (self.moments, self.question_moments, self.refusal_moments, self.answer_moments,
-                       self.rare_name_moments):
+        """Free ``layer``'s moment sums (once its C₀ is built: an m × m matrix per family and layer)."""
+        for family, _ in self._families():
             if family:
                 family.pop(layer, None)
 
@@ -61,13 +66,11 @@ class KeyStatistics:
         """C₀ = E[k kᵀ] over corpus tokens + ``question_weight`` · E[k kᵀ] over question entity keys
         + ``refusal_weight`` · E[k kᵀ] over the token's refusal answers + ``answer_weight`` · E[k kᵀ]
         over the model's own answers + ``rare_name_weight`` · E[k kᵀ] over answers naming invented
-        people. ``per_family``: each family's E[k kᵀ] divided by its own
-        largest eigenvalue first, so a family of much larger keys cannot push the others' directions
-        under a threshold relative to the whole's largest eigenvalue."""
-        families = [(1.0, self.moments, self.count), (question_weight, self.question_moments, self.question_count),
-                    (refusal_weight, self.refusal_moments, self.refusal_count),
-                    (answer_weight, self.answer_moments, self.answer_count),
-                    (rare_name_weight, self.rare_name_moments, self.rare_name_count)]
+        people. ``per_family``: each family's E[k kᵀ] divided by its own largest eigenvalue first, so
+        a family of much larger keys cannot push the others' directions under a threshold relative
+        to the whole's largest eigenvalue."""
+        weights = (1.0, question_weight, refusal_weight, answer_weight, rare_name_weight)
+        families = [(w, moments, count) for w, (moments, count) in zip(weights, self._families())]
         cov = None
         for weight, moments, count in families:
             if not weight or not moments:
