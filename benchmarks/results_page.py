@@ -407,6 +407,28 @@ def models_section(load) -> list[str]:
                 "it; a trial replaces the best when it keeps the neighbours' bounds and scores more than 0.05 higher).",
                 "", *table(["model", "stage", "settings off the neutral defaults", "forget", "known kept",
                             "teacher-forced agreement", "rewordings back", "token ban back", "score", "chosen"], trials), ""]
+    out += gemma_tofu_lines(load)
+    guard = load("models/guard.json")
+    if guard:
+        out += ["The guard ([`models/guard.json`](../benchmarks/results/models/guard.json), made by "
+                "`python benchmarks/model_guard.py --model M [--label L] [--set ...]`): `unierase forget` on three facts "
+                "the model knows, as a new user runs it.", "",
+                *table(["model", "settings", "commit", "exit status", "saved", "what it said"],
+                       [[c["model"], c["label"], f"`{c['commit']}`", c["exit_status"], c["saved"],
+                         (c["error"] or c["summary"] or "").replace("|", "/")[:300]] for c in guard["cells"]]), ""]
+    if load("models/diagnosis.json"):
+        out += ["Why the neutral settings fell short on Gemma 3 270M, measured (residual-stream scale by layer, the "
+                "preserved keys' spectrum with and without the token's refusal keys, the edit's pass records per "
+                "setting): [`models/diagnosis.json`](../benchmarks/results/models/diagnosis.json), made by "
+                "`python benchmarks/model_diagnosis.py --model gemma3-270m --variant JSON ...`; read in "
+                "[design.md](design.md#any-model-what-gemma-3-270m-showed-and-unierase-calibrate).", ""]
+    return out
+
+
+def gemma_tofu_lines(load) -> list[str]:
+    """Gemma 3 270M's own TOFU target (``models/tofu/``): the scored erasure, the tuning split's
+    variants and the name probe."""
+    out: list[str] = []
     tofu = load("models/tofu/gemma3-270m.json")
     if tofu:
         acc = tofu["acceptance"]
@@ -451,20 +473,6 @@ def models_section(load) -> list[str]:
                          ", ".join(f"{l}: {pct(v)}" for l, v in pr["highest"]["relative_change_by_layer"].items()),
                          (lambda n: f"`{n['token']}` at layer {n['layer']}, cosine {num(n['cosine'], 2)}")(
                              pr["highest"]["nearest_erased_keys"][0])] for pr in probe["probes"]]), ""]
-    guard = load("models/guard.json")
-    if guard:
-        out += ["The guard ([`models/guard.json`](../benchmarks/results/models/guard.json), made by "
-                "`python benchmarks/model_guard.py --model M [--label L] [--set ...]`): `unierase forget` on three facts "
-                "the model knows, as a new user runs it.", "",
-                *table(["model", "settings", "commit", "exit status", "saved", "what it said"],
-                       [[c["model"], c["label"], f"`{c['commit']}`", c["exit_status"], c["saved"],
-                         (c["error"] or c["summary"] or "").replace("|", "/")[:300]] for c in guard["cells"]]), ""]
-    if load("models/diagnosis.json"):
-        out += ["Why the neutral settings fell short on Gemma 3 270M, measured (residual-stream scale by layer, the "
-                "preserved keys' spectrum with and without the token's refusal keys, the edit's pass records per "
-                "setting): [`models/diagnosis.json`](../benchmarks/results/models/diagnosis.json), made by "
-                "`python benchmarks/model_diagnosis.py --model gemma3-270m --variant JSON ...`; read in "
-                "[design.md](design.md#any-model-what-gemma-3-270m-showed-and-unierase-calibrate).", ""]
     return out
 
 
