@@ -5,7 +5,9 @@ corpus size) into a fresh cache directory. ``baseline``: one epoch of GA+GD on T
 (40 questions, 40 retain questions of authors 0–1), batch 4, at the same global batch (one process
 ``--grad-accum N``, N processes ``--grad-accum 1``). Each once as one process and once as N
 processes started by ``torch.distributed.run`` (what ``accelerate launch`` starts), every process
-with one thread; records the wall times and their ratios. Writes ``benchmarks/results/distributed.json``.
+with one thread; the baseline a third time as N processes sharding the model (``--fsdp``, FSDP2),
+with the weights, gradients and optimiser moments each process held. Records the wall times and
+their ratios. Writes ``benchmarks/results/distributed.json``.
 
     python benchmarks/bench_distributed.py [--processes 2] [--phases stats baseline]
 
@@ -43,8 +45,9 @@ def timed_stats(processes: int, cache: Path) -> dict:
     return {"processes": processes, "threads_per_process": 1, "wall_s": round(seconds, 1), "report": report}
 
 
-def timed_baseline(processes: int, total: int, out: Path, data_dir: str) -> dict:
-    """One GA+GD epoch on forget01 at the global batch of ``total`` processes (batch 4 each)."""
+def timed_baseline(processes: int, total: int, out: Path, data_dir: str, fsdp: bool = False) -> dict:
+    """One GA+GD epoch on forget01 at the global batch of ``total`` processes (batch 4 each);
+    ``fsdp``: the processes shard the model (FSDP2) instead of each holding a copy (DDP)."""
     from unierase.baselines.data import load_tofu
 
     requests = out.parent / "forget01.jsonl"
@@ -55,7 +58,7 @@ def timed_baseline(processes: int, total: int, out: Path, data_dir: str) -> dict
     command = launcher + ["-m", "unierase", "-q", "forget", "--method", "ga+gd", "--requests", str(requests),
                           "--retain", "tofu:full[0:40]", "--data-dir", data_dir, "--epochs", "1", "--batch-size", "4",
                           "--grad-accum", str(total // processes), "--lr", "1e-5", "--out", str(out), "--overwrite",
-                          "--no-progress", "--force"]
+                          "--no-progress", "--force", *(["--fsdp"] if fsdp else [])]
     started = time.perf_counter()
     run = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     seconds = time.perf_counter() - started
@@ -63,8 +66,10 @@ def timed_baseline(processes: int, total: int, out: Path, data_dir: str) -> dict
         raise SystemExit(f"the GA+GD epoch with {processes} process(es) failed:\n{run.stderr[-3000:]}")
     manifest = json.loads((out / "unierase_manifest.json").read_text())
     train = manifest.get("timings_s", {}).get("train")
-    return {"processes": processes, "threads_per_process": 1, "wall_s": round(seconds, 1), "train_s": train,
-            "steps": (manifest.get("train") or {}).get("steps")}
+    trained = manifest.get("train") or {}
+    return {"processes": processes, "engine": trained.get("engine"), "threads_per_process": 1,
+            "wall_s": round(seconds, 1), "train_s": train, "steps": trained.get("steps"),
+            "held_mb_per_process": trained.get("held_mb_per_process")}
 
 
 def main() -> None:
@@ -80,11 +85,16 @@ def main() -> None:
     baseline = previous.get("baseline")
     if "baseline" in args.phases:
         with tempfile.TemporaryDirectory() as tmp:
-            runs = [timed_baseline(n, args.processes, Path(tmp) / f"p{n}", args.data_dir) for n in (1, args.processes)]
-        baseline = {"runs": runs, "speedup_train": round(runs[0]["train_s"] / runs[1]["train_s"], 2)
-                    if runs[0]["train_s"] and runs[1]["train_s"] else None,
-                    "speedup_wall": round(runs[0]["wall_s"] / runs[1]["wall_s"], 2)}
-        print(f"GA+GD epoch: {runs[0]['wall_s']} s in 1 process, {runs[1]['wall_s']} s in {args.processes}")
+            runs = [timed_baseline(n, args.processes, Path(tmp) / f"p{n}{'-fsdp' * fsdp}", args.data_dir, fsdp)
+                    for n, fsdp in ((1, False), (args.processes, False), (args.processes, True))]
+        one, ddp, fsdp = runs
+        baseline = {"runs": runs, "speedup_train": round(one["train_s"] / ddp["train_s"], 2),
+                    "speedup_wall": round(one["wall_s"] / ddp["wall_s"], 2),
+                    "speedup_train_fsdp": round(one["train_s"] / fsdp["train_s"], 2),
+                    "held_share_fsdp": round(fsdp["held_mb_per_process"] / one["held_mb_per_process"], 3)}
+        print(f"GA+GD epoch: {one['wall_s']} s in 1 process, {ddp['wall_s']} s in {args.processes} (DDP), "
+              f"{fsdp['wall_s']} s in {args.processes} (FSDP2, {fsdp['held_mb_per_process']} MB held per process "
+              f"against {one['held_mb_per_process']})")
     if "stats" not in args.phases:
         write_json_atomic(Path(args.results), {**previous, "baseline": baseline})
         return

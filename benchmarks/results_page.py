@@ -239,12 +239,15 @@ def distributed_section(load) -> list[str]:
 
 
 def _baseline_epoch(baseline: dict | None) -> list[str]:
+    """One GA+GD epoch: one process, the processes each with a copy (DDP), and sharding it (FSDP2) when measured."""
     if not baseline:
         return []
-    one, many = baseline["runs"]
-    return [f"One GA+GD epoch (forget01, batch 4, the same global batch): training {num(one['train_s'], 1)} s in 1 "
-            f"process, {num(many['train_s'], 1)} s in {many['processes']} ({baseline['speedup_train']}×; wall with "
-            f"loading {num(one['wall_s'], 1)} s and {num(many['wall_s'], 1)} s, {baseline['speedup_wall']}×).", ""]
+    rows = [[r["processes"], r.get("engine") or ("one process" if r["processes"] == 1 else "ddp"),
+             num(r["train_s"], 1), num(r["wall_s"], 1), num(r.get("held_mb_per_process"), 1)]
+            for r in baseline["runs"]]
+    return ["One GA+GD epoch (forget01, batch 4, the same global batch):", "",
+            *table(["processes", "engine", "training s", "wall s (with loading)",
+                    "weights + gradients + AdamW held per process, MB"], rows), ""]
 
 
 def erasure_section(load) -> list[str]:

@@ -22,7 +22,10 @@ class TrainOptions(MethodOptions):
     batch_size: int | None = option("examples per forward pass", type=int)
     grad_accum: int | None = option("forward passes per optimiser step", type=int)
     max_length: int | None = option("token limit per example", type=int)
-    bf16: bool | None = option("bf16 autocast", type=bool)
+    bf16: bool | None = option("bf16 compute, fp32 weights for the optimiser (autocast; under --fsdp the shards' "
+                               "mixed precision)", type=bool)
+    fsdp: bool | None = option("with several processes, shard weights, gradients and optimiser state over them "
+                               "(torch FSDP2) instead of a whole copy each (DDP)", type=bool)
     gradient_checkpointing: bool | None = option("recompute activations in the backward pass (less memory, more "
                                                  "compute)", type=bool)
     lora: bool | None = option("train LoRA adapters (peft) and merge them into the saved model", type=bool)

@@ -34,6 +34,7 @@ from ..registry import Method, RunContext, get_method, register
 from .._version import __version__
 from ..record.manifest import Manifest, base_model_info, runtime_info
 from ..measure import peak_memory_mb
+from . import sharding
 from .trainer import (TrainResult, collate, encode_pairs, seed_everything, shuffled_batches,
                       train_loop, unwrap_lora, wrap_lora)
 
@@ -293,6 +294,8 @@ def _train(run: _Run) -> None:
         run.frozen = copy.deepcopy(run.model).eval()
         for p in run.frozen.parameters():
             p.requires_grad_(False)
+        if sharding.requested(config):  # each process then keeps its share of the reference too
+            sharding.shard(run.frozen, bf16=sharding.wants_bf16(config))
     baseline = cls(config, ref_model=_reference_logits(run) if cls.needs_ref_model else None)
     model = run.model  # the (LoRA-wrapped) model being trained
     steps_per_epoch = -(-len(run.requests) // config.batch_size)
@@ -303,7 +306,7 @@ def _train(run: _Run) -> None:
                      else "start model with LoRA adapters disabled" if cls.needs_ref_model
                      else "per-item log-likelihoods computed once" if cls.needs_ref_logprobs else "none")
     run.frozen = None  # free the copy before the "after" evaluation
-    run.model = unwrap_lora(run.model)
+    run.model = unwrap_lora(run.result.model)  # after sharded training: the first process's gathered copy
 
 
 def _reference_logits(run: _Run):
@@ -375,7 +378,7 @@ def _manifest(run: _Run, record_texts: bool) -> dict:
         "retain": {"n": len(run.retain), "sha256": _list_digest(run.retain)},
         "hyperparameters": run.config.to_dict(),
         "reference": run.reference,
-        "train": {"steps": result.steps, "first": result.history[0] if result.history else None,
+        "train": {"steps": result.steps, "engine": result.engine, "held_mb_per_process": result.held_mb, "first": result.history[0] if result.history else None,
                   "last": result.history[-1] if result.history else None},
         "forget_answer_nll": {k: round(v, 4) for k, v in run.nll.items()},
         "timings_s": {k: round(v, 2) for k, v in run.timings.items()},

@@ -6,9 +6,10 @@ autocast, an optional LoRA wrapper (peft), seeding and the progress bar.
 
 Started by ``torchrun``/``accelerate launch`` with several processes, the model and optimiser go
 through ``accelerate.Accelerator.prepare`` (DDP: the gradients are averaged over the processes
-in the backward pass); each process takes every size-th micro-batch of the same seeded order, so
-one optimiser step sees ``batch_size × grad_accum × processes`` examples — what one process sees
-with ``grad_accum × processes``.
+in the backward pass), or, with ``fsdp``, the model is sharded over them (``sharding``: FSDP2);
+each process takes every size-th micro-batch of the same seeded order, so one optimiser step sees
+``batch_size × grad_accum × processes`` examples — what one process sees with
+``grad_accum × processes``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Callable, Iterable
 import torch
 
 from .. import distributed
+from . import sharding
 from ..prompts import encode_qa, pad_batch
 from ..storage import UniEraseError, fault_point
 
@@ -52,7 +54,12 @@ class TrainConfig:
     """Token limit per example (prompt + answer); longer examples are truncated."""
     seed: int = 0
     bf16: bool = False
-    """bf16 autocast (faster on CPUs with AVX-512 BF16; weights and optimiser stay fp32)."""
+    """bf16 compute (faster on CPUs with AVX-512 BF16 and on GPUs): autocast, or under ``fsdp`` the
+    shards' mixed-precision policy; the weights the optimiser updates stay fp32 either way."""
+    fsdp: bool = False
+    """With several processes, shard weights, gradients and AdamW state over them (torch's FSDP2)
+    instead of giving each a whole copy (DDP): for models whose training state does not fit one
+    device. Also on when ``accelerate launch`` runs with an FSDP config."""
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward pass instead of keeping them: less memory
     for a large model, about a third more compute (Hugging Face's ``gradient_checkpointing_enable``)."""
@@ -158,6 +165,13 @@ class TrainResult:
     seconds: float
     history: list[dict]
     """One entry per optimiser step: step, lr and the loss terms averaged over its micro-batches."""
+    held_mb: float = 0.0
+    """Trainable weights, gradients and optimiser moments held by this process, in MB (``_held_mb``)."""
+    engine: str = "one process"
+    """How the processes shared the training: "one process", "ddp" or "fsdp2" (recorded in the manifest)."""
+    model: object = None
+    """The trained model: the one passed in, or after sharded training the first process's plain
+    copy gathered from the shards (``None`` on the other processes)."""
 
 
 def train_loop(
@@ -178,17 +192,20 @@ def train_loop(
     from tqdm.auto import tqdm
 
     config.validate()
-    params, optimiser = _optimiser(model, config)
     rank, size = distributed.rank_and_size()
+    sharded = sharding.requested(config)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    bf16 = sharding.wants_bf16(config) if sharded else config.bf16
+    device = sharding.shard(model, bf16=bf16) if sharded else None
+    params, optimiser = _optimiser(model, config)  # after sharding: over this process's shards
     micro_total = max(1, math.ceil(config.epochs * steps_per_epoch))
     if size > 1:  # every process must run as many backward passes (each one is a collective)
         micro_total = max(size, micro_total - micro_total % size)
-    forward, optimiser = _prepared(model, optimiser) if size > 1 else (model, optimiser)
+    forward, optimiser = _prepared(model, optimiser) if size > 1 and not sharded else (model, optimiser)
     loop = _Loop(config, desc, params, optimiser, _schedule(config, steps_per_epoch, micro_total, size), micro_total)
-    device = model_device(model)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.bf16 else None
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    device = device or model_device(model)  # where the engine put the model: the batches follow
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if config.bf16 and not sharded else None
     model.train()
     start = time.perf_counter()
     loop.bar = tqdm(total=loop.schedule.total_steps, desc=desc, disable=not config.progress or rank > 0, dynamic_ncols=True)
@@ -204,7 +221,7 @@ def train_loop(
                     seen += 1
                     fault_point(f"train-micro-batch-{loop.micro}")
                     if loop.micro % size == rank:  # this process's share of the step
-                        _backward(loop, batch, lambda b: loss_fn(forward, b), autocast)
+                        _backward(loop, _moved(batch, device), lambda b: loss_fn(forward, b), autocast)
                     else:
                         loop.micro += 1
                     if loop.micro % group == 0 or loop.micro == micro_total:
@@ -218,7 +235,34 @@ def train_loop(
                 model.gradient_checkpointing_disable()
             model.eval()
     distributed.everyone_done("training")  # nothing is written before every process trained its share
-    return TrainResult(steps=loop.step, seconds=time.perf_counter() - start, history=loop.history)
+    held = _held_mb(params, optimiser)
+    if sharded:
+        with distributed.shared_step("gathering the trained weights"):
+            model = sharding.gather(model)
+    engine = "fsdp2" if sharded else "ddp" if size > 1 else "one process"
+    return TrainResult(steps=loop.step, seconds=time.perf_counter() - start, history=loop.history, engine=engine,
+                       held_mb=held, model=model)
+
+
+def _held_mb(params, optimiser) -> float:
+    """MB of trainable weights, their gradients (counted at the weights' size: they exist at each
+    step) and AdamW moments this process holds: its shards under FSDP2, whole copies otherwise."""
+    def local(t):
+        return t.to_local() if hasattr(t, "to_local") else t  # a DTensor's own shard
+
+    weights = sum(local(p).numel() * local(p).element_size() for p in params)
+    moments = sum(local(v).numel() * local(v).element_size()
+                  for state in optimiser.state.values() for v in state.values() if torch.is_tensor(v) and v.dim())
+    return round((2 * weights + moments) / 2**20, 2)
+
+
+def _moved(batch, device):
+    """``batch`` (tensors in dicts) on ``device``; the same objects where they already are there."""
+    if isinstance(batch, dict):
+        return {k: _moved(v, device) for k, v in batch.items()}
+    if isinstance(batch, torch.Tensor) and batch.device != device:
+        return batch.to(device)
+    return batch
 
 
 def _prepared(model, optimiser):

@@ -75,6 +75,11 @@ def _find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def decoder_blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks, in order (what a sharded or traced run walks layer by layer)."""
+    return _find_blocks(model)[1]
+
+
 @dataclass
 class MLPOutputAdapter:
     """Access to block ``i`` and its MLP output projection ``W_i`` (key = its input)."""
