@@ -14,6 +14,13 @@ Steps, each cached under ``--work`` (default ``<cache>/bench_return``; a killed 
   benchmark's record (``results/tofu/bench.json``), at its recorded settings, forget = the forget
   people's questions with their gold answers, retain = the neighbour people's.
 
+With ``--target-people N`` the model at hand is a *RETURN target* instead of the default model:
+the default model fine-tuned (``unierase finetune``, its default settings) on the question/gold-answer
+pairs of the first N people of the file whose name is in at least ``NAMED_SHARE`` of their own
+questions (so entity scope has a name to key on). It is how TOFU makes a model know its fictitious
+authors, done with real ones: the default model knows no RETURN person by itself. Every step then
+runs on the target, under ``<work>/target-N``, and the results go to ``results/return_target.json``.
+
 Each model is measured by ``unierase eval --benchmark return`` (``evaluation.return_eval``).
 Writes ``benchmarks/results/return.json``: the number of known people, the judge rule and its
 agreement, per method the share of the forget people's questions refused (answer starts with the
@@ -21,7 +28,7 @@ token or is a refusal) and of their rewordings, the neighbour people's accuracy 
 with 95 % Wilson intervals, the membership AUCs (forget people's gold answers against the
 neighbours'), and per person the same.
 
-    python benchmarks/bench_return.py [--min-accuracy 0.5] [--max-people N]
+    python benchmarks/bench_return.py [--min-accuracy 0.5] [--max-people N] [--target-people N]
 """
 
 from __future__ import annotations
@@ -33,6 +40,9 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "return.json"
+TARGET_RESULTS = HERE / "results" / "return_target.json"
+NAMED_SHARE = 0.75
+"""A person is taught to a RETURN target only when at least this share of their questions name them."""
 TOFU_RECORD = HERE / "results" / "tofu" / "bench.json"
 ANSWER_CHUNK = 40
 """People asked per cached step of the ``answers`` step (800 questions)."""
@@ -46,6 +56,26 @@ def best_baselines(record: Path, count: int = 2) -> list[tuple[str, dict]]:
     figures = json.loads(record.read_text())
     chosen = [m for m in audited_methods(figures, count) if m != "unierase"]
     return [(m, {k: figures["methods"][m]["run"][k] for k in ("lr", "epochs")}) for m in chosen]
+
+
+def named_people(people, count: int) -> list:
+    """The first ``count`` people of the file whose name is in at least ``NAMED_SHARE`` of their
+    questions (RETURN also holds one-word entries such as "Heath" that its questions never name)."""
+    named = [p for p in people if sum(p.name in q for q in p.questions) >= NAMED_SHARE * len(p.questions)]
+    return named[:count]
+
+
+def build_target(base: str, people, work: Path) -> str:
+    """The default model fine-tuned on ``people``'s question/gold-answer pairs (cached in ``work``)."""
+    from unierase.baselines.finetune import finetune
+
+    out = work / "model"
+    if not (out / "unierase_manifest.json").is_file():
+        data = work / "train.jsonl"
+        data.write_text("".join(json.dumps({"question": q, "answer": g}) + "\n"
+                                for p in people for q, g in zip(p.questions, p.gold)), encoding="utf-8")
+        print(finetune(base, str(data), out, overwrite=True).summary(), flush=True)
+    return str(out)
 
 
 def _asked(model_dir, people, max_new_tokens: int) -> list[list[str]]:
@@ -87,17 +117,29 @@ def main() -> None:
     parser.add_argument("--data-dir", default=str(HERE.parent.parent / "shared" / "data"))
     parser.add_argument("--min-accuracy", type=float, default=0.5)
     parser.add_argument("--max-people", type=int, default=None, help="only the first N people of the file (a quick run)")
+    parser.add_argument("--target-people", type=int, default=None,
+                        help="measure a RETURN target: the default model fine-tuned on this many named people")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--work", default=None)
-    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--results", default=None, help="default: results/return.json, or return_target.json "
+                                                            "with --target-people")
     args = parser.parse_args()
     work = Path(args.work) if args.work else default_cache_dir() / "bench_return"
-    work.mkdir(parents=True, exist_ok=True)
-    people = load_return(args.data_dir)[: args.max_people]
-    lines = Path(args.data_dir, "return", "RETURN_llama3-8b_acc80%.jsonl").read_text(encoding="utf-8").splitlines()
-    llama = [[item.get("pred_answer", "") for item in json.loads(line)["data"]] for line in lines if line.strip()]
-    agreement = judge_agreement(people, llama[: len(people)])
+    people = load_return(args.data_dir)
     model = str(default_model_dir(None))
+    setting = "SmolLM2-135M-Instruct"
+    if args.target_people:
+        people = named_people(people, args.target_people)
+        work = work / f"target-{args.target_people}"
+        work.mkdir(parents=True, exist_ok=True)
+        model = build_target(model, people, work)
+        setting += f" fine-tuned on the QA of {len(people)} named RETURN people (a RETURN target)"
+    people = people[: args.max_people]
+    work.mkdir(parents=True, exist_ok=True)
+    lines = Path(args.data_dir, "return", "RETURN_llama3-8b_acc80%.jsonl").read_text(encoding="utf-8").splitlines()
+    llama = {json.loads(line)["name"]: [item.get("pred_answer", "") for item in json.loads(line)["data"]]
+             for line in lines if line.strip()}
+    agreement = judge_agreement(people, [llama[p.name] for p in people])
     answers = []  # asked in chunks of people, each cached: a stopped run keeps what it asked
     for start in range(0, len(people), ANSWER_CHUNK):
         chunk = people[start:start + ANSWER_CHUNK]
@@ -117,7 +159,7 @@ def main() -> None:
         out = work / "unierase"
 
         def erase():
-            unierase.forget(requests, out, overwrite=True, progress=False)
+            unierase.forget(requests, out, model=model, overwrite=True, progress=False)
             return _measure(str(out), forget, neighbours, args, work)
 
         methods["unierase"] = _cached(work / "unierase.json", erase)
@@ -127,7 +169,7 @@ def main() -> None:
 
                 def train(method=method, chosen=chosen):
                     target = work / method
-                    unierase.forget(qa(forget), target, method=method, retain=qa(neighbours) or None, overwrite=True,
+                    unierase.forget(qa(forget), target, model=model, method=method, retain=qa(neighbours) or None, overwrite=True,
                                     progress=False, force=True, **chosen)
                     return _measure(str(target), forget, neighbours, args, work)
 
@@ -135,9 +177,10 @@ def main() -> None:
     summary = {m: {**r["summary"], "neighbour_accuracy_after": r["summary"]["neighbour_accuracy"]}
                for m, r in methods.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
-    write_json_atomic(Path(args.results), {
+    results = Path(args.results or (TARGET_RESULTS if args.target_people else RESULTS))
+    write_json_atomic(results, {
         "description": __doc__.split("\n\n")[0],
-        "setting": f"SmolLM2-135M-Instruct fp32 CPU; {len(people)} RETURN people; greedy answers of "
+        "setting": f"{setting} fp32 CPU; {len(people)} RETURN people; greedy answers of "
                    f"{args.max_new_tokens} tokens; known = accuracy ≥ {args.min_accuracy}",
         "judge": {"rule": f"an answer is right when it holds ≥ {JUDGE_RECALL} of the gold answer's content words "
                           "(not in the question, not function words)", "agreement_with_file_nli": agreement},
