@@ -10,7 +10,8 @@ tokenizer: no download, nothing to carry) — the point is time and memory, not 
   CPU (largest difference relative to the largest entry; the check asks ≤ 1e-4);
 - ``split``: the tiny model split over the GPU and the CPU by a device map edits to the ΔW of the
   unsplit one;
-- ``baseline``: one GA+GD step on the Llama-3.2-1B shape in bf16 (seconds, peak memory).
+- ``baseline``: one GA+GD step on the Llama-3.2-1B shape in bf16 (seconds, peak memory);
+- ``baseline_fsdp``: the same step sharded by FSDP2 (issue 32's engine path, one process on the GPU).
 
     python benchmarks/gpu_check.py                # one GPU, ≤ 9 minutes
     python benchmarks/gpu_check.py --tiny         # the same steps on tiny models on the CPU (the tests run it)
@@ -24,6 +25,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -184,6 +186,42 @@ def baseline_step(config_path: Path | None, device: str, dtype: torch.dtype, tok
             "peak_gib": round((torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0) / 2 ** 30, 2)}
 
 
+def sharded_baseline_step(config_path: Path | None, device: str, tok, rendezvous: Path) -> dict:
+    """The same GA+GD step with the model sharded by FSDP2 (``baselines.sharding``: bf16 compute over
+    fp32 master shards) in a one-process group (NCCL on the GPU, gloo with ``--tiny``): the engine's
+    path exercised on the device, then gathered back whole as rank 0 does before saving."""
+    import torch.distributed as dist
+
+    from unierase.baselines import sharding
+    from unierase.baselines.objectives import GA_GD, BaselineConfig
+    from unierase.baselines.trainer import _held_mb
+
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method=f"file://{rendezvous}",
+                            rank=0, world_size=1)
+    try:
+        model = _random_model(config_path, device, torch.bfloat16 if device.startswith("cuda") else torch.float32,
+                              len(tok) + 8)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        compute = sharding.shard(model, bf16=True)
+        model.train()
+        ids = torch.randint(0, len(tok), (4, 64), device=compute)
+        part = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+        optimiser = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        loss, _ = GA_GD(BaselineConfig()).loss(model, {"forget": part, "retain": part})
+        loss.backward()
+        optimiser.step()
+        seconds = time.perf_counter() - started
+        held = _held_mb(list(model.parameters()), optimiser)
+        plain = sharding.gather(model)
+        return {"seconds": round(seconds, 2), "loss": round(float(loss.detach()), 4), "held_mb": held,
+                "gathered_dtype": str(next(plain.parameters()).dtype),
+                "peak_gib": round((torch.cuda.max_memory_allocated() if device.startswith("cuda") else 0) / 2 ** 30, 2)}
+    finally:
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny models on the CPU (what the tests run)")
@@ -205,6 +243,8 @@ def main(argv: list[str] | None = None) -> dict:
     record["delta"] = delta_against_cpu(device, tok)
     record["split"] = split_against_whole(device, tok)
     record["baseline"] = baseline_step(small, device, dtype, tok)
+    with tempfile.TemporaryDirectory() as tmp:
+        record["baseline_fsdp"] = sharded_baseline_step(small, device, tok, Path(tmp) / "rendezvous")
     record["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                       cwd=ROOT).stdout.strip() or None
     write_json_atomic(Path(args.results), record)

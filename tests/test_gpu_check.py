@@ -17,9 +17,10 @@ def test_the_gpu_check_runs_its_steps_on_tiny_models(tmp_path, monkeypatch):
     spec.loader.exec_module(module)
     record = module.main(["--tiny", "--sizes", "2", "--results", str(tmp_path / "gpu_check.json")])
     saved = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert saved["tiny"] and set(saved) >= {"edit/2", "delta", "split", "baseline", "commit"}
+    assert saved["tiny"] and set(saved) >= {"edit/2", "delta", "split", "baseline", "baseline_fsdp", "commit"}
     edit = record["edit/2"]
     assert edit["requests"] == 2 and edit["timings_s"]["edit"] > 0 and edit["round_plan"]["peak_device_gib"] >= 0
     assert record["delta"]["relative_gap"] <= record["delta"]["bound"]
     assert record["split"]["relative_gap"] <= record["split"]["bound"]
     assert record["baseline"]["seconds"] > 0
+    assert record["baseline_fsdp"]["seconds"] > 0 and record["baseline_fsdp"]["gathered_dtype"] == "torch.float32"
