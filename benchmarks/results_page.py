@@ -161,24 +161,44 @@ def audit_section(load) -> list[str]:
 
 
 def return_section(load) -> list[str]:
-    """RETURN (real people): who the model knows, and, where it knows some, erasing them side by side."""
-    data = load("return.json")
-    if not data:
+    """RETURN (real people): who the default model knows, and erasing people from a model that knows them."""
+    data, target = load("return.json"), load("return_target.json")
+    if not data and not target:
         return []
+    out = ["## Real people (RETURN)", ""]
+    for name, part in (("return.json", data), ("return_target.json", target)):
+        if part:
+            out += _return_part(name, part)
+    return out
+
+
+def _return_part(name: str, data: dict) -> list[str]:
     dist = ", ".join(f"{k}: {v}" for k, v in data["accuracy_distribution"].items())
     best = ", ".join(f"{b['name']} {b['accuracy']}" for b in data["best_known"][:5])
     judge = data["judge"]
-    out = ["## Real people (RETURN)", "",
-           source("return.json", "python benchmarks/bench_return.py", data) + f" {data['setting']}.", "",
+    out = [source(name, "python benchmarks/bench_return.py" + (" --target-people N" if "target" in name else ""),
+                  data) + f" {data['setting']}.", "",
            f"Judge: {judge['rule']}; it agrees with the file's entailment labels on Llama-3-8B's answers "
            f"{pct(judge['agreement_with_file_nli']['with_entailment'])} of the time "
            f"({judge['agreement_with_file_nli']['answers']} answers).", "",
            f"People known: {data['known']} of {data['people']} (95 % interval of the share: "
            f"{data['known_share']['ci95']}). People by accuracy: {dist}. Best: {best}.", ""]
-    rows = [[m, pct(r["forget_refused"]["value"]), pct(r["reworded_refused"]["value"]), num(r["neighbour_accuracy"])]
+    before = data.get("neighbour_accuracy_before")
+
+    def shared(s):
+        return f"{pct(s['value'])} of {s['n']} [{pct(s['ci95'][0])}, {pct(s['ci95'][1])}]" if s.get("ci95") else pct(s["value"])
+
+    rows = [[m, shared(r["forget_refused"]), shared(r["reworded_refused"]), num(before),
+             num(r["neighbour_accuracy"]),
+             num(r["neighbour_accuracy"] / before, 3) if before and r["neighbour_accuracy"] is not None else "—",
+             num(((r.get("membership") or {}).get("auc") or {}).get("min_k++"), 3)]
             for m, r in data["methods"].items()]
     if rows:
-        out += [*table(["method", "forget questions refused", "reworded refused", "neighbour accuracy after"], rows), ""]
+        out += [f"Forget people: {', '.join(data['forget_people'])}; neighbour people: "
+                f"{', '.join(data['neighbour_people'])}.", "",
+                *table(["method", "forget questions refused (95 % CI)", "reworded refused (95 % CI)",
+                        "neighbour accuracy before", "after", "after ÷ before",
+                        "Min-K++ AUC forget vs neighbours"], rows), ""]
     else:
         out += ["No person is known, so nothing was erased: RETURN (people Llama-3-8B answers ≥ 80 % right) "
                 "needs a larger model than the default one.", ""]

@@ -80,6 +80,32 @@ def test_every_attack_runs_and_a_fact_the_model_still_gives_is_reported(tiny_dir
     assert main(args + ["--out", str(tmp_path / "a")]) == 2
 
 
+
+def test_the_int8_attack_runs_on_a_cpu_copy_of_a_model_placed_by_a_device_map(tiny_dir, tmp_path):
+    """accelerate's hooks (a split over devices) are left behind on the int8 copy, and the audit's
+    figures do not depend on how the model was placed."""
+    from accelerate import dispatch_model
+
+    from unierase.audit import _cpu_copy
+    from unierase.models.loading import load_model
+
+    model, tok = load_model(str(tiny_dir))
+    split = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu", "model.layers.1": "cpu",
+             "model.layers.2": "cpu", "model.layers.3": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    placed = dispatch_model(load_model(str(tiny_dir))[0], device_map=split, force_hooks=True)
+    assert hasattr(placed.model.layers[0], "_hf_hook")
+    copied = _cpu_copy(placed)
+    assert not hasattr(copied.model.layers[0], "_hf_hook") and not getattr(copied, "hf_device_map", None)
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"question": "Who wrote Hamlet?", "answer": "Zanzibar"}) + "\n")
+    config = AuditConfig(attacks=("plain", "int8"), max_new_tokens=8)
+    plain = audit(model, str(requests), tokenizer=tok, config=config, progress=False)
+    mapped = audit(placed, str(requests), tokenizer=tok, config=config, progress=False)
+    assert plain.items[0]["attacks"]["int8"]["example"] == mapped.items[0]["attacks"]["int8"]["example"]
+    assert main(["audit", "--model", str(tiny_dir), "--requests", str(requests), "--attacks", "plain", "int8",
+                 "--max-new-tokens", "8", "--device-map", "cpu"]) == 0
+
+
 def test_requests_without_answers_need_a_base(tiny_dir, tmp_path):
     with pytest.raises(UniEraseError, match="have no 'answer'.*--base"):
         audit(str(tiny_dir), [{"question": "Who wrote Hamlet?"}], config=AuditConfig(attacks=("plain",)), progress=False)

@@ -152,3 +152,19 @@ def test_methods_lists_the_one_registry(capsys):
     assert get_method("NPO_GD").name == "npo+gd" and get_method("UniErase").name == "unierase"
     with pytest.raises(UniEraseError, match="choose one of: unierase, ga\\+gd"):
         get_method("rome")
+
+
+def test_every_verb_that_loads_a_model_says_where_and_in_what():
+    """--device-map on every verb that loads a model; --dtype on those that may convert it (verify
+    checks the bytes the ledger recorded and revert restores them, so both read the model as saved)."""
+    import argparse
+
+    from unierase.cli import build_parser
+
+    parser = build_parser()
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    flags = {name: {o for a in p._actions for o in a.option_strings} for name, p in verbs.items()}
+    for verb in ("forget", "ask", "audit", "eval", "finetune", "demo", "stats"):
+        assert {"--dtype", "--device-map"} <= flags[verb], verb
+    assert "--device-map" in flags["verify"] and "--dtype" not in flags["verify"]
+    assert "--dtype" not in flags["revert"]

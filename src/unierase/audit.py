@@ -188,7 +188,19 @@ def _quantized(model):
 
     with warnings.catch_warnings():  # the int8 kernels warn that they are deprecated in favour of torchao
         warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model).float(), {torch.nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(_cpu_copy(model).float(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _cpu_copy(model):
+    """A copy of ``model`` on the CPU, without the hooks a device map adds (they would move each
+    layer's inputs back to the layer's old device)."""
+    from accelerate.hooks import remove_hook_from_module
+
+    copied = copy.deepcopy(model)
+    if getattr(copied, "hf_device_map", None):
+        remove_hook_from_module(copied, recurse=True)
+        del copied.hf_device_map
+    return copied.to("cpu")
 
 
 @torch.no_grad()
@@ -224,12 +236,13 @@ def _quantized_4bit(model):
 
 def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | None = None, out=None,
           overwrite: bool = False, relearn_data=None, cache_dir=None, progress: bool = True,
-          dtype=None) -> AuditReport:
+          dtype=None, device_map=None) -> AuditReport:
     """Re-ask every erased question under each attack (``ATTACKS``) and report whether the fact
     comes back. ``model``: an erased checkpoint (directory) or a loaded model with ``tokenizer``;
     ``requests``: a JSONL path or a list of dicts/ForgetRequest; ``base``: the model before erasure,
     whose greedy answers are the reference of requests without ``answer``; ``out``: a directory
-    for ``audit.json`` and ``audit.md``; ``dtype``: what the checkpoints are loaded in (``None``: their own)."""
+    for ``audit.json`` and ``audit.md``; ``dtype``: what the checkpoints are loaded in (``None``: their own);
+    ``device_map``: where (the int8 attack runs on a CPU copy: its kernels are CPU-only)."""
     from .requests import as_requests
     from .record.rounds import chosen_refusal, load_checked_model as load_model
     from .storage import check_output_dir
@@ -242,8 +255,8 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
         check_output_dir(out, overwrite, cache_dir=cache_dir)
     name = str(model) if isinstance(model, (str, os.PathLike)) else "<in-memory model>"
     if tokenizer is None:
-        model, tokenizer = load_model(model, cache_dir=cache_dir, dtype=dtype)
-    references = _references(reqs, base, config, cache_dir, dtype)
+        model, tokenizer = load_model(model, cache_dir=cache_dir, dtype=dtype, device_map=device_map)
+    references = _references(reqs, base, config, cache_dir, dtype, device_map)
     answers = _attack_answers(model, tokenizer, reqs, config, relearn_data, progress)
     items = _items(reqs, references, answers, config)
     report = AuditReport(items, _aggregate(items, answers, config.refusal), asdict(config), name)
@@ -252,7 +265,8 @@ def audit(model, requests, *, base=None, tokenizer=None, config: AuditConfig | N
     return report
 
 
-def _references(reqs: list[ForgetRequest], base, config: AuditConfig, cache_dir, dtype=None) -> list[str]:
+def _references(reqs: list[ForgetRequest], base, config: AuditConfig, cache_dir, dtype=None,
+                device_map=None) -> list[str]:
     """Each request's fact: its ``answer``, else the base model's own greedy answer to its question."""
     from .record.rounds import load_checked_model as load_model
 
@@ -262,7 +276,7 @@ def _references(reqs: list[ForgetRequest], base, config: AuditConfig, cache_dir,
         if base is None:
             raise UniEraseError(f"{len(missing)} request(s) have no 'answer' (first: {reqs[missing[0]].question!r}): pass "
                                 "--base with the model before erasure, whose own answers are then the reference")
-        base_model, base_tok = load_model(base, cache_dir=cache_dir, dtype=dtype)
+        base_model, base_tok = load_model(base, cache_dir=cache_dir, dtype=dtype, device_map=device_map)
         answers = generate_texts(base_model, base_tok, [reqs[i].question for i in missing], max_new_tokens=config.max_new_tokens,
                             do_sample=False)
         for i, a in zip(missing, answers):

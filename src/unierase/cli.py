@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 
-from .cli_args import add_dtype_arg, add_model_args, add_option_fields, cli_fields, option_flag, options_from_args
+from .cli_args import add_device_map_arg, add_dtype_arg, add_model_args, add_option_fields, cli_fields, option_flag, options_from_args
 from .registry import get_method, methods
 from .storage import UniEraseError
 
@@ -131,6 +131,7 @@ def add_verify_parser(subparsers) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--requests", default=None, help="JSONL of the erased requests, for rounds recorded with --no-texts")
     p.add_argument("--json", default=None, help="also write the report as JSON to this file")
+    add_device_map_arg(p)  # no --dtype: the weights are checked in the dtype the ledger recorded them in
     p.set_defaults(handler=_run_verify)
 
 
@@ -138,7 +139,7 @@ def _run_verify(args) -> int:
     from .record.trail import verify
     from .storage import write_json_atomic
 
-    report = verify(args.dir, requests=args.requests, cache_dir=args.cache_dir)
+    report = verify(args.dir, requests=args.requests, cache_dir=args.cache_dir, device_map=args.device_map)
     print(report.summary())
     if args.json:
         write_json_atomic(args.json, report.to_dict())
@@ -151,7 +152,8 @@ def add_revert_parser(subparsers) -> None:
         description="Write to --out the weights, edit state and files of DIR exactly as they were before round "
                     "--undo-from N was applied, that is as round N-1 left them (checked against the ledger's SHA-256). "
                     "Round N and every later round are undone and not re-applied: to apply one again, run forget "
-                    "with its requests (unierase history lists them).")
+                    "with its requests (unierase history lists them). The model is read on the CPU in its own dtype: "
+                    "a bit-exact revert converts nothing.")
     p.add_argument("dir", help="a model directory written by unierase forget")
     p.add_argument("--undo-from", type=int, required=True, metavar="N", dest="undo_from",
                    help="the first round to undo: the output is the model as it was before round N (rounds N, N+1, "
@@ -194,6 +196,7 @@ def add_audit_parser(subparsers) -> None:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     add_dtype_arg(p)
+    add_device_map_arg(p)
     p.set_defaults(handler=_run_audit)
 
 
@@ -202,7 +205,8 @@ def _run_audit(args) -> int:
 
     config = AuditConfig(attacks=tuple(args.attacks), samples=args.samples, max_new_tokens=args.max_new_tokens, seed=args.seed)
     report = audit(args.model, args.requests, base=args.base, config=config, out=args.out, overwrite=args.overwrite,
-                   relearn_data=args.relearn_data, cache_dir=args.cache_dir, dtype=args.dtype)
+                   relearn_data=args.relearn_data, cache_dir=args.cache_dir, dtype=args.dtype,
+                   device_map=args.device_map)
     print(report.markdown())
     return 1 if args.fail_on_leak and report.leaked else 0
 
@@ -232,13 +236,15 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--out", default=None, help="also save the edited checkpoint here")
     p.add_argument("--overwrite", action="store_true")
     add_dtype_arg(p)
+    add_device_map_arg(p)
     p.set_defaults(handler=_run_demo)
 
 
 def _run_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(cache_dir=args.cache_dir, out=args.out, overwrite=args.overwrite, dtype=args.dtype)
+    run_demo(cache_dir=args.cache_dir, out=args.out, overwrite=args.overwrite, dtype=args.dtype,
+             device_map=args.device_map)
     return 0
 
 

@@ -15,9 +15,15 @@ def add_model_args(parser: argparse.ArgumentParser, *, device_map: bool = True, 
                         help="cache for the converted default model, trained tokens and key statistics "
                              "(default: $UNIERASE_CACHE or ~/.cache/unierase)")
     if device_map:
-        parser.add_argument("--device-map", default=None,
-                            help="accelerate device map, e.g. 'auto' to spread a large model over GPUs (default: CPU)")
+        add_device_map_arg(parser)
     add_dtype_arg(parser, dtype_default)
+
+
+def add_device_map_arg(parser: argparse.ArgumentParser) -> None:
+    """--device-map: where the model's layers are put."""
+    parser.add_argument("--device-map", default=None,
+                        help="accelerate device map: cpu, cuda, auto (spread a large model over the GPUs) or a JSON "
+                             "map of module names to devices (default: CPU)")
 
 
 def add_dtype_arg(parser: argparse.ArgumentParser, default: str | None = None) -> None:

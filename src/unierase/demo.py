@@ -132,15 +132,15 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
 
 
 def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: bool = True, print_fn=print,
-             dtype=None) -> dict:
-    """Run the demo; returns the measured figures (also printed as tables)."""
+             dtype=None, device_map=None) -> dict:
+    """Run the demo (on ``device_map``, in ``dtype``); returns the measured figures (also printed as tables)."""
     if out is not None:
         check_output_dir(out, overwrite)
     started = time.perf_counter()
     facts = load_demo_facts()
     forget_rows = [f for f in facts if f["role"] == "forget"]
     neighbours = pick_neighbours(facts, forget_rows, DEMO_NEIGHBOURS)
-    model, tokenizer = load_model(None, cache_dir=cache_dir, dtype=dtype)
+    model, tokenizer = load_model(None, cache_dir=cache_dir, dtype=dtype, device_map=device_map)
     n = len(forget_rows)
     print_fn(f"unierase demo: erasing {n} facts from SmolLM2-135M-Instruct; checking {len(neighbours)} other facts")
     measured = erase_and_measure(model, tokenizer, forget_rows, neighbours, cache_dir=cache_dir, out=out,

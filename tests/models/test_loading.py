@@ -71,3 +71,17 @@ def test_packaged_model_names_resolve_to_their_converted_checkpoint(monkeypatch,
     assert loading.resolve_model_path("gemma3-270m") == str(tmp_path / "gemma3-270m")
     assert loading.resolve_model_path(None) == str(tmp_path / loading.DEFAULT_MODEL)
     assert made == ["gemma3-270m", loading.DEFAULT_MODEL]
+
+
+def test_a_json_device_map_is_read_as_a_map_and_bad_json_is_one_line():
+    import pytest
+
+    from unierase.models.loading import parse_device_map
+    from unierase.storage import UniEraseError
+
+    assert parse_device_map("auto") == "auto" and parse_device_map(None) is None
+    assert parse_device_map('{"model.layers.0": "cuda:0", "lm_head": 0}') == {"model.layers.0": "cuda:0", "lm_head": 0}
+    with pytest.raises(UniEraseError, match="not valid JSON"):
+        parse_device_map('{"model.layers.0": cuda}')
+    with pytest.raises(UniEraseError, match="map module names to devices"):
+        parse_device_map('{"model.layers.0": ["cuda"]}')

@@ -57,6 +57,8 @@ def test_verify_passes_on_an_untouched_model(rounds, tmp_path):
     assert all(r["erased"] == "1/1" for r in report.rounds)
     assert main(["verify", str(rounds / "after3"), "--json", str(tmp_path / "v.json")]) == 0
     assert json.loads((tmp_path / "v.json").read_text())["ok"] is True
+    # placed by a device map (a JSON one, as the flag takes it): the same checks pass
+    assert main(["verify", str(rounds / "after3"), "--device-map", '{"": "cpu"}']) == 0
 
 
 def test_verify_flags_weights_changed_by_hand(rounds, tmp_path):

@@ -186,8 +186,10 @@ def load_model(
     device_map: str | dict | None = None,
 ):
     """Load ``(model, tokenizer)`` in ``dtype`` (a ``torch.dtype``, a name of ``DTYPES``; ``None``/``auto``:
-    the checkpoint's own); ``device_map`` is passed to accelerate (e.g. ``"auto"``)."""
+    the checkpoint's own); ``device_map`` is passed to accelerate (``"auto"``, ``"cuda"``, a dict, or
+    the JSON text of one, as ``--device-map`` gives it)."""
     dtype = resolve_dtype(dtype)
+    device_map = parse_device_map(device_map)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(spec, cache_dir)
@@ -203,6 +205,20 @@ def load_model(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def parse_device_map(device_map):
+    """A ``--device-map`` value: a device name as it is, JSON text (``{"model.layers.0": "cuda:0", …}``)
+    as the dict it writes; bad JSON is a one-line error."""
+    if not isinstance(device_map, str) or not device_map.lstrip().startswith("{"):
+        return device_map
+    try:
+        parsed = json.loads(device_map)
+    except json.JSONDecodeError as err:
+        raise UniEraseError(f"--device-map is not valid JSON: {err}") from None
+    if not all(isinstance(k, str) and isinstance(v, (str, int)) for k, v in parsed.items()):
+        raise UniEraseError("--device-map JSON must map module names to devices (\"cpu\", \"cuda:0\", 0, \"disk\")")
+    return parsed
 
 
 def model_fingerprint(model) -> str:

@@ -314,21 +314,22 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True) -> VerifyReport:
+def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True, device_map=None) -> VerifyReport:
     """Check ``folder`` against its ledger (see the module docstring). ``requests``: a JSONL path or
-    list of requests to re-ask for rounds recorded with ``--no-texts`` (matched by their hashes)."""
+    list of requests to re-ask for rounds recorded with ``--no-texts`` (matched by their hashes);
+    ``device_map``: where the model is put (always in its own dtype: the digests are of its bytes)."""
     from .rounds import load_checked_model as load_model
 
     folder = Path(folder)
     with locked_run(None, [folder]):
         manifest, entries = _ledger_of(folder)
         live = effective_rounds(entries)
-        model, tokenizer = load_model(folder, cache_dir=cache_dir)
+        model, tokenizer = load_model(folder, cache_dir=cache_dir, device_map=device_map)
         report = _weights_report(folder, weights_digests(model), entries, live)
         given = _given_requests(requests)
         token_id = (manifest.get("token") or {}).get("id")
         # the weights are rolled back round by round only when they are the ones the ledger recorded
-        weights = {n: t.detach().clone() for n, t in model.state_dict().items()} if report.weights["match"] else None
+        weights = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()} if report.weights["match"] else None
         state = EditState.load(folder).tensors() if (folder / STATE_FILE).exists() else {}
         v = _Verification(folder, model, tokenizer, report, token_id, given, weights, state)
         for entry in reversed(live):
