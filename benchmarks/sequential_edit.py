@@ -30,6 +30,9 @@ def main() -> None:
     parser.add_argument("--result", default=str(RESULTS), help="where to write the JSON")
     parser.add_argument("--stats-tokens", type=int, default=None,
                         help="corpus tokens of the preserved-key statistics (default: the model's recipe)")
+    parser.add_argument("--facts", default=None,
+                        help="a JSONL of facts (question, answer, relation, role) instead of the demo's: e.g. "
+                             "benchmarks/data/heldout_facts.jsonl, which no setting was chosen on")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="a setting over the recipe, passed to every round's 'unierase forget --set'; repeatable")
     args = parser.parse_args()
@@ -43,7 +46,8 @@ def main() -> None:
     from unierase.generation import first_token_ids
     from unierase.models.loading import load_model
 
-    facts = load_demo_facts()
+    facts = ([json.loads(line) for line in Path(args.facts).read_text().splitlines() if line.strip()]
+             if args.facts else load_demo_facts())
     # forget set: the demo's forget facts first, then others round-robin over relations
     ordered = [f for f in facts if f["role"] == "forget"] + pick_neighbours(facts, [], len(facts))
     total = args.rounds * args.per_round
@@ -80,14 +84,21 @@ def main() -> None:
     after = snapshot(model, tok, [f["question"] for f in others])
     figures = {
         "description": "benchmarks/sequential_edit.py" + "".join(f" --set {x}" for x in args.set)
-                       + f": {args.rounds} rounds of {args.per_round} demo facts, a new process per round",
+                       + f": {args.rounds} rounds of {args.per_round} {'demo' if not args.facts else Path(args.facts).stem} "
+                         "facts, a new process per round",
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=Path(__file__).parent).stdout.strip() or None,
-        "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "rounds": args.rounds, "facts_per_round": args.per_round,
+        "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "facts": args.facts or "demo", "rounds": args.rounds, "facts_per_round": args.per_round,
                     "requests": "questions only", "other_facts": len(others), "process_per_round": True,
                     "settings": args.set},
         "hyperparameters": json.loads((out / "unierase_manifest.json").read_text())["rounds"][-1]["hyperparameters"],
         "rounds": rounds,
+        # what the sequential record weighs after the last round: the state later rounds preserve,
+        # and every round's revert data
+        "state_bytes": (out / "unierase_state.safetensors").stat().st_size
+        if (out / "unierase_state.safetensors").is_file() else 0,
+        "revert_bytes": sum(f.stat().st_size for f in (out / "unierase_deltas").rglob("*") if f.is_file())
+        if (out / "unierase_deltas").is_dir() else 0,
         "starts_with_unl_by_round_after_last": per_round,
         "others": {**retain_metrics(model, tok, before, after, [f["answer"] for f in others], token_id),
                    # the shared check: the token within STRAY_TOKENS tokens of the other answers

@@ -69,3 +69,32 @@ def test_one_artefact_per_model_token_and_weighting(tiny, tmp_path, monkeypatch)
     assert len(entries()) == 6  # invented people's answers weighed in: another C₀
     assert not torch.equal(rare.covariance(1), build(EditConfig(layers=[1, 2], stats_tokens=1000,
                                                                 solver="memit")).covariance(1))  # and MEMIT's (no null space)
+
+
+def test_principal_keys_are_the_best_low_rank_summary_of_the_soft_keys():
+    from unierase.edit.preserved import principal_keys
+
+    g = torch.Generator().manual_seed(5)
+    keys = torch.randn(10, 6, generator=g, dtype=torch.float64)
+    assert principal_keys(keys, 0) is None and principal_keys(keys, 6) is keys and principal_keys(keys, 9) is keys
+    p = principal_keys(keys, 2)
+    assert p.shape == (10, 2)
+    gram, approx = keys @ keys.T, p @ p.T
+    eigen = torch.linalg.eigvalsh(gram).flip(0)
+    # the rank-2 summary misses exactly the other eigenvalues (Eckart–Young), and never adds any
+    torch.testing.assert_close(torch.linalg.matrix_norm(gram - approx), eigen[2:].norm())
+    assert torch.linalg.eigvalsh(gram - approx).min() > -1e-9
+
+
+@pytest.mark.parametrize("rows, expected", [(None, 10), (0, 0), (0.5, 2), (1, 3)])
+def test_what_later_rounds_keep_of_the_soft_constraint(rows, expected):
+    """``soft_state_rows``: every soft key (None), none (0), or ⌈r × requests⌉ principal directions."""
+    from types import SimpleNamespace
+
+    g = torch.Generator().manual_seed(6)
+    preserved = PreservedKeys.__new__(PreservedKeys)
+    preserved.state = EditState()
+    preserved.soft = SimpleNamespace(keys=[{4: torch.randn(16, n, generator=g)} for n in (3, 3, 4)])
+    preserved.end_round(EditConfig(soft_state_rows=rows))
+    assert preserved.soft is None
+    assert (preserved.state.key_rows[4].shape[0] if 4 in preserved.state.key_rows else 0) == expected

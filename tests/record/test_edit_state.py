@@ -77,3 +77,20 @@ def test_revert_data_of_the_state_is_a_row_count_and_gives_it_back_bit_for_bit()
     assert kinds[0] == ["absent"] and kinds[1] == ["rows_appended"]
     assert kinds[2] == ["absent", "dense"]  # the sum appears (absent before); the old rows kept whole
     assert "rows_appended" not in kinds[3] and len(kinds[3]) == 1
+
+
+def test_key_rows_are_kept_in_the_keys_own_precision_and_an_older_fp64_state_stays_fp64(tmp_path):
+    """fp32 keys are stored as fp32 rows (half the bytes of fp64, nothing lost); a state an earlier
+    version saved in fp64 keeps its rows bit for bit and appends in fp64; both validate."""
+    g = torch.Generator().manual_seed(4)
+    keys = torch.randn(8, 3, generator=g)
+    state = EditState()
+    state.add(0, keys)
+    assert state.key_rows[0].dtype == torch.float32 and torch.equal(state.key_rows[0], keys.T)
+    state.validate([0], 8)
+    old = EditState(key_rows={0: keys.T.double()})
+    kept = old.key_rows[0].clone()
+    old.add(0, torch.randn(8, 2, generator=g))
+    assert old.key_rows[0].dtype == torch.float64 and torch.equal(old.key_rows[0][:3], kept)
+    old.validate([0], 8)
+    torch.testing.assert_close(old.get(0), _sum(torch.cat([keys, old.key_rows[0][3:].T.float()], 1)))

@@ -62,6 +62,12 @@ class EditConfig:
     """Weight of the substitutes' answer-position keys relative to ``neutral_key_weight``."""
     substitute_answer_tokens: int = 24
     """Answer tokens of each substitute question that are softly preserved too (0 = only its entity key)."""
+    soft_state_rows: float | None = None
+    """What later rounds keep preserving of a round's soft constraint, per request: ``None``, every
+    softly preserved key itself; a number r, the round's r × requests principal directions of them
+    (the best low-rank summary of their Σ k kᵀ); 0, none — later rounds then preserve the edited
+    keys only, as AlphaEdit does. The soft keys are most of the sequential state saved beside a
+    checkpoint (about a hundred per request), so this bounds its size."""
     ridge: float = 0.1
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys (more: each
     pass writes less and moves unrelated answers less)."""
@@ -106,6 +112,8 @@ class EditConfig:
             ("layers", "None or distinct indices ≥ 0", self.layers is None or (
                 len(set(self.layers)) == len(self.layers) and all(isinstance(l, int) and l >= 0 for l in self.layers))),
         ) if not ok]
+        if self.soft_state_rows is not None and not self.soft_state_rows >= 0:
+            problems.append(f"soft_state_rows must be None or ≥ 0 (got {self.soft_state_rows!r})")
         problems += [f"{name} must be ≥ 0 (got {getattr(self, name)!r})" for name in (
             "question_key_weight", "refusal_key_weight", "answer_key_weight", "rare_name_key_weight", "neutral_key_weight",
             "substitute_answer_weight")

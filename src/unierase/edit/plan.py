@@ -11,6 +11,7 @@ more than the devices it will run on have.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -177,13 +178,21 @@ def plan_round(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str 
     prefix_cache = rows * VALUE_PREFIX * n_layers * 2 * shape.kv_dim * b
     logits = rows * (2 + VALUE_SEQUENCE // 2) * vocab * 4
     held = basis + (edited * square if config.solver == "memit" else 0)  # Û (and C₀ for MEMIT) per layer
-    state_rows = requests * (1 + config.num_prefixes + SOFT_KEYS_PER_REQUEST)
-    state = edited * min(state_rows * m, m * m) * 8
+    hard_rows = requests * (1 + config.num_prefixes)  # the edited keys, every prefix variant
+    soft_rows = requests * SOFT_KEYS_PER_REQUEST
+    if config.soft_state_rows is not None:  # their principal directions only
+        soft_rows = min(soft_rows, math.ceil(config.soft_state_rows * requests))
+    state_rows = hard_rows + soft_rows
+    state = edited * (state_rows * m * 4 if state_rows <= m else m * m * 8)  # fp32 key rows, or the fp64 sum
     phases.append(phase("edit", weights + held + value_graph + prefix_cache + logits, state, 0,
                         "the value optimisation's graph through the layers above the edit, Û per layer"))
     phases.append(phase("solve", weights + held + 2 * square, state, 0,
                         "Û and the r × r system of one layer (fp64), the sequential state on the host"))
-    revert = edited * m * h * b + (2 * h * b) + (state if state_rows > m else 0)  # ΔW, the token's rows, the old state
+    # ΔW as factors of the edited keys' rank (fp32 for 16-bit weights, else fp64) plus the fixes of
+    # the entries their rounding misses (at most an int8 offset per entry), or the old matrix where
+    # that is smaller; the token's rows; the old state where the round turned its rows into the sum
+    delta = edited * min(hard_rows * (m + h) * (4 if b <= 2 else 8) + m * h, m * h * b)
+    revert = delta + (2 * h * b) + (state if state_rows > m else 0)
     phases.append(phase("save", weights, state + edited * m * h * b + 2 * vocab * h * b, weights + state + revert,
                         "the checkpoint, the sequential state and the round's revert data"))
     return Plan(model, str(dtype).replace("torch.", ""), device, requests, phases, round((state + revert) / GIB, 3))

@@ -9,6 +9,7 @@ edits, and the round's soft constraint (the neutral and substitute questions' ke
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -87,10 +88,16 @@ class PreservedKeys:
             self.soft.keep(indices)
 
     def end_round(self, config) -> None:
-        """Later rounds keep preserving what this round softly preserved."""
+        """Later rounds keep preserving what this round softly preserved (all of it, or its
+        principal directions: ``EditConfig.soft_state_rows``)."""
         if self.soft is not None:
-            for layer, keys in _stack_soft_keys(self.soft.keys).items():
-                self.state.add(layer, keys * config.neutral_key_weight ** 0.5)
+            requests = len(self.soft.keys or [])
+            for layer, keys in (_stack_soft_keys(self.soft.keys) or {}).items():
+                keys = keys * config.neutral_key_weight ** 0.5
+                if config.soft_state_rows is not None:
+                    keys = principal_keys(keys, math.ceil(config.soft_state_rows * requests))
+                if keys is not None:
+                    self.state.add(layer, keys)
         self.soft = None
 
 
@@ -207,6 +214,18 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
             for layer in layers:
                 per_request[r][layer] = torch.cat([per_request[r][layer]] + [scale * e[layer].T for e in extra], dim=1)
     return per_request
+
+
+def principal_keys(keys: torch.Tensor, count: int) -> torch.Tensor | None:
+    """``count`` columns P (m × count) with P Pᵀ the best rank-``count`` approximation of K Kᵀ
+    (``keys`` K: m × n, one key per column): the left singular vectors scaled by their singular
+    values. ``keys`` itself when it has no more columns than that; ``None`` for none."""
+    if count <= 0:
+        return None
+    if count >= keys.shape[1]:
+        return keys
+    u, s, _ = torch.linalg.svd(keys.to(torch.float64), full_matrices=False)
+    return (u[:, :count] * s[:count]).to(keys.dtype)
 
 
 def _stack_soft_keys(per_request: list[dict[int, torch.Tensor]] | None) -> dict[int, torch.Tensor] | None:

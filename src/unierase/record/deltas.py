@@ -3,8 +3,9 @@ for bit (``unierase revert``).
 
 A UniErase round changes a few MLP output matrices by a low-rank ΔW. Subtracting a stored ΔW in
 floating point does not give the old bits back exactly, so each changed matrix is stored as the
-low-rank factors of (after − before), computed in fp64, plus the few entries where
-``after − U V`` still rounds to something other than ``before`` (their exact old values). Where
+low-rank factors of (after − before), computed in fp64 (stored in fp32 for 16-bit weights), plus the entries where
+``after − U V`` still rounds to something other than ``before`` (their offsets in units in the
+last place, or their exact old values). Where
 that is not smaller than the old tensor itself (a fine-tuning baseline changes every weight at
 full rank), the old tensor is stored as it is. A tensor that only grew rows (the embedding after
 the unlearning token is added) is stored as its old row count. Decoding is checked against the
@@ -45,7 +46,7 @@ def _one_thread():
 
 def _reconstruct(after: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     with _one_thread():
-        return (after.to(torch.float64) - u @ v).to(after.dtype)
+        return (after.to(torch.float64) - u.to(torch.float64) @ v.to(torch.float64)).to(after.dtype)
 
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -67,15 +68,19 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int) -> dict[st
     s = torch.linalg.svdvals(diff)  # a third of a full SVD: enough to see whether factors can pay off
     if s.numel() == 0 or float(s[0]) == 0.0:
         return None
-    # (after − before) is the real update plus after's rounding, a full-rank noise whose singular
-    # values stay below ~eps·max|after|·(√m + √n): keep what stands clearly above that floor
+    # (after − before) is the real update plus after's rounding, a full-rank noise of about
+    # eps·rms(after)/√3 per entry, whose singular values stay below ~(√m + √n) times that: keep what
+    # stands clearly above it (a few noise directions kept cost bytes; a real one missed costs fixes)
     eps = torch.finfo(after.dtype).eps
-    floor = 4 * eps * float(after.abs().max()) * (diff.shape[0] ** 0.5 + diff.shape[1] ** 0.5)
+    floor = 2 * eps * float(after.to(torch.float64).square().mean().sqrt()) * (diff.shape[0] ** 0.5 + diff.shape[1] ** 0.5)
     rank = max(1, int((s > floor).sum()))
-    if rank * (diff.shape[0] + diff.shape[1]) * 8 >= budget:
+    # factors in fp32 for 16-bit weights (their rounding is far below the weights' units in the last
+    # place), in fp64 for wider ones (fp32 factors would leave most entries to the fixes)
+    factor = torch.float32 if after.element_size() <= 2 else torch.float64
+    if rank * (diff.shape[0] + diff.shape[1]) * torch.finfo(factor).bits // 8 >= budget:
         return None
     u, s, vh = torch.linalg.svd(diff, full_matrices=False)
-    parts = {"u": (u[:, :rank] * s[:rank]).contiguous(), "v": vh[:rank].contiguous()}
+    parts = {"u": (u[:, :rank] * s[:rank]).to(factor).contiguous(), "v": vh[:rank].to(factor).contiguous()}
     rebuilt = _reconstruct(after, parts["u"], parts["v"])
     want, got = _ints(before), _ints(rebuilt)
     offset = want - got

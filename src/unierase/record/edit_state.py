@@ -4,8 +4,10 @@ A later round adds Σ k kᵀ over every key edited so far (and over the rounds' 
 weighted) to its system so it does not undo earlier edits. ``unierase_state.safetensors`` holds it
 per edited layer in whichever form is smaller, so that its size follows what was erased:
 
-- ``layer<l>.key_rows``: the keys themselves, one per row (n × m, fp64), while n ≤ m. A round
-  appends rows, so its revert data is a row count (``deltas`` "rows_appended"), not an m × m matrix.
+- ``layer<l>.key_rows``: the keys themselves, one per row (n × m), while n ≤ m, in fp32: the keys
+  are fp32 (or bf16) activations, so nothing is lost (a state written in fp64 by an earlier version
+  is read as it is). A round appends rows, so its revert data is a row count (``deltas``
+  "rows_appended"), not an m × m matrix.
 - ``layer<l>.previous_keys``: the sum K Kᵀ (m × m, fp64) once the keys outnumber the dimensions
   (a small model after a round or two; an 8B model's m = 14,336 takes thousands of keys).
 """
@@ -29,7 +31,7 @@ class EditState:
     previous_keys: dict[int, torch.Tensor] = field(default_factory=dict)
     """Layer → Σ k kᵀ (m × m, fp64), for the layers whose keys outnumber their dimensions."""
     key_rows: dict[int, torch.Tensor] = field(default_factory=dict)
-    """Layer → the keys, one per row (n × m, fp64), for the other layers; Σ k kᵀ = Rᵀ R."""
+    """Layer → the keys, one per row (n × m, fp32), for the other layers; Σ k kᵀ = Rᵀ R (in fp64)."""
     _projected: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     """Layer → (Û, Ûᵀ Σ k kᵀ Û) for the null-space basis last asked for (not saved)."""
 
@@ -43,7 +45,7 @@ class EditState:
     def get(self, layer: int) -> torch.Tensor | None:
         """Σ k kᵀ (m × m, fp64) of ``layer``, or ``None`` where nothing was edited."""
         if layer in self.key_rows:
-            rows = self.key_rows[layer]
+            rows = self.key_rows[layer].to(torch.float64)
             return rows.T @ rows
         return self.previous_keys.get(layer)
 
@@ -56,7 +58,7 @@ class EditState:
         if cached is None or cached[0] is not basis:  # on the basis' device (the edited weight's)
             u = basis.to(torch.float64)
             if layer in self.key_rows:
-                in_basis = self.key_rows[layer].to(u.device) @ u
+                in_basis = self.key_rows[layer].to(u.device, torch.float64) @ u
                 cached = (basis, in_basis.T @ in_basis)
             else:
                 cached = (basis, u.T @ self.previous_keys[layer].to(u.device) @ u)
@@ -70,11 +72,14 @@ class EditState:
         if layer in self.previous_keys:
             self.previous_keys[layer] = self.previous_keys[layer] + k @ k.T
         else:
-            rows = k.T.contiguous() if layer not in self.key_rows else torch.cat([self.key_rows[layer], k.T])
+            new = keys.to("cpu", torch.float32).T  # rows keep the keys' own precision (a state read from an
+            old = self.key_rows.get(layer)         # earlier version in fp64 stays fp64, bit for bit)
+            rows = new.contiguous() if old is None else torch.cat([old, new.to(old.dtype)])
             if rows.shape[0] <= dim:
                 self.key_rows[layer] = rows
             else:  # more keys than dimensions: the m × m sum is the smaller form from now on
                 self.key_rows.pop(layer, None)
+                rows = rows.to(torch.float64)
                 self.previous_keys[layer] = rows.T @ rows
         if layer in self._projected:
             basis, projected = self._projected[layer]
@@ -115,8 +120,9 @@ class EditState:
                 if layers is not None and layer not in layers:
                     raise UniEraseError(f"{where} is not one of the edited layers {layers}")
                 square = value.dim() == 2 and value.shape[0] == value.shape[1]
-                if value.dtype != torch.float64 or value.dim() != 2 or (form == "sum" and not square):
-                    expected = "a square fp64 matrix" if form == "sum" else "an fp64 matrix of key rows"
+                dtypes = (torch.float64,) if form == "sum" else (torch.float32, torch.float64)
+                if value.dtype not in dtypes or value.dim() != 2 or (form == "sum" and not square):
+                    expected = "a square fp64 matrix" if form == "sum" else "an fp32 or fp64 matrix of key rows"
                     raise UniEraseError(f"{where}: expected {expected}, got {str(value.dtype)} {tuple(value.shape)}")
                 if key_dim is not None and value.shape[1] != key_dim:
                     raise UniEraseError(f"{where}: {value.shape[0]} × {value.shape[1]}, but the model's keys have "
