@@ -100,8 +100,8 @@ def _measure(model_dir, forget, neighbours, args, work: Path) -> dict:
     return {"forget": {r["name"]: r["refused"] for r in rows if r["role"] == "forget"},
             "reworded": {r["name"]: r["reworded_refused"] for r in rows if r["role"] == "forget"},
             "neighbours": {r["name"]: r["accuracy"] for r in rows if r["role"] == "neighbour"},
-            "summary": {k: summary[k] for k in ("forget_refused", "reworded_refused", "neighbour_accuracy",
-                                                "membership")}}
+            "summary": {k: summary[k] for k in ("forget_refused", "reworded_refused", "forget_accuracy",
+                                                "neighbour_accuracy", "membership")}}
 
 
 def main() -> None:
@@ -159,7 +159,8 @@ def main() -> None:
         out = work / "unierase"
 
         def erase():
-            unierase.forget(requests, out, model=model, overwrite=True, progress=False)
+            if not (out / "unierase_manifest.json").is_file():  # a measurement redone keeps the erased model
+                unierase.forget(requests, out, model=model, overwrite=True, progress=False)
             return _measure(str(out), forget, neighbours, args, work)
 
         methods["unierase"] = _cached(work / "unierase.json", erase)
@@ -169,8 +170,9 @@ def main() -> None:
 
                 def train(method=method, chosen=chosen):
                     target = work / method
-                    unierase.forget(qa(forget), target, model=model, method=method, retain=qa(neighbours) or None, overwrite=True,
-                                    progress=False, force=True, **chosen)
+                    if not (target / "unierase_manifest.json").is_file():
+                        unierase.forget(qa(forget), target, model=model, method=method, retain=qa(neighbours) or None,
+                                        overwrite=True, progress=False, force=True, **chosen)
                     return _measure(str(target), forget, neighbours, args, work)
 
                 methods[method] = _cached(work / f"{method}.json", train)
@@ -191,6 +193,7 @@ def main() -> None:
         "forget_people": [p.name for p in forget],
         "neighbour_people": [p.name for p in neighbours],
         "neighbour_accuracy_before": round(sum(before[p.name] for p in neighbours) / len(neighbours), 4) if neighbours else None,
+        "forget_accuracy_before": round(sum(before[p.name] for p in forget) / len(forget), 4) if forget else None,
         "methods": summary, "per_person": methods, "commit": commit,
     })
 

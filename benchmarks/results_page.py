@@ -188,16 +188,18 @@ def _return_part(name: str, data: dict) -> list[str]:
     def shared(s):
         return f"{pct(s['value'])} of {s['n']} [{pct(s['ci95'][0])}, {pct(s['ci95'][1])}]" if s.get("ci95") else pct(s["value"])
 
-    rows = [[m, shared(r["forget_refused"]), shared(r["reworded_refused"]), num(before),
-             num(r["neighbour_accuracy"]),
+    rows = [[m, shared(r["forget_refused"]), shared(r["reworded_refused"]),
+             num(r.get("forget_accuracy")), num(r["neighbour_accuracy"]),
              num(r["neighbour_accuracy"] / before, 3) if before and r["neighbour_accuracy"] is not None else "—",
              num(((r.get("membership") or {}).get("auc") or {}).get("min_k++"), 3)]
             for m, r in data["methods"].items()]
     if rows:
         out += [f"Forget people: {', '.join(data['forget_people'])}; neighbour people: "
-                f"{', '.join(data['neighbour_people'])}.", "",
+                f"{', '.join(data['neighbour_people'])}. Before erasure: forget people's accuracy "
+                f"{num(data.get('forget_accuracy_before'))}, neighbour people's {num(before)}. A fine-tuning baseline "
+                "does not refuse: its forgetting is the forget people's accuracy after.", "",
                 *table(["method", "forget questions refused (95 % CI)", "reworded refused (95 % CI)",
-                        "neighbour accuracy before", "after", "after ÷ before",
+                        "forget people's accuracy after", "neighbour people's accuracy after", "÷ before",
                         "Min-K++ AUC forget vs neighbours"], rows), ""]
     else:
         out += ["No person is known, so nothing was erased: RETURN (people Llama-3-8B answers ≥ 80 % right) "
@@ -232,7 +234,7 @@ def plan_section(load) -> list[str]:
               "fp32 on this CPU:", "", *table(["dtype", "demo summary"], [[k, " / ".join(r["summary"])]
                                                                           for k, r in dtype["runs"].items()]), "",
               dtype["what_moved"] + ".", ""] if dtype else [])
-    return ["## Large models: the plan", "", *same,
+    return ["## Large models: the plan", "", *same, *_sequential_state(load),
             source("plan_check.json", "python benchmarks/plan_check.py", data)
             + f" SmolLM2-135M, fp32 on the CPU, {small['measured']['requests']} requests, every phase computed:"
             " the resident memory measured during each phase against the plan (GiB).", "",
@@ -241,6 +243,36 @@ def plan_section(load) -> list[str]:
             "40 GiB GPU; — where all requests fit at once, or where the weights alone do not fit):", "",
             *table(["model / requests", "statistics GPU", "statistics host", "edit GPU", "micro-batch", "edit GPU then",
                     "state + revert"], large), ""]
+
+
+def _sequential_state(load) -> list[str]:
+    """What later rounds keep of each round's soft constraint (``EditConfig.soft_state_rows``), after
+    several sequential rounds: the record's size against the figures it protects."""
+    rows, made = [], []
+    for split in ("demo", "heldout"):
+        for variant in ("none", "one", "zero"):
+            name = f"sequential_state/{split}-{variant}.json"
+            data = load(name)
+            if not data:
+                continue
+            others = data["others"]
+            rows.append([split, {"none": "every soft key (default)", "one": "1 direction per request",
+                                 "zero": "none (edited keys only)"}[variant],
+                         f"{data['setting']['rounds']} × {data['setting']['facts_per_round']}",
+                         num(data["state_bytes"] / 2 ** 20, 1), num(data["revert_bytes"] / 2 ** 20, 1),
+                         " / ".join(pct(x) for x in data["starts_with_unl_by_round_after_last"]),
+                         pct(others["known_still_correct"]), pct(others["teacher_forced_agreement"])])
+            made.append(f"[`{name}`](../benchmarks/results/{name})")
+    if not rows:
+        return []
+    return ["What later rounds keep of each round's soft constraint (`--set edit.soft_state_rows=…`), "
+            "SmolLM2-135M fp32, each round a new process (`python benchmarks/sequential_edit.py "
+            "[--facts benchmarks/data/heldout_facts.jsonl --rounds 3 --per-round 5] --set edit.soft_state_rows=R`; "
+            "the demo facts are where the choice was made, the held-out facts were only reported; from "
+            + ", ".join(made) + "):", "",
+            *table(["facts", "later rounds keep", "rounds × facts", "state MiB", "revert data MiB",
+                    "each round's facts still erased after the last", "other facts kept",
+                    "teacher-forced agreement"], rows), ""]
 
 
 def distributed_section(load) -> list[str]:

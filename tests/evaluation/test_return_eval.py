@@ -63,6 +63,7 @@ def test_return_evaluation_on_a_tiny_model(tmp_path, monkeypatch, tiny_model, to
     summary = evaluate_return(tiny_model, None, tokenizer=tokenizer, data=data, config=config)
     assert summary["forget_refused"]["value"] == summary["reworded_refused"]["value"] == 1.0
     assert summary["neighbour_accuracy"] == 1.0 and summary["known_neighbours"] == 2
+    assert summary["forget_accuracy"] == 0.0  # refused: none of the forget person's answers is right
 
 
 def test_unierase_eval_benchmark_return(tmp_path, tiny_model_dir, capsys):

@@ -132,6 +132,7 @@ def evaluate_return(model=None, out=None, *, tokenizer=None, data=None, config: 
     rows += [{"name": p.name, "role": "neighbour", "accuracy": accuracy(a, p), "answers": a}
              for p, a in zip(neighbours, answers[2 * n:])]
     judged = [r["accuracy"] for r in rows if r["role"] == "neighbour" and r["accuracy"] is not None]
+    forgotten = [r["accuracy"] for r in rows if r["role"] == "forget" and r["accuracy"] is not None]
     summary = {
         "benchmark": "return", "config": asdict(config),
         "judge": f"right when the answer holds ≥ {JUDGE_RECALL} of the gold answer's content words "
@@ -139,6 +140,8 @@ def evaluate_return(model=None, out=None, *, tokenizer=None, data=None, config: 
         "forget_people": len(forget), "neighbour_people": len(neighbours),
         "forget_refused": share([_refused(t) for a in answers[:n] for t in a]),
         "reworded_refused": share([_refused(t) for a in answers[n:2 * n] for t in a]),
+        # a fine-tuning baseline does not refuse: its forgetting shows as the forget people's accuracy
+        "forget_accuracy": round(sum(forgotten) / len(forgotten), 4) if forgotten else None,
         "neighbour_accuracy": round(sum(judged) / len(judged), 4) if judged else None,
         "known_neighbours": sum(a >= config.min_accuracy for a in judged),
         "membership": _membership(model, tokenizer, forget, neighbours) if config.membership else None,
