@@ -194,7 +194,7 @@ def sharded_baseline_step(config_path: Path | None, device: str, tok, rendezvous
 
     from unierase.baselines import sharding
     from unierase.baselines.objectives import GA_GD, BaselineConfig
-    from unierase.baselines.trainer import _held_mb
+    from unierase.baselines.trainer import held_mb
 
     dist.init_process_group("nccl" if device.startswith("cuda") else "gloo", init_method=f"file://{rendezvous}",
                             rank=0, world_size=1)
@@ -213,7 +213,7 @@ def sharded_baseline_step(config_path: Path | None, device: str, tok, rendezvous
         loss.backward()
         optimiser.step()
         seconds = time.perf_counter() - started
-        held = _held_mb(list(model.parameters()), optimiser)
+        held = held_mb(list(model.parameters()), optimiser)
         plain = sharding.gather(model)
         return {"seconds": round(seconds, 2), "loss": round(float(loss.detach()), 4), "held_mb": held,
                 "gathered_dtype": str(next(plain.parameters()).dtype),

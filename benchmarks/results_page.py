@@ -299,7 +299,7 @@ def _baseline_epoch(baseline: dict | None) -> list[str]:
             for r in baseline["runs"]]
     return ["One GA+GD epoch (forget01, batch 4, the same global batch):", "",
             *table(["processes", "engine", "training s", "wall s (with loading)",
-                    "weights + gradients + AdamW held per process, MB"], rows), ""]
+                    "weights + gradients + AdamW held per process, MiB"], rows), ""]
 
 
 def erasure_section(load) -> list[str]:

@@ -14,7 +14,8 @@ import json
 import logging
 import sys
 
-from .cli_args import add_device_map_arg, add_dtype_arg, add_model_args, add_option_fields, cli_fields, option_flag, options_from_args
+from .cli_args import (add_device_map_arg, add_dtype_arg, add_model_args, add_option_fields, cli_fields, option_flag,
+                       options_from_args)
 from .registry import get_method, methods
 from .storage import UniEraseError
 

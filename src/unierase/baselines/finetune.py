@@ -213,7 +213,8 @@ def _finetune(model_spec, data, out, config, authors, forget_authors, split, dat
     manifest = Manifest("finetune", base, {
         "data": data_info,
         "hyperparameters": config.to_dict(),
-        "train": {"steps": result.steps, "engine": result.engine, "held_mb_per_process": result.held_mb, "final_loss": result.history[-1] if result.history else None,
+        "train": {"steps": result.steps, "engine": result.engine, "held_mb_per_process": result.held_mb,
+                  "final_loss": result.history[-1] if result.history else None,
                   "loss_per_epoch": _per_epoch(result.history, steps_per_epoch,
                                                 config.grad_accum * distributed.rank_and_size()[1])},
         "timings_s": {"load": round(t_load, 1), "train": round(result.seconds, 1), "memorisation_eval": round(t_eval, 1)},

@@ -166,7 +166,7 @@ class TrainResult:
     history: list[dict]
     """One entry per optimiser step: step, lr and the loss terms averaged over its micro-batches."""
     held_mb: float = 0.0
-    """Trainable weights, gradients and optimiser moments held by this process, in MB (``_held_mb``)."""
+    """Trainable weights, gradients and optimiser moments held by this process, in MB (``held_mb``)."""
     engine: str = "one process"
     """How the processes shared the training: "one process", "ddp" or "fsdp2" (recorded in the manifest)."""
     model: object = None
@@ -235,7 +235,7 @@ def train_loop(
                 model.gradient_checkpointing_disable()
             model.eval()
     distributed.everyone_done("training")  # nothing is written before every process trained its share
-    held = _held_mb(params, optimiser)
+    held = held_mb(params, optimiser)
     if sharded:
         with distributed.shared_step("gathering the trained weights"):
             model = sharding.gather(model)
@@ -244,8 +244,8 @@ def train_loop(
                        held_mb=held, model=model)
 
 
-def _held_mb(params, optimiser) -> float:
-    """MB of trainable weights, their gradients (counted at the weights' size: they exist at each
+def held_mb(params, optimiser) -> float:
+    """MB (2²⁰ bytes) of trainable weights, their gradients (counted at the weights' size: they exist at each
     step) and AdamW moments this process holds: its shards under FSDP2, whole copies otherwise."""
     def local(t):
         return t.to_local() if hasattr(t, "to_local") else t  # a DTensor's own shard
