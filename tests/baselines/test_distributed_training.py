@@ -55,21 +55,25 @@ def test_a_baseline_over_two_processes_is_written_once_and_verifies(tmp_path):
 
 def test_a_killed_process_stops_the_others_and_nothing_is_written(tmp_path):
     """The second process is killed at its third micro-batch: the first stops with an error that says
-    which process it is, what it was doing and that nothing was written, and no output appears."""
+    which process it is, what it was doing and that nothing was written, and the earlier output it
+    was asked to replace is left as it was."""
     save_tiny_model(tmp_path / "base")
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": f"Answer number {i}."}) + "\n"
                             for i, q in enumerate(QUESTIONS)))
+    common = ["--model", str(tmp_path / "base"), "--data", str(data), "--epochs", "2", "--batch-size", "2",
+              "--eval-items", "0", "--no-progress", "--out", str(tmp_path / "out")]
+    assert main(["finetune", *common, "--epochs", "1"]) == 0  # an earlier result the killed run would replace
+    previous = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir() if f.is_file()}
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "unierase", "-q", "finetune", "--model", str(tmp_path / "base"), "--data", str(data),
-                          "--epochs", "2", "--batch-size", "2", "--eval-items", "0", "--no-progress",
-                          "--out", str(tmp_path / "out")],
+                          "-m", "unierase", "-q", "finetune", *common, "--overwrite"],
                          env={**os.environ, "OMP_NUM_THREADS": "1", "UNIERASE_TEST_KILL_AT": "train-micro-batch-3@rank1"},
                          capture_output=True, text=True, timeout=600)
     assert run.returncode != 0
     assert "process 0 of 2 stopped while training: another process failed or was killed" in run.stderr, run.stderr[-2000:]
     assert "nothing was written" in run.stderr
-    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir() if f.is_file()} == previous
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
 
 
 def _torchrun(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
