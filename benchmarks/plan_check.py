@@ -115,6 +115,10 @@ def large_plans() -> dict:
             plans[f"{path.stem}/{requests}/micro-batch-for-a-40GiB-gpu"] = {
                 "micro_batch": size, "edit_device_gib": next(p.device_gib for p in plan_for(size).phases
                                                              if p.name == "edit")}
+            # the sequential record when later rounds keep none of the soft keys (EditConfig.soft_state_rows)
+            plans[f"{path.stem}/{requests}/soft-state-rows-0"] = {"state_and_revert_gib": plan_round(
+                shape, dtype=__import__("torch").bfloat16, device="cuda", requests=requests,
+                config=EditConfig(soft_state_rows=0), statistics_cached=True).state_and_revert_gib}
     return plans
 
 

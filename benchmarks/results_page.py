@@ -221,9 +221,11 @@ def plan_section(load) -> list[str]:
         if "/" in key and key.count("/") == 1:
             phases = {p["name"]: p for p in plan["phases"]}
             fit = data["large"].get(f"{key}/micro-batch-for-a-40GiB-gpu", {})
+            lean = data["large"].get(f"{key}/soft-state-rows-0", {})
             large.append([key, num(phases["statistics"]["device_gib"], 1), num(phases["statistics"]["host_gib"], 1),
                           num(phases["edit"]["device_gib"], 1), fit.get("micro_batch") or "—",
-                          num(fit.get("edit_device_gib"), 1), num(plan["state_and_revert_gib"], 2)])
+                          num(fit.get("edit_device_gib"), 1), num(plan["state_and_revert_gib"], 2),
+                          num(lean.get("state_and_revert_gib"), 2)])
     unchanged = load("cpu_path_unchanged.json")
     same = ([source("cpu_path_unchanged.json", "python benchmarks/cpu_path_check.py --before COMMIT", unchanged)
              + f" The default CPU fp32 path after this memory work: `unierase demo` printed "
@@ -242,7 +244,7 @@ def plan_section(load) -> list[str]:
             "Plans of the shipped configs, bf16 on a GPU (GiB; the micro-batch is what `forget` chooses on a "
             "40 GiB GPU; — where all requests fit at once, or where the weights alone do not fit):", "",
             *table(["model / requests", "statistics GPU", "statistics host", "edit GPU", "micro-batch", "edit GPU then",
-                    "state + revert"], large), ""]
+                    "state + revert", "state + revert, later rounds keeping no soft key"], large), ""]
 
 
 def _sequential_state(load) -> list[str]:
