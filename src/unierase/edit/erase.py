@@ -199,6 +199,7 @@ def _settle_settings(run: _Round) -> None:
                    source=f"{run.context.model_dir}/unierase_state.safetensors")
     # the tensors the round may change: the edited projections and the embeddings of the token
     changes = [f"{run.adapter.module_name(layer)}.weight" for layer in run.layers] + embedding_names(run.model)
+    _check_in_memory(run.model, changes)
     # the neighbours the round must leave alone: the requests' substitute-entity questions
     run.substitutes = [q for per in neutral_questions(run.reqs, 0, 2) for q, _ in per]
     run.start = (start_round(run.model, state, changes=changes, tokenizer=run.tokenizer, neighbours=run.substitutes)
@@ -207,6 +208,15 @@ def _settle_settings(run: _Round) -> None:
     # the model's own answers to the generic questions, generated at most once for the token and the statistics
     run.own_answers = OwnAnswers(run.model, run.tokenizer, training_questions(), ANSWER_KEY_TOKENS,
                                  suppress=(run.token_config.token,))
+
+
+def _check_in_memory(model, names: list[str]) -> None:
+    """The weights a round changes must be in memory: a device map may offload other layers (to the
+    CPU or disk, read in as they run), not these."""
+    offloaded = [name for name, param in model.named_parameters() if name in names and param.is_meta]
+    if offloaded:
+        raise UniEraseError(f"the device map offloads weights this round changes ({', '.join(offloaded[:3])}); "
+                            "map the edited layers and the embeddings to cpu or a GPU")
 
 
 def _keep_earlier_refusal(run: _Round) -> None:

@@ -207,6 +207,16 @@ def load_model(
     return model, tokenizer
 
 
+def full_state_dict(model) -> dict:
+    """The model's state dict with the weights a device map offloaded (to the CPU or disk, where the
+    model holds only ``meta`` placeholders) read back in: what digests and revert data are made of."""
+    if any(p.is_meta for p in model.parameters()):
+        from accelerate.utils.modeling import get_state_dict_offloaded_model
+
+        return get_state_dict_offloaded_model(model)
+    return model.state_dict()
+
+
 def parse_device_map(device_map):
     """A ``--device-map`` value: a device name as it is, JSON text (``{"model.layers.0": "cuda:0", …}``)
     as the dict it writes; bad JSON is a one-line error."""
@@ -233,7 +243,11 @@ def model_fingerprint(model) -> str:
         config.pop(key, None)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     vocab = getattr(model.config, "vocab_size", None)
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+    offloaded = any(p.is_meta for p in model.parameters())  # read from where the device map put them
+    tensors = full_state_dict(model) if offloaded else dict(model.named_parameters())
+    for name, param in sorted(tensors.items(), key=lambda item: item[0]):
+        if offloaded and name not in dict(model.named_parameters()):
+            continue  # buffers: the state dict holds them, named parameters do not
         tensor = param.detach()
         if tensor.dim() == 2 and vocab and tensor.shape[0] >= vocab - 64:  # embedding-like: fixed leading rows
             tensor = tensor[:1024]

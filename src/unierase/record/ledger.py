@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from .deltas import tensor_digest
+from ..models.loading import full_state_dict
 from ..storage import UniEraseError
 
 LEDGER_FILE = "unierase_ledger.jsonl"
@@ -39,7 +40,7 @@ def entry_hash(entry: dict) -> str:
 
 def weights_digests(model) -> dict[str, str]:
     """Per-tensor SHA-256 of the model's state dict (tied tensors appear under each name)."""
-    return {name: tensor_digest(t) for name, t in model.state_dict().items()}
+    return {name: tensor_digest(t) for name, t in full_state_dict(model).items()}
 
 
 def combined_digest(digests: dict[str, str]) -> str:
@@ -152,4 +153,4 @@ def files_dir(folder: str | os.PathLike, index: int) -> Path:
 
 def non_finite(model) -> list[str]:
     """Names of floating-point parameters or buffers holding NaN or infinity."""
-    return [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    return [name for name, t in full_state_dict(model).items() if t.is_floating_point() and not torch.isfinite(t).all()]

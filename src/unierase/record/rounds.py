@@ -25,6 +25,7 @@ from .edit_state import STATE_FILE, EditState
 from .manifest import Manifest
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
                      ledger_text, non_finite, read_ledger, effective_rounds)
+from ..models.loading import full_state_dict
 from ..requests import ForgetRequest
 from ..storage import UniEraseError, atomic_directory, fault_point, save_tensors_atomic, write_json_atomic, write_text_atomic
 
@@ -153,7 +154,7 @@ def start_round(model, state: EditState | None = None, *, changes: Iterable[str]
     """Fingerprint ``model`` before a round; ``changes``: the tensors it will change (None: all).
     With ``tokenizer``, also take the guard's answers before the round (``guard.take_baseline``:
     generic questions and up to 8 of the round's ``neighbours``)."""
-    tensors = model.state_dict()
+    tensors = full_state_dict(model)
     names = list(tensors) if changes is None else list(changes)
     missing = [n for n in names if n not in tensors]
     if missing:
@@ -265,7 +266,7 @@ def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, sour
     model no longer gives its own ordinary answers (``guard.check``; ``force`` saves it anyway)."""
     entry = dict(entry)
     _check_before_saving(model, tokenizer, start, state, manifest, entry, force)
-    tensors = model.state_dict()
+    tensors = full_state_dict(model)
     after = {n: deltas.tensor_digest(t) for n, t in tensors.items()}
     weight_data, weight_info = _weight_deltas(start, tensors, after)
     state_data, state_info = _state_deltas(start, state)

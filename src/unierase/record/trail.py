@@ -27,6 +27,7 @@ from . import deltas
 from .edit_state import STATE_FILE, EditState
 from .ledger import (DELTA_DIR, LEDGER_FILE, append, combined_digest, delta_path, file_sha256, files_dir, head_of,
                      ledger_text, effective_rounds, round_status, weights_digests)
+from ..models.loading import full_state_dict
 from ..requests import ForgetRequest, load_requests
 from .rounds import MANIFEST_FILE, _ids_digest, probe, read_records
 from ..storage import (UniEraseError, atomic_directory, check_output_dir, locked_run, write_json_atomic,
@@ -216,7 +217,7 @@ def _roll_back(job: _Revert, model) -> None:
     """Undo the rounds, newest first, on copies of the weights and edit state; both ends are checked
     against the ledger (the weights must be the ones it recorded last, and end as it recorded before)."""
     folder = job.folder
-    job.weights = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    job.weights = {n: t.detach().clone() for n, t in full_state_dict(model).items()}
     job.current = combined_digest({n: deltas.tensor_digest(t) for n, t in job.weights.items()})
     if job.current != job.entries[-1]["weights_after"]:
         raise UniEraseError(f"the weights in {folder} differ from those the ledger recorded after its last entry "
@@ -329,7 +330,7 @@ def verify(folder, *, requests=None, cache_dir=None, check_answers: bool = True,
         given = _given_requests(requests)
         token_id = (manifest.get("token") or {}).get("id")
         # the weights are rolled back round by round only when they are the ones the ledger recorded
-        weights = {n: t.detach().to("cpu", copy=True) for n, t in model.state_dict().items()} if report.weights["match"] else None
+        weights = {n: t.detach().to("cpu", copy=True) for n, t in full_state_dict(model).items()} if report.weights["match"] else None
         state = EditState.load(folder).tensors() if (folder / STATE_FILE).exists() else {}
         v = _Verification(folder, model, tokenizer, report, token_id, given, weights, state)
         for entry in reversed(live):
