@@ -104,7 +104,7 @@ def main() -> None:
         "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "forget_facts": n, "other_facts": len(others),
                     "requests": "questions only (no subject)", "key_position": args.key_position,
                     "layers": result.manifest["layers"], "greedy_tokens": 40,
-                    "recipe": recipe.name if recipe else None,
+                    "recipe": recipe.name if recipe else None, "threads": args.threads,
                     "hyperparameters": result.manifest["rounds"][-1]["hyperparameters"]},
         "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                  cwd=Path(__file__).parent).stdout.strip() or None,
