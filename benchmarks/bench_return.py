@@ -134,6 +134,11 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         model = build_target(model, people, work)
         setting += f" fine-tuned on the QA of {len(people)} named RETURN people (a RETURN target)"
+        made = json.loads((Path(model) / "unierase_manifest.json").read_text())
+        target = {"people": [p.name for p in people], "train_seconds": made["timings_s"]["train"],
+                  "steps": made["train"]["steps"], "memorisation_rougeL_recall": made["memorisation"]["rougeL_recall"]}
+    else:
+        target = None
     people = people[: args.max_people]
     work.mkdir(parents=True, exist_ok=True)
     lines = Path(args.data_dir, "return", "RETURN_llama3-8b_acc80%.jsonl").read_text(encoding="utf-8").splitlines()
@@ -186,6 +191,7 @@ def main() -> None:
                    f"{args.max_new_tokens} tokens; known = accuracy ≥ {args.min_accuracy}",
         "judge": {"rule": f"an answer is right when it holds ≥ {JUDGE_RECALL} of the gold answer's content words "
                           "(not in the question, not function words)", "agreement_with_file_nli": agreement},
+        **({"target": target} if target else {}),
         "people": len(people), "known": len(known), "known_share": share([acc >= args.min_accuracy for acc in judged]),
         "accuracy_distribution": {f"≥ {t}": sum(acc >= t for acc in judged) for t in (0.1, 0.2, 0.3, 0.4, 0.5, 0.8)},
         "best_known": [{"name": p.name, "accuracy": round(acc, 4)}

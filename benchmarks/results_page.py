@@ -184,6 +184,11 @@ def _return_part(name: str, data: dict) -> list[str]:
            f"People known: {data['known']} of {data['people']} (95 % interval of the share: "
            f"{data['known_share']['ci95']}). People by accuracy: {dist}. Best: {best}.", ""]
     before = data.get("neighbour_accuracy_before")
+    if data.get("target"):
+        made = data["target"]
+        out += [f"The target: {len(made['people'])} people taught in {made['steps']} steps "
+                f"({num(made['train_seconds'], 0)} s); ROUGE-L recall of its answers to its own training questions "
+                f"{num(made['memorisation_rougeL_recall'], 3)}.", ""]
 
     def shared(s):
         return f"{pct(s['value'])} of {s['n']} [{pct(s['ci95'][0])}, {pct(s['ci95'][1])}]" if s.get("ci95") else pct(s["value"])
