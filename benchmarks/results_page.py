@@ -384,6 +384,9 @@ ARCHIVE = {
     "edit_variants/memit_1000_with_refusal_keys.json": "the MEMIT solver (λ' = 1000) with the refusal keys in C₀",
     "edit_variants/memit_1000_without_refusal_keys.json": "the MEMIT solver (λ' = 1000) without them",
     "edit_variants/nullspace_proxy_layers_4_8.json": "how selective each null-space rule is, without an edit (nullspace_proxy.py)",
+    "edit_variants/audit_demo_before_e3d47f5.json": "the demo erasure's recovery audit at the commit before the chosen "
+                                                    "refusal (e3d47f5~1), to find where the audit's leak rates rose",
+    "edit_variants/audit_demo_at_e3d47f5.json": "the same at the chosen-refusal commit itself (e3d47f5)",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -409,6 +412,9 @@ ARCHIVE_MADE_BY = {
     "edit_variants/sequential_greedy_answer_keys_8.json": "`python benchmarks/sequential_edit.py --set …`",
     "edit_variants/sequential_greedy_continuation.json": "`python benchmarks/sequential_edit.py --set …`",
     "edit_variants/sequential_variants.json": "`python benchmarks/sequential_edit.py --set …` (one run a row)",
+    "edit_variants/audit_demo_before_e3d47f5.json": "`python benchmarks/audit_demo.py --results DIR` in a worktree of "
+                                                    "e3d47f5~1",
+    "edit_variants/audit_demo_at_e3d47f5.json": "`python benchmarks/audit_demo.py --results DIR` in a worktree of e3d47f5",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
     "edit_variants/token_strays_ordinary_64x204_w5.json": "`python benchmarks/token_strays.py --set token.…`",
     "edit_variants/warm_start_variants.json": "`python benchmarks/edit_quality.py --threads 1` (one run a row)",
