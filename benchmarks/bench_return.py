@@ -142,8 +142,8 @@ def main() -> None:
     people = people[: args.max_people]
     work.mkdir(parents=True, exist_ok=True)
     lines = Path(args.data_dir, "return", "RETURN_llama3-8b_acc80%.jsonl").read_text(encoding="utf-8").splitlines()
-    llama = {json.loads(line)["name"]: [item.get("pred_answer", "") for item in json.loads(line)["data"]]
-             for line in lines if line.strip()}
+    rows = [json.loads(line) for line in lines if line.strip()]
+    llama = {row["name"]: [item.get("pred_answer", "") for item in row["data"]] for row in rows}
     agreement = judge_agreement(people, [llama[p.name] for p in people])
     answers = []  # asked in chunks of people, each cached: a stopped run keeps what it asked
     for start in range(0, len(people), ANSWER_CHUNK):

@@ -27,7 +27,7 @@ def main() -> None:
     from unierase.baselines.data import load_tofu
     from unierase.models.adapters import find_mlp_output
     from unierase.models.loading import load_model
-    from unierase.models.tracing import trace
+    from unierase.models.tracing import stop_after, trace
     from unierase.prompts import encode_text, has_chat_template, render_prompt
     from unierase.storage import default_cache_dir, write_json_atomic
     from bench_tofu import portable  # the sibling script's helper
@@ -51,7 +51,8 @@ def main() -> None:
     def keys(ids: list[int]) -> dict[int, torch.Tensor]:
         with torch.no_grad(), contextlib.ExitStack() as stack:
             seen = {l: stack.enter_context(trace(before.mlp_output(l), keep_input=True)) for l in layers}
-            target(torch.tensor([ids]))
+            with stop_after(before.mlp_output(max(layers))):  # the keys are all it reads
+                target(torch.tensor([ids]))
         return {l: seen[l].input[0].float() for l in layers}
 
     retain = load_tofu("retain_perturbed", args.data_dir)

@@ -133,7 +133,7 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
 
 def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: bool = True, print_fn=print,
              dtype=None, device_map=None) -> dict:
-    """Run the demo (on ``device_map``, in ``dtype``); returns the measured figures (also printed as tables)."""
+    """Run the demo with the model placed by ``device_map`` in ``dtype``; returns its summary, also printed."""
     if out is not None:
         check_output_dir(out, overwrite)
     started = time.perf_counter()

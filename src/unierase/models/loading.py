@@ -243,11 +243,10 @@ def model_fingerprint(model) -> str:
         config.pop(key, None)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     vocab = getattr(model.config, "vocab_size", None)
-    offloaded = any(p.is_meta for p in model.parameters())  # read from where the device map put them
-    tensors = full_state_dict(model) if offloaded else dict(model.named_parameters())
-    for name, param in sorted(tensors.items(), key=lambda item: item[0]):
-        if offloaded and name not in dict(model.named_parameters()):
-            continue  # buffers: the state dict holds them, named parameters do not
+    params = dict(model.named_parameters())
+    if any(p.is_meta for p in params.values()):  # read from where the device map put them (buffers left out)
+        params = {name: t for name, t in full_state_dict(model).items() if name in params}
+    for name, param in sorted(params.items(), key=lambda item: item[0]):
         tensor = param.detach()
         if tensor.dim() == 2 and vocab and tensor.shape[0] >= vocab - 64:  # embedding-like: fixed leading rows
             tensor = tensor[:1024]
