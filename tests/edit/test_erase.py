@@ -41,7 +41,7 @@ def test_each_stage_is_entered_once(tmp_path):
         model=tmp_path / "base", cache_dir=tmp_path / "cache", stats_tokens=2000, max_passes=1, progress=False))
     assert len(seen) == len(set(seen)), f"a stage entered twice: {seen}"
     order = [name for name in ("options.py", "recipes/__init__.py", "config.py", "prompts.py", "stats.py", "plan.py",
-                               "preserved.py", "scope.py", "editor.py") if name in seen]
+                               "preserved.py", "scope.py", "editor.py", "applied.py") if name in seen]
     assert seen == order, seen
 
 

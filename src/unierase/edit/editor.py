@@ -17,6 +17,7 @@ from ..prompts import has_chat_template
 from ..refusals import refusal_for, refusal_pool
 from ..requests import ForgetRequest
 from ..token.training import answer_ids
+from .applied import AppliedUpdates
 from .config import EditConfig
 from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
 from .scope import compact_groups, shared_rows
@@ -59,6 +60,8 @@ class PassesResult:
     last: RoundReport
     not_reached_indices: list[int] = field(default_factory=list)
     """Indices (into the requests given) of ``not_reached``."""
+    updates: AppliedUpdates | None = field(default=None, repr=False)
+    """The passes' updates as applied (their factors are the round's revert data)."""
 
 
 def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], target_id: int,
@@ -74,6 +77,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     (``scope.resolve_scope``).
     """
     preserved.begin_round(model, tokenizer, adapter, requests, config, answer_ids, entity_scope)
+    updates = AppliedUpdates(adapter)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     converged = [False] * len(requests)  # target value reached in an earlier pass
@@ -84,7 +88,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         # keys join the preserved term once it is reached: preserving a pending request's own earlier
         # keys would make each of its further updates fight the last one (each pass writing less)
         report = run_edit_round(model, tokenizer, adapter, [requests[i] for i in pending], target_id, config, preserved,
-                                progress=progress, preserve_keys=False,
+                                progress=progress, preserve_keys=False, updates=updates,
                                 start_targets=[targets[i] for i in pending],
                                 keep_targets=[converged[i] for i in pending],
                                 plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
@@ -114,7 +118,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     if pending:  # never reached: later rounds keep what the last pass wrote for them
         _preserve_columns(preserved, report.keys, still)
     preserved.end_round(config)
-    return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending))
+    return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending), updates)
 
 
 def _preserve_columns(preserved: PreservedKeys, keys: dict[int, torch.Tensor], columns: list[int]) -> None:
@@ -185,7 +189,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                    start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
                    plain_group: PromptGroup | None = None,
                    groups: list[int] | None = None, optimise: list[bool] | None = None,
-                   preserve_keys: bool = True) -> RoundReport:
+                   preserve_keys: bool = True, updates: AppliedUpdates | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
     ``preserved`` holds what the update must keep (its state: K_p K_pᵀ of earlier edits; this round's
@@ -195,7 +199,8 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests;
     ``groups``: requests sharing one target value (``compute_target_values``);
     ``preserve_keys``: add this round's keys to ``preserved.state`` (``run_edit_passes`` adds them
-    itself, once each request is reached).
+    itself, once each request is reached); ``updates``: where the updates are applied (the passes
+    of one round share one).
     """
     timings: dict[str, float] = {}
     layers = config.resolved_layers(adapter.num_layers)
@@ -222,7 +227,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
 
     started = time.perf_counter()
     sweep = _solve_layers(model, tokenizer, adapter, requests, prompts, targets, config, preserved, layers=layers,
-                          preserve_keys=preserve_keys)
+                          preserve_keys=preserve_keys, updates=updates or AppliedUpdates(adapter))
     timings["solve"] = time.perf_counter() - started
     started = time.perf_counter()
     after = plain_prompt_group(model, adapter, z_layer, prompts, target_id, pad,
@@ -260,7 +265,7 @@ class _Sweep:
 
 def _solve_layers(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], prompts: list[EditPrompt],
                   targets: torch.Tensor, config: EditConfig, preserved: PreservedKeys, *, layers: list[int],
-                  preserve_keys: bool) -> _Sweep:
+                  preserve_keys: bool, updates: AppliedUpdates) -> _Sweep:
     """Update each layer in order towards ``targets``, each taking its share of what is left at the
     last edited layer (keys and values measured on the model as edited so far)."""
     z_layer, pad = layers[-1], tokenizer.pad_token_id
@@ -285,10 +290,10 @@ def _solve_layers(model, tokenizer, adapter: MLPOutputAdapter, requests: list[Fo
         write = adapter.output_change(layer, keys, residual)
         delta = SOLVERS[config.solver].update(keys, write, layer=layer, config=config, preserved=preserved,
                                               soft=soft.grams[layer] if soft is not None else None)
-        adapter.add_to_weight(layer, delta)
+        updates.apply(layer, delta)
         round_keys[layer] = keys
         if preserve_keys:
             preserved.state.add(layer, keys)
         residual_norms[layer] = round(float(residual.norm(dim=0).mean()), 4)
-        update_norms[layer] = round(float(delta.norm()), 4)
+        update_norms[layer] = round(delta.norm(), 4)
     return _Sweep(initial, residual_norms, update_norms, round_keys)

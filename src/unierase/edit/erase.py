@@ -421,7 +421,7 @@ def _check_and_save(run: _Round, out, manifest: dict) -> Path:
              "requests": last["requests"], "settings": {"layers": run.layers, "edit": run.hyperparameters},
              "verification": check}
     save_round(out_path, run.model, run.tokenizer, run.start, run.source_input, manifest=manifest, entry=entry,
-               state=run.source_input.state, force=run.context.force)
+               state=run.source_input.state, force=run.context.force, factors=run.result.updates.recorded())
     log.info("saved the edited checkpoint to %s (erased at once: %d of %d requests)", out_path, check["erased"],
              len(run.reqs))
     return out_path

@@ -1,7 +1,8 @@
 """The closed-form multi-layer update (AlphaEdit, with plain MEMIT as an option), solvers by name.
 
 Shapes: K is m × N (keys as columns), R is d × N (residuals), P and the covariances are m × m;
-the returned ΔW is d × m with output = W k. Solved in fp64 without forming an inverse.
+the returned ΔW is d × m with output = W k (the solvers return it as rank-N factors). Solved in fp64
+without forming an inverse.
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ def alphaedit_update_in_basis(keys: torch.Tensor, residuals: torch.Tensor, basis
     The same update (substitute ΔW = Y Ûᵀ into ΔW (A P + λ I) = R Kᵀ P), at O(m r N + r³) instead
     of O(m³). ``previous_in_basis`` is Ûᵀ K_p K_pᵀ Û (r × r; ``EditState.projected`` keeps it).
     """
+    return alphaedit_factors_in_basis(keys, residuals, basis, previous_in_basis, ridge).dense()
+
+
+def alphaedit_factors_in_basis(keys: torch.Tensor, residuals: torch.Tensor, basis: torch.Tensor,
+                               previous_in_basis: torch.Tensor | None, ridge: float) -> "LowRank":
+    """``alphaedit_update_in_basis`` as its rank-N factors: ΔW = R (Û S⁻¹ Ûᵀ K)ᵀ, S the r × r
+    system (symmetric), so ΔW = R Gᵀ with G = Û S⁻¹ Ûᵀ K (m × N)."""
     u = basis.to(torch.float64)  # on the edited weight's device (``stats.linalg_device``): so is the solve
     k = u.T @ keys.to(u.device, torch.float64)  # r × N
     system = k @ k.T + ridge * torch.eye(u.shape[1], dtype=torch.float64, device=u.device)
     if previous_in_basis is not None:
         system = system + previous_in_basis.to(u.device, torch.float64)
-    y = torch.linalg.solve(system, (residuals.to(u.device, torch.float64) @ k.T).T).T  # system is symmetric
-    return y @ u.T
+    return LowRank(residuals.to(u.device, torch.float64), u @ torch.linalg.solve(system, k))
 
 
 def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, weight: float,
@@ -54,13 +61,36 @@ def memit_update(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.
     earlier edits' keys (K_p K_pᵀ, the sequential state) as little as possible while writing R:
     a soft, variance-weighted version of the null-space constraint.
     """
+    return memit_factors(keys, residuals, covariance, weight, previous).dense()
+
+
+def memit_factors(keys: torch.Tensor, residuals: torch.Tensor, covariance: torch.Tensor, weight: float,
+                  previous: torch.Tensor | None = None) -> "LowRank":
+    """``memit_update`` as its rank-N factors: ΔW = R (S⁻¹ K)ᵀ, the system S being symmetric."""
     c = covariance.to(torch.float64)  # on the edited weight's device: so is the solve
     k = keys.to(c.device, torch.float64)
-    r = residuals.to(c.device, torch.float64)
     system = weight * c + k @ k.T
     if previous is not None:
         system = system + previous.to(c.device, torch.float64)
-    return torch.linalg.solve(system, (r @ k.T).T).T  # system is symmetric
+    return LowRank(residuals.to(c.device, torch.float64), torch.linalg.solve(system, k))
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """An update ΔW = left · rightᵀ (d × m) of rank at most N, kept as its factors: applying it and
+    recording it for ``revert`` then cost N (d + m) numbers instead of d × m."""
+
+    left: torch.Tensor
+    """d × N: what the update writes for each key (the residuals)."""
+    right: torch.Tensor
+    """m × N: the directions it reads them from."""
+
+    def dense(self) -> torch.Tensor:
+        return self.left @ self.right.T
+
+    def norm(self) -> float:
+        """‖left · rightᵀ‖_F without forming it: tr((leftᵀ left)(rightᵀ right))^½."""
+        return float((self.left.T @ self.left * (self.right.T @ self.right)).sum().clamp(min=0).sqrt())
 
 
 @dataclass(frozen=True)
@@ -71,8 +101,8 @@ class Solver:
     needs_null_space: bool
     """Whether it works in the null space of C₀ (the bases are computed, and the soft constraint is
     projected into them)."""
-    update: Callable[..., torch.Tensor]
-    """(keys, residuals, *, layer, config, preserved, soft) → ΔW of ``layer``; ``preserved``: the
+    update: Callable[..., LowRank]
+    """(keys, residuals, *, layer, config, preserved, soft) → ΔW of ``layer`` (as factors); ``preserved``: the
     ``preserved.PreservedKeys`` (C₀, Û, the sequential state); ``soft``: the round's softly
     preserved Σ k kᵀ in the solver's coordinates (or ``None``)."""
 
@@ -83,14 +113,14 @@ def _alphaedit(keys, residuals, *, layer, config, preserved, soft):
     if soft is not None:
         kept = soft if kept is None else kept + soft
     ridge = config.ridge * float(keys.pow(2).sum(0).mean())
-    return alphaedit_update_in_basis(keys, residuals, basis, kept, ridge)
+    return alphaedit_factors_in_basis(keys, residuals, basis, kept, ridge)
 
 
 def _memit(keys, residuals, *, layer, config, preserved, soft):
     kept = preserved.state.get(layer)
     if soft is not None:
         kept = soft if kept is None else kept.double().to(soft.device) + soft
-    return memit_update(keys, residuals, preserved.covariance(layer), config.memit_weight, kept)
+    return memit_factors(keys, residuals, preserved.covariance(layer), config.memit_weight, kept)
 
 
 SOLVERS: dict[str, Solver] = {s.name: s for s in (Solver("alphaedit", True, _alphaedit), Solver("memit", False, _memit))}

@@ -3,9 +3,10 @@ for bit (``unierase revert``).
 
 A UniErase round changes a few MLP output matrices by a low-rank ΔW. Subtracting a stored ΔW in
 floating point does not give the old bits back exactly, so each changed matrix is stored as the
-low-rank factors of (after − before), computed in fp64 (stored in fp32 for 16-bit weights), plus the entries where
-``after − U V`` still rounds to something other than ``before`` (their offsets in units in the
-last place, or their exact old values). Where
+low-rank factors of (after − before) — the update's own factors where the method gives them
+(``edit.applied``), else from an SVD in fp64 — stored in fp32 for 16-bit weights, plus the entries
+where ``after − U V`` still rounds to something other than ``before`` (their offsets in units in
+the last place, or their exact old values). Where
 that is not smaller than the old tensor itself (a fine-tuning baseline changes every weight at
 full rank), the old tensor is stored as it is. A tensor that only grew rows (the embedding after
 the unlearning token is added) is stored as its old row count. Decoding is checked against the
@@ -57,13 +58,8 @@ def _ints(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous().reshape(-1).view(_INT_VIEW[t.element_size()]).to(torch.int64)
 
 
-def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int) -> dict[str, torch.Tensor] | None:
-    """Factors and fixes that give ``before`` back from ``after`` in fewer than ``budget`` bytes, or None.
-
-    ``after − U V`` lands within a few units in the last place of ``before`` (the rounding of
-    the original update); the fixes are those offsets, as int8 (sparse or dense, whichever is
-    smaller), plus the exact old value where an offset does not fit.
-    """
+def _svd_factors(before: torch.Tensor, after: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Factors (u, v) with u v ≈ after − before from its SVD, or None where they could not fit ``budget``."""
     diff = after.to(torch.float64) - before.to(torch.float64)
     s = torch.linalg.svdvals(diff)  # a third of a full SVD: enough to see whether factors can pay off
     if s.numel() == 0 or float(s[0]) == 0.0:
@@ -74,13 +70,33 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int) -> dict[st
     eps = torch.finfo(after.dtype).eps
     floor = 2 * eps * float(after.to(torch.float64).square().mean().sqrt()) * (diff.shape[0] ** 0.5 + diff.shape[1] ** 0.5)
     rank = max(1, int((s > floor).sum()))
-    # factors in fp32 for 16-bit weights (their rounding is far below the weights' units in the last
-    # place), in fp64 for wider ones (fp32 factors would leave most entries to the fixes)
-    factor = torch.float32 if after.element_size() <= 2 else torch.float64
+    factor = factor_dtype(after.dtype)
     if rank * (diff.shape[0] + diff.shape[1]) * torch.finfo(factor).bits // 8 >= budget:
         return None
     u, s, vh = torch.linalg.svd(diff, full_matrices=False)
-    parts = {"u": (u[:, :rank] * s[:rank]).to(factor).contiguous(), "v": vh[:rank].to(factor).contiguous()}
+    return (u[:, :rank] * s[:rank]).to(factor).contiguous(), vh[:rank].to(factor).contiguous()
+
+
+def factor_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Factors in fp32 for 16-bit weights (their rounding is far below the weights' units in the last
+    place), in fp64 for wider ones (fp32 factors would leave most entries to the fixes)."""
+    return torch.float32 if torch.finfo(dtype).bits <= 16 else torch.float64
+
+
+def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int,
+              factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor] | None:
+    """Factors and fixes that give ``before`` back from ``after`` in fewer than ``budget`` bytes, or None.
+
+    ``factors``: (u, v) with u v the change as it was applied (``edit.applied``), used as they are;
+    otherwise they come from the change's SVD. ``after − u v`` lands within a few units in the last
+    place of ``before`` (the rounding of the update); the fixes are those offsets, as int8 (sparse or
+    dense, whichever is smaller), plus the exact old value where an offset does not fit.
+    """
+    if factors is None:
+        factors = _svd_factors(before, after, budget)
+        if factors is None:
+            return None
+    parts = {"u": factors[0].contiguous(), "v": factors[1].contiguous()}
     rebuilt = _reconstruct(after, parts["u"], parts["v"])
     want, got = _ints(before), _ints(rebuilt)
     offset = want - got
@@ -99,6 +115,13 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int) -> dict[st
     return parts if size < budget else None
 
 
+def _matching(factors: dict | None, name: str, shape) -> tuple[torch.Tensor, torch.Tensor] | None:
+    pair = (factors or {}).get(name)
+    if pair is None or pair[0].dim() != 2 or (pair[0].shape[0], pair[1].shape[-1]) != tuple(shape):
+        return None
+    return pair[0].cpu(), pair[1].cpu()
+
+
 def _apply_ulps(rebuilt: torch.Tensor, index: torch.Tensor, ulps: torch.Tensor) -> None:
     """Shift the entries ``index`` of ``rebuilt`` (in place) by ``ulps`` units in the last place."""
     view = rebuilt.reshape(-1).view(_INT_VIEW[rebuilt.element_size()])
@@ -111,8 +134,11 @@ def _changed_rows(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor | N
     return rows if rows.numel() * 8 <= before.shape[0] else None
 
 
-def encode(changes: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """``changes``: name → (before, after) of every tensor that changed.
+def encode(changes: dict[str, tuple[torch.Tensor, torch.Tensor]],
+           factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """``changes``: name → (before, after) of every tensor that changed; ``factors``: name → (u, v)
+    with u v the change as the method applied it, where it knows them (the fixes make up for any
+    difference, and the tensor is stored whole where that is smaller).
 
     Returns the tensors to save (safetensors) and, per name, how it is stored.
     """
@@ -130,7 +156,8 @@ def encode(changes: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict[
             tensors[f"{name}{_SEP}row_index"] = rows
             tensors[f"{name}{_SEP}row_value"] = before[rows].contiguous()
         elif (before.shape == after.shape and before.dim() == 2 and before.is_floating_point()
-              and before.dtype == after.dtype and (parts := _low_rank(before, after, dense)) is not None):
+              and before.dtype == after.dtype
+              and (parts := _low_rank(before, after, dense, _matching(factors, name, before.shape))) is not None):
             entry.update(kind="low_rank", rank=int(parts["u"].shape[1]), bytes=sum(t.numel() * t.element_size() for t in parts.values()))
             tensors.update({f"{name}{_SEP}{key}": value for key, value in parts.items()})
         else:

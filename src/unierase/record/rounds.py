@@ -260,15 +260,17 @@ def _state_changes(before: dict[str, torch.Tensor], after: dict[str, torch.Tenso
 
 
 def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, source: ModelInput, *, manifest: dict,
-               entry: dict, state: EditState | None = None, force: bool = False) -> dict:
+               entry: dict, state: EditState | None = None, force: bool = False,
+               factors: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict:
     """Write ``model`` (+ tokenizer, state, manifest) to ``out`` with this round's ledger entry and
-    revert data; returns the entry. Nothing is written when a weight is not finite, or when the
+    revert data; returns the entry. ``factors``: the changed weights' updates as the method applied
+    them (``deltas.encode``). Nothing is written when a weight is not finite, or when the
     model no longer gives its own ordinary answers (``guard.check``; ``force`` saves it anyway)."""
     entry = dict(entry)
     _check_before_saving(model, tokenizer, start, state, manifest, entry, force)
     tensors = full_state_dict(model)
     after = {n: deltas.tensor_digest(t) for n, t in tensors.items()}
-    weight_data, weight_info = _weight_deltas(start, tensors, after)
+    weight_data, weight_info = _weight_deltas(start, tensors, after, factors)
     state_data, state_info = _state_deltas(start, state)
     index = len(source.ledger)
     entry.update(round=len(effective_rounds(source.ledger)) + 1, weights_before=start.weights,
@@ -321,7 +323,7 @@ def _check_before_saving(model, tokenizer, start: RoundStart, state: EditState |
         (rounds[-1] if rounds else manifest)["guard"] = report
 
 
-def _weight_deltas(start: RoundStart, tensors: dict, after: dict[str, str]) -> tuple[dict, dict]:
+def _weight_deltas(start: RoundStart, tensors: dict, after: dict[str, str], factors=None) -> tuple[dict, dict]:
     """The revert data of the weights the round changed (``deltas.encode``)."""
     changes, unrecorded = {}, []
     for name, digest in after.items():
@@ -338,7 +340,7 @@ def _weight_deltas(start: RoundStart, tensors: dict, after: dict[str, str]) -> t
             changes[name] = (tensors[name][:old[0]], tensors[name])
         else:
             unrecorded.append(name)
-    weight_data, weight_info = deltas.encode(changes)
+    weight_data, weight_info = deltas.encode(changes, factors)
     for name in unrecorded:
         weight_info[name] = {"kind": "unrecorded"}
     for name, info in weight_info.items():
