@@ -3,9 +3,9 @@ kept as the factors ``revert`` needs.
 
 Each pass's ΔW comes as rank-N factors (``solve.LowRank``). A weight is set to round(W₀ + Σ ΔW):
 one rounding to its dtype per round, however many passes. The factors are rounded first to what
-is recorded (fp32 for 16-bit weights, fp64 for wider ones), so the update applied is the update
-recorded, and round(W − Σ ΔW) gives W₀ back except at the rare entries where the sum crossed a power
-of two; ``record.deltas`` stores those entries. The revert data of a round is then the factors
+is recorded (``recorded_dtype``), so the update applied is the update recorded, and round(W − Σ ΔW)
+gives W₀ back except at the rare entries where the sum crossed a power of two; ``record.deltas``
+stores those entries. The revert data of a round is then the factors
 (N (d + m) numbers per layer) plus a few fixes, where adding each pass in the weight's own dtype
 left rounding residue in nearly every entry.
 """
@@ -15,9 +15,15 @@ from __future__ import annotations
 import torch
 
 from ..models.adapters import MLPOutputAdapter
-from ..record.deltas import factor_dtype
 from .solve import LowRank
 from .stats import linalg_device
+
+
+def recorded_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The precision of a weight's recorded factors: the weight's own (rounding them perturbs ΔW by
+    the same relative amount as storing the edited weight perturbs W, and ΔW is far smaller than W),
+    but fp32 for fp16 weights, whose range is too narrow for the factors."""
+    return torch.float32 if weight_dtype == torch.float16 else weight_dtype
 
 
 class AppliedUpdates:
@@ -32,7 +38,7 @@ class AppliedUpdates:
 
     def apply(self, layer: int, update: LowRank) -> None:
         param = self.adapter.mlp_output(layer).weight
-        dtype, where = factor_dtype(param.dtype), linalg_device(param.device)
+        dtype, where = recorded_dtype(param.dtype), linalg_device(param.device)
         left, right = update.left.to(where, dtype), update.right.to(where, dtype)
         u, v = (right, left) if self.adapter.transposed else (left, right)
         start = self._start.setdefault(layer, param.detach().clone())
