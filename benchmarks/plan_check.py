@@ -1,13 +1,14 @@
 """The plan (``unierase plan``) against what a round measures, and the plans of large models.
 
-Runs one UniErase round of the demo's 24 facts on SmolLM2-135M-Instruct (fp32, CPU) from a cache
-holding only the converted model, so every phase runs (token, statistics, edit, save), while a
+Runs one UniErase round of the demo's 24 facts on SmolLM2-135M-Instruct (fp32 and bf16, CPU) from a
+cache holding only the converted model, so every phase runs (token, statistics, edit, save), while a
 thread samples this process's resident memory; each phase's measured peak (the samples inside its
 time span, from the manifest's timings) and the sizes written (checkpoint, sequential state, revert
-data) are set beside the plan's figures. Then the plans of the shipped Llama-3.1-8B, Qwen2.5-7B and
+data, and what the revert formula assumes: the requests the passes solved for, the share of
+entries needing a fix) are set beside the plan's figures. Then the plans of the shipped Llama-3.1-8B, Qwen2.5-7B and
 Llama-3.1-70B configs (bf16 on a GPU; 40 and 100 requests; statistics computed and cached).
 
-    python benchmarks/plan_check.py [--threads 2]
+    python benchmarks/plan_check.py [--threads 2] [--dtypes float32,bfloat16]
 
 Writes benchmarks/results/plan_check.json. The plan counts tensors, not the Python/torch runtime
 (~0.4 GiB resident before any model), which the ratio leaves in.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import tempfile
 import threading
@@ -52,7 +54,29 @@ def _size_gib(*paths: Path) -> float:
                      if p.is_file()) / 2 ** 30, 4)
 
 
-def measured_round(threads: int) -> dict:
+def _revert_detail(out: Path, manifest: dict) -> dict:
+    """What the plan's revert formula assumes, as this round did it: requests solved for by all
+    passes per request (``plan.PASS_REQUESTS``) and the share of edited entries that needed a fix
+    (``plan.FIX_SHARE``)."""
+    from safetensors.torch import load_file
+
+    round_ = manifest["rounds"][-1]
+    solved = sum(p["requests"] for p in round_["passes"])
+    data = load_file(str(next((out / "unierase_deltas").glob("*.safetensors"))))
+    fixes, entries, kinds = 0, 0, {}
+    for name, info in json.loads((out / "unierase_ledger.jsonl").read_text().splitlines()[-1])["delta"]["tensors"].items():
+        kinds[info["kind"]] = kinds.get(info["kind"], 0) + 1
+        if info["kind"] != "low_rank":
+            continue
+        entries += math.prod(info["shape_before"])
+        dense = data.get(f"{name}::ulps")
+        fixes += (int((dense != 0).sum()) if dense is not None else data[f"{name}::fix_index"].numel())
+        fixes += data[f"{name}::exact_index"].numel()
+    return {"pass_requests": round(solved / len(round_["requests"]), 2), "passes": len(round_["passes"]),
+            "fix_share": round(fixes / entries, 5) if entries else None, "delta_kinds": kinds}
+
+
+def measured_round(threads: int, dtype: str) -> dict:
     import torch
 
     import unierase
@@ -69,7 +93,7 @@ def measured_round(threads: int) -> dict:
         sampler = Sampler()
         sampler.start()
         started = time.perf_counter()
-        result = unierase.forget(facts, Path(tmp) / "out", cache_dir=cache, progress=False)
+        result = unierase.forget(facts, Path(tmp) / "out", cache_dir=cache, progress=False, dtype=dtype)
         ended = time.perf_counter()
         sampler.stop.set()
         sampler.join()
@@ -87,6 +111,7 @@ def measured_round(threads: int) -> dict:
                                 "state": _size_gib(out / "unierase_state.safetensors"),
                                 "revert_data": _size_gib(out / "unierase_deltas"),
                                 "statistics_cache": _size_gib(cache / "stats")},
+                "revert": _revert_detail(out, result.manifest),
                 "manifest_plan": result.manifest["rounds"][-1].get("plan"),
                 "state": result.manifest["rounds"][-1].get("state")}
 
@@ -115,16 +140,17 @@ def large_plans() -> dict:
             plans[f"{path.stem}/{requests}/micro-batch-for-a-40GiB-gpu"] = {
                 "micro_batch": size, "edit_device_gib": next(p.device_gib for p in plan_for(size).phases
                                                              if p.name == "edit")}
-            # the sequential record when later rounds keep none of the soft keys (EditConfig.soft_state_rows)
-            plans[f"{path.stem}/{requests}/soft-state-rows-0"] = {"state_and_revert_gib": plan_round(
+            # the sequential record when later rounds keep every soft key (EditConfig.soft_state_rows)
+            plans[f"{path.stem}/{requests}/every-soft-key"] = {"state_and_revert_gib": plan_round(
                 shape, dtype=__import__("torch").bfloat16, device="cuda", requests=requests,
-                config=EditConfig(soft_state_rows=0), statistics_cached=True).state_and_revert_gib}
+                config=EditConfig(soft_state_rows=None), statistics_cached=True).state_and_revert_gib}
     return plans
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="the dtypes the round is measured in")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--large-only", action="store_true",
                         help="recompute only the large models' plans (no run) in the existing results file")
@@ -137,24 +163,24 @@ def main() -> None:
         record["large"] = large_plans()
         write_json_atomic(Path(args.results), record)
         return
-    measured = measured_round(args.threads)
-    plan = api.plan(requests=measured["requests"], device="cpu").to_dict()
-    planned = {p["name"]: p["device_gib"] for p in plan["phases"]}
-    ratios = {name: round(gib / planned[name], 2) for name, gib in measured["peak_resident_gib"].items()
-              if gib and planned.get(name)}
-    record = {
-        "smollm2": {"measured": measured, "plan": plan, "measured_over_planned": ratios,
-                    "written_over_planned": {"state_and_revert": round(
-                        (measured["written_gib"]["state"] + measured["written_gib"]["revert_data"])
-                        / plan["state_and_revert_gib"], 2)}},
-        "large": large_plans(),
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=Path(__file__).parent).stdout.strip() or None,
-    }
+    record = {}
+    for dtype in args.dtypes.split(","):
+        measured = measured_round(args.threads, dtype)
+        plan = api.plan(requests=measured["requests"], device="cpu", dtype=dtype).to_dict()
+        planned = {p["name"]: p["device_gib"] for p in plan["phases"]}
+        ratios = {name: round(gib / planned[name], 2) for name, gib in measured["peak_resident_gib"].items()
+                  if gib and planned.get(name)}
+        record["smollm2" if dtype == "float32" else f"smollm2_{dtype}"] = {
+            "measured": measured, "plan": plan, "measured_over_planned": ratios,
+            "written_over_planned": {"state_and_revert": round(
+                (measured["written_gib"]["state"] + measured["written_gib"]["revert_data"])
+                / plan["state_and_revert_gib"], 2)}}
+        print(json.dumps({"dtype": dtype, "measured": measured["peak_resident_gib"], "planned": planned,
+                          "ratios": ratios, "written": measured["written_gib"], "revert": measured["revert"],
+                          "state_and_revert_planned_gib": plan["state_and_revert_gib"]}, indent=1))
+    record.update(large=large_plans(), commit=subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip() or None)
     write_json_atomic(Path(args.results), record)
-    print(json.dumps({"measured": measured["peak_resident_gib"], "planned": planned, "ratios": ratios,
-                      "written": measured["written_gib"], "state_and_revert_planned_gib": plan["state_and_revert_gib"]},
-                     indent=1))
 
 
 if __name__ == "__main__":

@@ -226,11 +226,11 @@ def plan_section(load) -> list[str]:
         if "/" in key and key.count("/") == 1:
             phases = {p["name"]: p for p in plan["phases"]}
             fit = data["large"].get(f"{key}/micro-batch-for-a-40GiB-gpu", {})
-            lean = data["large"].get(f"{key}/soft-state-rows-0", {})
+            every = data["large"].get(f"{key}/every-soft-key", {})
             large.append([key, num(phases["statistics"]["device_gib"], 1), num(phases["statistics"]["host_gib"], 1),
                           num(phases["edit"]["device_gib"], 1), fit.get("micro_batch") or "—",
                           num(fit.get("edit_device_gib"), 1), num(plan["state_and_revert_gib"], 2),
-                          num(lean.get("state_and_revert_gib"), 2)])
+                          num(every.get("state_and_revert_gib"), 2)])
     unchanged = load("cpu_path_unchanged.json")
     same = ([source("cpu_path_unchanged.json", "python benchmarks/cpu_path_check.py --before COMMIT", unchanged)
              + f" The default CPU fp32 path after this memory work: `unierase demo` printed "
@@ -246,10 +246,31 @@ def plan_section(load) -> list[str]:
             + f" SmolLM2-135M, fp32 on the CPU, {small['measured']['requests']} requests, every phase computed:"
             " the resident memory measured during each phase against the plan (GiB).", "",
             *table(["phase", "measured", "planned", "measured / planned"], rows), "",
+            *_written(data),
             "Plans of the shipped configs, bf16 on a GPU (GiB; the micro-batch is what `forget` chooses on a "
             "40 GiB GPU; — where all requests fit at once, or where the weights alone do not fit):", "",
             *table(["model / requests", "statistics GPU", "statistics host", "edit GPU", "micro-batch", "edit GPU then",
-                    "state + revert", "state + revert, later rounds keeping no soft key"], large), ""]
+                    "state + revert", "state + revert, later rounds keeping every soft key"], large), ""]
+
+
+def _written(data: dict) -> list[str]:
+    """The sequential state and revert data a round wrote against the plan's figure, per dtype, with
+    what the revert formula assumes (``plan.PASS_REQUESTS``, ``plan.FIX_SHARE``) as the round did it."""
+    rows = []
+    for key, run in data.items():
+        if not key.startswith("smollm2") or "revert" not in run["measured"]:
+            continue
+        written, revert = run["measured"]["written_gib"], run["measured"]["revert"]
+        rows.append([run["plan"]["dtype"], num((written["state"] + written["revert_data"]) * 1024, 1),
+                     num(run["plan"]["state_and_revert_gib"] * 1024, 1),
+                     num(run["written_over_planned"]["state_and_revert"], 2),
+                     f"{revert['pass_requests']} ({revert['passes']} passes)", "—" if revert['fix_share'] is None else f"{100 * revert['fix_share']:.2f} %"])
+    if not rows:
+        return []
+    return ["The sequential state and revert data the round wrote (MiB) against the plan, and what the revert "
+            "formula assumes as the round did it:", "",
+            *table(["dtype", "written", "planned", "written / planned", "requests solved per request",
+                    "edited entries needing a fix"], rows), ""]
 
 
 def _sequential_state(load) -> list[str]:

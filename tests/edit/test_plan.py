@@ -30,10 +30,28 @@ def test_the_figures_follow_their_formulas():
     weights = (1000 + 10 * 4) * 4
     assert phases["load"].device_gib == round(weights / GIB, 2)
     assert phases["statistics"].disk_gib == round((3 * 64 * 8 + 2 * 64 * 8) / GIB, 2)
-    state = min(1 + 0 + 104, 8) * 8 * 8  # 105 keys > m: the m × m form
-    revert = 8 * 4 * 4 + 2 * 4 * 4 + state
+    state = 8 * 8 * 8  # 1 + 104 keys > m: the m × m form
+    revert = 8 * 4 * 4 + 2 * 4 * 4 + state  # the old matrix is smaller than the passes' factors
     assert plan.state_and_revert_gib == round((state + revert) / GIB, 3)
     assert phases["load"].host_gib == 0  # on the CPU, one memory
+
+
+@pytest.mark.parametrize("dtype,factor", [(torch.float32, 4), (torch.bfloat16, 2), (torch.float16, 4)])
+def test_the_sequential_record_grows_with_what_was_erased(dtype, factor):
+    """Hand-computed on an 8B-wide layer: one key row per request (+ its soft rows) in fp32 while
+    fewer than m; the revert data the passes' factors at the weight's precision (fp32 for fp16)
+    plus the fixes."""
+    from unierase.edit.plan import FIX_SHARE, PASS_REQUESTS
+
+    h, m = 4096, 14336
+    shape = Shape(parameters=10 ** 9, hidden=h, key_dim=m, layers=2, vocab=10, kv_dim=4, tied=False)
+    b = torch.empty(0, dtype=dtype).element_size()
+    for requests in (10, 100):
+        plan = plan_round(shape, dtype=dtype, device="cpu", requests=requests,
+                          config=EditConfig(layers=[1], soft_state_rows=1))
+        state = (requests + requests) * m * 4
+        delta = min(int(PASS_REQUESTS * requests) * (m + h) * factor + FIX_SHARE * m * h * 5, m * h * b)
+        assert plan.state_and_revert_gib == round((state + delta + 2 * h * b) / GIB, 3)
 
 
 def test_micro_batches_and_cached_statistics_shrink_the_plan():

@@ -62,12 +62,12 @@ class EditConfig:
     """Weight of the substitutes' answer-position keys relative to ``neutral_key_weight``."""
     substitute_answer_tokens: int = 24
     """Answer tokens of each substitute question that are softly preserved too (0 = only its entity key)."""
-    soft_state_rows: float | None = None
-    """What later rounds keep preserving of a round's soft constraint, per request: ``None``, every
-    softly preserved key itself; a number r, the round's r × requests principal directions of them
-    (the best low-rank summary of their Σ k kᵀ); 0, none — later rounds then preserve the edited
-    keys only, as AlphaEdit does. The soft keys are most of the sequential state saved beside a
-    checkpoint (about a hundred per request), so this bounds its size."""
+    soft_state_rows: float | None = 2
+    """What later rounds keep preserving of a round's soft constraint, per request: a number r, the
+    round's r × requests principal directions of its soft keys (the best low-rank summary of their
+    Σ k kᵀ); ``None``, every softly preserved key itself (about a hundred per request: an 8B model's
+    state would pass a gigabyte at a hundred requests); 0, none — later rounds then preserve the
+    edited keys only, as AlphaEdit does (the default's measurements: docs/design.md, the plan)."""
     ridge: float = 0.1
     """λ of the closed form, as a fraction of the mean squared norm of the round's keys (more: each
     pass writes less and moves unrelated answers less)."""

@@ -43,6 +43,13 @@ first three are cached, one layer at a time through the host)."""
 SOFT_KEYS_PER_REQUEST = 4 + 4 * (1 + 24)
 """Keys per request the round's soft constraint adds to the sequential state at the defaults
 (4 neutral questions, 4 substitutes with 24 answer tokens each)."""
+PASS_REQUESTS = 3.0
+"""Requests the passes of a round solve for, per request: each further pass solves again for those
+not reached yet, and every pass's factors are revert data (1.0–4.2× in the runs measured:
+``benchmarks/results/plan_check.json`` records its runs' own)."""
+FIX_SHARE = 0.02
+"""Share of an edited weight's entries whose revert needs a fix (an entry the update pushed across
+a power of two; index + offset, 5 bytes each): ``plan_check.json`` records the measured share."""
 
 
 @dataclass(frozen=True)
@@ -178,20 +185,24 @@ def plan_round(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str 
     prefix_cache = rows * VALUE_PREFIX * n_layers * 2 * shape.kv_dim * b
     logits = rows * (2 + VALUE_SEQUENCE // 2) * vocab * 4
     held = basis + (edited * square if config.solver == "memit" else 0)  # Û (and C₀ for MEMIT) per layer
-    hard_rows = requests * (1 + config.num_prefixes)  # the edited keys, every prefix variant
+    hard_rows = requests  # one key per request: its plain and prefixed keys averaged (``keys._collect``)
     soft_rows = requests * SOFT_KEYS_PER_REQUEST
     if config.soft_state_rows is not None:  # their principal directions only
         soft_rows = min(soft_rows, math.ceil(config.soft_state_rows * requests))
     state_rows = hard_rows + soft_rows
     state = edited * (state_rows * m * 4 if state_rows <= m else m * m * 8)  # fp32 key rows, or the fp64 sum
-    phases.append(phase("edit", weights + held + value_graph + prefix_cache + logits, state, 0,
+    # the edited weights at the round's start, and W₀ + Σ ΔW in fp64 while a pass applies its update
+    applying = edited * m * h * b + 2 * m * h * 8
+    phases.append(phase("edit", weights + held + value_graph + prefix_cache + logits + applying, state, 0,
                         "the value optimisation's graph through the layers above the edit, Û per layer"))
-    phases.append(phase("solve", weights + held + 2 * square, state, 0,
+    phases.append(phase("solve", weights + held + 2 * square + applying, state, 0,
                         "Û and the r × r system of one layer (fp64), the sequential state on the host"))
-    # ΔW as factors of the edited keys' rank (fp32 for 16-bit weights, else fp64) plus the fixes of
-    # the entries their rounding misses (at most an int8 offset per entry), or the old matrix where
-    # that is smaller; the token's rows; the old state where the round turned its rows into the sum
-    delta = edited * min(hard_rows * (m + h) * (4 if b <= 2 else 8) + m * h, m * h * b)
+    # ΔW as the passes' own factors (``applied.recorded_dtype``: the weight's precision, fp32 for fp16)
+    # plus the fixes of the entries they miss, or the old matrix where that is smaller; the token's
+    # rows; the old state where the round turned its rows into the sum
+    factor = 4 if dtype == torch.float16 else b
+    fixes = FIX_SHARE * m * h * 5
+    delta = edited * min(math.ceil(PASS_REQUESTS * requests) * (m + h) * factor + fixes, m * h * b)
     revert = delta + (2 * h * b) + (state if state_rows > m else 0)
     phases.append(phase("save", weights, state + edited * m * h * b + 2 * vocab * h * b, weights + state + revert,
                         "the checkpoint, the sequential state and the round's revert data"))
