@@ -151,7 +151,8 @@ def test_substitute_entities_come_from_the_same_kind_and_skip_the_rounds_own():
 
 
 def test_soft_constraint_keys_join_the_sequential_state():
-    """The round's neutral/substitute keys, weighted, are preserved by later rounds too."""
+    """The round's neutral/substitute keys, weighted, are preserved by later rounds too (all of them
+    with ``soft_state_rows=None``)."""
     from unierase.edit.editor import run_edit_passes
     from unierase.edit.preserved import soft_constraint_keys
 
@@ -163,7 +164,7 @@ def test_soft_constraint_keys_join_the_sequential_state():
     requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("Who wrote Hamlet?")]
     config = EditConfig(layers=[1, 2], key_position="entity", null_space_threshold=0.05, ridge=0.01, max_passes=1,
                         neutral_key_weight=2.0, neutral_templates=2, substitute_entities=1,
-                        substitute_answer_tokens=0,
+                        substitute_answer_tokens=0, soft_state_rows=None,  # every soft key, not its principal directions
                         values=ValueConfig(steps=2, lr=0.5, clamp_factor=0.5, continuation_weight=0.0))
     soft = soft_constraint_keys(model, tok, adapter, requests, [1, 2], config)
     assert [keys[1].shape[1] for keys in soft] == [3, 3]  # 2 neutral questions + 1 substitute each
