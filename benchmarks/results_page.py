@@ -278,14 +278,14 @@ def _sequential_state(load) -> list[str]:
     several sequential rounds: the record's size against the figures it protects."""
     rows, made = [], []
     for split in ("demo", "heldout"):
-        for variant in ("none", "one", "zero"):
+        for variant in ("two", "none", "one", "zero"):
             name = f"sequential_state/{split}-{variant}.json"
             data = load(name)
             if not data:
                 continue
             others = data["others"]
-            rows.append([split, {"none": "every soft key (default)", "one": "1 direction per request",
-                                 "zero": "none (edited keys only)"}[variant],
+            rows.append([split, {"two": "2 directions per request (default)", "none": "every soft key",
+                                 "one": "1 direction per request", "zero": "none (edited keys only)"}[variant],
                          f"{data['setting']['rounds']} × {data['setting']['facts_per_round']}",
                          num(data["state_bytes"] / 2 ** 20, 1), num(data["revert_bytes"] / 2 ** 20, 1),
                          " / ".join(pct(x) for x in data["starts_with_unl_by_round_after_last"]),
