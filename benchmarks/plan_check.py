@@ -118,7 +118,7 @@ def measured_round(threads: int, dtype: str) -> dict:
 
 def large_plans() -> dict:
     """Each shipped config's plan (bf16 on a GPU; 40 and 100 requests; statistics computed or cached),
-    and the micro-batch ``forget`` would choose for the edit on a 40 GiB GPU (weights included)."""
+    and the micro-batch ``forget`` would choose for the edit on a GPU of 40 GB (37.25 GiB; weights included)."""
     from unierase import api
     from unierase.edit.config import EditConfig
     from unierase.edit.plan import Shape, fitting_micro_batch, load_config, plan_round
@@ -136,8 +136,8 @@ def large_plans() -> dict:
             def plan_for(size, requests=requests, shape=shape):
                 return plan_round(shape, dtype=__import__("torch").bfloat16, device="cuda", requests=requests,
                                   config=EditConfig(values=ValueConfig(micro_batch=size)), statistics_cached=True)
-            size = fitting_micro_batch(plan_for, requests, 40.0)
-            plans[f"{path.stem}/{requests}/micro-batch-for-a-40GiB-gpu"] = {
+            size = fitting_micro_batch(plan_for, requests, 40e9 / 2 ** 30)
+            plans[f"{path.stem}/{requests}/micro-batch-for-a-40GB-gpu"] = {
                 "micro_batch": size, "edit_device_gib": next(p.device_gib for p in plan_for(size).phases
                                                              if p.name == "edit")}
             # the sequential record when later rounds keep every soft key (EditConfig.soft_state_rows)

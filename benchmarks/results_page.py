@@ -225,7 +225,7 @@ def plan_section(load) -> list[str]:
     for key, plan in data["large"].items():
         if "/" in key and key.count("/") == 1:
             phases = {p["name"]: p for p in plan["phases"]}
-            fit = data["large"].get(f"{key}/micro-batch-for-a-40GiB-gpu", {})
+            fit = data["large"].get(f"{key}/micro-batch-for-a-40GB-gpu", {})
             every = data["large"].get(f"{key}/every-soft-key", {})
             large.append([key, num(phases["statistics"]["device_gib"], 1), num(phases["statistics"]["host_gib"], 1),
                           num(phases["edit"]["device_gib"], 1), fit.get("micro_batch") or "—",
@@ -248,7 +248,7 @@ def plan_section(load) -> list[str]:
             *table(["phase", "measured", "planned", "measured / planned"], rows), "",
             *_written(data),
             "Plans of the shipped configs, bf16 on a GPU (GiB; the micro-batch is what `forget` chooses on a "
-            "40 GiB GPU; — where all requests fit at once, or where the weights alone do not fit):", "",
+            "GPU of 40 GB (37.25 GiB); — where all requests fit at once, or where the weights alone do not fit):", "",
             *table(["model / requests", "statistics GPU", "statistics host", "edit GPU", "micro-batch", "edit GPU then",
                     "state + revert", "state + revert, later rounds keeping every soft key"], large), ""]
 
