@@ -4,9 +4,10 @@ Runs one UniErase round of the demo's 24 facts on SmolLM2-135M-Instruct (fp32 an
 cache holding only the converted model, so every phase runs (token, statistics, edit, save), while a
 thread samples this process's resident memory; each phase's measured peak (the samples inside its
 time span, from the manifest's timings) and the sizes written (checkpoint, sequential state, revert
-data, and what the revert formula assumes: the requests the passes solved for, the share of
-entries needing a fix) are set beside the plan's figures. Then the plans of the shipped Llama-3.1-8B, Qwen2.5-7B and
-Llama-3.1-70B configs (bf16 on a GPU; 40 and 100 requests; statistics computed and cached).
+data, and what the revert formula assumes: the requests the passes solved for, the revert bytes
+per edited entry besides the factors) are set beside the plan's figures. Then the plans of the
+shipped Llama-3.1-8B, Qwen2.5-7B and Llama-3.1-70B configs (bf16 on a GPU; 40 and 100 requests;
+statistics computed and cached).
 
     python benchmarks/plan_check.py [--threads 2] [--dtypes float32,bfloat16]
 
@@ -56,24 +57,27 @@ def _size_gib(*paths: Path) -> float:
 
 def _revert_detail(out: Path, manifest: dict) -> dict:
     """What the plan's revert formula assumes, as this round did it: requests solved for by all
-    passes per request (``plan.PASS_REQUESTS``) and the share of edited entries that needed a fix
-    (``plan.FIX_SHARE``)."""
+    passes per request (``plan.PASS_REQUESTS``) and the revert bytes per edited entry besides the
+    factors (``plan.FIX_BYTES``), with the updates' size against the weights'."""
     from safetensors.torch import load_file
 
     round_ = manifest["rounds"][-1]
     solved = sum(p["requests"] for p in round_["passes"])
     data = load_file(str(next((out / "unierase_deltas").glob("*.safetensors"))))
-    fixes, entries, kinds = 0, 0, {}
+    weights = load_file(str(out / "model.safetensors"))
+    beyond, entries, kinds, ratios = 0, 0, {}, []
     for name, info in json.loads((out / "unierase_ledger.jsonl").read_text().splitlines()[-1])["delta"]["tensors"].items():
         kinds[info["kind"]] = kinds.get(info["kind"], 0) + 1
         if info["kind"] != "low_rank":
             continue
         entries += math.prod(info["shape_before"])
-        dense = data.get(f"{name}::ulps")
-        fixes += (int((dense != 0).sum()) if dense is not None else data[f"{name}::fix_index"].numel())
-        fixes += data[f"{name}::exact_index"].numel()
+        parts = {k.split("::")[1]: t for k, t in data.items() if k.startswith(f"{name}::")}
+        beyond += sum(t.numel() * t.element_size() for k, t in parts.items() if k not in ("u", "v"))
+        update = parts["u"].double() @ parts["v"].double()
+        ratios.append(round(float(update.norm() / weights[name].double().norm()), 4))
     return {"pass_requests": round(solved / len(round_["requests"]), 2), "passes": len(round_["passes"]),
-            "fix_share": round(fixes / entries, 5) if entries else None, "delta_kinds": kinds}
+            "bytes_per_entry_besides_factors": round(beyond / entries, 4) if entries else None,
+            "update_over_weight_norm": ratios, "delta_kinds": kinds}
 
 
 def measured_round(threads: int, dtype: str) -> dict:

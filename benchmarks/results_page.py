@@ -255,7 +255,7 @@ def plan_section(load) -> list[str]:
 
 def _written(data: dict) -> list[str]:
     """The sequential state and revert data a round wrote against the plan's figure, per dtype, with
-    what the revert formula assumes (``plan.PASS_REQUESTS``, ``plan.FIX_SHARE``) as the round did it."""
+    what the revert formula assumes (``plan.PASS_REQUESTS``, ``plan.FIX_BYTES``) as the round did it."""
     rows = []
     for key, run in data.items():
         if not key.startswith("smollm2") or "revert" not in run["measured"]:
@@ -264,13 +264,15 @@ def _written(data: dict) -> list[str]:
         rows.append([run["plan"]["dtype"], num((written["state"] + written["revert_data"]) * 1024, 1),
                      num(run["plan"]["state_and_revert_gib"] * 1024, 1),
                      num(run["written_over_planned"]["state_and_revert"], 2),
-                     f"{revert['pass_requests']} ({revert['passes']} passes)", "—" if revert['fix_share'] is None else f"{100 * revert['fix_share']:.2f} %"])
+                     f"{revert['pass_requests']} ({revert['passes']} passes)",
+                     num(revert["bytes_per_entry_besides_factors"], 4),
+                     " / ".join(f"{100 * r:.1f} %" for r in revert["update_over_weight_norm"])])
     if not rows:
         return []
     return ["The sequential state and revert data the round wrote (MiB) against the plan, and what the revert "
             "formula assumes as the round did it:", "",
             *table(["dtype", "written", "planned", "written / planned", "requests solved per request",
-                    "edited entries needing a fix"], rows), ""]
+                    "revert bytes per edited entry besides the factors", "‖ΔW‖ / ‖W‖ per edited layer"], rows), ""]
 
 
 def _sequential_state(load) -> list[str]:

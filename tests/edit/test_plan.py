@@ -40,8 +40,8 @@ def test_the_figures_follow_their_formulas():
 def test_the_sequential_record_grows_with_what_was_erased(dtype, factor):
     """Hand-computed on an 8B-wide layer: one key row per request (+ its soft rows) in fp32 while
     fewer than m; the revert data the passes' factors at the weight's precision (fp32 for fp16)
-    plus the fixes."""
-    from unierase.edit.plan import FIX_SHARE, PASS_REQUESTS
+    plus what rounding lost."""
+    from unierase.edit.plan import FIX_BYTES, PASS_REQUESTS
 
     h, m = 4096, 14336
     shape = Shape(parameters=10 ** 9, hidden=h, key_dim=m, layers=2, vocab=10, kv_dim=4, tied=False)
@@ -50,7 +50,7 @@ def test_the_sequential_record_grows_with_what_was_erased(dtype, factor):
         plan = plan_round(shape, dtype=dtype, device="cpu", requests=requests,
                           config=EditConfig(layers=[1], soft_state_rows=1))
         state = (requests + requests) * m * 4
-        delta = min(int(PASS_REQUESTS * requests) * (m + h) * factor + FIX_SHARE * m * h * 5, m * h * b)
+        delta = min(int(PASS_REQUESTS * requests) * (m + h) * factor + FIX_BYTES * m * h, m * h * b)
         assert plan.state_and_revert_gib == round((state + delta + 2 * h * b) / GIB, 3)
 
 

@@ -47,9 +47,10 @@ PASS_REQUESTS = 3.0
 """Requests the passes of a round solve for, per request: each further pass solves again for those
 not reached yet, and every pass's factors are revert data (1.0–4.2× in the runs measured:
 ``benchmarks/results/plan_check.json`` records its runs' own)."""
-FIX_SHARE = 0.02
-"""Share of an edited weight's entries whose revert needs a fix (an entry the update pushed across
-a power of two; index + offset, 5 bytes each): ``plan_check.json`` records the measured share."""
+FIX_BYTES = 0.05
+"""Revert data per edited weight entry besides the factors: a bit or a step count where the update
+crossed powers of two, and the rare fix (``record.deltas``). It grows with the update's size
+against the weights'; ``plan_check.json`` records the measured value and that ratio."""
 
 
 @dataclass(frozen=True)
@@ -198,10 +199,10 @@ def plan_round(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str 
     phases.append(phase("solve", weights + held + 2 * square + applying, state, 0,
                         "Û and the r × r system of one layer (fp64), the sequential state on the host"))
     # ΔW as the passes' own factors (``applied.recorded_dtype``: the weight's precision, fp32 for fp16)
-    # plus the fixes of the entries they miss, or the old matrix where that is smaller; the token's
+    # plus what rounding lost, or the old matrix where that is smaller; the token's
     # rows; the old state where the round turned its rows into the sum
     factor = 4 if dtype == torch.float16 else b
-    fixes = FIX_SHARE * m * h * 5
+    fixes = FIX_BYTES * m * h
     delta = edited * min(math.ceil(PASS_REQUESTS * requests) * (m + h) * factor + fixes, m * h * b)
     revert = delta + (2 * h * b) + (state if state_rows > m else 0)
     phases.append(phase("save", weights, state + edited * m * h * b + 2 * vocab * h * b, weights + state + revert,

@@ -4,9 +4,10 @@ for bit (``unierase revert``).
 A UniErase round changes a few MLP output matrices by a low-rank ΔW. Subtracting a stored ΔW in
 floating point does not give the old bits back exactly, so each changed matrix is stored as the
 low-rank factors of (after − before) — the update's own factors where the method gives them
-(``edit.applied``), else from an SVD in fp64 — stored in fp32 for 16-bit weights, plus the entries
-where ``after − U V`` still rounds to something other than ``before`` (their offsets in units in
-the last place, or their exact old values). Where
+(``edit.applied``), else from an SVD in fp64 stored in fp32 for 16-bit weights — plus, for each
+entry the update pushed across powers of two (rounding there lost bits of the old value), a bit
+or a step count, plus the entries where ``after − U V`` still rounds to something other than ``before`` (their
+offsets in units in the last place, or their exact old values). Where
 that is not smaller than the old tensor itself (a fine-tuning baseline changes every weight at
 full rank), the old tensor is stored as it is. A tensor that only grew rows (the embedding after
 the unlearning token is added) is stored as its old row count. Decoding is checked against the
@@ -23,6 +24,7 @@ import torch
 from ..storage import UniEraseError
 
 _SEP = "::"
+_CHANGED = "undoing the change of {} did not give back its recorded weights (the checkpoint was changed after that round)"
 
 
 def tensor_digest(tensor: torch.Tensor) -> str:
@@ -46,8 +48,66 @@ def _one_thread():
 
 
 def _reconstruct(after: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``after − u v`` rounded to ``after``'s dtype, and in fp64 (``_ambiguous`` reads both)."""
     with _one_thread():
-        return (after.to(torch.float64) - u.to(torch.float64) @ v.to(torch.float64)).to(after.dtype)
+        exact = after.to(torch.float64) - u.to(torch.float64) @ v.to(torch.float64)
+    return exact.to(after.dtype), exact
+
+
+def _ambiguous(after: torch.Tensor, exact: torch.Tensor, rounded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entries whose old value rounding ``exact`` may miss (flat indices), and by how many powers
+    of two the update pushed each one up.
+
+    after = round(old + ΔW) is off (old + ΔW) by at most half of after's unit in the last place, so
+    old lies that close to ``exact`` = after − ΔW. Where after's unit is 2^g times the rounded
+    value's (the update crossed g powers of two upwards), that spans about 2^g representable values
+    around it: g bits of old the rounding lost. Elsewhere the rounded value is old itself (up to
+    exact ties, left to the fixes)."""
+    gap = (torch.frexp(after.to(torch.float64)).exponent - torch.frexp(rounded.to(torch.float64)).exponent).reshape(-1)
+    flat_rounded = rounded.reshape(-1)
+    index = ((gap > 0) & (flat_rounded != 0) & (exact.reshape(-1) != flat_rounded.to(torch.float64))).nonzero().reshape(-1)
+    return index, gap[index]
+
+
+def _one_step(rounded: torch.Tensor, exact: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The representable neighbour of ``rounded`` on ``exact``'s side, at ``index`` (bit patterns of
+    same-signed floats are ordered by magnitude)."""
+    view = _INT_VIEW[rounded.element_size()]
+    value = rounded.reshape(-1)[index]
+    larger = (exact.reshape(-1)[index] > value.to(torch.float64)) == (value > 0)
+    return (value.view(view).to(torch.int64) + torch.where(larger, 1, -1)).to(view).view(rounded.dtype)
+
+
+def _resolve(rebuilt: torch.Tensor, exact: torch.Tensor, after: torch.Tensor,
+             flips: torch.Tensor | None = None, steps: torch.Tensor | None = None,
+             before: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Put back, in place, the old values rounding lost where the update crossed powers of two: for
+    one power a bit (which of the two candidates), for more an int8 step count from the rounded
+    value (0 where it does not fit; the fixes then hold it). With ``before`` (encoding) they are
+    worked out and returned; otherwise (decoding) ``flips`` and ``steps`` are applied."""
+    index, gap = _ambiguous(after, exact, rebuilt)
+    one, many = index[gap == 1], index[gap > 1]
+    other = _one_step(rebuilt, exact, one)
+    if before is not None:
+        flips = _ints(before)[one] == _ints(other)
+        want, got = _ints(before)[many], _ints(rebuilt)[many]
+        fits = ((want < 0) == (got < 0)) & ((want - got).abs() <= 127)
+        steps = torch.where(fits, want - got, torch.zeros_like(want)).to(torch.int8)
+    rebuilt.reshape(-1)[one[flips]] = other[flips]
+    _apply_ulps(rebuilt, many, steps)
+    return flips, steps
+
+
+def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.packbits(bits.numpy().astype(bool)))
+
+
+def _unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    import numpy as np
+
+    return torch.from_numpy(np.unpackbits(packed.numpy())[:count].astype(bool))
 
 
 _INT_VIEW = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -88,8 +148,9 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int,
     """Factors and fixes that give ``before`` back from ``after`` in fewer than ``budget`` bytes, or None.
 
     ``factors``: (u, v) with u v the change as it was applied (``edit.applied``), used as they are;
-    otherwise they come from the change's SVD. ``after − u v`` lands within a few units in the last
-    place of ``before`` (the rounding of the update); the fixes are those offsets, as int8 (sparse or
+    otherwise they come from the change's SVD. ``after − u v`` rounds to ``before`` except where the
+    update crossed a power of two (a bit each says which of the two candidates it was) and where
+    the factors are not the change itself; the fixes are the offsets left, as int8 (sparse or
     dense, whichever is smaller), plus the exact old value where an offset does not fit.
     """
     if factors is None:
@@ -97,7 +158,9 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int,
         if factors is None:
             return None
     parts = {"u": factors[0].contiguous(), "v": factors[1].contiguous()}
-    rebuilt = _reconstruct(after, parts["u"], parts["v"])
+    rebuilt, exact = _reconstruct(after, parts["u"], parts["v"])
+    flips, steps = _resolve(rebuilt, exact, after, before=before)
+    parts.update(flips=_pack_bits(flips), steps=steps)
     want, got = _ints(before), _ints(rebuilt)
     offset = want - got
     same_sign = (want < 0) == (got < 0)
@@ -176,7 +239,13 @@ def decode(name: str, after: torch.Tensor, entry: dict, tensors: dict[str, torch
             before = after[:entry["shape_before"][0]].clone()
         elif kind == "low_rank":
             get = lambda key: tensors[f"{name}{_SEP}{key}"]  # noqa: E731
-            before = _reconstruct(after, get("u"), get("v"))
+            before, exact = _reconstruct(after, get("u"), get("v"))
+            if f"{name}{_SEP}flips" in tensors:
+                _, gap = _ambiguous(after, exact, before)
+                ones, steps = int((gap == 1).sum()), get("steps")
+                if ones > 8 * get("flips").numel() or steps.numel() != int((gap > 1).sum()):
+                    raise UniEraseError(_CHANGED.format(name))
+                _resolve(before, exact, after, _unpack_bits(get("flips"), ones), steps)
             if f"{name}{_SEP}ulps" in tensors:
                 _apply_ulps(before, torch.arange(before.numel()), get("ulps").reshape(-1))
             else:
@@ -192,6 +261,5 @@ def decode(name: str, after: torch.Tensor, entry: dict, tensors: dict[str, torch
     except KeyError as err:
         raise UniEraseError(f"the revert data of {name} is incomplete (missing {err.args[0]})") from None
     if tensor_digest(before) != entry["digest_before"]:
-        raise UniEraseError(f"undoing the change of {name} did not give back its recorded weights "
-                            "(the checkpoint was changed after that round)")
+        raise UniEraseError(_CHANGED.format(name))
     return before
