@@ -4,10 +4,10 @@ kept as the factors ``revert`` needs.
 Each pass's ΔW comes as rank-N factors (``solve.LowRank``). A weight is set to round(W₀ + Σ ΔW):
 one rounding to its dtype per round, however many passes. The factors are rounded first to what
 is recorded (``recorded_dtype``), so the update applied is the update recorded, and round(W − Σ ΔW)
-gives W₀ back except at the rare entries where the sum crossed a power of two; ``record.deltas``
-stores those entries. The revert data of a round is then the factors
-(N (d + m) numbers per layer) plus a few fixes, where adding each pass in the weight's own dtype
-left rounding residue in nearly every entry.
+gives W₀ back except where the sum crossed powers of two, whose lost bits ``record.deltas`` keeps.
+The revert data of a round is then the factors (N (d + m) numbers per pass and layer) plus a few
+hundredths of a byte per entry, where adding each pass in the weight's own dtype left rounding
+residue in nearly every entry.
 """
 
 from __future__ import annotations

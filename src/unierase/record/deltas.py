@@ -6,9 +6,9 @@ floating point does not give the old bits back exactly, so each changed matrix i
 low-rank factors of (after − before) — the update's own factors where the method gives them
 (``edit.applied``), else from an SVD in fp64 stored in fp32 for 16-bit weights — plus, for each
 entry the update pushed across powers of two (rounding there lost bits of the old value), a bit
-or a step count, plus the entries where ``after − U V`` still rounds to something other than ``before`` (their
-offsets in units in the last place, or their exact old values). Where
-that is not smaller than the old tensor itself (a fine-tuning baseline changes every weight at
+or a step count, plus the entries where ``after − U V`` still rounds to something other than
+``before`` (their offsets in units in the last place, or their exact old values). Where that is
+not smaller than the old tensor itself (a fine-tuning baseline changes every weight at
 full rank), the old tensor is stored as it is. A tensor that only grew rows (the embedding after
 the unlearning token is added) is stored as its old row count. Decoding is checked against the
 old tensor's digest, so a revert is either exact or an error.
@@ -47,7 +47,7 @@ def _one_thread():
         torch.set_num_threads(threads)
 
 
-def _reconstruct(after: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _reconstruct(after: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``after − u v`` rounded to ``after``'s dtype, and in fp64 (``_ambiguous`` reads both)."""
     with _one_thread():
         exact = after.to(torch.float64) - u.to(torch.float64) @ v.to(torch.float64)
@@ -149,9 +149,9 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int,
 
     ``factors``: (u, v) with u v the change as it was applied (``edit.applied``), used as they are;
     otherwise they come from the change's SVD. ``after − u v`` rounds to ``before`` except where the
-    update crossed a power of two (a bit each says which of the two candidates it was) and where
-    the factors are not the change itself; the fixes are the offsets left, as int8 (sparse or
-    dense, whichever is smaller), plus the exact old value where an offset does not fit.
+    update crossed powers of two (``_resolve``) and where the factors are not the change itself;
+    the fixes are the offsets left, as int8 (sparse or dense, whichever is smaller), plus the exact
+    old value where an offset does not fit.
     """
     if factors is None:
         factors = _svd_factors(before, after, budget)
