@@ -43,10 +43,10 @@ first three are cached, one layer at a time through the host)."""
 SOFT_KEYS_PER_REQUEST = 4 + 4 * (1 + 24)
 """Keys per request the round's soft constraint adds to the sequential state at the defaults
 (4 neutral questions, 4 substitutes with 24 answer tokens each)."""
-PASS_REQUESTS = 3.0
+PASS_REQUESTS = 4.5
 """Requests the passes of a round solve for, per request: each further pass solves again for those
-not reached yet, and every pass's factors are revert data (1.0–4.2× in the runs measured:
-``benchmarks/results/plan_check.json`` records its runs' own)."""
+not reached yet, and every pass's factors are revert data. The most measured (the demo's facts;
+TOFU authors and RETURN people took fewer passes): ``plan_check.json`` records its runs' own."""
 FIX_BYTES = 0.05
 """Revert data per edited weight entry besides the factors: a bit or a step count where the update
 crossed powers of two, and the rare fix (``record.deltas``). It grows with the update's size
