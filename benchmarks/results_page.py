@@ -410,9 +410,10 @@ ARCHIVE = {
     "edit_variants/audit_demo_before_e3d47f5.json": "the demo erasure's recovery audit at the commit before the chosen "
                                                     "refusal (e3d47f5~1), to find where the audit's leak rates rose",
     "edit_variants/audit_demo_at_e3d47f5.json": "the same at the chosen-refusal commit itself (e3d47f5)",
-    "edit_variants/greedy_continuation_ablation.json": "the chosen refusal's whole-refusal value target "
-                                                       "(greedy_continuation) on and off at the same code, tuning split: "
-                                                       "does it cost the erasure's robustness?",
+    "edit_variants/chosen_refusal_ablation.json": "two parts of the chosen-refusal commit undone one at a time at "
+                                                  "the same code, tuning split: the whole-refusal value target "
+                                                  "(greedy_continuation off) and the one sentence (the bundled pool "
+                                                  "instead): which costs the erasure's robustness?",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -441,8 +442,8 @@ ARCHIVE_MADE_BY = {
     "edit_variants/audit_demo_before_e3d47f5.json": "`python benchmarks/audit_demo.py --results DIR` in a worktree of "
                                                     "e3d47f5~1",
     "edit_variants/audit_demo_at_e3d47f5.json": "`python benchmarks/audit_demo.py --results DIR` in a worktree of e3d47f5",
-    "edit_variants/greedy_continuation_ablation.json": "`python benchmarks/erasure_holds.py --split tuning "
-                                                       "--results FILE [--set values.greedy_continuation=false]`",
+    "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
+                                                  "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
     "edit_variants/token_strays_ordinary_64x204_w5.json": "`python benchmarks/token_strays.py --set token.…`",
     "edit_variants/warm_start_variants.json": "`python benchmarks/edit_quality.py --threads 1` (one run a row)",
