@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import MLPOutputAdapter
+from ..models.precision import same_logits
 from ..models.tracing import edit_output, frozen_parameters, head_at, replay_blocks, stop_after, trace
 from ..generation import prefill, select_cache_rows
 from ..prompts import pad_batch
@@ -218,7 +219,7 @@ class PromptGroup:
             self.replay = True
             try:
                 replayed = self.subset([0]).logits(lambda h: h)
-                self.replay = bool(torch.allclose(replayed, self.base_logits[:1], atol=1e-3, rtol=1e-3))
+                self.replay = same_logits(replayed, self.base_logits[:1])
             except Exception as error:  # a model whose forward needs more from its blocks than their output
                 log.debug("replaying block outputs failed: %s", error)
                 self.replay = False
@@ -286,7 +287,7 @@ class PromptGroup:
         does not (a cache or mask it does not know), the steps stay exact."""
         try:
             with torch.no_grad():
-                ok = bool(torch.allclose(self.stale.logits(self, edit), exact, atol=1e-3, rtol=1e-3))
+                ok = same_logits(self.stale.logits(self, edit), exact)
         except Exception as error:
             log.debug("stale context failed: %s", error)
             ok = False

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..models.adapters import find_mlp_output
+from ..models.precision import same_logits
 from ..models.tracing import edit_output, trace
 from ..generation import prefill, prefill_answers, select_cache_rows, shared_layout, shared_prefix_length
 from ..prompts import answer_separator, encode_text, end_of_turn_id, has_chat_template, pad_batch, render_prompt
@@ -298,14 +299,6 @@ def ordinary_positions(model, tokenizer, sequences: list[tuple[list[int], list[i
         start_parts.append(torch.cat([torch.arange(len(a)) == 0 for _, a in chunk]))
         lse_parts.append(torch.logsumexp(picked, dim=1).cpu())
     return OrdinaryPositions(torch.cat(hidden_parts), torch.cat(lse_parts), torch.cat(start_parts))
-
-
-def same_logits(recomputed: torch.Tensor, model_logits: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether logits recomputed as a plain product of the output layer match the model's own. A
-    16-bit head rounds each logit to its precision, a unit or two in the last place from the same
-    product taken another way; a soft-cap or a rescaling moves them by far more."""
-    tol = max(1e-3, 4 * torch.finfo(dtype).eps)
-    return torch.allclose(recomputed, model_logits, rtol=tol, atol=tol)
 
 
 def _unl_logit(head_w, hidden: torch.Tensor, token_id: int) -> torch.Tensor:
