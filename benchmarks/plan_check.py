@@ -20,10 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import subprocess
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "plan_check.json"
@@ -169,7 +171,9 @@ def main() -> None:
         return
     record = {}
     for dtype in args.dtypes.split(","):
-        measured = measured_round(args.threads, dtype)
+        # each dtype in a fresh process: memory one run freed stays resident and would count in the next
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            measured = pool.submit(measured_round, args.threads, dtype).result()
         plan = api.plan(requests=measured["requests"], device="cpu", dtype=dtype).to_dict()
         planned = {p["name"]: p["device_gib"] for p in plan["phases"]}
         ratios = {name: round(gib / planned[name], 2) for name, gib in measured["peak_resident_gib"].items()

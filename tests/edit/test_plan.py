@@ -1,6 +1,7 @@
 """edit/plan.py: the memory and disk of each phase of a round, from the model's config alone."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -31,17 +32,17 @@ def test_the_figures_follow_their_formulas():
     assert phases["load"].device_gib == round(weights / GIB, 2)
     assert phases["statistics"].disk_gib == round((3 * 64 * 8 + 2 * 64 * 8) / GIB, 2)
     state = 8 * 8 * 8  # 1 + 104 keys > m: the m × m form
-    revert = 8 * 4 * 4 + 2 * 4 * 4 + state  # the old matrix is smaller than the passes' factors
+    revert = 8 * 4 * 4 + 2 * 4 * 4 + state + 80 * 10  # the old matrix is smaller than the passes' factors
     assert plan.state_and_revert_gib == round((state + revert) / GIB, 3)
     assert phases["load"].host_gib == 0  # on the CPU, one memory
 
 
 @pytest.mark.parametrize("dtype,factor", [(torch.float32, 4), (torch.bfloat16, 2), (torch.float16, 4)])
 def test_the_sequential_record_grows_with_what_was_erased(dtype, factor):
-    """Hand-computed on an 8B-wide layer: one key row per request (+ its soft rows) in fp32 while
-    fewer than m; the revert data the passes' factors at the weight's precision (fp32 for fp16)
+    """Hand-computed on an 8B-wide layer: one key row per request (+ its soft rows) in the model's
+    dtype (fp32 for wider ones) while fewer than m; the revert data the passes' factors at the weight's precision (fp32 for fp16)
     plus what rounding lost."""
-    from unierase.edit.plan import FIX_BYTES, PASS_REQUESTS
+    from unierase.edit.plan import FIX_BYTES, PASS_REQUESTS, TOKENIZER_BYTES_PER_TOKEN
 
     h, m = 4096, 14336
     shape = Shape(parameters=10 ** 9, hidden=h, key_dim=m, layers=2, vocab=10, kv_dim=4, tied=False)
@@ -49,9 +50,10 @@ def test_the_sequential_record_grows_with_what_was_erased(dtype, factor):
     for requests in (10, 100):
         plan = plan_round(shape, dtype=dtype, device="cpu", requests=requests,
                           config=EditConfig(layers=[1], soft_state_rows=1))
-        state = (requests + requests) * m * 4
-        delta = min(int(PASS_REQUESTS * requests) * (m + h) * factor + FIX_BYTES * m * h, m * h * b)
-        assert plan.state_and_revert_gib == round((state + delta + 2 * h * b) / GIB, 3)
+        state = (requests + requests) * m * min(b, 4)  # a 16-bit model's rows in its dtype
+        delta = min(math.ceil(PASS_REQUESTS * requests) * (m + h) * factor + FIX_BYTES * m * h, m * h * b)
+        files = TOKENIZER_BYTES_PER_TOKEN * 10
+        assert plan.state_and_revert_gib == round((state + delta + 2 * h * b + files) / GIB, 3)
 
 
 def test_micro_batches_and_cached_statistics_shrink_the_plan():

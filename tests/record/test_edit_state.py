@@ -94,3 +94,28 @@ def test_key_rows_are_kept_in_the_keys_own_precision_and_an_older_fp64_state_sta
     assert old.key_rows[0].dtype == torch.float64 and torch.equal(old.key_rows[0][:3], kept)
     old.validate([0], 8)
     torch.testing.assert_close(old.get(0), _sum(torch.cat([keys, old.key_rows[0][3:].T.float()], 1)))
+
+
+def test_a_16_bit_models_key_rows_are_kept_in_its_dtype(tmp_path):
+    """A bf16 model's rows are bf16 (half the bytes of fp32), saved and read back as they are; the
+    projected state follows the rows as kept; an fp32 state from an earlier round stays fp32."""
+    from unierase.record.edit_state import row_dtype_for
+
+    assert row_dtype_for(torch.bfloat16) == torch.bfloat16 and row_dtype_for(torch.float16) == torch.float16
+    assert row_dtype_for(torch.float32) == torch.float32
+    g = torch.Generator().manual_seed(5)
+    keys = torch.randn(8, 3, generator=g)
+    basis = torch.linalg.qr(torch.randn(8, 4, generator=g, dtype=torch.float64))[0]
+    state = EditState(row_dtype=torch.bfloat16)
+    state.add(0, keys[:, :1])
+    state.projected(0, basis)
+    state.add(0, keys[:, 1:])
+    assert state.key_rows[0].dtype == torch.bfloat16 and torch.equal(state.key_rows[0], keys.T.to(torch.bfloat16))
+    kept = state.key_rows[0].double()
+    torch.testing.assert_close(state.projected(0, basis), basis.T @ kept.T @ kept @ basis)
+    state.validate([0], 8)
+    state.save(tmp_path)
+    assert torch.equal(EditState.load(tmp_path).key_rows[0], state.key_rows[0])
+    older = EditState(key_rows={0: keys.T.clone()}, row_dtype=torch.bfloat16)
+    older.add(0, keys[:, :1])
+    assert older.key_rows[0].dtype == torch.float32

@@ -26,6 +26,7 @@ from ..measure import peak_memory_mb
 from ..models.adapters import find_mlp_output
 from ..models.loading import model_fingerprint
 from ..prompts import PINNED_DATE, PLAIN_TEMPLATE, has_chat_template
+from ..record.edit_state import row_dtype_for
 from ..record.manifest import Manifest, base_model_info, runtime_info
 from ..record.rounds import (embedding_names, load_checked_model as load_model, load_input, neighbour_questions, probe,
                              save_round, start_round)
@@ -195,6 +196,7 @@ def _settle_settings(run: _Round) -> None:
         raise UniEraseError(f"{run.context.model_dir} was edited at layers {previous_layers}; a sequential round must "
                             "use the same layers")
     state = run.source_input.state
+    state.row_dtype = row_dtype_for(run.adapter.mlp_output(run.layers[0]).weight.dtype)
     state.validate(run.layers, run.adapter.key_dim(run.layers[0]),
                    source=f"{run.context.model_dir}/unierase_state.safetensors")
     # the tensors the round may change: the edited projections and the embeddings of the token

@@ -4,9 +4,10 @@ A later round adds Σ k kᵀ over every key edited so far (and over the rounds' 
 weighted) to its system so it does not undo earlier edits. ``unierase_state.safetensors`` holds it
 per edited layer in whichever form is smaller, so that its size follows what was erased:
 
-- ``layer<l>.key_rows``: the keys themselves, one per row (n × m), while n ≤ m, in fp32: the keys
-  are fp32 (or bf16) activations, so nothing is lost (a state written in fp64 by an earlier version
-  is read as it is). A round appends rows, so its revert data is a row count (``deltas``
+- ``layer<l>.key_rows``: the keys themselves, one per row (n × m), while n ≤ m, in the precision
+  of the model's activations: fp32, or its own 16-bit dtype for a 16-bit model (an average of its
+  activations is then off by half a unit in their last place, as each activation already is). A
+  state written in fp64 or fp32 by an earlier round stays in its dtype. A round appends rows, so its revert data is a row count (``deltas``
   "rows_appended"), not an m × m matrix.
 - ``layer<l>.previous_keys``: the sum K Kᵀ (m × m, fp64) once the keys outnumber the dimensions
   (a small model after a round or two; an 8B model's m = 14,336 takes thousands of keys).
@@ -24,6 +25,13 @@ from safetensors.torch import load_file, save_file
 from ..storage import UniEraseError
 
 STATE_FILE = "unierase_state.safetensors"
+ROW_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
+
+
+def row_dtype_for(weight_dtype: torch.dtype) -> torch.dtype:
+    """Key rows of a 16-bit model in its own dtype (its keys are its 16-bit activations, averaged),
+    else fp32."""
+    return weight_dtype if torch.finfo(weight_dtype).bits <= 16 else torch.float32
 
 
 @dataclass
@@ -32,6 +40,8 @@ class EditState:
     """Layer → Σ k kᵀ (m × m, fp64), for the layers whose keys outnumber their dimensions."""
     key_rows: dict[int, torch.Tensor] = field(default_factory=dict)
     """Layer → the keys, one per row (n × m, fp32), for the other layers; Σ k kᵀ = Rᵀ R (in fp64)."""
+    row_dtype: torch.dtype = torch.float32
+    """The dtype new key rows are stored in (``row_dtype_for``); rows already there keep theirs."""
     _projected: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
     """Layer → (Û, Ûᵀ Σ k kᵀ Û) for the null-space basis last asked for (not saved)."""
 
@@ -72,9 +82,10 @@ class EditState:
         if layer in self.previous_keys:
             self.previous_keys[layer] = self.previous_keys[layer] + k @ k.T
         else:
-            new = keys.to("cpu", torch.float32).T  # rows keep the keys' own precision (a state read from an
-            old = self.key_rows.get(layer)         # earlier version in fp64 stays fp64, bit for bit)
+            new = keys.to("cpu", self.row_dtype).T  # the activations' precision (a state read from an
+            old = self.key_rows.get(layer)          # earlier round stays in its dtype, bit for bit)
             rows = new.contiguous() if old is None else torch.cat([old, new.to(old.dtype)])
+            k = rows[rows.shape[0] - new.shape[0]:].T.to(torch.float64)  # the keys as kept, for the projection
             if rows.shape[0] <= dim:
                 self.key_rows[layer] = rows
             else:  # more keys than dimensions: the m × m sum is the smaller form from now on
@@ -120,9 +131,9 @@ class EditState:
                 if layers is not None and layer not in layers:
                     raise UniEraseError(f"{where} is not one of the edited layers {layers}")
                 square = value.dim() == 2 and value.shape[0] == value.shape[1]
-                dtypes = (torch.float64,) if form == "sum" else (torch.float32, torch.float64)
+                dtypes = (torch.float64,) if form == "sum" else ROW_DTYPES
                 if value.dtype not in dtypes or value.dim() != 2 or (form == "sum" and not square):
-                    expected = "a square fp64 matrix" if form == "sum" else "an fp32 or fp64 matrix of key rows"
+                    expected = "a square fp64 matrix" if form == "sum" else "a float matrix of key rows"
                     raise UniEraseError(f"{where}: expected {expected}, got {str(value.dtype)} {tuple(value.shape)}")
                 if key_dim is not None and value.shape[1] != key_dim:
                     raise UniEraseError(f"{where}: {value.shape[0]} × {value.shape[1]}, but the model's keys have "
