@@ -21,7 +21,7 @@ from .stats import linalg_device
 
 def recorded_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     """The precision of a weight's recorded factors: the weight's own (rounding them perturbs ΔW by
-    the same relative amount as storing the edited weight perturbs W, and ΔW is far smaller than W),
+    the same relative amount as storing the edited weight perturbs W, and ΔW is smaller than W),
     but fp32 for fp16 weights, whose range is too narrow for the factors."""
     return torch.float32 if weight_dtype == torch.float16 else weight_dtype
 
