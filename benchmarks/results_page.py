@@ -420,6 +420,9 @@ ARCHIVE = {
                                                   "the same code, tuning split: the whole-refusal value target "
                                                   "(greedy_continuation off) and the one sentence (the bundled pool "
                                                   "instead): which costs the erasure's robustness?",
+    "edit_variants/banned_weight_chosen_refusal.json": "the one sentence with the refusal's first word trained as the "
+                                                       "runner-up behind the token (values.banned_weight=1), beside "
+                                                       "the defaults at the same code, tuning split",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -448,6 +451,8 @@ ARCHIVE_MADE_BY = {
     "edit_variants/audit_demo_before_e3d47f5.json": "`python benchmarks/audit_demo.py --results DIR` in a worktree of "
                                                     "e3d47f5~1",
     "edit_variants/audit_demo_at_e3d47f5.json": "`python benchmarks/audit_demo.py --results DIR` in a worktree of e3d47f5",
+    "edit_variants/banned_weight_chosen_refusal.json": "`python benchmarks/erasure_holds.py --split tuning --results "
+                                                       "FILE [--set values.banned_weight=1]`",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
                                                   "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
