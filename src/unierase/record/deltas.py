@@ -78,24 +78,29 @@ def _one_step(rounded: torch.Tensor, exact: torch.Tensor, index: torch.Tensor) -
     return (value.view(view).to(torch.int64) + torch.where(larger, 1, -1)).to(view).view(rounded.dtype)
 
 
-def _resolve(rebuilt: torch.Tensor, exact: torch.Tensor, after: torch.Tensor,
-             flips: torch.Tensor | None = None, steps: torch.Tensor | None = None,
-             before: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def _resolve(rebuilt: torch.Tensor, exact: torch.Tensor, after: torch.Tensor, *, before: torch.Tensor | None = None,
+             packed: torch.Tensor | None = None, steps: torch.Tensor | None = None):
     """Put back, in place, the old values rounding lost where the update crossed powers of two: for
     one power a bit (which of the two candidates), for more an int8 step count from the rounded
-    value (0 where it does not fit; the fixes then hold it). With ``before`` (encoding) they are
-    worked out and returned; otherwise (decoding) ``flips`` and ``steps`` are applied."""
+    value (0 where it does not fit; the fixes then hold it). Encoding (``before`` given): returns
+    the bits packed and the steps. Decoding (``packed``, ``steps``): returns ``None`` where they do
+    not fit the entries found (the checkpoint changed since)."""
     index, gap = _ambiguous(after, exact, rebuilt)
     one, many = index[gap == 1], index[gap > 1]
-    other = _one_step(rebuilt, exact, one)
     if before is not None:
+        other = _one_step(rebuilt, exact, one)
         flips = _ints(before)[one] == _ints(other)
         want, got = _ints(before)[many], _ints(rebuilt)[many]
         fits = ((want < 0) == (got < 0)) & ((want - got).abs() <= 127)
         steps = torch.where(fits, want - got, torch.zeros_like(want)).to(torch.int8)
+    elif one.numel() > 8 * packed.numel() or steps.numel() != many.numel():
+        return None
+    else:
+        other = _one_step(rebuilt, exact, one)
+        flips = _unpack_bits(packed, one.numel())
     rebuilt.reshape(-1)[one[flips]] = other[flips]
     _apply_ulps(rebuilt, many, steps)
-    return flips, steps
+    return _pack_bits(flips), steps
 
 
 def _pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -160,7 +165,7 @@ def _low_rank(before: torch.Tensor, after: torch.Tensor, budget: int,
     parts = {"u": factors[0].contiguous(), "v": factors[1].contiguous()}
     rebuilt, exact = _reconstruct(after, parts["u"], parts["v"])
     flips, steps = _resolve(rebuilt, exact, after, before=before)
-    parts.update(flips=_pack_bits(flips), steps=steps)
+    parts.update(flips=flips, steps=steps)
     want, got = _ints(before), _ints(rebuilt)
     offset = want - got
     same_sign = (want < 0) == (got < 0)
@@ -240,12 +245,9 @@ def decode(name: str, after: torch.Tensor, entry: dict, tensors: dict[str, torch
         elif kind == "low_rank":
             get = lambda key: tensors[f"{name}{_SEP}{key}"]  # noqa: E731
             before, exact = _reconstruct(after, get("u"), get("v"))
-            if f"{name}{_SEP}flips" in tensors:
-                _, gap = _ambiguous(after, exact, before)
-                ones, steps = int((gap == 1).sum()), get("steps")
-                if ones > 8 * get("flips").numel() or steps.numel() != int((gap > 1).sum()):
-                    raise UniEraseError(_CHANGED.format(name))
-                _resolve(before, exact, after, _unpack_bits(get("flips"), ones), steps)
+            if (f"{name}{_SEP}flips" in tensors
+                    and _resolve(before, exact, after, packed=get("flips"), steps=get("steps")) is None):
+                raise UniEraseError(_CHANGED.format(name))
             if f"{name}{_SEP}ulps" in tensors:
                 _apply_ulps(before, torch.arange(before.numel()), get("ulps").reshape(-1))
             else:
