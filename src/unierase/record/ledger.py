@@ -151,6 +151,8 @@ def files_dir(folder: str | os.PathLike, index: int) -> Path:
     return Path(folder) / DELTA_DIR / f"entry-{index:04d}.files"
 
 
-def non_finite(model) -> list[str]:
-    """Names of floating-point parameters or buffers holding NaN or infinity."""
-    return [name for name, t in full_state_dict(model).items() if t.is_floating_point() and not torch.isfinite(t).all()]
+def non_finite(model, tensors: dict | None = None) -> list[str]:
+    """Names of floating-point parameters or buffers holding NaN or infinity (``tensors``: the
+    model's full state dict, where the caller has read it already)."""
+    tensors = full_state_dict(model) if tensors is None else tensors
+    return [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]

@@ -267,8 +267,8 @@ def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, sour
     them (``deltas.encode``). Nothing is written when a weight is not finite, or when the
     model no longer gives its own ordinary answers (``guard.check``; ``force`` saves it anyway)."""
     entry = dict(entry)
-    _check_before_saving(model, tokenizer, start, state, manifest, entry, force)
-    tensors = full_state_dict(model)
+    tensors = full_state_dict(model)  # read once (an offloaded model's are read back from where they sit)
+    _check_before_saving(model, tokenizer, start, state, manifest, entry, force, tensors)
     after = {n: deltas.tensor_digest(t) for n, t in tensors.items()}
     weight_data, weight_info = _weight_deltas(start, tensors, after, factors)
     state_data, state_info = _state_deltas(start, state)
@@ -308,10 +308,10 @@ def save_round(out: str | os.PathLike, model, tokenizer, start: RoundStart, sour
 
 
 def _check_before_saving(model, tokenizer, start: RoundStart, state: EditState | None, manifest: dict, entry: dict,
-                         force: bool) -> None:
+                         force: bool, tensors: dict) -> None:
     """Finite weights, a valid state, and (when its answers were taken) the guard; the guard's record
     goes into the ledger entry and the manifest (the round's record for UniErase)."""
-    bad = non_finite(model)
+    bad = non_finite(model, tensors)
     if bad:
         raise UniEraseError(f"the round produced non-finite weights ({', '.join(bad[:3])}); nothing was saved")
     if state is not None:
