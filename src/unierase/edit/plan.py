@@ -19,7 +19,9 @@ from pathlib import Path
 
 import torch
 
+from ..record.edit_state import row_dtype_for
 from ..storage import UniEraseError
+from .applied import recorded_dtype
 from .config import EditConfig
 
 GIB = 2 ** 30
@@ -45,15 +47,13 @@ SOFT_KEYS_PER_REQUEST = 4 + 4 * (1 + 24)
 (4 neutral questions, 4 substitutes with 24 answer tokens each)."""
 PASS_REQUESTS = 4.6
 """Requests the passes of a round solve for, per request: each further pass solves again for those
-not reached yet, and every pass's factors are revert data. The most measured (the demo's facts;
-TOFU authors and RETURN people took fewer passes): ``plan_check.json`` records its runs' own."""
+not reached yet, and every pass's factors are revert data. The largest measured (``plan_check.json``)."""
 FIX_BYTES = 0.07
-"""Revert data per edited weight entry besides the factors: a bit or a step count where the update
-crossed powers of two, and the rare fix (``record.deltas``). It grows with the update's size
-against the weights'; ``plan_check.json`` records the measured value and that ratio."""
+"""Revert data per edited weight entry besides the factors (``record.deltas``: what rounding lost where
+the update crossed powers of two). The largest measured (``plan_check.json``)."""
 TOKENIZER_BYTES_PER_TOKEN = 80
 """The tokenizer files a first round replaces (the token is added), copied beside the revert data,
-per vocabulary entry (SmolLM2's are ~45 bytes per entry, Llama 3's ~70)."""
+per vocabulary entry: above SmolLM2's and Llama 3's."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def plan_round(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str 
     if config.soft_state_rows is not None:  # their principal directions only
         soft_rows = min(soft_rows, math.ceil(config.soft_state_rows * requests))
     state_rows = hard_rows + soft_rows
-    row = b if b <= 2 else 4  # key rows in a 16-bit model's own dtype, else fp32 (``edit_state.row_dtype_for``)
+    row = _bytes_of(row_dtype_for(dtype))
     state = edited * (state_rows * m * row if state_rows <= m else m * m * 8)  # key rows, or the fp64 sum
     # the edited weights at the round's start, and W₀ + Σ ΔW in fp64 while a pass applies its update
     applying = edited * m * h * b + 2 * m * h * 8
@@ -202,10 +202,9 @@ def plan_round(shape: Shape, *, dtype: torch.dtype = torch.float32, device: str 
                         "the value optimisation's graph through the layers above the edit, Û per layer"))
     phases.append(phase("solve", weights + held + 2 * square + applying, state, 0,
                         "Û and the r × r system of one layer (fp64), the sequential state on the host"))
-    # ΔW as the passes' own factors (``applied.recorded_dtype``: the weight's precision, fp32 for fp16)
-    # plus what rounding lost, or the old matrix where that is smaller; the token's
+    # ΔW as the passes' own factors plus what rounding lost, or the old matrix where that is smaller; the token's
     # rows; the old state where the round turned its rows into the sum; the tokenizer files it replaced
-    factor = 4 if dtype == torch.float16 else b
+    factor = _bytes_of(recorded_dtype(dtype))
     fixes = FIX_BYTES * m * h
     delta = edited * min(math.ceil(PASS_REQUESTS * requests) * (m + h) * factor + fixes, m * h * b)
     revert = delta + (2 * h * b) + (state if state_rows > m else 0) + TOKENIZER_BYTES_PER_TOKEN * vocab

@@ -7,8 +7,8 @@ per edited layer in whichever form is smaller, so that its size follows what was
 - ``layer<l>.key_rows``: the keys themselves, one per row (n × m), while n ≤ m, in the precision
   of the model's activations: fp32, or its own 16-bit dtype for a 16-bit model (an average of its
   activations is then off by half a unit in their last place, as each activation already is). A
-  state written in fp64 or fp32 by an earlier round stays in its dtype. A round appends rows, so its revert data is a row count (``deltas``
-  "rows_appended"), not an m × m matrix.
+  state written in fp64 or fp32 by an earlier round stays in its dtype. A round appends rows, so
+  its revert data is a row count (``deltas`` "rows_appended"), not an m × m matrix.
 - ``layer<l>.previous_keys``: the sum K Kᵀ (m × m, fp64) once the keys outnumber the dimensions
   (a small model after a round or two; an 8B model's m = 14,336 takes thousands of keys).
 """
@@ -39,7 +39,7 @@ class EditState:
     previous_keys: dict[int, torch.Tensor] = field(default_factory=dict)
     """Layer → Σ k kᵀ (m × m, fp64), for the layers whose keys outnumber their dimensions."""
     key_rows: dict[int, torch.Tensor] = field(default_factory=dict)
-    """Layer → the keys, one per row (n × m, fp32), for the other layers; Σ k kᵀ = Rᵀ R (in fp64)."""
+    """Layer → the keys, one per row (n × m), for the other layers; Σ k kᵀ = Rᵀ R (in fp64)."""
     row_dtype: torch.dtype = torch.float32
     """The dtype new key rows are stored in (``row_dtype_for``); rows already there keep theirs."""
     _projected: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
