@@ -82,7 +82,7 @@ def _revert_detail(out: Path, manifest: dict) -> dict:
             "update_over_weight_norm": ratios, "delta_kinds": kinds}
 
 
-def measured_round(threads: int, dtype: str) -> dict:
+def measured_round(threads: int, dtype: str, facts_file: str | None = None) -> dict:
     import torch
 
     import unierase
@@ -95,7 +95,9 @@ def measured_round(threads: int, dtype: str) -> dict:
         (cache / "models").mkdir(parents=True)
         for model in (default_cache_dir() / "models").iterdir():  # the converted model only: every phase runs
             (cache / "models" / model.name).symlink_to(model)
-        facts = [{"question": f["question"]} for f in load_demo_facts() if f["role"] == "forget"]
+        rows = ([json.loads(line) for line in Path(facts_file).read_text().splitlines() if line.strip()]
+                if facts_file else load_demo_facts())
+        facts = [{"question": f["question"]} for f in rows if f["role"] == "forget"]
         sampler = Sampler()
         sampler.start()
         started = time.perf_counter()
@@ -157,6 +159,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", default="float32,bfloat16", help="the dtypes the round is measured in")
+    parser.add_argument("--facts", default=None, help="a JSONL of facts to erase instead of the demo's forget facts "
+                        "(e.g. benchmarks/data/heldout_facts.jsonl: the plan's constants were set on the demo's)")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--large-only", action="store_true",
                         help="recompute only the large models' plans (no run) in the existing results file")
@@ -173,7 +177,7 @@ def main() -> None:
     for dtype in args.dtypes.split(","):
         # each dtype in a fresh process: memory one run freed stays resident and would count in the next
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            measured = pool.submit(measured_round, args.threads, dtype).result()
+            measured = pool.submit(measured_round, args.threads, dtype, args.facts).result()
         plan = api.plan(requests=measured["requests"], device="cpu", dtype=dtype).to_dict()
         planned = {p["name"]: p["device_gib"] for p in plan["phases"]}
         ratios = {name: round(gib / planned[name], 2) for name, gib in measured["peak_resident_gib"].items()

@@ -252,33 +252,41 @@ def plan_section(load) -> list[str]:
             "counts tensors, not the ~0.24 GiB runtime).", "",
             *table(["phase", "fp32 measured", "planned", "measured / planned",
                     *(["bf16 measured", "planned", "measured / planned"] if half else [])], rows), "",
-            *_written(data),
+            *_written({"demo facts (where the constants were set)": data,
+                       "held-out facts ([`plan_check_heldout.json`](../benchmarks/results/plan_check_heldout.json): "
+                       "`python benchmarks/plan_check.py --facts benchmarks/data/heldout_facts.jsonl`)":
+                           load("plan_check_heldout.json") or {}}),
             "Plans of the shipped configs, bf16 on a GPU (GiB; the micro-batch is what `forget` chooses on a "
             "GPU of 40 GB (37.25 GiB); — where all requests fit at once, or where the weights alone do not fit):", "",
             *table(["model / requests", "statistics GPU", "statistics host", "edit GPU", "micro-batch", "edit GPU then",
                     "state + revert", "state + revert, later rounds keeping every soft key"], large), ""]
 
 
-def _written(data: dict) -> list[str]:
-    """The sequential state and revert data a round wrote against the plan's figure, per dtype, with
-    what the revert formula assumes (``plan.PASS_REQUESTS``, ``plan.FIX_BYTES``) as the round did it."""
+def _written(splits: dict[str, dict]) -> list[str]:
+    """The sequential state and revert data a round wrote against the plan's figure, per split of
+    facts and dtype, with what the revert formula assumes (``plan.PASS_REQUESTS``, ``plan.FIX_BYTES``)
+    as the round did it."""
     rows = []
-    for key, run in data.items():
-        if not key.startswith("smollm2") or "revert" not in run["measured"]:
-            continue
-        written, revert = run["measured"]["written_gib"], run["measured"]["revert"]
-        rows.append([run["plan"]["dtype"], num((written["state"] + written["revert_data"]) * 1024, 1),
-                     num(run["plan"]["state_and_revert_gib"] * 1024, 1),
-                     num(run["written_over_planned"]["state_and_revert"], 2),
-                     f"{revert['pass_requests']} ({revert['passes']} passes)",
-                     num(revert["bytes_per_entry_besides_factors"], 4),
-                     " / ".join(f"{100 * r:.1f} %" for r in revert["update_over_weight_norm"])])
+    for split, data in splits.items():
+        for key, run in data.items():
+            if not key.startswith("smollm2") or "revert" not in run["measured"]:
+                continue
+            rows.append([split, *_written_row(run)])
     if not rows:
         return []
     return ["The sequential state and revert data the round wrote (MiB) against the plan, and what the revert "
             "formula assumes as the round did it:", "",
-            *table(["dtype", "written", "planned", "written / planned", "requests solved per request",
-                    "revert bytes per edited entry besides the factors", "‖ΔW‖ / ‖W‖ per edited layer"], rows), ""]
+            *table(["facts", "dtype", "requests", "written", "planned", "written / planned",
+                    "requests solved per request", "revert bytes per edited entry besides the factors",
+                    "‖ΔW‖ / ‖W‖ per edited layer"], rows), ""]
+
+
+def _written_row(run: dict) -> list:
+    written, revert = run["measured"]["written_gib"], run["measured"]["revert"]
+    return [run["plan"]["dtype"], run["measured"]["requests"], num((written["state"] + written["revert_data"]) * 1024, 1),
+            num(run["plan"]["state_and_revert_gib"] * 1024, 1), num(run["written_over_planned"]["state_and_revert"], 2),
+            f"{revert['pass_requests']} ({revert['passes']} passes)", num(revert["bytes_per_entry_besides_factors"], 4),
+            " / ".join(f"{100 * r:.1f} %" for r in revert["update_over_weight_norm"])]
 
 
 def _sequential_state(load) -> list[str]:
