@@ -71,12 +71,14 @@ def test_one_artefact_per_model_token_and_weighting(tiny, tmp_path, monkeypatch)
                                                                 solver="memit")).covariance(1))  # and MEMIT's (no null space)
 
 
-def test_principal_keys_are_the_best_low_rank_summary_of_the_soft_keys():
+@pytest.mark.parametrize("columns", [6, 14])  # fewer keys than dimensions, and more
+def test_principal_keys_are_the_best_low_rank_summary_of_the_soft_keys(columns):
     from unierase.edit.preserved import principal_keys
 
     g = torch.Generator().manual_seed(5)
-    keys = torch.randn(10, 6, generator=g, dtype=torch.float64)
-    assert principal_keys(keys, 0) is None and principal_keys(keys, 6) is keys and principal_keys(keys, 9) is keys
+    keys = torch.randn(10, columns, generator=g, dtype=torch.float64)
+    assert principal_keys(keys, 0) is None and principal_keys(keys, columns) is keys
+    assert principal_keys(keys, columns + 3) is keys
     p = principal_keys(keys, 2)
     assert p.shape == (10, 2)
     gram, approx = keys @ keys.T, p @ p.T
