@@ -116,6 +116,55 @@ def test_the_banned_term_makes_the_refusal_the_runner_up():
     assert runner_up[5.0] < runner_up[0.0], runner_up
 
 
+def test_the_tail_shortfall_is_each_tokens_missing_lead_over_its_strongest_rival():
+    """``tail_shortfall``: Σ max(0, margin − (logit of the continuation token − the largest other
+    logit)) over the scored tokens, as read from one plain forward pass."""
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    tails = [[7, 11, 12, 13], [7, 14]]
+    group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), tails)
+    with torch.no_grad():
+        shortfall = group.tail_shortfall(group.logits(), 2.0)
+        for row, (p, t) in enumerate(zip(prompts, tails)):
+            full = model(input_ids=torch.tensor([p.input_ids + t])).logits[0].float()
+            n, expected = len(p.input_ids), 0.0
+            for j in range(1, len(t)):
+                logits = full[n - 1 + j].clone()
+                chosen = logits[t[j]].item()
+                logits[t[j]] = float("-inf")
+                expected += max(0.0, 2.0 - (chosen - logits.max().item()))
+            assert abs(shortfall[row].item() - expected) < 1e-3
+
+
+def test_the_margin_term_makes_the_scored_continuation_lead_its_rivals():
+    """With ``continuation_margin_weight`` the optimised δ leaves the refusal's tokens further ahead of
+    their rivals than the mean −log p alone does (same steps, same start)."""
+    from unierase.edit.values import ValueConfig, compute_target_values
+    from unierase.models.adapters import find_mlp_output
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
+    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
+    target, refusal = 7, [[11, 12, 13], [14, 15, 16]]
+    shortfall = {}
+    for weight in (0.0, 5.0):
+        config = ValueConfig(steps=8, lr=0.5, clamp_factor=2.0, stop_loss=0.0, greedy_continuation=False,
+                             continuation_margin_weight=weight, continuation_margin=4.0)
+        z, h0, _ = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config,
+                                         progress=False, continuations=refusal)
+        group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[target] + r for r in refusal],
+                            adapter, 1)
+        with torch.no_grad():
+            moved = group.logits(lambda hidden: hidden.index_put(
+                (torch.arange(2), torch.zeros(2, dtype=torch.long)), (z - h0).T.to(hidden.dtype), accumulate=True))
+            shortfall[weight] = group.tail_shortfall(moved, 4.0).sum().item()
+    assert shortfall[5.0] < shortfall[0.0], shortfall
+
+
 def test_refusal_key_moments_cover_every_answer_position():
     from unierase.edit.stats import accumulate_refusal_key_moments
     from unierase.models.adapters import find_mlp_output

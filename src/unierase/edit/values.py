@@ -69,6 +69,12 @@ class ValueConfig:
     turn: with ``greedy_continuation`` the refusal then comes out whole and ends; fewer are cheaper)."""
     continuation_stop: float = 0.6
     """Per-token mean −log p of the continuation under which a request counts as converged."""
+    continuation_margin_weight: float = 0.0
+    """Weight of a hinge on each scored continuation token's lead in log p over its strongest rival:
+    the mean −log p hardly moves one token that is second best, and ``greedy_continuation`` waits
+    for exactly that token (0 = off)."""
+    continuation_margin: float = 0.5
+    """The lead (in log p) under which the hinge acts."""
     banned_weight: float = 0.0
     """Weight of −log p(the refusal's first token) at the last prompt position with the target token
     masked out, so that decoding with the token banned starts the refusal, not the fact (0 = off)."""
@@ -100,6 +106,8 @@ class ValueConfig:
             ("weight_decay", "≥ 0", self.weight_decay >= 0),
             ("stop_loss", "≥ 0 (0: never stop early)", self.stop_loss >= 0),
             ("continuation_weight", "≥ 0", self.continuation_weight >= 0),
+            ("continuation_margin_weight", "≥ 0", self.continuation_margin_weight >= 0),
+            ("continuation_margin", "≥ 0", self.continuation_margin >= 0),
             ("banned_weight", "≥ 0", self.banned_weight >= 0),
             ("continuation_tokens", "None or ≥ 0", self.continuation_tokens is None or self.continuation_tokens >= 0),
             ("micro_batch", "None or at least 1", self.micro_batch is None or self.micro_batch >= 1),
@@ -321,6 +329,15 @@ class PromptGroup:
         ids, weight = self.tail
         logp = torch.log_softmax(logits[:, TAIL].float(), dim=-1)
         return -(logp.gather(-1, ids[..., None])[..., 0] * weight).sum(-1)
+
+    def tail_shortfall(self, logits: torch.Tensor, margin: float) -> torch.Tensor:
+        """Per row: Σ over its scored continuation tokens of max(0, margin − (logit of the token − the
+        largest other logit)); zero once every token leads its rivals by ``margin``."""
+        ids, weight = self.tail
+        tail = logits[:, TAIL].float()
+        chosen = tail.gather(-1, ids[..., None])[..., 0]
+        rival = tail.scatter(-1, ids[..., None], float("-inf")).amax(-1)
+        return (torch.relu(margin - (chosen - rival)) * (weight > 0)).sum(-1)
 
 
 def _restrict(groups: list[PromptGroup], prompts: list[EditPrompt], requests: set[int]) -> list[PromptGroup]:
@@ -667,6 +684,8 @@ class _ValueSteps:
         if config.greedy_continuation:
             self.greedy_request = self.greedy_request.index_copy(0, rows, g.tail_greedy(logits.detach()))
         nll = nll + config.continuation_weight * tail.sum()
+        if config.continuation_margin_weight:
+            nll = nll + config.continuation_margin_weight * g.tail_shortfall(logits, config.continuation_margin).sum()
         if config.banned_weight:
             banned = g.banned_nll(logits, self.target_id)
             self.ban_request = self.ban_request.index_copy(0, rows, banned.detach())
