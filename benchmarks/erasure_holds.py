@@ -114,10 +114,11 @@ def main() -> None:
                               "token_ban": item["attacks"]["token_ban"]["example"],
                               "reworded": item["attacks"]["rewordings"]["example"]}
                              for i, (f, item) in enumerate(zip(forget, measured.audit.items))][:8],
-                # neighbour answers that take up the token later on (special tokens shown)
+                # neighbour answers that take up the token later on (special tokens shown), read to the
+                # length the share above counts
                 "neighbours_holding_token": [
                     {"question": f["question"], "after": tokenizer.decode(ids)}
-                    for f, ids in zip(neighbours, measured.after.answer_ids[2 * len(forget):])
+                    for f, ids in zip(neighbours, measured.other_answer_ids)
                     if measured.token_id in ids][:8]}
         cache.save_json("erasure_holds", key, cell)
     print(json.dumps(cell, indent=1))

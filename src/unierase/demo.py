@@ -73,6 +73,8 @@ class Measured:
     """The headline attacks' ``audit.AuditReport`` (per request: each attack's first answer)."""
     token_id: int | None = None
     """The unlearning token's id in the edited model."""
+    other_answer_ids: list[list[int]] | None = None
+    """The neighbours' edited answers continued to the shared checks' length (what the token count reads)."""
 
 
 def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: list[dict], *, cache_dir=None, out=None,
@@ -128,7 +130,7 @@ def erase_and_measure(model, tokenizer, forget_rows: list[dict], neighbours: lis
         "recipe": result.manifest["rounds"][-1].get("recipe"),
         "total_seconds": round(time.perf_counter() - started, 1),
     }
-    return Measured(summary, before, after, forget_rows, neighbours, checked, token_id)
+    return Measured(summary, before, after, forget_rows, neighbours, checked, token_id, others)
 
 
 def run_demo(*, cache_dir=None, out=None, overwrite: bool = False, progress: bool = True, print_fn=print,
