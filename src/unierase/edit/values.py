@@ -69,7 +69,7 @@ class ValueConfig:
     turn: with ``greedy_continuation`` the refusal then comes out whole and ends; fewer are cheaper)."""
     continuation_stop: float = 0.6
     """Per-token mean −log p of the continuation under which a request counts as converged."""
-    continuation_margin_weight: float = 0.0
+    continuation_margin_weight: float = 1.0
     """Weight of a hinge on each scored continuation token's lead in log p over its strongest rival:
     the mean −log p hardly moves one token that is second best, and ``greedy_continuation`` waits
     for exactly that token (0 = off)."""
