@@ -91,6 +91,7 @@ def entity_section(load) -> list[str]:
                     ["retain-author questions starting with it (400)", pct(held["retain_starts_with_token"])],
                     ["retain ROUGE-L ÷ the target's (first 100)", num(held["retain_rougeL_ratio"])],
                     ["well-formed refusals among the forget answers", pct(held.get("well_formed_refusals"))],
+                    *answer_check_rows(held),
                     ["edit seconds (token and statistics cached)", num(held["edit"]["timings_s"]["edit"], 1)],
                     *[[f"edit seconds for {n} forget05 questions", f"{num(t['edit_s'], 1)} ({t['not_reached']} not reached)"]
                       for n, t in timing.items()],
@@ -99,6 +100,18 @@ def entity_section(load) -> list[str]:
                     *([["the edit ÷ the fastest baseline's step", num(held["edit_over_fastest_baseline"])]]
                       if held.get("edit_over_fastest_baseline") is not None else [])]), ""]
     return out + attribution_section(load)
+
+
+def answer_check_rows(held: dict) -> list[list[str]]:
+    """The shared answer checks of an entity-scope run: exactly the refusal, the token repeated, strays."""
+    checks, strays = held.get("answer_checks") or {}, held.get("token_in_answers") or {}
+    rows = [[f"{name} answered with exactly the chosen refusal / repeating the token",
+             f"{pct(checks[key]['chosen_refusal'])} / {pct(checks[key]['token_repeated'])}"]
+            for key, name in (("forget", "forget questions"), ("paraphrased", "their paraphrases")) if key in checks]
+    if "retain" in strays:
+        rows.append([f"retain / world-fact answers holding the token ({strays.get('window', 64)} tokens)",
+                     f"{pct(strays['retain'])} / {pct(strays.get('world'))}"])
+    return rows
 
 
 def attribution_section(load) -> list[str]:
@@ -373,6 +386,15 @@ def erasure_section(load) -> list[str]:
                     for name, v in strays["sets"].items()) + ".", ""]
     if data.get("chosen"):
         out += [f"Chosen by the rule “{data['chosen']['rule']}”: `{data['chosen']['variant']}`.", ""]
+    cost = load("edit_cost.json")
+    if cost:
+        out += ["What the edit costs against an earlier commit, both run in one session (the median of alternating "
+                "runs, nothing else running). "
+                + source("edit_cost.json", "python benchmarks/edit_cost.py --reference REV", cost), "",
+                *table(["edit", f"now ({cost['commits']['commit']})", f"reference ({cost['commits']['reference']})", "ratio"],
+                       [[cost["setting"]["cases"][case], f"{num(v['edit_s']['commit'], 1)} s",
+                         f"{num(v['edit_s']['reference'], 1)} s", f"{num(v['ratio'], 2)}×"]
+                        for case, v in cost["summary"].items()]), ""]
     if data.get("plot"):
         out += [f"![erasure depth against locality](../benchmarks/results/{data['plot']})",
                 "(drawn by `python benchmarks/erasure_holds.py` from the cells above)", ""]
@@ -431,6 +453,9 @@ ARCHIVE = {
     "edit_variants/banned_weight_chosen_refusal.json": "the one sentence with the refusal's first word trained as the "
                                                        "runner-up behind the token (values.banned_weight=1), beside "
                                                        "the defaults at the same code, tuning split",
+    "edit_variants/continuation_margin_and_bound.json": "the continuation margin, the banned-token term and the value "
+                                                        "bound searched on the tuning split, the choice (margin on, bound "
+                                                        "0.5) and the defaults of the time on the held-out split",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -461,6 +486,10 @@ ARCHIVE_MADE_BY = {
     "edit_variants/audit_demo_at_e3d47f5.json": "`python benchmarks/audit_demo.py --results DIR` in a worktree of e3d47f5",
     "edit_variants/banned_weight_chosen_refusal.json": "`python benchmarks/erasure_holds.py --split tuning --results "
                                                        "FILE [--set values.banned_weight=1]`",
+    "edit_variants/continuation_margin_and_bound.json": "`python benchmarks/erasure_holds.py --split SPLIT --results FILE "
+                                                        "--variant NAME [--set values.continuation_margin_weight=1 "
+                                                        "--set values.clamp_factor=… --set values.banned_weight=…]` at "
+                                                        "d219b6b and a7e3792",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
                                                   "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
