@@ -297,3 +297,70 @@ def test_group_value_rotation_runs_every_question_in_turn_instead_of_fixed_steer
                            PreservedKeys.from_statistics(stats, config.layers, config, EditState()), progress=False,
                            groups=[0, 0, 0])
     assert seen == ([(None, 1)] if rotation else [([False, False, True], None)]), seen  # the shortest steers
+
+
+def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_preserved_once(monkeypatch):
+    """After the pass that reaches the last pending request, the requests reached before it are
+    checked on the final model; one it no longer holds runs again, and its keys join the state once."""
+    from types import SimpleNamespace
+
+    from unierase.edit import editor
+
+    script = iter([[0], [0], [0]])  # which of each pass's requests the edited model answers with the target
+    preserved_cols, checked = [], []
+
+    class After:
+        def __init__(self, reached, n):
+            self.firsts = [7 if j in reached else 3 for j in range(n)]
+
+        def first_tokens(self):
+            return self.firsts
+
+        def subset(self, rows):
+            return None
+
+    def fake_round(model, tokenizer, adapter, requests, target_id, config, preserved, **kwargs):
+        n = len(requests)
+        return SimpleNamespace(targets=torch.zeros(2, n), values={"converged": [False] * n}, after=After(next(script), n),
+                               residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
+                               keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
+
+    def fake_undone(model, tokenizer, adapter, requests, indices, target_id, config, preserved, groups):
+        checked.append(list(indices))
+        return ([0], None) if len(checked) == 1 else ([], None)
+
+    rounds = []
+    monkeypatch.setattr(editor, "run_edit_round", lambda *a, **k: rounds.append([r.question for r in a[3]]) or fake_round(*a, **k))
+    monkeypatch.setattr(editor, "_undone", fake_undone)
+    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: preserved_cols.append(list(columns)))
+    requests = [ForgetRequest("A?"), ForgetRequest("B?")]
+    preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
+    config = EditConfig(max_passes=5, values=ValueConfig(greedy_continuation=False))
+    result = editor.run_edit_passes(None, None, None, requests, 7, config, preserved, progress=False)
+    assert rounds == [["A?", "B?"], ["B?"], ["A?"]]  # A reached, B reached (then A found undone), A again
+    assert checked == [[0], [1]]  # after B's pass A is checked; after A's second pass, B
+    assert [p.get("undone") for p in result.passes] == [None, 1, 0]
+    assert result.not_reached == []
+    assert preserved_cols == [[0], [0], []]  # A's keys, B's keys, and A's not again
+
+
+def test_undone_checks_the_first_token_on_the_edited_model():
+    from unierase.edit.editor import _undone
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    adapter = find_mlp_output(model)
+    requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("Who wrote Hamlet?")]
+    config = EditConfig(layers=[1, 2], values=ValueConfig(greedy_continuation=False), refusal="No.")
+    batch = pad_batch([encode_text(tok, render_prompt(tok, r.question)) for r in requests], tok.pad_token_id, left=True)
+    with torch.no_grad():
+        firsts = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=position_ids(batch["attention_mask"])).logits[:, -1].argmax(-1).tolist()
+    preserved = PreservedKeys([1, 2], {}, {}, EditState())
+    # the model's own first token for request 1 as the target holds for request 1 (and for 0 only if it
+    # starts alike); a token neither starts with is undone for both, and the check is kept for them
+    undone, group = _undone(model, tok, adapter, requests, [0, 1], firsts[1], config, preserved, None)
+    assert undone == [i for i in (0, 1) if firsts[i] != firsts[1]]
+    neither = next(t for t in range(len(tok)) if t not in firsts)
+    undone, group = _undone(model, tok, adapter, requests, [0, 1], neither, config, preserved, None)
+    assert undone == [0, 1] and group.first_tokens() == firsts

@@ -81,6 +81,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     converged = [False] * len(requests)  # target value reached in an earlier pass
+    kept = set()  # requests whose keys are in the preserved state (once each)
     passes, key_tokens, report, carried = [], [], None, None
     for _ in range(config.max_passes):
         # a further pass starts each pending request's δ at its previous target and keeps the targets
@@ -109,9 +110,18 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
         still = [j for j, f in enumerate(firsts) if f != target_id]
-        _preserve_columns(preserved, report.keys, [j for j, f in enumerate(firsts) if f == target_id])
+        _preserve_columns(preserved, report.keys, [j for j, f in enumerate(firsts) if f == target_id and pending[j] not in kept])
+        kept.update(pending[j] for j, f in enumerate(firsts) if f == target_id)
         carried = report.after.subset(still) if still else None
+        earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
         pending = [pending[j] for j in still]
+        if not pending and earlier:
+            # a later pass may have undone an earlier one: those requests are checked on the final
+            # model, and any it no longer holds get further passes (their keys stay preserved once)
+            pending, carried = _undone(model, tokenizer, adapter, requests, earlier, target_id, config, preserved, groups)
+            passes[-1]["undone"], still = len(pending), []
+            for i in pending:
+                converged[i] = False
         preserved.keep_pending(pending)
         if not pending:
             break
@@ -119,6 +129,36 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         _preserve_columns(preserved, report.keys, still)
     preserved.end_round(config)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending), updates)
+
+
+def _undone(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], indices: list[int],
+            target_id: int, config: EditConfig, preserved: PreservedKeys,
+            groups: list[int] | None) -> tuple[list[int], PromptGroup | None]:
+    """Of the requests ``indices``, those the edited model no longer answers with the target (and,
+    with ``greedy_continuation``, the whole refusal), each plain prompt run as a pass's check runs
+    it; and that check restricted to them (the start of their next pass)."""
+    chosen = [requests[i] for i in indices]
+    layers = config.resolved_layers(adapter.num_layers)
+    shared = shared_rows(compact_groups([groups[i] for i in indices]) if groups else None, len(chosen))
+    ends = choose_key_chars(model, tokenizer, adapter, chosen, config.key_position, layers[0], preserved.basis(layers[0]),
+                            shared)
+    prompts = _round_prompts(tokenizer, chosen, ends, shared, config)
+    checked = plain_prompt_group(model, adapter, layers[-1], prompts, target_id, tokenizer.pad_token_id,
+                                 [config.entity_values if s else config.values for s in shared],
+                                 _continuations(tokenizer, chosen, target_id, config))
+    firsts = checked.first_tokens()
+    whole = checked.tail_greedy().tolist() if config.values.greedy_continuation else [True] * len(chosen)
+    rows = [j for j, (f, w) in enumerate(zip(firsts, whole)) if f != target_id or not w]
+    if rows:
+        log.info("%d of %d requests reached in an earlier pass were undone by a later one: further passes", len(rows),
+                 len(chosen))
+    return [indices[j] for j in rows], checked.subset(rows) if rows else None
+
+
+def _continuations(tokenizer, requests: list[ForgetRequest], target_id: int, config: EditConfig) -> list[list[int]]:
+    """Per request: the token ids that follow the target token (the refusal and the end of turn)."""
+    refusals, chat = refusal_pool(config.refusal), has_chat_template(tokenizer)
+    return [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
 
 
 def _preserve_columns(preserved: PreservedKeys, keys: dict[int, torch.Tensor], columns: list[int]) -> None:
@@ -217,8 +257,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
 
     started = time.perf_counter()
     z_layer = layers[-1]
-    refusals, chat = refusal_pool(config.refusal), has_chat_template(tokenizer)
-    continuations = [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
+    continuations = _continuations(tokenizer, requests, target_id, config)
     targets, value_report = _target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad, config,
                                            progress, continuations=continuations, start_targets=start_targets,
                                            plain_group=plain_group, keep_targets=keep_targets, groups=groups,
