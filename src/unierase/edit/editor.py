@@ -82,8 +82,9 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     targets: list[torch.Tensor | None] = [None] * len(requests)
     converged = [False] * len(requests)  # target value reached in an earlier pass
     kept = set()  # requests whose keys are in the preserved state (once each)
-    passes, key_tokens, report, carried = [], [], None, None
-    for _ in range(config.max_passes):
+    passes, key_tokens, report, carried, stalled = [], [], None, None, False
+    for number in range(config.max_passes):
+        ran = list(pending)
         # a further pass starts each pending request's δ at its previous target and keeps the targets
         # that converged (the layers above the edit are unchanged, so they still serve). A request's
         # keys join the preserved term once it is reached: preserving a pending request's own earlier
@@ -115,18 +116,23 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         carried = report.after.subset(still) if still else None
         earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
         pending = [pending[j] for j in still]
-        if not pending and earlier:
-            # a later pass may have undone an earlier one: those requests are checked on the final
-            # model, and any it no longer holds get further passes (their keys stay preserved once)
-            pending, carried = _undone(model, tokenizer, adapter, requests, earlier, target_id, config, preserved, groups)
-            passes[-1]["undone"], still = len(pending), []
-            for i in pending:
+        # a pass may undo part of an earlier one: the requests reached before it are checked again
+        # once all others are reached, at the first pass that reaches none, and after the last pass;
+        # any the model no longer holds run again (their keys stay preserved once)
+        first_stall = not reached and not stalled
+        stalled = stalled or not reached
+        if earlier and (not pending or first_stall or number == config.max_passes - 1):
+            undone, again = _undone(model, tokenizer, adapter, requests, earlier, target_id, config, preserved, groups)
+            passes[-1]["undone"] = len(undone)
+            for i in undone:
                 converged[i] = False
+            carried = again if not pending else None if undone else carried  # two checks do not merge
+            pending = pending + undone
         preserved.keep_pending(pending)
         if not pending:
             break
-    if pending:  # never reached: later rounds keep what the last pass wrote for them
-        _preserve_columns(preserved, report.keys, still)
+    if pending:  # never reached: later rounds keep what the last pass wrote for them (once)
+        _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
     preserved.end_round(config)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending), updates)
 

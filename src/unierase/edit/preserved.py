@@ -276,10 +276,13 @@ class SoftConstraint:
         return cls(per_request, config.neutral_key_weight, bases if SOLVERS[config.solver].needs_null_space else None)
 
     def keep(self, indices: list[int]) -> None:
-        """Restrict the sums to the requests ``indices`` (a subset of the ones kept so far)."""
+        """Restrict the sums to the requests ``indices``: those that left are subtracted, and those
+        back (a request a later pass undid) added again."""
         leaving = sorted(set(self.active) - set(indices))
-        if leaving:
-            for layer in self.grams:
-                stacked = torch.cat([self.columns[i][layer] for i in leaving], dim=1)
-                self.grams[layer] = self.grams[layer] - stacked @ stacked.T
+        joining = sorted(set(indices) - set(self.active))
+        for sign, moved in ((-1, leaving), (1, joining)):
+            if moved:
+                for layer in self.grams:
+                    stacked = torch.cat([self.columns[i][layer] for i in moved], dim=1)
+                    self.grams[layer] = self.grams[layer] + sign * (stacked @ stacked.T)
         self.active = list(indices)
