@@ -326,9 +326,9 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
                                residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
                                keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
 
-    def fake_undone(model, tokenizer, adapter, requests, indices, target_id, config, preserved, groups):
+    def fake_undone(model, tokenizer, adapter, requests, indices, target_id, config, groups):
         checked.append(list(indices))
-        return ([0], None) if len(checked) == 1 else ([], None)
+        return [0] if len(checked) == 1 else []
 
     rounds = []
     monkeypatch.setattr(editor, "run_edit_round", lambda *a, **k: rounds.append([r.question for r in a[3]]) or fake_round(*a, **k))
@@ -357,11 +357,9 @@ def test_undone_checks_the_first_token_on_the_edited_model():
     with torch.no_grad():
         firsts = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                        position_ids=position_ids(batch["attention_mask"])).logits[:, -1].argmax(-1).tolist()
-    preserved = PreservedKeys([1, 2], {}, {}, EditState())
     # the model's own first token for request 1 as the target holds for request 1 (and for 0 only if it
-    # starts alike); a token neither starts with is undone for both, and the check is kept for them
-    undone, group = _undone(model, tok, adapter, requests, [0, 1], firsts[1], config, preserved, None)
-    assert undone == [i for i in (0, 1) if firsts[i] != firsts[1]]
+    # starts alike); a token neither starts with is undone for both
+    assert _undone(model, tok, adapter, requests, [0, 1], firsts[1], config, None) == \
+        [i for i in (0, 1) if firsts[i] != firsts[1]]
     neither = next(t for t in range(len(tok)) if t not in firsts)
-    undone, group = _undone(model, tok, adapter, requests, [0, 1], neither, config, preserved, None)
-    assert undone == [0, 1] and group.first_tokens() == firsts
+    assert _undone(model, tok, adapter, requests, [0, 1], neither, config, None) == [0, 1]

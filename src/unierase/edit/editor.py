@@ -122,11 +122,11 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         first_stall = not reached and not stalled
         stalled = stalled or not reached
         if earlier and (not pending or first_stall or number == config.max_passes - 1):
-            undone, again = _undone(model, tokenizer, adapter, requests, earlier, target_id, config, preserved, groups)
+            undone = _undone(model, tokenizer, adapter, requests, earlier, target_id, config, groups)
             passes[-1]["undone"] = len(undone)
             for i in undone:
                 converged[i] = False
-            carried = again if not pending else None if undone else carried  # two checks do not merge
+            carried = None if undone else carried  # the next pass runs their plain prompts afresh
             pending = pending + undone
         preserved.keep_pending(pending)
         if not pending:
@@ -138,17 +138,15 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
 
 
 def _undone(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], indices: list[int],
-            target_id: int, config: EditConfig, preserved: PreservedKeys,
-            groups: list[int] | None) -> tuple[list[int], PromptGroup | None]:
+            target_id: int, config: EditConfig, groups: list[int] | None) -> list[int]:
     """Of the requests ``indices``, those the edited model no longer answers with the target (and,
-    with ``greedy_continuation``, the whole refusal), each plain prompt run as a pass's check runs
-    it; and that check restricted to them (the start of their next pass)."""
+    with ``greedy_continuation``, the whole refusal): each plain prompt run once with its scored
+    continuation, as a pass's check runs it. Where the key sits does not change that answer, so the
+    check splits each prompt at its last token and chooses no key positions."""
     chosen = [requests[i] for i in indices]
     layers = config.resolved_layers(adapter.num_layers)
     shared = shared_rows(compact_groups([groups[i] for i in indices]) if groups else None, len(chosen))
-    ends = choose_key_chars(model, tokenizer, adapter, chosen, config.key_position, layers[0], preserved.basis(layers[0]),
-                            shared)
-    prompts = _round_prompts(tokenizer, chosen, ends, shared, config)
+    prompts = [build_edit_prompts(tokenizer, r.question, j, None, 0)[0] for j, r in enumerate(chosen)]
     checked = plain_prompt_group(model, adapter, layers[-1], prompts, target_id, tokenizer.pad_token_id,
                                  [config.entity_values if s else config.values for s in shared],
                                  _continuations(tokenizer, chosen, target_id, config))
@@ -158,7 +156,7 @@ def _undone(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRe
     if rows:
         log.info("%d of %d requests reached in an earlier pass were undone by a later one: further passes", len(rows),
                  len(chosen))
-    return [indices[j] for j in rows], checked.subset(rows) if rows else None
+    return [indices[j] for j in rows]
 
 
 def _continuations(tokenizer, requests: list[ForgetRequest], target_id: int, config: EditConfig) -> list[list[int]]:
