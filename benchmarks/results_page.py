@@ -456,6 +456,8 @@ ARCHIVE = {
     "edit_variants/continuation_margin_and_bound.json": "the continuation margin, the banned-token term and the value "
                                                         "bound searched on the tuning split, the choice (margin on, bound "
                                                         "0.5) and the defaults of the time on the held-out split",
+    "edit_variants/entity_tuning_margin_recheck.json": "the same choice on the TOFU entity-scope tuning split (two "
+                                                       "retain authors), and the re-check of earlier passes' requests",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -490,6 +492,8 @@ ARCHIVE_MADE_BY = {
                                                         "--variant NAME [--set values.continuation_margin_weight=1 "
                                                         "--set values.clamp_factor=… --set values.banned_weight=…]` at "
                                                         "d219b6b and a7e3792",
+    "edit_variants/entity_tuning_margin_recheck.json": "`python benchmarks/entity_tuning.py --variant NAME [--set …] "
+                                                       "--results FILE` at d05f6b9 and c4ef5ed",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
                                                   "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
