@@ -61,10 +61,10 @@ def test_tail_greedy_says_whether_the_scored_continuation_is_the_greedy_one():
         assert group.tail_greedy(group.logits()).tolist() == [True, False]
 
 
-def test_with_greedy_continuation_a_request_converges_only_once_its_refusal_is_greedy():
-    """Loose stop criteria converge every request at once; with ``greedy_continuation`` a request whose
-    scored continuation is not its greedy one under its δ does not count as converged."""
-    from unierase.edit.values import ValueConfig, compute_target_values
+def _optimised(config, refusal, target=7):
+    """δ for two questions on a tiny model (key token = each question's last character) under
+    ``config``, and the logits of their plain prompts with it, the refusal teacher-forced."""
+    from unierase.edit.values import compute_target_values
     from unierase.models.adapters import find_mlp_output
 
     tok = build_tokenizer()
@@ -72,17 +72,25 @@ def test_with_greedy_continuation_a_request_converges_only_once_its_refusal_is_g
     adapter = find_mlp_output(model)
     questions = ["What is the capital of France?", "Who wrote Hamlet?"]
     prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
-    target, refusal = 7, [[11, 12, 13], [14, 15, 16]]
+    z, h0, report = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config,
+                                          progress=False, continuations=refusal)
+    group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[target] + r for r in refusal],
+                        adapter, 1)
+    with torch.no_grad():
+        moved = group.logits(lambda hidden: hidden.index_put(
+            (torch.arange(2), torch.zeros(2, dtype=torch.long)), (z - h0).T.to(hidden.dtype), accumulate=True))
+    return report, group, moved
+
+
+def test_with_greedy_continuation_a_request_converges_only_once_its_refusal_is_greedy():
+    """Loose stop criteria converge every request at once; with ``greedy_continuation`` a request whose
+    scored continuation is not its greedy one under its δ does not count as converged."""
+    from unierase.edit.values import ValueConfig
+
     converged = {}
     for flag in (False, True):
         config = ValueConfig(steps=2, lr=0.1, stop_loss=100.0, continuation_stop=100.0, greedy_continuation=flag)
-        z, h0, report = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config,
-                                              progress=False, continuations=refusal)
-        group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"),
-                            [[target] + r for r in refusal], adapter, 1)
-        with torch.no_grad():
-            moved = group.logits(lambda hidden: hidden.index_put(
-                (torch.arange(2), torch.zeros(2, dtype=torch.long)), (z - h0).T.to(hidden.dtype), accumulate=True))
+        report, group, moved = _optimised(config, [[11, 12, 13], [14, 15, 16]])
         greedy = group.tail_greedy(moved).tolist()
         converged[flag] = report.converged
         if flag:
@@ -93,27 +101,28 @@ def test_with_greedy_continuation_a_request_converges_only_once_its_refusal_is_g
 def test_the_banned_term_makes_the_refusal_the_runner_up():
     """With ``banned_weight`` the optimised δ leaves the refusal's first token likelier once the target
     is banned than without the term (same steps, same start)."""
-    from unierase.edit.values import ValueConfig, compute_target_values
-    from unierase.models.adapters import find_mlp_output
+    from unierase.edit.values import ValueConfig
 
-    tok = build_tokenizer()
-    model = build_model("llama", len(tok))
-    adapter = find_mlp_output(model)
-    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
-    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
-    target, refusal = 7, [[11, 12], [14, 15]]
     runner_up = {}
     for weight in (0.0, 5.0):
         config = ValueConfig(steps=8, lr=0.5, clamp_factor=2.0, stop_loss=0.0, banned_weight=weight)
-        z, h0, _ = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config,
-                                         progress=False, continuations=refusal)
-        group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[target] + r for r in refusal],
-                            adapter, 1)
-        with torch.no_grad():
-            moved = group.logits(lambda hidden: hidden.index_put(
-                (torch.arange(2), torch.zeros(2, dtype=torch.long)), (z - h0).T.to(hidden.dtype), accumulate=True))
-            runner_up[weight] = group.banned_nll(moved, target).mean().item()
+        _, group, moved = _optimised(config, [[11, 12], [14, 15]])
+        runner_up[weight] = group.banned_nll(moved, 7).mean().item()
     assert runner_up[5.0] < runner_up[0.0], runner_up
+
+
+def test_the_margin_term_makes_the_scored_continuation_lead_its_rivals():
+    """With ``continuation_margin_weight`` the optimised δ leaves the refusal's tokens further ahead of
+    their rivals than the mean −log p alone does (same steps, same start)."""
+    from unierase.edit.values import ValueConfig
+
+    shortfall = {}
+    for weight in (0.0, 5.0):
+        config = ValueConfig(steps=8, lr=0.5, clamp_factor=2.0, stop_loss=0.0, greedy_continuation=False,
+                             continuation_margin_weight=weight, continuation_margin=4.0)
+        _, group, moved = _optimised(config, [[11, 12, 13], [14, 15, 16]])
+        shortfall[weight] = group.tail_shortfall(moved, 4.0).sum().item()
+    assert shortfall[5.0] < shortfall[0.0], shortfall
 
 
 def test_the_tail_shortfall_is_each_tokens_missing_lead_over_its_strongest_rival():
@@ -136,33 +145,6 @@ def test_the_tail_shortfall_is_each_tokens_missing_lead_over_its_strongest_rival
                 logits[t[j]] = float("-inf")
                 expected += max(0.0, 2.0 - (chosen - logits.max().item()))
             assert abs(shortfall[row].item() - expected) < 1e-3
-
-
-def test_the_margin_term_makes_the_scored_continuation_lead_its_rivals():
-    """With ``continuation_margin_weight`` the optimised δ leaves the refusal's tokens further ahead of
-    their rivals than the mean −log p alone does (same steps, same start)."""
-    from unierase.edit.values import ValueConfig, compute_target_values
-    from unierase.models.adapters import find_mlp_output
-
-    tok = build_tokenizer()
-    model = build_model("llama", len(tok))
-    adapter = find_mlp_output(model)
-    questions = ["What is the capital of France?", "Who wrote Hamlet?"]
-    prompts = [build_edit_prompts(tok, q, i, len(q) - 1, 0)[0] for i, q in enumerate(questions)]
-    target, refusal = 7, [[11, 12, 13], [14, 15, 16]]
-    shortfall = {}
-    for weight in (0.0, 5.0):
-        config = ValueConfig(steps=8, lr=0.5, clamp_factor=2.0, stop_loss=0.0, greedy_continuation=False,
-                             continuation_margin_weight=weight, continuation_margin=4.0)
-        z, h0, _ = compute_target_values(model, adapter, 1, prompts, 2, target, tok.pad_token_id, config,
-                                         progress=False, continuations=refusal)
-        group = PromptGroup(model, [0, 1], prompts, tok.pad_token_id, torch.device("cpu"), [[target] + r for r in refusal],
-                            adapter, 1)
-        with torch.no_grad():
-            moved = group.logits(lambda hidden: hidden.index_put(
-                (torch.arange(2), torch.zeros(2, dtype=torch.long)), (z - h0).T.to(hidden.dtype), accumulate=True))
-            shortfall[weight] = group.tail_shortfall(moved, 4.0).sum().item()
-    assert shortfall[5.0] < shortfall[0.0], shortfall
 
 
 def test_refusal_key_moments_cover_every_answer_position():
