@@ -101,18 +101,16 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         for j, i in enumerate(pending):
             targets[i] = report.targets[:, j]
             converged[i] = report.values["converged"][j]
-        firsts = report.after.first_tokens()  # greedy first answer token on the edited model
-        if config.values.greedy_continuation:  # …and the refusal after it, greedy, on the edited model
-            whole = report.after.tail_greedy().tolist()
-            for j, i in enumerate(pending):
-                if firsts[j] == target_id and not whole[j]:
-                    firsts[j], converged[i] = -1, False  # another pass, its δ optimised on the edited model
-        reached = sum(1 for f in firsts if f == target_id)
+        holds, firsts = _holds(report.after, target_id, config), report.after.first_tokens()
+        for j, i in enumerate(pending):
+            if firsts[j] == target_id and not holds[j]:  # the token without the whole refusal: another
+                converged[i] = False                      # pass, its δ optimised on the edited model
+        reached = sum(holds)
         passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
-        still = [j for j, f in enumerate(firsts) if f != target_id]
-        _preserve_columns(preserved, report.keys, [j for j, f in enumerate(firsts) if f == target_id and pending[j] not in kept])
-        kept.update(pending[j] for j, f in enumerate(firsts) if f == target_id)
+        still = [j for j, h in enumerate(holds) if not h]
+        _preserve_columns(preserved, report.keys, [j for j, h in enumerate(holds) if h and pending[j] not in kept])
+        kept.update(pending[j] for j, h in enumerate(holds) if h)
         carried = report.after.subset(still) if still else None
         earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
         pending = [pending[j] for j in still]
@@ -150,13 +148,19 @@ def _undone(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRe
     checked = plain_prompt_group(model, adapter, layers[-1], prompts, target_id, tokenizer.pad_token_id,
                                  [config.entity_values if s else config.values for s in shared],
                                  _continuations(tokenizer, chosen, target_id, config))
-    firsts = checked.first_tokens()
-    whole = checked.tail_greedy().tolist() if config.values.greedy_continuation else [True] * len(chosen)
-    rows = [j for j, (f, w) in enumerate(zip(firsts, whole)) if f != target_id or not w]
+    rows = [j for j, h in enumerate(_holds(checked, target_id, config)) if not h]
     if rows:
         log.info("%d of %d requests reached in an earlier pass were undone by a later one: further passes", len(rows),
                  len(chosen))
     return [indices[j] for j in rows]
+
+
+def _holds(after: PromptGroup, target_id: int, config: EditConfig) -> list[bool]:
+    """Per row of a check on the edited model: whether the greedy answer starts with the target
+    (and, with ``greedy_continuation``, goes on with the whole refusal): what "reached" means."""
+    firsts = after.first_tokens()
+    whole = after.tail_greedy().tolist() if config.values.greedy_continuation else [True] * len(firsts)
+    return [f == target_id and w for f, w in zip(firsts, whole)]
 
 
 def _continuations(tokenizer, requests: list[ForgetRequest], target_id: int, config: EditConfig) -> list[list[int]]:
