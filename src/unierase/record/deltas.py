@@ -87,16 +87,15 @@ def _resolve(rebuilt: torch.Tensor, exact: torch.Tensor, after: torch.Tensor, *,
     not fit the entries found (the checkpoint changed since)."""
     index, gap = _ambiguous(after, exact, rebuilt)
     one, many = index[gap == 1], index[gap > 1]
+    if before is None and (one.numel() > 8 * packed.numel() or steps.numel() != many.numel()):
+        return None
+    other = _one_step(rebuilt, exact, one)
     if before is not None:
-        other = _one_step(rebuilt, exact, one)
         flips = _ints(before)[one] == _ints(other)
         want, got = _ints(before)[many], _ints(rebuilt)[many]
         fits = ((want < 0) == (got < 0)) & ((want - got).abs() <= 127)
         steps = torch.where(fits, want - got, torch.zeros_like(want)).to(torch.int8)
-    elif one.numel() > 8 * packed.numel() or steps.numel() != many.numel():
-        return None
     else:
-        other = _one_step(rebuilt, exact, one)
         flips = _unpack_bits(packed, one.numel())
     rebuilt.reshape(-1)[one[flips]] = other[flips]
     _apply_ulps(rebuilt, many, steps)
