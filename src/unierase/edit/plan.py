@@ -47,10 +47,11 @@ SOFT_KEYS_PER_REQUEST = 4 + 4 * (1 + 24)
 (4 neutral questions, 4 substitutes with 24 answer tokens each)."""
 PASS_REQUESTS = 4.6
 """Requests the passes of a round solve for, per request: each further pass solves again for those
-not reached yet, and every pass's factors are revert data. The largest measured (``plan_check.json``)."""
+not reached yet, and every pass's factors are revert data. Set high, so the revert figure is an
+upper bound (``benchmarks/plan_check.py`` compares it with written rounds)."""
 FIX_BYTES = 0.07
 """Revert data per edited weight entry besides the factors (``record.deltas``: what rounding lost where
-the update crossed powers of two). The largest measured (``plan_check.json``)."""
+the update crossed powers of two). Set high, like ``PASS_REQUESTS``."""
 TOKENIZER_BYTES_PER_TOKEN = 80
 """The tokenizer files a first round replaces (the token is added), copied beside the revert data,
 per vocabulary entry: above SmolLM2's and Llama 3's."""
