@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from ..refusals import DEFAULT_REFUSAL
 from ..storage import UniEraseError
 from .options import KEY_POSITIONS, SOLVER_NAMES
+from .refit import RefitConfig
 from .values import ValueConfig
 
 
@@ -82,6 +83,9 @@ class EditConfig:
     max_passes: int = 12
     """Requests whose greedy first token is not yet the target get another pass, at most this many;
     each pass starts from the previous targets and preserves the previous keys."""
+    reached_key_weight: float = 1.0
+    """Weight in the preserved state of the keys of a request once it is reached (for the round's
+    later passes and for later rounds): more, and a later pass undoes fewer of them."""
     group_value_questions: int | None = 8
     """An entity group's shared δ is optimised on at most this many of its pending questions, spread
     from the shortest to the longest; the others only receive it (None = all)."""
@@ -92,6 +96,9 @@ class EditConfig:
     """Target values of requests with their own target (fact scope)."""
     entity_values: ValueConfig = field(default_factory=ValueConfig)
     """Target values an entity group shares (one δ serves questions it was not optimised on)."""
+    refit: RefitConfig = field(default_factory=RefitConfig)
+    """Where the passes check the requests reached, refit the token's input row on the edited model
+    (``edit.refit``): what follows ``[UNL]`` on the round's questions and on ones it only partly reaches."""
     entity_substitute_answers: bool = False
     """Also preserve the substitute answers of entity-scope requests (costs a generation and a key pass)."""
 
@@ -116,7 +123,7 @@ class EditConfig:
             problems.append(f"soft_state_rows must be None or ≥ 0 (got {self.soft_state_rows!r})")
         problems += [f"{name} must be ≥ 0 (got {getattr(self, name)!r})" for name in (
             "question_key_weight", "refusal_key_weight", "answer_key_weight", "rare_name_key_weight", "neutral_key_weight",
-            "substitute_answer_weight")
+            "substitute_answer_weight", "reached_key_weight")
             if getattr(self, name) < 0]
         if problems:
             raise UniEraseError("EditConfig: " + "; ".join(problems))

@@ -22,6 +22,7 @@ from .config import EditConfig
 from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
 from .scope import compact_groups, shared_rows
 from .preserved import PreservedKeys, SoftConstraint
+from .refit import answers_hold, can_refit, prefill_questions, refit_input_row
 from .prompts import EditPrompt, build_edit_prompts
 from .solve import SOLVERS
 from .values import PromptGroup, compute_target_values, plain_prompt_group
@@ -83,6 +84,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     converged = [False] * len(requests)  # target value reached in an earlier pass
     kept = set()  # requests whose keys are in the preserved state (once each)
     passes, key_tokens, report, carried, stalled = [], [], None, None, False
+    refitting = can_refit(model, config.refit)
     for number in range(config.max_passes):
         ran = list(pending)
         # a further pass starts each pending request's δ at its previous target and keeps the targets
@@ -109,19 +111,29 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
         still = [j for j, h in enumerate(holds) if not h]
-        _preserve_columns(preserved, report.keys, [j for j, h in enumerate(holds) if h and pending[j] not in kept])
+        _preserve_columns(preserved, report.keys, [j for j, h in enumerate(holds) if h and pending[j] not in kept],
+                          config.reached_key_weight)
         kept.update(pending[j] for j, h in enumerate(holds) if h)
         carried = report.after.subset(still) if still else None
         earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
         pending = [pending[j] for j in still]
         # a pass may undo part of an earlier one: the requests reached before it are checked again
         # once all others are reached, at the first pass that reaches none, and after the last pass;
-        # any the model no longer holds run again (their keys stay preserved once)
+        # any the model no longer holds run again (their keys stay preserved once). Once all are
+        # reached, a refit of the token row (which every answer after the token reads) checks them all
         first_stall = not reached and not stalled
         stalled = stalled or not reached
-        if earlier and (not pending or first_stall or number == config.max_passes - 1):
-            undone = _undone(model, tokenizer, adapter, requests, earlier, target_id, config, groups)
+        final = not pending
+        checked = list(range(len(requests))) if final and refitting else earlier
+        if checked and (final or first_stall or number == config.max_passes - 1):
+            check = _recheck(model, tokenizer, requests, checked, target_id, config, groups, final=final)
+            undone = check["undone"]
             passes[-1]["undone"] = len(undone)
+            if check["refit"] is not None:
+                passes[-1]["refit"] = check["refit"]
+            if undone:
+                log.info("%d of %d requests reached were undone by a later pass: further passes", len(undone),
+                         len(checked))
             for i in undone:
                 converged[i] = False
             carried = None if undone else carried  # the next pass runs their plain prompts afresh
@@ -130,29 +142,56 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         if not pending:
             break
     if pending:  # never reached: later rounds keep what the last pass wrote for them (once)
-        _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
+        _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept], config.reached_key_weight)
     preserved.end_round(config)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending), updates)
 
 
-def _undone(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], indices: list[int],
-            target_id: int, config: EditConfig, groups: list[int] | None) -> list[int]:
-    """Of the requests ``indices``, those the edited model no longer answers with the target (and,
-    with ``greedy_continuation``, the whole refusal): each plain prompt run once with its scored
-    continuation, as a pass's check runs it. Where the key sits does not change that answer, so the
-    check splits each prompt at its last token and chooses no key positions."""
-    chosen = [requests[i] for i in indices]
-    layers = config.resolved_layers(adapter.num_layers)
-    shared = shared_rows(compact_groups([groups[i] for i in indices]) if groups else None, len(chosen))
-    prompts = [build_edit_prompts(tokenizer, r.question, j, None, 0)[0] for j, r in enumerate(chosen)]
-    checked = plain_prompt_group(model, adapter, layers[-1], prompts, target_id, tokenizer.pad_token_id,
-                                 [config.entity_values if s else config.values for s in shared],
-                                 _continuations(tokenizer, chosen, target_id, config))
-    rows = [j for j, h in enumerate(_holds(checked, target_id, config)) if not h]
-    if rows:
-        log.info("%d of %d requests reached in an earlier pass were undone by a later one: further passes", len(rows),
-                 len(chosen))
-    return [indices[j] for j in rows]
+def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int], target_id: int, config: EditConfig,
+             groups: list[int] | None, *, final: bool) -> dict:
+    """Check the requests ``indices`` (reached in earlier passes) on the edited model: ``undone``,
+    those whose greedy answer no longer starts with the target and (with ``greedy_continuation``)
+    goes on with the whole refusal, as ``_holds`` reads a pass's check. Most of those still start
+    with the token and only go on otherwise: where the token's input row can be refitted
+    (``refit.can_refit``), it is refitted on the round's questions when some are undone or the
+    round is done (``final``), and kept unless more are undone with it; ``refit`` says what it did.
+    The prompts run once for the checks and the refit (neither changes anything before the token)."""
+    refit = can_refit(model, config.refit)
+    asked = list(range(len(requests))) if refit else list(indices)
+    shared = shared_rows(compact_groups(groups) if groups else None, len(requests))
+    continuations = _continuations(tokenizer, [requests[i] for i in asked], target_id, config)
+    tails = [_check_tail(c, config.entity_values if shared[i] else config.values, config.values.greedy_continuation)
+             for i, c in zip(asked, continuations)]
+    prefilled = prefill_questions(model, tokenizer, [requests[i].question for i in asked], config.refit.batch_size)
+    row = {i: j for j, i in enumerate(asked)}
+
+    def undone_now() -> list[int]:
+        holds = answers_hold(model, tokenizer, prefilled, target_id, tails)
+        return [i for i in indices if not holds[row[i]]]
+
+    undone = undone_now()
+    if not (refit and (undone or final)):
+        return {"undone": undone, "refit": None}
+    emb = model.get_input_embeddings().weight
+    trained = emb[target_id].detach().clone()
+    report = refit_input_row(model, tokenizer, target_id, prefilled, config.refusal, config.refit)
+    after = undone_now()
+    report.update(undone_before=len(undone), undone_after=len(after), kept=len(after) <= len(undone))
+    if not report["kept"]:
+        with torch.no_grad():
+            emb[target_id] = trained
+        log.warning("refitting the token row undid %d reached requests (%d without it): the row is kept as it was",
+                    len(after), len(undone))
+        return {"undone": undone, "refit": report}
+    return {"undone": after, "refit": report}
+
+
+def _check_tail(continuation: list[int], values, greedy: bool) -> list[int]:
+    """The continuation a check requires after the target token: the tokens the value optimisation
+    scores (``values``: none, some or all), or none where the passes wait only for the first token."""
+    if not greedy or values.continuation_weight <= 0 or values.continuation_tokens == 0:
+        return []
+    return list(continuation)[:values.continuation_tokens]
 
 
 def _holds(after: PromptGroup, target_id: int, config: EditConfig) -> list[bool]:
@@ -169,11 +208,13 @@ def _continuations(tokenizer, requests: list[ForgetRequest], target_id: int, con
     return [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
 
 
-def _preserve_columns(preserved: PreservedKeys, keys: dict[int, torch.Tensor], columns: list[int]) -> None:
-    """Add the keys of some of a pass's requests (columns of ``RoundReport.keys``) to the preserved state."""
+def _preserve_columns(preserved: PreservedKeys, keys: dict[int, torch.Tensor], columns: list[int],
+                      weight: float = 1.0) -> None:
+    """Add the keys of some of a pass's requests (columns of ``RoundReport.keys``) to the preserved
+    state, each K_p K_pᵀ term scaled by ``weight``."""
     if columns:
         for layer, k in keys.items():
-            preserved.state.add(layer, k[:, columns])
+            preserved.state.add(layer, k[:, columns] * weight ** 0.5)
 
 
 def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | None) -> list[bool] | None:

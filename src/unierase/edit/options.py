@@ -35,9 +35,10 @@ def parse_layers(text: str | None) -> list[int] | None:
     return layers
 
 
-SETTING_SECTIONS = ("edit", "values", "entity_values", "token")
-"""Where a setting lives: ``EditConfig`` fields, those of its two ``ValueConfig``s, or the unlearning
-token's training (``UnlearningTokenConfig``: another token, trained and cached once)."""
+SETTING_SECTIONS = ("edit", "values", "entity_values", "refit", "token")
+"""Where a setting lives: ``EditConfig`` fields, those of its two ``ValueConfig``s, of its post-edit
+refit of the token row (``RefitConfig``), or the unlearning token's training
+(``UnlearningTokenConfig``: another token, trained and cached once)."""
 
 
 def parse_settings(items: list[str]) -> dict[str, dict]:

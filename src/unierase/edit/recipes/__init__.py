@@ -3,7 +3,7 @@
 The library's defaults (``EditConfig``) are neutral: the official method's values where it has
 one, equal weights and the safer budget elsewhere. What was measured on one model lives in a JSON
 file here — ``match`` (config fields the model must have: architecture, depth, width), ``edit``
-(``EditConfig`` fields, ``values``/``entity_values`` as nested ``ValueConfig`` fields), ``why``
+(``EditConfig`` fields, ``values``/``entity_values``/``refit`` as nested objects), ``why``
 (one line per field) — and applies to every model whose config matches, never by its name.
 """
 
@@ -90,15 +90,16 @@ def recipe_for(model_config, recipes: list[Recipe] | None = None, *, cache_dir=N
 def apply_recipe(recipe: Recipe | None, overrides: dict):
     """``EditConfig`` from the neutral defaults, the recipe's fields, then ``overrides`` (non-``None``)."""
     from ..config import EditConfig
+    from ..refit import RefitConfig
     from ..values import ValueConfig
 
     fields = dict(recipe.edit) if recipe else {}
     where = f"{recipe.source}: field 'edit'" if recipe else "EditConfig"
     fields.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        for name in ("values", "entity_values"):
+        for name, kind in (("values", ValueConfig), ("entity_values", ValueConfig), ("refit", RefitConfig)):
             if isinstance(fields.get(name), dict):
-                fields[name] = ValueConfig(**fields[name])
+                fields[name] = kind(**fields[name])
         return EditConfig(**fields)
     except TypeError as e:
         raise UniEraseError(f"{where}: {e}") from None
@@ -121,7 +122,7 @@ def with_settings(config, settings: dict[str, dict] | None):
     if unknown:
         raise UniEraseError(f"unknown setting section(s) {sorted(unknown)} (choose from {', '.join(SETTING_SECTIONS)})")
     changes = {name: _replaced(getattr(config, name), settings[name])
-               for name in ("values", "entity_values") if settings.get(name)}
+               for name in ("values", "entity_values", "refit") if settings.get(name)}
     edit = settings.get("edit", {})
     if set(edit) & set(changes):
         raise UniEraseError(f"settings: {sorted(set(edit) & set(changes))} given both as a section and as edit fields")

@@ -1,0 +1,169 @@
+"""After the edit: refit the token's input row on the edited model, so what follows ``[UNL]`` is the refusal.
+
+Where the token has an output row of its own, its input row is read only once ``[UNL]`` has been
+emitted: it shapes the answer after the token and nothing before it. The edit changes the states
+of the erased questions (and, partly, of questions reworded around them) that the answer after
+``[UNL]`` attends to, so a row trained on the unedited model can derail there ("[UNL]who
+said…"). Refitting that one row on the edited model, over the round's questions in the edit's own
+context frames and some generic questions, touches no other answer. The passes refit it where
+they check the requests reached (``editor._recheck``), and keep it unless it loses more of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..prompts import has_chat_template, pad_batch
+from ..refusals import refusal_pool
+from ..storage import UniEraseError
+from ..token.questions import training_questions
+from ..token.training import _only_rows_trainable, prompt_pass, refusal_batch_loss, token_rows
+from .prompts import CONTEXT_PREFIXES, CONTEXT_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RefitConfig:
+    """The refit of the token's input row on the edited model (``refit_input_row``), run where the
+    passes check the requests reached (``editor.run_edit_passes``)."""
+
+    epochs: int = 1
+    """Passes over the examples, one Adam step per batch (0 = off: the row stays as trained)."""
+    lr: float = 5e-3
+    """Adam learning rate (the row only moves a little from the trained one)."""
+    batch_size: int = 16
+    """Examples per step."""
+    frames: int = 0
+    """Context frames per request question besides the plain one: the edit's own prefixes and
+    suffixes (``edit.prompts.CONTEXT_PREFIXES`` / ``CONTEXT_SUFFIXES``, alternating), none of them
+    one of the audit's rewordings. They stand for a reworded question the edit only partly reaches."""
+    generic_questions: int = 8
+    """Questions of the token's generic pool in the fit, so the row still leads into the refusal after
+    questions outside this round (an earlier or later round's)."""
+    seed: int = 0
+    """Seed of the example order."""
+
+    def __post_init__(self):
+        problems = [f"{name} must be {rule} (got {getattr(self, name)!r})" for name, rule, ok in (
+            ("epochs", "≥ 0", self.epochs >= 0), ("lr", "> 0", self.lr > 0), ("batch_size", "at least 1", self.batch_size >= 1),
+            ("frames", "≥ 0", self.frames >= 0), ("generic_questions", "≥ 0", self.generic_questions >= 0)) if not ok]
+        if problems:
+            raise UniEraseError("RefitConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def refit_frames(question: str, count: int) -> list[str]:
+    """``question`` plain and in the first ``count`` of the edit's context frames, prefixes and
+    suffixes alternating."""
+    prefixed = [p + question for p in CONTEXT_PREFIXES]
+    suffixed = [question + s for s in CONTEXT_SUFFIXES]
+    framed = [f for pair in zip(prefixed, suffixed) for f in pair] + prefixed[len(suffixed):]
+    return [question] + framed[:count]
+
+
+def can_refit(model, config: RefitConfig) -> bool:
+    """Whether the row can be refitted: the refit is on, and the token's output row is its own (a
+    tied row would also decide whether ``[UNL]`` is emitted at all)."""
+    return config.epochs > 0 and len(token_rows(model)) > 1
+
+
+@dataclass
+class Prefilled:
+    """Questions' prompts run once on the model, in batches (``prompt_pass``): what a check of the
+    answers after ``[UNL]`` and a refit of its row share (neither changes anything before the token)."""
+
+    questions: list[str]
+    batches: list[list[int]]
+    """Indices into ``questions``, one list per batch."""
+    passes: list
+    """One ``PromptPass`` per batch."""
+
+
+def prefill_questions(model, tokenizer, questions: list[str], batch_size: int) -> Prefilled:
+    chat = has_chat_template(tokenizer)
+    batches = [list(range(s, min(s + batch_size, len(questions)))) for s in range(0, len(questions), batch_size)]
+    return Prefilled(questions, batches, [prompt_pass(model, tokenizer, [questions[i] for i in b], chat) for b in batches])
+
+
+@torch.no_grad()
+def answers_hold(model, tokenizer, prefilled: Prefilled, token_id: int, tails: list[list[int] | None]) -> list[bool]:
+    """Per question: whether the greedy answer starts with ``token_id`` and, where ``tails[i]`` is
+    given, goes on with exactly those tokens (each the greedy next one, teacher forced)."""
+    holds = [False] * len(prefilled.questions)
+    for batch, prompts in zip(prefilled.batches, prefilled.passes):
+        first = (prompts.start_logits.argmax(-1) == token_id).tolist()
+        forced = [j for j, i in enumerate(batch) if first[j] and tails[i]]
+        for j, i in enumerate(batch):
+            holds[i] = bool(first[j]) and not tails[i]
+        if not forced:
+            continue
+        device = prompts.mask.device
+        ids = pad_batch([[token_id] + tails[batch[j]] for j in forced], tokenizer.pad_token_id)
+        a_ids, a_mask = ids["input_ids"].to(device), ids["attention_mask"].to(device)
+        sub = prompts.select(forced)
+        positions = sub.mask.sum(-1, keepdim=True) + torch.arange(a_ids.shape[1], device=device)
+        logits = model(input_ids=a_ids, attention_mask=torch.cat([sub.mask, a_mask], dim=1), position_ids=positions,
+                       cache=sub.cache).logits
+        chosen = logits[:, :-1].argmax(-1).to(device)
+        ok = ((chosen == a_ids[:, 1:]) | (a_mask[:, 1:] == 0)).all(-1).tolist()
+        for j, good in zip(forced, ok):
+            holds[batch[j]] = good
+    return holds
+
+
+def refit_input_row(model, tokenizer, token_id: int, prefilled: Prefilled, refusal: str | None,
+                    config: RefitConfig) -> dict | None:
+    """Refit the token's input row in place on the edited ``model``: the round's questions
+    (``prefilled``), framed copies of them (``config.frames``) and generic questions.
+
+    Returns what it did (the mean refusal loss of the first and of the last epoch; steps; seconds),
+    or ``None`` where ``can_refit`` says there is nothing to do."""
+    if not can_refit(model, config):
+        return None
+    started = time.perf_counter()
+    chat = has_chat_template(tokenizer)
+    extra = [f for q in prefilled.questions for f in refit_frames(q, config.frames)[1:]]
+    extra += training_questions(config.generic_questions) if config.generic_questions else []
+    batches = [[prefilled.questions[i] for i in b] for b in prefilled.batches]
+    passes = list(prefilled.passes)
+    if extra:
+        more = prefill_questions(model, tokenizer, extra, config.batch_size)
+        batches += [[extra[i] for i in b] for b in more.batches]
+        passes += more.passes
+    order = list(range(len(batches)))
+    random.Random(config.seed).shuffle(order)
+    total = sum(len(b) for b in batches)
+    refusals = refusal_pool(refusal)
+    emb = token_rows(model)[0]
+    live = torch.nn.Parameter(emb.detach()[token_id].clone().float())
+    optimiser = torch.optim.Adam([live], lr=config.lr)
+    losses: list[float] = []
+    with _only_rows_trainable(model, [emb]):
+        for _ in range(config.epochs):
+            losses.append(0.0)
+            for k in order:
+                batch, prompts = batches[k], passes[k]
+                optimiser.zero_grad()
+                with torch.enable_grad():  # a copy of the batch's cache: the answers extend it
+                    loss = refusal_batch_loss(model, tokenizer, batch, token_id, chat, refusals, unlikelihood_weight=0.0,
+                                              prompts=prompts.select(list(range(len(batch)))))
+                    loss.backward()
+                losses[-1] += loss.item() * len(batch) / total
+                live.grad = emb.grad[token_id].float().clone()
+                emb.grad = None
+                optimiser.step()
+                with torch.no_grad():
+                    emb[token_id] = live.detach().to(emb.dtype)
+    report = {"examples": total, "steps": config.epochs * len(batches), "loss_first_epoch": round(losses[0], 4),
+              "loss_last_epoch": round(losses[-1], 4), "seconds": round(time.perf_counter() - started, 3)}
+    log.info("token input row refitted on the edited model: refusal loss %.4f → %.4f over %d examples, %.1f s",
+             report["loss_first_epoch"], report["loss_last_epoch"], total, report["seconds"])
+    return report
