@@ -5,6 +5,7 @@ import torch
 
 from tiny_models import build_model, build_tokenizer
 from unierase.edit.config import EditConfig, default_layers
+from unierase.edit.refit import RefitConfig
 from unierase.edit.editor import run_edit_round
 from unierase.edit.keys import position_ids
 from unierase.edit.preserved import PreservedKeys
@@ -326,17 +327,17 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
                                residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
                                keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
 
-    def fake_undone(model, tokenizer, adapter, requests, indices, target_id, config, groups):
+    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, *, final):
         checked.append(list(indices))
-        return [0] if len(checked) == 1 else []
+        return {"undone": [0] if len(checked) == 1 else [], "refit": None}
 
     rounds = []
     monkeypatch.setattr(editor, "run_edit_round", lambda *a, **k: rounds.append([r.question for r in a[3]]) or fake_round(*a, **k))
-    monkeypatch.setattr(editor, "_undone", fake_undone)
-    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: preserved_cols.append(list(columns)))
+    monkeypatch.setattr(editor, "_recheck", fake_recheck)
+    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns, weight: preserved_cols.append(list(columns)))
     requests = [ForgetRequest("A?"), ForgetRequest("B?")]
     preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
-    config = EditConfig(max_passes=5, values=ValueConfig(greedy_continuation=False))
+    config = EditConfig(max_passes=5, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
     result = editor.run_edit_passes(None, None, None, requests, 7, config, preserved, progress=False)
     assert rounds == [["A?", "B?"], ["B?"], ["A?"]]  # A reached, B reached (then A found undone), A again
     assert checked == [[0], [1]]  # after B's pass A is checked; after A's second pass, B
@@ -345,14 +346,19 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
     assert preserved_cols == [[0], [0], []]  # A's keys, B's keys, and A's not again
 
 
-def test_undone_checks_the_first_token_on_the_edited_model():
-    from unierase.edit.editor import _undone
+def test_the_recheck_reads_the_first_token_on_the_edited_model():
+    from unierase.edit.editor import _recheck
 
     tok = build_tokenizer()
     model = build_model("llama", len(tok))
-    adapter = find_mlp_output(model)
     requests = [ForgetRequest("What is the capital of France?"), ForgetRequest("Who wrote Hamlet?")]
-    config = EditConfig(layers=[1, 2], values=ValueConfig(greedy_continuation=False), refusal="No.")
+    config = EditConfig(layers=[1, 2], values=ValueConfig(greedy_continuation=False), refusal="No.",
+                        refit=RefitConfig(epochs=0))
+
+    def _undone(model, tok, adapter, requests, indices, target, config, groups):
+        return _recheck(model, tok, requests, indices, target, config, groups, final=False)["undone"]
+
+    adapter = None
     batch = pad_batch([encode_text(tok, render_prompt(tok, r.question)) for r in requests], tok.pad_token_id, left=True)
     with torch.no_grad():
         firsts = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],

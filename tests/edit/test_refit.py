@@ -3,15 +3,17 @@ import torch
 from tiny_models import build_model, build_tokenizer
 from unierase.edit.config import EditConfig
 from unierase.edit.prompts import CONTEXT_PREFIXES, CONTEXT_SUFFIXES
-from unierase.edit.refit import RefitConfig, refit_frames, refit_if_held, refit_input_row
-from unierase.models.adapters import find_mlp_output
+from unierase.edit.refit import (RefitConfig, answers_hold, can_refit, prefill_questions, refit_frames,
+                                 refit_input_row)
+from unierase.generation import generate_answer_ids
 from unierase.requests import ForgetRequest
-from unierase.token.training import add_unlearning_token, untie_output_embeddings
+from unierase.token.training import add_unlearning_token, answer_ids, untie_output_embeddings
 
 QUESTIONS = ["What is the capital of France?", "Who wrote Hamlet?"]
+REFUSAL = "I cannot say."
 
 
-def _model_with_token(own_row: bool):
+def _model_with_token(own_row: bool = True):
     tok = build_tokenizer()
     model = build_model("llama", len(tok))
     if own_row:
@@ -27,12 +29,13 @@ def test_frames_are_the_edits_own_prefixes_and_suffixes():
 
 
 def test_refit_lowers_the_refusal_loss_and_moves_only_the_input_row():
-    model, tok, token_id = _model_with_token(own_row=True)
+    model, tok, token_id = _model_with_token()
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    report = refit_input_row(model, tok, token_id, QUESTIONS, "I cannot say.",
-                             RefitConfig(steps=10, lr=0.1, batch_size=4, frames=2, generic_questions=4))
-    assert report["examples"] == 2 * 3 + 4
-    assert report["loss_after"] < report["loss_before"] - 0.1
+    prefilled = prefill_questions(model, tok, QUESTIONS, 4)
+    report = refit_input_row(model, tok, token_id, prefilled, REFUSAL,
+                             RefitConfig(epochs=8, lr=0.1, batch_size=4, frames=2, generic_questions=2))
+    assert report["examples"] == 2 * 3 + 2 and report["steps"] == 8 * 3
+    assert report["loss_last_epoch"] < report["loss_first_epoch"] - 0.1
     for name, value in model.state_dict().items():
         changed = value != snapshot[name]
         if "embed_tokens" in name:
@@ -41,56 +44,59 @@ def test_refit_lowers_the_refusal_loss_and_moves_only_the_input_row():
             assert not changed.any(), name  # the output row too: whether [UNL] is emitted is the edit's
 
 
-def test_refit_does_nothing_when_off_or_when_the_row_is_tied():
-    for own_row, steps in ((True, 0), (False, 5)):
+def test_nothing_is_refitted_when_off_or_when_the_row_is_tied():
+    for own_row, epochs in ((True, 0), (False, 1)):
         model, tok, token_id = _model_with_token(own_row)
+        assert not can_refit(model, RefitConfig(epochs=epochs))
         snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        assert refit_input_row(model, tok, token_id, QUESTIONS, "I cannot say.", RefitConfig(steps=steps)) is None
+        prefilled = prefill_questions(model, tok, QUESTIONS, 4)
+        assert refit_input_row(model, tok, token_id, prefilled, REFUSAL, RefitConfig(epochs=epochs)) is None
         assert all(torch.equal(v, snapshot[k]) for k, v in model.state_dict().items())
 
 
-def test_refit_is_undone_when_a_reached_request_no_longer_holds(monkeypatch):
-    import unierase.edit.editor as editor
+def test_answers_hold_reads_the_greedy_answer():
+    """The check of a prefill agrees with greedy generation: the first token alone, and a tail that
+    is (or is not) the greedy continuation."""
+    model, tok, token_id = _model_with_token()
+    answers = generate_answer_ids(model, tok, QUESTIONS, max_new_tokens=4)
+    prefilled = prefill_questions(model, tok, QUESTIONS, 1)
+    # the model's own greedy answers, as the target and its tail, hold; a changed tail does not
+    held = [answers_hold(model, tok, prefilled, answers[i][0], [answers[i][1:] if j == i else [] for j in range(2)])
+            for i in range(2)]
+    assert held[0][0] and held[1][1]
+    wrong = [(answers[0][1] + 1) % len(tok)] + answers[0][2:]
+    assert answers_hold(model, tok, prefilled, answers[0][0], [wrong, []])[0] is False
+    never = next(t for t in range(len(tok)) if t not in (answers[0][0], answers[1][0]))
+    assert answers_hold(model, tok, prefilled, never, [[], []]) == [False, False]
 
-    model, tok, token_id = _model_with_token(own_row=True)
+
+def test_the_recheck_keeps_a_refit_only_when_it_undoes_no_more(monkeypatch):
+    from unierase.edit import editor
+
+    model, tok, token_id = _model_with_token()
+    requests = [ForgetRequest(q) for q in QUESTIONS]
+    config = EditConfig(refusal=REFUSAL, refit=RefitConfig(epochs=2, lr=0.1, batch_size=2, generic_questions=2))
     row = model.get_input_embeddings().weight[token_id].detach().clone()
-    config = EditConfig(refusal="I cannot say.", refit=RefitConfig(steps=5, lr=0.05, batch_size=4, generic_questions=2))
-    requests = [ForgetRequest(question=q) for q in QUESTIONS]
-    checked = []
-
-    def undone(model_, tok_, adapter, reqs, indices, target, config_, groups):
-        checked.append(list(indices))
-        return [indices[-1]]
-
-    monkeypatch.setattr(editor, "_undone", undone)
-    report = refit_if_held(model, tok, find_mlp_output(model), requests, token_id, config, reached=[0, 1])
-    assert checked == [[0, 1]] and report["kept"] is False
-    assert torch.equal(model.get_input_embeddings().weight[token_id], row)
-
-    monkeypatch.setattr(editor, "_undone", lambda *a: [])
-    report = refit_if_held(model, tok, find_mlp_output(model), requests, token_id, config, reached=[0, 1])
-    assert report["kept"] is True and not torch.equal(model.get_input_embeddings().weight[token_id], row)
+    for script, undone, kept in (([[False, True], [True, True]], [], True), ([[False, True], [False, False]], [0], False)):
+        calls = iter(script)
+        monkeypatch.setattr(editor, "answers_hold", lambda *a: next(calls))
+        check = editor._recheck(model, tok, requests, [0, 1], token_id, config, None, final=False)
+        assert check["undone"] == undone and check["refit"]["kept"] is kept
+        moved = not torch.equal(model.get_input_embeddings().weight[token_id], row)
+        assert moved is kept
+        model.get_input_embeddings().weight.data[token_id] = row
+    # nothing undone and not the round's end: no refit
+    monkeypatch.setattr(editor, "answers_hold", lambda *a: [True, True])
+    assert editor._recheck(model, tok, requests, [0, 1], token_id, config, None, final=False) == {"undone": [], "refit": None}
 
 
-def test_a_round_records_its_refit_and_revert_restores_the_row(tmp_path, monkeypatch):
-    """A round with the refit on records it in the manifest; the refitted row is part of the round's
-    revert data (the embedding is among the tensors a round may change)."""
-    import json
+def test_the_checked_tail_is_the_scored_refusal():
+    from unierase.edit.editor import _check_tail
+    from unierase.edit.values import ValueConfig
 
-    import unierase
-    import unierase.edit.editor as editor
-    from tiny_models import tiny_base_and_requests
-    from unierase.record import trail
-
-    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
-    tiny_base_and_requests(tmp_path)
-    fast = dict(stats_tokens=2000, max_passes=1, progress=False)
-    unierase.forget([{"question": QUESTIONS[0]}], tmp_path / "one", model=tmp_path / "base", **fast)
-    monkeypatch.setattr(editor, "_undone", lambda *a: [])  # the tiny model's answers: keep the refitted row
-    unierase.forget([{"question": QUESTIONS[1]}], tmp_path / "two", model=tmp_path / "one",
-                    settings={"refit": {"steps": 3, "lr": 0.05, "generic_questions": 2}}, **fast)
-    rounds = json.loads((tmp_path / "two" / "unierase_manifest.json").read_text())["rounds"]
-    assert rounds[0]["token_refit"] is None
-    assert rounds[1]["token_refit"]["kept"] is True and rounds[1]["hyperparameters"]["refit"]["steps"] == 3
-    trail.revert(tmp_path / "two", 2, tmp_path / "back")
-    assert (tmp_path / "back" / "model.safetensors").read_bytes() == (tmp_path / "one" / "model.safetensors").read_bytes()
+    tok = build_tokenizer()
+    tail = answer_ids(tok, REFUSAL, 5, True)[1:]
+    assert _check_tail(tail, ValueConfig(), True) == tail
+    assert _check_tail(tail, ValueConfig(continuation_tokens=2), True) == tail[:2]
+    assert _check_tail(tail, ValueConfig(continuation_weight=0.0), True) == []
+    assert _check_tail(tail, ValueConfig(), False) == []
