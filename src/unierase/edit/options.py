@@ -88,8 +88,8 @@ class EraseOptions(MethodOptions):
         "edit passes at most; requests whose answer does not start with the unlearning token yet get another pass "
         "(default: 12). Requests still not reached are named in the summary and the manifest", type=int)
     settings: dict[str, dict] | None = option(
-        "one setting over the model's recipe, SECTION edit, values, entity_values or token (the unlearning token's "
-        "training, first round only), VALUE as JSON, e.g. --set values.greedy_continuation=true --set "
+        "one setting over the model's recipe, SECTION edit, values, entity_values, refit (the token row's refit "
+        "on the edited model) or token (the unlearning token's training, first round only), VALUE as JSON, e.g. --set values.greedy_continuation=true --set "
         "edit.answer_key_weight=4; repeatable; recorded in the manifest",
         flag="--set", append=True, parse=parse_settings, metavar="SECTION.FIELD=VALUE")
     refusal: str | None = option(
