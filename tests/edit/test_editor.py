@@ -334,7 +334,7 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
     rounds = []
     monkeypatch.setattr(editor, "run_edit_round", lambda *a, **k: rounds.append([r.question for r in a[3]]) or fake_round(*a, **k))
     monkeypatch.setattr(editor, "_recheck", fake_recheck)
-    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns, weight: preserved_cols.append(list(columns)))
+    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: preserved_cols.append(list(columns)))
     requests = [ForgetRequest("A?"), ForgetRequest("B?")]
     preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
     config = EditConfig(max_passes=5, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))

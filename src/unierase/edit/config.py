@@ -83,9 +83,6 @@ class EditConfig:
     max_passes: int = 12
     """Requests whose greedy first token is not yet the target get another pass, at most this many;
     each pass starts from the previous targets and preserves the previous keys."""
-    reached_key_weight: float = 1.0
-    """Weight in the preserved state of the keys of a request once it is reached (for the round's
-    later passes and for later rounds): more, and a later pass undoes fewer of them."""
     group_value_questions: int | None = 8
     """An entity group's shared δ is optimised on at most this many of its pending questions, spread
     from the shortest to the longest; the others only receive it (None = all)."""
@@ -123,7 +120,7 @@ class EditConfig:
             problems.append(f"soft_state_rows must be None or ≥ 0 (got {self.soft_state_rows!r})")
         problems += [f"{name} must be ≥ 0 (got {getattr(self, name)!r})" for name in (
             "question_key_weight", "refusal_key_weight", "answer_key_weight", "rare_name_key_weight", "neutral_key_weight",
-            "substitute_answer_weight", "reached_key_weight")
+            "substitute_answer_weight")
             if getattr(self, name) < 0]
         if problems:
             raise UniEraseError("EditConfig: " + "; ".join(problems))

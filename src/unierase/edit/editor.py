@@ -111,8 +111,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
         still = [j for j, h in enumerate(holds) if not h]
-        _preserve_columns(preserved, report.keys, [j for j, h in enumerate(holds) if h and pending[j] not in kept],
-                          config.reached_key_weight)
+        _preserve_columns(preserved, report.keys, [j for j, h in enumerate(holds) if h and pending[j] not in kept])
         kept.update(pending[j] for j, h in enumerate(holds) if h)
         carried = report.after.subset(still) if still else None
         earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
@@ -142,7 +141,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         if not pending:
             break
     if pending:  # never reached: later rounds keep what the last pass wrote for them (once)
-        _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept], config.reached_key_weight)
+        _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
     preserved.end_round(config)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending), updates)
 
@@ -208,13 +207,11 @@ def _continuations(tokenizer, requests: list[ForgetRequest], target_id: int, con
     return [answer_ids(tokenizer, refusal_for(r.question, refusals), target_id, chat)[1:] for r in requests]
 
 
-def _preserve_columns(preserved: PreservedKeys, keys: dict[int, torch.Tensor], columns: list[int],
-                      weight: float = 1.0) -> None:
-    """Add the keys of some of a pass's requests (columns of ``RoundReport.keys``) to the preserved
-    state, each K_p K_pᵀ term scaled by ``weight``."""
+def _preserve_columns(preserved: PreservedKeys, keys: dict[int, torch.Tensor], columns: list[int]) -> None:
+    """Add the keys of some of a pass's requests (columns of ``RoundReport.keys``) to the preserved state."""
     if columns:
         for layer, k in keys.items():
-            preserved.state.add(layer, k[:, columns] * weight ** 0.5)
+            preserved.state.add(layer, k[:, columns])
 
 
 def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | None) -> list[bool] | None:
