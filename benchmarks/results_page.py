@@ -458,6 +458,10 @@ ARCHIVE = {
                                                         "0.5) and the defaults of the time on the held-out split",
     "edit_variants/entity_tuning_margin_recheck.json": "the same choice on the TOFU entity-scope tuning split (two "
                                                        "retain authors), and the re-check of earlier passes' requests",
+    "edit_variants/erasure_holds_before_refit.json": "erasure_holds.py's default cells at the code before the token "
+                                                     "row's refit, in the same environment as erasure_holds.json",
+    "edit_variants/entity_scope_before_refit.json": "entity_scope.py at the code before the token row's refit, in the "
+                                                    "same environment as entity_scope.json",
     "edit_variants/entity_tuning_refit.json": "the refit of the token's input row on the TOFU entity-scope tuning split: "
                                               "after the passes (20 steps, framed questions) and at the re-check (one "
                                               "epoch, chosen), against the re-check alone and the defaults before",
@@ -497,6 +501,10 @@ ARCHIVE_MADE_BY = {
                                                         "d219b6b and a7e3792",
     "edit_variants/entity_tuning_margin_recheck.json": "`python benchmarks/entity_tuning.py --variant NAME [--set …] "
                                                        "--results FILE` at d05f6b9 and c4ef5ed",
+    "edit_variants/erasure_holds_before_refit.json": "`python benchmarks/erasure_holds.py --split tuning|heldout "
+                                                     "--variant defaults --results FILE` at a025645",
+    "edit_variants/entity_scope_before_refit.json": "`python benchmarks/entity_scope.py --timing-sizes 40 --baselines "
+                                                    "--results FILE` at a025645",
     "edit_variants/entity_tuning_refit.json": "`python benchmarks/entity_tuning.py --variant NAME [--set refit.…] "
                                               "--results FILE` at a025645 (defaults), and during the change (the others)",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
