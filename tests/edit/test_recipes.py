@@ -73,13 +73,14 @@ def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
     from unierase.edit.recipes import parse_settings, with_settings
 
     settings = parse_settings(["values.greedy_continuation=true", "edit.answer_key_weight=4", "values.continuation_tokens=null",
-                               'edit.key_position="entity"'])
+                               'edit.key_position="entity"', "refit.epochs=0"])
     assert settings == {"edit": {"answer_key_weight": 4, "key_position": "entity"},
                         "values": {"greedy_continuation": True, "continuation_tokens": None}, "entity_values": {},
-                        "token": {}}
+                        "refit": {"epochs": 0}, "token": {}}
     base, _ = edit_config_for(SMOLLM2_135M)
     config = with_settings(base, settings)
     assert config.values.greedy_continuation and config.values.continuation_tokens is None and config.values.lr == 0.5
+    assert config.refit.epochs == 0 and base.refit.epochs == 1
     assert config.answer_key_weight == 4 and base.answer_key_weight == 2.0  # the original is untouched
     for bad, message in (("values.steps", "SECTION.FIELD=VALUE"), ("model.lr=1", "SECTION.FIELD=VALUE"),
                          ("values.steps=three", "JSON")):
@@ -89,6 +90,8 @@ def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
         with_settings(base, {"values": {"stepz": 3}})
     with pytest.raises(UniEraseError, match="steps must be at least 1"):
         with_settings(base, {"values": {"steps": 0}})
+    with pytest.raises(UniEraseError, match="lr must be > 0"):
+        with_settings(base, {"refit": {"lr": 0}})
 
 
 def test_token_settings_apply_to_the_token_config_only():

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import unierase.evaluation.runner as runner
 from unierase.evaluation import EvalConfig, evaluate
@@ -169,9 +170,14 @@ def test_an_evaluation_shared_among_two_processes_equals_one_process(tiny_model_
 
     args = ["--model", str(tiny_model_dir), "--data-dir", str(tiny_tofu), "--retain", str(tiny_model_dir),
             "--batch-size", "1", "--max-new-tokens", "6", "--embedding-model", "none", "--no-plot"]
-    one = evaluate(config=runner.EvalConfig(model=str(tiny_model_dir), out=str(tmp_path / "one"), data=str(tiny_tofu),
-                                            retain=str(tiny_model_dir), batch_size=1, max_new_tokens=6,
-                                            embedding_model="none", plot=False)).summary
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each process below: fp32 sums in another order differ in the last bits
+    try:
+        one = evaluate(config=runner.EvalConfig(model=str(tiny_model_dir), out=str(tmp_path / "one"), data=str(tiny_tofu),
+                                                retain=str(tiny_model_dir), batch_size=1, max_new_tokens=6,
+                                                embedding_model="none", plot=False)).summary
+    finally:
+        torch.set_num_threads(threads)
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "unierase", "-q", "eval", "--out", str(tmp_path / "two"), *args],
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)

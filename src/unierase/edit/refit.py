@@ -4,8 +4,8 @@ Where the token has an output row of its own, its input row is read only once ``
 emitted: it shapes the answer after the token and nothing before it. The edit changes the states
 of the erased questions (and, partly, of questions reworded around them) that the answer after
 ``[UNL]`` attends to, so a row trained on the unedited model can derail there ("[UNL]who
-said…"). Refitting that one row on the edited model, over the round's questions in the edit's own
-context frames and some generic questions, touches no other answer. The passes refit it where
+said…"). Refitting that one row on the edited model, over the round's questions (optionally in the
+edit's own context frames) and some generic questions, touches no other answer. The passes refit it where
 they check the requests reached (``editor._recheck``), and keep it unless it loses more of them.
 """
 
@@ -38,7 +38,7 @@ class RefitConfig:
     lr: float = 5e-3
     """Adam learning rate (the row only moves a little from the trained one)."""
     batch_size: int = 16
-    """Examples per step."""
+    """Examples per step (and prompts per batch of the re-check's prefill)."""
     frames: int = 0
     """Context frames per request question besides the plain one: the edit's own prefixes and
     suffixes (``edit.prompts.CONTEXT_PREFIXES`` / ``CONTEXT_SUFFIXES``, alternating), none of them
