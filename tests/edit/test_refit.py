@@ -91,12 +91,11 @@ def test_the_recheck_keeps_a_refit_only_when_it_undoes_no_more(monkeypatch):
 
 
 def test_the_checked_tail_is_the_scored_refusal():
-    from unierase.edit.editor import _check_tail
-    from unierase.edit.values import ValueConfig
+    from unierase.edit.values import ValueConfig, scored_continuation
 
     tok = build_tokenizer()
     tail = answer_ids(tok, REFUSAL, 5, True)[1:]
-    assert _check_tail(tail, ValueConfig(), True) == tail
-    assert _check_tail(tail, ValueConfig(continuation_tokens=2), True) == tail[:2]
-    assert _check_tail(tail, ValueConfig(continuation_weight=0.0), True) == []
-    assert _check_tail(tail, ValueConfig(), False) == []
+    assert scored_continuation(tail, ValueConfig()) == tail
+    assert scored_continuation(tail, ValueConfig(continuation_tokens=2)) == tail[:2]
+    assert scored_continuation(tail, ValueConfig(continuation_weight=0.0)) == []
+    assert scored_continuation(None, ValueConfig()) == []

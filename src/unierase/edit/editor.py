@@ -25,7 +25,7 @@ from .preserved import PreservedKeys, SoftConstraint
 from .refit import answers_hold, can_refit, prefill_questions, refit_input_row
 from .prompts import EditPrompt, build_edit_prompts
 from .solve import SOLVERS
-from .values import PromptGroup, compute_target_values, plain_prompt_group
+from .values import PromptGroup, compute_target_values, plain_prompt_group, scored_continuation
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,9 @@ def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int]
     asked = list(range(len(requests))) if refit else list(indices)
     shared = shared_rows(compact_groups(groups) if groups else None, len(requests))
     continuations = _continuations(tokenizer, [requests[i] for i in asked], target_id, config)
-    tails = [_check_tail(c, config.entity_values if shared[i] else config.values, config.values.greedy_continuation)
+    # what the passes wait for after the token (``_holds``): the continuation the values score
+    greedy = config.values.greedy_continuation
+    tails = [scored_continuation(c, config.entity_values if shared[i] else config.values) if greedy else []
              for i, c in zip(asked, continuations)]
     prefilled = prefill_questions(model, tokenizer, [requests[i].question for i in asked], config.refit.batch_size)
     row = {i: j for j, i in enumerate(asked)}
@@ -183,14 +185,6 @@ def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int]
                     len(after), len(undone))
         return {"undone": undone, "refit": report}
     return {"undone": after, "refit": report}
-
-
-def _check_tail(continuation: list[int], values, greedy: bool) -> list[int]:
-    """The continuation a check requires after the target token: the tokens the value optimisation
-    scores (``values``: none, some or all), or none where the passes wait only for the first token."""
-    if not greedy or values.continuation_weight <= 0 or values.continuation_tokens == 0:
-        return []
-    return list(continuation)[:values.continuation_tokens]
 
 
 def _holds(after: PromptGroup, target_id: int, config: EditConfig) -> list[bool]:

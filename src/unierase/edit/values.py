@@ -346,20 +346,24 @@ def _restrict(groups: list[PromptGroup], prompts: list[EditPrompt], requests: se
             if (rows := [i for i, m in enumerate(g.members.tolist()) if prompts[m].request_index in requests])]
 
 
+def scored_continuation(continuation: list[int] | None, config: ValueConfig) -> list[int]:
+    """The tokens after the target token that ``config`` scores: none, its first
+    ``continuation_tokens``, or all of ``continuation``."""
+    if not continuation or config.continuation_weight <= 0 or config.continuation_tokens == 0:
+        return []
+    return list(continuation)[:config.continuation_tokens]
+
+
 def _tails(prompts: list[EditPrompt], plain: list[int], target_id: int, config: ValueConfig | list[ValueConfig],
            continuations: list[list[int]] | None) -> list[list[int]] | None:
     """The teacher-forced target of each plain prompt (target token + scored continuation), or
     ``None`` when only the first token is scored. ``config``: one for all, or one per request."""
-
-    def scored(c: ValueConfig) -> int:  # continuation tokens scored under c (None: all)
-        return 0 if not continuations or c.continuation_weight <= 0 or c.continuation_tokens == 0 else c.continuation_tokens
-
     per_request = config if isinstance(config, list) else None
-    counts = [scored(per_request[prompts[i].request_index] if per_request else config) for i in plain]
-    if all(n == 0 for n in counts):
+    tails = [scored_continuation(continuations[prompts[i].request_index] if continuations else None,
+                                 per_request[prompts[i].request_index] if per_request else config) for i in plain]
+    if not any(tails):
         return None
-    return [[target_id] + (list(continuations[prompts[i].request_index])[:n] if n != 0 else [])
-            for i, n in zip(plain, counts)]
+    return [[target_id] + t for t in tails]
 
 
 def plain_prompt_group(model, adapter: MLPOutputAdapter, z_layer: int, prompts: list[EditPrompt], target_id: int,
