@@ -22,7 +22,7 @@ from ..prompts import has_chat_template, pad_batch
 from ..refusals import refusal_pool
 from ..storage import UniEraseError
 from ..token.questions import training_questions
-from ..token.training import _only_rows_trainable, prompt_pass, refusal_batch_loss, token_rows
+from ..token.training import only_rows_trainable, prompt_pass, refusal_batch_loss, token_rows
 from .prompts import CONTEXT_PREFIXES, CONTEXT_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def refit_input_row(model, tokenizer, token_id: int, prefilled: Prefilled, refus
     live = torch.nn.Parameter(emb.detach()[token_id].clone().float())
     optimiser = torch.optim.Adam([live], lr=config.lr)
     losses: list[float] = []
-    with _only_rows_trainable(model, [emb]):
+    with only_rows_trainable(model, [emb]):
         for _ in range(config.epochs):
             losses.append(0.0)
             for k in order:

@@ -389,7 +389,7 @@ def train_unlearning_token(model, tokenizer, questions: list[str], config: Unlea
     stages = _stages(config, has_chat_template(tokenizer), augmented=run.adapter is not None)
     total_steps = sum(e * len(f) * math.ceil(len(questions) / config.batch_size) for _, e, _, f, _ in stages)
     report = TokenTrainingReport()
-    with _only_rows_trainable(model, run.rows[:1]), \
+    with only_rows_trainable(model, run.rows[:1]), \
             tqdm(total=total_steps, desc="training unlearning token", disable=not progress) as bar:
         for name, epochs, lr, formats, noisy in stages:
             optimiser = torch.optim.Adam([run.live], lr=lr)
@@ -492,7 +492,7 @@ def _stages(config: UnlearningTokenConfig, chat_available: bool, augmented: bool
 
 
 @contextlib.contextmanager
-def _only_rows_trainable(model, rows: list[torch.Tensor]):
+def only_rows_trainable(model, rows: list[torch.Tensor]):
     """Gradients only for ``rows``, the model in eval mode; the flags, gradients and mode restored afterwards."""
     flags = {name: p.requires_grad for name, p in model.named_parameters()}
     for p in model.parameters():
