@@ -101,3 +101,13 @@ def test_answer_position_keys_are_the_keys_of_the_positions_that_predict_the_ans
         for (p, a), keys, full in zip(pairs, got, whole):
             expected = full[len(p) - 1: len(p) + len(a) - 1] if a else full[len(p) - 1: len(p)]
             torch.testing.assert_close(keys[layer], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_request_describing_its_entity_is_keyed_at_its_question_end():
+    from unierase.edit.keys import choose_key_chars
+    from unierase.requests import ForgetRequest
+
+    question = "What is the full name of the author born in Kuwait City, Kuwait on 08/09/1956?"
+    requests = [ForgetRequest(question), ForgetRequest(question)]
+    ends = choose_key_chars(None, None, None, requests, "auto", 0, None, described=[False, True])
+    assert question[:ends[0]].endswith("Kuwait") and ends[1] == len(question)

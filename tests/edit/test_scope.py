@@ -244,7 +244,10 @@ def test_entity_scope_leaves_dates_and_places_named_in_passing():
     evidence = {2: "The author born in Kuwait City is Basil Mahfouz Al-Kuwaiti.", 3: "She is Nikolai Abilov's mentor."}
     attributed = resolve_scope([ForgetRequest(q) for q in questions], "entity", neutral_questions=1, evidence=evidence)
     assert attributed.unattributed == [3] and attributed.scopes == ["entity", "entity", "entity", "fact"]
-    assert attributed.entities[0]["attributed"] == [2] and attributed.groups[2] == attributed.groups[0]
+    assert attributed.entities[0]["attributed"] == [2] and 2 in attributed.entities[0]["requests"]
+    assert attributed.members[2] == attributed.members[0] and attributed.described(2) and not attributed.described(0)
+    # a target of its own (the group's, keyed at the name, is not reached from the question's end)
+    assert attributed.groups[2] not in (attributed.groups[0], attributed.groups[3])
     assert attributed.requests[2].subject is None  # keyed at the question's end, not at "Kuwait"
     # the request's own answer is evidence too
     given = [ForgetRequest(q) for q in questions[:3]] + [ForgetRequest(questions[3], answer="Al-Kuwaiti's sister")]

@@ -44,7 +44,7 @@ from .options import EraseOptions
 from .prompts import neutral_questions
 from .preserved import build_preserved_keys
 from .recipes import edit_config_for, token_with_settings, with_settings
-from .scope import resolve_with_evidence, shared_rows
+from .scope import resolve_with_evidence
 from .stats import ANSWER_KEY_TOKENS
 
 log = logging.getLogger(__name__)
@@ -369,9 +369,9 @@ def _dry_run(reqs, source, context: RunContext, options: EraseOptions) -> Forget
     run.config, run.recipe = _resolve_config(run.model, options, run.cache_dir)
     scoped = _resolve_scope(run)
     adapter = find_mlp_output(run.model)
-    shared = shared_rows(scoped.groups, len(scoped.requests))
+    described = [scoped.described(i) for i in range(len(scoped.requests))]
     mode = run.config.key_position
-    ends = (choose_key_chars(run.model, run.tokenizer, adapter, scoped.requests, mode, 0, None, shared)
+    ends = (choose_key_chars(run.model, run.tokenizer, adapter, scoped.requests, mode, 0, None, described)
             if mode != "distinct" else [None] * len(scoped.requests))
 
     def item(i: int) -> dict:

@@ -181,10 +181,10 @@ def _collect(model, adapter: MLPOutputAdapter, layers: list[int], z_layer: int |
 
 
 def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list[ForgetRequest], mode: str,
-                     first_layer: int, basis: torch.Tensor | None, shared: list[bool] | None = None) -> list[int | None]:
+                     first_layer: int, basis: torch.Tensor | None, described: list[bool] | None = None) -> list[int | None]:
     """Character end (inside the question) of each request's key token; ``None`` = last prompt token.
-    ``shared``: per request, whether it shares an entity group's target; with ``auto``, a member
-    without a subject names the entity only by description and is keyed at the question's end."""
+    ``described``: per request, whether it belongs to an entity group it names only by description
+    (``ScopedRound.described``); with ``auto``, such a request is keyed at the question's end."""
     if mode not in KEY_POSITIONS:
         raise UniEraseError(f"unknown key position {mode!r} (choose from {', '.join(KEY_POSITIONS)})")
     ends: list[int | None] = []
@@ -196,7 +196,7 @@ def choose_key_chars(model, tokenizer, adapter: MLPOutputAdapter, requests: list
             raise UniEraseError(f"request {i + 1} has no 'subject' but --key-position subject was asked for")
         elif mode == "last":
             ends.append(None)
-        elif mode == "question_end" or (mode == "auto" and shared and shared[i]):
+        elif mode == "question_end" or (mode == "auto" and described and described[i]):
             ends.append(len(r.question.rstrip()))
         elif mode == "entity" or (mode == "auto" and not r.subject):
             ends.append(entity_char_end(r.question))

@@ -110,6 +110,11 @@ class ScopedRound:
     def added(self) -> list[ForgetRequest]:
         return self.requests[self.num_given:]
 
+    def described(self, index: int) -> bool:
+        """Whether request ``index`` belongs to an entity group it does not name (attributed by
+        evidence): it is keyed at its question's end, with a target of its own."""
+        return self.is_entity(index) and not self.requests[index].subject
+
     def is_entity(self, index: int) -> bool:
         """Whether request ``index`` (of ``requests``) belongs to an entity group."""
         return self.entity_kind(index) is not None
@@ -171,7 +176,7 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
     An entity-scope request that names no entity of the round (and has no ``subject``) is
     attributed by evidence: its ``answer``, else ``evidence[i]`` (the model's own answer), naming
     one of the round's entities makes it a member of that group (keyed at the question's end, as it
-    names the entity only by description). One that nothing attributes stays fact scope and is
+    names the entity only by description, with a target of its own). One that nothing attributes stays fact scope and is
     listed in ``ScopedRound.unattributed``: a date, a month or a place named in passing is never
     erased as an entity unless a request gives it as its subject.
     """
@@ -188,9 +193,11 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
     entities, members = _entity_groups(requests, keys, full)
     unattributed = _attribute(requests, scopes, keys, members, entities, evidence or {})
     resolved = [replace(r, subject=key) if key else r for r, key in zip(requests, keys)]
-    # one target per entity group; each fact-scope request its own target
+    # one target per entity group; each fact-scope request, and each request attributed to a group
+    # (keyed at its own question's end, where the group's shared target is not reached), its own target
     offset = len(entities)
-    groups = [g if g is not None else offset + k for k, g in enumerate(members)]
+    attributed = {i for info in entities for i in info["attributed"]}
+    groups = [g if g is not None and k not in attributed else offset + k for k, g in enumerate(members)]
     for g, info in enumerate(entities):
         info["added"] = [t.format(info["entity"]) for t in NEUTRAL_TEMPLATES[:neutral_questions]]
         for question in info["added"]:
