@@ -302,8 +302,8 @@ def test_group_value_rotation_runs_every_question_in_turn_instead_of_fixed_steer
 
 
 def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_preserved_once(monkeypatch):
-    """After the pass that reaches the last pending request, the requests reached before it are
-    checked on the final model; one it no longer holds runs again, and its keys join the state once."""
+    """After the pass that reaches the last pending request, every request is checked on the final
+    model (once a round); one it no longer holds runs again, and its keys join the state once."""
     from types import SimpleNamespace
 
     from unierase.edit import editor
@@ -327,7 +327,7 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
                                residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
                                keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
 
-    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, *, final):
+    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups):
         checked.append(list(indices))
         return {"undone": [0] if len(checked) == 1 else [], "refit": None}
 
@@ -340,8 +340,8 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
     config = EditConfig(max_passes=5, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
     result = editor.run_edit_passes(None, None, None, requests, 7, config, preserved, progress=False)
     assert rounds == [["A?", "B?"], ["B?"], ["A?"]]  # A reached, B reached (then A found undone), A again
-    assert checked == [[0], [1]]  # after B's pass A is checked; after A's second pass, B
-    assert [p.get("undone") for p in result.passes] == [None, 1, 0]
+    assert checked == [[0, 1]]  # after B's pass both; A's second pass checks only itself
+    assert [p.get("undone") for p in result.passes] == [None, 1, None]
     assert result.not_reached == []
     assert preserved_cols == [[0], [0], []]  # A's keys, B's keys, and A's not again
 
@@ -356,7 +356,7 @@ def test_the_recheck_reads_the_first_token_on_the_edited_model():
                         refit=RefitConfig(epochs=0))
 
     def _undone(model, tok, adapter, requests, indices, target, config, groups):
-        return _recheck(model, tok, requests, indices, target, config, groups, final=False)["undone"]
+        return _recheck(model, tok, requests, indices, target, config, groups)["undone"]
 
     adapter = None
     batch = pad_batch([encode_text(tok, render_prompt(tok, r.question)) for r in requests], tok.pad_token_id, left=True)

@@ -90,8 +90,8 @@ def test_settings_parse_from_the_cli_form_and_apply_over_a_config():
         with_settings(base, {"values": {"stepz": 3}})
     with pytest.raises(UniEraseError, match="steps must be at least 1"):
         with_settings(base, {"values": {"steps": 0}})
-    with pytest.raises(UniEraseError, match="lr must be > 0"):
-        with_settings(base, {"refit": {"lr": 0}})
+    with pytest.raises(UniEraseError, match="step must be > 0"):
+        with_settings(base, {"refit": {"step": 0}})
 
 
 def test_token_settings_apply_to_the_token_config_only():

@@ -3,8 +3,8 @@ import torch
 from tiny_models import build_model, build_tokenizer
 from unierase.edit.config import EditConfig
 from unierase.edit.prompts import CONTEXT_PREFIXES, CONTEXT_SUFFIXES
-from unierase.edit.refit import (RefitConfig, answers_hold, can_refit, prefill_questions, refit_frames,
-                                 refit_input_row)
+from unierase.edit.refit import (RefitConfig, answers_hold, can_refit, prefill_questions, refit_examples,
+                                 refit_frames, refit_input_row, starts_with)
 from unierase.generation import generate_answer_ids
 from unierase.requests import ForgetRequest
 from unierase.token.training import add_unlearning_token, answer_ids, untie_output_embeddings
@@ -33,7 +33,7 @@ def test_refit_lowers_the_refusal_loss_and_moves_only_the_input_row():
     snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
     prefilled = prefill_questions(model, tok, QUESTIONS, 4)
     report = refit_input_row(model, tok, token_id, prefilled, REFUSAL,
-                             RefitConfig(epochs=8, lr=0.1, batch_size=4, frames=2, generic_questions=2))
+                             RefitConfig(epochs=8, step=0.1, batch_size=4, frames=2, generic_questions=2))
     assert report["examples"] == 2 * 3 + 2 and report["steps"] == 8 * 3
     assert report["loss_last_epoch"] < report["loss_first_epoch"] - 0.1
     for name, value in model.state_dict().items():
@@ -75,19 +75,23 @@ def test_the_recheck_keeps_a_refit_only_when_it_undoes_no_more(monkeypatch):
 
     model, tok, token_id = _model_with_token()
     requests = [ForgetRequest(q) for q in QUESTIONS]
-    config = EditConfig(refusal=REFUSAL, refit=RefitConfig(epochs=2, lr=0.1, batch_size=2, generic_questions=2))
+    config = EditConfig(refusal=REFUSAL, refit=RefitConfig(epochs=2, step=0.1, batch_size=2, generic_questions=2))
     row = model.get_input_embeddings().weight[token_id].detach().clone()
     for script, undone, kept in (([[False, True], [True, True]], [], True), ([[False, True], [False, False]], [0], False)):
         calls = iter(script)
         monkeypatch.setattr(editor, "answers_hold", lambda *a: next(calls))
-        check = editor._recheck(model, tok, requests, [0, 1], token_id, config, None, final=False)
+        monkeypatch.setattr(editor, "starts_with", lambda *a: [True, True])  # only the tails are off
+        check = editor._recheck(model, tok, requests, [0, 1], token_id, config, None)
         assert check["undone"] == undone and check["refit"]["kept"] is kept
         moved = not torch.equal(model.get_input_embeddings().weight[token_id], row)
         assert moved is kept
         model.get_input_embeddings().weight.data[token_id] = row
-    # nothing undone and not the round's end: no refit
+    # nothing undone, or only requests whose answer no longer starts with the token: no refit
     monkeypatch.setattr(editor, "answers_hold", lambda *a: [True, True])
-    assert editor._recheck(model, tok, requests, [0, 1], token_id, config, None, final=False) == {"undone": [], "refit": None}
+    assert editor._recheck(model, tok, requests, [0, 1], token_id, config, None) == {"undone": [], "refit": None}
+    monkeypatch.setattr(editor, "answers_hold", lambda *a: [False, True])
+    monkeypatch.setattr(editor, "starts_with", lambda *a: [False, True])
+    assert editor._recheck(model, tok, requests, [0, 1], token_id, config, None) == {"undone": [0], "refit": None}
 
 
 def test_the_checked_tail_is_the_scored_refusal():
@@ -99,3 +103,19 @@ def test_the_checked_tail_is_the_scored_refusal():
     assert scored_continuation(tail, ValueConfig(continuation_tokens=2)) == tail[:2]
     assert scored_continuation(tail, ValueConfig(continuation_weight=0.0)) == []
     assert scored_continuation(None, ValueConfig()) == []
+
+
+def test_a_selection_of_the_prefill_checks_as_the_whole_did_and_the_fit_spreads_its_anchors():
+    model, tok, token_id = _model_with_token()
+    questions = QUESTIONS + ["Where is Rome?", "Who painted the Mona Lisa?"]
+    answers = generate_answer_ids(model, tok, questions, max_new_tokens=3)
+    prefilled = prefill_questions(model, tok, questions, 3)
+    target = answers[0][0]
+    tails = [a[1:] for a in answers]
+    whole = answers_hold(model, tok, prefilled, target, tails)
+    picked = prefilled.select([1, 3])
+    assert picked.questions == [questions[1], questions[3]] and len(picked.passes) == 2  # rows of two batches
+    assert answers_hold(model, tok, picked, target, [tails[1], tails[3]]) == [whole[1], whole[3]]
+    assert starts_with(prefilled, target) == [a[0] == target for a in answers]
+    assert refit_examples([5], [0, 1, 2, 3, 4, 6, 7, 8], 3) == [0, 4, 5, 8]
+    assert refit_examples([2], [0, 1], 0) == [2] and refit_examples([], [0, 1], 5) == [0, 1]

@@ -22,7 +22,7 @@ from .config import EditConfig
 from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
 from .scope import compact_groups, shared_rows
 from .preserved import PreservedKeys, SoftConstraint
-from .refit import answers_hold, can_refit, prefill_questions, refit_input_row
+from .refit import answers_hold, can_refit, prefill_questions, refit_examples, refit_input_row, starts_with
 from .prompts import EditPrompt, build_edit_prompts
 from .solve import SOLVERS
 from .values import PromptGroup, compute_target_values, plain_prompt_group, scored_continuation
@@ -78,12 +78,14 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     (``scope.resolve_scope``).
     """
     preserved.begin_round(model, tokenizer, adapter, requests, config, answer_ids, entity_scope)
+    # in an entity group without its name as subject: attributed by evidence, keyed at the question's end
+    described = [kind is not None and not r.subject for kind, r in zip(entity_scope or [None] * len(requests), requests)]
     updates = AppliedUpdates(adapter)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
     converged = [False] * len(requests)  # target value reached in an earlier pass
     kept = set()  # requests whose keys are in the preserved state (once each)
-    passes, key_tokens, report, carried, stalled = [], [], None, None, False
+    passes, key_tokens, report, carried, stalled, rechecked = [], [], None, None, False, False
     refitting = can_refit(model, config.refit)
     for number in range(config.max_passes):
         ran = list(pending)
@@ -96,6 +98,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                 start_targets=[targets[i] for i in pending],
                                 keep_targets=[converged[i] for i in pending],
                                 plain_group=carried, groups=compact_groups([groups[i] for i in pending]) if groups else None,
+                                described=[described[i] for i in pending],
                                 optimise=_steering([requests[i] for i in pending], [groups[i] for i in pending],
                                                    config.group_value_questions)
                                 if groups and not config.group_value_rotation else None)
@@ -117,15 +120,18 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
         pending = [pending[j] for j in still]
         # a pass may undo part of an earlier one: the requests reached before it are checked again
-        # once all others are reached, at the first pass that reaches none, and after the last pass;
-        # any the model no longer holds run again (their keys stay preserved once). Once all are
-        # reached, a refit of the token row (which every answer after the token reads) checks them all
+        # the first time all are reached, after the last pass and (without a refit of the token's
+        # row) at the first pass that reaches none; any the model no longer holds run again (their
+        # keys stay preserved once). Each check costs what forwarding every prompt costs, so the
+        # passes for requests undone at the end are the round's last: they check only themselves
         first_stall = not reached and not stalled
         stalled = stalled or not reached
         final = not pending
-        checked = list(range(len(requests))) if final and refitting else earlier
-        if checked and (final or first_stall or number == config.max_passes - 1):
-            check = _recheck(model, tokenizer, requests, checked, target_id, config, groups, final=final)
+        checked = list(range(len(requests))) if final else earlier
+        if earlier and ((final and not rechecked) or (first_stall and not refitting)
+                        or number == config.max_passes - 1):
+            rechecked = rechecked or final
+            check = _recheck(model, tokenizer, requests, checked, target_id, config, groups)
             undone = check["undone"]
             passes[-1]["undone"] = len(undone)
             if check["refit"] is not None:
@@ -147,16 +153,16 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
 
 
 def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int], target_id: int, config: EditConfig,
-             groups: list[int] | None, *, final: bool) -> dict:
-    """Check the requests ``indices`` (reached in earlier passes) on the edited model: ``undone``,
-    those whose greedy answer no longer starts with the target and (with ``greedy_continuation``)
-    goes on with the whole refusal, as ``_holds`` reads a pass's check. Most of those still start
-    with the token and only go on otherwise: where the token's input row can be refitted
-    (``refit.can_refit``), it is refitted on the round's questions when some are undone or the
-    round is done (``final``), and kept unless more are undone with it; ``refit`` says what it did.
-    The prompts run once for the checks and the refit (neither changes anything before the token)."""
+             groups: list[int] | None) -> dict:
+    """Check the requests ``indices`` (reached) on the edited model: ``undone``, those whose greedy
+    answer no longer starts with the target and (with ``greedy_continuation``) goes on with the
+    whole refusal, as ``_holds`` reads a pass's check. Most of those still start with the token and
+    only go on otherwise: where the token's input row can be refitted (``refit.can_refit``) and
+    some of those are undone, it is refitted on them and a few that hold (``refit.refit_examples``),
+    and kept unless more are undone with it; ``refit`` says what it did. The prompts run once for the
+    checks and the refit (neither changes anything before the token)."""
     refit = can_refit(model, config.refit)
-    asked = list(range(len(requests))) if refit else list(indices)
+    asked = list(indices)
     shared = shared_rows(compact_groups(groups) if groups else None, len(requests))
     continuations = _continuations(tokenizer, [requests[i] for i in asked], target_id, config)
     # what the passes wait for after the token (``_holds``): the continuation the values score
@@ -168,14 +174,17 @@ def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int]
 
     def undone_now() -> list[int]:
         holds = answers_hold(model, tokenizer, prefilled, target_id, tails)
-        return [i for i in indices if not holds[row[i]]]
+        return [i for i in asked if not holds[row[i]]]
 
     undone = undone_now()
-    if not (refit and (undone or final)):
+    starts = starts_with(prefilled, target_id)
+    mendable = [row[i] for i in undone if starts[row[i]]]  # the token first: only what follows it is off
+    if not (refit and mendable):
         return {"undone": undone, "refit": None}
     emb = model.get_input_embeddings().weight
     trained = emb[target_id].detach().clone()
-    report = refit_input_row(model, tokenizer, target_id, prefilled, config.refusal, config.refit)
+    fitted = refit_examples(mendable, [row[i] for i in asked if i not in set(undone)], config.refit.anchors)
+    report = refit_input_row(model, tokenizer, target_id, prefilled.select(fitted), config.refusal, config.refit)
     after = undone_now()
     report.update(undone_before=len(undone), undone_after=len(after), kept=len(after) <= len(undone))
     if not report["kept"]:
@@ -269,6 +278,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
                    start_targets: list[torch.Tensor | None] | None = None, keep_targets: list[bool] | None = None,
                    plain_group: PromptGroup | None = None,
                    groups: list[int] | None = None, optimise: list[bool] | None = None,
+                   described: list[bool] | None = None,
                    preserve_keys: bool = True, updates: AppliedUpdates | None = None) -> RoundReport:
     """Edit ``model`` in place so each request's answer starts with ``target_id``.
 
@@ -278,6 +288,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     are (``compute_target_values``);
     ``plain_group``: the previous pass's ``RoundReport.after`` restricted to these requests;
     ``groups``: requests sharing one target value (``compute_target_values``);
+    ``described``: the requests keyed at their question's end (``keys.choose_key_chars``);
     ``preserve_keys``: add this round's keys to ``preserved.state`` (``run_edit_passes`` adds them
     itself, once each request is reached); ``updates``: where the updates are applied (the passes
     of one round share one).
@@ -290,7 +301,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     started = time.perf_counter()
     shared = shared_rows(groups, len(requests))
     ends = choose_key_chars(model, tokenizer, adapter, requests, config.key_position, layers[0], preserved.basis(layers[0]),
-                            shared)
+                            described)
     prompts = _round_prompts(tokenizer, requests, ends, shared, config)
     key_tokens = [tokenizer.decode([p.input_ids[p.key_index]]) for p in prompts if p.variant == 0]
     timings["key_positions"] = time.perf_counter() - started

@@ -6,7 +6,8 @@ of the erased questions (and, partly, of questions reworded around them) that th
 ``[UNL]`` attends to, so a row trained on the unedited model can derail there ("[UNL]who
 said…"). Refitting that one row on the edited model, over the round's questions (optionally in the
 edit's own context frames) and some generic questions, touches no other answer. The passes refit it where
-they check the requests reached (``editor._recheck``), and keep it unless it loses more of them.
+they find requests undone (``editor._recheck``), on those and a few that hold, and keep it unless it
+loses more of them.
 """
 
 from __future__ import annotations
@@ -34,15 +35,20 @@ class RefitConfig:
     passes check the requests reached (``editor.run_edit_passes``)."""
 
     epochs: int = 1
-    """Passes over the examples, one Adam step per batch (0 = off: the row stays as trained)."""
-    lr: float = 5e-3
-    """Adam learning rate (the row only moves a little from the trained one)."""
+    """Passes over the examples, one step per batch (0 = off: the row stays as trained)."""
+    step: float = 0.01
+    """How far each step moves the row along its loss's gradient, as a fraction of the row's norm
+    (not Adam: its first steps move every coordinate by the learning rate, however little it
+    matters; docs/experiments.md)."""
     batch_size: int = 16
     """Examples per step (and prompts per batch of the re-check's prefill)."""
     frames: int = 0
     """Context frames per request question besides the plain one: the edit's own prefixes and
     suffixes (``edit.prompts.CONTEXT_PREFIXES`` / ``CONTEXT_SUFFIXES``, alternating), none of them
     one of the audit's rewordings. They stand for a reworded question the edit only partly reaches."""
+    anchors: int = 16
+    """Questions of the round whose answers still hold, fitted beside the undone ones (spread over
+    the round) so the row keeps leading them into the refusal; the check after the refit covers all."""
     generic_questions: int = 8
     """Questions of the token's generic pool in the fit, so the row still leads into the refusal after
     questions outside this round (an earlier or later round's)."""
@@ -51,8 +57,9 @@ class RefitConfig:
 
     def __post_init__(self):
         problems = [f"{name} must be {rule} (got {getattr(self, name)!r})" for name, rule, ok in (
-            ("epochs", "≥ 0", self.epochs >= 0), ("lr", "> 0", self.lr > 0), ("batch_size", "at least 1", self.batch_size >= 1),
-            ("frames", "≥ 0", self.frames >= 0), ("generic_questions", "≥ 0", self.generic_questions >= 0)) if not ok]
+            ("epochs", "≥ 0", self.epochs >= 0), ("step", "> 0", self.step > 0), ("batch_size", "at least 1", self.batch_size >= 1),
+            ("frames", "≥ 0", self.frames >= 0), ("anchors", "≥ 0", self.anchors >= 0),
+            ("generic_questions", "≥ 0", self.generic_questions >= 0)) if not ok]
         if problems:
             raise UniEraseError("RefitConfig: " + "; ".join(problems))
 
@@ -86,6 +93,25 @@ class Prefilled:
     passes: list
     """One ``PromptPass`` per batch."""
 
+    def select(self, indices: list[int]) -> "Prefilled":
+        """The questions ``indices`` only, each batch keeping its own rows (nothing runs again)."""
+        wanted = set(indices)
+        questions, batches, passes = [], [], []
+        for batch, prompts in zip(self.batches, self.passes):
+            rows = [j for j, i in enumerate(batch) if i in wanted]
+            if rows:
+                batches.append(list(range(len(questions), len(questions) + len(rows))))
+                questions += [self.questions[batch[j]] for j in rows]
+                passes.append(prompts if len(rows) == len(batch) else prompts.select(rows))
+        return Prefilled(questions, batches, passes)
+
+
+def refit_examples(undone: list[int], holding: list[int], anchors: int) -> list[int]:
+    """What a refit fits: every undone question and ``anchors`` of the ``holding`` ones, evenly spread."""
+    n = min(anchors, len(holding))
+    picked = {holding[round(k * (len(holding) - 1) / max(1, n - 1))] for k in range(n)} if n else set()
+    return sorted(set(undone) | picked)
+
 
 def prefill_questions(model, tokenizer, questions: list[str], batch_size: int) -> Prefilled:
     chat = has_chat_template(tokenizer)
@@ -94,6 +120,16 @@ def prefill_questions(model, tokenizer, questions: list[str], batch_size: int) -
 
 
 @torch.no_grad()
+def starts_with(prefilled: Prefilled, token_id: int) -> list[bool]:
+    """Per question: whether the greedy answer starts with ``token_id`` (only then can a refit of the
+    token's input row, read after it, change what follows)."""
+    starts = [False] * len(prefilled.questions)
+    for batch, prompts in zip(prefilled.batches, prefilled.passes):
+        for i, first in zip(batch, (prompts.start_logits.argmax(-1) == token_id).tolist()):
+            starts[i] = first
+    return starts
+
+
 def answers_hold(model, tokenizer, prefilled: Prefilled, token_id: int, tails: list[list[int] | None]) -> list[bool]:
     """Per question: whether the greedy answer starts with ``token_id`` and, where ``tails[i]`` is
     given, goes on with exactly those tokens (each the greedy next one, teacher forced)."""
@@ -143,25 +179,22 @@ def refit_input_row(model, tokenizer, token_id: int, prefilled: Prefilled, refus
     total = sum(len(b) for b in batches)
     refusals = refusal_pool(refusal)
     emb = token_rows(model)[0]
-    live = torch.nn.Parameter(emb.detach()[token_id].clone().float())
-    optimiser = torch.optim.Adam([live], lr=config.lr)
+    length = config.step * float(emb.detach()[token_id].float().norm())
     losses: list[float] = []
     with only_rows_trainable(model, [emb]):
         for _ in range(config.epochs):
             losses.append(0.0)
             for k in order:
                 batch, prompts = batches[k], passes[k]
-                optimiser.zero_grad()
                 with torch.enable_grad():  # a copy of the batch's cache: the answers extend it
                     loss = refusal_batch_loss(model, tokenizer, batch, token_id, chat, refusals, unlikelihood_weight=0.0,
                                               prompts=prompts.select(list(range(len(batch)))))
                     loss.backward()
                 losses[-1] += loss.item() * len(batch) / total
-                live.grad = emb.grad[token_id].float().clone()
+                grad = emb.grad[token_id].float()
                 emb.grad = None
-                optimiser.step()
                 with torch.no_grad():
-                    emb[token_id] = live.detach().to(emb.dtype)
+                    emb[token_id] = (emb[token_id].float() - length * grad / grad.norm().clamp(min=1e-12)).to(emb.dtype)
     report = {"examples": total, "steps": config.epochs * len(batches), "loss_first_epoch": round(losses[0], 4),
               "loss_last_epoch": round(losses[-1], 4), "seconds": round(time.perf_counter() - started, 3)}
     log.info("token input row refitted on the edited model: refusal loss %.4f → %.4f over %d examples, %.1f s",
