@@ -83,7 +83,7 @@ def main() -> None:
         reference = generate_answer_ids(target, tok, agree_questions, max_new_tokens=32)
         write_json_atomic(ref_path, reference)
 
-    cell = work / f"variant-{args.variant}.json"
+    cell = work / f"variant-{args.variant}{'' if args.split == 1 else f'-split{args.split}'}.json"  # a name per split
     if cell.is_file():
         print(f"[cached] {cell.name}")
         record = json.loads(cell.read_text())
