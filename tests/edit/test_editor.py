@@ -327,7 +327,7 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
                                residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
                                keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
 
-    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups):
+    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
         checked.append(list(indices))
         return {"undone": [0] if len(checked) == 1 else [], "refit": None}
 

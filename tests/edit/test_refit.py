@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import torch
 
 from tiny_models import build_model, build_tokenizer
@@ -89,6 +91,12 @@ def test_the_recheck_keeps_a_refit_only_when_it_undoes_no_more(monkeypatch):
     # nothing undone, or only requests whose answer no longer starts with the token: no refit
     monkeypatch.setattr(editor, "answers_hold", lambda *a: [True, True])
     assert editor._recheck(model, tok, requests, [0, 1], token_id, config, None) == {"undone": [], "refit": None}
+    # ... except at the round's last check, where the row is fitted to all of the round's questions
+    check = editor._recheck(model, tok, requests, [0, 1], token_id, config, None, final=True)
+    assert check["undone"] == [] and check["refit"]["examples"] == 2 + 2
+    model.get_input_embeddings().weight.data[token_id] = row
+    off = replace(config, refit=replace(config.refit, at_end=False))
+    assert editor._recheck(model, tok, requests, [0, 1], token_id, off, None, final=True) == {"undone": [], "refit": None}
     monkeypatch.setattr(editor, "answers_hold", lambda *a: [False, True])
     monkeypatch.setattr(editor, "starts_with", lambda *a: [False, True])
     assert editor._recheck(model, tok, requests, [0, 1], token_id, config, None) == {"undone": [0], "refit": None}

@@ -131,7 +131,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         if earlier and ((final and not rechecked) or (first_stall and not refitting)
                         or number == config.max_passes - 1):
             rechecked = rechecked or final
-            check = _recheck(model, tokenizer, requests, checked, target_id, config, groups)
+            check = _recheck(model, tokenizer, requests, checked, target_id, config, groups, final=final)
             undone = check["undone"]
             passes[-1]["undone"] = len(undone)
             if check["refit"] is not None:
@@ -153,14 +153,15 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
 
 
 def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int], target_id: int, config: EditConfig,
-             groups: list[int] | None) -> dict:
+             groups: list[int] | None, *, final: bool = False) -> dict:
     """Check the requests ``indices`` (reached) on the edited model: ``undone``, those whose greedy
     answer no longer starts with the target and (with ``greedy_continuation``) goes on with the
     whole refusal, as ``_holds`` reads a pass's check. Most of those still start with the token and
     only go on otherwise: where the token's input row can be refitted (``refit.can_refit``) and
     some of those are undone, it is refitted on them and a few that hold (``refit.refit_examples``),
-    and kept unless more are undone with it; ``refit`` says what it did. The prompts run once for the
-    checks and the refit (neither changes anything before the token)."""
+    and kept unless more are undone with it; at the round's last check (``final``) with nothing to
+    mend, on all of them (``RefitConfig.at_end``). ``refit`` says what it did. The prompts run once
+    for the checks and the refit (neither changes anything before the token)."""
     refit = can_refit(model, config.refit)
     asked = list(indices)
     shared = shared_rows(compact_groups(groups) if groups else None, len(requests))
@@ -179,11 +180,13 @@ def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int]
     undone = undone_now()
     starts = starts_with(prefilled, target_id)
     mendable = [row[i] for i in undone if starts[row[i]]]  # the token first: only what follows it is off
-    if not (refit and mendable):
+    at_end = final and config.refit.at_end and not mendable
+    if not (refit and (mendable or at_end)):
         return {"undone": undone, "refit": None}
     emb = model.get_input_embeddings().weight
     trained = emb[target_id].detach().clone()
-    fitted = refit_examples(mendable, [row[i] for i in asked if i not in set(undone)], config.refit.anchors)
+    anchors = len(asked) if at_end else config.refit.anchors
+    fitted = refit_examples(mendable, [row[i] for i in asked if i not in set(undone)], anchors)
     report = refit_input_row(model, tokenizer, target_id, prefilled.select(fitted), config.refusal, config.refit)
     after = undone_now()
     report.update(undone_before=len(undone), undone_after=len(after), kept=len(after) <= len(undone))

@@ -49,6 +49,9 @@ class RefitConfig:
     anchors: int = 16
     """Questions of the round whose answers still hold, fitted beside the undone ones (spread over
     the round) so the row keeps leading them into the refusal; the check after the refit covers all."""
+    at_end: bool = True
+    """Where the round's last check finds nothing to mend, refit on all the round's questions anyway:
+    the row then fits the edited states that reworded questions share (docs/experiments.md)."""
     generic_questions: int = 8
     """Questions of the token's generic pool in the fit, so the row still leads into the refusal after
     questions outside this round (an earlier or later round's)."""
