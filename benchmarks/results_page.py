@@ -446,6 +446,10 @@ ARCHIVE = {
     "edit_variants/audit_demo_before_e3d47f5.json": "the demo erasure's recovery audit at the commit before the chosen "
                                                     "refusal (e3d47f5~1), to find where the audit's leak rates rose",
     "edit_variants/audit_demo_at_e3d47f5.json": "the same at the chosen-refusal commit itself (e3d47f5)",
+    "edit_variants/entity_tuning_recheck_once.json": "`python benchmarks/entity_tuning.py [--split 2] --variant NAME "
+                                                     "[--set refit.at_end=true] --results FILE` at fea4713 and 0de3b24",
+    "edit_variants/entity_scope_attribution.json": "`python benchmarks/entity_scope.py --scope entity [--scope auto] "
+                                                   "--timing-sizes --baselines --results FILE` (cells gathered)",
     "edit_variants/chosen_refusal_ablation.json": "two parts of the chosen-refusal commit undone one at a time at "
                                                   "the same code, tuning split: the whole-refusal value target "
                                                   "(greedy_continuation off) and the one sentence (the bundled pool "
@@ -465,6 +469,11 @@ ARCHIVE = {
     "edit_variants/entity_tuning_refit.json": "the refit of the token's input row on the TOFU entity-scope tuning split: "
                                               "after the passes (20 steps, framed questions) and at the re-check (one "
                                               "epoch, chosen), against the re-check alone and the defaults before",
+    "edit_variants/entity_tuning_recheck_once.json": "the re-check once a round with a targeted refit of the token row "
+                                                     "on both TOFU entity-scope tuning splits, with and without the "
+                                                     "refit on all questions where nothing is left to mend (chosen)",
+    "edit_variants/entity_scope_attribution.json": "--scope entity on forget01 before and after attributed requests got "
+                                                   "a target of their own, and at the re-check once a round",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -507,6 +516,10 @@ ARCHIVE_MADE_BY = {
                                                     "--results FILE` at a025645",
     "edit_variants/entity_tuning_refit.json": "`python benchmarks/entity_tuning.py --variant NAME [--set refit.…] "
                                               "--results FILE` at a025645 (defaults), and during the change (the others)",
+    "edit_variants/entity_tuning_recheck_once.json": "`python benchmarks/entity_tuning.py [--split 2] --variant NAME "
+                                                     "[--set refit.at_end=true] --results FILE` at fea4713 and 0de3b24",
+    "edit_variants/entity_scope_attribution.json": "`python benchmarks/entity_scope.py --scope entity [--scope auto] "
+                                                   "--timing-sizes --baselines --results FILE` (cells gathered)",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
                                                   "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
