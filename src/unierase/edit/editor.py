@@ -131,14 +131,8 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         if earlier and ((final and not rechecked) or (first_stall and not refitting)
                         or number == config.max_passes - 1):
             rechecked = rechecked or final
-            check = _recheck(model, tokenizer, requests, checked, target_id, config, groups, final=final)
-            undone = check["undone"]
-            passes[-1]["undone"] = len(undone)
-            if check["refit"] is not None:
-                passes[-1]["refit"] = check["refit"]
-            if undone:
-                log.info("%d of %d requests reached were undone by a later pass: further passes", len(undone),
-                         len(checked))
+            undone = _note_check(passes[-1], _recheck(model, tokenizer, requests, checked, target_id, config, groups,
+                                                      final=final), len(checked))
             for i in undone:
                 converged[i] = False
             carried = None if undone else carried  # the next pass runs their plain prompts afresh
@@ -150,6 +144,16 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
     preserved.end_round(config)
     return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending), updates)
+
+
+def _note_check(record: dict, check: dict, checked: int) -> list[int]:
+    """Note a re-check (``_recheck``) in its pass's record and the log; the requests it found undone."""
+    record["undone"] = len(check["undone"])
+    if check["refit"] is not None:
+        record["refit"] = check["refit"]
+    if check["undone"]:
+        log.info("%d of %d requests reached were undone by a later pass: further passes", len(check["undone"]), checked)
+    return check["undone"]
 
 
 def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int], target_id: int, config: EditConfig,
