@@ -119,16 +119,16 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         carried = report.after.subset(still) if still else None
         earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
         pending = [pending[j] for j in still]
-        # a pass may undo part of an earlier one: the requests reached before it are checked again
-        # the first time all are reached, after the last pass and (without a refit of the token's
-        # row) at the first pass that reaches none; any the model no longer holds run again (their
-        # keys stay preserved once). Each check costs what forwarding every prompt costs, so the
-        # passes for requests undone at the end are the round's last: they check only themselves
+        # a pass may undo part of an earlier one: the requests are checked again the first time all
+        # are reached (all of them: a refit of the token's row may follow), after the last pass and
+        # (without a refit) at the first pass that reaches none; any the model no longer holds run
+        # again (their keys stay preserved once). Each check costs what forwarding every prompt
+        # costs, so the passes for requests undone at the end are the round's last: they check only themselves
         first_stall = not reached and not stalled
         stalled = stalled or not reached
         final = not pending
         checked = list(range(len(requests))) if final else earlier
-        if earlier and ((final and not rechecked) or (first_stall and not refitting)
+        if checked and ((final and not rechecked) or (first_stall and not refitting)
                         or number == config.max_passes - 1):
             rechecked = rechecked or final
             undone = _note_check(passes[-1], _recheck(model, tokenizer, requests, checked, target_id, config, groups,
