@@ -20,7 +20,7 @@ from ..token.training import answer_ids
 from .applied import AppliedUpdates
 from .config import EditConfig
 from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
-from .scope import compact_groups, shared_rows
+from .scope import compact_groups, described_requests, shared_rows
 from .preserved import PreservedKeys, SoftConstraint
 from .refit import answers_hold, can_refit, prefill_questions, refit_examples, refit_input_row, starts_with
 from .prompts import EditPrompt, build_edit_prompts
@@ -78,8 +78,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     (``scope.resolve_scope``).
     """
     preserved.begin_round(model, tokenizer, adapter, requests, config, answer_ids, entity_scope)
-    # in an entity group without its name as subject: attributed by evidence, keyed at the question's end
-    described = [kind is not None and not r.subject for kind, r in zip(entity_scope or [None] * len(requests), requests)]
+    described = described_requests(requests, entity_scope)
     updates = AppliedUpdates(adapter)
     pending = list(range(len(requests)))
     targets: list[torch.Tensor | None] = [None] * len(requests)
@@ -167,19 +166,18 @@ def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int]
     mend, on all of them (``RefitConfig.at_end``). ``refit`` says what it did. The prompts run once
     for the checks and the refit (neither changes anything before the token)."""
     refit = can_refit(model, config.refit)
-    asked = list(indices)
     shared = shared_rows(compact_groups(groups) if groups else None, len(requests))
-    continuations = _continuations(tokenizer, [requests[i] for i in asked], target_id, config)
+    continuations = _continuations(tokenizer, [requests[i] for i in indices], target_id, config)
     # what the passes wait for after the token (``_holds``): the continuation the values score
     greedy = config.values.greedy_continuation
     tails = [scored_continuation(c, config.entity_values if shared[i] else config.values) if greedy else []
-             for i, c in zip(asked, continuations)]
-    prefilled = prefill_questions(model, tokenizer, [requests[i].question for i in asked], config.refit.batch_size)
-    row = {i: j for j, i in enumerate(asked)}
+             for i, c in zip(indices, continuations)]
+    prefilled = prefill_questions(model, tokenizer, [requests[i].question for i in indices], config.refit.batch_size)
+    row = {i: j for j, i in enumerate(indices)}
 
     def undone_now() -> list[int]:
         holds = answers_hold(model, tokenizer, prefilled, target_id, tails)
-        return [i for i in asked if not holds[row[i]]]
+        return [i for i in indices if not holds[row[i]]]
 
     undone = undone_now()
     starts = starts_with(prefilled, target_id)
@@ -189,8 +187,8 @@ def _recheck(model, tokenizer, requests: list[ForgetRequest], indices: list[int]
         return {"undone": undone, "refit": None}
     emb = model.get_input_embeddings().weight
     trained = emb[target_id].detach().clone()
-    anchors = len(asked) if at_end else config.refit.anchors
-    fitted = refit_examples(mendable, [row[i] for i in asked if i not in set(undone)], anchors)
+    anchors = len(indices) if at_end else config.refit.anchors
+    fitted = refit_examples(mendable, [row[i] for i in indices if i not in set(undone)], anchors)
     report = refit_input_row(model, tokenizer, target_id, prefilled.select(fitted), config.refusal, config.refit)
     after = undone_now()
     report.update(undone_before=len(undone), undone_after=len(after), kept=len(after) <= len(undone))

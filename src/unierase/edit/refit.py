@@ -122,7 +122,6 @@ def prefill_questions(model, tokenizer, questions: list[str], batch_size: int) -
     return Prefilled(questions, batches, [prompt_pass(model, tokenizer, [questions[i] for i in b], chat) for b in batches])
 
 
-@torch.no_grad()
 def starts_with(prefilled: Prefilled, token_id: int) -> list[bool]:
     """Per question: whether the greedy answer starts with ``token_id`` (only then can a refit of the
     token's input row, read after it, change what follows)."""
@@ -133,15 +132,14 @@ def starts_with(prefilled: Prefilled, token_id: int) -> list[bool]:
     return starts
 
 
+@torch.no_grad()
 def answers_hold(model, tokenizer, prefilled: Prefilled, token_id: int, tails: list[list[int] | None]) -> list[bool]:
     """Per question: whether the greedy answer starts with ``token_id`` and, where ``tails[i]`` is
     given, goes on with exactly those tokens (each the greedy next one, teacher forced)."""
-    holds = [False] * len(prefilled.questions)
+    starts = starts_with(prefilled, token_id)
+    holds = [s and not tails[i] for i, s in enumerate(starts)]
     for batch, prompts in zip(prefilled.batches, prefilled.passes):
-        first = (prompts.start_logits.argmax(-1) == token_id).tolist()
-        forced = [j for j, i in enumerate(batch) if first[j] and tails[i]]
-        for j, i in enumerate(batch):
-            holds[i] = bool(first[j]) and not tails[i]
+        forced = [j for j, i in enumerate(batch) if starts[i] and tails[i]]
         if not forced:
             continue
         device = prompts.mask.device

@@ -111,9 +111,8 @@ class ScopedRound:
         return self.requests[self.num_given:]
 
     def described(self, index: int) -> bool:
-        """Whether request ``index`` belongs to an entity group it does not name (attributed by
-        evidence): it is keyed at its question's end, with a target of its own."""
-        return self.is_entity(index) and not self.requests[index].subject
+        """``described_requests`` of request ``index``."""
+        return described_requests([self.requests[index]], [self.entity_kind(index)])[0]
 
     def is_entity(self, index: int) -> bool:
         """Whether request ``index`` (of ``requests``) belongs to an entity group."""
@@ -293,6 +292,13 @@ def full_name(entity: str, questions: list[str]) -> str:
         return entity
     best = max(counts.values())
     return max((n for n, c in counts.items() if c == best), key=lambda n: (len(n), n))
+
+
+def described_requests(requests: list[ForgetRequest], entity_scope: list[str | None] | None) -> list[bool]:
+    """Per request: whether it belongs to an entity group it does not name (``entity_scope[i]``, its
+    ``ScopedRound.entity_kind``, set and no ``subject``: attributed by evidence). Such a request is
+    keyed at its question's end, with a target of its own."""
+    return [kind is not None and not r.subject for kind, r in zip(entity_scope or [None] * len(requests), requests)]
 
 
 def shared_rows(groups: list[int] | None, num_requests: int) -> list[bool]:
