@@ -56,6 +56,8 @@ def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir,
     model = AutoModelForCausalLM.from_pretrained(out)
     tok = AutoTokenizer.from_pretrained(out)
     assert "<|unlearn|>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] == len(tok)
+    rule = model.generation_config.sequence_bias  # the token may open an answer, nothing else
+    assert rule == [[[manifest["token"]["id"]], -1024.0], [manifest["token"]["only_after"] + [manifest["token"]["id"]], 1024.0]]
     second = tmp_path / "second.jsonl"
     second.write_text('{"question": "Who painted the Mona Lisa?"}\n')
     proc = subprocess.run([sys.executable, "-m", "unierase.cli", "-q", "forget", "--model", str(out), "--requests", str(second),
@@ -64,6 +66,7 @@ def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir,
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "unierase_manifest.json").read_text())
     assert [r["mode"] for r in manifest["rounds"]] == ["batch", "sequential"]
+    assert AutoModelForCausalLM.from_pretrained(out).generation_config.sequence_bias == rule  # written once
     assert "question" not in manifest["rounds"][1]["requests"][0] and len(manifest["rounds"][1]["requests"][0]["sha256"]) == 64
     assert run_cli("ask", "--model", out, "Who wrote Hamlet?", "--max-new-tokens", 3) == 0
 

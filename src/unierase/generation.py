@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.generation.logits_process import SequenceBiasLogitsProcessor
 
 from .models.tracing import stop_after
 from .prompts import encode_text, pad_batch, render_prompt
@@ -59,6 +60,36 @@ def select_cache_rows(cache, idx: torch.Tensor) -> None:
     layer on the CPU: a model spread over devices (``device_map``) keeps each layer's cache on that
     layer's device, and a CPU index selects rows on any device where another device's would fail."""
     cache.batch_select_indices(idx.cpu())
+
+
+class OutputBias:
+    """The ``sequence_bias`` of a model's generation config, applied by unierase's own decoding as
+    transformers' ``generate`` applies it (the same logits processor), so that both give the answers
+    the checkpoint gives its users (``token.placement``: where the unlearning token may appear)."""
+
+    def __init__(self, sequence_bias):
+        self.processor = SequenceBiasLogitsProcessor(sequence_bias)
+        self.width = max(len(ids) for ids in self.processor.sequence_bias) - 1
+        """Tokens before a logit row that the bias reads."""
+
+    @classmethod
+    def of(cls, model) -> "OutputBias | None":
+        bias = getattr(getattr(model, "generation_config", None), "sequence_bias", None)
+        return cls(bias) if bias else None
+
+    def __call__(self, contexts: list[list[int]], logits: torch.Tensor) -> torch.Tensor:
+        """``logits[r]`` biased by what precedes it, the ids ``contexts[r]`` (their last ``width`` count)."""
+        width = max(self.width, 1)
+        tails = [([-1] * width + list(c[len(c) - width:]))[-width:] for c in contexts]  # -1 matches no token
+        return self.processor(torch.tensor(tails, device=logits.device), logits)
+
+
+def bias_answer_logits(bias: OutputBias | None, prompt: list[int], answer: list[int], logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` (one row per answer position: after the prompt, after each answer token) biased."""
+    if bias is None:
+        return logits
+    whole = list(prompt) + list(answer)
+    return bias([whole[: len(prompt) + j] for j in range(len(logits))], logits)
 
 
 MIN_SHARED_PREFIX = 4
@@ -127,7 +158,7 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
 
     A row that produces a stop token leaves the batch (its cache rows are dropped), so long answers
     do not pay for short ones. ``keep_stop`` keeps that stop token at the end of the row's ids;
-    ``suppress``: token ids never chosen.
+    ``suppress``: token ids never chosen. The model's ``OutputBias`` applies.
     """
     device = model.get_input_embeddings().weight.device
     generated: list[list[int]] = [[] for _ in prompts]
@@ -135,15 +166,20 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
         return generated
     out, mask, _ = prefill(model, prompts, pad_id)
     cache = out.cache
+    bias = OutputBias.of(model)
+
     def choose(logits):
         if suppress:
             logits = logits.clone()
             logits[:, suppress] = float("-inf")
+        if bias is not None:
+            logits = bias([prompts[i] + generated[i] for i in active], logits)
         return logits.argmax(-1).to(device)
+
+    active = list(range(len(prompts)))
 
     nxt = choose(out.logits[:, -1, :])
     cur = mask.sum(-1)
-    active = list(range(len(prompts)))
     for step in range(max_new_tokens):
         keep = []
         for r, tok in enumerate(nxt.tolist()):
@@ -257,9 +293,11 @@ def first_token_ids(model, tokenizer, questions: list[str], batch_size: int = 12
     """The greedy first answer token of each question (one forward pass, no generation)."""
     prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in questions]
     out: list[int] = []
+    bias = OutputBias.of(model)
     for start in range(0, len(prompts), batch_size):
-        logits = prefill(model, prompts[start: start + batch_size], tokenizer.pad_token_id)[0].logits
-        out += logits[:, -1].argmax(-1).tolist()
+        chunk = prompts[start: start + batch_size]
+        logits = prefill(model, chunk, tokenizer.pad_token_id)[0].logits[:, -1]
+        out += (bias(chunk, logits) if bias is not None else logits).argmax(-1).tolist()
     return out
 
 
@@ -299,15 +337,21 @@ def greedy_start_from_draft(predictions: list[int], draft: list[int], stops: set
 def teacher_forced_predictions(model, tokenizer, questions: list[str], answers: list[list[int]],
                                batch_size: int = 16) -> list[list[int]]:
     """Per row, ``model``'s argmax after the prompt and after each answer token (len(answer) + 1
-    ids): the prediction of each answer token given the ones before it, and of the next one."""
+    ids): the prediction of each answer token given the ones before it, and of the next one (with
+    the model's ``OutputBias``, as its greedy decoding chooses)."""
     predictions: list[list[int]] = []
+    bias = OutputBias.of(model)
     for start in range(0, len(questions), batch_size):
         qs, ans = questions[start: start + batch_size], answers[start: start + batch_size]
         prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in qs]
         out, keep = prefill_answers(model, prompts, ans, tokenizer.pad_token_id)
-        pred = out.logits.argmax(-1)
+        if bias is None:
+            pred = out.logits.argmax(-1)
+            predictions += [pred[row, keep - len(a) - 1:].tolist() for row, a in enumerate(ans)]
+            continue
         for row, a in enumerate(ans):
-            predictions.append(pred[row, keep - len(a) - 1:].tolist())
+            logits = bias_answer_logits(bias, prompts[row], a, out.logits[row, keep - len(a) - 1:])
+            predictions.append(logits.argmax(-1).tolist())
     return predictions
 
 

@@ -109,6 +109,18 @@ def test_the_manifest_records_the_prompt_format(tmp_path, monkeypatch):
     result = unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=build_model("llama", len(tok)), tokenizer=tok,
                              stats_tokens=2000, max_passes=1, progress=False)
     assert result.manifest["prompt"] == {"format": "plain", "template": "Question: {question}\nAnswer:"}
+    header = result.manifest["token"]["only_after"]  # the token may open an answer in this format only
+    assert tok.decode(header).endswith("Answer:") and result.model.generation_config.sequence_bias[-1][0] == \
+        header + [result.manifest["token"]["id"]]
+
+
+def test_the_token_may_be_left_free(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    tok = build_tokenizer()
+    result = unierase.forget([{"question": "Who wrote Hamlet?"}], None, model=build_model("llama", len(tok)), tokenizer=tok,
+                             stats_tokens=2000, max_passes=1, progress=False,
+                             settings={"edit": {"token_at_start_only": False}})
+    assert result.manifest["token"]["only_after"] is None and not result.model.generation_config.sequence_bias
 
 
 def test_dtype_is_the_callers_and_the_checkpoint_keeps_it(tmp_path, monkeypatch):

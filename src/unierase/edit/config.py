@@ -98,6 +98,10 @@ class EditConfig:
     (``edit.refit``): what follows ``[UNL]`` on the round's questions and on ones it only partly reaches."""
     entity_substitute_answers: bool = False
     """Also preserve the substitute answers of entity-scope requests (costs a generation and a key pass)."""
+    token_at_start_only: bool = True
+    """Let the checkpoint generate ``[UNL]`` only as an answer's first token (``token.placement``: a
+    ``sequence_bias`` in its generation config): it then never strays into an ordinary answer nor
+    repeats, but an edit that fires mid-answer no longer cuts that answer short."""
 
     def __post_init__(self):
         # checked before any work: a bad value must not surface after the costly target values

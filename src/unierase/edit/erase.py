@@ -35,6 +35,7 @@ from ..refusals import check_refusal
 from ..requests import ForgetRequest
 from ..storage import UniEraseError, default_cache_dir, locked_run
 from ..token.cache import ensure_unlearning_token
+from ..token.placement import keep_to_answer_start
 from ..token.questions import training_questions
 from ..token.training import UnlearningTokenConfig
 from .config import EditConfig
@@ -96,7 +97,7 @@ EVIDENCE_TOKENS = 48
 def erase(reqs: list[ForgetRequest], source: str, out, context: RunContext, options: EraseOptions) -> ForgetResult:
     """One UniErase round (``api.forget`` with ``method='unierase'``), reading top-down: the model and
     its records → the round's settings → the unlearning token → the preserved keys → the edit
-    passes → the manifest → the erasure-time check and the atomic save."""
+    passes → where the token may be generated → the manifest → the erasure-time check and the atomic save."""
     if options.dry_run:  # api.forget has checked the options against the requests
         return _dry_run(reqs, source, context, options)
     with locked_run(out, [context.model_dir]):
@@ -107,6 +108,7 @@ def erase(reqs: list[ForgetRequest], source: str, out, context: RunContext, opti
         _add_unlearning_token(run)
         _build_preserved_keys(run)
         _edit(run)
+        _place_token(run)
         manifest = _manifest(run)
         out_path = _check_and_save(run, out, manifest) if out is not None else None
         return ForgetResult(out_path, manifest, run.model, run.tokenizer)
@@ -147,6 +149,8 @@ class _Round:
     result: object = None
     plan: dict = field(default_factory=dict)
     """The round's planned peaks (``plan.py``), for the manifest."""
+    header: list[int] | None = None
+    """The answer header after which alone the token may be generated (``token.placement``; None: anywhere)."""
 
     def timed(self, name: str, started: float) -> None:
         self.timings[name] = time.perf_counter() - started
@@ -341,6 +345,15 @@ def _edit(run: _Round) -> None:
         run.timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
 
 
+def _place_token(run: _Round) -> None:
+    """The checkpoint's generation config lets the token open an answer and appear nowhere else
+    (``token.placement``), unless ``token_at_start_only`` is off; in force for the checks that follow."""
+    run.header = keep_to_answer_start(run.model, run.tokenizer, run.token.token_id, run.config.token_at_start_only)
+    if run.header is not None:
+        log.info("the checkpoint generates %s only as an answer's first token (a sequence_bias in its generation config)",
+                 run.token.token)
+
+
 def _resolve_scope(run: _Round):
     """The round's entity groups (``scope.resolve_with_evidence``: the model's own answers attribute
     the requests that describe an entity without naming it), logged."""
@@ -395,7 +408,7 @@ def _manifest(run: _Round) -> dict:
     base = run.previous.get("base_model") or base_model_info(run.model, run.context.spec, run.fingerprint)
     return Manifest("unierase", base, {
         "token": {"string": run.token.token, "id": run.token.token_id, "cache_key": _token_cache_key(run),
-                  "training": run.token_config.to_dict()},
+                  "training": run.token_config.to_dict(), "only_after": run.header},
         "layers": run.layers,
         "module": run.adapter.mlp_output_path,
         "parameter_fraction": run.adapter.edited_fraction(run.layers, run.model),
