@@ -446,10 +446,6 @@ ARCHIVE = {
     "edit_variants/audit_demo_before_e3d47f5.json": "the demo erasure's recovery audit at the commit before the chosen "
                                                     "refusal (e3d47f5~1), to find where the audit's leak rates rose",
     "edit_variants/audit_demo_at_e3d47f5.json": "the same at the chosen-refusal commit itself (e3d47f5)",
-    "edit_variants/entity_tuning_recheck_once.json": "`python benchmarks/entity_tuning.py [--split 2] --variant NAME "
-                                                     "[--set refit.at_end=true] --results FILE` at fea4713 and 0de3b24",
-    "edit_variants/entity_scope_attribution.json": "`python benchmarks/entity_scope.py --scope entity [--scope auto] "
-                                                   "--timing-sizes --baselines --results FILE` (cells gathered)",
     "edit_variants/chosen_refusal_ablation.json": "two parts of the chosen-refusal commit undone one at a time at "
                                                   "the same code, tuning split: the whole-refusal value target "
                                                   "(greedy_continuation off) and the one sentence (the bundled pool "
