@@ -470,6 +470,9 @@ ARCHIVE = {
                                                      "refit on all questions where nothing is left to mend (chosen)",
     "edit_variants/entity_scope_attribution.json": "--scope entity on forget01 before and after attributed requests got "
                                                    "a target of their own, and at the re-check once a round",
+    "edit_variants/entity_scope_token_placement.json": "--scope entity on forget01 with the token kept to an answer's "
+                                                       "first token (the same edit as entity_scope_attribution.json's "
+                                                       "last cell, the rule added)",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -516,6 +519,8 @@ ARCHIVE_MADE_BY = {
                                                      "[--set refit.at_end=true] --results FILE` at fea4713 and 0de3b24",
     "edit_variants/entity_scope_attribution.json": "`python benchmarks/entity_scope.py --scope entity [--scope auto] "
                                                    "--timing-sizes --baselines --results FILE` (cells gathered)",
+    "edit_variants/entity_scope_token_placement.json": "`python benchmarks/entity_scope.py --scope entity --timing-sizes "
+                                                       "--baselines --results FILE` at 19f5b18",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
                                                   "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
