@@ -473,6 +473,11 @@ ARCHIVE = {
     "edit_variants/entity_scope_token_placement.json": "--scope entity on forget01 with the token kept to an answer's "
                                                        "first token (the same edit as entity_scope_attribution.json's "
                                                        "last cell, the rule added)",
+    "edit_variants/erasure_holds_token_placement.json": "the demo and held-out erasure cells with the token kept to an "
+                                                        "answer's first token and left free, at one code; six "
+                                                        "relation-neutral questions on the tuning split",
+    "edit_variants/entity_tuning_neutral_templates.json": "4, 6 and 8 relation-neutral questions per entity on both TOFU "
+                                                          "entity-scope tuning splits (6 chosen)",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -521,6 +526,11 @@ ARCHIVE_MADE_BY = {
                                                    "--timing-sizes --baselines --results FILE` (cells gathered)",
     "edit_variants/entity_scope_token_placement.json": "`python benchmarks/entity_scope.py --scope entity --timing-sizes "
                                                        "--baselines --results FILE` at 19f5b18",
+    "edit_variants/erasure_holds_token_placement.json": "`python benchmarks/erasure_holds.py --split S --variant V "
+                                                        "[--set edit.token_at_start_only=false | --set "
+                                                        "edit.neutral_templates=6]` (cells gathered)",
+    "edit_variants/entity_tuning_neutral_templates.json": "`python benchmarks/entity_tuning.py [--split 2] --variant V "
+                                                          "[--set edit.neutral_templates=N]` (cache cells gathered)",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
                                                   "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
