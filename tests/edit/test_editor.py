@@ -50,7 +50,7 @@ def test_edit_round_writes_the_target_values(arch, key_position, solver):
     before = _unl_logprob(model, tok, [r.question for r in requests], token_id)
     state = EditState()
     config = EditConfig(layers=layers, key_position=key_position, solver=solver, null_space_threshold=0.05, ridge=0.01, memit_weight=0.01,
-                        substitute_answer_tokens=0, neutral_templates=4,  # room left in a 32-wide key space
+                        substitute_answer_tokens=0,
                         values=ValueConfig(steps=30, lr=0.5, clamp_factor=4.0, continuation_weight=0.0))
     report = run_edit_round(model, tok, adapter, requests, token_id, config,
                          PreservedKeys.from_statistics(stats, config.layers, config, state), progress=False)

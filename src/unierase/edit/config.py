@@ -55,10 +55,8 @@ class EditConfig:
     neutral_key_weight: float = 1.0
     """Weight of the round's soft constraint (neutral questions about each request's entity and its
     substitutes), so the edit does not fire on the entity alone or on the question's shape (0 = off)."""
-    neutral_templates: int = 6
-    """Relation-neutral questions about a request's entity (``prompts.NEUTRAL_TEMPLATES``): kept by
-    the soft constraint in fact scope, erased with the entity in entity scope. The last two go on
-    after the name, as reworded questions about a person do (4 left more of them unreached)."""
+    neutral_templates: int = 4
+    """Relation-neutral questions per request in the soft constraint (``prompts.NEUTRAL_TEMPLATES``)."""
     substitute_entities: int = 4
     """Copies of each question with its entity replaced by another of the same kind, softly preserved (0 = off)."""
     substitute_answer_weight: float = 1.0

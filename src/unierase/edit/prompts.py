@@ -42,11 +42,8 @@ NEUTRAL_TEMPLATES = [
     "What do you know about {}?",
     "Write one sentence about {}.",
     "Is {} well known?",
-    "What is {} best known for, and what shaped that?",
-    "Give me some background on {}'s life and work, please.",
 ]
-"""Relation-neutral questions about an entity (see ``neutral_prompts``); the last ones go on after
-the entity's name, as many questions about a person do."""
+"""Relation-neutral questions about an entity (see ``neutral_prompts``)."""
 
 
 @dataclass
