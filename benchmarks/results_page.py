@@ -477,7 +477,9 @@ ARCHIVE = {
                                                         "answer's first token and left free, at one code; six "
                                                         "relation-neutral questions on the tuning split",
     "edit_variants/entity_tuning_neutral_templates.json": "4, 6 and 8 relation-neutral questions per entity on both TOFU "
-                                                          "entity-scope tuning splits (6 chosen)",
+                                                          "entity-scope tuning splits (6 chosen, then withdrawn)",
+    "edit_variants/neutral_templates_heldout.json": "six relation-neutral questions on the held-out sets: why the "
+                                                    "choice was withdrawn",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -531,6 +533,8 @@ ARCHIVE_MADE_BY = {
                                                         "edit.neutral_templates=6]` (cells gathered)",
     "edit_variants/entity_tuning_neutral_templates.json": "`python benchmarks/entity_tuning.py [--split 2] --variant V "
                                                           "[--set edit.neutral_templates=N]` (cache cells gathered)",
+    "edit_variants/neutral_templates_heldout.json": "`python benchmarks/erasure_holds.py --split S --variant defaults` "
+                                                    "and `python benchmarks/entity_scope.py [--scope entity]` at 9d5f247",
     "edit_variants/chosen_refusal_ablation.json": "`python benchmarks/erasure_holds.py --split tuning --results FILE "
                                                   "[--set values.greedy_continuation=false | --set edit.refusal=null]`",
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
