@@ -15,6 +15,15 @@ def test_keeping_the_rest_of_the_model_comes_before_a_higher_score():
     assert not better(wrecks, trial()) and better(trial(), wrecks)
 
 
+def test_erasing_comes_before_keeping_the_rest_of_the_model():
+    """Gemma's calibration at stop 46 kept a threshold that erased 5 of 12 facts because it alone met
+    the locality bounds; a setting that stops erasing must not win on locality."""
+    erases_and_spills = trial(known_still_correct=0.86, teacher_forced_agreement=0.93)
+    keeps_but_barely_erases = trial(forget=0.42, well_formed_refusals=0.42)
+    assert better(erases_and_spills, keeps_but_barely_erases)
+    assert not better(keeps_but_barely_erases, erases_and_spills)
+
+
 def test_a_change_must_beat_the_current_recipe_by_more_than_the_margin():
     current = trial()
     assert not better(trial(rewordings=0.5 - MARGIN / 2), current)

@@ -98,7 +98,7 @@ def calibrate(model=None, *, tokenizer=None, out=None, overwrite: bool = False, 
     from ..models.loading import model_fingerprint
     from ..record.rounds import load_checked_model
     from .pool import load_pool, split_facts
-    from .search import better, keeps_locality, merged, stages
+    from .search import better, bounds_met, merged, stages
     from .tracing import best_window
 
     config = config or CalibrationConfig()
@@ -143,11 +143,10 @@ def calibrate(model=None, *, tokenizer=None, out=None, overwrite: bool = False, 
             trials.append(trial)
             bar.update(1)
             kept = better(trial, trials[best])
-            bounds = keeps_locality(trial["figures"]), keeps_locality(trials[best]["figures"])
+            bounds = bounds_met(trial["figures"]), bounds_met(trials[best]["figures"])
             log.info("calibration: %s %s (score %.3f against %.3f%s)", stage.name, "kept" if kept else "not kept",
                      trial["score"], trials[best]["score"],
-                     "" if bounds[0] == bounds[1] else "; only %s meets the locality bounds, which come first"
-                     % ("this trial" if bounds[0] else "the best so far"))
+                     "" if bounds[0] == bounds[1] else "; the bounds come first: erasing, then locality")
             if kept:
                 why.update({name: f"{stage.why}: score {trial['score']:.3f} against {trials[best]['score']:.3f} "
                                   f"(calibration.trials[{len(trials) - 1}])" for name in change})

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 LOCALITY_BOUNDS = {"known_still_correct": 0.9, "teacher_forced_agreement": 0.95}
 """A trial keeps the rest of the model when its neighbours meet these (the issue's bounds)."""
+FORGET_BOUND = 0.9
+"""A trial erases when at least this share of its facts start with the token (the issue's bound)."""
 MARGIN = 0.05
 """A candidate must beat the current recipe's score by more than this (a figure on 12 facts moves
 by 0.083 with one fact, so smaller differences are noise)."""
@@ -90,10 +92,16 @@ def score(fig: dict) -> float:
                  - fig["rewordings"] - fig["token_ban"] - fig["token_in_other_answers"], 4)
 
 
+def bounds_met(fig: dict) -> tuple[bool, bool]:
+    """(erases, keeps the rest of the model): the bounds ``better`` weighs first, in this order, so
+    that a setting which stops erasing never wins on locality alone."""
+    return fig["forget"] >= FORGET_BOUND, keeps_locality(fig)
+
+
 def better(candidate: dict, current: dict) -> bool:
-    """Whether a candidate trial replaces the current best: keeping the rest of the model comes
-    first, then a score higher by more than ``MARGIN``."""
-    a, b = keeps_locality(candidate["figures"]), keeps_locality(current["figures"])
+    """Whether a candidate trial replaces the current best: erasing comes first, then keeping the
+    rest of the model, then a score higher by more than ``MARGIN``."""
+    a, b = bounds_met(candidate["figures"]), bounds_met(current["figures"])
     if a != b:
-        return a
+        return a > b
     return candidate["score"] > current["score"] + MARGIN
