@@ -69,8 +69,8 @@ class OutputBias:
 
     def __init__(self, sequence_bias):
         self.processor = SequenceBiasLogitsProcessor(sequence_bias)
-        self.width = max(len(ids) for ids in self.processor.sequence_bias) - 1
-        """Tokens before a logit row that the bias reads."""
+        self.width = max(1, max(len(ids) for ids in self.processor.sequence_bias) - 1)
+        """Tokens before a logit row that the bias reads (at least one)."""
 
     @classmethod
     def of(cls, model) -> "OutputBias | None":
@@ -79,17 +79,9 @@ class OutputBias:
 
     def __call__(self, contexts: list[list[int]], logits: torch.Tensor) -> torch.Tensor:
         """``logits[r]`` biased by what precedes it, the ids ``contexts[r]`` (their last ``width`` count)."""
-        width = max(self.width, 1)
-        tails = [([-1] * width + list(c[len(c) - width:]))[-width:] for c in contexts]  # -1 matches no token
+        width = self.width
+        tails = [([-1] * width + list(c[-width:]))[-width:] for c in contexts]  # -1 matches no token
         return self.processor(torch.tensor(tails, device=logits.device), logits)
-
-
-def bias_answer_logits(bias: OutputBias | None, prompt: list[int], answer: list[int], logits: torch.Tensor) -> torch.Tensor:
-    """``logits`` (one row per answer position: after the prompt, after each answer token) biased."""
-    if bias is None:
-        return logits
-    whole = list(prompt) + list(answer)
-    return bias([whole[: len(prompt) + j] for j in range(len(logits))], logits)
 
 
 MIN_SHARED_PREFIX = 4
@@ -173,7 +165,7 @@ def greedy_batch(model, prompts: list[list[int]], *, max_new_tokens: int, stops:
             logits = logits.clone()
             logits[:, suppress] = float("-inf")
         if bias is not None:
-            logits = bias([prompts[i] + generated[i] for i in active], logits)
+            logits = bias([prompts[i][-bias.width:] + generated[i][-bias.width:] for i in active], logits)
         return logits.argmax(-1).to(device)
 
     active = list(range(len(prompts)))
@@ -345,12 +337,11 @@ def teacher_forced_predictions(model, tokenizer, questions: list[str], answers: 
         qs, ans = questions[start: start + batch_size], answers[start: start + batch_size]
         prompts = [encode_text(tokenizer, render_prompt(tokenizer, q)) for q in qs]
         out, keep = prefill_answers(model, prompts, ans, tokenizer.pad_token_id)
-        if bias is None:
-            pred = out.logits.argmax(-1)
-            predictions += [pred[row, keep - len(a) - 1:].tolist() for row, a in enumerate(ans)]
-            continue
         for row, a in enumerate(ans):
-            logits = bias_answer_logits(bias, prompts[row], a, out.logits[row, keep - len(a) - 1:])
+            logits = out.logits[row, keep - len(a) - 1:]  # after the prompt, then after each answer token
+            if bias is not None:
+                whole = prompts[row] + list(a)
+                logits = bias([whole[: len(prompts[row]) + j] for j in range(len(logits))], logits)
             predictions.append(logits.argmax(-1).tolist())
     return predictions
 
