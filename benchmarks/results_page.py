@@ -480,6 +480,9 @@ ARCHIVE = {
                                                           "entity-scope tuning splits (6 chosen, then withdrawn)",
     "edit_variants/neutral_templates_heldout.json": "six relation-neutral questions on the held-out sets: why the "
                                                     "choice was withdrawn",
+    "edit_variants/gemma_calibration_size_heldout.json": "Gemma's held-out facts under the recipe calibrate chose on 12 "
+                                                         "facts, the one it chose at stop 40, and the neutral defaults: "
+                                                         "why a trial now erases 24",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -540,6 +543,9 @@ ARCHIVE_MADE_BY = {
     "edit_variants/token_strays_ordinary_64x204.json": "`python benchmarks/token_strays.py --set token.…`",
     "edit_variants/token_strays_ordinary_64x204_w5.json": "`python benchmarks/token_strays.py --set token.…`",
     "edit_variants/warm_start_variants.json": "`python benchmarks/edit_quality.py --threads 1` (one run a row)",
+    "edit_variants/gemma_calibration_size_heldout.json": "`python benchmarks/model_recipes.py --model gemma3-270m "
+                                                         "--variant V [--recipe FILE]`; the neighbours' texts from the "
+                                                         "same `demo.erase_and_measure` call",
 }
 """The script each archived results file was made by, as Markdown (the settings: the file's ``description``)."""
 

@@ -325,6 +325,9 @@ def _run_plan(args) -> int:
 
 
 def add_calibrate_parser(subparsers) -> None:
+    from .calibrate import CalibrationConfig
+
+    defaults = CalibrationConfig()
     p = subparsers.add_parser(
         "calibrate", help="measure the edit settings for a model no recipe knows and write a recipe 'forget' then uses",
         description="Find UniErase's edit settings for a model by measuring it: ask it the calibration pool's "
@@ -340,8 +343,10 @@ def add_calibrate_parser(subparsers) -> None:
     p.add_argument("--out", default=None,
                    help="where to write the recipe (default: <cache>/recipes/<name>.json, where forget finds it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing recipe file")
-    p.add_argument("--forget", type=int, default=12, help="known facts erased in each trial (default: 12)")
-    p.add_argument("--neighbours", type=int, default=28, help="known facts that must keep their answers (default: 28)")
+    p.add_argument("--forget", type=int, default=defaults.forget,
+                   help=f"known facts erased in each trial (default: {defaults.forget})")
+    p.add_argument("--neighbours", type=int, default=defaults.neighbours,
+                   help=f"known facts that must keep their answers, at most (default: {defaults.neighbours})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=_run_calibrate)
 

@@ -76,3 +76,10 @@ def test_a_model_that_knows_too_few_pool_facts_is_refused_with_the_count(tmp_pat
     model = build_model("llama", len(tok))
     with pytest.raises(UniEraseError, match=r"answers only 0 of the calibration pool's \d+ questions"):
         calibrate(model, tokenizer=tok, cache_dir=tmp_path, config=TINY, progress=False)
+
+
+def test_the_command_line_defaults_are_the_configs():
+    from unierase.cli import build_parser
+
+    args = build_parser().parse_args(["calibrate"])
+    assert (args.forget, args.neighbours) == (CalibrationConfig().forget, CalibrationConfig().neighbours)

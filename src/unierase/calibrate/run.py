@@ -33,10 +33,13 @@ CALIBRATION_KIND = "calibration"
 class CalibrationConfig:
     """How much ``calibrate`` measures (more facts: firmer choices, longer trials)."""
 
-    forget: int = 12
-    """Known calibration facts erased in every trial (questions only, one batch)."""
-    neighbours: int = 28
-    """Known calibration facts that must keep their answers in every trial."""
+    forget: int = 24
+    """Known calibration facts erased in every trial (questions only, one batch). Twelve let a
+    recipe through that reached all of them and only 6 of 10 held-out facts on Gemma: two per
+    relation show a relation the edit cannot reach before a recipe is chosen on the others."""
+    neighbours: int = 48
+    """Known calibration facts that must keep their answers in every trial (up to this many; a
+    neighbour moves the known share by 2 points at 48, by 3.6 at 28)."""
     trace_facts: int = 16
     """Known facts traced (taken in turn from each relation; each costs ``trace_samples`` forward
     passes of one prompt per layer window)."""
