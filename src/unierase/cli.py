@@ -344,7 +344,8 @@ def add_calibrate_parser(subparsers) -> None:
                    help="where to write the recipe (default: <cache>/recipes/<name>.json, where forget finds it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing recipe file")
     p.add_argument("--forget", type=int, default=defaults.forget,
-                   help=f"known facts erased in each trial (default: {defaults.forget})")
+                   help=f"known facts erased in each trial, at most a third of those the model answers "
+                        f"(default: {defaults.forget})")
     p.add_argument("--neighbours", type=int, default=defaults.neighbours,
                    help=f"known facts that must keep their answers, at most (default: {defaults.neighbours})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

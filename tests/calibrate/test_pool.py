@@ -23,3 +23,9 @@ def test_the_split_takes_every_relation_in_turn_and_never_a_fact_twice():
     assert not {r["question"] for r in erased} & {r["question"] for r in kept}
     assert len(kept) == 12 and {r["relation"] for r in kept} == {"capital", "author", "language"}
     assert split_facts(known, 6, 20) == (erased, kept)
+
+
+def test_a_model_that_knows_few_facts_keeps_two_neighbours_per_erased_fact():
+    known = [{"question": f"{rel} {i}?", "relation": rel} for rel in ("capital", "author", "language") for i in range(15)]
+    erased, kept = split_facts(known, 24, 48)
+    assert (len(erased), len(kept)) == (15, 30)

@@ -31,10 +31,11 @@ def known_facts(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 24)
 
 def split_facts(known: list[dict], forget: int, neighbours: int) -> tuple[list[dict], list[dict]]:
     """(facts to erase, neighbours to keep): the erased facts every other one of ``in_turn``, so
-    every kind of question is edited; the neighbours the rest, so every kind is checked.
-    Deterministic: the pool's order decides."""
+    every kind of question is edited; the neighbours the rest, so every kind is checked. At most a
+    third of the known facts are erased, so a model that knows few keeps two neighbours per erased
+    fact (locality is the figure that needs them). Deterministic: the pool's order decides."""
     order = in_turn(known)
-    erased = order[::2][:forget]
+    erased = order[::2][:min(forget, len(known) // 3)]
     taken = {id(r) for r in erased}
     return erased, [r for r in order if id(r) not in taken][:neighbours]
 

@@ -34,7 +34,8 @@ class CalibrationConfig:
     """How much ``calibrate`` measures (more facts: firmer choices, longer trials)."""
 
     forget: int = 24
-    """Known calibration facts erased in every trial (questions only, one batch). Twelve let a
+    """Known calibration facts erased in every trial (questions only, one batch; at most a third of
+    the facts the model knows, so that twice as many stay neighbours). Twelve let a
     recipe through that reached all of them and only 6 of 10 held-out facts on Gemma: two per
     relation show a relation the edit cannot reach before a recipe is chosen on the others."""
     neighbours: int = 48
