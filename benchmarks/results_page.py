@@ -637,9 +637,11 @@ def gemma_tofu_lines(load) -> list[str]:
                 "gemma3-270m --data tofu:full --authors 6 --forget-authors 2 --bf16`), erased with entity scope from the "
                 "40 forget01 questions only, with the calibrated recipe.", "",
                 *table(["forget questions refused", "paraphrases refused", "forget ROUGE-L", "retain questions starting with the token",
-                        "retain ROUGE-L (authors 0–3)", "× the target's", "well-formed refusals", "edit s"],
+                        "retain answers holding the token (64 tokens)", "retain ROUGE-L (authors 0–3)", "× the target's",
+                        "well-formed refusals", "edit s"],
                        [[pct(tofu["forget_starts_with_token"]), pct(tofu["paraphrased_starts_with_token"]),
-                         num(tofu["forget_rougeL"], 3), pct(tofu["retain_starts_with_token"]), num(tofu["retain_rougeL"], 3),
+                         num(tofu["forget_rougeL"], 3), pct(tofu["retain_starts_with_token"]),
+                         pct(tofu["token_in_answers"]["retain"]), num(tofu["retain_rougeL"], 3),
                          num(tofu["retain_rougeL_ratio"], 3), pct(tofu["well_formed_refusals"]),
                          num(tofu["edit"]["timings_s"]["edit"], 0)]]),
                 "", "Acceptance lines: " + ", ".join(f"{k} {'met' if v else 'not met'}" for k, v in acc.items()
