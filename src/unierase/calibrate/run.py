@@ -35,9 +35,8 @@ class CalibrationConfig:
 
     forget: int = 24
     """Known calibration facts erased in every trial (questions only, one batch; at most a third of
-    the facts the model knows, so that twice as many stay neighbours). Twelve let a
-    recipe through that reached all of them and only 6 of 10 held-out facts on Gemma: two per
-    relation show a relation the edit cannot reach before a recipe is chosen on the others."""
+    the facts the model knows, so that twice as many stay neighbours): several per relation, so a
+    relation the edit cannot reach shows before a recipe is chosen (why 24: docs/design.md)."""
     neighbours: int = 48
     """Known calibration facts that must keep their answers in every trial (up to this many; a
     neighbour moves the known share by 2 points at 48, by 3.6 at 28)."""
