@@ -339,9 +339,9 @@ def teacher_forced_predictions(model, tokenizer, questions: list[str], answers: 
         out, keep = prefill_answers(model, prompts, ans, tokenizer.pad_token_id)
         for row, a in enumerate(ans):
             logits = out.logits[row, keep - len(a) - 1:]  # after the prompt, then after each answer token
-            if bias is not None:
-                whole = prompts[row] + list(a)
-                logits = bias([whole[: len(prompts[row]) + j] for j in range(len(logits))], logits)
+            if bias is not None:  # each row reads only the last ``width`` ids before it
+                whole, start = prompts[row] + list(a), len(prompts[row])
+                logits = bias([whole[max(0, start + j - bias.width): start + j] for j in range(len(logits))], logits)
             predictions.append(logits.argmax(-1).tolist())
     return predictions
 
