@@ -55,8 +55,11 @@ def stages(traced_layers: list[int], default: list[int], num_layers: int) -> lis
         Stage("null space", "a smaller null-space threshold (3e-3 down to 1e-5 of the largest eigenvalue) protects "
                             "more key directions: where a few keys dominate C0, the default 1e-2 frees nearly all",
               [{"null_space_threshold": t} for t in (3e-3, 1e-3, 1e-4, 1e-5)]),
-        Stage("locality", "the model's own answers held twice as hard and a larger ridge: each pass writes less "
-                          "where ordinary answers live", [{"answer_key_weight": 2.0, "ridge": 0.2}]),
+        Stage("locality", "the model's own answers held twice as hard (with a larger ridge, each pass writing "
+                          "less, or alone), or the neutral questions about each erased subject and its substitutes "
+                          "held twice as hard: the neighbours an edit loses share a subject or a question's "
+                          "shape with an erased fact",
+              [{"answer_key_weight": 2.0, "ridge": 0.2}, {"answer_key_weight": 2.0}, {"neutral_key_weight": 2.0}]),
     ]
 
 
