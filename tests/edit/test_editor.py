@@ -369,3 +369,49 @@ def test_the_recheck_reads_the_first_token_on_the_edited_model():
         [i for i in (0, 1) if firsts[i] != firsts[1]]
     neither = next(t for t in range(len(tok)) if t not in firsts)
     assert _undone(model, tok, adapter, requests, [0, 1], neither, config, None) == [0, 1]
+
+
+def test_requests_no_pass_reaches_are_set_aside_so_an_undone_one_still_gets_its_pass(monkeypatch):
+    """After ``STALL_PASSES`` passes in a row that reach nothing, the pending requests stop running
+    (their keys kept once, reported not reached); the round's check follows at once, and a request
+    it finds undone runs again within the pass budget."""
+    from types import SimpleNamespace
+
+    from unierase.edit import editor
+
+    monkeypatch.setattr(editor, "STALL_PASSES", 3)
+    script = iter([[0], [], [], [], [0]])  # A reached, then B never; A (found undone) again
+    preserved_cols, checked, rounds = [], [], []
+
+    class After:
+        def __init__(self, reached, n):
+            self.firsts = [7 if j in reached else 3 for j in range(n)]
+
+        def first_tokens(self):
+            return self.firsts
+
+        def subset(self, rows):
+            return None
+
+    def fake_round(model, tokenizer, adapter, requests, target_id, config, preserved, **kwargs):
+        rounds.append([r.question for r in requests])
+        n = len(requests)
+        return SimpleNamespace(targets=torch.zeros(2, n), values={"converged": [False] * n}, after=After(next(script), n),
+                               residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
+                               keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
+
+    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
+        checked.append(list(indices))
+        return {"undone": [0] if final else [], "refit": None}
+
+    monkeypatch.setattr(editor, "run_edit_round", fake_round)
+    monkeypatch.setattr(editor, "_recheck", fake_recheck)
+    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: preserved_cols.append(list(columns)))
+    requests = [ForgetRequest("A?"), ForgetRequest("B?")]
+    preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
+    config = EditConfig(max_passes=8, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
+    result = editor.run_edit_passes(None, None, None, requests, 7, config, preserved, progress=False)
+    assert rounds == [["A?", "B?"], ["B?"], ["B?"], ["B?"], ["A?"]]
+    assert checked == [[0], [0]]  # at the first pass that reached none, and at once when B is set aside
+    assert result.not_reached_indices == [1] and [r.question for r in result.not_reached] == ["B?"]
+    assert preserved_cols == [[0], [], [], [], [0], []]  # A's keys; B's once, when set aside; not A's again

@@ -82,7 +82,9 @@ class EditConfig:
     bundled pool (``data/refusals.txt``) chosen per question."""
     max_passes: int = 12
     """Requests whose greedy first token is not yet the target get another pass, at most this many;
-    each pass starts from the previous targets and preserves the previous keys."""
+    each pass starts from the previous targets and preserves the previous keys. Requests that
+    three passes in a row leave unreached are set aside (``editor.STALL_PASSES``), so that those
+    the round's check finds undone still get passes."""
     group_value_questions: int | None = 8
     """An entity group's shared δ is optimised on at most this many of its pending questions, spread
     from the shortest to the longest; the others only receive it (None = all)."""

@@ -85,6 +85,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     converged = [False] * len(requests)  # target value reached in an earlier pass
     kept = set()  # requests whose keys are in the preserved state (once each)
     passes, key_tokens, report, carried, stalled, rechecked = [], [], None, None, False, False
+    idle, given_up = 0, []  # passes in a row that reached none; requests set aside when they stall
     refitting = can_refit(model, config.refit)
     for number in range(config.max_passes):
         ran = list(pending)
@@ -125,8 +126,16 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         # costs, so the passes for requests undone at the end are the round's last: they check only themselves
         first_stall = not reached and not stalled
         stalled = stalled or not reached
+        idle = 0 if reached else idle + 1
+        if pending and idle >= STALL_PASSES:
+            # the writes no longer move them: their passes would only spend the budget that the
+            # requests a later check finds undone need. Kept as the last pass left them
+            log.info("%d request(s) reached by none of the last %d passes: set aside, not reached", len(pending), idle)
+            _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
+            kept.update(pending)
+            given_up, pending, carried, idle = given_up + pending, [], None, 0
         final = not pending
-        checked = list(range(len(requests))) if final else earlier
+        checked = [i for i in range(len(requests)) if i not in given_up] if final else earlier
         if checked and ((final and not rechecked) or (first_stall and not refitting)
                         or number == config.max_passes - 1):
             rechecked = rechecked or final
@@ -142,7 +151,15 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     if pending:  # never reached: later rounds keep what the last pass wrote for them (once)
         _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
     preserved.end_round(config)
-    return PassesResult(passes, [requests[i] for i in pending], key_tokens, report, list(pending), updates)
+    missed = given_up + pending
+    return PassesResult(passes, [requests[i] for i in missed], key_tokens, report, missed, updates)
+
+
+STALL_PASSES = 3
+"""Passes in a row that reach no request after which the pending ones are set aside, so that the
+requests the round's check finds undone still get passes (on Gemma's TOFU target three requests
+ran the last six passes, each realising about 2 % of what was left; on SmolLM2 a request has been
+reached at the third try)."""
 
 
 def _note_check(record: dict, check: dict, checked: int) -> list[int]:

@@ -39,7 +39,7 @@ from ..token.placement import keep_to_answer_start
 from ..token.questions import training_questions
 from ..token.training import UnlearningTokenConfig
 from .config import EditConfig
-from .editor import run_edit_passes
+from .editor import STALL_PASSES, run_edit_passes
 from .keys import choose_key_chars
 from .options import EraseOptions
 from .prompts import neutral_questions
@@ -339,8 +339,10 @@ def _edit(run: _Round) -> None:
     not_reached = [run.reqs[i] for i in run.result.not_reached_indices if i < len(run.reqs)]
     if not_reached:
         log.warning("%d of %d request(s) do not start their answer with %s after %d pass(es): %s. Run forget again on the "
-                    "output to continue, or raise max_passes", len(not_reached), len(run.reqs), run.token.token,
-                    len(passes), "; ".join(r.question if record_texts else r.digest()[:12] for r in not_reached))
+                    "output to continue (its round optimises their targets afresh); more passes help only where the "
+                    "last ones still reached some (%d in a row that reach none set the rest aside)",
+                    len(not_reached), len(run.reqs), run.token.token, len(passes),
+                    "; ".join(r.question if record_texts else r.digest()[:12] for r in not_reached), STALL_PASSES)
     for name in passes[0]["timings_s"]:
         run.timings[f"edit.{name}"] = sum(p["timings_s"].get(name, 0.0) for p in passes)
 
