@@ -483,6 +483,11 @@ ARCHIVE = {
     "edit_variants/gemma_calibration_size_heldout.json": "Gemma's held-out facts under the recipe calibrate chose on 12 "
                                                          "facts, the one it chose at stop 40, and the neutral defaults: "
                                                          "why a trial now erases 24",
+    "edit_variants/gemma_tofu_set_aside.json": "Gemma TOFU reach under variants of the passes: the set-aside rule "
+                                               "against stop 47's code and a state kept per entity group",
+    "edit_variants/gemma_tofu_stuck_requests.json": "where the writes of the passes go for the Gemma TOFU requests "
+                                                    "no pass reaches: distance to the target before each layer, "
+                                                    "the null space's share of each key, what each solve realises",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -546,6 +551,9 @@ ARCHIVE_MADE_BY = {
     "edit_variants/gemma_calibration_size_heldout.json": "`python benchmarks/model_recipes.py --model gemma3-270m "
                                                          "--variant V [--recipe FILE]`; the neighbours' texts from the "
                                                          "same `demo.erase_and_measure` call",
+    "edit_variants/gemma_tofu_set_aside.json": "`unierase.forget` + `generation.first_token_ids` (its `made_by`)",
+    "edit_variants/gemma_tofu_stuck_requests.json": "`python benchmarks/stuck_requests.py --target "
+                                                    "<cache>/targets/gemma-tofu6`",
 }
 """The script each archived results file was made by, as Markdown (the settings: the file's ``description``)."""
 

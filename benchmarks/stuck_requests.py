@@ -1,0 +1,122 @@
+"""Why an edit's passes stop reaching some requests: where each layer's write goes.
+
+Erases TOFU forget01 (questions only, ``--scope``) from a target, as ``entity_scope.py`` does, with
+two probes on the passes that run at most ``--probe-at`` requests (the late ones, where only the
+hard requests are left):
+
+- per edited layer, before its solve: the distance of each request's value at the last edited
+  layer (at its key token) from its target, so a layer whose write does not move the values shows;
+- per edited layer, at its solve: the share of each key inside the free (null-space) subspace, and
+  the share of the layer's intended MLP-output change that the closed form does not realise, with
+  the full system (as run), without the sequential state of reached requests, and with neither.
+
+Then the first answer token of every forget question and paraphrase on the erased model. Diagnosis
+only: nothing here chooses a setting.
+
+    python benchmarks/stuck_requests.py --target DIR [--probe-at 6] [--results FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_stuck_requests.json"
+
+
+def _unrealised(solve, keys, residuals, basis, kept, ridge) -> list[float]:
+    """Per column: ‖ΔW k − r‖ / ‖r‖ for the AlphaEdit update solved with ``kept`` as the preserved term."""
+    import torch
+
+    update = solve.alphaedit_factors_in_basis(keys, residuals, basis, kept, ridge).dense()
+    wrote = update @ keys.to(update.device, torch.float64)
+    r = residuals.to(update.device, torch.float64)
+    return [round(float(x), 3) for x in (wrote - r).norm(dim=0) / r.norm(dim=0).clamp(min=1e-12)]
+
+
+def _probes(editor, solve, probe_at: int, log: list[dict]):
+    """Wrap the editor's target values, key pass and the AlphaEdit solver to record into ``log``."""
+    run_targets, run_keys, run_solver = editor._target_values, editor.request_keys_and_values, solve.SOLVERS["alphaedit"]
+    held = {}
+
+    def targets(*args, **kwargs):
+        z, report = run_targets(*args, **kwargs)
+        held["targets"] = z
+        if z.shape[1] <= probe_at:
+            log.append({"requests": z.shape[1], "layers": []})
+        return z, report
+
+    def keys_and_values(model, adapter, layer, z_layer, prompts, n, pad, lower=None):
+        keys, current = run_keys(model, adapter, layer, z_layer, prompts, n, pad, lower=lower)
+        if n <= probe_at:
+            log[-1]["layers"].append({"layer": layer, "distance_before": [
+                round(float(x), 1) for x in (held["targets"] - current).norm(dim=0)]})
+        return keys, current
+
+    def alphaedit(keys, residuals, *, layer, config, preserved, soft):
+        if keys.shape[1] <= probe_at:
+            basis = preserved.basis(layer)
+            state = preserved.state.projected(layer, basis)
+            ridge = config.ridge * float(keys.pow(2).sum(0).mean())
+            k = keys.double().to(basis.device)
+            full = state if soft is None else (soft if state is None else state + soft)
+            log[-1]["layers"][-1].update({
+                "key_share_in_null_space": [round(float(x), 3) for x in
+                                            (basis.double().T @ k).norm(dim=0) / k.norm(dim=0)],
+                "unrealised_as_run": _unrealised(solve, keys, residuals, basis, full, ridge),
+                "unrealised_without_state": _unrealised(solve, keys, residuals, basis, soft, ridge),
+                "unrealised_null_space_only": _unrealised(solve, keys, residuals, basis, None, ridge)})
+        return run_solver.update(keys, residuals, layer=layer, config=config, preserved=preserved, soft=soft)
+
+    editor._target_values, editor.request_keys_and_values = targets, keys_and_values
+    solve.SOLVERS["alphaedit"] = solve.Solver("alphaedit", True, alphaedit)
+
+
+def main() -> None:
+    import unierase
+    from unierase.baselines.data import load_tofu, require_data_dir
+    from unierase.edit import editor, solve
+    from unierase.generation import first_token_ids
+    from unierase.models.loading import load_model
+    from unierase.storage import write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", required=True, help="a TOFU target (unierase finetune's output)")
+    parser.add_argument("--scope", default="entity", choices=["auto", "fact", "entity"])
+    parser.add_argument("--probe-at", type=int, default=6, help="probe the passes that run at most this many requests")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+
+    forget = load_tofu("forget01_perturbed", args.data_dir)
+    rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "forget01_perturbed.jsonl")
+            .read_text().splitlines() if x.strip()]
+    probes: list[dict] = []
+    _probes(editor, solve, args.probe_at, probes)
+    with tempfile.TemporaryDirectory() as out:
+        result = unierase.forget([{"question": r.question} for r in forget], Path(out) / "erased", model=args.target,
+                                 scope=args.scope, overwrite=True, progress=False)
+        last = result.manifest["rounds"][-1]
+        model, tok = load_model(str(Path(out) / "erased"))
+        token_id = result.manifest["token"]["id"]
+        missed = {name: [i for i, t in enumerate(first_token_ids(model, tok, qs)) if t != token_id]
+                  for name, qs in (("forget", [r.question for r in forget]),
+                                   ("paraphrased", [r["paraphrased_question"] for r in rows]))}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    write_json_atomic(Path(args.results), {
+        "description": __doc__.split("\n\n")[0], "target": Path(args.target).name, "scope": args.scope,
+        "commit": commit, "layers": last["layers"], "recipe": last.get("recipe"),
+        "passes": [{"requests": p["requests"], "reached": p["reached"], "residual_left": p["residual_left"],
+                    "undone": p.get("undone")} for p in last["passes"]],
+        "not_reached": [r["question"] for r in last["requests"] if r["sha256"] in set(last["not_reached"])],
+        "first_token_missed": {name: [(forget[i].question if name == "forget" else rows[i]["paraphrased_question"])
+                                      for i in idx] for name, idx in missed.items()},
+        "probed_passes": probes})
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
