@@ -103,13 +103,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                                                    config.group_value_questions)
                                 if groups and not config.group_value_rotation else None)
         key_tokens = key_tokens or report.key_tokens
-        for j, i in enumerate(pending):
-            targets[i] = report.targets[:, j]
-            converged[i] = report.values["converged"][j]
-        holds, firsts = _holds(report.after, target_id, config), report.after.first_tokens()
-        for j, i in enumerate(pending):
-            if firsts[j] == target_id and not holds[j]:  # the token without the whole refusal: another
-                converged[i] = False                      # pass, its δ optimised on the edited model
+        holds = _take_pass(report, pending, targets, converged, target_id, config)
         reached = sum(holds)
         passes.append({"requests": len(pending), "reached": reached, "residual_left": report.residual_left,
                        "timings_s": report.timings_s, "values": report.values})
@@ -119,17 +113,15 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         carried = report.after.subset(still) if still else None
         earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
         pending = [pending[j] for j in still]
-        # a pass may undo part of an earlier one: the requests are checked again the first time all
-        # are reached (all of them: a refit of the token's row may follow), after the last pass and
-        # (without a refit) at the first pass that reaches none; any the model no longer holds run
-        # again (their keys stay preserved once). Each check costs what forwarding every prompt
-        # costs, so the passes for requests undone at the end are the round's last: they check only themselves
+        # a pass may undo part of an earlier one: the requests are checked again the first time all are reached
+        # (all of them: a refit of the token's row may follow), after the last pass and (without a refit) at the
+        # first pass that reaches none; any the model no longer holds run again (their keys stay preserved once).
+        # Each check costs a forward of every prompt, so the passes for requests undone then check only themselves
         first_stall = not reached and not stalled
         stalled = stalled or not reached
         idle = 0 if reached else idle + 1
         if pending and idle >= STALL_PASSES:
-            # the writes no longer move them: their passes would only spend the budget that the
-            # requests a later check finds undone need. Kept as the last pass left them
+            # the writes no longer move them: spare the passes that requests a check finds undone need
             log.info("%d request(s) reached by none of the last %d passes: set aside, not reached", len(pending), idle)
             _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
             kept.update(pending)
@@ -153,6 +145,20 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
     preserved.end_round(config)
     missed = given_up + pending
     return PassesResult(passes, [requests[i] for i in missed], key_tokens, report, missed, updates)
+
+
+def _take_pass(report: RoundReport, pending: list[int], targets: list, converged: list[bool], target_id: int,
+               config: EditConfig) -> list[bool]:
+    """Note a pass's targets and which converged (per request of ``pending``, in place); whether each
+    request now holds (``_holds``)."""
+    for j, i in enumerate(pending):
+        targets[i] = report.targets[:, j]
+        converged[i] = report.values["converged"][j]
+    holds, firsts = _holds(report.after, target_id, config), report.after.first_tokens()
+    for j, i in enumerate(pending):
+        if firsts[j] == target_id and not holds[j]:  # the token without the whole refusal: another
+            converged[i] = False                      # pass, its δ optimised on the edited model
+    return holds
 
 
 STALL_PASSES = 3
