@@ -551,7 +551,8 @@ ARCHIVE_MADE_BY = {
     "edit_variants/gemma_calibration_size_heldout.json": "`python benchmarks/model_recipes.py --model gemma3-270m "
                                                          "--variant V [--recipe FILE]`; the neighbours' texts from the "
                                                          "same `demo.erase_and_measure` call",
-    "edit_variants/gemma_tofu_set_aside.json": "`unierase.forget` + `generation.first_token_ids` (its `made_by`)",
+    "edit_variants/gemma_tofu_set_aside.json": "`python benchmarks/reach_check.py --target <cache>/targets/gemma-tofu6 "
+                                               "--variant V` (its `made_by`)",
     "edit_variants/gemma_tofu_stuck_requests.json": "`python benchmarks/stuck_requests.py --target "
                                                     "<cache>/targets/gemma-tofu6`",
 }

@@ -1,0 +1,67 @@
+"""A quick reach check of an edit variant on a TOFU target: the first answer token only.
+
+Erases the 40 forget01 questions (questions only, ``--scope``) from the target and records which
+forget questions and paraphrases start with the unlearning token on the erased model, and how
+many of the first 80 retain and 40 world-fact questions do (they must not). Minutes instead of
+``entity_scope.py``'s quarter hour (no 64-token answers): for comparing variants of the passes
+at one target, whose kept variant then gets the full benchmark. Appends one row to ``--results``.
+
+    python benchmarks/reach_check.py --target DIR --variant "what this code does" [--results FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_set_aside.json"
+
+
+def main() -> None:
+    import unierase
+    from unierase.baselines.data import load_tofu, require_data_dir
+    from unierase.generation import first_token_ids
+    from unierase.models.loading import load_model
+    from unierase.storage import write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", required=True, help="a TOFU target (unierase finetune's output)")
+    parser.add_argument("--variant", required=True, help="what the code under test does differently (the row's name)")
+    parser.add_argument("--scope", default="entity", choices=["auto", "fact", "entity"])
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+
+    forget = load_tofu("forget01_perturbed", args.data_dir)
+    rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "forget01_perturbed.jsonl")
+            .read_text().splitlines() if x.strip()]
+    sets = {"forget": [r.question for r in forget], "paraphrased": [r["paraphrased_question"] for r in rows],
+            "retain": [r.question for r in load_tofu("retain_perturbed", args.data_dir)[:80]],
+            "world": [r.question for r in load_tofu("world_facts", args.data_dir)[:40]]}
+    with tempfile.TemporaryDirectory() as out:
+        result = unierase.forget([{"question": q} for q in sets["forget"]], Path(out) / "erased", model=args.target,
+                                 scope=args.scope, overwrite=True, progress=False)
+        model, tok = load_model(str(Path(out) / "erased"))
+        token_id = result.manifest["token"]["id"]
+        firsts = {name: first_token_ids(model, tok, qs) for name, qs in sets.items()}
+    last = result.manifest["rounds"][-1]
+    row = {"variant": args.variant,
+           "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+           "edit_s": last["timings_s"]["edit"], "passes": [(p["requests"], p["reached"]) for p in last["passes"]]}
+    for name, ids in firsts.items():
+        row[f"{name}_starts_with_token"] = sum(i == token_id for i in ids) / len(ids)
+        if name in ("forget", "paraphrased"):
+            row[f"{name}_missed"] = [j for j, i in enumerate(ids) if i != token_id]
+    path = Path(args.results)
+    data = json.loads(path.read_text()) if path.is_file() else {"description": __doc__.split("\n\n")[0], "rows": []}
+    data["target"], data["scope"] = Path(args.target).name, args.scope
+    data["rows"].append(row)
+    write_json_atomic(path, data)
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
