@@ -414,4 +414,5 @@ def test_requests_no_pass_reaches_are_set_aside_so_an_undone_one_still_gets_its_
     assert rounds == [["A?", "B?"], ["B?"], ["B?"], ["B?"], ["A?"]]
     assert checked == [[0], [0]]  # at the first pass that reached none, and at once when B is set aside
     assert result.not_reached_indices == [1] and [r.question for r in result.not_reached] == ["B?"]
+    assert [p.get("set_aside") for p in result.passes] == [None, None, None, 1, None]  # recorded in the manifest
     assert preserved_cols == [[0], [], [], [], [0], []]  # A's keys; B's once, when set aside; not A's again

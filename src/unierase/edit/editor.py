@@ -70,12 +70,11 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
                     answer_ids: list[list[int]] | None = None,
                     groups: list[int] | None = None, entity_scope: list[str | None] | None = None) -> PassesResult:
     """Edit rounds until every request's greedy first answer token is ``target_id`` (at most
-    ``config.max_passes``); each further pass covers only the requests not reached yet.
+    ``config.max_passes``, ``STALL_PASSES``); each further pass covers only the requests not reached yet.
     ``preserved``: what the updates leave alone (``preserved.build_preserved_keys``); its state
     ends up holding every pass's keys and the round's soft constraint. ``answer_ids``: the model's
     greedy answers to the requests, if the caller has them (``preserved.soft_constraint_keys``).
-    ``groups`` and ``entity_scope``: the shared targets and the entity-scope requests
-    (``scope.resolve_scope``).
+    ``groups`` and ``entity_scope``: the shared targets and the entity-scope requests (``scope.resolve_scope``).
     """
     preserved.begin_round(model, tokenizer, adapter, requests, config, answer_ids, entity_scope)
     described = described_requests(requests, entity_scope)
@@ -123,6 +122,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         if pending and idle >= STALL_PASSES:
             # the writes no longer move them: spare the passes that requests a check finds undone need
             log.info("%d request(s) reached by none of the last %d passes: set aside, not reached", len(pending), idle)
+            passes[-1]["set_aside"] = len(pending)
             _preserve_columns(preserved, report.keys, [j for j in still if ran[j] not in kept])
             kept.update(pending)
             given_up, pending, carried, idle = given_up + pending, [], None, 0
