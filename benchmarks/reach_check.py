@@ -20,9 +20,18 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_set_aside.json"
 
 
+def forget01(data_dir=None) -> tuple[list, list[str]]:
+    """TOFU forget01's records and their paraphrased questions (from ``forget01_perturbed``)."""
+    from unierase.baselines.data import load_tofu, require_data_dir
+
+    rows = [json.loads(x) for x in (require_data_dir(data_dir) / "tofu" / "forget01_perturbed.jsonl")
+            .read_text().splitlines() if x.strip()]
+    return load_tofu("forget01_perturbed", data_dir), [r["paraphrased_question"] for r in rows]
+
+
 def main() -> None:
     import unierase
-    from unierase.baselines.data import load_tofu, require_data_dir
+    from unierase.baselines.data import load_tofu
     from unierase.generation import first_token_ids
     from unierase.models.loading import load_model
     from unierase.storage import write_json_atomic
@@ -35,10 +44,8 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
 
-    forget = load_tofu("forget01_perturbed", args.data_dir)
-    rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "forget01_perturbed.jsonl")
-            .read_text().splitlines() if x.strip()]
-    sets = {"forget": [r.question for r in forget], "paraphrased": [r["paraphrased_question"] for r in rows],
+    forget, paraphrased = forget01(args.data_dir)
+    sets = {"forget": [r.question for r in forget], "paraphrased": paraphrased,
             "retain": [r.question for r in load_tofu("retain_perturbed", args.data_dir)[:80]],
             "world": [r.question for r in load_tofu("world_facts", args.data_dir)[:40]]}
     with tempfile.TemporaryDirectory() as out:

@@ -19,7 +19,6 @@ only: nothing here chooses a setting.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -77,7 +76,8 @@ def _probes(editor, solve, probe_at: int, log: list[dict]):
 
 def main() -> None:
     import unierase
-    from unierase.baselines.data import load_tofu, require_data_dir
+    from reach_check import forget01  # the sibling script's loader
+
     from unierase.edit import editor, solve
     from unierase.generation import first_token_ids
     from unierase.models.loading import load_model
@@ -91,9 +91,7 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
 
-    forget = load_tofu("forget01_perturbed", args.data_dir)
-    rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "forget01_perturbed.jsonl")
-            .read_text().splitlines() if x.strip()]
+    forget, paraphrased = forget01(args.data_dir)
     probes: list[dict] = []
     _probes(editor, solve, args.probe_at, probes)
     with tempfile.TemporaryDirectory() as out:
@@ -104,7 +102,7 @@ def main() -> None:
         token_id = result.manifest["token"]["id"]
         missed = {name: [i for i, t in enumerate(first_token_ids(model, tok, qs)) if t != token_id]
                   for name, qs in (("forget", [r.question for r in forget]),
-                                   ("paraphrased", [r["paraphrased_question"] for r in rows]))}
+                                   ("paraphrased", paraphrased))}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0], "target": Path(args.target).name, "scope": args.scope,
@@ -112,8 +110,8 @@ def main() -> None:
         "passes": [{"requests": p["requests"], "reached": p["reached"], "residual_left": p["residual_left"],
                     "undone": p.get("undone")} for p in last["passes"]],
         "not_reached": [r["question"] for r in last["requests"] if r["sha256"] in set(last["not_reached"])],
-        "first_token_missed": {name: [(forget[i].question if name == "forget" else rows[i]["paraphrased_question"])
-                                      for i in idx] for name, idx in missed.items()},
+        "first_token_missed": {name: [(forget[i].question if name == "forget" else paraphrased[i]) for i in idx]
+                               for name, idx in missed.items()},
         "probed_passes": probes})
     print(f"wrote {args.results}")
 

@@ -301,6 +301,33 @@ def test_group_value_rotation_runs_every_question_in_turn_instead_of_fixed_steer
     assert seen == ([(None, 1)] if rotation else [([False, False, True], None)]), seen  # the shortest steers
 
 
+class _ScriptedAfter:
+    """A pass's check on the edited model: the requests of ``reached`` answer with the target (7)."""
+
+    def __init__(self, reached, n):
+        self.firsts = [7 if j in reached else 3 for j in range(n)]
+
+    def first_tokens(self):
+        return self.firsts
+
+    def subset(self, rows):
+        return None
+
+
+def _scripted_round(script, rounds=None):
+    """A stand-in for ``run_edit_round`` whose passes reach the requests ``script`` names in turn."""
+    from types import SimpleNamespace
+
+    def fake_round(model, tokenizer, adapter, requests, target_id, config, preserved, **kwargs):
+        if rounds is not None:
+            rounds.append([r.question for r in requests])
+        n = len(requests)
+        return SimpleNamespace(targets=torch.zeros(2, n), values={"converged": [False] * n},
+                               after=_ScriptedAfter(next(script), n), residual_left=0.0, timings_s={},
+                               key_tokens=["x"] * n, keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
+    return fake_round
+
+
 def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_preserved_once(monkeypatch):
     """After the pass that reaches the last pending request, every request is checked on the final
     model (once a round); one it no longer holds runs again, and its keys join the state once."""
@@ -310,22 +337,7 @@ def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_pres
 
     script = iter([[0], [0], [0]])  # which of each pass's requests the edited model answers with the target
     preserved_cols, checked = [], []
-
-    class After:
-        def __init__(self, reached, n):
-            self.firsts = [7 if j in reached else 3 for j in range(n)]
-
-        def first_tokens(self):
-            return self.firsts
-
-        def subset(self, rows):
-            return None
-
-    def fake_round(model, tokenizer, adapter, requests, target_id, config, preserved, **kwargs):
-        n = len(requests)
-        return SimpleNamespace(targets=torch.zeros(2, n), values={"converged": [False] * n}, after=After(next(script), n),
-                               residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
-                               keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
+    fake_round = _scripted_round(script)
 
     def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
         checked.append(list(indices))
@@ -383,28 +395,11 @@ def test_requests_no_pass_reaches_are_set_aside_so_an_undone_one_still_gets_its_
     script = iter([[0], [], [], [], [0]])  # A reached, then B never; A (found undone) again
     preserved_cols, checked, rounds = [], [], []
 
-    class After:
-        def __init__(self, reached, n):
-            self.firsts = [7 if j in reached else 3 for j in range(n)]
-
-        def first_tokens(self):
-            return self.firsts
-
-        def subset(self, rows):
-            return None
-
-    def fake_round(model, tokenizer, adapter, requests, target_id, config, preserved, **kwargs):
-        rounds.append([r.question for r in requests])
-        n = len(requests)
-        return SimpleNamespace(targets=torch.zeros(2, n), values={"converged": [False] * n}, after=After(next(script), n),
-                               residual_left=0.0, timings_s={}, key_tokens=["x"] * n,
-                               keys={1: torch.zeros(3, n)}, questions=[r.question for r in requests])
-
     def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
         checked.append(list(indices))
         return {"undone": [0] if final else [], "refit": None}
 
-    monkeypatch.setattr(editor, "run_edit_round", fake_round)
+    monkeypatch.setattr(editor, "run_edit_round", _scripted_round(script, rounds))
     monkeypatch.setattr(editor, "_recheck", fake_recheck)
     monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: preserved_cols.append(list(columns)))
     requests = [ForgetRequest("A?"), ForgetRequest("B?")]
