@@ -56,7 +56,8 @@ def main() -> None:
         firsts = {name: first_token_ids(model, tok, qs) for name, qs in sets.items()}
     last = result.manifest["rounds"][-1]
     row = {"variant": args.variant,
-           "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+           "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip(),
            "edit_s": last["timings_s"]["edit"], "passes": [(p["requests"], p["reached"]) for p in last["passes"]]}
     for name, ids in firsts.items():
         row[f"{name}_starts_with_token"] = sum(i == token_id for i in ids) / len(ids)

@@ -103,7 +103,8 @@ def main() -> None:
         missed = {name: [i for i, t in enumerate(first_token_ids(model, tok, qs)) if t != token_id]
                   for name, qs in (("forget", [r.question for r in forget]),
                                    ("paraphrased", paraphrased))}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0], "target": Path(args.target).name, "scope": args.scope,
         "commit": commit, "layers": last["layers"], "recipe": last.get("recipe"),

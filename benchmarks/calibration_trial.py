@@ -1,0 +1,60 @@
+"""How ``unierase calibrate`` would score a given recipe: one trial on the model's calibration facts.
+
+Runs the trial ``calibrate`` runs for each candidate (the same known facts, the same 24-erased
+split, the same figures and score, cached alike) with the edit settings of ``--recipe`` (a recipe
+file: a packaged one such as SmolLM2's hand recipe, or a calibrated one), and appends the figures
+with whether they meet calibrate's bounds to ``--results``. A hand recipe scored this way shows
+whether calibrate's rules could choose it from its own pool. Never looks at held-out facts.
+
+    python benchmarks/calibration_trial.py [--model M] --recipe FILE [--results FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results" / "edit_variants" / "calibration_trials_of_recipes.json"
+
+
+def main() -> None:
+    from unierase.cache import Cache
+    from unierase.calibrate.pool import load_pool, split_facts
+    from unierase.calibrate.run import CalibrationConfig, _known, _trial
+    from unierase.calibrate.search import bounds_met
+    from unierase.models.loading import model_fingerprint
+    from unierase.record.rounds import load_checked_model
+    from unierase.storage import default_cache_dir, write_json_atomic
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="a --model value (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--recipe", required=True, help="a recipe file whose 'edit' settings the trial runs")
+    parser.add_argument("--results", default=str(RESULTS))
+    args = parser.parse_args()
+
+    root = default_cache_dir()
+    model, tokenizer = load_checked_model(args.model, cache_dir=root)
+    recipe = json.loads(Path(args.recipe).read_text())
+    config = CalibrationConfig()
+    fingerprint = model_fingerprint(model)
+    known = _known(Cache(root), model, tokenizer, load_pool(), fingerprint)
+    forget_rows, neighbours = split_facts(known, config.forget, config.neighbours)
+    trial = _trial(Cache(root), model, tokenizer, recipe["edit"], recipe.get("name", "recipe"), forget_rows, neighbours,
+                   fingerprint, root, progress=False)
+    erases, keeps = bounds_met(trial["figures"])
+    row = {"model": args.model or "smollm2-135m-instruct", "recipe": recipe.get("name"), "edit": recipe["edit"],
+           "forget": len(forget_rows), "neighbours": len(neighbours), "figures": trial["figures"],
+           "score": trial["score"], "erases": erases, "keeps_locality": keeps,
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()}
+    path = Path(args.results)
+    data = json.loads(path.read_text()) if path.is_file() else {"description": __doc__.split("\n\n")[0], "rows": []}
+    data["rows"].append(row)
+    write_json_atomic(path, data)
+    print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
