@@ -411,3 +411,29 @@ def test_requests_no_pass_reaches_are_set_aside_so_an_undone_one_still_gets_its_
     assert result.not_reached_indices == [1] and [r.question for r in result.not_reached] == ["B?"]
     assert [p.get("set_aside") for p in result.passes] == [None, None, None, 1, None]  # recorded in the manifest
     assert preserved_cols == [[0], [], [], [], [0], []]  # A's keys; B's once, when set aside; not A's again
+
+
+def test_a_request_set_aside_is_not_checked_again_nor_run_again(monkeypatch):
+    """The last pass's check covers the requests reached before, never one set aside (which would
+    come back as undone and be reported twice)."""
+    from types import SimpleNamespace
+
+    from unierase.edit import editor
+
+    monkeypatch.setattr(editor, "STALL_PASSES", 3)
+    script = iter([[0], [], [], [], [], []])  # A reached; B never; A, found undone, never again
+    checked, rounds = [], []
+
+    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
+        checked.append(list(indices))
+        return {"undone": [0] if final else [], "refit": None}
+
+    monkeypatch.setattr(editor, "run_edit_round", _scripted_round(script, rounds))
+    monkeypatch.setattr(editor, "_recheck", fake_recheck)
+    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: None)
+    preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
+    config = EditConfig(max_passes=6, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
+    result = editor.run_edit_passes(None, None, None, [ForgetRequest("A?"), ForgetRequest("B?")], 7, config, preserved,
+                                    progress=False)
+    assert rounds == [["A?", "B?"], ["B?"], ["B?"], ["B?"], ["A?"], ["A?"]]
+    assert checked == [[0], [0]] and sorted(result.not_reached_indices) == [0, 1]

@@ -110,7 +110,7 @@ def run_edit_passes(model, tokenizer, adapter: MLPOutputAdapter, requests: list[
         _preserve_columns(preserved, report.keys, [j for j, h in enumerate(holds) if h and pending[j] not in kept])
         kept.update(pending[j] for j, h in enumerate(holds) if h)
         carried = report.after.subset(still) if still else None
-        earlier = sorted(set(range(len(requests))) - set(pending))  # reached before this pass
+        earlier = sorted(set(range(len(requests))) - set(pending) - set(given_up))  # reached before this pass
         pending = [pending[j] for j in still]
         # a pass may undo part of an earlier one: the requests are checked again the first time all are reached
         # (all of them: a refit of the token's row may follow), after the last pass and (without a refit) at the
