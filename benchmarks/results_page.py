@@ -483,6 +483,8 @@ ARCHIVE = {
     "edit_variants/gemma_calibration_size_heldout.json": "Gemma's held-out facts under the recipe calibrate chose on 12 "
                                                          "facts, the one it chose at stop 40, and the neutral defaults: "
                                                          "why a trial now erases 24",
+    "edit_variants/entity_scope_entity_stop48.json": "SmolLM2's TOFU benchmark target, entity scope, at the "
+                                                     "set-aside code: forget 100 %, paraphrases 92.5 %, no idle pass",
     "edit_variants/calibration_trials_of_recipes.json": "a recipe scored as calibrate scores a candidate, on the "
                                                         "model's calibration facts: SmolLM2's hand recipe",
     "edit_variants/gemma_tofu_set_aside.json": "Gemma TOFU reach under variants of the passes: the set-aside rule "
@@ -553,6 +555,8 @@ ARCHIVE_MADE_BY = {
     "edit_variants/gemma_calibration_size_heldout.json": "`python benchmarks/model_recipes.py --model gemma3-270m "
                                                          "--variant V [--recipe FILE]`; the neighbours' texts from the "
                                                          "same `demo.erase_and_measure` call",
+    "edit_variants/entity_scope_entity_stop48.json": "`python benchmarks/entity_scope.py --scope entity --work DIR "
+                                                     "--timing-sizes --baselines --results FILE`",
     "edit_variants/calibration_trials_of_recipes.json": "`python benchmarks/calibration_trial.py --recipe "
                                                         "src/unierase/edit/recipes/smollm2-135m.json`",
     "edit_variants/gemma_tofu_set_aside.json": "`python benchmarks/reach_check.py --target <cache>/targets/gemma-tofu6 "
