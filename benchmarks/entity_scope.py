@@ -79,12 +79,9 @@ def main() -> None:
 
     work = Path(args.work) if args.work else default_cache_dir() / "entity_scope"
     work.mkdir(parents=True, exist_ok=True)
-    from unierase.baselines.data import require_data_dir
+    from reach_check import forget01  # the sibling script's loader
 
-    forget = load_tofu("forget01_perturbed", args.data_dir)
-    rows = [json.loads(x) for x in (require_data_dir(args.data_dir) / "tofu" / "forget01_perturbed.jsonl").read_text()
-            .splitlines() if x.strip()]
-    paraphrases = [r["paraphrased_question"] for r in rows]
+    forget, paraphrases = forget01(args.data_dir)
     world = [r.question for r in load_tofu("world_facts", args.data_dir)[:args.world_facts]]
     retain = load_tofu("retain_perturbed", args.data_dir)
     from bench_tofu import portable, unierase_defaults_key  # the sibling script's helpers

@@ -29,11 +29,23 @@ def forget01(data_dir=None) -> tuple[list, list[str]]:
     return load_tofu("forget01_perturbed", data_dir), [r["paraphrased_question"] for r in rows]
 
 
-def main() -> None:
+def erased_first_tokens(target: str, scope: str, sets: dict[str, list[str]]) -> tuple[dict, dict[str, list[int]], int]:
+    """Erase ``sets["forget"]`` (questions only) from ``target`` into a temporary directory; (the
+    erased model's manifest, each set's greedy first answer tokens on it, the token's id)."""
     import unierase
-    from unierase.baselines.data import load_tofu
     from unierase.generation import first_token_ids
     from unierase.models.loading import load_model
+
+    with tempfile.TemporaryDirectory() as out:
+        result = unierase.forget([{"question": q} for q in sets["forget"]], Path(out) / "erased", model=target,
+                                 scope=scope, overwrite=True, progress=False)
+        model, tok = load_model(str(Path(out) / "erased"))
+        firsts = {name: first_token_ids(model, tok, qs) for name, qs in sets.items()}
+    return result.manifest, firsts, result.manifest["token"]["id"]
+
+
+def main() -> None:
+    from unierase.baselines.data import load_tofu
     from unierase.storage import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,13 +60,8 @@ def main() -> None:
     sets = {"forget": [r.question for r in forget], "paraphrased": paraphrased,
             "retain": [r.question for r in load_tofu("retain_perturbed", args.data_dir)[:80]],
             "world": [r.question for r in load_tofu("world_facts", args.data_dir)[:40]]}
-    with tempfile.TemporaryDirectory() as out:
-        result = unierase.forget([{"question": q} for q in sets["forget"]], Path(out) / "erased", model=args.target,
-                                 scope=args.scope, overwrite=True, progress=False)
-        model, tok = load_model(str(Path(out) / "erased"))
-        token_id = result.manifest["token"]["id"]
-        firsts = {name: first_token_ids(model, tok, qs) for name, qs in sets.items()}
-    last = result.manifest["rounds"][-1]
+    manifest, firsts, token_id = erased_first_tokens(args.target, args.scope, sets)
+    last = manifest["rounds"][-1]
     row = {"variant": args.variant,
            "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip(),

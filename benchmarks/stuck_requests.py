@@ -19,8 +19,8 @@ only: nothing here chooses a setting.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import subprocess
-import tempfile
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_stuck_requests.json"
@@ -36,8 +36,9 @@ def _unrealised(solve, keys, residuals, basis, kept, ridge) -> list[float]:
     return [round(float(x), 3) for x in (wrote - r).norm(dim=0) / r.norm(dim=0).clamp(min=1e-12)]
 
 
+@contextlib.contextmanager
 def _probes(editor, solve, probe_at: int, log: list[dict]):
-    """Wrap the editor's target values, key pass and the AlphaEdit solver to record into ``log``."""
+    """Within: the editor's target values, key pass and the AlphaEdit solver record into ``log``."""
     run_targets, run_keys, run_solver = editor._target_values, editor.request_keys_and_values, solve.SOLVERS["alphaedit"]
     held = {}
 
@@ -57,30 +58,29 @@ def _probes(editor, solve, probe_at: int, log: list[dict]):
 
     def alphaedit(keys, residuals, *, layer, config, preserved, soft):
         if keys.shape[1] <= probe_at:
-            basis = preserved.basis(layer)
-            state = preserved.state.projected(layer, basis)
-            ridge = config.ridge * float(keys.pow(2).sum(0).mean())
+            basis, state, ridge = solve.alphaedit_terms(keys, layer=layer, config=config, preserved=preserved)
             k = keys.double().to(basis.device)
-            full = state if soft is None else (soft if state is None else state + soft)
             log[-1]["layers"][-1].update({
                 "key_share_in_null_space": [round(float(x), 3) for x in
                                             (basis.double().T @ k).norm(dim=0) / k.norm(dim=0)],
-                "unrealised_as_run": _unrealised(solve, keys, residuals, basis, full, ridge),
+                "unrealised_as_run": _unrealised(solve, keys, residuals, basis, solve.summed(state, soft), ridge),
                 "unrealised_without_state": _unrealised(solve, keys, residuals, basis, soft, ridge),
                 "unrealised_null_space_only": _unrealised(solve, keys, residuals, basis, None, ridge)})
         return run_solver.update(keys, residuals, layer=layer, config=config, preserved=preserved, soft=soft)
 
     editor._target_values, editor.request_keys_and_values = targets, keys_and_values
     solve.SOLVERS["alphaedit"] = solve.Solver("alphaedit", True, alphaedit)
+    try:
+        yield
+    finally:
+        editor._target_values, editor.request_keys_and_values = run_targets, run_keys
+        solve.SOLVERS["alphaedit"] = run_solver
 
 
 def main() -> None:
-    import unierase
-    from reach_check import forget01  # the sibling script's loader
+    from reach_check import erased_first_tokens, forget01  # the sibling script's helpers
 
     from unierase.edit import editor, solve
-    from unierase.generation import first_token_ids
-    from unierase.models.loading import load_model
     from unierase.storage import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -93,16 +93,11 @@ def main() -> None:
 
     forget, paraphrased = forget01(args.data_dir)
     probes: list[dict] = []
-    _probes(editor, solve, args.probe_at, probes)
-    with tempfile.TemporaryDirectory() as out:
-        result = unierase.forget([{"question": r.question} for r in forget], Path(out) / "erased", model=args.target,
-                                 scope=args.scope, overwrite=True, progress=False)
-        last = result.manifest["rounds"][-1]
-        model, tok = load_model(str(Path(out) / "erased"))
-        token_id = result.manifest["token"]["id"]
-        missed = {name: [i for i, t in enumerate(first_token_ids(model, tok, qs)) if t != token_id]
-                  for name, qs in (("forget", [r.question for r in forget]),
-                                   ("paraphrased", paraphrased))}
+    with _probes(editor, solve, args.probe_at, probes):
+        manifest, firsts, token_id = erased_first_tokens(args.target, args.scope, {
+            "forget": [r.question for r in forget], "paraphrased": paraphrased})
+    last = manifest["rounds"][-1]
+    missed = {name: [i for i, t in enumerate(ids) if t != token_id] for name, ids in firsts.items()}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
     write_json_atomic(Path(args.results), {

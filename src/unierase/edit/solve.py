@@ -107,13 +107,23 @@ class Solver:
     preserved Σ k kᵀ in the solver's coordinates (or ``None``)."""
 
 
-def _alphaedit(keys, residuals, *, layer, config, preserved, soft):
+def alphaedit_terms(keys, *, layer, config, preserved):
+    """What AlphaEdit solves with at ``layer``: (Û, Ûᵀ K_p K_pᵀ Û of the sequential state or None,
+    the ridge λ for these keys)."""
     basis = preserved.basis(layer)
-    kept = preserved.state.projected(layer, basis)  # Ûᵀ K_p K_pᵀ Û, kept up to date across passes
-    if soft is not None:
-        kept = soft if kept is None else kept + soft
-    ridge = config.ridge * float(keys.pow(2).sum(0).mean())
-    return alphaedit_factors_in_basis(keys, residuals, basis, kept, ridge)
+    state = preserved.state.projected(layer, basis)  # kept up to date across passes
+    return basis, state, config.ridge * float(keys.pow(2).sum(0).mean())
+
+
+def summed(*grams):
+    """The sum of the preserved Gram terms that are not None (None when all are)."""
+    present = [g for g in grams if g is not None]
+    return sum(present[1:], present[0]) if present else None
+
+
+def _alphaedit(keys, residuals, *, layer, config, preserved, soft):
+    basis, state, ridge = alphaedit_terms(keys, layer=layer, config=config, preserved=preserved)
+    return alphaedit_factors_in_basis(keys, residuals, basis, summed(state, soft), ridge)
 
 
 def _memit(keys, residuals, *, layer, config, preserved, soft):
