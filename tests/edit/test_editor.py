@@ -314,13 +314,13 @@ class _ScriptedAfter:
         return None
 
 
-def _scripted_round(script, rounds=None):
-    """A stand-in for ``run_edit_round`` whose passes reach the requests ``script`` names in turn."""
+def _scripted_round(script, rounds: list):
+    """A stand-in for ``run_edit_round`` whose passes reach the requests ``script`` names in turn
+    (each pass's questions noted in ``rounds``)."""
     from types import SimpleNamespace
 
     def fake_round(model, tokenizer, adapter, requests, target_id, config, preserved, **kwargs):
-        if rounds is not None:
-            rounds.append([r.question for r in requests])
+        rounds.append([r.question for r in requests])
         n = len(requests)
         return SimpleNamespace(targets=torch.zeros(2, n), values={"converged": [False] * n},
                                after=_ScriptedAfter(next(script), n), residual_left=0.0, timings_s={},
@@ -328,29 +328,36 @@ def _scripted_round(script, rounds=None):
     return fake_round
 
 
-def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_preserved_once(monkeypatch):
-    """After the pass that reaches the last pending request, every request is checked on the final
-    model (once a round); one it no longer holds runs again, and its keys join the state once."""
+def _run_scripted(monkeypatch, reached: list[list[int]], undone, max_passes: int):
+    """``run_edit_passes`` over requests A? and B? with scripted passes (``reached``: per pass, which of
+    its requests hold) and checks (``undone(checked_so_far, final)``: the indices a check finds undone);
+    (result, the questions of each pass, the indices of each check, the columns of each preserve)."""
     from types import SimpleNamespace
 
     from unierase.edit import editor
 
-    script = iter([[0], [0], [0]])  # which of each pass's requests the edited model answers with the target
-    preserved_cols, checked = [], []
-    fake_round = _scripted_round(script)
+    rounds, checked, preserved_cols = [], [], []
 
     def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
         checked.append(list(indices))
-        return {"undone": [0] if len(checked) == 1 else [], "refit": None}
+        return {"undone": undone(checked, final), "refit": None}
 
-    rounds = []
-    monkeypatch.setattr(editor, "run_edit_round", lambda *a, **k: rounds.append([r.question for r in a[3]]) or fake_round(*a, **k))
+    monkeypatch.setattr(editor, "run_edit_round", _scripted_round(iter(reached), rounds))
     monkeypatch.setattr(editor, "_recheck", fake_recheck)
     monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: preserved_cols.append(list(columns)))
-    requests = [ForgetRequest("A?"), ForgetRequest("B?")]
     preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
-    config = EditConfig(max_passes=5, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
-    result = editor.run_edit_passes(None, None, None, requests, 7, config, preserved, progress=False)
+    config = EditConfig(max_passes=max_passes, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
+    result = editor.run_edit_passes(None, None, None, [ForgetRequest("A?"), ForgetRequest("B?")], 7, config, preserved,
+                                    progress=False)
+    return result, rounds, checked, preserved_cols
+
+
+def test_a_request_a_later_pass_undid_gets_a_further_pass_and_its_keys_stay_preserved_once(monkeypatch):
+    """After the pass that reaches the last pending request, every request is checked on the final
+    model (once a round); one it no longer holds runs again, and its keys join the state once."""
+    # which of each pass's requests the edited model answers with the target; the first check finds A undone
+    result, rounds, checked, preserved_cols = _run_scripted(
+        monkeypatch, [[0], [0], [0]], lambda checked, final: [0] if len(checked) == 1 else [], max_passes=5)
     assert rounds == [["A?", "B?"], ["B?"], ["A?"]]  # A reached, B reached (then A found undone), A again
     assert checked == [[0, 1]]  # after B's pass both; A's second pass checks only itself
     assert [p.get("undone") for p in result.passes] == [None, 1, None]
@@ -387,25 +394,12 @@ def test_requests_no_pass_reaches_are_set_aside_so_an_undone_one_still_gets_its_
     """After ``STALL_PASSES`` passes in a row that reach nothing, the pending requests stop running
     (their keys kept once, reported not reached); the round's check follows at once, and a request
     it finds undone runs again within the pass budget."""
-    from types import SimpleNamespace
-
     from unierase.edit import editor
 
     monkeypatch.setattr(editor, "STALL_PASSES", 3)
-    script = iter([[0], [], [], [], [0]])  # A reached, then B never; A (found undone) again
-    preserved_cols, checked, rounds = [], [], []
-
-    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
-        checked.append(list(indices))
-        return {"undone": [0] if final else [], "refit": None}
-
-    monkeypatch.setattr(editor, "run_edit_round", _scripted_round(script, rounds))
-    monkeypatch.setattr(editor, "_recheck", fake_recheck)
-    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: preserved_cols.append(list(columns)))
-    requests = [ForgetRequest("A?"), ForgetRequest("B?")]
-    preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
-    config = EditConfig(max_passes=8, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
-    result = editor.run_edit_passes(None, None, None, requests, 7, config, preserved, progress=False)
+    # A reached, then B never; A (found undone) again
+    result, rounds, checked, preserved_cols = _run_scripted(
+        monkeypatch, [[0], [], [], [], [0]], lambda checked, final: [0] if final else [], max_passes=8)
     assert rounds == [["A?", "B?"], ["B?"], ["B?"], ["B?"], ["A?"]]
     assert checked == [[0], [0]]  # at the first pass that reached none, and at once when B is set aside
     assert result.not_reached_indices == [1] and [r.question for r in result.not_reached] == ["B?"]
@@ -416,24 +410,11 @@ def test_requests_no_pass_reaches_are_set_aside_so_an_undone_one_still_gets_its_
 def test_a_request_set_aside_is_not_checked_again_nor_run_again(monkeypatch):
     """The last pass's check covers the requests reached before, never one set aside (which would
     come back as undone and be reported twice)."""
-    from types import SimpleNamespace
-
     from unierase.edit import editor
 
     monkeypatch.setattr(editor, "STALL_PASSES", 3)
-    script = iter([[0], [], [], [], [], []])  # A reached; B never; A, found undone, never again
-    checked, rounds = [], []
-
-    def fake_recheck(model, tokenizer, requests, indices, target_id, config, groups, final=False):
-        checked.append(list(indices))
-        return {"undone": [0] if final else [], "refit": None}
-
-    monkeypatch.setattr(editor, "run_edit_round", _scripted_round(script, rounds))
-    monkeypatch.setattr(editor, "_recheck", fake_recheck)
-    monkeypatch.setattr(editor, "_preserve_columns", lambda preserved, keys, columns: None)
-    preserved = SimpleNamespace(begin_round=lambda *a: None, keep_pending=lambda p: None, end_round=lambda c: None)
-    config = EditConfig(max_passes=6, values=ValueConfig(greedy_continuation=False), refit=RefitConfig(epochs=0))
-    result = editor.run_edit_passes(None, None, None, [ForgetRequest("A?"), ForgetRequest("B?")], 7, config, preserved,
-                                    progress=False)
+    # A reached; B never; A, found undone, never again
+    result, rounds, checked, _ = _run_scripted(
+        monkeypatch, [[0], [], [], [], [], []], lambda checked, final: [0] if final else [], max_passes=6)
     assert rounds == [["A?", "B?"], ["B?"], ["B?"], ["B?"], ["A?"], ["A?"]]
     assert checked == [[0], [0]] and sorted(result.not_reached_indices) == [0, 1]
