@@ -20,13 +20,10 @@ RESULTS = Path(__file__).parent / "results" / "edit_variants" / "calibration_tri
 
 
 def main() -> None:
-    from unierase.cache import Cache
-    from unierase.calibrate.pool import load_pool, split_facts
-    from unierase.calibrate.run import CalibrationConfig, _known, _trial
+    from unierase.calibrate.run import score_edit
     from unierase.calibrate.search import bounds_met
-    from unierase.models.loading import model_fingerprint
     from unierase.record.rounds import load_checked_model
-    from unierase.storage import default_cache_dir, write_json_atomic
+    from unierase.storage import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a --model value (default: SmolLM2-135M-Instruct)")
@@ -34,21 +31,15 @@ def main() -> None:
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
 
-    root = default_cache_dir()
-    model, tokenizer = load_checked_model(args.model, cache_dir=root)
+    model, tokenizer = load_checked_model(args.model)
     recipe = json.loads(Path(args.recipe).read_text())
-    config = CalibrationConfig()
-    fingerprint = model_fingerprint(model)
-    known = _known(Cache(root), model, tokenizer, load_pool(), fingerprint)
-    forget_rows, neighbours = split_facts(known, config.forget, config.neighbours)
-    trial = _trial(Cache(root), model, tokenizer, recipe["edit"], recipe.get("name", "recipe"), forget_rows, neighbours,
-                   fingerprint, root, progress=False)
+    trial = score_edit(model, tokenizer, recipe["edit"])
     erases, keeps = bounds_met(trial["figures"])
     row = {"model": args.model or "smollm2-135m-instruct", "recipe": recipe.get("name"), "edit": recipe["edit"],
-           "forget": len(forget_rows), "neighbours": len(neighbours), "figures": trial["figures"],
+           "forget": trial["forget"], "neighbours": trial["neighbours"], "figures": trial["figures"],
            "score": trial["score"], "erases": erases, "keeps_locality": keeps,
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()}
+                                    cwd=Path(__file__).parent).stdout.strip()}
     path = Path(args.results)
     data = json.loads(path.read_text()) if path.is_file() else {"description": __doc__.split("\n\n")[0], "rows": []}
     data["rows"].append(row)

@@ -100,7 +100,7 @@ def calibrate(model=None, *, tokenizer=None, out=None, overwrite: bool = False, 
     from ..models.adapters import find_mlp_output
     from ..models.loading import model_fingerprint
     from ..record.rounds import load_checked_model
-    from .pool import load_pool, split_facts
+    from .pool import load_pool
     from .search import better, bounds_met, merged, stages
     from .tracing import best_window
 
@@ -119,11 +119,7 @@ def calibrate(model=None, *, tokenizer=None, out=None, overwrite: bool = False, 
     cache = Cache(root)
 
     pool = load_pool() if pool is None else pool
-    known = _known(cache, model, tokenizer, pool, fingerprint)
-    forget_rows, neighbours = split_facts(known, config.forget, config.neighbours)
-    if len(forget_rows) < config.min_forget or len(neighbours) < 2 * config.min_forget:
-        raise UniEraseError(f"the model answers only {len(known)} of the calibration pool's {len(pool)} questions: too "
-                            f"few to calibrate on (at least {3 * config.min_forget} needed)")
+    known, forget_rows, neighbours = _facts(cache, model, tokenizer, pool, fingerprint, config)
     log.info("calibration: the model answers %d of %d pool questions; %d erased in each trial, %d kept",
              len(known), len(pool), len(forget_rows), len(neighbours))
 
@@ -165,6 +161,32 @@ def _bar(total: int, progress: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc="calibration trials", disable=not progress)
+
+
+def score_edit(model, tokenizer, edit: dict, *, cache_dir=None, config: CalibrationConfig | None = None) -> dict:
+    """The trial ``calibrate`` would run for the recipe fields ``edit`` (on the model's calibration
+    facts, cached alike): its stage, settings, figures and score, with the facts' counts."""
+    from ..models.loading import model_fingerprint
+    from .pool import load_pool
+
+    config = config or CalibrationConfig()
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    fingerprint, cache = model_fingerprint(model), Cache(root)
+    _, forget_rows, neighbours = _facts(cache, model, tokenizer, load_pool(), fingerprint, config)
+    trial = _trial(cache, model, tokenizer, edit, "given", forget_rows, neighbours, fingerprint, root, False)
+    return {**trial, "forget": len(forget_rows), "neighbours": len(neighbours)}
+
+
+def _facts(cache: Cache, model, tokenizer, pool: list[dict], fingerprint: str, config: CalibrationConfig):
+    """(the pool facts the model answers, those each trial erases, those it keeps); refused when too few."""
+    from .pool import split_facts
+
+    known = _known(cache, model, tokenizer, pool, fingerprint)
+    forget_rows, neighbours = split_facts(known, config.forget, config.neighbours)
+    if len(forget_rows) < config.min_forget or len(neighbours) < 2 * config.min_forget:
+        raise UniEraseError(f"the model answers only {len(known)} of the calibration pool's {len(pool)} questions: too "
+                            f"few to calibrate on (at least {3 * config.min_forget} needed)")
+    return known, forget_rows, neighbours
 
 
 def _known(cache: Cache, model, tokenizer, pool: list[dict], fingerprint: str) -> list[dict]:
