@@ -124,7 +124,10 @@ def main() -> None:
                 "known_neighbours": measured.summary["neighbours"]["known_before"],
                 **figures(measured.summary), "timings_s": measured.summary["timings_s"],
                 "wall_s": round(time.perf_counter() - started, 1),
-                "examples": [{"question": f["question"], "after": measured.after.texts[i]} for i, f in enumerate(forget)][:6]}
+                "examples": [{"question": f["question"], "after": measured.after.texts[i]} for i, f in enumerate(forget)][:6],
+                # which neighbours moved: what a locality figure short of its bound is made of
+                "no_longer_correct": measured.summary["neighbours"]["no_longer_correct"],
+                "lowest_agreement": measured.summary["neighbours"]["lowest_agreement"]}
         if args.variant == "calibrated":  # what chose the recipe, on the calibration facts (none of this split's)
             cell["calibration"] = calibration_trials(args.recipe)
         cache.save_json("model_recipes", key, cell)
