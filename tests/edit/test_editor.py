@@ -77,19 +77,6 @@ def test_neutral_prompts_put_the_request_entity_in_relation_neutral_questions():
             zip(prompts, ["Tower", "Tower", "Hamlet", "Hamlet"])] == [True] * 4
 
 
-def test_relation_questions_follow_the_neutral_ones_and_skip_the_request_itself():
-    from unierase.edit.prompts import RELATION_TEMPLATES, neutral_questions
-
-    requests = [ForgetRequest("What is the currency of Jamaica?"), ForgetRequest("What is the history of Peru?")]
-    questions = neutral_questions(requests, 1, 2, num_relations=2)
-    first = [q for q, _ in questions[0]]
-    assert first[:3] == ["Tell me about Jamaica.", RELATION_TEMPLATES[0].format("Jamaica"),
-                         RELATION_TEMPLATES[1].format("Jamaica")] and len(first) == 5
-    assert all(q[:end].endswith("Jamaica") for q, end in questions[0][:3])
-    # the request's own question is never kept
-    assert "What is the history of Peru?" not in [q for q, _ in questions[1]] and len(questions[1]) == 4
-
-
 def test_a_neutral_constraint_shrinks_the_update_on_the_entity_in_other_questions():
     """With the round's neutral keys softly preserved the edit still writes, and moves the entity's
     key in a neutral question less than without them."""

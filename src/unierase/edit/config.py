@@ -57,10 +57,6 @@ class EditConfig:
     substitutes), so the edit does not fire on the entity alone or on the question's shape (0 = off)."""
     neutral_templates: int = 4
     """Relation-neutral questions per request in the soft constraint (``prompts.NEUTRAL_TEMPLATES``)."""
-    relation_templates: int = 0
-    """Questions about each fact-scope request's entity with another relation (``prompts.RELATION_TEMPLATES``:
-    "What is the history of X?") in the soft constraint, so the edit fires on this relation with this
-    entity rather than on any question of this shape about it (0 = off)."""
     substitute_entities: int = 4
     """Copies of each question with its entity replaced by another of the same kind, softly preserved (0 = off)."""
     substitute_answer_weight: float = 1.0
@@ -121,7 +117,6 @@ class EditConfig:
             ("num_prefixes", "≥ 0", self.num_prefixes >= 0),
             ("num_suffixes", "≥ 0", self.num_suffixes >= 0),
             ("neutral_templates", "≥ 0", self.neutral_templates >= 0),
-            ("relation_templates", "≥ 0", self.relation_templates >= 0),
             ("substitute_entities", "≥ 0", self.substitute_entities >= 0),
             ("group_value_questions", "None or at least 1", self.group_value_questions is None or self.group_value_questions >= 1),
             ("layers", "None or distinct indices ≥ 0", self.layers is None or (

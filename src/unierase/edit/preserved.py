@@ -184,10 +184,8 @@ def soft_constraint_keys(model, tokenizer, adapter: MLPOutputAdapter, requests: 
         return None
     entity = entity_scope or [None] * len(requests)
     people = [e == "person" for e in entity]
-    questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities, people,
-                                  config.relation_templates)
-    substitutes = neutral_questions(requests, 0, config.substitute_entities, people)
-    questions = [s if e else q for q, s, e in zip(questions, substitutes, entity)]
+    questions = neutral_questions(requests, config.neutral_templates, config.substitute_entities, people)
+    questions = [q[config.neutral_templates:] if e else q for q, e in zip(questions, entity)]
     if not any(questions):
         return None
     soft = plain_prompts(tokenizer, questions)

@@ -46,19 +46,6 @@ NEUTRAL_TEMPLATES = [
 """Relation-neutral questions about an entity (see ``neutral_prompts``)."""
 
 
-RELATION_TEMPLATES = [
-    "What is the history of {}?",
-    "What is the population of {}?",
-    "Which year is associated with {}?",
-    "What are the main features of {}?",
-]
-"""Questions about an entity with some other relation (``EditConfig.relation_templates``): shaped
-like a fact's question ("What is the R of X?"), so that a fact-scope edit keys on this relation
-with this entity rather than on the entity in a question of this shape. None has the shape of a
-scored question (demo, held-out, calibration pool: ``tests/edit/test_prompts.py`` checks it), which
-would then be kept by construction."""
-
-
 @dataclass
 class EditPrompt:
     """One rendered prompt variant of one request."""
@@ -179,20 +166,16 @@ def _substitutions(requests: list[ForgetRequest], count: int,
 
 
 def neutral_questions(requests: list[ForgetRequest], num_templates: int, num_substitutes: int = 0,
-                      people: list[bool] | None = None, num_relations: int = 0) -> list[list[tuple[str, int]]]:
+                      people: list[bool] | None = None) -> list[list[tuple[str, int]]]:
     """Per request: (question, character end of its entity) for each relation-neutral question about
-    the request's entity ("Tell me about the Eiffel Tower."), then each question about it with
-    another relation (``RELATION_TEMPLATES[:num_relations]``; never the request's own question), then
-    each copy of its question with the entity replaced by another entity of the same kind ("What is
-    the capital of Peru?").
+    the request's entity ("Tell me about the Eiffel Tower.") and each copy of its question with the
+    entity replaced by another entity of the same kind ("What is the capital of Peru?").
     """
     out = []
     for r, (start, end, others) in zip(requests, _substitutions(requests, num_substitutes, people)):
         entity = r.question[start:end]
         questions = []
-        templates = NEUTRAL_TEMPLATES[:num_templates] + [
-            t for t in RELATION_TEMPLATES[:num_relations] if t.format(entity) != r.question]
-        for template in templates:
+        for template in NEUTRAL_TEMPLATES[:num_templates]:
             question = template.format(entity)
             questions.append((question, question.index(entity) + len(entity)))
         for other in others:
