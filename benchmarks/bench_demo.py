@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "demo_speed.json"

@@ -18,7 +18,7 @@ from unierase.edit_checks import load_demo_facts
 from unierase.edit.config import EditConfig
 from unierase.edit.prompts import entity_char_end
 from unierase.edit.keys import token_keys, request_keys
-from unierase.edit.prompts import build_edit_prompts, EditPrompt, render_variants
+from unierase.edit.prompts import build_edit_prompts, EditPrompt
 from unierase.edit.stats import get_key_statistics
 from unierase.models.loading import load_model, model_fingerprint
 from unierase.models.adapters import find_mlp_output

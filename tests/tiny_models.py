@@ -3,7 +3,6 @@ supported architecture (built from configs in milliseconds; no downloads)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 CHATML = (

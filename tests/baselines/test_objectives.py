@@ -75,7 +75,7 @@ def test_each_method_runs_and_lowers_forget_likelihood(method, tiny_model_dir, t
     assert manifest["requests"][0]["sha256"] == REQUESTS[0].digest()
     assert manifest["hyperparameters"]["lr"] == FAST["lr"]
     nll = manifest["forget_answer_nll"]
-    first, last = manifest["train"]["first"], manifest["train"]["last"]
+    assert {"first", "last"} <= set(manifest["train"])  # the training record keeps its first and last step
     if method == "idk+ap":
         # IDK teaches the refusal; the true answer is not targeted directly.
         assert nll["refusal_after"] < nll["refusal_before"], nll

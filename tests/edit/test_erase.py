@@ -128,7 +128,6 @@ def test_dtype_is_the_callers_and_the_checkpoint_keeps_it(tmp_path, monkeypatch)
     checkpoint's own dtype in the next round, and verify (which loads it as it is) passes."""
     import json
 
-    import torch
     from safetensors import safe_open
 
     from unierase.cli import main

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from unierase.evaluation.return_set import (accuracy, content_recall, judge, judge_agreement, known_people, load_return,
+from unierase.evaluation.return_set import (content_recall, judge, judge_agreement, known_people, load_return,
                                             split_people)
 from unierase.storage import UniEraseError
 

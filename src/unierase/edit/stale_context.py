@@ -31,7 +31,7 @@ class StaleContext:
 
     def __init__(self, group, middle: list[int]):
         """``middle[r]``: how many tokens after row r's key token are question words (stale between refreshes)."""
-        device, z_layer = group.device, group.z_layer
+        device = group.device
         rows = torch.arange(len(middle), device=device)
         self.middle_len = torch.tensor(middle, device=device)
         self.middle_mask = torch.arange(max(middle), device=device)[None, :] < self.middle_len[:, None]
