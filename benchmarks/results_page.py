@@ -486,7 +486,11 @@ ARCHIVE = {
     "edit_variants/entity_scope_entity_stop48.json": "SmolLM2's TOFU benchmark target, entity scope, at the "
                                                      "set-aside code: forget 100 %, paraphrases 92.5 %, no idle pass",
     "edit_variants/calibration_trials_of_recipes.json": "a recipe scored as calibrate scores a candidate, on the "
-                                                        "model's calibration facts: SmolLM2's hand recipe",
+                                                        "model's calibration facts: SmolLM2's hand recipe; locality "
+                                                        "candidates over the chosen recipes (stop 49)",
+    "edit_variants/key_separation.json": "per layer, the share of a rank-one edit at the subject's token that another "
+                                         "question about the subject, the same question about another subject and "
+                                         "a neutral question receive (calibration pool, both models)",
     "edit_variants/gemma_tofu_set_aside.json": "Gemma TOFU reach under variants of the passes: the set-aside rule "
                                                "against stop 47's code and a state kept per entity group",
     "edit_variants/gemma_tofu_stuck_requests.json": "where the writes of the passes go for the Gemma TOFU requests "
@@ -557,8 +561,9 @@ ARCHIVE_MADE_BY = {
                                                          "same `demo.erase_and_measure` call",
     "edit_variants/entity_scope_entity_stop48.json": "`python benchmarks/entity_scope.py --scope entity --work DIR "
                                                      "--timing-sizes --baselines --results FILE`",
-    "edit_variants/calibration_trials_of_recipes.json": "`python benchmarks/calibration_trial.py --recipe "
-                                                        "src/unierase/edit/recipes/smollm2-135m.json`",
+    "edit_variants/calibration_trials_of_recipes.json": "`python benchmarks/calibration_trial.py [--model M] "
+                                                        "--recipe FILE` (one run a row)",
+    "edit_variants/key_separation.json": "`python benchmarks/key_separation.py [--model gemma3-270m]` (one run a row)",
     "edit_variants/gemma_tofu_set_aside.json": "`python benchmarks/reach_check.py --target <cache>/targets/gemma-tofu6 "
                                                "--variant V` (its `made_by`)",
     "edit_variants/gemma_tofu_stuck_requests.json": "`python benchmarks/stuck_requests.py --target "
