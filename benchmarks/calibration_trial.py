@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
+
+from rows import append_row, commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "calibration_trials_of_recipes.json"
 
@@ -23,7 +24,6 @@ def main() -> None:
     from unierase.calibrate.run import score_edit
     from unierase.calibrate.search import bounds_met
     from unierase.record.rounds import load_checked_model
-    from unierase.storage import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a --model value (default: SmolLM2-135M-Instruct)")
@@ -37,13 +37,8 @@ def main() -> None:
     erases, keeps = bounds_met(trial["figures"])
     row = {"model": args.model or "smollm2-135m-instruct", "recipe": recipe.get("name"), "edit": recipe["edit"],
            "forget": trial["forget"], "neighbours": trial["neighbours"], "figures": trial["figures"],
-           "score": trial["score"], "erases": erases, "keeps_locality": keeps,
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent).stdout.strip()}
-    path = Path(args.results)
-    data = json.loads(path.read_text()) if path.is_file() else {"description": __doc__.split("\n\n")[0], "rows": []}
-    data["rows"].append(row)
-    write_json_atomic(path, data)
+           "score": trial["score"], "erases": erases, "keeps_locality": keeps, "commit": commit()}
+    append_row(args.results, __doc__.split("\n\n")[0], row)
     print(json.dumps(row))
 
 

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from itertools import permutations
 from pathlib import Path
+
+from rows import append_row, commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "key_separation.json"
 
@@ -65,7 +66,6 @@ def main() -> None:
     from unierase.edit.stats import accumulate_key_moments
     from unierase.models.adapters import find_mlp_output
     from unierase.record.rounds import load_checked_model
-    from unierase.storage import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a --model value (default: SmolLM2-135M-Instruct)")
@@ -93,13 +93,8 @@ def main() -> None:
         print(json.dumps(per_layer[-1]))
     row = {"model": args.model or "smollm2-135m-instruct", "questions": n,
            "pairs": {kind: len(pairs) for kind, pairs in kinds.items()}, "corpus_tokens": stats.count,
-           "layers": per_layer,
-           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent).stdout.strip()}
-    path = Path(args.results)
-    data = json.loads(path.read_text()) if path.is_file() else {"description": __doc__.split("\n\n")[0], "rows": []}
-    data["rows"].append(row)
-    write_json_atomic(path, data)
+           "layers": per_layer, "commit": commit()}
+    append_row(args.results, __doc__.split("\n\n")[0], row)
 
 
 if __name__ == "__main__":

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import tempfile
 from pathlib import Path
+
+from rows import append_row, commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_set_aside.json"
 
@@ -46,7 +47,6 @@ def erased_first_tokens(target: str, scope: str, sets: dict[str, list[str]]) -> 
 
 def main() -> None:
     from unierase.baselines.data import load_tofu
-    from unierase.storage import write_json_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True, help="a TOFU target (unierase finetune's output)")
@@ -63,18 +63,13 @@ def main() -> None:
     manifest, firsts, token_id = erased_first_tokens(args.target, args.scope, sets)
     last = manifest["rounds"][-1]
     row = {"variant": args.variant,
-           "code": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip(),
+           "code": commit(),
            "edit_s": last["timings_s"]["edit"], "passes": [(p["requests"], p["reached"]) for p in last["passes"]]}
     for name, ids in firsts.items():
         row[f"{name}_starts_with_token"] = sum(i == token_id for i in ids) / len(ids)
         if name in ("forget", "paraphrased"):
             row[f"{name}_missed"] = [j for j, i in enumerate(ids) if i != token_id]
-    path = Path(args.results)
-    data = json.loads(path.read_text()) if path.is_file() else {"description": __doc__.split("\n\n")[0], "rows": []}
-    data["target"], data["scope"] = Path(args.target).name, args.scope
-    data["rows"].append(row)
-    write_json_atomic(path, data)
+    append_row(args.results, __doc__.split("\n\n")[0], row, target=Path(args.target).name, scope=args.scope)
     print(json.dumps(row))
 
 

@@ -9,7 +9,8 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "key_separation.py"
 
 
-def _module():
+def _module(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling module, as run from benchmarks/
     spec = importlib.util.spec_from_file_location("key_separation", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -17,8 +18,8 @@ def _module():
     return module
 
 
-def test_a_key_receives_all_of_its_own_edit_and_its_share_of_anothers():
-    module = _module()
+def test_a_key_receives_all_of_its_own_edit_and_its_share_of_anothers(monkeypatch):
+    module = _module(monkeypatch)
     keys = torch.tensor([[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]], dtype=torch.float64)  # columns k0, k1, k2
     shares = module.leak_shares(keys, torch.eye(2, dtype=torch.float64), ridge=0.0)
     assert torch.allclose(shares.diagonal(), torch.ones(3, dtype=torch.float64))
@@ -29,8 +30,8 @@ def test_a_key_receives_all_of_its_own_edit_and_its_share_of_anothers():
     assert shrunk[1, 2] > shares[1, 2]
 
 
-def test_pairs_are_sorted_into_kinds():
-    module = _module()
+def test_pairs_are_sorted_into_kinds(monkeypatch):
+    module = _module(monkeypatch)
     rows = [{"subject": "Vietnam", "relation": "currency"}, {"subject": "Vietnam", "relation": "language"},
             {"subject": "Peru", "relation": "currency"}, {"subject": "Chile", "relation": "capital"}]
     kinds = module.pair_kinds(rows)
