@@ -12,11 +12,12 @@ other question gets the whole edit; 0: none of it. Median over the pairs of each
 - ``neutral``: "Tell me about <subject>." for the question;
 - ``unrelated``: pairs sharing neither (the floor).
 
-Keys are taken at the subject's last token, as the edit takes them. Nothing here chooses a
+Keys are taken at the subject's last token, as the edit takes them (``--at question_end``: at the
+question's last token instead, where a causal model has read the relation too). Nothing here chooses a
 setting: it measures how far the keys of this model tell the kinds apart at each layer. Appends
 one row per model to ``--results``.
 
-    python benchmarks/key_separation.py [--model M] [--tokens 20000]
+    python benchmarks/key_separation.py [--model M] [--tokens 20000] [--at subject|question_end]
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="a --model value (default: SmolLM2-135M-Instruct)")
     parser.add_argument("--tokens", type=int, default=20_000, help="corpus tokens for the key moment")
+    parser.add_argument("--at", choices=("subject", "question_end"), default="subject",
+                        help="the key token: the subject's last (as the edit keys), or the question's last")
     parser.add_argument("--results", default=str(RESULTS))
     args = parser.parse_args()
 
@@ -79,6 +82,8 @@ def main() -> None:
     rows = [r for r in load_pool() if r.get("subject") and r["subject"] in r["question"] and r.get("relation")]
     questions = [(r["question"], subject_char_end(r["question"], r["subject"])) for r in rows]
     questions += [(f"Tell me about {r['subject']}.", len("Tell me about ") + len(r["subject"])) for r in rows]
+    if args.at == "question_end":
+        questions = [(q, len(q)) for q, _ in questions]
     prompts = [p for i, (q, end) in enumerate(questions) for p in build_edit_prompts(tokenizer, q, i, end, 0)]
     keys = request_keys_at(model, adapter, layers, prompts, len(prompts), tokenizer.pad_token_id)
     stats = accumulate_key_moments(model, tokenizer, adapter, layers, num_tokens=args.tokens, progress=False)
@@ -91,7 +96,7 @@ def main() -> None:
         medians["neutral"] = round(float(torch.stack([shares[i, n + i] for i in range(n)]).median()), 4)
         per_layer.append({"layer": layer, **medians})
         print(json.dumps(per_layer[-1]))
-    row = {"model": args.model or "smollm2-135m-instruct", "questions": n,
+    row = {"model": args.model or "smollm2-135m-instruct", "key_token": args.at, "questions": n,
            "pairs": {kind: len(pairs) for kind, pairs in kinds.items()}, "corpus_tokens": stats.count,
            "layers": per_layer, "commit": commit()}
     append_row(args.results, __doc__.split("\n\n")[0], row)
