@@ -91,9 +91,9 @@ def main() -> None:
     per_layer = []
     for layer in layers:
         shares = leak_shares(keys[layer].double(), stats.moments[layer].double().cpu() / stats.count)
-        medians = {kind: round(float(torch.tensor([shares[e, o] for e, o in pairs]).median()), 4)
+        medians = {kind: round(float(shares[tuple(torch.tensor(pairs).T)].median()), 4)
                    for kind, pairs in kinds.items() if pairs}
-        medians["neutral"] = round(float(torch.stack([shares[i, n + i] for i in range(n)]).median()), 4)
+        medians["neutral"] = round(float(shares[torch.arange(n), torch.arange(n) + n].median()), 4)
         per_layer.append({"layer": layer, **medians})
         print(json.dumps(per_layer[-1]))
     row = {"model": args.model or "smollm2-135m-instruct", "key_token": args.at, "questions": n,

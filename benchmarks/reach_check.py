@@ -22,12 +22,15 @@ RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_set_
 
 
 def forget01(data_dir=None) -> tuple[list, list[str]]:
-    """TOFU forget01's records and their paraphrased questions (from ``forget01_perturbed``)."""
-    from unierase.baselines.data import load_tofu, require_data_dir
+    """TOFU forget01's records and their paraphrased questions (``forget01_perturbed``, read once and
+    checked by the evaluation's loader, whose errors name the file, row and column)."""
+    from unierase.baselines.data import require_data_dir
+    from unierase.evaluation.data import load_set, resolve_data
+    from unierase.requests import ForgetRequest
 
-    rows = [json.loads(x) for x in (require_data_dir(data_dir) / "tofu" / "forget01_perturbed.jsonl")
-            .read_text().splitlines() if x.strip()]
-    return load_tofu("forget01_perturbed", data_dir), [r["paraphrased_question"] for r in rows]
+    rows = load_set(resolve_data(require_data_dir(data_dir)), "forget", "forget01", paraphrased_question=True).rows
+    return ([ForgetRequest(question=r["question"], answer=r["answer"]) for r in rows],
+            [r["paraphrased_question"] for r in rows])
 
 
 def erased_first_tokens(target: str, scope: str, sets: dict[str, list[str]]) -> tuple[dict, dict[str, list[int]], int]:

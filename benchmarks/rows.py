@@ -14,9 +14,9 @@ def commit() -> str:
                           cwd=Path(__file__).parent).stdout.strip()
 
 
-def append_row(path, description: str, row: dict, **fields) -> dict:
+def append_row(path, description: str, row: dict, **fields) -> None:
     """Append ``row`` to the results file at ``path`` (created with ``description`` when missing) and
-    set its top-level ``fields``, written atomically; the file's content."""
+    set its top-level ``fields``, written atomically."""
     from unierase.storage import write_json_atomic
 
     path = Path(path)
@@ -24,4 +24,3 @@ def append_row(path, description: str, row: dict, **fields) -> dict:
     data.update(fields)
     data["rows"].append(row)
     write_json_atomic(path, data)
-    return data

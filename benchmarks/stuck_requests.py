@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import subprocess
 from pathlib import Path
+
+from rows import commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_stuck_requests.json"
 
@@ -98,11 +99,9 @@ def main() -> None:
             "forget": [r.question for r in forget], "paraphrased": paraphrased})
     last = manifest["rounds"][-1]
     missed = {name: [i for i, t in enumerate(ids) if t != token_id] for name, ids in firsts.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0], "target": Path(args.target).name, "scope": args.scope,
-        "commit": commit, "layers": last["layers"], "recipe": last.get("recipe"),
+        "commit": commit(), "layers": last["layers"], "recipe": last.get("recipe"),
         "passes": [{"requests": p["requests"], "reached": p["reached"], "residual_left": p["residual_left"],
                     "undone": p.get("undone")} for p in last["passes"]],
         "not_reached": [r["question"] for r in last["requests"] if r["sha256"] in set(last["not_reached"])],
