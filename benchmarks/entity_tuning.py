@@ -11,7 +11,8 @@ that are a well-formed refusal, and the shared answer checks (``refusals.answer_
 chosen refusal, the token repeated) of the forget and paraphrased answers (64 tokens); plus the
 edit's time (token and statistics cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
 
-    python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--split 2] [--results FILE]
+    python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--split 2] [--scope entity]
+        [--results FILE]
 
 ``--split 2`` erases the next two retain authors instead (rows 40–79: a second tuning split, for a
 choice the first cannot settle), the others being every retain row outside it. Another target
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--variant", required=True, help="name of this variant in the results")
     parser.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. entity_values.clamp_factor=0.5")
     parser.add_argument("--split", type=int, choices=(1, 2), default=1, help="which two retain authors to erase")
+    parser.add_argument("--scope", choices=("auto", "entity"), default="auto",
+                        help="the round's scope: 'entity' also attributes the questions that name no author "
+                             "by the target's own answer (as `forget --scope entity`)")
     parser.add_argument("--others-rows", type=int, default=RETAIN_ROWS,
                         help="retain_perturbed rows the target was trained on (default: all 400; 80 for a "
                              "6-author target): the other authors are those rows outside the split")
@@ -93,7 +97,7 @@ def main() -> None:
         model = copy.deepcopy(target)
         started = time.perf_counter()
         result = unierase.forget([{"question": r["question"]} for r in forget], None, model=model, tokenizer=tok,
-                                 edit_config=config, token_config=token_config, progress=False)
+                                 edit_config=config, token_config=token_config, scope=args.scope, progress=False)
         wall = time.perf_counter() - started
         last = result.manifest["rounds"][-1]
         token_id = result.manifest["token"]["id"]
@@ -114,7 +118,7 @@ def main() -> None:
             check_texts[name] = [tok.decode(a, skip_special_tokens=True) for a in ids]
             checks[name] = answer_checks(check_texts[name], refusal=refusal, erased_ids=ids, token_id=token_id)
         record = {
-            "variant": args.variant, "split": args.split, "overrides": overrides, "config": config.to_dict(),
+            "variant": args.variant, "split": args.split, "scope": args.scope, "overrides": overrides, "config": config.to_dict(),
             "edit_s": last["timings_s"]["edit"], "wall_s": round(wall, 1),
             "timings_s": {k: v for k, v in last["timings_s"].items() if k.startswith("edit")},
             "passes": [(p["requests"], p["reached"], p["values"]["steps"]) for p in last["passes"]],
