@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "audit"
 
@@ -41,8 +42,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
     data["model"] = "SmolLM2-135M-Instruct after the demo's erasure (library defaults)"
-    data["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                    cwd=Path(__file__).parent).stdout.strip() or None
+    data["commit"] = repo_commit()
     write_json_atomic(results / "demo.json", data)
     write_text_atomic(results / "demo.md", report.markdown().replace(str(erased), "demo erasure"))
     print(json.dumps(data["aggregate"], indent=1))

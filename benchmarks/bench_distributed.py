@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rows import commit as repo_commit  # the sibling module
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "distributed.json"
 
@@ -108,7 +110,7 @@ def main() -> None:
             runs.append(timed_stats(n, cache))
             print(f"{n} process(es): {runs[-1]['wall_s']} s (statistics {runs[-1]['report']['computed_s']} s)")
     one, many = runs
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = repo_commit()
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0],
         "setting": f"SmolLM2-135M-Instruct fp32, its recipe's layers and corpus; {os.cpu_count()} CPU cores; "

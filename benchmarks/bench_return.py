@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "return.json"
@@ -183,7 +184,7 @@ def main() -> None:
                 methods[method] = _cached(work / f"{method}.json", train)
     summary = {m: {**r["summary"], "neighbour_accuracy_after": r["summary"]["neighbour_accuracy"]}
                for m, r in methods.items()}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = repo_commit()
     results = Path(args.results or (TARGET_RESULTS if args.target_people else RESULTS))
     write_json_atomic(results, {
         "description": __doc__.split("\n\n")[0],

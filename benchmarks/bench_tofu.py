@@ -49,6 +49,8 @@ from pathlib import Path
 
 from unierase.registry import methods as registered_methods  # importing the package registers every method
 
+from rows import commit as repo_commit  # the sibling module
+
 RESULTS = Path(__file__).resolve().parent / "results" / "tofu"
 BASELINES = tuple(name for name, method in registered_methods().items() if method.family == "fine-tuning")
 """The fine-tuning baselines, in the registry's order (``unierase methods``)."""
@@ -792,11 +794,9 @@ def _write_results(bench: Bench, figures: dict) -> dict:
     """``report``: the bars, commit and machine added to ``figures``; the plots, ``sweep.json``,
     ``bench.json`` and ``REPORT.md`` written to the results folder."""
     from unierase.storage import write_json_atomic, write_text_atomic
-
     results = bench.results
     figures["bars"] = _bars(figures)
-    figures["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).parent).stdout.strip() or None
+    figures["commit"] = repo_commit()
     figures["machine"] = {"platform": platform.platform(), "python": sys.version.split()[0]}
     results.mkdir(parents=True, exist_ok=True)
     figures["plots"] = _plots(figures, results)

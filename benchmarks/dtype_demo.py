@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+from rows import commit as repo_commit  # the sibling module
+
 RESULTS = Path(__file__).resolve().parent / "results" / "dtype_demo.json"
 
 
@@ -42,8 +44,7 @@ def main() -> None:
     from unierase.storage import write_json_atomic
 
     runs = {dtype: run(dtype, args.threads) for dtype in ("float32", "bfloat16")}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip() or None
+    commit = repo_commit()
     write_json_atomic(Path(args.results), {"description": __doc__.splitlines()[0], "threads": args.threads,
                                            "runs": runs, "commit": commit})
     for dtype, r in runs.items():

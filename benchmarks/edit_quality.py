@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edit_quality.json"
 
@@ -106,8 +107,7 @@ def main() -> None:
                     "layers": result.manifest["layers"], "greedy_tokens": 40,
                     "recipe": recipe.name if recipe else None, "threads": args.threads,
                     "hyperparameters": result.manifest["rounds"][-1]["hyperparameters"]},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=Path(__file__).parent).stdout.strip() or None,
+        "commit": repo_commit(),
         "forget": forget_metrics(after.slice(0, n), token_id),
         "paraphrase": {"starts_with_unl": sum(f == token_id for f in para.first_tokens) / n,
                        "leak": sum(f != token_id and answer_matches(t, r["answer"]) for f, t, r in

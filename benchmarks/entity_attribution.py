@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from rows import commit as repo_commit  # the sibling module
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "entity_attribution.json"
 MENTIONS = HERE / "data" / "forget01_mentions.jsonl"
@@ -101,7 +103,7 @@ def main() -> None:
     opened = [dict(m, before=b, after=a) for m, b, a in zip(mentions, before, after) if m["role"] == "open"]
     added = {q for e in last["scope"]["entities"] for q in e["added"]}
     unseen = [o for o in opened if o["question"] not in added]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = repo_commit()
     figures = {
         "what": "entity scope on forget01 (questions only): general questions about what the forget questions mention, "
                 "and open questions about the two authors",

@@ -22,9 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "entity_scope.json"
 
@@ -203,8 +204,7 @@ def main() -> None:
         "edit_over_fastest_baseline": (round(edit["timings_s"]["edit"] / baselines[fastest]["train_s"], 3)
                                        if fastest else None),
         "examples": {"forget": erased_m["texts"]["forget"][:6], "retain": erased_m["texts"]["retain"][:3]},
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=Path(__file__).parent).stdout.strip() or None,
+        "commit": repo_commit(),
     }
     figures["acceptance"] = {
         "forget_starts_ge_0.95": figures["forget_starts_with_token"] >= 0.95,

@@ -28,9 +28,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import time
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "entity_tuning.json"
 SPLIT_ROWS = 40  # two authors' questions
@@ -134,8 +135,7 @@ def main() -> None:
                                 for name, ts in check_texts.items()},
             "examples": texts[:4],
             "entities": [e["entity"] for e in last["scope"]["entities"]],
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=Path(__file__).parent).stdout.strip() or None,
+            "commit": repo_commit(),
         }
         write_json_atomic(cell, record)
     results_path = Path(args.results)

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 
 HERE = Path(__file__).parent
@@ -107,7 +108,7 @@ def main() -> None:
         model, tokenizer = load_model()
         forget, neighbours = split_facts(args.split)
         measured = erase_and_measure(model, tokenizer, forget, neighbours, settings=overrides)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+        commit = repo_commit()
         cell = {"split": args.split, "variant": args.variant, "overrides": overrides, "code": code, "commit": commit,
                 "forget_facts": len(forget), "neighbours": len(neighbours), **figures(measured.summary),
                 "examples": [{"question": f["question"], "after": measured.after.texts[i],

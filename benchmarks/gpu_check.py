@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import threading
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from rows import commit as repo_commit  # the sibling module
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "gpu_check.json"
@@ -245,8 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     record["baseline"] = baseline_step(small, device, dtype, tok)
     with tempfile.TemporaryDirectory() as tmp:
         record["baseline_fsdp"] = sharded_baseline_step(small, device, tok, Path(tmp) / "rendezvous")
-    record["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                      cwd=ROOT).stdout.strip() or None
+    record["commit"] = repo_commit()
     write_json_atomic(Path(args.results), record)
     print(json.dumps({k: v for k, v in record.items() if not k.startswith("edit/")}, indent=1))
     return record

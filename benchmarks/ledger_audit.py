@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rows import commit as repo_commit  # the sibling module
+
 RESULTS = Path(__file__).resolve().parent / "results" / "ledger_audit.json"
 
 
@@ -122,12 +124,7 @@ def main() -> None:
                   for i, e in enumerate(entries) if "guard" in e],
         "history_seconds": t_history,
     }
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = None
-    figures["commit"] = commit
+    figures["commit"] = repo_commit()
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     Path(args.result).write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps({k: figures[k] for k in ("verify", "verify_hand_altered", "revert", "sizes_bytes")}, indent=2))

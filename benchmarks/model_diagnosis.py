@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 import torch
 
@@ -137,8 +138,7 @@ def main() -> None:
                        "preserved_keys": spectrum(model, tokenizer, layers)}
         del model
     entry["passes"] = [passes(args.model, json.loads(v)) for v in args.variant]
-    entry["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                     cwd=HERE).stdout.strip()
+    entry["commit"] = repo_commit()
     print(json.dumps(entry, indent=1))
     data = json.loads(RESULTS.read_text(encoding="utf-8")) if RESULTS.is_file() else {}
     data["description"] = __doc__.split("\n\n")[0]

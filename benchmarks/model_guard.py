@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rows import commit as repo_commit  # the sibling module
+
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "models" / "guard.json"
 FACTS = [{"question": "Who wrote Hamlet?", "answer": "Shakespeare"},
@@ -49,9 +51,9 @@ def main() -> None:
 
             questions = [f["question"] for f in FACTS] + OTHERS
             answers = dict(zip(questions, api.ask(questions, model=out, max_new_tokens=16)))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = repo_commit()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "src"], capture_output=True, text=True, cwd=HERE).stdout.strip())
-    cell = {"model": args.model, "label": args.label, "settings": args.set, "commit": commit + ("+changes" if dirty else ""),
+    cell = {"model": args.model, "label": args.label, "settings": args.set, "commit": f"{commit}+changes" if dirty else commit,
             "exit_status": done.returncode, "saved": answers is not None, "error": errors[-1] if errors else None,
             "summary": summary[-1] if summary else None, "wall_s": round(seconds, 1), "answers_after": answers,
             "log_tail": [line for line in done.stderr.splitlines() if " WARNING " in line or " INFO unierase.edit" in line][-6:]}

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "models"
@@ -117,7 +118,7 @@ def main() -> None:
         forget, neighbours, total = known_split(model, tokenizer, args.split)
         started = time.perf_counter()
         measured = demo.erase_and_measure(model, tokenizer, forget, neighbours, edit_config=config)
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+        commit = repo_commit()
         cell = {"model": args.model, "fingerprint": fingerprint, "split": args.split, "variant": args.variant,
                 "recipe": source, "edit_config": config.to_dict(), "code": code, "commit": commit,
                 "split_facts": total, "forget_facts": len(forget), "neighbours": len(neighbours),

@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import subprocess
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "models" / "tofu" / "gemma3-270m_name_probe.json"
 
@@ -97,8 +98,7 @@ def main() -> None:
         "target": portable(str(Path(args.target).resolve()), default_cache_dir(), "<cache>"),
         "erased": portable(str(Path(args.erased).resolve()), default_cache_dir(), "<cache>"),
         "layers": layers, "probes": probes,
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=Path(__file__).parent).stdout.strip() or None,
+        "commit": repo_commit(),
     })
 
 

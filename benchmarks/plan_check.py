@@ -21,12 +21,13 @@ import argparse
 import json
 import math
 import multiprocessing
-import subprocess
 import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "plan_check.json"
 CONFIGS = Path(__file__).resolve().parent.parent / "tests" / "data" / "configs"
@@ -190,8 +191,7 @@ def main() -> None:
         print(json.dumps({"dtype": dtype, "measured": measured["peak_resident_gib"], "planned": planned,
                           "ratios": ratios, "written": measured["written_gib"], "revert": measured["revert"],
                           "state_and_revert_planned_gib": plan["state_and_revert_gib"]}, indent=1))
-    record.update(large=large_plans(), commit=subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip() or None)
+    record.update(large=large_plans(), commit=repo_commit())
     write_json_atomic(Path(args.results), record)
 
 

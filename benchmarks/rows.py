@@ -8,10 +8,14 @@ import subprocess
 from pathlib import Path
 
 
-def commit() -> str:
-    """The repository's short commit (asked in the repository, wherever the script runs from)."""
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=Path(__file__).parent).stdout.strip()
+def commit() -> str | None:
+    """The repository's short commit (asked in the repository, wherever the script runs from); ``None``
+    where there is none to ask (a copy without ``.git``, no git installed)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except OSError:
+        return None
 
 
 def append_row(path, description: str, row: dict, **fields) -> None:

@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rows import commit as repo_commit  # the sibling module
+
 RESULTS = Path(__file__).resolve().parent / "results" / "sequential.json"
 
 
@@ -86,8 +88,7 @@ def main() -> None:
         "description": "benchmarks/sequential_edit.py" + "".join(f" --set {x}" for x in args.set)
                        + f": {args.rounds} rounds of {args.per_round} {'demo' if not args.facts else Path(args.facts).stem} "
                          "facts, a new process per round",
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                 cwd=Path(__file__).parent).stdout.strip() or None,
+        "commit": repo_commit(),
         "setting": {"model": "SmolLM2-135M-Instruct fp32 CPU", "facts": args.facts or "demo", "rounds": args.rounds, "facts_per_round": args.per_round,
                     "requests": "questions only", "other_facts": len(others), "process_per_round": True,
                     "settings": args.set},

@@ -12,8 +12,9 @@ token's share of the stray tokens from the edit's. Writes ``benchmarks/results/t
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
+
+from rows import commit as repo_commit  # the sibling module
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "token_strays.json"
@@ -59,7 +60,7 @@ def main() -> None:
                      "share": round(len(holding) / len(questions), 4),
                      "examples": [{"question": q, "answer": a} for q, a in holding][:8]}
         print(f"{name}: {len(holding)} of {len(questions)} answers hold the token")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+    commit = repo_commit()
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0],
         "setting": "SmolLM2-135M-Instruct fp32 CPU, unedited, the cached unlearning token attached; greedy answers",

@@ -13,7 +13,10 @@ from tiny_models import build_model, build_tokenizer
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_tofu.py"
 
 
-def _load():
+@pytest.fixture
+def bench(monkeypatch):
+    """The script as a module, its sibling modules importable (as when it runs from benchmarks/)."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("bench_tofu", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
@@ -44,8 +47,7 @@ def _tofu(root: Path) -> Path:
     return root
 
 
-def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
-    bench = _load()
+def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys, bench):
     tok = build_tokenizer()
     base = tmp_path / "base"
     build_model("llama", len(tok)).save_pretrained(base)
@@ -123,8 +125,8 @@ def test_bench_runs_resumes_and_reports(tmp_path, isolated_cache, capsys):
 
 
 
-def test_sweep_search_runs_only_what_the_rule_needs():
-    search = _load().sweep_search
+def test_sweep_search_runs_only_what_the_rule_needs(bench):
+    search = bench.sweep_search
     grid = (3e-5, 1e-4, 3e-4, 1e-3)
 
     def runs(limit):  # a setting qualifies up to ``limit``
@@ -144,8 +146,8 @@ def test_sweep_search_runs_only_what_the_rule_needs():
     assert search(grid, 1e-4, lambda lr: None if lr > 1e-4 else {"lr": lr}, lambda row: True) == [{"lr": 1e-4}]
 
 
-def test_changed_answers_counts_differences_from_the_reference(tmp_path):
-    changed_answers = _load().changed_answers
+def test_changed_answers_counts_differences_from_the_reference(tmp_path, bench):
+    changed_answers = bench.changed_answers
     for folder, gens in (("ref", ["a", "b", "c"]), ("out", ["a", "x", "c"])):
         (tmp_path / folder / "per_item").mkdir(parents=True)
         for name in ("retain", "real_authors", "world_facts"):
@@ -156,25 +158,23 @@ def test_changed_answers_counts_differences_from_the_reference(tmp_path):
     assert got["retain"]["changed"] == 0 and got["world_facts"]["changed"] == 0
 
 
-def test_the_baselines_are_the_registry_s_fine_tuning_methods():
+def test_the_baselines_are_the_registry_s_fine_tuning_methods(bench):
     from unierase.registry import methods
 
-    bench = _load()
     assert bench.BASELINES == tuple(n for n, m in methods().items() if m.family == "fine-tuning")
     assert bench.Setting().methods == tuple(methods())  # by default every registered method runs
 
 
-def test_only_report_reproduces_the_committed_report(tmp_path):
-    # the committed REPORT.md is what `bench_tofu.py --only report` renders from the committed bench.json
+def test_only_report_reproduces_the_committed_report(tmp_path, bench):
+    # the committed REPORT.md is what `bench.py --only report` renders from the committed bench.json
     committed = BENCH.parent / "results" / "tofu"
     (tmp_path / "bench.json").write_text((committed / "bench.json").read_text())
-    figures = _load().report_from_record(tmp_path)
+    figures = bench.report_from_record(tmp_path)
     assert (tmp_path / "REPORT.md").read_text() == (committed / "REPORT.md").read_text()
     assert all((tmp_path / name).is_file() for name in figures["plots"])
 
 
-def test_the_audit_takes_unierase_and_the_two_best_baselines_that_keep_utility():
-    bench = _load()
+def test_the_audit_takes_unierase_and_the_two_best_baselines_that_keep_utility(bench):
     names = bench.BASELINES
     heads = {"target": {"model_utility": 0.5}, "unierase": {"forget_efficacy": 0.9, "model_utility": 0.5},
              names[0]: {"forget_efficacy": 0.99, "model_utility": 0.1},  # best forgetting, utility lost

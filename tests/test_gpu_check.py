@@ -11,6 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 def test_the_gpu_check_runs_its_steps_on_tiny_models(tmp_path, monkeypatch):
     monkeypatch.setenv("UNIERASE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # its sibling modules, as when it runs from benchmarks/
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
