@@ -166,7 +166,7 @@ def test_the_baselines_are_the_registry_s_fine_tuning_methods(bench):
 
 
 def test_only_report_reproduces_the_committed_report(tmp_path, bench):
-    # the committed REPORT.md is what `bench.py --only report` renders from the committed bench.json
+    # the committed REPORT.md is what `bench_tofu.py --only report` renders from the committed bench.json
     committed = BENCH.parent / "results" / "tofu"
     (tmp_path / "bench.json").write_text((committed / "bench.json").read_text())
     figures = bench.report_from_record(tmp_path)
