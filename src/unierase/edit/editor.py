@@ -23,7 +23,7 @@ from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
 from .scope import compact_groups, described_requests, shared_rows
 from .preserved import PreservedKeys, SoftConstraint
 from .refit import answers_hold, can_refit, prefill_questions, refit_examples, refit_input_row, starts_with
-from .prompts import EditPrompt, build_edit_prompts
+from .prompts import EditPrompt, build_edit_prompts, sibling_prompts
 from .solve import SOLVERS
 from .values import PromptGroup, compute_target_values, plain_prompt_group, scored_continuation
 
@@ -261,15 +261,16 @@ def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | Non
 
 def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_requests: int, target_id: int, pad: int,
                    config: EditConfig, progress: bool, *, continuations, start_targets, plain_group, keep_targets,
-                   groups, optimise, shared: list[bool] | None = None) -> tuple[torch.Tensor, dict]:
-    """``compute_target_values`` with ``config.values`` for the requests with their own target and
-    with ``config.entity_values`` for the targets an entity group shares (``shared``, from
-    ``scope.shared_rows``, computed here when not given); (Z, report as a dict)."""
+                   groups, optimise, shared: list[bool] | None = None,
+                   siblings: list[EditPrompt] | None = None) -> tuple[torch.Tensor, dict]:
+    """``compute_target_values`` with ``config.values`` for the requests with their own target (and
+    their ``siblings``) and with ``config.entity_values`` for the targets an entity group shares
+    (``shared``, from ``scope.shared_rows``, computed here when not given); (Z, report as a dict)."""
     shared = shared_rows(groups, num_requests) if shared is None else shared
-    parts = [(config.values, [r for r in range(num_requests) if not shared[r]]),
-             (config.entity_values, [r for r in range(num_requests) if shared[r]])]
+    parts = [(config.values, [r for r in range(num_requests) if not shared[r]], siblings or []),
+             (config.entity_values, [r for r in range(num_requests) if shared[r]], [])]  # a group's siblings are erased
     targets, reports = None, []
-    for value_config, part in parts:
+    for value_config, part, part_siblings in parts:
         if not part:
             continue
         index = {r: j for j, r in enumerate(part)}
@@ -278,13 +279,15 @@ def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_reque
             return [values[r] for r in part] if values is not None else None
 
         sub_prompts = [replace(p, request_index=index[p.request_index]) for p in prompts if p.request_index in index]
+        sub_siblings = [replace(p, request_index=index[p.request_index]) for p in part_siblings if p.request_index in index]
         z, _, report = compute_target_values(
             model, adapter, z_layer, sub_prompts, len(part), target_id, pad, value_config, progress,
             continuations=pick(continuations), start_targets=pick(start_targets),
             plain_group=plain_group.subset(part) if plain_group is not None and len(part) < num_requests else plain_group,
             keep_targets=pick(keep_targets), groups=compact_groups(pick(groups)) if groups else None,
             optimise=pick(optimise),
-            minibatch=config.group_value_questions if config.group_value_rotation and groups else None)
+            minibatch=config.group_value_questions if config.group_value_rotation and groups else None,
+            siblings=sub_siblings)
         if targets is None:
             targets = torch.zeros(z.shape[0], num_requests, dtype=z.dtype)
         targets[:, part] = z
@@ -340,7 +343,9 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     targets, value_report = _target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad, config,
                                            progress, continuations=continuations, start_targets=start_targets,
                                            plain_group=plain_group, keep_targets=keep_targets, groups=groups,
-                                           optimise=optimise, shared=shared)
+                                           optimise=optimise, shared=shared,
+                                           siblings=sibling_prompts(tokenizer, requests, ends, config.values.sibling_questions)
+                                           if config.values.sibling_kl_weight > 0 else None)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -46,6 +46,17 @@ NEUTRAL_TEMPLATES = [
 """Relation-neutral questions about an entity (see ``neutral_prompts``)."""
 
 
+RELATION_TEMPLATES = [
+    "What is the history of {}?",
+    "What is the population of {}?",
+    "Which year is associated with {}?",
+    "What are the main features of {}?",
+]
+"""Questions about an entity with some other relation (``ValueConfig.sibling_kl_weight``): a fact's
+target value is asked to move their first answer token little. None has the shape of a scored or a
+calibration question (``tests/edit/test_prompts.py`` checks it), which would then be kept by construction."""
+
+
 @dataclass
 class EditPrompt:
     """One rendered prompt variant of one request."""
@@ -125,6 +136,23 @@ def entity_span(question: str) -> tuple[int, int]:
         return spans[-1].span()
     words = list(_WORD.finditer(question))
     return words[-1].span() if words else (0, len(question))
+
+
+def sibling_prompts(tokenizer, requests: list[ForgetRequest], ends: list[int | None], count: int) -> list[EditPrompt]:
+    """Plain prompts of ``RELATION_TEMPLATES[:count]`` about each request's entity, keyed at the entity's
+    last token, ``request_index`` the request's; none for a request not keyed at its entity (``ends[i]``
+    elsewhere) nor where a template gives the request's own question."""
+    prompts: list[EditPrompt] = []
+    for i, (r, end) in enumerate(zip(requests, ends)):
+        start, stop = request_entity_span(r)
+        if end != stop:
+            continue
+        entity = r.question[start:stop]
+        for template in RELATION_TEMPLATES[:count]:
+            question = template.format(entity)
+            if question.lower() != r.question.lower():
+                prompts += build_edit_prompts(tokenizer, question, i, question.index(entity) + len(entity), 0)
+    return prompts
 
 
 def entity_char_end(question: str) -> int:
