@@ -505,3 +505,18 @@ def test_the_sibling_term_gives_the_same_targets_in_micro_batches():
     z, _ = _sibling_drift(20.0)
     z_micro, _ = _sibling_drift(20.0, micro_batch=1)
     torch.testing.assert_close(z_micro, z, atol=1e-5, rtol=1e-4)
+
+
+def test_with_every_target_kept_the_sibling_term_runs_nothing():
+    """A later pass where every request keeps its target: no step, siblings given or not."""
+    from tiny_models import tiny_edit_setup
+    from unierase.edit.values import ValueConfig, compute_target_values
+
+    tok, model, adapter, prompts = tiny_edit_setup(num_prefixes=0)
+    config = ValueConfig(steps=3, lr=0.5, continuation_weight=0.0, sibling_kl_weight=1.0)
+    z, _, _ = compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, config, progress=False)
+    again, _, report = compute_target_values(model, adapter, 1, prompts, 2, 7, tok.pad_token_id, config, progress=False,
+                                             start_targets=[z[:, 0], z[:, 1]], keep_targets=[True, True],
+                                             siblings=[dataclasses.replace(p, request_index=0) for p in prompts])
+    assert report.steps == 0
+    torch.testing.assert_close(again, z)

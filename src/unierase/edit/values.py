@@ -444,7 +444,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     log.debug("target values: %d requests (%d optimised, %d groups), set up in %.2f s", num_requests,
               len(layout.active), layout.num_groups, time.perf_counter() - started)
     steps = _ValueSteps(config, target_id, prompts, layout, reference, delta, req, scored=scored, minibatch=minibatch)
-    if siblings and config.sibling_kl_weight > 0:
+    if siblings and config.sibling_kl_weight > 0 and layout.active:  # none active: no step runs
         steps.siblings = _SiblingTerm(model, adapter, z_layer, siblings, pad_id, delta, reference.gidx, config,
                                       replay=prompt_groups[0].replay)
     bar = tqdm(total=config.steps, desc="target values", disable=not progress or not layout.active)
