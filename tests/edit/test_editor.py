@@ -435,18 +435,18 @@ def test_a_facts_value_is_told_its_entitys_other_questions_and_a_groups_is_not(m
                 ForgetRequest("Where was Elena Marsh born?", subject="Elena Marsh"),
                 ForgetRequest("What did Elena Marsh write?", subject="Elena Marsh")]
     config = EditConfig(layers=[1, 2], key_position="subject", max_passes=1, neutral_key_weight=0.0,
-                        values=ValueConfig(steps=2, lr=0.5, continuation_weight=0.0, sibling_kl_weight=1.0),
-                        entity_values=ValueConfig(steps=2, lr=0.5, continuation_weight=0.0, sibling_kl_weight=1.0))
+                        values=ValueConfig(steps=2, lr=0.5, continuation_weight=0.0, sibling_weight=1.0, sibling_answer_tokens=2),
+                        entity_values=ValueConfig(steps=2, lr=0.5, continuation_weight=0.0, sibling_weight=1.0))
     seen = []
     real = editor.compute_target_values
 
     def spy(*args, **kwargs):
-        seen.append([tok.decode(p.input_ids[p.question_span[0]: p.question_span[1]]).strip()
-                     for p in kwargs.get("siblings") or []])
+        seen.append(([tok.decode(p.input_ids[p.question_span[0]: p.question_span[1]]).strip()
+                      for p in kwargs.get("siblings") or []], [len(a) <= 2 for a in kwargs.get("sibling_answers") or []]))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(editor, "compute_target_values", spy)
     editor.run_edit_round(model, tok, adapter, requests, token_id, config,
                           PreservedKeys.from_statistics(stats, config.layers, config, EditState()), progress=False,
                           groups=[0, 1, 1])
-    assert seen == [[t.format("France") for t in RELATION_TEMPLATES], []], seen
+    assert seen == [([t.format("France") for t in RELATION_TEMPLATES], [True] * 4), ([], [])], seen

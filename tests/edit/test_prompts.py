@@ -35,22 +35,18 @@ def test_edit_prompts_in_the_plain_format_are_the_prompts_that_are_answered():
     assert tok.decode(plain.input_ids[plain.question_span[0]:plain.question_span[1]]).strip() == question
 
 
-def test_sibling_prompts_ask_other_relations_about_each_request_keyed_at_its_entity():
-    from tiny_models import build_tokenizer
-    from unierase.edit.prompts import RELATION_TEMPLATES, sibling_prompts
+def test_sibling_questions_ask_other_relations_about_each_request_keyed_at_its_entity():
+    from unierase.edit.prompts import RELATION_TEMPLATES, sibling_questions
     from unierase.requests import ForgetRequest
 
-    tok = build_tokenizer()
     requests = [ForgetRequest(question="What is the capital of France?"),
                 ForgetRequest(question="What is the history of Rome?"),  # one template is its own question
                 ForgetRequest(question="Who wrote Hamlet?")]
     ends = [entity_char_end(requests[0].question), entity_char_end(requests[1].question), None]  # the last keyed elsewhere
-    prompts = sibling_prompts(tok, requests, ends, 4)
-    assert [p.request_index for p in prompts] == [0] * 4 + [1] * 3
-    # keyed at the entity's last token, as its request is
-    assert all(("France", "Rome")[p.request_index].endswith(tok.decode(p.input_ids[p.key_index]).strip()) for p in prompts)
-    assert all(p.variant == 0 for p in prompts) and not sibling_prompts(tok, requests, ends, 0)
-    assert len(RELATION_TEMPLATES) == 4
+    asked = sibling_questions(requests, ends, 4)
+    assert [i for i, _, _ in asked] == [0] * 4 + [1] * 3
+    assert [q for _, q, _ in asked][:4] == [t.format("France") for t in RELATION_TEMPLATES]
+    assert all(q[:end].endswith(("France", "Rome")) for _, q, end in asked) and not sibling_questions(requests, ends, 0)
 
 
 def test_no_relation_question_has_the_shape_of_a_scored_or_calibration_question():

@@ -52,8 +52,8 @@ RELATION_TEMPLATES = [
     "Which year is associated with {}?",
     "What are the main features of {}?",
 ]
-"""Questions about an entity with some other relation (``ValueConfig.sibling_kl_weight``): a fact's
-target value is asked to move their first answer token little. None has the shape of a scored or a
+"""Questions about an entity with some other relation (``ValueConfig.sibling_weight``): a fact's
+target value is asked to leave their answers alone. None has the shape of a scored or a
 calibration question (``tests/edit/test_prompts.py`` checks it), which would then be kept by construction."""
 
 
@@ -138,11 +138,11 @@ def entity_span(question: str) -> tuple[int, int]:
     return words[-1].span() if words else (0, len(question))
 
 
-def sibling_prompts(tokenizer, requests: list[ForgetRequest], ends: list[int | None], count: int) -> list[EditPrompt]:
-    """Plain prompts of ``RELATION_TEMPLATES[:count]`` about each request's entity, keyed at the entity's
-    last token, ``request_index`` the request's; none for a request not keyed at its entity (``ends[i]``
-    elsewhere) nor where a template gives the request's own question."""
-    prompts: list[EditPrompt] = []
+def sibling_questions(requests: list[ForgetRequest], ends: list[int | None], count: int) -> list[tuple[int, str, int]]:
+    """(request index, question, character end of the entity) for ``RELATION_TEMPLATES[:count]`` about
+    each request's entity; none for a request not keyed at its entity (``ends[i]`` elsewhere) nor
+    where a template gives the request's own question."""
+    out = []
     for i, (r, end) in enumerate(zip(requests, ends)):
         start, stop = request_entity_span(r)
         if end != stop:
@@ -151,8 +151,8 @@ def sibling_prompts(tokenizer, requests: list[ForgetRequest], ends: list[int | N
         for template in RELATION_TEMPLATES[:count]:
             question = template.format(entity)
             if question.lower() != r.question.lower():
-                prompts += build_edit_prompts(tokenizer, question, i, question.index(entity) + len(entity), 0)
-    return prompts
+                out.append((i, question, question.index(entity) + len(entity)))
+    return out
 
 
 def entity_char_end(question: str) -> int:
