@@ -496,6 +496,9 @@ ARCHIVE = {
     "edit_variants/gemma_tofu_stuck_requests.json": "where the writes of the passes go for the Gemma TOFU requests "
                                                     "no pass reaches: distance to the target before each layer, "
                                                     "the null space's share of each key, what each solve realises",
+    "edit_variants/lost_neighbours.json": "for each calibration neighbour an edit loses: the answer token that turns, "
+                                          "what putting back the edited layers' outputs at the subject, the prompt or "
+                                          "the answer restores, and how much one erased request's write explains",
 }
 """Results files of earlier experiments that no section above renders: what each one holds."""
 
@@ -568,6 +571,8 @@ ARCHIVE_MADE_BY = {
                                                "--variant V` (its `made_by`)",
     "edit_variants/gemma_tofu_stuck_requests.json": "`python benchmarks/stuck_requests.py --target "
                                                     "<cache>/targets/gemma-tofu6`",
+    "edit_variants/lost_neighbours.json": "`python benchmarks/lost_neighbours.py [--model M] --recipe FILE` (one run "
+                                          "a row)",
 }
 """The script each archived results file was made by, as Markdown (the settings: the file's ``description``)."""
 
