@@ -8,7 +8,6 @@ from unierase.edit.config import EditConfig, default_layers
 from unierase.edit.refit import RefitConfig
 from unierase.edit.editor import run_edit_round
 from unierase.edit.keys import position_ids
-from unierase.edit.prompts import RELATION_TEMPLATES
 from unierase.edit.preserved import PreservedKeys
 from unierase.record.edit_state import EditState
 from unierase.edit.stats import accumulate_key_moments
@@ -419,34 +418,3 @@ def test_a_request_set_aside_is_not_checked_again_nor_run_again(monkeypatch):
         monkeypatch, [[0], [], [], [], [], []], lambda checked, final: [0] if final else [], max_passes=6)
     assert rounds == [["A?", "B?"], ["B?"], ["B?"], ["B?"], ["A?"], ["A?"]]
     assert checked == [[0], [0]] and sorted(result.not_reached_indices) == [0, 1]
-
-
-def test_a_facts_value_is_told_its_entitys_other_questions_and_a_groups_is_not(monkeypatch):
-    """``values.sibling_kl_weight``: the requests with a target of their own get their entity's
-    relation questions, keyed at the entity; a shared (entity group) target gets none."""
-    import unierase.edit.editor as editor
-
-    tok = build_tokenizer()
-    model = build_model("llama", len(tok) + 1)
-    token_id = add_unlearning_token(model, tok)
-    adapter = find_mlp_output(model)
-    stats = accumulate_key_moments(model, tok, adapter, [1, 2], num_tokens=3000, progress=False)
-    requests = [ForgetRequest("What is the capital of France?", subject="France"),
-                ForgetRequest("Where was Elena Marsh born?", subject="Elena Marsh"),
-                ForgetRequest("What did Elena Marsh write?", subject="Elena Marsh")]
-    config = EditConfig(layers=[1, 2], key_position="subject", max_passes=1, neutral_key_weight=0.0,
-                        values=ValueConfig(steps=2, lr=0.5, continuation_weight=0.0, sibling_weight=1.0, sibling_answer_tokens=2),
-                        entity_values=ValueConfig(steps=2, lr=0.5, continuation_weight=0.0, sibling_weight=1.0))
-    seen = []
-    real = editor.compute_target_values
-
-    def spy(*args, **kwargs):
-        seen.append(([tok.decode(p.input_ids[p.question_span[0]: p.question_span[1]]).strip()
-                      for p in kwargs.get("siblings") or []], [len(a) <= 2 for a in kwargs.get("sibling_answers") or []]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(editor, "compute_target_values", spy)
-    editor.run_edit_round(model, tok, adapter, requests, token_id, config,
-                          PreservedKeys.from_statistics(stats, config.layers, config, EditState()), progress=False,
-                          groups=[0, 1, 1])
-    assert seen == [([t.format("France") for t in RELATION_TEMPLATES], [True] * 4), ([], [])], seen

@@ -17,16 +17,15 @@ from ..prompts import has_chat_template
 from ..refusals import refusal_for, refusal_pool
 from ..requests import ForgetRequest
 from ..token.training import answer_ids
-from ..generation import generate_answer_ids
 from .applied import AppliedUpdates
 from .config import EditConfig
 from .keys import LowerBlocks, choose_key_chars, request_keys_and_values
 from .scope import compact_groups, described_requests, shared_rows
 from .preserved import PreservedKeys, SoftConstraint
 from .refit import answers_hold, can_refit, prefill_questions, refit_examples, refit_input_row, starts_with
-from .prompts import EditPrompt, build_edit_prompts, sibling_questions
+from .prompts import EditPrompt, build_edit_prompts
 from .solve import SOLVERS
-from .values import PromptGroup, ValueConfig, compute_target_values, plain_prompt_group, scored_continuation
+from .values import PromptGroup, compute_target_values, plain_prompt_group, scored_continuation
 
 log = logging.getLogger(__name__)
 
@@ -262,17 +261,15 @@ def _steering(requests: list[ForgetRequest], groups: list[int], limit: int | Non
 
 def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_requests: int, target_id: int, pad: int,
                    config: EditConfig, progress: bool, *, continuations, start_targets, plain_group, keep_targets,
-                   groups, optimise, shared: list[bool] | None = None,
-                   siblings: tuple[list[EditPrompt], list[list[int]]] | None = None) -> tuple[torch.Tensor, dict]:
-    """``compute_target_values`` with ``config.values`` for the requests with their own target (and
-    their ``siblings``: prompts and answers, ``_siblings``) and with ``config.entity_values`` for the targets an entity group shares
-    (``shared``, from ``scope.shared_rows``, computed here when not given); (Z, report as a dict)."""
+                   groups, optimise, shared: list[bool] | None = None) -> tuple[torch.Tensor, dict]:
+    """``compute_target_values`` with ``config.values`` for the requests with their own target and
+    with ``config.entity_values`` for the targets an entity group shares (``shared``, from
+    ``scope.shared_rows``, computed here when not given); (Z, report as a dict)."""
     shared = shared_rows(groups, num_requests) if shared is None else shared
-    sibling_rows = list(zip(*siblings)) if siblings else []
-    parts = [(config.values, [r for r in range(num_requests) if not shared[r]], sibling_rows),
-             (config.entity_values, [r for r in range(num_requests) if shared[r]], [])]  # a group's siblings are erased
+    parts = [(config.values, [r for r in range(num_requests) if not shared[r]]),
+             (config.entity_values, [r for r in range(num_requests) if shared[r]])]
     targets, reports = None, []
-    for value_config, part, part_siblings in parts:
+    for value_config, part in parts:
         if not part:
             continue
         index = {r: j for j, r in enumerate(part)}
@@ -281,16 +278,13 @@ def _target_values(model, adapter, z_layer, prompts: list[EditPrompt], num_reque
             return [values[r] for r in part] if values is not None else None
 
         sub_prompts = [replace(p, request_index=index[p.request_index]) for p in prompts if p.request_index in index]
-        sub_siblings = [(replace(p, request_index=index[p.request_index]), a) for p, a in part_siblings
-                        if p.request_index in index]
         z, _, report = compute_target_values(
             model, adapter, z_layer, sub_prompts, len(part), target_id, pad, value_config, progress,
             continuations=pick(continuations), start_targets=pick(start_targets),
             plain_group=plain_group.subset(part) if plain_group is not None and len(part) < num_requests else plain_group,
             keep_targets=pick(keep_targets), groups=compact_groups(pick(groups)) if groups else None,
             optimise=pick(optimise),
-            minibatch=config.group_value_questions if config.group_value_rotation and groups else None,
-            siblings=[p for p, _ in sub_siblings], sibling_answers=[a for _, a in sub_siblings])
+            minibatch=config.group_value_questions if config.group_value_rotation and groups else None)
         if targets is None:
             targets = torch.zeros(z.shape[0], num_requests, dtype=z.dtype)
         targets[:, part] = z
@@ -346,8 +340,7 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     targets, value_report = _target_values(model, adapter, z_layer, prompts, len(requests), target_id, pad, config,
                                            progress, continuations=continuations, start_targets=start_targets,
                                            plain_group=plain_group, keep_targets=keep_targets, groups=groups,
-                                           optimise=optimise, shared=shared,
-                                           siblings=_siblings(model, tokenizer, requests, ends, shared, config.values))
+                                           optimise=optimise, shared=shared)
     timings["target_values"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -362,20 +355,6 @@ def run_edit_round(model, tokenizer, adapter: MLPOutputAdapter, requests: list[F
     left = float(((targets - final).norm(dim=0) / (targets - sweep.initial).norm(dim=0).clamp(min=1e-12)).mean())
     return RoundReport(layers, key_tokens, {k: round(v, 3) for k, v in timings.items()}, value_report,
                        null_dims, sweep.residual_norms, sweep.update_norms, round(left, 4), targets, sweep.keys, after)
-
-
-def _siblings(model, tokenizer, requests: list[ForgetRequest], ends: list[int | None], shared: list[bool],
-              values: ValueConfig) -> tuple[list[EditPrompt], list[list[int]]] | None:
-    """For ``values.sibling_weight``: the plain prompts of the relation questions about the entity of
-    each request with a target of its own (``prompts.sibling_questions``), keyed at the entity, and the
-    model's own greedy answers to them."""
-    if values.sibling_weight <= 0:
-        return None
-    asked = [(i, q, end) for i, q, end in sibling_questions(requests, ends, values.sibling_questions) if not shared[i]]
-    if not asked:
-        return None
-    answers = generate_answer_ids(model, tokenizer, [q for _, q, _ in asked], max_new_tokens=values.sibling_answer_tokens)
-    return [build_edit_prompts(tokenizer, q, i, end, 0)[0] for i, q, end in asked], answers
 
 
 def _round_prompts(tokenizer, requests: list[ForgetRequest], ends: list[int | None], shared: list[bool],

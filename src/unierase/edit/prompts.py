@@ -46,17 +46,6 @@ NEUTRAL_TEMPLATES = [
 """Relation-neutral questions about an entity (see ``neutral_prompts``)."""
 
 
-RELATION_TEMPLATES = [
-    "What is the history of {}?",
-    "What is the population of {}?",
-    "Which year is associated with {}?",
-    "What are the main features of {}?",
-]
-"""Questions about an entity with some other relation (``ValueConfig.sibling_weight``): a fact's
-target value is asked to leave their answers alone. None has the shape of a scored or a
-calibration question (``tests/edit/test_prompts.py`` checks it), which would then be kept by construction."""
-
-
 @dataclass
 class EditPrompt:
     """One rendered prompt variant of one request."""
@@ -136,23 +125,6 @@ def entity_span(question: str) -> tuple[int, int]:
         return spans[-1].span()
     words = list(_WORD.finditer(question))
     return words[-1].span() if words else (0, len(question))
-
-
-def sibling_questions(requests: list[ForgetRequest], ends: list[int | None], count: int) -> list[tuple[int, str, int]]:
-    """(request index, question, character end of the entity) for ``RELATION_TEMPLATES[:count]`` about
-    each request's entity; none for a request not keyed at its entity (``ends[i]`` elsewhere) nor
-    where a template gives the request's own question."""
-    out = []
-    for i, (r, end) in enumerate(zip(requests, ends)):
-        start, stop = request_entity_span(r)
-        if end != stop:
-            continue
-        entity = r.question[start:stop]
-        for template in RELATION_TEMPLATES[:count]:
-            question = template.format(entity)
-            if question.lower() != r.question.lower():
-                out.append((i, question, question.index(entity) + len(entity)))
-    return out
 
 
 def entity_char_end(question: str) -> int:

@@ -88,22 +88,6 @@ class ValueConfig:
     """Requests whose prompts run forward and backward together; each step accumulates the gradient
     over such micro-batches, so memory is that of one (a 400-request round fits where 40 do) at the
     same δ up to rounding. ``None`` = all at once."""
-    sibling_weight: float = 0.0
-    """Weight of a hinge on the answers of questions about the request's entity with another relation
-    (``prompts.RELATION_TEMPLATES``), run with ``sibling_share`` × δ at the entity's token: each token
-    of their own greedy answer must keep its lead over its strongest rival (up to ``sibling_margin``).
-    A key at the entity's token hardly tells its relations apart, so what the edit writes reaches the
-    entity's other questions too; δ should be a change that leaves their answers alone (0 = off)."""
-    sibling_questions: int = 4
-    """How many of ``RELATION_TEMPLATES`` the term asks about each request's entity."""
-    sibling_answer_tokens: int = 6
-    """Tokens of each such question's own greedy answer that the hinge covers (teacher-forced)."""
-    sibling_margin: float = 2.0
-    """The lead (in logits) a token needs to keep at most: a drop above it changes no greedy answer."""
-    sibling_share: float = 0.5
-    """The share of δ those questions are run with: the median share of a rank-one edit at the
-    entity's token that another question about it receives was 0.47–0.69 at the edited layers of two
-    models (``benchmarks/results/edit_variants/key_separation.json``)."""
     greedy_continuation: bool = True
     """A request also converges only once its scored continuation is its greedy one, and after an
     edit pass it counts as reached only once the edited model continues that way (else it gets
@@ -127,11 +111,6 @@ class ValueConfig:
             ("banned_weight", "≥ 0", self.banned_weight >= 0),
             ("continuation_tokens", "None or ≥ 0", self.continuation_tokens is None or self.continuation_tokens >= 0),
             ("micro_batch", "None or at least 1", self.micro_batch is None or self.micro_batch >= 1),
-            ("sibling_weight", "≥ 0", self.sibling_weight >= 0),
-            ("sibling_questions", "≥ 0", self.sibling_questions >= 0),
-            ("sibling_answer_tokens", "at least 1", self.sibling_answer_tokens >= 1),
-            ("sibling_margin", "> 0", self.sibling_margin > 0),
-            ("sibling_share", "in (0, 1]", 0 < self.sibling_share <= 1),
         ) if not ok]
         if problems:
             raise UniEraseError("ValueConfig: " + "; ".join(problems))
@@ -411,9 +390,7 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
                           keep_targets: list[bool] | None = None,
                           groups: list[int] | None = None,
                           optimise: list[bool] | None = None,
-                          minibatch: int | None = None,
-                          siblings: list[EditPrompt] | None = None,
-                          sibling_answers: list[list[int]] | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
+                          minibatch: int | None = None) -> tuple[torch.Tensor, torch.Tensor, ValueReport]:
     """Return (Z, H₀, report): targets and current values at block ``z_layer``'s output, both d × N.
 
     ``continuations[r]`` = token ids that should follow the target token for request r, scored on
@@ -433,8 +410,6 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     ``minibatch``: each step runs at most this many optimised questions of each group, taken in turn
     (a group's δ then fits all of its questions' contexts at the cost of a few per step); a group
     leaves once each of its questions met the target when it was last run.
-    ``siblings``: plain prompts of other questions about request ``request_index``'s entity, keyed at
-    it, and ``sibling_answers`` the model's greedy answers to them, for ``config.sibling_weight``.
     """
     started = time.perf_counter()
     device = model.get_input_embeddings().weight.device
@@ -452,9 +427,6 @@ def compute_target_values(model, adapter: MLPOutputAdapter, z_layer: int, prompt
     log.debug("target values: %d requests (%d optimised, %d groups), set up in %.2f s", num_requests,
               len(layout.active), layout.num_groups, time.perf_counter() - started)
     steps = _ValueSteps(config, target_id, prompts, layout, reference, delta, req, scored=scored, minibatch=minibatch)
-    if siblings and config.sibling_weight > 0 and layout.active:  # none active: no step runs
-        steps.siblings = _SiblingTerm(model, adapter, z_layer, siblings, sibling_answers, pad_id, delta, reference.gidx,
-                                      config, replay=prompt_groups[0].replay)
     bar = tqdm(total=config.steps, desc="target values", disable=not progress or not layout.active)
     with frozen_parameters(model):  # only δ is optimised: no weight gradient is needed
         last_step = steps.run(prompt_groups, bar)
@@ -585,67 +557,19 @@ def _start_delta(reference: _Reference, layout: _RequestLayout, start_targets, c
 
 
 class _AddDelta:
-    """The edit of block ``z_layer``'s output: adds each row's δ (times ``scale``) at its key token
-    (column 0); ``req`` holds the requests of the rows being run."""
+    """The edit of block ``z_layer``'s output: adds each row's δ at its key token (column 0); ``req``
+    holds the requests of the rows being run."""
 
-    def __init__(self, delta: torch.Tensor, gidx: torch.Tensor, scale: float = 1.0):
-        self.delta, self.gidx, self.scale = delta, gidx, scale
+    def __init__(self, delta: torch.Tensor, gidx: torch.Tensor):
+        self.delta, self.gidx = delta, gidx
         self.req: torch.Tensor | None = None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         at = hidden.device  # blocks may sit on different devices under an accelerate device_map
         rows = torch.arange(hidden.shape[0], device=at)
         key_col = torch.zeros(hidden.shape[0], dtype=torch.long, device=at)
-        added = self.delta[self.gidx[self.req]] * self.scale if self.scale != 1.0 else self.delta[self.gidx[self.req]]
-        return hidden.index_put((rows, key_col), added.to(device=at, dtype=hidden.dtype), accumulate=True)
-
-
-class _SiblingTerm:
-    """``ValueConfig.sibling_weight``: other questions about each request's entity, run with
-    ``sibling_share`` × its δ at the entity's token, their own greedy answers teacher-forced; the
-    shortfall of each answer token's lead over its strongest rival from its lead without δ (capped
-    at ``sibling_margin``), averaged over each question's tokens and each request's questions."""
-
-    def __init__(self, model, adapter: MLPOutputAdapter, z_layer: int, siblings: list[EditPrompt],
-                 answers: list[list[int]], pad_id: int, delta: torch.Tensor, gidx: torch.Tensor, config: ValueConfig,
-                 *, replay: bool):
-        device = delta.device
-        self.weight_of_term, self.margin = config.sibling_weight, config.sibling_margin
-        self.group = PromptGroup(model, list(range(len(siblings))), siblings, pad_id, device, answers, adapter, z_layer,
-                                 replay=replay)
-        width = self.group.positions.shape[1] - 1  # the last prompt token, then the teacher-forced answer
-        self.tokens = torch.zeros(len(siblings), width, dtype=torch.long, device=device)
-        self.valid = torch.zeros(len(siblings), width, device=device)
-        for row, answer in enumerate(answers):
-            self.tokens[row, :len(answer)] = torch.tensor(answer, device=device)
-            self.valid[row, :len(answer)] = 1.0 / len(answer)
-        self.goal = self._leads(self.group.base_logits).clamp(max=self.margin)
-        self.group.base_logits = None
-        self.req = torch.tensor([p.request_index for p in siblings], device=device)
-        self.weight = 1.0 / torch.bincount(self.req).float()[self.req]
-        self.edit = _AddDelta(delta, gidx, scale=config.sibling_share)
-        self._rows: tuple[frozenset, PromptGroup | None, list[int]] | None = None
-
-    def _leads(self, logits: torch.Tensor, rows: list[int] | None = None) -> torch.Tensor:
-        """Per row and answer token: its logit minus the largest other logit."""
-        tokens = self.tokens if rows is None else self.tokens[rows]
-        answer = logits[:, LAST:].float()
-        chosen = answer.gather(-1, tokens[..., None])[..., 0]
-        return chosen - answer.scatter(-1, tokens[..., None], float("-inf")).amax(-1)
-
-    def loss(self, requests: set[int]) -> torch.Tensor | None:
-        """The weighted shortfall of the siblings of ``requests`` (``None``: they have none)."""
-        key = frozenset(requests)
-        if self._rows is None or self._rows[0] != key:  # rebuilt only when the requests running change
-            rows = [j for j, r in enumerate(self.req.tolist()) if r in key]
-            self._rows = (key, self.group.subset(rows) if rows else None, rows)
-        _, group, rows = self._rows
-        if group is None:
-            return None
-        self.edit.req = self.req[rows]
-        # a slack: rounding between batch layouts must not read as a shortfall (Adam would step on it)
-        shortfall = torch.relu(self.goal[rows] - 1e-2 - self._leads(group.logits(self.edit), rows))
-        return self.weight_of_term * ((shortfall * self.valid[rows]).sum(-1) * self.weight[rows]).sum()
+        return hidden.index_put((rows, key_col), self.delta[self.gidx[self.req]].to(device=at, dtype=hidden.dtype),
+                                accumulate=True)
 
 
 class _ValueSteps:
@@ -671,7 +595,6 @@ class _ValueSteps:
         self.greedy_request = torch.ones(n, dtype=torch.bool, device=device)
         self.steps_taken = [0] * n
         self.reached = set(layout.kept)
-        self.siblings: _SiblingTerm | None = None
 
     def run(self, groups: list[PromptGroup], bar) -> int:
         """Steps until every active request reached its target or ``config.steps`` ran; the last
@@ -751,10 +674,6 @@ class _ValueSteps:
                                                 reduction="sum")
                 if g.tail is not None:
                     nll = self._add_tail_terms(nll, g, logits, rows, w)
-        if self.siblings is not None:
-            ran = {r for g in step_groups for r in self.req[g.members].tolist()}
-            sibling = self.siblings.loss(ran)
-            nll = nll if sibling is None else nll + sibling
         if backward:
             (nll + config.kl_weight * kl).backward()
             nll, kl = nll.detach(), kl.detach()
