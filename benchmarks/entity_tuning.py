@@ -39,6 +39,11 @@ RETAIN_ROWS = 400
 AGREEMENT_QUESTIONS = 100
 
 
+def _sections_set(settings: dict | None) -> dict:
+    """The non-empty sections of ``parse_settings``' output (older cells list fewer empty ones)."""
+    return {k: v for k, v in (settings or {}).items() if v}
+
+
 def main() -> None:
     import torch
 
@@ -92,6 +97,10 @@ def main() -> None:
     if cell.is_file():
         print(f"[cached] {cell.name}")
         record = json.loads(cell.read_text())
+        ran = (record.get("scope", "auto"), _sections_set(record.get("overrides")))
+        if ran != (args.scope, _sections_set(overrides)):  # a name is one setting: another under it would read the old cell
+            raise SystemExit(f"{cell} holds variant {args.variant!r} run with scope {ran[0]!r} and settings "
+                             f"{ran[1]}; name this run another variant")
     else:
         config = with_settings(edit_config_for(target.config)[0], overrides)  # variants start from the model's recipe
         token_config = token_with_settings(UnlearningTokenConfig(), overrides) if overrides.get("token") else None
