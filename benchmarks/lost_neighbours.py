@@ -119,13 +119,10 @@ def _change_at_key(base, edited, tokenizer, z_layer: int, question: str, subject
 def main() -> None:
     import torch
 
-    from unierase.cache import Cache
-    from unierase.calibrate.pool import load_pool
-    from unierase.calibrate.run import CalibrationConfig, _facts
+    from unierase.calibrate.run import calibration_split
     from unierase.demo import erase_and_measure
     from unierase.edit.recipes import Recipe, apply_recipe
     from unierase.models.adapters import find_mlp_output
-    from unierase.models.loading import model_fingerprint
     from unierase.record.rounds import load_checked_model
     from unierase.storage import default_cache_dir
 
@@ -137,8 +134,7 @@ def main() -> None:
 
     base, tokenizer = load_checked_model(args.model)
     root = default_cache_dir()
-    _, forget_rows, neighbours = _facts(Cache(root), base, tokenizer, load_pool(), model_fingerprint(base),
-                                        CalibrationConfig())  # the split every calibration trial erases
+    forget_rows, neighbours = calibration_split(base, tokenizer, cache_dir=root)  # what every calibration trial erases
     recipe = json.loads(Path(args.recipe).read_text())
     config = apply_recipe(Recipe("trial", {"model_type": None}, recipe["edit"]), {})
     edited = copy.deepcopy(base)

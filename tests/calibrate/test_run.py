@@ -83,3 +83,12 @@ def test_the_command_line_defaults_are_the_configs():
 
     args = build_parser().parse_args(["calibrate"])
     assert (args.forget, args.neighbours) == (CalibrationConfig().forget, CalibrationConfig().neighbours)
+
+
+def test_the_split_a_trial_erases_is_refused_as_calibrate_refuses_it(tmp_path):
+    from unierase.calibrate.run import calibration_split
+
+    tok = build_tokenizer()
+    model = build_model("llama", len(tok))
+    with pytest.raises(UniEraseError, match=r"answers only 0 of the calibration pool's \d+ questions"):
+        calibration_split(model, tok, cache_dir=tmp_path, config=TINY)

@@ -167,14 +167,25 @@ def score_edit(model, tokenizer, edit: dict, *, cache_dir=None, config: Calibrat
     """The trial ``calibrate`` would run for the recipe fields ``edit`` (on the model's calibration
     facts, cached alike): its stage, settings, figures and score, with the facts' counts."""
     from ..models.loading import model_fingerprint
+
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    forget_rows, neighbours = calibration_split(model, tokenizer, cache_dir=root, config=config)
+    trial = _trial(Cache(root), model, tokenizer, edit, "given", forget_rows, neighbours, model_fingerprint(model), root,
+                   False)
+    return {**trial, "forget": len(forget_rows), "neighbours": len(neighbours)}
+
+
+def calibration_split(model, tokenizer, *, cache_dir=None, config: CalibrationConfig | None = None
+                      ) -> tuple[list[dict], list[dict]]:
+    """(the calibration facts every trial erases, those it keeps) for this model, as ``calibrate``
+    finds them (cached alike)."""
+    from ..models.loading import model_fingerprint
     from .pool import load_pool
 
-    config = config or CalibrationConfig()
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    fingerprint, cache = model_fingerprint(model), Cache(root)
-    _, forget_rows, neighbours = _facts(cache, model, tokenizer, load_pool(), fingerprint, config)
-    trial = _trial(cache, model, tokenizer, edit, "given", forget_rows, neighbours, fingerprint, root, False)
-    return {**trial, "forget": len(forget_rows), "neighbours": len(neighbours)}
+    _, forget_rows, neighbours = _facts(Cache(root), model, tokenizer, load_pool(), model_fingerprint(model),
+                                        config or CalibrationConfig())
+    return forget_rows, neighbours
 
 
 def _facts(cache: Cache, model, tokenizer, pool: list[dict], fingerprint: str, config: CalibrationConfig):
