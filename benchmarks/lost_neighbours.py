@@ -11,9 +11,10 @@ no longer answered correctly:
   edited one, and on the edited one with the MLP outputs of the edited layers put back to the
   unedited ones at some positions only: the subject's tokens, the whole prompt, the answer so far;
 - at the last edited layer's output, the neighbour's change at its subject's last token against
-  each erased request's change at its own key token: the largest projection ``d_n·d_e / |d_e|²``
-  (the share of that request's write the neighbour received along it), its cosine, and the share of
-  the neighbour's change that no single request's direction explains.
+  each erased request's change at its own key token: the request of the largest projection
+  ``d_n·d_e / |d_e|²`` (the share of that request's write the neighbour received along it; a small
+  write can give a large one), the request whose direction it follows most (the largest cosine),
+  and the share of the neighbour's change that no single request's direction explains (1 − cos²).
 
 Diagnosis only: nothing here chooses a setting, and only the calibration pool is looked at.
 
@@ -150,12 +151,14 @@ def main() -> None:
         change = _change_at_key(base, edited, tokenizer, layers[-1], question, row["subject"])
         projection = erased @ change / erased.norm(dim=-1).pow(2)
         cosine = torch.nn.functional.cosine_similarity(erased, change[None], dim=-1)
-        top = int(projection.argmax())
+        top, closest = int(projection.argmax()), int(cosine.argmax())
         entry["change_at_subject"] = {
             "norm": round(float(change.norm()), 1),
-            "largest_projection": round(float(projection[top]), 3), "its_cosine": round(float(cosine[top]), 3),
-            "from_request": forget_rows[top]["question"],
-            "unexplained_share": round(float(1 - cosine.pow(2).max()), 3)}
+            "largest_projection": {"request": forget_rows[top]["question"], "projection": round(float(projection[top]), 3),
+                                   "cosine": round(float(cosine[top]), 3)},
+            "largest_cosine": {"request": forget_rows[closest]["question"], "cosine": round(float(cosine[closest]), 3),
+                               "projection": round(float(projection[closest]), 3)},
+            "unexplained_share": round(float(1 - cosine[closest] ** 2), 3)}
         lost.append(entry)
         print(json.dumps(entry))
     row = {"model": args.model or "smollm2-135m-instruct", "recipe": recipe.get("name"), "edit": recipe["edit"],
