@@ -13,7 +13,7 @@ no longer answered correctly:
 - at the last edited layer's output, the neighbour's change at its subject's last token against
   each erased request's change at its own key token: the request of the largest projection
   ``d_n·d_e / |d_e|²`` (the share of that request's write the neighbour received along it; a small
-  write can give a large one), the request whose direction it follows most (the largest cosine),
+  write can give a large one), the request whose direction it follows most (the largest |cosine|),
   and the share of the neighbour's change that no single request's direction explains (1 − cos²).
 
 Diagnosis only: nothing here chooses a setting, and only the calibration pool is looked at.
@@ -151,7 +151,7 @@ def main() -> None:
         change = _change_at_key(base, edited, tokenizer, layers[-1], question, row["subject"])
         projection = erased @ change / erased.norm(dim=-1).pow(2)
         cosine = torch.nn.functional.cosine_similarity(erased, change[None], dim=-1)
-        top, closest = int(projection.argmax()), int(cosine.argmax())
+        top, closest = int(projection.argmax()), int(cosine.abs().argmax())  # a direction either way
         entry["change_at_subject"] = {
             "norm": round(float(change.norm()), 1),
             "largest_projection": {"request": forget_rows[top]["question"], "projection": round(float(projection[top]), 3),
