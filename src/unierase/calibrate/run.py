@@ -166,12 +166,9 @@ def _bar(total: int, progress: bool):
 def score_edit(model, tokenizer, edit: dict, *, cache_dir=None, config: CalibrationConfig | None = None) -> dict:
     """The trial ``calibrate`` would run for the recipe fields ``edit`` (on the model's calibration
     facts, cached alike): its stage, settings, figures and score, with the facts' counts."""
-    from ..models.loading import model_fingerprint
-
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    forget_rows, neighbours = calibration_split(model, tokenizer, cache_dir=root, config=config)
-    trial = _trial(Cache(root), model, tokenizer, edit, "given", forget_rows, neighbours, model_fingerprint(model), root,
-                   False)
+    fingerprint, forget_rows, neighbours = _split(root, model, tokenizer, config)
+    trial = _trial(Cache(root), model, tokenizer, edit, "given", forget_rows, neighbours, fingerprint, root, False)
     return {**trial, "forget": len(forget_rows), "neighbours": len(neighbours)}
 
 
@@ -179,13 +176,19 @@ def calibration_split(model, tokenizer, *, cache_dir=None, config: CalibrationCo
                       ) -> tuple[list[dict], list[dict]]:
     """(the calibration facts every trial erases, those it keeps) for this model, as ``calibrate``
     finds them (cached alike)."""
+    _, forget_rows, neighbours = _split(Path(cache_dir) if cache_dir else default_cache_dir(), model, tokenizer, config)
+    return forget_rows, neighbours
+
+
+def _split(root: Path, model, tokenizer, config: CalibrationConfig | None):
+    """(the model's fingerprint, the facts each trial erases, those it keeps) from the bundled pool."""
     from ..models.loading import model_fingerprint
     from .pool import load_pool
 
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
-    _, forget_rows, neighbours = _facts(Cache(root), model, tokenizer, load_pool(), model_fingerprint(model),
+    fingerprint = model_fingerprint(model)  # once: on an offloaded model it reads every weight
+    _, forget_rows, neighbours = _facts(Cache(root), model, tokenizer, load_pool(), fingerprint,
                                         config or CalibrationConfig())
-    return forget_rows, neighbours
+    return fingerprint, forget_rows, neighbours
 
 
 def _facts(cache: Cache, model, tokenizer, pool: list[dict], fingerprint: str, config: CalibrationConfig):
