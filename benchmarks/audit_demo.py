@@ -14,7 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "audit"
 

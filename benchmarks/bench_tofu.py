@@ -49,7 +49,7 @@ from pathlib import Path
 
 from unierase.registry import methods as registered_methods  # importing the package registers every method
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "tofu"
 BASELINES = tuple(name for name, method in registered_methods().items() if method.family == "fine-tuning")

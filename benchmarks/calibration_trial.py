@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rows import append_row, commit  # the sibling module
+from rows import append_row, repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "calibration_trials_of_recipes.json"
 
@@ -37,7 +37,7 @@ def main() -> None:
     erases, keeps = bounds_met(trial["figures"])
     row = {"model": args.model or "smollm2-135m-instruct", "recipe": recipe.get("name"), "edit": recipe["edit"],
            "forget": trial["forget"], "neighbours": trial["neighbours"], "figures": trial["figures"],
-           "score": trial["score"], "erases": erases, "keeps_locality": keeps, "commit": commit()}
+           "score": trial["score"], "erases": erases, "keeps_locality": keeps, "commit": repo_commit()}
     append_row(args.results, __doc__.split("\n\n")[0], row)
     print(json.dumps(row))
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dtype_demo.json"
 

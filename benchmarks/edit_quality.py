@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "edit_quality.json"
 

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "entity_attribution.json"

@@ -25,7 +25,7 @@ import shutil
 import time
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "entity_scope.json"
 

@@ -31,7 +31,7 @@ import json
 import time
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "entity_tuning.json"
 SPLIT_ROWS = 40  # two authors' questions

@@ -25,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 
 HERE = Path(__file__).parent

@@ -27,7 +27,7 @@ import json
 from itertools import permutations
 from pathlib import Path
 
-from rows import append_row, commit  # the sibling module
+from rows import append_row, repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "key_separation.json"
 
@@ -98,7 +98,7 @@ def main() -> None:
         print(json.dumps(per_layer[-1]))
     row = {"model": args.model or "smollm2-135m-instruct", "key_token": args.at, "questions": n,
            "pairs": {kind: len(pairs) for kind, pairs in kinds.items()}, "corpus_tokens": stats.count,
-           "layers": per_layer, "commit": commit()}
+           "layers": per_layer, "commit": repo_commit()}
     append_row(args.results, __doc__.split("\n\n")[0], row)
 
 

@@ -29,7 +29,7 @@ import copy
 import json
 from pathlib import Path
 
-from rows import append_row, commit  # the sibling module
+from rows import append_row, repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "lost_neighbours.json"
 ANSWER_TOKENS = 16
@@ -164,7 +164,7 @@ def main() -> None:
     row = {"model": args.model or "smollm2-135m-instruct", "recipe": recipe.get("name"), "edit": recipe["edit"],
            "known_still_correct": measured.summary["neighbours"]["known_still_correct"],
            "erased_change_norm_median": round(float(erased.norm(dim=-1).median()), 1),
-           "lost": lost, "commit": commit()}
+           "lost": lost, "commit": repo_commit()}
     append_row(args.results, __doc__.split("\n\n")[0], row)
 
 

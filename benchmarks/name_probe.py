@@ -17,7 +17,7 @@ import contextlib
 import json
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "models" / "tofu" / "gemma3-270m_name_probe.json"
 

@@ -27,7 +27,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).resolve().parent / "results" / "plan_check.json"
 CONFIGS = Path(__file__).resolve().parent.parent / "tests" / "data" / "configs"

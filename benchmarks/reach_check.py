@@ -16,7 +16,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from rows import append_row, commit  # the sibling module
+from rows import append_row, repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_set_aside.json"
 
@@ -66,7 +66,7 @@ def main() -> None:
     manifest, firsts, token_id = erased_first_tokens(args.target, args.scope, sets)
     last = manifest["rounds"][-1]
     row = {"variant": args.variant,
-           "code": commit(),
+           "code": repo_commit(),
            "edit_s": last["timings_s"]["edit"], "passes": [(p["requests"], p["reached"]) for p in last["passes"]]}
     for name, ids in firsts.items():
         row[f"{name}_starts_with_token"] = sum(i == token_id for i in ids) / len(ids)

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 
-def commit() -> str | None:
+def repo_commit() -> str | None:
     """The repository's short commit (asked in the repository, wherever the script runs from); ``None``
     where there is none to ask (a copy without ``.git``, no git installed)."""
     try:

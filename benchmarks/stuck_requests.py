@@ -22,7 +22,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from rows import commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 RESULTS = Path(__file__).parent / "results" / "edit_variants" / "gemma_tofu_stuck_requests.json"
 
@@ -101,7 +101,7 @@ def main() -> None:
     missed = {name: [i for i, t in enumerate(ids) if t != token_id] for name, ids in firsts.items()}
     write_json_atomic(Path(args.results), {
         "description": __doc__.split("\n\n")[0], "target": Path(args.target).name, "scope": args.scope,
-        "commit": commit(), "layers": last["layers"], "recipe": last.get("recipe"),
+        "commit": repo_commit(), "layers": last["layers"], "recipe": last.get("recipe"),
         "passes": [{"requests": p["requests"], "reached": p["reached"], "residual_left": p["residual_left"],
                     "undone": p.get("undone")} for p in last["passes"]],
         "not_reached": [r["question"] for r in last["requests"] if r["sha256"] in set(last["not_reached"])],

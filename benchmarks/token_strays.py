@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rows import commit as repo_commit  # the sibling module
+from rows import repo_commit  # the sibling module
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results" / "token_strays.json"
