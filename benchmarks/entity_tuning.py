@@ -102,7 +102,8 @@ def main() -> None:
             raise SystemExit(f"{cell} holds variant {args.variant!r} run with scope {ran[0]!r} and settings "
                              f"{ran[1]}; name this run another variant")
     else:
-        config = with_settings(edit_config_for(target.config)[0], overrides)  # variants start from the model's recipe
+        base, recipe = edit_config_for(target.config)  # variants start from the model's recipe
+        config = with_settings(base, overrides)
         token_config = token_with_settings(UnlearningTokenConfig(), overrides) if overrides.get("token") else None
         model = copy.deepcopy(target)
         started = time.perf_counter()
@@ -128,7 +129,8 @@ def main() -> None:
             check_texts[name] = [tok.decode(a, skip_special_tokens=True) for a in ids]
             checks[name] = answer_checks(check_texts[name], refusal=refusal, erased_ids=ids, token_id=token_id)
         record = {
-            "variant": args.variant, "split": args.split, "scope": args.scope, "overrides": overrides, "config": config.to_dict(),
+            "variant": args.variant, "split": args.split, "scope": args.scope, "recipe": recipe.source if recipe else None,
+            "overrides": overrides, "config": config.to_dict(),
             "edit_s": last["timings_s"]["edit"], "wall_s": round(wall, 1),
             "timings_s": {k: v for k, v in last["timings_s"].items() if k.startswith("edit")},
             "passes": [(p["requests"], p["reached"], p["values"]["steps"]) for p in last["passes"]],

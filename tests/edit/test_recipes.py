@@ -107,14 +107,30 @@ def test_token_settings_apply_to_the_token_config_only():
         token_with_settings(UnlearningTokenConfig(), {"token": {"ordinary_answer_tokenz": 3}})
 
 
-def test_a_calibrated_recipe_in_the_cache_wins_over_the_packaged_one(isolated_cache):
+def test_a_calibrated_recipe_in_the_cache_wins_over_the_packaged_one(isolated_cache, caplog):
     folder = isolated_cache / "recipes"
     folder.mkdir(parents=True)
     (folder / "mine.json").write_text(json.dumps({
         "name": "calibrated-llama-30x576", "match": {"model_type": "llama", "num_hidden_layers": 30, "hidden_size": 576},
         "edit": {"ridge": 0.3}, "why": {"ridge": "measured"}, "calibration": {"trials": []}}), encoding="utf-8")
-    config, used = edit_config_for(SMOLLM2_135M)
+    with caplog.at_level("WARNING", logger="unierase.edit.recipes"):
+        config, used = edit_config_for(SMOLLM2_135M)
     assert used.name == "calibrated-llama-30x576" and used.source == str(folder / "mine.json")
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "calibrated-llama-30x576" in warned[0] and "packaged recipe smollm2-135m" in warned[0]
     assert config.ridge == 0.3 and config.stats_tokens == EditConfig().stats_tokens  # nothing of the packaged one
     other_cache = isolated_cache.parent / "elsewhere"
     assert recipe_for(SMOLLM2_135M, cache_dir=other_cache).name == "smollm2-135m"
+
+
+def test_a_calibrated_recipe_for_a_model_no_package_knows_is_used_without_a_warning(isolated_cache, caplog):
+    folder = isolated_cache / "recipes"
+    folder.mkdir(parents=True)
+    (folder / "gemma.json").write_text(json.dumps({
+        "name": "calibrated-gemma3_text-18x640", "match": {"model_type": "gemma3_text", "num_hidden_layers": 18},
+        "edit": {"ridge": 0.3}}), encoding="utf-8")
+    gemma = SimpleNamespace(model_type="gemma3_text", num_hidden_layers=18, hidden_size=640)
+    with caplog.at_level("WARNING", logger="unierase.edit.recipes"):
+        config, used = edit_config_for(gemma)
+    assert used.name == "calibrated-gemma3_text-18x640" and config.ridge == 0.3
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

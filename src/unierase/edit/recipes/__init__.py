@@ -10,12 +10,15 @@ file here — ``match`` (config fields the model must have: architecture, depth,
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 from ...storage import UniEraseError
 from ..options import SETTING_SECTIONS, parse_settings  # noqa: F401  (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,9 +112,24 @@ def apply_recipe(recipe: Recipe | None, overrides: dict):
 
 def edit_config_for(model_config, *, cache_dir=None, **overrides):
     """(``EditConfig`` for this model, the recipe used or ``None``): neutral defaults, the matching
-    recipe (``recipe_for``), then the caller's ``overrides``."""
+    recipe (``recipe_for``), then the caller's ``overrides``. A calibrated recipe that hides a
+    packaged one is used, with a warning naming both."""
     recipe = recipe_for(model_config, cache_dir=cache_dir)
+    hidden = shadowed_recipe(model_config, recipe)
+    if hidden is not None:
+        log.warning("the calibrated recipe %s (%s) is used instead of the packaged recipe %s for this model; "
+                    "delete that file to use the packaged one (calibrate --out writes a recipe elsewhere)",
+                    recipe.name, recipe.source, hidden.name)
     return apply_recipe(recipe, overrides), recipe
+
+
+def shadowed_recipe(model_config, recipe: Recipe | None) -> Recipe | None:
+    """The packaged recipe that ``recipe`` (one ``recipe_for`` found) hides, if it came from the cache
+    and a packaged one matches the model too: a user who calibrated a model the package knows then
+    no longer gets the packaged settings (nor later releases' changes to them)."""
+    if recipe is None or recipe.source.startswith("unierase/"):
+        return None
+    return recipe_for(model_config, load_recipes())
 
 
 def with_settings(config, settings: dict[str, dict] | None):
