@@ -1,7 +1,7 @@
 """Recovery audit of the demo's erasure: every attack of ``unierase audit`` on the 24 demo facts.
 
 Erases the demo's forget facts from SmolLM2-135M-Instruct as ``unierase demo`` does (questions
-only, library defaults; the erased model is cached and reused) and audits it with each fact's
+only, library defaults; the erased model is cached, keyed on what the erasure runs with, and reused) and audits it with each fact's
 answer keyword and its reworded question, writing ``benchmarks/results/audit/demo.json`` and
 ``demo.md``.
 
@@ -14,7 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
-from rows import repo_commit  # the sibling module
+from bench_tofu import unierase_defaults_key  # the sibling scripts
+from rows import repo_commit
 
 RESULTS = Path(__file__).parent / "results" / "audit"
 
@@ -23,6 +24,7 @@ def main() -> None:
     import unierase
     from unierase.audit import AuditConfig, audit
     from unierase.edit_checks import load_demo_facts
+    from unierase.models.loading import default_model_dir
     from unierase.storage import default_cache_dir, write_json_atomic, write_text_atomic
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,7 +34,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(args.work) if args.work else default_cache_dir() / "audit_demo"
-    erased = work / "erased"
+    # keyed on the defaults the erasure runs with (recipe, code, version): a model erased otherwise is not reused
+    erased = work / f"erased-{unierase_defaults_key(str(default_model_dir()))}"
     facts = [f for f in load_demo_facts() if f["role"] == "forget"]
     if not (erased / "unierase_manifest.json").is_file():
         unierase.forget([{"question": f["question"]} for f in facts], erased, overwrite=True)
@@ -42,6 +45,7 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     data = report.to_dict()
     data["model"] = "SmolLM2-135M-Instruct after the demo's erasure (library defaults)"
+    data["recipe"] = json.loads((erased / "unierase_manifest.json").read_text())["rounds"][-1].get("recipe")
     data["commit"] = repo_commit()
     write_json_atomic(results / "demo.json", data)
     write_text_atomic(results / "demo.md", report.markdown().replace(str(erased), "demo erasure"))

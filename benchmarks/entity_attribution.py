@@ -126,6 +126,7 @@ def main() -> None:
         "scope": {"entities": [{k: e[k] for k in ("entity", "from", "person", "requests", "attributed", "added")}
                                for e in last["scope"]["entities"]],
                   "unattributed": [rows[i]["question"] for i in last["scope"]["unattributed"]]},
+        "recipe": last.get("recipe"),
         "edit_seconds": round(edit_s, 1),
         "timings_s": last["timings_s"],
         "general": general,

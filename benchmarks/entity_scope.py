@@ -112,7 +112,7 @@ def main() -> None:
         result = unierase.forget([{"question": r.question} for r in forget], out, model=args.target, scope=args.scope,
                                  overwrite=True, progress=False)
         last = result.manifest["rounds"][-1]
-        return {"timings_s": last["timings_s"], "peak_memory_mb": last["peak_memory_mb"],
+        return {"recipe": last.get("recipe"), "timings_s": last["timings_s"], "peak_memory_mb": last["peak_memory_mb"],
                 "not_reached": len(last["not_reached"]), "passes": [(p["requests"], p["reached"]) for p in last["passes"]],
                 "scope": last["scope"], "key_tokens": last["key_tokens"],
                 "passes_detail": pass_detail(last)}

@@ -484,7 +484,8 @@ ARCHIVE = {
                                                          "facts, the one it chose at stop 40, and the neutral defaults: "
                                                          "why a trial now erases 24",
     "edit_variants/entity_scope_entity_stop48.json": "SmolLM2's TOFU benchmark target, entity scope, at the "
-                                                     "set-aside code: forget 100 %, paraphrases 92.5 %, no idle pass",
+                                                     "set-aside code: forget 100 %, paraphrases 92.5 %, no idle pass (ran "
+                                                     "the machine's calibrated SmolLM2 recipe, not the packaged one)",
     "edit_variants/calibration_trials_of_recipes.json": "a recipe scored as calibrate scores a candidate, on the "
                                                         "model's calibration facts: SmolLM2's hand recipe; locality "
                                                         "candidates over the chosen recipes (stop 49)",
