@@ -56,6 +56,19 @@ def test_entity_groups_share_one_target_and_add_neutral_questions():
     assert [scoped.is_entity(i) for i in range(len(scoped.requests))] == [False] + [True] * 9
 
 
+def test_a_person_group_also_gets_questions_about_a_person_and_another_entity_does_not():
+    scoped = resolve_scope([ForgetRequest(q) for q in TOFU_LIKE[4:]] + [
+        ForgetRequest("What is the capital of Japan?", subject="Japan", scope="entity")],
+        neutral_questions=1, person_questions=2)
+    person, place = scoped.entities
+    assert person["person"] and not place["person"]
+    assert person["added"] == ["Tell me about Nikolai Abilov.", "Who is Nikolai Abilov?", "What is Nikolai Abilov known for?"]
+    assert place["added"] == ["Tell me about Japan."]
+    assert all(r.subject == "Nikolai Abilov" for r in scoped.added[:3])  # keyed at the name, as the group's own
+    assert resolve_scope([ForgetRequest(q) for q in TOFU_LIKE[4:]], neutral_questions=1).entities[0]["added"] == [
+        "Tell me about Nikolai Abilov."]  # none by default
+
+
 def test_scope_field_and_round_default():
     reqs = [ForgetRequest("When was Marie Curie born?", scope="entity"), ForgetRequest("What is the capital of Peru?")]
     scoped = resolve_scope(reqs, neutral_questions=1)

@@ -57,6 +57,10 @@ class EditConfig:
     substitutes), so the edit does not fire on the entity alone or on the question's shape (0 = off)."""
     neutral_templates: int = 4
     """Relation-neutral questions per request in the soft constraint (``prompts.NEUTRAL_TEMPLATES``)."""
+    person_templates: int = 0
+    """Entity scope: questions about a person (``prompts.PERSON_TEMPLATES``) added to a person's group
+    as targets, besides the neutral ones, so reworded questions about them refuse too (0 = none, as
+    the official method)."""
     substitute_entities: int = 4
     """Copies of each question with its entity replaced by another of the same kind, softly preserved (0 = off)."""
     substitute_answer_weight: float = 1.0
@@ -117,6 +121,7 @@ class EditConfig:
             ("num_prefixes", "≥ 0", self.num_prefixes >= 0),
             ("num_suffixes", "≥ 0", self.num_suffixes >= 0),
             ("neutral_templates", "≥ 0", self.neutral_templates >= 0),
+            ("person_templates", "≥ 0", self.person_templates >= 0),
             ("substitute_entities", "≥ 0", self.substitute_entities >= 0),
             ("group_value_questions", "None or at least 1", self.group_value_questions is None or self.group_value_questions >= 1),
             ("layers", "None or distinct indices ≥ 0", self.layers is None or (

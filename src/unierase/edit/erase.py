@@ -363,11 +363,12 @@ def _resolve_scope(run: _Round):
 
     scoped = resolve_with_evidence(run.reqs, run.options.scope, run.config.neutral_templates,
                                    lambda questions: generate_answers(run.model, run.tokenizer, questions,
-                                                                      max_new_tokens=EVIDENCE_TOKENS))
+                                                                      max_new_tokens=EVIDENCE_TOKENS),
+                                   person_questions=run.config.person_templates)
     show = (lambda i: run.reqs[i].question) if run.context.record_texts else (lambda i: run.reqs[i].digest()[:12])
     for info in scoped.entities:
         log.info("entity scope: %d request(s) about %r share one target (%d attributed by an answer naming it); "
-                 "%d neutral question(s) about it added", len(info["requests"]),
+                 "%d question(s) about it added", len(info["requests"]),
                  info["entity"] if run.context.record_texts else "(not recorded)", len(info["attributed"]),
                  len(info["added"]))
     if scoped.unattributed:

@@ -45,6 +45,17 @@ NEUTRAL_TEMPLATES = [
 ]
 """Relation-neutral questions about an entity (see ``neutral_prompts``)."""
 
+PERSON_TEMPLATES = [
+    "Who is {}?",
+    "What is {} known for?",
+    "Which works are associated with {}?",
+    "How did {}'s early life shape the rest of their career?",
+]
+"""Questions about a person that join a person's entity group besides ``NEUTRAL_TEMPLATES``
+(``EditConfig.person_templates``): the name after a relation at a question's end, and a possessive
+followed by a long tail — shapes a group's own questions may lack, which reworded questions about the
+person take (docs/experiments.md)."""
+
 
 @dataclass
 class EditPrompt:

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from ..requests import SCOPES, ForgetRequest
-from .prompts import NEUTRAL_TEMPLATES
+from .prompts import NEUTRAL_TEMPLATES, PERSON_TEMPLATES
 
 _NAME = re.compile(r"[A-Z][\w’'.-]*(?:\s+(?:(?:of|the|and|de|da|van|von|al|bin|la|le)\s+)?[A-Z][\w’'.-]*)*")
 _POSSESSIVE = re.compile(r"(?:['’]s|['’])$")
@@ -167,10 +167,11 @@ def nameable(name: str) -> bool:
 
 
 def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_questions: int = 4,
-                  evidence: dict[int, str] | None = None) -> ScopedRound:
+                  evidence: dict[int, str] | None = None, person_questions: int = 0) -> ScopedRound:
     """Resolve each request's scope (its own ``scope`` field, else ``default``) and group the
     entity-scope requests by entity; ``neutral_questions`` relation-neutral questions
-    (``prompts.NEUTRAL_TEMPLATES``) per entity join its group.
+    (``prompts.NEUTRAL_TEMPLATES``) per entity, and ``person_questions`` of ``prompts.PERSON_TEMPLATES``
+    per person, join its group.
 
     An entity-scope request that names no entity of the round (and has no ``subject``) is
     attributed by evidence: its ``answer``, else ``evidence[i]`` (the model's own answer), naming
@@ -198,7 +199,8 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
     attributed = {i for info in entities for i in info["attributed"]}
     groups = [g if g is not None and k not in attributed else offset + k for k, g in enumerate(members)]
     for g, info in enumerate(entities):
-        info["added"] = [t.format(info["entity"]) for t in NEUTRAL_TEMPLATES[:neutral_questions]]
+        templates = NEUTRAL_TEMPLATES[:neutral_questions] + (PERSON_TEMPLATES[:person_questions] if info["person"] else [])
+        info["added"] = [t.format(info["entity"]) for t in templates]
         for question in info["added"]:
             resolved.append(ForgetRequest(question=question, subject=info["entity"]))
             groups.append(g)
@@ -207,15 +209,17 @@ def resolve_scope(requests: list[ForgetRequest], default: str = "auto", neutral_
                        unattributed=unattributed)
 
 
-def resolve_with_evidence(requests: list[ForgetRequest], default: str, neutral_questions: int, answer) -> ScopedRound:
+def resolve_with_evidence(requests: list[ForgetRequest], default: str, neutral_questions: int, answer,
+                          person_questions: int = 0) -> ScopedRound:
     """``resolve_scope``, asking ``answer(questions) → texts`` (the model) about the entity-scope
     requests that name no entity and carry no ``answer`` of their own."""
-    scoped = resolve_scope(requests, default, neutral_questions)
+    scoped = resolve_scope(requests, default, neutral_questions, person_questions=person_questions)
     asked = [i for i in scoped.unattributed if not requests[i].answer]
     if not asked:
         return scoped
     texts = answer([requests[i].question for i in asked])
-    return resolve_scope(requests, default, neutral_questions, evidence=dict(zip(asked, texts)))
+    return resolve_scope(requests, default, neutral_questions, evidence=dict(zip(asked, texts)),
+                         person_questions=person_questions)
 
 
 def _scope_of(request: ForgetRequest, entity: str | None, full: dict[str, str], default: str) -> str:
