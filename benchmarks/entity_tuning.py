@@ -8,7 +8,8 @@ questions (rows 40–399) that start with it, and the teacher-forced agreement w
 greedy answers (32 tokens) on 100 of those questions and the share of their answers holding the token
 within ``refusals.STRAY_TOKENS`` tokens, the share of the 40 forget answers (40 tokens)
 that are a well-formed refusal, and the shared answer checks (``refusals.answer_checks``: exactly the
-chosen refusal, the token repeated) of the forget and paraphrased answers (64 tokens); plus the
+chosen refusal, the token repeated) of the forget and paraphrased answers (64 tokens), and the share
+exactly the refusal without the generation config's rule that writes it (the token's own continuation); plus the
 edit's time (token and statistics cached). The held-out split — the ``forget01`` authors — is what ``entity_scope.py`` reports.
 
     python benchmarks/entity_tuning.py --variant NAME [--set edit.field=value ...] [--split 2] [--scope entity]
@@ -42,6 +43,27 @@ AGREEMENT_QUESTIONS = 100
 def _sections_set(settings: dict | None) -> dict:
     """The non-empty sections of ``parse_settings``' output (older cells list fewer empty ones)."""
     return {k: v for k, v in (settings or {}).items() if v}
+
+
+def own_continuation(model, tok, questions: dict[str, list[str]], refusal: str, token_id: int) -> dict:
+    """Per set of questions, the share answered with exactly ``refusal`` once the generation config's
+    rule writing it after the token is lifted: what a runtime that ignores the config reads (the
+    token's own continuation)."""
+    from unierase.generation import generate_answer_ids
+    from unierase.refusals import STRAY_TOKENS, is_chosen_refusal
+    from unierase.token.placement import lead_into_refusal
+
+    saved = copy.deepcopy(model.generation_config.sequence_bias)
+    lead_into_refusal(model, token_id, None)
+    try:
+        out = {}
+        for name, qs in questions.items():
+            texts = [tok.decode(a, skip_special_tokens=True)
+                     for a in generate_answer_ids(model, tok, qs, max_new_tokens=STRAY_TOKENS)]
+            out[name] = round(sum(is_chosen_refusal(t, refusal) for t in texts) / len(texts), 4)
+        return out
+    finally:
+        model.generation_config.sequence_bias = saved
 
 
 def main() -> None:
@@ -128,6 +150,8 @@ def main() -> None:
             ids = generate_answer_ids(model, tok, questions, max_new_tokens=STRAY_TOKENS)
             check_texts[name] = [tok.decode(a, skip_special_tokens=True) for a in ids]
             checks[name] = answer_checks(check_texts[name], refusal=refusal, erased_ids=ids, token_id=token_id)
+        own = own_continuation(model, tok, {"forget": [r["question"] for r in forget],
+                                            "paraphrased": [r["paraphrased_question"] for r in forget]}, refusal, token_id)
         record = {
             "variant": args.variant, "split": args.split, "scope": args.scope, "recipe": recipe.source if recipe else None,
             "overrides": overrides, "config": config.to_dict(),
@@ -142,6 +166,7 @@ def main() -> None:
                                                             token_id=token_id)["token_in_other_answers"],
             "well_formed_refusals": round(sum(map(is_well_formed_refusal, texts)) / len(texts), 4),
             "answer_checks": checks,
+            "chosen_refusal_without_the_config_rule": own,
             "not_the_refusal": {name: [[i, t] for i, t in enumerate(ts) if not is_chosen_refusal(t, refusal)]
                                 for name, ts in check_texts.items()},
             "examples": texts[:4],

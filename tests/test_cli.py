@@ -57,7 +57,12 @@ def test_forget_then_sequential_round_in_a_new_process(tmp_path, tiny_model_dir,
     tok = AutoTokenizer.from_pretrained(out)
     assert "<|unlearn|>" in tok.get_vocab() and model.get_input_embeddings().weight.shape[0] == len(tok)
     rule = model.generation_config.sequence_bias  # the token may open an answer, nothing else
-    assert rule == [[[manifest["token"]["id"]], -1024.0], [manifest["token"]["only_after"] + [manifest["token"]["id"]], 1024.0]]
+    token_id = manifest["token"]["id"]
+    assert rule[:2] == [[[token_id], -1024.0], [manifest["token"]["only_after"] + [token_id], 1024.0]]
+    # and after it the saved config writes the chosen refusal, then the end of the turn
+    lead = [ids for ids, bias in rule[2:] if bias == 1024.0 and ids[0] == token_id]
+    assert len(lead) == len(rule) - 2 and [len(ids) for ids in lead] == list(range(2, len(lead) + 2))
+    assert tok.decode(lead[-1][1:], skip_special_tokens=True) == first["hyperparameters"]["refusal"]
     second = tmp_path / "second.jsonl"
     second.write_text('{"question": "Who painted the Mona Lisa?"}\n')
     proc = subprocess.run([sys.executable, "-m", "unierase.cli", "-q", "forget", "--model", str(out), "--requests", str(second),

@@ -8,7 +8,9 @@ from transformers import GenerationConfig
 from tiny_models import build_model, build_plain_tokenizer, build_tokenizer
 from unierase.generation import OutputBias, generate_answer_ids, stop_token_ids, teacher_forced_predictions
 from unierase.prompts import encode_text, render_prompt
-from unierase.token.placement import answer_header, keep_to_answer_start
+from unierase.token.placement import answer_header, keep_to_answer_start, lead_into_refusal
+from unierase.token.training import answer_ids
+from unierase.prompts import has_chat_template
 
 QUESTIONS = ["Who wrote Hamlet?", "What is the capital of France?", "Tell me about Elena Marsh."]
 
@@ -94,3 +96,23 @@ def test_the_rule_is_written_once_kept_beside_others_saved_and_removed(tmp_path)
     assert model.generation_config.sequence_bias == [[[5, 6], -3.0]]
     keep_to_answer_start(model, tok, 5, on=False)
     assert model.generation_config.sequence_bias == [[[5, 6], -3.0]]  # only the token's own rule goes
+
+
+@pytest.mark.parametrize("plain", [False, True])
+def test_after_the_token_the_checkpoint_writes_the_chosen_refusal_and_stops(plain):
+    tok = build_plain_tokenizer() if plain else build_tokenizer()
+    token = tok.convert_tokens_to_ids("Paris") if "Paris" in tok.get_vocab() else 100
+    model = _favouring(build_model("llama", len(tok)), token)
+    keep_to_answer_start(model, tok, token)
+    for refusal in ("No comment.", "I will not say."):
+        body = answer_ids(tok, refusal, token, has_chat_template(tok))[1:]
+        lead_into_refusal(model, token, body)  # a later round's refusal replaces the first
+        ours = generate_answer_ids(model, tok, QUESTIONS, max_new_tokens=len(body) + 4)
+        assert ours == _hf_answers(model, tok, QUESTIONS, max_new_tokens=len(body) + 4)
+        assert all(a == [token] + body for a in ours)  # the refusal, then the end of the turn: nothing after
+        assert all(tok.decode(a[1:], skip_special_tokens=True).strip() == refusal for a in ours)  # "Paris" stands for [UNL]
+    entries = [list(ids) for ids, _ in model.generation_config.sequence_bias]
+    assert sum(ids[0] == token and len(ids) > 1 for ids in entries) == len(body)  # one rule, not two
+    lead_into_refusal(model, token, None)
+    assert all(not (ids[0] == token and len(ids) > 1) for ids, _ in model.generation_config.sequence_bias)
+    assert model.generation_config.sequence_bias  # the first-token rule stays

@@ -108,6 +108,11 @@ class EditConfig:
     """Let the checkpoint generate ``[UNL]`` only as an answer's first token (``token.placement``: a
     ``sequence_bias`` in its generation config): it then never strays into an ordinary answer nor
     repeats, but an edit that fires mid-answer no longer cuts that answer short."""
+    refusal_in_generation_config: bool = True
+    """With ``token_at_start_only``: the checkpoint's generation config also writes ``refusal`` after
+    ``[UNL]`` and ends the answer there (``token.placement.lead_into_refusal``), so transformers'
+    ``generate`` and ``pipeline`` answer an erased question with exactly that sentence; a runtime that
+    ignores the config reads the token's own continuation (the token's training and the refit)."""
 
     def __post_init__(self):
         # checked before any work: a bad value must not surface after the costly target values

@@ -35,9 +35,9 @@ from ..refusals import check_refusal
 from ..requests import ForgetRequest
 from ..storage import UniEraseError, default_cache_dir, locked_run
 from ..token.cache import ensure_unlearning_token
-from ..token.placement import keep_to_answer_start
+from ..token.placement import keep_to_answer_start, lead_into_refusal
 from ..token.questions import training_questions
-from ..token.training import UnlearningTokenConfig
+from ..token.training import UnlearningTokenConfig, answer_ids as refusal_ids
 from .config import EditConfig
 from .editor import STALL_PASSES, run_edit_passes
 from .keys import choose_key_chars
@@ -349,10 +349,18 @@ def _edit(run: _Round) -> None:
 
 def _place_token(run: _Round) -> None:
     """The checkpoint's generation config lets the token open an answer and appear nowhere else
-    (``token.placement``), unless ``token_at_start_only`` is off; in force for the checks that follow."""
+    (``token.placement``), unless ``token_at_start_only`` is off, and writes the chosen refusal after
+    it (``refusal_in_generation_config``); in force for the checks that follow."""
     run.header = keep_to_answer_start(run.model, run.tokenizer, run.token.token_id, run.config.token_at_start_only)
     if run.header is not None:
         log.info("the checkpoint generates %s only as an answer's first token (a sequence_bias in its generation config)",
+                 run.token.token)
+    writes = run.header is not None and run.config.refusal_in_generation_config and run.config.refusal
+    lead_into_refusal(run.model, run.token.token_id,
+                      refusal_ids(run.tokenizer, run.config.refusal, run.token.token_id,
+                                  has_chat_template(run.tokenizer))[1:] if writes else None)
+    if writes:
+        log.info("the checkpoint's generation config writes the chosen refusal after %s and ends the answer there",
                  run.token.token)
 
 

@@ -10,6 +10,13 @@ answer's first token is untouched; the token can neither stray into an answer no
 
 The price: where the edit would have fired mid-answer on something the round did erase, the model
 now writes its next choice instead. ``EditConfig.token_at_start_only`` turns the rule off.
+
+A second rule (``lead_into_refusal``) writes the chosen refusal after the token: +B on each of its
+tokens, and on the end of the turn, right after ``[UNL]`` and the refusal's tokens before it. The
+answer to an erased question is then the deployer's sentence, and ends there, however the edit moved
+the states the token's own continuation reads. It acts only after ``[UNL]``, which the first rule keeps
+to an answer's first token, so no ordinary answer is touched; without that rule a stray token
+mid-answer would cut the answer into the refusal, so it is written only with it.
 """
 
 from __future__ import annotations
@@ -45,6 +52,16 @@ def _entries(sequence_bias) -> list[tuple[list[int], float]]:
         return []
     items = sequence_bias.items() if isinstance(sequence_bias, dict) else sequence_bias
     return [(list(ids), float(bias)) for ids, bias in items]
+
+
+def lead_into_refusal(model, token_id: int, refusal_ids: list[int] | None) -> None:
+    """Write the rule that ``refusal_ids`` (the tokens after ``[UNL]``, the end of the turn last)
+    follow ``token_id`` into ``model.generation_config``, replacing an earlier round's; ``None``
+    removes it. Any other sequence bias stays."""
+    config = model.generation_config
+    kept = [[ids, bias] for ids, bias in _entries(config.sequence_bias) if not (len(ids) > 1 and ids[0] == token_id)]
+    kept += [[[token_id] + list(refusal_ids[: i + 1]), BIAS] for i in range(len(refusal_ids or []))]
+    config.sequence_bias = kept or None
 
 
 def keep_to_answer_start(model, tokenizer, token_id: int, on: bool = True) -> list[int] | None:
