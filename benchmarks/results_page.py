@@ -73,33 +73,50 @@ def entity_section(load) -> list[str]:
     if tuning:
         out += ["Tuning split (two retain authors; the defaults were chosen here): "
                 + source("entity_tuning.json", "python benchmarks/entity_tuning.py --variant NAME [--set ...]", None), "",
-                *table(["variant", "edit s", "forget", "paraphrased", "other authors", "agreement", "well-formed"],
+                *table(["variant", "edit s", "forget", "paraphrased", "paraphrases exactly the refusal (without the "
+                        "config's rule)", "other authors", "agreement", "well-formed"],
                        [[("**" + name + "** (chosen)") if name == tuning.get("chosen") else name, num(v["edit_s"], 1),
-                         pct(v["forget_starts"]), pct(v["paraphrased_starts"]), pct(v["other_authors_start"]),
+                         pct(v["forget_starts"]), pct(v["paraphrased_starts"]), _exact(v), pct(v["other_authors_start"]),
                          pct(v["other_authors_agreement"]), pct(v.get("well_formed_refusals"))]
                         for name, v in tuning["variants"].items()]), "",
-                "What each variant ran: its `description` in the file.", ""]
-    held = load("entity_scope.json")
-    if held:
-        timing = held.get("timing", {})
-        out += ["Held out (the forget01 authors, questions only, library defaults): "
-                + source("entity_scope.json", "python benchmarks/entity_scope.py", held), "",
-                *table(["figure", "value"], [
-                    ["forget questions starting with the token", pct(held["forget_starts_with_token"])],
-                    ["their paraphrases starting with it", pct(held["paraphrased_starts_with_token"])],
-                    ["forget ROUGE-L (64-token greedy)", num(held["forget_rougeL"])],
-                    ["retain-author questions starting with it (400)", pct(held["retain_starts_with_token"])],
-                    ["retain ROUGE-L ÷ the target's (first 100)", num(held["retain_rougeL_ratio"])],
-                    ["well-formed refusals among the forget answers", pct(held.get("well_formed_refusals"))],
-                    *answer_check_rows(held),
-                    ["edit seconds (token and statistics cached)", num(held["edit"]["timings_s"]["edit"], 1)],
-                    *[[f"edit seconds for {n} forget05 questions", f"{num(t['edit_s'], 1)} ({t['not_reached']} not reached)"]
-                      for n, t in timing.items()],
-                    *[[f"{m} unlearning step, same target and run (lr {b['lr']:g}, {b['epochs']:g} epochs)",
-                       f"{num(b['train_s'], 1)} s"] for m, b in (held.get("baselines") or {}).items()],
-                    *([["the edit ÷ the fastest baseline's step", num(held["edit_over_fastest_baseline"])]]
-                      if held.get("edit_over_fastest_baseline") is not None else [])]), ""]
+                "What each variant ran: its `scope`, `recipe`, `overrides` and `config` in the file.", ""]
+    for path, label, command in (
+            ("entity_scope.json", "library defaults, auto scope", "python benchmarks/entity_scope.py"),
+            ("entity_scope_entity.json", "library defaults, `--scope entity`",
+             "python benchmarks/entity_scope.py --scope entity --results benchmarks/results/entity_scope_entity.json")):
+        held = load(path)
+        if held:
+            out += [f"Held out (the forget01 authors, questions only, {label}): " + source(path, command, held), "",
+                    *held_out_table(held), ""]
     return out + attribution_section(load)
+
+
+def _exact(variant: dict) -> str:
+    """A tuning cell's paraphrases answered with exactly the refusal, and (where measured) the share
+    without the generation config's rule that writes it."""
+    exact = (variant.get("answer_checks") or {}).get("paraphrased", {}).get("chosen_refusal")
+    own = (variant.get("chosen_refusal_without_the_config_rule") or {}).get("paraphrased")
+    return pct(exact) + (f" ({pct(own)})" if own is not None else "") if exact is not None else "—"
+
+
+def held_out_table(held: dict) -> list[str]:
+    """An ``entity_scope.py`` run's figures on the held-out forget01 authors."""
+    timing = held.get("timing", {})
+    return table(["figure", "value"], [
+        ["forget questions starting with the token", pct(held["forget_starts_with_token"])],
+        ["their paraphrases starting with it", pct(held["paraphrased_starts_with_token"])],
+        ["forget ROUGE-L (64-token greedy)", num(held["forget_rougeL"])],
+        ["retain-author questions starting with it (400)", pct(held["retain_starts_with_token"])],
+        ["retain ROUGE-L ÷ the target's (first 100)", num(held["retain_rougeL_ratio"])],
+        ["well-formed refusals among the forget answers", pct(held.get("well_formed_refusals"))],
+        *answer_check_rows(held),
+        ["edit seconds (token and statistics cached)", num(held["edit"]["timings_s"]["edit"], 1)],
+        *[[f"edit seconds for {n} forget05 questions", f"{num(t['edit_s'], 1)} ({t['not_reached']} not reached)"]
+          for n, t in timing.items()],
+        *[[f"{m} unlearning step, same target and run (lr {b['lr']:g}, {b['epochs']:g} epochs)",
+           f"{num(b['train_s'], 1)} s"] for m, b in (held.get("baselines") or {}).items()],
+        *([["the edit ÷ the fastest baseline's step", num(held["edit_over_fastest_baseline"])]]
+          if held.get("edit_over_fastest_baseline") is not None else [])])
 
 
 def answer_check_rows(held: dict) -> list[list[str]]:
