@@ -127,9 +127,8 @@ def shadowed_recipe(model_config, recipe: Recipe | None) -> Recipe | None:
     """The packaged recipe that ``recipe`` (one ``recipe_for`` found) hides, if it came from the cache
     and a packaged one matches the model too: a user who calibrated a model the package knows then
     no longer gets the packaged settings (nor later releases' changes to them)."""
-    if recipe is None or recipe.source.startswith("unierase/"):
-        return None
-    return recipe_for(model_config, load_recipes())
+    packaged = recipe_for(model_config, load_recipes()) if recipe is not None else None
+    return packaged if packaged is not None and packaged != recipe else None
 
 
 def with_settings(config, settings: dict[str, dict] | None):
