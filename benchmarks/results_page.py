@@ -274,7 +274,7 @@ def plan_section(load) -> list[str]:
     same += ([source("dtype_demo.json", "python benchmarks/dtype_demo.py", dtype) + " `unierase demo` in bf16 beside "
               "fp32 on this CPU:", "", *table(["dtype", "demo summary"], [[k, " / ".join(r["summary"])]
                                                                           for k, r in dtype["runs"].items()]), "",
-              dtype["what_moved"] + ".", ""] if dtype else [])
+              *([dtype["what_moved"] + ".", ""] if dtype.get("what_moved") else [])] if dtype else [])
     return ["## Large models: the plan", "", *same, *_sequential_state(load),
             source("plan_check.json", "python benchmarks/plan_check.py", data)
             + f" SmolLM2-135M on the CPU, {small['measured']['requests']} requests, every phase computed, each dtype "

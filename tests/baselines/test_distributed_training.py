@@ -75,11 +75,11 @@ def test_a_killed_process_stops_the_others_and_nothing_is_written(tmp_path):
     assert main(["finetune", *common, "--epochs", "1"]) == 0  # an earlier result the killed run would replace
     previous = {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir() if f.is_file()}
     run = _torchrun(["finetune", *common, "--overwrite"], env={"UNIERASE_TEST_KILL_AT": "train-micro-batch-3@rank1"})
-    assert run.returncode != 0
+    assert run.returncode != 0, run.stderr[-2000:]
     assert "process 0 of 2 stopped while training: another process failed or was killed" in run.stderr, run.stderr[-2000:]
-    assert "nothing was written" in run.stderr
-    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir() if f.is_file()} == previous
-    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name]
+    assert "nothing was written" in run.stderr, run.stderr[-2000:]
+    assert {f.name: f.read_bytes() for f in (tmp_path / "out").iterdir() if f.is_file()} == previous, run.stderr[-2000:]
+    assert not [p for p in tmp_path.iterdir() if "tmp" in p.name], (list(tmp_path.iterdir()), run.stderr[-2000:])
 
 
 def test_sharded_fine_tuning_gives_one_process_weights(tmp_path):
