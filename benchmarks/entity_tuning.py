@@ -50,7 +50,7 @@ def own_continuation(model, tok, questions: dict[str, list[str]], refusal: str, 
     rule writing it after the token is lifted: what a runtime that ignores the config reads (the
     token's own continuation)."""
     from unierase.generation import generate_answer_ids
-    from unierase.refusals import STRAY_TOKENS, is_chosen_refusal
+    from unierase.refusals import STRAY_TOKENS, answer_checks
     from unierase.token.placement import lead_into_refusal
 
     saved = copy.deepcopy(model.generation_config.sequence_bias)
@@ -58,9 +58,9 @@ def own_continuation(model, tok, questions: dict[str, list[str]], refusal: str, 
     try:
         out = {}
         for name, qs in questions.items():
-            texts = [tok.decode(a, skip_special_tokens=True)
-                     for a in generate_answer_ids(model, tok, qs, max_new_tokens=STRAY_TOKENS)]
-            out[name] = round(sum(is_chosen_refusal(t, refusal) for t in texts) / len(texts), 4)
+            ids = generate_answer_ids(model, tok, qs, max_new_tokens=STRAY_TOKENS)
+            texts = [tok.decode(a, skip_special_tokens=True) for a in ids]
+            out[name] = answer_checks(texts, refusal=refusal, erased_ids=ids, token_id=token_id)["chosen_refusal"]
         return out
     finally:
         model.generation_config.sequence_bias = saved
